@@ -1,0 +1,88 @@
+"""The one definition of the wire format between the add-on and the backend.
+
+HTTP/1.1 + JSON under a versioned prefix, a bearer token on every request but
+``/v1/health``, PNG frames up and down. The server (``server/``) implements
+these routes; the add-on's client (``client.py``) calls them. Standard library
+only.
+
+A job's life:
+  POST   /v1/jobs                      {"settings": {...}, "frame_count": N} -> job status
+  PUT    /v1/jobs/{id}/input/{index}   PNG body, index 0..N-1
+  POST   /v1/jobs/{id}/start           queue it once every input frame is there
+  GET    /v1/jobs/{id}/events?after=C&wait=S   events with seq > C, waiting up to S s
+  GET    /v1/jobs/{id}/output/{index}  PNG of a finished frame
+  POST   /v1/jobs/{id}/cancel
+  GET    /v1/jobs/{id}                 status
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+API_VERSION = "v1"
+PREFIX = "/" + API_VERSION
+
+HEALTH = PREFIX + "/health"
+JOBS = PREFIX + "/jobs"
+
+TOKEN_ENV = "FRESCO_TOKEN"  # how a launcher hands the token to the server (never on argv)
+AUTH_HEADER = "Authorization"
+AUTH_SCHEME = "Bearer"
+
+READY_PREFIX = "FRESCO_SERVER_READY "  # the server's first stdout line: prefix + JSON
+
+MAX_FRAMES = 10_000
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+MAX_JSON_BYTES = 1024 * 1024
+
+# job states
+QUEUED, UPLOADING, RUNNING, DONE, FAILED, CANCELLED = (
+    "queued", "uploading", "running", "done", "failed", "cancelled")
+FINAL_STATES = (DONE, FAILED, CANCELLED)
+
+# event types; every event is {"seq": int, "type": str, ...}
+EV_STATE = "state"        # {"state": one of the job states}
+EV_PROGRESS = "progress"  # {"stage": str, "done": int, "total": int, "eta": float | None}
+EV_FRAME = "frame"        # {"index": int}: output frame index is ready to download
+EV_DONE = "done"          # {"frame_count": int}
+EV_ERROR = "error"        # {"message": str}
+
+
+def job_path(job_id: str) -> str:
+    return f"{JOBS}/{job_id}"
+
+
+def input_path(job_id: str, index: int) -> str:
+    return f"{JOBS}/{job_id}/input/{index}"
+
+
+def output_path(job_id: str, index: int) -> str:
+    return f"{JOBS}/{job_id}/output/{index}"
+
+
+def start_path(job_id: str) -> str:
+    return f"{JOBS}/{job_id}/start"
+
+
+def cancel_path(job_id: str) -> str:
+    return f"{JOBS}/{job_id}/cancel"
+
+
+def events_path(job_id: str, after: int = -1, wait: float = 0.0) -> str:
+    return f"{JOBS}/{job_id}/events?after={after}&wait={wait:g}"
+
+
+def frame_filename(index: int) -> str:
+    """File name of frame ``index`` (0-based) in every PNG sequence we write: 0001.png, ..."""
+    return f"{index + 1:04d}.png"
+
+
+def ready_line(host: str, port: int) -> str:
+    return READY_PREFIX + json.dumps({"host": host, "port": port, "api": API_VERSION})
+
+
+def parse_ready_line(line: str) -> dict[str, Any] | None:
+    """The server's address from its ready line, or None if ``line`` is not one."""
+    if not line.startswith(READY_PREFIX):
+        return None
+    return json.loads(line[len(READY_PREFIX):])
