@@ -1,0 +1,110 @@
+"""Command line: ``python -m fresco_backend translate|make-tiny|make-clip``.
+
+The translate options are generated from the job settings schema
+(blender_addon/settings.py), so the CLI, the server and the add-on accept the
+same names, defaults and ranges.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from blender_addon import settings as S
+from blender_addon.wire import frame_filename
+
+from .models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError
+from .video_io import ClipError
+
+_TYPES = {"str": str, "enum": str, "int": int, "float": float}
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    for setting in S.SETTINGS:
+        flag = "--" + setting.name.replace("_", "-")
+        if setting.kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=setting.description)
+            continue
+        bounds = "" if setting.minimum is None else f" [{setting.minimum:g}..{setting.maximum:g}]"
+        default = "" if setting.default == "" else f" (default {setting.default})"
+        parser.add_argument(flag, dest=setting.name, type=_TYPES[setting.kind], default=None,
+                            choices=setting.choices or None, help=f"{setting.description}{bounds}{default}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fresco_backend",
+                                     description="FRESCO video translation (Stable Diffusion 1.5 + ControlNet)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("translate", help="translate a video file or image folder into a PNG sequence")
+    tr.add_argument("input", type=Path, help="video file or folder of images")
+    tr.add_argument("--out", type=Path, required=True, help="output folder for 0001.png, 0002.png, ...")
+    _add_setting_options(tr)
+    tr.add_argument("--controlnet", default=None,
+                    help=f"ControlNet: hub id, diffusers folder or .safetensors (default {DEFAULT_CONTROLNETS['canny']})")
+    tr.add_argument("--config", default=None,
+                    help="diffusers SD 1.5 folder describing a single-file --model checkpoint (needed offline)")
+    tr.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cuda:1 or cpu")
+
+    tiny = sub.add_parser("make-tiny", help="save tiny UNTRAINED models (random weights, for plumbing tests only)")
+    tiny.add_argument("dir", type=Path)
+
+    clip = sub.add_parser("make-clip", help="write a synthetic test clip (textured square moving over a background)")
+    clip.add_argument("path", type=Path)
+    clip.add_argument("--frames", type=int, default=24)
+    clip.add_argument("--width", type=int, default=128)
+    clip.add_argument("--height", type=int, default=96)
+    return parser
+
+
+def _translate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .models import load_pipeline
+    from .translate import translate_frames
+    from .video_io import read_frames, write_png_atomic
+
+    values = {s.name: getattr(args, s.name) for s in S.SETTINGS if getattr(args, s.name) is not None}
+    settings = S.validate(values)
+    existing = sorted(args.out.glob("*.png")) if args.out.is_dir() else []
+    if existing:
+        raise FileExistsError(f"{args.out} already holds {len(existing)} PNG files; "
+                              f"choose an empty or new --out folder (nothing was overwritten)")
+    frames = read_frames(args.input)
+    pipe = load_pipeline(settings["model"] or DEFAULT_MODEL,
+                         args.controlnet or DEFAULT_CONTROLNETS[settings["control"]],
+                         device=args.device, config=args.config)
+    bar = tqdm(total=1, unit="step", desc="translate")
+
+    def on_progress(progress) -> None:
+        bar.total = progress.total
+        bar.set_postfix_str(progress.stage)
+        bar.update(progress.done - bar.n)
+
+    for index, rgb in translate_frames(pipe, frames, settings, on_progress=on_progress):
+        write_png_atomic(args.out / frame_filename(index), rgb)
+    bar.close()
+    print(f"wrote {len(frames)} frames to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "translate":
+            _translate(args)
+        elif args.command == "make-tiny":
+            from .tiny import save_tiny_models
+
+            for path in save_tiny_models(args.dir):
+                print(path)
+        elif args.command == "make-clip":
+            from .synthetic import moving_square, write_video
+
+            clip = moving_square(frames=args.frames, width=args.width, height=args.height)
+            print(write_video(args.path, clip.frames))
+    except (S.SettingsError, ModelNotFoundError, ClipError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,104 @@
+"""Loading Stable Diffusion 1.5 + ControlNet: hub ids, diffusers folders, single files.
+
+A model reference is one of
+- a local diffusers folder (contains ``model_index.json``; for a ControlNet ``config.json``),
+- a single-file checkpoint (``.safetensors``; civitai-style SD 1.5 checkpoints),
+- a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (downloaded once into the
+  hub cache; later runs work offline from that cache).
+Anything that cannot be resolved raises ModelNotFoundError saying what to pass
+instead. We never substitute random weights.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from .device import Runtime, pick_runtime
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_CONTROLNETS = {"canny": "lllyasviel/sd-controlnet-canny"}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model reference that is neither a usable local path nor a reachable hub id."""
+
+
+def _hint(what: str) -> str:
+    return (f"pass --{what} a local diffusers folder, a .safetensors checkpoint or a hub id that is "
+            f"in the hub cache (download it once on a machine with internet, e.g. "
+            f"`huggingface-cli download {DEFAULT_MODEL if what == 'model' else DEFAULT_CONTROLNETS['canny']}`)")
+
+
+def _resolve(ref: str, what: str, marker: str) -> tuple[str, str]:
+    """Classify ``ref`` as ("folder" | "file" | "hub", ref) or raise ModelNotFoundError."""
+    if not ref:
+        raise ModelNotFoundError(f"no {what} given: {_hint(what)}")
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / marker).is_file():
+            raise ModelNotFoundError(
+                f"{what} folder {path} has no {marker}, so it is not a diffusers {what} folder: {_hint(what)}")
+        return "folder", str(path)
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ModelNotFoundError(f"{what} file {path} is not a .safetensors/.ckpt checkpoint: {_hint(what)}")
+        return "file", str(path)
+    if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        return "hub", ref
+    raise ModelNotFoundError(f"{what} {ref!r} does not exist: {_hint(what)}")
+
+
+def load_controlnet(ref: str, runtime: Runtime):
+    """A ControlNetModel from a folder, a single file or a hub id."""
+    from diffusers import ControlNetModel
+
+    kind, ref = _resolve(ref, "controlnet", "config.json")
+    try:
+        if kind == "file":
+            return ControlNetModel.from_single_file(ref, dtype=runtime.dtype)
+        return ControlNetModel.from_pretrained(ref, dtype=runtime.dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"could not load controlnet {ref!r}: {exc}. {_hint('controlnet')}") from exc
+
+
+def load_pipeline(model: str, controlnet: str, device: str | None = None, config: str | None = None):
+    """Load an SD 1.5 ControlNet pipeline on the best device with DDIM, ready to run.
+
+    ``config`` is only needed for a single-file checkpoint on a machine without
+    internet: a diffusers SD 1.5 folder (or hub id) whose component configs
+    describe the checkpoint.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
+
+    runtime = pick_runtime(device)
+    net = load_controlnet(controlnet, runtime)
+    kind, ref = _resolve(model, "model", "model_index.json")
+    common = dict(controlnet=net, safety_checker=None, requires_safety_checker=False,
+                  dtype=runtime.dtype)
+    try:
+        if kind == "file":
+            pipe = StableDiffusionControlNetPipeline.from_single_file(ref, config=config, **common)
+        else:
+            pipe = StableDiffusionControlNetPipeline.from_pretrained(ref, **common)
+    except (OSError, ValueError) as exc:
+        extra = (" For a single-file checkpoint offline, also pass --config with a diffusers SD 1.5 folder."
+                 if kind == "file" else "")
+        raise ModelNotFoundError(f"could not load model {ref!r}: {exc}.{extra} {_hint('model')}") from exc
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(runtime.device)
+    runtime.apply(pipe)
+    log.info("loaded %s (%s) + controlnet %s on %s/%s", ref, kind, controlnet, runtime.device, runtime.dtype)
+    return pipe
+
+
+def runtime_of(pipe) -> Runtime:
+    """The device and dtype a loaded pipeline runs with."""
+    return Runtime(device=torch.device(pipe.device), dtype=pipe.unet.dtype)

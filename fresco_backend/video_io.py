@@ -1,0 +1,105 @@
+"""Reading clips (video files or image sequences) and writing PNG sequences atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".exr", ".webp")
+
+
+class ClipError(ValueError):
+    """An input clip that does not exist or cannot be decoded."""
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ClipError(f"{folder} contains no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as uint8 RGB; 16-bit and float images are scaled to 8 bits."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if bgr is None:
+        raise ClipError(f"cannot read image {path}")
+    if bgr.dtype == np.uint16:
+        bgr = (bgr / 257).round().astype(np.uint8)
+    elif bgr.dtype != np.uint8:
+        bgr = (np.clip(bgr, 0, 1) * 255).round().astype(np.uint8)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Yield the frames of a video file or a folder of images as uint8 RGB arrays."""
+    path = Path(source)
+    if not path.exists():
+        raise ClipError(f"input {path} does not exist")
+    if path.is_dir():
+        for file in _image_files(path):
+            yield read_image(file)
+        return
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        yield read_image(path)
+        return
+    capture = cv2.VideoCapture(str(path))
+    try:
+        count = 0
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            count += 1
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if count == 0:
+            raise ClipError(f"cannot decode any frame of {path}: not a video FFmpeg can read, "
+                            f"or an empty one (a folder of images works too)")
+    finally:
+        capture.release()
+
+
+def read_frames(source: str | os.PathLike) -> list[np.ndarray]:
+    """All frames of a clip (see ``iter_frames``)."""
+    return list(iter_frames(source))
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG (or any OpenCV-readable image) bytes -> uint8 RGB; ClipError if they are not an image."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ClipError("data is not a decodable image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
+    write_bytes_atomic(path, encode_png(rgb))
+
+
+def read_png(path: Path) -> np.ndarray:
+    return read_image(Path(path))

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny untrained models built once per test session, synthetic clips."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """(model_dir, controlnet_dir): random-weight SD1.5-shaped diffusers folders.
+
+    FRESCO_TINY_DIR reuses a folder across runs (the demo and CI set it).
+    """
+    from fresco_backend.tiny import save_tiny_models
+
+    root = os.environ.get("FRESCO_TINY_DIR")
+    return save_tiny_models(Path(root) if root else tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def backend_python() -> Path:
+    """The Python that runs the backend: this test run's own."""
+    return Path(sys.executable)
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_models):
+    from fresco_backend.models import load_pipeline
+
+    return load_pipeline(str(tiny_models[0]), str(tiny_models[1]), device="cpu")

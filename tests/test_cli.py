@@ -1,0 +1,74 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fresco_backend.synthetic import moving_square, write_video
+from fresco_backend.video_io import read_frames, read_png
+
+
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    return write_video(path, moving_square(frames=6, width=96, height=64).frames)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "fresco_backend", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def translate(clip, out, models, *extra):
+    return cli("translate", clip, "--prompt", "a pencil sketch", "--out", out, "--model", models[0],
+               "--controlnet", models[1], "--steps", 3, "--size", 64, "--seed", 7, "--device", "cpu", *extra)
+
+
+def test_cli_translates_a_clip_deterministically(clip_path, tiny_models, tmp_path):
+    first = translate(clip_path, tmp_path / "a", tiny_models)
+    assert first.returncode == 0, first.stderr
+    files = sorted((tmp_path / "a").iterdir())
+    assert [f.name for f in files] == [f"{i:04d}.png" for i in range(1, 7)]
+    assert read_png(files[0]).shape == (64, 96, 3)
+    assert "translate" in first.stderr  # the progress bar
+    second = translate(clip_path, tmp_path / "b", tiny_models)
+    assert second.returncode == 0, second.stderr
+    for name in ("0001.png", "0006.png"):
+        assert np.array_equal(read_png(tmp_path / "a" / name), read_png(tmp_path / "b" / name))
+
+
+def test_cli_reads_image_folders(tiny_models, tmp_path, clip_path):
+    from fresco_backend.video_io import write_png_atomic
+
+    for i, frame in enumerate(read_frames(clip_path)[:3]):
+        write_png_atomic(tmp_path / "in" / f"f{i:03d}.png", frame)
+    result = translate(tmp_path / "in", tmp_path / "out", tiny_models)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").glob("*.png"))) == 3
+
+
+def test_cli_never_overwrites(clip_path, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0001.png").write_bytes(b"precious")
+    result = translate(clip_path, out, tiny_models)
+    assert result.returncode == 2 and "already holds 1 PNG" in result.stderr
+    assert (out / "0001.png").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing", "does not exist"),
+    ("garbage", "cannot decode any frame"),
+    ("empty_prompt", "prompt: must not be empty"),
+    ("bad_steps", "steps: 0 is below the minimum"),
+    ("no_model", "model '/no/model' does not exist"),
+])
+def test_cli_bad_input_is_a_clear_error(case, needle, clip_path, tiny_models, tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video at all")
+    clip, extra = {"missing": (tmp_path / "nope.mp4", ()), "garbage": (garbage, ()),
+                   "empty_prompt": (clip_path, ("--prompt", "")), "bad_steps": (clip_path, ("--steps", 0)),
+                   "no_model": (clip_path, ("--model", "/no/model"))}[case]
+    result = translate(clip, tmp_path / "out", tiny_models, *extra)
+    assert result.returncode == 2
+    assert needle in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,74 @@
+import types
+
+import pytest
+import torch
+
+from fresco_backend import device as D
+from fresco_backend.models import ModelNotFoundError, load_pipeline
+
+
+def test_tiny_model_round_trip(tiny_models, pipe):
+    from diffusers import DDIMScheduler
+
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.device.type == "cpu" and pipe.unet.dtype == torch.float32
+    # SD 1.5's structure: four decoder blocks, self-attention in up_blocks.1-3, VAE factor 8
+    assert len(pipe.unet.up_blocks) == 4
+    assert [hasattr(b, "attentions") for b in pipe.unet.up_blocks] == [False, True, True, True]
+    assert pipe.vae_scale_factor == 8
+    # weights really come from disk: a second load is identical
+    again = load_pipeline(str(tiny_models[0]), str(tiny_models[1]), device="cpu")
+    for a, b in zip(pipe.unet.state_dict().values(), again.unet.state_dict().values()):
+        assert torch.equal(a, b)
+    ids = pipe.tokenizer("a red car").input_ids
+    assert ids[0] == pipe.tokenizer.bos_token_id and ids[-1] == pipe.tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("ref, needle", [
+    ("/no/such/model", "does not exist"),
+    ("", "no model given"),
+])
+def test_missing_model_is_a_clear_error(tiny_models, ref, needle):
+    with pytest.raises(ModelNotFoundError) as info:
+        load_pipeline(ref, str(tiny_models[1]), device="cpu")
+    assert needle in str(info.value) and "--model" in str(info.value)
+
+
+def test_folder_that_is_not_a_model(tiny_models, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no model_index.json"):
+        load_pipeline(str(tmp_path), str(tiny_models[1]), device="cpu")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ModelNotFoundError, match="not a .safetensors"):
+        load_pipeline(str(tmp_path / "notes.txt"), str(tiny_models[1]), device="cpu")
+
+
+def test_uncached_hub_id_offline(tiny_models, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as info:
+        load_pipeline("nobody-here/no-such-model-xyz", str(tiny_models[1]), device="cpu")
+    assert "no-such-model-xyz" in str(info.value) and "huggingface-cli download" in str(info.value)
+
+
+def test_missing_controlnet_names_the_option(tiny_models):
+    with pytest.raises(ModelNotFoundError, match="--controlnet"):
+        load_pipeline(str(tiny_models[0]), "/no/such/controlnet", device="cpu")
+
+
+def test_runtime_cpu_and_cuda_choice(monkeypatch):
+    assert D.pick_runtime("cpu") == D.Runtime(torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert D.pick_runtime(None).device.type == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        D.pick_runtime("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    runtime = D.pick_runtime("auto")
+    assert runtime.device.type == "cuda" and runtime.dtype == torch.float16
+
+
+def test_gpu_runtime_enables_vae_slicing():
+    calls = []
+    pipe = types.SimpleNamespace(vae=types.SimpleNamespace(enable_slicing=lambda: calls.append("slice")))
+    D.Runtime(torch.device("cpu"), torch.float32).apply(pipe)
+    assert calls == []
+    D.Runtime(torch.device("cuda"), torch.float16).apply(pipe)
+    assert calls == ["slice"]
