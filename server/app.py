@@ -1,0 +1,146 @@
+"""HTTP routes of the backend (the API described in ``blender_addon/wire.py``).
+
+Every error is JSON ``{"error": "..."}`` with a 4xx/5xx code; every route but
+``/v1/health`` requires ``Authorization: Bearer <token>``.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from blender_addon import wire
+from blender_addon.settings import SettingsError, validate
+
+from .jobs import JobError, JobManager
+from .model_cache import ModelCache
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes before and while reading."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length header") from None
+        if length > limit:
+            raise ApiError(413, f"request body of {length} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[str, Any]) -> FastAPI:
+    """The FastAPI application serving ``manager``; ``info`` is merged into /v1/health."""
+    expected = f"{wire.AUTH_SCHEME} {token}".encode()
+
+    def require_token(request: Request) -> None:
+        given = request.headers.get(wire.AUTH_HEADER)
+        if given is None:
+            raise ApiError(401, f"missing {wire.AUTH_HEADER} header: this backend needs "
+                                f"'{wire.AUTH_SCHEME} <token>'")
+        if not hmac.compare_digest(given.encode(), expected):
+            raise ApiError(401, "invalid token: the backend was started with a different token")
+
+    app = FastAPI(title="FRESCO backend", version=str(info.get("version", "")))
+    auth = [Depends(require_token)]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": wire.AUTH_SCHEME} if exc.status == 401 else None
+        return _error(exc.status, exc.message, headers)
+
+    @app.exception_handler(JobError)
+    async def _job_error(_: Request, exc: JobError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):  # the router's own answers: say which route
+            message = f"{message}: no API route {request.method} {request.url.path}"
+        return _error(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                             for e in exc.errors())
+        return _error(422, f"invalid request: {problems}")
+
+    @app.get(wire.HEALTH)
+    def health() -> dict[str, Any]:
+        return {"api": wire.API_VERSION, **info, "load_count": cache.load_count,
+                "last_load_seconds": cache.last_load_seconds}
+
+    @app.post(wire.JOBS, dependencies=auth, status_code=201)
+    async def create_job(request: Request) -> dict[str, Any]:
+        raw = await read_body(request, wire.MAX_JSON_BYTES)
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, 'body must be a JSON object {"settings": {...}, "frame_count": N}')
+        unknown = sorted(set(body) - {"settings", "frame_count"})
+        if unknown:
+            raise ApiError(422, f"unknown field(s) in job: {', '.join(unknown)}")
+        try:
+            settings = validate(body.get("settings", {}))
+        except SettingsError as exc:
+            raise ApiError(422, str(exc)) from None
+        job = await run_in_threadpool(manager.create, settings, body.get("frame_count"))
+        return job.status()
+
+    @app.get(wire.JOBS + "/{job_id}", dependencies=auth)
+    def job_status(job_id: str) -> dict[str, Any]:
+        return manager.get(job_id).status()
+
+    @app.put(wire.JOBS + "/{job_id}/input/{index}", dependencies=auth)
+    async def upload_input(job_id: str, index: int, request: Request) -> dict[str, Any]:
+        job = manager.get(job_id)  # 404 before reading a large body
+        data = await read_body(request, wire.MAX_FRAME_BYTES)
+        await run_in_threadpool(manager.put_input, job_id, index, data)
+        return {"id": job.id, "index": index, "uploaded": len(job.uploaded), "frame_count": job.frame_count}
+
+    @app.post(wire.JOBS + "/{job_id}/start", dependencies=auth)
+    def start_job(job_id: str) -> dict[str, Any]:
+        return manager.start(job_id).status()
+
+    @app.post(wire.JOBS + "/{job_id}/cancel", dependencies=auth)
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        return manager.cancel(job_id).status()
+
+    @app.get(wire.JOBS + "/{job_id}/events", dependencies=auth)
+    def job_events(job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
+        return manager.events(job_id, after, wait)
+
+    @app.get(wire.JOBS + "/{job_id}/output/{index}", dependencies=auth)
+    def download_output(job_id: str, index: int) -> FileResponse:
+        return FileResponse(manager.output_file(job_id, index), media_type="image/png")
+
+    return app

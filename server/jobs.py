@@ -1,0 +1,301 @@
+"""Job state, job folders, the event feed and the single worker thread.
+
+A job is created in the ``uploading`` state, receives its input PNGs, is
+queued by ``start`` and run by the one worker thread (one GPU), which writes
+every translated frame to ``output/`` and records events with increasing
+``seq``. Everything here is independent of HTTP and of torch: the pipeline
+provider and the translate function are injected, so tests can use fakes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from blender_addon import wire
+
+from fresco_backend.video_io import encode_png, write_bytes_atomic
+
+from .images import BadImage, LazyFrames, png_size
+
+log = logging.getLogger("fresco.server.jobs")
+
+MAX_WAIT = 30.0  # seconds a long-poll on the event feed may block
+
+GetPipeline = Callable[[dict[str, Any]], Any]
+Translate = Callable[..., Iterator[tuple[int, np.ndarray]]]
+
+
+class JobError(Exception):
+    """A request about a job that cannot be served; ``status`` is the HTTP code."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class JobNotFound(JobError):
+    status = 404
+
+
+class JobConflict(JobError):
+    status = 409
+
+
+@dataclass
+class Job:
+    """One translation job: its folder, inputs, outputs, state and events."""
+
+    id: str
+    settings: dict[str, Any]
+    frame_count: int
+    folder: Path
+    state: str = wire.UPLOADING
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    uploaded: set[int] = field(default_factory=set)
+    outputs: set[int] = field(default_factory=set)
+    frame_size: tuple[int, int] | None = None
+    error: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def input_dir(self) -> Path:
+        return self.folder / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.folder / "output"
+
+    def status(self) -> dict[str, Any]:
+        """The JSON status of the job (GET /v1/jobs/{id})."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "frame_count": self.frame_count,
+            "uploaded": len(self.uploaded),
+            "outputs": len(self.outputs),
+            "error": self.error,
+            "settings": self.settings,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "last_seq": len(self.events) - 1,
+        }
+
+
+def error_message(exc: BaseException) -> str:
+    """What a client is told about a failed job: the message itself, or the type if empty."""
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
+
+
+class JobManager:
+    """All jobs of the server process and the worker thread that runs them in order."""
+
+    def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate) -> None:
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._get_pipeline = get_pipeline
+        self._translate = translate
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._running: Job | None = None
+        self._worker = threading.Thread(target=self._work, name="fresco-worker", daemon=True)
+        self._worker.start()
+
+    # ---- requests ---------------------------------------------------------------
+
+    def create(self, settings: dict[str, Any], frame_count: int) -> Job:
+        """A new job waiting for ``frame_count`` input frames; settings already validated."""
+        if not isinstance(frame_count, int) or isinstance(frame_count, bool) \
+                or not 1 <= frame_count <= wire.MAX_FRAMES:
+            raise JobError(f"frame_count: expected an integer from 1 to {wire.MAX_FRAMES}, "
+                           f"got {frame_count!r}", 422)
+        job_id = uuid.uuid4().hex
+        job = Job(id=job_id, settings=settings, frame_count=frame_count, folder=self.work_dir / job_id)
+        job.input_dir.mkdir(parents=True)
+        job.output_dir.mkdir()
+        with self._lock:
+            self._jobs[job_id] = job
+            self._emit(job, wire.EV_STATE, state=job.state)
+        log.info("job %s created: %d frames", job_id, frame_count)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"unknown job {job_id!r}")
+        return job
+
+    def put_input(self, job_id: str, index: int, data: bytes) -> None:
+        """Store input frame ``index`` (PNG bytes) of a job that is still uploading."""
+        job = self.get(job_id)
+        self._check_index(job, index, "input")
+        try:
+            size = png_size(data)
+        except BadImage as exc:
+            raise JobError(f"input frame {index}: {exc}", 400) from None
+        with self._lock:
+            if job.state != wire.UPLOADING:
+                raise JobConflict(f"job {job_id} is {job.state}; inputs can only be uploaded before start")
+            if job.frame_size is not None and size != job.frame_size:
+                raise JobError(f"input frame {index} is {size[0]}x{size[1]} but earlier frames are "
+                               f"{job.frame_size[0]}x{job.frame_size[1]}; all frames must have one size", 400)
+            job.frame_size = size
+        write_bytes_atomic(job.input_dir / wire.frame_filename(index), data)
+        with self._lock:
+            job.uploaded.add(index)
+
+    def start(self, job_id: str) -> Job:
+        """Queue a job whose inputs are all uploaded."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.state != wire.UPLOADING:
+                raise JobConflict(f"job {job_id} is already {job.state}")
+            missing = job.frame_count - len(job.uploaded)
+            if missing:
+                first = min(set(range(job.frame_count)) - job.uploaded)
+                raise JobConflict(f"job {job_id}: {missing} of {job.frame_count} input frames not "
+                                  f"uploaded yet (first missing: {first})")
+            self._set_state(job, wire.QUEUED)
+        self._queue.put(job.id)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Stop a running job (at its next denoising step) or drop a queued/uploading one."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.state in wire.FINAL_STATES:
+                return job
+            job.cancel.set()
+            if job.state != wire.RUNNING:  # the worker never touches it: finish it here
+                job.finished = time.time()
+                self._set_state(job, wire.CANCELLED)
+        return job
+
+    def events(self, job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
+        """Events with seq > ``after``, waiting up to ``wait`` s (capped) for the first one."""
+        job = self.get(job_id)
+        wait = min(max(wait, 0.0), MAX_WAIT) if math.isfinite(wait) else 0.0
+        deadline = time.monotonic() + wait
+        with self._changed:
+            while True:
+                new = job.events[after + 1:] if after >= -1 else list(job.events)
+                remaining = deadline - time.monotonic()
+                if new or job.state in wire.FINAL_STATES or remaining <= 0:
+                    return {"events": [dict(e) for e in new], "state": job.state}
+                self._changed.wait(remaining)
+
+    def output_file(self, job_id: str, index: int) -> Path:
+        """The PNG of output frame ``index``, if the worker has written it."""
+        job = self.get(job_id)
+        self._check_index(job, index, "output")
+        with self._lock:
+            ready = index in job.outputs
+        if not ready:
+            raise JobError(f"output frame {index} of job {job_id} is not ready (job is {job.state})", 404)
+        return job.output_dir / wire.frame_filename(index)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Cancel everything and stop the worker thread."""
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state not in wire.FINAL_STATES:
+                    job.cancel.set()
+        self._queue.put(None)
+        self._worker.join(timeout)
+
+    # ---- internals --------------------------------------------------------------
+
+    @staticmethod
+    def _check_index(job: Job, index: int, what: str) -> None:
+        if not 0 <= index < job.frame_count:
+            raise JobError(f"{what} frame index {index} is out of range 0..{job.frame_count - 1}", 400)
+
+    def _emit(self, job: Job, type_: str, **fields: Any) -> None:
+        with self._changed:
+            job.events.append({"seq": len(job.events), "type": type_, **fields})
+            self._changed.notify_all()
+
+    def _set_state(self, job: Job, state: str) -> None:
+        with self._lock:
+            job.state = state
+            self._emit(job, wire.EV_STATE, state=state)
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            job = self._jobs[job_id]
+            with self._lock:
+                if job.state != wire.QUEUED:  # cancelled while queued
+                    continue
+                job.started = time.time()
+                self._running = job
+                self._set_state(job, wire.RUNNING)
+            try:
+                self._run(job)
+            except BaseException as exc:  # noqa: BLE001 - any failure ends the job, not the worker
+                with self._lock:
+                    job.finished = time.time()
+                    if job.cancel.is_set():
+                        log.info("job %s cancelled", job.id)
+                        self._set_state(job, wire.CANCELLED)
+                    else:
+                        log.exception("job %s failed", job.id)
+                        job.error = error_message(exc)
+                        self._emit(job, wire.EV_ERROR, message=job.error)
+                        self._set_state(job, wire.FAILED)
+            else:
+                with self._lock:
+                    job.finished = time.time()
+                    self._emit(job, wire.EV_DONE, frame_count=len(job.outputs))
+                    self._set_state(job, wire.DONE)
+                log.info("job %s done in %.1f s", job.id, job.finished - (job.started or job.finished))
+            finally:
+                with self._lock:
+                    self._running = None
+
+    def _run(self, job: Job) -> None:
+        self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=1, eta=None)
+        pipe = self._get_pipeline(job.settings)
+        if job.cancel.is_set():
+            raise InterruptedError("cancelled")
+        frames: Sequence[np.ndarray] = LazyFrames(
+            [job.input_dir / wire.frame_filename(i) for i in range(job.frame_count)])
+
+        def on_progress(p: Any) -> None:
+            eta = getattr(p, "eta", None)
+            self._emit(job, wire.EV_PROGRESS, stage=str(p.stage), done=int(p.done), total=int(p.total),
+                       eta=None if eta is None else float(eta))
+
+        for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel):
+            if not 0 <= index < job.frame_count:
+                raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")
+            write_bytes_atomic(job.output_dir / wire.frame_filename(index), encode_png(rgb))
+            with self._lock:
+                job.outputs.add(index)
+            self._emit(job, wire.EV_FRAME, index=index)
+            if job.cancel.is_set():
+                raise InterruptedError("cancelled")
+        if len(job.outputs) != job.frame_count:
+            raise RuntimeError(f"backend produced {len(job.outputs)} of {job.frame_count} frames")

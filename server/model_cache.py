@@ -1,0 +1,65 @@
+"""Keeps the loaded pipeline warm between jobs.
+
+One entry (one GPU): a job asking for another (model, controlnet, device)
+drops the previous pipeline before loading the new one. Loads are counted so
+clients and tests can see that a warm server does not reload.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+log = logging.getLogger("fresco.server.models")
+
+Loader = Callable[[str, str, "str | None"], Any]
+
+
+class ModelCache:
+    """Pipeline cache keyed by (model, controlnet, device)."""
+
+    def __init__(self, loader: Loader, default_model: str, controlnet: str, device: str | None) -> None:
+        self._loader = loader
+        self.default_model = default_model
+        self.controlnet = controlnet
+        self.device = device
+        self._key: tuple[str, str, str | None] | None = None
+        self._pipe: Any = None
+        self._lock = threading.Lock()
+        self.load_count = 0
+        self.last_load_seconds: float | None = None
+
+    def for_settings(self, settings: dict[str, Any]) -> Any:
+        """The pipeline for a job's settings ("model" empty -> the server's default)."""
+        model = (settings.get("model") or "").strip() or self.default_model
+        return self.get(model, self.controlnet, self.device)
+
+    def get(self, model: str, controlnet: str, device: str | None) -> Any:
+        key = (model, controlnet, device)
+        with self._lock:
+            if self._key == key and self._pipe is not None:
+                return self._pipe
+            self._drop()
+            log.info("loading model %s with controlnet %s on %s", model, controlnet, device or "auto")
+            t0 = time.perf_counter()
+            pipe = self._loader(model, controlnet, device)
+            self.last_load_seconds = time.perf_counter() - t0
+            self.load_count += 1
+            self._key, self._pipe = key, pipe
+            log.info("model loaded in %.1f s", self.last_load_seconds)
+            return pipe
+
+    def _drop(self) -> None:
+        if self._pipe is None:
+            return
+        self._key, self._pipe = None, None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover - torch is always there in the backend venv
+            pass
