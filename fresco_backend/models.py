@@ -55,14 +55,18 @@ def _resolve(ref: str, what: str, marker: str) -> tuple[str, str]:
     raise ModelNotFoundError(f"{what} {ref!r} does not exist: {_hint(what)}")
 
 
-def load_controlnet(ref: str, runtime: Runtime):
-    """A ControlNetModel from a folder, a single file or a hub id."""
+def load_controlnet(ref: str, runtime: Runtime, config: str | None = None):
+    """A ControlNetModel from a folder, a single file or a hub id.
+
+    ``config`` (a diffusers ControlNet folder or hub id) describes a single-file
+    ControlNet; without it diffusers fetches a default config from the hub.
+    """
     from diffusers import ControlNetModel
 
     kind, ref = _resolve(ref, "controlnet", "config.json")
     try:
         if kind == "file":
-            return ControlNetModel.from_single_file(ref, dtype=runtime.dtype)
+            return ControlNetModel.from_single_file(ref, config=config, dtype=runtime.dtype)
         return ControlNetModel.from_pretrained(ref, dtype=runtime.dtype)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"could not load controlnet {ref!r}: {exc}. {_hint('controlnet')}") from exc

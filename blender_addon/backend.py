@@ -1,0 +1,99 @@
+"""The one warm backend process of this Blender session (no bpy).
+
+Started on the first job, reused while its configuration is unchanged and it
+is alive, stopped by ``stop`` (unregister, the Stop Backend button) and at
+interpreter exit. Safe to call from the worker thread.
+"""
+from __future__ import annotations
+
+import atexit
+import threading
+from pathlib import Path
+from typing import Any
+
+_lock = threading.Lock()
+_process: Any = None  # launcher.BackendProcess
+_key: tuple | None = None
+
+
+def config_problem(config: dict[str, str]) -> str | None:
+    """What is missing from the backend configuration, or None if it looks usable."""
+    python = config.get("python", "")
+    if not python:
+        return ("no backend Python configured: set it in the add-on preferences "
+                "or the FRESCO_BACKEND_PYTHON environment variable")
+    if not Path(python).exists():
+        return f"backend Python not found: {python}"
+    backend_dir = config.get("backend_dir", "")
+    if not backend_dir or not (Path(backend_dir) / "server").is_dir():
+        return (f"backend folder {backend_dir!r} does not contain server/: set it in the add-on "
+                "preferences or the FRESCO_BACKEND_DIR environment variable")
+    if not config.get("model"):
+        return "no model configured: set it in the add-on preferences or FRESCO_MODEL"
+    if not config.get("controlnet"):
+        return "no ControlNet configured: set it in the add-on preferences or FRESCO_CONTROLNET"
+    return None
+
+
+def _alive(process: Any) -> bool:
+    alive = getattr(process, "alive", None)
+    if alive is not None and not alive():
+        return False
+    try:
+        process.client(timeout=5.0).health()
+    except Exception:
+        return False
+    return True
+
+
+def _stop_locked() -> None:
+    global _process, _key
+    process, _process, _key = _process, None, None
+    if process is not None:
+        try:
+            process.stop()
+        except Exception as exc:  # pragma: no cover - best effort at shutdown
+            print(f"FRESCO: stopping the backend failed: {exc}")
+
+
+def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
+    """A client of the warm backend for ``config``, starting (or restarting) it when needed.
+
+    Raises RuntimeError (launcher.LaunchError) with the backend log's tail if it cannot start.
+    """
+    global _process, _key
+    from . import launcher
+
+    problem = config_problem(config)
+    if problem:
+        raise RuntimeError(problem)
+    key = tuple(sorted(config.items()))
+    with _lock:
+        if _process is not None and (_key != key or not _alive(_process)):
+            _stop_locked()
+        if _process is None:
+            start = getattr(launcher, "launch", None) or launcher.start_backend
+            _process = start(config["python"], config["backend_dir"], config["model"], config["controlnet"],
+                             device=config.get("device") or None)
+            _key = key
+        return _process.client(timeout=timeout)
+
+
+def running() -> bool:
+    with _lock:
+        return _process is not None
+
+
+def pid() -> int | None:
+    with _lock:
+        proc = getattr(_process, "process", None)
+        return proc.pid if proc is not None else None
+
+
+def stop() -> None:
+    """Stop the warm backend (no-op when none is running)."""
+    with _lock:
+        _stop_locked()
+
+
+atexit.register(stop)

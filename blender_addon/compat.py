@@ -1,0 +1,110 @@
+"""One set of names for the sequencer API across Blender 4.2 LTS .. 5.x.
+
+Blender 4.4 added ``Strip`` type names and ``SequenceEditor.strips`` next to
+the old ``Sequence``/``sequences`` names; 5.0 removed the old ones. The rest of
+the add-on only uses the functions here.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import bpy
+
+
+def strip_type() -> type:
+    """The RNA base type of every strip (``bpy.types.Strip`` or ``Sequence``)."""
+    return getattr(bpy.types, "Strip", None) or bpy.types.Sequence
+
+
+def editor(scene: Any, create: bool = False) -> Any:
+    """The scene's sequence editor (created if asked), or None."""
+    if scene.sequence_editor is None and create:
+        scene.sequence_editor_create()
+    return scene.sequence_editor
+
+
+def top_strips(ed: Any) -> Any:
+    """The editor's top-level strip collection (has new_movie/new_image/remove)."""
+    coll = getattr(ed, "strips", None)
+    return coll if coll is not None else ed.sequences
+
+
+def all_strips(ed: Any) -> Any:
+    """Every strip of the editor, including those inside meta strips."""
+    coll = getattr(ed, "strips_all", None)
+    return coll if coll is not None else ed.sequences_all
+
+
+def selected_strips(context: Any) -> list:
+    """Selected strips from the context; [] where the context has none (background mode)."""
+    for name in ("selected_strips", "selected_sequences"):
+        value = getattr(context, name, None)
+        if value:
+            return list(value)
+    return []
+
+
+def active_strip(context: Any) -> Any:
+    """The active strip of the context's scene, or None."""
+    scene = getattr(context, "scene", None)
+    ed = scene.sequence_editor if scene is not None else None
+    return ed.active_strip if ed is not None else None
+
+
+def meta_children(strip: Any) -> Any:
+    """The strips inside a meta strip."""
+    coll = getattr(strip, "strips", None)
+    return coll if coll is not None else strip.sequences
+
+
+def walk(coll: Any) -> Iterator[Any]:
+    """Every strip of ``coll`` and, recursively, of its meta strips."""
+    for strip in coll:
+        yield strip
+        if strip.type == "META":
+            yield from walk(meta_children(strip))
+
+
+def visible_start(strip: Any) -> int:
+    """First frame at which the strip shows (after trimming)."""
+    return int(strip.frame_final_start)
+
+
+def visible_duration(strip: Any) -> int:
+    """Number of frames the strip shows (after trimming)."""
+    return int(strip.frame_final_duration)
+
+
+def visible_end(strip: Any) -> int:
+    """One past the last frame at which the strip shows."""
+    return int(strip.frame_final_end)
+
+
+def new_image_strip(coll: Any, name: str, first_file: str, channel: int, frame_start: int,
+                    fit_method: str = "FIT") -> Any:
+    return coll.new_image(name=name, filepath=first_file, channel=channel,
+                          frame_start=frame_start, fit_method=fit_method)
+
+
+def new_movie_strip(coll: Any, name: str, filepath: str, channel: int, frame_start: int) -> Any:
+    return coll.new_movie(name=name, filepath=filepath, channel=channel, frame_start=frame_start)
+
+
+def set_image_png(image_settings: Any) -> None:
+    """Make ``image_settings`` write 8-bit RGB PNGs (5.0 added ``media_type``)."""
+    if "media_type" in image_settings.bl_rna.properties:
+        image_settings.media_type = "IMAGE"
+    image_settings.file_format = "PNG"
+    image_settings.color_mode = "RGB"
+    image_settings.color_depth = "8"
+
+
+def new_effect_strip(coll: Any, name: str, type: str, channel: int, frame_start: int, length: int,
+                     **inputs: Any) -> Any:
+    """A new effect strip covering ``length`` frames (5.0 takes ``length``, 4.x ``frame_end``)."""
+    params = coll.bl_rna.functions["new_effect"].parameters
+    if "length" in params:
+        return coll.new_effect(name=name, type=type, channel=channel, frame_start=frame_start, length=length,
+                               **inputs)
+    return coll.new_effect(name=name, type=type, channel=channel, frame_start=frame_start,
+                           frame_end=frame_start + length, **inputs)

@@ -1,0 +1,89 @@
+"""Where results go: the output folder next to the .blend and the new image strip."""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import bpy
+
+from . import compat
+from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY
+
+MAX_CHANNEL = 128
+RESULT_SUFFIX = ".fresco"
+
+
+def safe_name(name: str) -> str:
+    """``name`` usable as one path component on every OS."""
+    cleaned = re.sub(r'[<>:"/\\|?*\x00-\x1f]+', "_", name).strip(" .")
+    return cleaned or "strip"
+
+
+def output_root() -> Path:
+    """``//fresco`` next to the saved .blend; a temp folder for an unsaved file."""
+    if bpy.data.filepath:
+        return Path(bpy.path.abspath("//fresco"))
+    return Path(tempfile.gettempdir()) / "fresco"
+
+
+def new_output_dir(strip_name: str, root: Path | None = None) -> Path:
+    """Create and return ``root/<strip name>_<n>`` with the first n whose folder does not exist yet."""
+    root = Path(root) if root is not None else output_root()
+    root.mkdir(parents=True, exist_ok=True)
+    base = safe_name(strip_name)
+    n = 1
+    while True:
+        candidate = root / f"{base}_{n}"
+        try:
+            candidate.mkdir()  # atomic: never reuses a folder, even with two jobs racing
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
+def free_channel(scene: Any, above: int, start: int, end: int, exclude: Sequence[Any] = ()) -> int:
+    """The first channel above ``above`` with no strip overlapping frames [start, end)."""
+    ed = compat.editor(scene, create=True)
+    busy: dict[int, list[tuple[int, int]]] = {}
+    for strip in compat.top_strips(ed):
+        if strip in exclude:
+            continue
+        busy.setdefault(strip.channel, []).append((compat.visible_start(strip), compat.visible_end(strip)))
+    for channel in range(above + 1, MAX_CHANNEL + 1):
+        if all(e <= start or s >= end for s, e in busy.get(channel, ())):
+            return channel
+    raise RuntimeError(f"no free channel above {above} for frames {start}..{end - 1}")
+
+
+def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: dict,
+                     job_id: str | None = None) -> Any:
+    """Add the image strip of ``files`` at the source's first visible frame, on the first free channel above it."""
+    if not files:
+        raise RuntimeError("the job returned no frames")
+    files = [Path(f) for f in files]
+    start = compat.visible_start(source)
+    channel = free_channel(scene, source.channel, start, start + len(files))
+    first = str(files[0])
+    if bpy.data.filepath:
+        try:
+            first = bpy.path.relpath(first)
+        except ValueError:  # another drive on Windows
+            pass
+    ed = compat.editor(scene, create=True)
+    taken = {s.name for s in compat.all_strips(ed)}
+    name, n = source.name + RESULT_SUFFIX, 1
+    while name in taken:  # Blender's own uniquifier would turn "x.fresco" into "x.001"
+        n += 1
+        name = f"{source.name}{RESULT_SUFFIX}_{n}"
+    strip = compat.new_image_strip(compat.top_strips(ed), name, first, channel, start, fit_method="FIT")
+    for path in files[1:]:
+        strip.elements.append(path.name)
+    # the job's settings, readable without the add-on
+    strip[RESULT_SETTINGS_KEY] = json.dumps(settings, sort_keys=True)
+    strip[RESULT_SOURCE_KEY] = source.name
+    if job_id:
+        strip["fresco_job"] = job_id
+    return strip

@@ -1,0 +1,132 @@
+"""Per-strip job settings (built from ``settings.SETTINGS``) and add-on preferences."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from . import compat
+from .settings import SETTINGS, Setting
+
+ADDON_ID = __package__  # "fresco_vse", "bl_ext.<repo>.fresco_vse" or "blender_addon" in a checkout
+STRIP_PROP = "fresco"  # strip.fresco -> FrescoStripSettings
+RESULT_SETTINGS_KEY = "fresco_settings"  # JSON custom property on result strips
+RESULT_SOURCE_KEY = "fresco_source"
+
+# environment variables override the preferences (tests, render farm)
+ENV = {
+    "python": "FRESCO_BACKEND_PYTHON",
+    "backend_dir": "FRESCO_BACKEND_DIR",
+    "model": "FRESCO_MODEL",
+    "controlnet": "FRESCO_CONTROLNET",
+    "device": "FRESCO_DEVICE",
+}
+
+
+def _bpy_property(setting: Setting) -> Any:
+    """The bpy.props property for one schema entry."""
+    common = {"name": setting.label, "description": setting.description, "default": setting.default}
+    if setting.kind == "str":
+        return bpy.props.StringProperty(**common)
+    if setting.kind == "bool":
+        return bpy.props.BoolProperty(**common)
+    if setting.kind == "int":
+        limits = {}
+        if setting.minimum is not None:
+            limits["min"] = int(setting.minimum)
+        if setting.maximum is not None:
+            limits["max"] = int(setting.maximum)
+        return bpy.props.IntProperty(**common, **limits)
+    if setting.kind == "float":
+        limits = {}
+        if setting.minimum is not None:
+            limits["min"] = float(setting.minimum)
+        if setting.maximum is not None:
+            limits["max"] = float(setting.maximum)
+        return bpy.props.FloatProperty(**common, **limits)
+    if setting.kind == "enum":
+        items = [(c, c.replace("_", " ").title(), setting.description) for c in setting.choices]
+        return bpy.props.EnumProperty(items=items, **common)
+    raise TypeError(f"setting {setting.name}: unsupported kind {setting.kind!r}")
+
+
+FrescoStripSettings = type(
+    "FrescoStripSettings",
+    (bpy.types.PropertyGroup,),
+    {"__annotations__": {s.name: _bpy_property(s) for s in SETTINGS},
+     "__doc__": "FRESCO translation settings of one strip"},
+)
+
+
+def strip_settings(strip: Any) -> dict[str, Any]:
+    """The strip's settings as a plain dict (not yet validated)."""
+    group = getattr(strip, STRIP_PROP)
+    return {s.name: getattr(group, s.name) for s in SETTINGS}
+
+
+class FrescoPreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    backend_python: bpy.props.StringProperty(
+        name="Backend Python", subtype="FILE_PATH",
+        description="Python executable of the backend's environment (with torch and diffusers); "
+                    "env FRESCO_BACKEND_PYTHON overrides")
+    backend_dir: bpy.props.StringProperty(
+        name="Backend Folder", subtype="DIR_PATH",
+        description="Checkout containing server/ and fresco_backend/; env FRESCO_BACKEND_DIR overrides")
+    model: bpy.props.StringProperty(
+        name="Model", description="Stable Diffusion 1.5 hub id, diffusers folder or .safetensors file; "
+                                  "env FRESCO_MODEL overrides")
+    controlnet: bpy.props.StringProperty(
+        name="ControlNet", description="ControlNet hub id or diffusers folder; env FRESCO_CONTROLNET overrides")
+    device: bpy.props.StringProperty(
+        name="Device", description="Torch device for the backend (empty: automatic); env FRESCO_DEVICE overrides")
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        for name in ("backend_python", "backend_dir", "model", "controlnet", "device"):
+            row = layout.row()
+            row.prop(self, name)
+            if os.environ.get(ENV[name]):
+                row.enabled = False
+                layout.label(text=f"Overridden by {ENV[name]}={os.environ[ENV[name]]}", icon="INFO")
+
+
+def preferences(context: Any = None) -> Any:
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ADDON_ID)
+    return addon.preferences if addon is not None else None
+
+
+def backend_config(context: Any = None) -> dict[str, str]:
+    """Backend settings: environment variables first, then the preferences."""
+    prefs = preferences(context)
+    config = {}
+    for key, env in ENV.items():
+        value = os.environ.get(env) or (getattr(prefs, key, "") if prefs is not None else "")
+        config[key] = bpy.path.abspath(value) if value.startswith("//") else value
+    if not config["backend_dir"]:
+        # a development checkout: the add-on folder sits next to server/
+        here = Path(__file__).resolve().parent.parent
+        if (here / "server").is_dir():
+            config["backend_dir"] = str(here)
+    return config
+
+
+CLASSES = (FrescoStripSettings, FrescoPreferences)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    setattr(compat.strip_type(), STRIP_PROP, bpy.props.PointerProperty(type=FrescoStripSettings))
+
+
+def unregister() -> None:
+    base = compat.strip_type()
+    if hasattr(base, STRIP_PROP):
+        delattr(base, STRIP_PROP)
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,362 @@
+"""Operators, the sequencer sidebar panel and the UI job loop.
+
+Background mode (``blender -b``, the bpy module) has no event loop: timers
+never fire and modal operators cannot run, so the translate operator runs the
+whole job synchronously there. With a UI it never blocks on the backend: a
+worker thread does the HTTP work (``jobrun.worker``) and a ``bpy.app.timers``
+function (``poll_job``) drains its queue on the main thread, updates the
+progress shown in the panel and adds the result strip. Only the main thread
+touches bpy data.
+"""
+from __future__ import annotations
+
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import bpy
+
+from . import backend, compat, export, jobrun, place, props
+from .settings import SETTINGS, SettingsError, validate
+
+
+def log(message: str) -> None:
+    print(f"FRESCO: {message}", flush=True)
+
+
+class UIJob:
+    """A job started from the UI: state shared between the worker thread (via ``queue``) and the main thread."""
+
+    def __init__(self, scene_name: str, source_name: str, settings: dict, frame_paths: list[Path],
+                 export_dir: Path, out_dir: Path) -> None:
+        self.scene_name = scene_name
+        self.source_name = source_name
+        self.settings = settings
+        self.frame_paths = frame_paths
+        self.export_dir = export_dir
+        self.out_dir = out_dir
+        self.queue: queue.Queue = queue.Queue()
+        self.cancel = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.job_id: str | None = None
+        self.stage = "starting"
+        self.done = 0
+        self.total = 0
+        self.eta: float | None = None
+        self.finished = False
+        self.error: str | None = None
+        self.result_name: str | None = None
+        self.started = time.monotonic()
+
+    def start(self, get_client: Callable[[], Any]) -> None:
+        self.thread = threading.Thread(
+            target=jobrun.worker, name="fresco-job", daemon=True,
+            args=(get_client, self.settings, self.frame_paths, self.out_dir, self.queue.put, self.cancel))
+        self.thread.start()
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+_job: UIJob | None = None  # the UI job shown in the panel (running or last finished)
+POLL_INTERVAL = 0.2
+
+
+def current_job() -> UIJob | None:
+    return _job
+
+
+def _finish(job: UIJob, files: list[str]) -> None:
+    """Main thread: put the result on the timeline."""
+    scene = bpy.data.scenes.get(job.scene_name)
+    ed = compat.editor(scene) if scene is not None else None
+    source = compat.all_strips(ed).get(job.source_name) if ed is not None else None
+    if source is None:
+        raise RuntimeError(f"strip {job.source_name!r} is gone; the frames are in {job.out_dir}")
+    strip = place.add_result_strip(scene, source, [Path(f) for f in files], job.settings, job.job_id)
+    _copy_strip_settings(source, strip)
+    job.result_name = strip.name
+
+
+def poll_job(job: UIJob) -> float | None:
+    """Timer body: handle the worker's messages. Returns the next interval, or None when the job is over.
+
+    Runs on the main thread (``bpy.app.timers``); tests call it directly in a loop.
+    """
+    if job.finished:
+        return None
+    while True:
+        try:
+            message = job.queue.get_nowait()
+        except queue.Empty:
+            break
+        kind = message.get("kind")
+        if kind == "job":
+            job.job_id = message["job_id"]
+        elif kind == "progress":
+            job.stage, job.done, job.total = message["stage"], message["done"], message["total"]
+            job.eta = message.get("eta")
+        elif kind in ("finished", "error", "cancelled"):
+            job.finished = True
+            try:
+                if kind == "finished":
+                    _finish(job, message["files"])
+                    job.stage = "done"
+                    log(f"{job.source_name}: result strip {job.result_name!r} from {job.out_dir}")
+                elif kind == "cancelled":
+                    job.stage = "cancelled"
+                    _discard_output(job.out_dir)
+                else:
+                    job.error = message["message"]
+                    job.stage = "failed"
+                    _discard_output(job.out_dir)
+            except Exception as exc:  # never let a timer raise into Blender
+                job.error = str(exc)
+                job.stage = "failed"
+            finally:
+                shutil.rmtree(job.export_dir, ignore_errors=True)
+            if job.error:
+                log(f"{job.source_name}: job failed: {job.error}")
+            break
+    _redraw()
+    return None if job.finished else POLL_INTERVAL
+
+
+def _timer() -> float | None:
+    job = _job
+    if job is None:
+        return None
+    try:
+        return poll_job(job)
+    except Exception as exc:  # pragma: no cover - defensive
+        job.finished, job.error = True, str(exc)
+        return None
+
+
+def _redraw() -> None:
+    wm = getattr(bpy.context, "window_manager", None)
+    if wm is None:
+        return
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type == "SEQUENCE_EDITOR":
+                area.tag_redraw()
+
+
+def _discard_output(out_dir: Path) -> None:
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _copy_strip_settings(source: Any, target: Any) -> None:
+    src, dst = getattr(source, props.STRIP_PROP), getattr(target, props.STRIP_PROP)
+    for s in SETTINGS:
+        setattr(dst, s.name, getattr(src, s.name))
+
+
+def _target_strip(context: Any, name: str) -> Any:
+    scene = context.scene
+    ed = compat.editor(scene)
+    if ed is None:
+        return None
+    if name:
+        return compat.all_strips(ed).get(name)
+    return ed.active_strip
+
+
+class FRESCO_OT_translate(bpy.types.Operator):
+    """Translate the active strip with FRESCO and add the result as a new image strip above it"""
+
+    bl_idname = "fresco.translate"
+    bl_label = "Translate"
+    bl_options = {"REGISTER"}
+
+    strip: bpy.props.StringProperty(
+        name="Strip", description="Name of the strip to translate (empty: the active strip)",
+        options={"SKIP_SAVE"})
+    synchronous: bpy.props.BoolProperty(
+        name="Synchronous", description="Run the whole job before returning (always on in background mode)",
+        options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return context.scene is not None and context.scene.sequence_editor is not None
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            return self._execute(context)
+        except Exception as exc:  # never crash Blender; say what went wrong
+            self.report({"ERROR"}, f"FRESCO: {exc}")
+            return {"CANCELLED"}
+
+    def _execute(self, context: Any) -> set[str]:
+        scene = context.scene
+        source = _target_strip(context, self.strip)
+        if source is None:
+            self.report({"ERROR"}, f"FRESCO: no strip {self.strip!r}" if self.strip else "FRESCO: no active strip")
+            return {"CANCELLED"}
+        if source.type == "SOUND":
+            self.report({"ERROR"}, f"FRESCO: strip {source.name!r} of type {source.type} has no picture")
+            return {"CANCELLED"}
+        try:
+            settings = validate(props.strip_settings(source))
+        except SettingsError as exc:
+            self.report({"ERROR"}, f"FRESCO: {exc}")
+            return {"CANCELLED"}
+        config = props.backend_config(context)
+        problem = backend.config_problem(config)
+        if problem:
+            self.report({"ERROR"}, f"FRESCO: {problem}")
+            return {"CANCELLED"}
+        sync = self.synchronous or bpy.app.background
+        global _job
+        if not sync and _job is not None and not _job.finished:
+            self.report({"ERROR"}, "FRESCO: a job is already running")
+            return {"CANCELLED"}
+
+        export_dir = Path(tempfile.mkdtemp(prefix="fresco-export-"))
+        out_dir = None
+        try:
+            log(f"{source.name}: rendering {compat.visible_duration(source)} frames")
+            frames = export.render_strip(scene, source, export_dir)
+            out_dir = place.new_output_dir(source.name)
+        except Exception:
+            shutil.rmtree(export_dir, ignore_errors=True)
+            raise
+
+        if not sync:
+            _job = UIJob(scene.name, source.name, settings, frames, export_dir, out_dir)
+            _job.start(lambda: backend.get_client(config))
+            if not bpy.app.timers.is_registered(_timer):
+                bpy.app.timers.register(_timer, first_interval=POLL_INTERVAL)
+            self.report({"INFO"}, f"FRESCO: translating {source.name!r} ({len(frames)} frames)")
+            return {"FINISHED"}
+
+        try:
+            client = backend.get_client(config)
+            last = [0.0]
+
+            def emit(message: dict) -> None:
+                if message.get("kind") == "progress" and (time.monotonic() - last[0] > 1.0
+                                                          or message["done"] == message["total"]):
+                    last[0] = time.monotonic()
+                    log(f"{source.name}: {message['stage']} {message['done']}/{message['total']}")
+
+            job_id: list[str] = []
+            files = jobrun.run_job(client, settings, frames, out_dir,
+                                   emit=lambda m: (job_id.append(m["job_id"]) if m.get("kind") == "job" else emit(m)))
+            result = place.add_result_strip(scene, source, files, settings, job_id[0] if job_id else None)
+            _copy_strip_settings(source, result)
+        except Exception:
+            _discard_output(out_dir)
+            raise
+        finally:
+            shutil.rmtree(export_dir, ignore_errors=True)
+        self.report({"INFO"}, f"FRESCO: added {result.name!r} on channel {result.channel} ({len(files)} frames)")
+        return {"FINISHED"}
+
+
+class FRESCO_OT_cancel(bpy.types.Operator):
+    """Cancel the running FRESCO job"""
+
+    bl_idname = "fresco.cancel"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return _job is not None and not _job.finished
+
+    def execute(self, context: Any) -> set[str]:
+        if _job is not None:
+            _job.cancel.set()
+            _job.stage = "cancelling"
+        return {"FINISHED"}
+
+
+class FRESCO_OT_stop_backend(bpy.types.Operator):
+    """Stop the warm backend process (it starts again with the next job)"""
+
+    bl_idname = "fresco.stop_backend"
+    bl_label = "Stop Backend"
+
+    def execute(self, context: Any) -> set[str]:
+        if _job is not None and not _job.finished:
+            self.report({"ERROR"}, "FRESCO: a job is running")
+            return {"CANCELLED"}
+        backend.stop()
+        return {"FINISHED"}
+
+
+class FRESCO_PT_panel(bpy.types.Panel):
+    bl_label = "FRESCO"
+    bl_idname = "FRESCO_PT_panel"
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "FRESCO"
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        ed = context.scene.sequence_editor if context.scene else None
+        strip = ed.active_strip if ed else None
+        if strip is None:
+            layout.label(text="Select a strip", icon="INFO")
+        else:
+            layout.label(text=strip.name, icon="SEQUENCE")
+            group = getattr(strip, props.STRIP_PROP)
+            for s in SETTINGS:
+                layout.prop(group, s.name)
+            if props.RESULT_SETTINGS_KEY in strip.keys():
+                layout.label(text=f"Result of {strip.get(props.RESULT_SOURCE_KEY, '?')}", icon="CHECKMARK")
+            busy = _job is not None and not _job.finished
+            row = layout.row()
+            row.enabled = not busy
+            row.scale_y = 1.4
+            op = row.operator(FRESCO_OT_translate.bl_idname, icon="PLAY")
+            op.strip = strip.name
+        job = _job
+        if job is not None:
+            box = layout.box()
+            box.label(text=f"{job.source_name}: {job.stage}")
+            if job.total:
+                text = f"{job.done}/{job.total}" + (f"  ETA {job.eta:.0f} s" if job.eta else "")
+                if hasattr(box, "progress"):
+                    box.progress(factor=job.fraction, type="BAR", text=text)
+                else:
+                    box.label(text=text)
+            if job.error:
+                box.label(text=job.error, icon="ERROR")
+            if job.result_name:
+                box.label(text=f"Added {job.result_name}", icon="CHECKMARK")
+            if not job.finished:
+                box.operator(FRESCO_OT_cancel.bl_idname, icon="CANCEL")
+        layout.operator(FRESCO_OT_stop_backend.bl_idname, icon="QUIT")
+
+
+CLASSES = (FRESCO_OT_translate, FRESCO_OT_cancel, FRESCO_OT_stop_backend, FRESCO_PT_panel)
+
+
+def register() -> None:
+    props.register()
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    global _job
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+    if _job is not None and not _job.finished:
+        _job.cancel.set()
+        if _job.thread is not None:
+            _job.thread.join(timeout=5.0)
+    _job = None
+    backend.stop()
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
+    props.unregister()

@@ -1,0 +1,165 @@
+"""Fixtures for the add-on tests, which run inside a bpy venv (``.venv-bpy5``, ``.venv-bpy45``).
+
+The add-on is built with ``build_addon.py`` and installed from the zip through
+Blender's extension system into a throw-away user folder, exactly as a user
+would install it. Nothing here imports torch: the backend runs in its own venv
+(FRESCO_BACKEND_PYTHON, default ``.venv/bin/python``) and tiny models come from
+FRESCO_MODEL/FRESCO_CONTROLNET or are built once with ``make-tiny``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import importlib.util
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+if importlib.util.find_spec("bpy") is None:
+    # the main venv's pytest: these tests run through tests/test_addon_hosts.py instead
+    collect_ignore_glob = ["test_*.py"]
+    bpy = None
+else:
+    # Blender reads its user folders when bpy is imported: keep the user's own untouched.
+    _USER = Path(tempfile.mkdtemp(prefix="fresco-bpy-user-"))
+    os.environ["BLENDER_USER_CONFIG"] = str(_USER / "config")
+    os.environ["BLENDER_USER_SCRIPTS"] = str(_USER / "scripts")
+    os.environ["BLENDER_USER_EXTENSIONS"] = str(_USER / "extensions")
+    os.environ["BLENDER_USER_DATAFILES"] = str(_USER / "datafiles")
+    import bpy
+
+sys.path.insert(0, str(REPO))
+import build_addon  # noqa: E402  (stdlib only)
+
+sys.path.remove(str(REPO))
+
+PACKAGE = build_addon.PACKAGE
+DEFAULT_BACKEND_PYTHON = REPO / ".venv" / "bin" / "python"
+
+CLIP_FRAMES = 24
+CLIP_SIZE = (96, 64)
+# the test strip: starts at frame 10, trimmed to frames 13..18 (6 visible frames)
+STRIP_START, OFFSET_START, OFFSET_END = 10, 3, 15
+VISIBLE = CLIP_FRAMES - OFFSET_START - OFFSET_END
+TINY = {"prompt": "a watercolour painting", "steps": 2, "size": 64, "batch_size": 6, "strength": 0.5}
+
+
+def backend_python() -> Path | None:
+    path = Path(os.environ.get("FRESCO_BACKEND_PYTHON") or DEFAULT_BACKEND_PYTHON)
+    return path if path.exists() else None
+
+
+@pytest.fixture(scope="session")
+def addon_zip(tmp_path_factory) -> Path:
+    return build_addon.build(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="session")
+def addon(addon_zip) -> object:
+    """The installed and enabled add-on's module (``bl_ext.user_default.fresco_vse``)."""
+    import addon_utils
+
+    result = bpy.ops.extensions.package_install_files(
+        filepath=str(addon_zip), repo="user_default", enable_on_install=True)
+    assert result == {"FINISHED"}
+    names = [name for name in bpy.context.preferences.addons.keys() if name.split(".")[-1] == PACKAGE]
+    assert names, f"{PACKAGE} not enabled; enabled: {list(bpy.context.preferences.addons.keys())}"
+    module = sys.modules[names[0]]
+    assert addon_utils.check(names[0])[1], "add-on not loaded"
+    yield module
+    addon_utils.disable(names[0])
+
+
+@pytest.fixture(scope="session")
+def clip_path(tmp_path_factory) -> Path:
+    """A small synthetic mp4 written by the backend venv (OpenCV); skip without it."""
+    python = backend_python()
+    if python is None:
+        pytest.skip("no backend venv to write the synthetic clip (set FRESCO_BACKEND_PYTHON)")
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    subprocess.run([str(python), "-m", "fresco_backend", "make-clip", str(path), "--frames", str(CLIP_FRAMES),
+                    "--width", str(CLIP_SIZE[0]), "--height", str(CLIP_SIZE[1])],
+                   cwd=os.environ.get("FRESCO_BACKEND_DIR") or REPO, check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def backend_env(tmp_path_factory):
+    """Environment for the real backend: python, folder and tiny models (built here when not given)."""
+    python = backend_python()
+    if python is None:
+        pytest.skip("no backend venv (set FRESCO_BACKEND_PYTHON)")
+    os.environ["FRESCO_BACKEND_PYTHON"] = str(python)
+    os.environ.setdefault("FRESCO_BACKEND_DIR", str(REPO))
+    os.environ.setdefault("FRESCO_DEVICE", "cpu")
+    if not (os.environ.get("FRESCO_MODEL") and os.environ.get("FRESCO_CONTROLNET")):
+        root = Path(os.environ.get("FRESCO_TINY_DIR") or tmp_path_factory.mktemp("tiny"))
+        done = subprocess.run([str(python), "-m", "fresco_backend", "make-tiny", str(root)],
+                              cwd=os.environ["FRESCO_BACKEND_DIR"], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot build tiny models: {done.stderr[-2000:]}")
+        model, controlnet = done.stdout.split()[-2:]
+        os.environ["FRESCO_MODEL"], os.environ["FRESCO_CONTROLNET"] = model, controlnet
+    yield dict(os.environ)
+
+
+@pytest.fixture
+def blend(addon, tmp_path) -> Path:
+    """An empty file saved as ``tmp_path/shot.blend`` (so ``//`` points into tmp_path)."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    path = tmp_path / "shot.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    return path
+
+
+@pytest.fixture
+def compat(addon):
+    return sys.modules[addon.__name__ + ".compat"]
+
+
+@pytest.fixture
+def movie_scene(blend, clip_path, compat):
+    """The saved file's scene with the trimmed movie strip 'clip' on channel 2 and a colour strip on 1."""
+    scene = bpy.context.scene
+    ed = compat.editor(scene, create=True)
+    strips = compat.top_strips(ed)
+    strip = compat.new_movie_strip(strips, "clip", str(clip_path), 2, STRIP_START)
+    strip.frame_offset_start = OFFSET_START
+    strip.frame_offset_end = OFFSET_END
+    # busy channel 3 over part of the range: the result must skip it
+    blocker = compat.new_effect_strip(strips, "blocker", "COLOR", 3, 15, 2)
+    blocker.color = (1.0, 0.0, 0.0)
+    for name, value in TINY.items():
+        setattr(strip.fresco, name, value)
+    ed.active_strip = strip
+    scene.frame_start, scene.frame_end = 1, 60
+    bpy.ops.wm.save_mainfile()
+    return scene
+
+
+def snapshot(obj, depth: int = 2) -> dict:
+    """Every readable RNA property of ``obj`` (and of nested pointers up to ``depth``) as plain values."""
+    values = {}
+    for prop in obj.bl_rna.properties:
+        name = prop.identifier
+        if name in ("rna_type",):
+            continue
+        try:
+            value = getattr(obj, name)
+        except AttributeError:
+            continue
+        if prop.type == "POINTER":
+            if depth > 0 and value is not None and not isinstance(value, bpy.types.ID):
+                values[name] = snapshot(value, depth - 1)
+        elif prop.type == "COLLECTION":
+            values[name] = len(value)
+        elif hasattr(value, "__len__") and not isinstance(value, str):
+            values[name] = tuple(value)
+        else:
+            values[name] = value
+    return values
