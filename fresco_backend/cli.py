@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"ControlNet: hub id, diffusers folder or .safetensors (default {DEFAULT_CONTROLNETS['canny']})")
     tr.add_argument("--config", default=None,
                     help="diffusers SD 1.5 folder describing a single-file --model checkpoint (needed offline)")
+    tr.add_argument("--controlnet-config", default=None,
+                    help="diffusers ControlNet folder describing a single-file --controlnet (needed offline)")
     tr.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cuda:1 or cpu")
 
     tiny = sub.add_parser("make-tiny", help="save tiny UNTRAINED models (random weights, for plumbing tests only)")
@@ -74,7 +76,7 @@ def _translate(args: argparse.Namespace) -> None:
     frames = read_frames(args.input)
     pipe = load_pipeline(settings["model"] or DEFAULT_MODEL,
                          args.controlnet or DEFAULT_CONTROLNETS[settings["control"]],
-                         device=args.device, config=args.config)
+                         device=args.device, config=args.config, controlnet_config=args.controlnet_config)
     bar = tqdm(total=1, unit="step", desc="translate")
 
     def on_progress(progress) -> None:

@@ -69,20 +69,23 @@ def load_controlnet(ref: str, runtime: Runtime, config: str | None = None):
             return ControlNetModel.from_single_file(ref, config=config, dtype=runtime.dtype)
         return ControlNetModel.from_pretrained(ref, dtype=runtime.dtype)
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(f"could not load controlnet {ref!r}: {exc}. {_hint('controlnet')}") from exc
+        extra = (" For a single-file ControlNet offline, also pass --controlnet-config with a diffusers "
+                 "ControlNet folder." if kind == "file" else "")
+        raise ModelNotFoundError(f"could not load controlnet {ref!r}: {exc}.{extra} {_hint('controlnet')}") from exc
 
 
-def load_pipeline(model: str, controlnet: str, device: str | None = None, config: str | None = None):
+def load_pipeline(model: str, controlnet: str, device: str | None = None, config: str | None = None,
+                  controlnet_config: str | None = None):
     """Load an SD 1.5 ControlNet pipeline on the best device with DDIM, ready to run.
 
     ``config`` is only needed for a single-file checkpoint on a machine without
     internet: a diffusers SD 1.5 folder (or hub id) whose component configs
-    describe the checkpoint.
+    describe the checkpoint; ``controlnet_config`` likewise for a single-file ControlNet.
     """
     from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
 
     runtime = pick_runtime(device)
-    net = load_controlnet(controlnet, runtime)
+    net = load_controlnet(controlnet, runtime, controlnet_config)
     kind, ref = _resolve(model, "model", "model_index.json")
     common = dict(controlnet=net, safety_checker=None, requires_safety_checker=False,
                   dtype=runtime.dtype)

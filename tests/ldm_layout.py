@@ -7,7 +7,8 @@ an original ControlNet (``control_model.*``). Both are the inverse of diffusers'
 convert_controlnet_checkpoint); tests/test_single_file.py checks that running those readers on
 our output gives back the diffusers state dict exactly. The block numbering is derived from the
 state dict itself (levels, resnets per level, which up blocks have attention), so any SD 1.5-shaped
-model works, the tiny one included.
+model works, the tiny one included. Only weights are written (no EMA, alphas_cumprod,
+position_ids): the readers do not need them.
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def unet_to_ldm(sd: StateDict) -> StateDict:
             return f"middle_block.{2 * int(m[2]) + (m[1] == 'attentions')}.{inner(m[1], m[3])}"
         if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)", mod):
             return f"zero_convs.{m[1]}.0"
-        if m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)", mod):  # convs at even Sequential slots
+        # input_hint_block is Sequential(conv_in, SiLU, conv, SiLU, ..., conv_out): convs at even slots
+        if m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)", mod):
             return f"input_hint_block.{2 * int(m[1]) + 2}"
         if mod == "controlnet_cond_embedding.conv_out":
             return f"input_hint_block.{2 * hint_convs + 2}"
@@ -89,7 +91,7 @@ def vae_to_ldm(sd: StateDict) -> StateDict:
         mod = mod.replace("conv_norm_out", "norm_out")
         if m := re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(\w+)\.(\d+)(.*)", mod):
             coder, side, b, part, i, rest = m.groups()
-            level = int(b) if side == "down" else levels - 1 - int(b)  # LDM numbers decoder levels bottom-up
+            level = int(b) if side == "down" else levels - 1 - int(b)  # LDM: 0 = full resolution; diffusers: run order
             if part == "resnets":
                 return f"{coder}.{side}.{level}.block.{i}{rest.replace('conv_shortcut', 'nin_shortcut')}"
             return f"{coder}.{side}.{level}.{side}sample{rest}"

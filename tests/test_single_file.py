@@ -78,8 +78,9 @@ def test_ldm_layout_round_trips_exactly(tiny_models, single_files):
 def test_single_file_model_loads_offline_with_config(tiny_models, single_files, pipe, offline):
     from diffusers import DDIMScheduler
 
-    loaded = load_pipeline(str(single_files[0]), str(tiny_models[1]), device="cpu", config=str(tiny_models[0]))
-    for name in ("unet", "vae", "text_encoder"):  # `pipe` is the same model loaded from its folder
+    loaded = load_pipeline(str(single_files[0]), str(single_files[1]), device="cpu", config=str(tiny_models[0]),
+                           controlnet_config=str(tiny_models[1]))
+    for name in ("unet", "vae", "text_encoder", "controlnet"):  # `pipe` is the same model loaded from its folder
         assert_same(getattr(loaded, name).state_dict(), getattr(pipe, name).state_dict())
     assert isinstance(loaded.scheduler, DDIMScheduler)
     assert loaded.tokenizer("a red car").input_ids == pipe.tokenizer("a red car").input_ids
@@ -89,7 +90,7 @@ def test_single_file_controlnet_loads_offline_with_config(tiny_models, single_fi
     runtime = pick_runtime("cpu")
     net = load_controlnet(str(single_files[1]), runtime, config=str(tiny_models[1]))
     assert_same(net.state_dict(), pipe.controlnet.state_dict())
-    with pytest.raises(ModelNotFoundError, match="--controlnet"):  # no config: diffusers wants the hub
+    with pytest.raises(ModelNotFoundError, match="--controlnet-config"):  # no config: diffusers wants the hub
         load_controlnet(str(single_files[1]), runtime)
 
 
