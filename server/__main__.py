@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from blender_addon import wire
+from fresco_backend.models import DEFAULT_CONTROLNETS, DEFAULT_MODEL
 
 from . import __version__
 from .app import create_app
@@ -32,8 +33,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m server", description="FRESCO backend HTTP server")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
-    p.add_argument("--model", required=True, help="default Stable Diffusion 1.5 model (hub id, folder, .safetensors)")
-    p.add_argument("--controlnet", required=True, help="ControlNet model (hub id or folder)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"default Stable Diffusion 1.5 model: hub id, folder or .safetensors (default {DEFAULT_MODEL})")
+    p.add_argument("--controlnet", default=DEFAULT_CONTROLNETS["canny"],
+                   help=f"ControlNet model: hub id or folder (default {DEFAULT_CONTROLNETS['canny']})")
     p.add_argument("--work-dir", type=Path, help="folder for job inputs/outputs (default: a temp folder, removed at exit)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="torch device (default: cuda if available)")
     p.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${wire.TOKEN_ENV}, else random)")
