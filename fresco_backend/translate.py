@@ -71,34 +71,51 @@ def encode_prompt(pipe, settings: dict) -> torch.Tensor:
     return torch.cat([negative, positive]) if guided else positive
 
 
+class StepHooks:
+    """What FRESCO plugs into the denoising loop; the baseline uses these no-op defaults."""
+
+    def before_step(self, index: int, t: torch.Tensor) -> None:
+        """Called before the U-Net passes of executed step ``index`` (0-based) at timestep ``t``."""
+
+    def after_step(self, index: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Called with the latents after the scheduler step; returns the latents to continue from."""
+        return latents
+
+
+def start_latents(pipe, images: torch.Tensor, seed: int, t: torch.Tensor) -> torch.Tensor:
+    """Encode frames (B, 3, H, W in [-1, 1]) and noise them to timestep ``t`` (SDEdit start).
+
+    Every frame gets the same noise, drawn from a generator seeded with
+    ``seed``, so a fixed seed reproduces the batch exactly.
+    """
+    images = images.to(pipe.device, pipe.unet.dtype)
+    latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
+    return pipe.scheduler.add_noise(latents, noise.to(latents).expand_as(latents), t.reshape(1))
+
+
 @torch.no_grad()
 def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: torch.Tensor,
-                  settings: dict, clock: StepClock) -> torch.Tensor:
+                  settings: dict, clock: StepClock, hooks: StepHooks | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
 
-    ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]). Every
-    frame starts from the same noise, drawn from a generator seeded with
-    ``settings["seed"]``, so a fixed seed reproduces the batch exactly.
+    ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]).
     """
+    hooks = hooks or StepHooks()
     device, dtype = pipe.device, pipe.unet.dtype
     batch = images.shape[0]
     guided = embeds.shape[0] == 2
-    scale = pipe.vae.config.scaling_factor
     timesteps = timesteps_for(pipe, settings["steps"], settings["strength"])
-
-    images = images.to(device, dtype)
-    latents = pipe.vae.encode(images).latent_dist.mean * scale
-    generator = torch.Generator("cpu").manual_seed(settings["seed"])
-    noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
-    noise = noise.to(device, dtype).expand_as(latents)
-    latents = pipe.scheduler.add_noise(latents, noise, timesteps[:1])
+    latents = start_latents(pipe, images, settings["seed"], timesteps[0])
 
     cond = controls.to(device, dtype)
     text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
     if guided:
         cond = torch.cat([cond, cond])
-    for t in timesteps:
+    for index, t in enumerate(timesteps):
         clock.check_cancel()
+        hooks.before_step(index, t)
         model_in = torch.cat([latents, latents]) if guided else latents
         model_in = pipe.scheduler.scale_model_input(model_in, t)
         down, mid = pipe.controlnet(model_in, t, encoder_hidden_states=text, controlnet_cond=cond,
@@ -109,8 +126,9 @@ def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: to
             uncond, text_pred = noise_pred.chunk(2)
             noise_pred = uncond + settings["guidance_scale"] * (text_pred - uncond)
         latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        latents = hooks.after_step(index, t, latents)
         clock.step()
-    return pipe.vae.decode(latents / scale, return_dict=False)[0]
+    return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
 
 
 def steps_per_batch(settings: dict) -> int:
