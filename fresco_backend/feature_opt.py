@@ -1,0 +1,330 @@
+"""FRESCO-aware feature optimisation of the U-Net decoder inputs, and background smoothing.
+
+At the first denoising steps the input features f (B, C, h, w) of each of the four decoder blocks
+(``unet.up_blocks[0..3]``) are updated by Adam on
+
+    L = L_temp + L_spat
+
+- L_temp: flow consistency between consecutive frames, both directions, occlusion-masked:
+  mean over non-occluded elements of |f_{i+1} - warp(f_i, bwd_i)| (mask 1 - occ_bwd_i) plus the
+  same for |f_i - warp(f_{i+1}, fwd_i)| (mask 1 - occ_fwd_i). Each direction is the sum of masked
+  absolute differences over all pairs and channels divided by (channels x unmasked pixels), so
+  the loss does not depend on the batch size, the feature size or how much is occluded.
+- L_spat: lambda_spat * mean over (B, HW, HW) of |G(f_i) - G(f^r_i)|, G(f) = f~ f~^T the HW x HW
+  Gram of channel-normalised features (cosine self-similarity) and f^r the features recorded in
+  the reference pass. It is evaluated in row chunks with backward per chunk, never building the
+  full matrix (``spatial_loss_backward``).
+
+The optimised features are AdaIN-ed back to the original per-frame, per-channel mean and std.
+
+Orchestrator protocol::
+
+    opt = FeatureOptimizer(FeatureOptConfig(...)); ctx = OptContext()
+    opt.install(pipe.unet, ctx)
+    ctx.mode = "record"; <reference U-Net pass, batch B>          # fills opt.reference
+    ctx.mode, ctx.flow = "optimise", batch_flow                     # full-resolution BatchFlow
+    ctx.saliency = saliency_maps(frames)                            # only for background smoothing
+    for step, t in enumerate(timesteps):
+        ctx.in_window = opt.config.in_window(step)
+        <U-Net call, batch [uncond B; cond B] or B>
+    ctx.mode = "off"; opt.remove()
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .flow import BatchFlow, warp
+
+Mode = Literal["record", "optimise", "off"]
+NUM_DECODER_BLOCKS = 4
+
+
+@dataclass
+class FeatureOptConfig:
+    """Switches and hyper-parameters (defaults: the official FRESCO settings)."""
+
+    enabled: bool = True             # the whole optimisation
+    temporal: bool = True            # L_temp
+    spatial: bool = True             # L_spat
+    lr: float = 0.2
+    iterations: int = 20
+    lambda_spat: float = 100.0
+    end_opt_step: int = 15           # optimise at scheduled steps 0..end_opt_step-1
+    gram_chunk: int = 1024           # Gram rows per chunk
+    background_smoothing: bool = False
+    saliency_threshold: float = 0.25  # saliency below this (in [0, 1]) is background
+    smoothing_strength: float = 1.0   # 1 = background copied from the warped previous frame
+
+    def in_window(self, step_index: int) -> bool:
+        """Whether denoising step ``step_index`` (0-based) is inside the optimisation window."""
+        return step_index < self.end_opt_step
+
+
+@dataclass
+class OptContext:
+    """What the orchestrator sets before each U-Net call."""
+
+    mode: Mode = "off"
+    in_window: bool = False
+    flow: BatchFlow | None = None          # the batch's flows at full resolution (None: 1 frame)
+    saliency: torch.Tensor | None = None   # (B, 1, H, W) in [0, 1], for background smoothing
+
+
+@dataclass
+class OptResult:
+    features: torch.Tensor   # optimised and AdaIN-ed, dtype of the input
+    temporal: list[float]    # L_temp at each iteration, before its Adam step (empty if off)
+    spatial: list[float]     # L_spat likewise
+
+
+# ---------------------------------------------------------------- losses
+
+def _masked_l1(diff: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean |diff| over the elements where ``keep`` (N, 1, h, w) is 1."""
+    count = keep.sum() * diff.shape[1]
+    return (diff.abs() * keep).sum() / count.clamp_min(1.0)
+
+
+def temporal_loss(f: torch.Tensor, flow: BatchFlow) -> torch.Tensor:
+    """L_temp of features f (B, C, h, w) given the batch's flow at (h, w); see the module doc."""
+    if f.shape[0] < 2:
+        return f.sum() * 0.0
+    prev, nxt = f[:-1], f[1:]
+    keep_bwd = 1.0 - flow.occ_bwd.to(f)
+    keep_fwd = 1.0 - flow.occ_fwd.to(f)
+    return (_masked_l1(nxt - warp(prev, flow.bwd), keep_bwd)
+            + _masked_l1(prev - warp(nxt, flow.fwd), keep_fwd))
+
+
+def _normalised_tokens(f: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, HW, C), each token scaled to unit L2 norm over channels."""
+    return F.normalize(f.flatten(2), dim=1).transpose(1, 2)
+
+
+def spatial_loss_full(f: torch.Tensor, ref: torch.Tensor, weight: float = 100.0) -> torch.Tensor:
+    """L_spat with the full (B, HW, HW) Gram matrices (memory O(B HW^2)); the reference for tests."""
+    x, r = _normalised_tokens(f), _normalised_tokens(ref.to(f))
+    return weight * (x @ x.transpose(1, 2) - r @ r.transpose(1, 2)).abs().mean()
+
+
+def spatial_loss_backward(f: torch.Tensor, ref: torch.Tensor, weight: float = 100.0,
+                          chunk: int = 1024) -> float:
+    """L_spat evaluated in chunks of ``chunk`` Gram rows of one frame; returns its value.
+
+    Accumulates dL_spat/df into ``f.grad`` (f: a leaf requiring grad). The Gram rows of f and of
+    the reference are built per chunk and each chunk is backpropagated at once into a detached copy
+    of the normalised tokens, so the peak extra memory is O(chunk x HW) (chunk rows of G, G^r, their
+    difference and its gradient), never O(HW^2). One final backward carries the accumulated token
+    gradient through the normalisation to f.
+    """
+    tokens = _normalised_tokens(f)
+    leaf = tokens.detach().requires_grad_(True)
+    with torch.no_grad():
+        ref_tokens = _normalised_tokens(ref.to(f))
+    frames, hw, _ = tokens.shape
+    scale = weight / (frames * hw * hw)
+    total = torch.zeros((), dtype=f.dtype, device=f.device)
+    for i in range(frames):
+        for start in range(0, hw, chunk):
+            rows = slice(start, start + chunk)
+            with torch.no_grad():
+                gram_ref = ref_tokens[i, rows] @ ref_tokens[i].T
+            loss = (leaf[i, rows] @ leaf[i].T - gram_ref).abs().sum() * scale
+            loss.backward()
+            total += loss.detach()
+    tokens.backward(leaf.grad)
+    return float(total)
+
+
+def gram_memory_bytes(batch: int, hw: int, chunk: int, bytes_per_element: int = 4) -> tuple[int, int]:
+    """(full, chunked): peak bytes of the Gram-shaped tensors of one L_spat forward + backward.
+
+    Both approaches peak in the backward of |G - G^r| with four Gram-shaped tensors alive: the
+    difference (saved by abs), the incoming gradient, its sign and their product (the forward holds
+    three: G, G^r, G - G^r). That is 4 x B x HW x HW elements for the full matrices and
+    4 x chunk x HW for one chunk of one frame. The O(B x C x HW) feature tensors, common to both,
+    are not counted. Checked against torch's MemTracker in tests/test_feature_opt.py.
+    """
+    full = 4 * batch * hw * hw * bytes_per_element
+    chunked = 4 * min(chunk, hw) * hw * bytes_per_element
+    return full, chunked
+
+
+# ---------------------------------------------------------------- optimisation
+
+def adain(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, h, w) renormalised to the per-frame, per-channel mean and std of ``like``."""
+    mean_x, std_x = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True, unbiased=False)
+    mean_l, std_l = like.mean((2, 3), keepdim=True), like.std((2, 3), keepdim=True, unbiased=False)
+    return (x - mean_x) / std_x.clamp_min(1e-12) * std_l + mean_l
+
+
+def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor | None,
+                      config: FeatureOptConfig) -> OptResult:
+    """Adam on L_temp + L_spat starting from ``f`` (B, C, h, w), then AdaIN to f's statistics.
+
+    ``flow``: the batch's flow at (h, w) (needed when the temporal loss is on and B > 1);
+    ``ref``: reference features (B, C, h, w) (needed when the spatial loss is on). Works in float32
+    under ``torch.enable_grad()`` (callable from a no-grad denoising loop); only ``f``'s detached
+    copy receives gradients.
+    """
+    use_temporal = config.temporal and f.shape[0] > 1
+    if use_temporal and flow is None:
+        raise ValueError("the temporal loss needs the batch's flow")
+    if config.spatial and ref is None:
+        raise ValueError("the spatial loss needs reference features (run a record pass first)")
+    x = f.detach().float().clone().requires_grad_(True)
+    adam = torch.optim.Adam([x], lr=config.lr)
+    temporal, spatial = [], []
+    with torch.enable_grad():
+        for _ in range(config.iterations):
+            adam.zero_grad(set_to_none=True)
+            if use_temporal:
+                loss = temporal_loss(x, flow)
+                loss.backward()
+                temporal.append(loss.detach())
+            if config.spatial:
+                spatial.append(spatial_loss_backward(x, ref, config.lambda_spat, config.gram_chunk))
+            adam.step()
+    out = adain(x.detach(), f.float())
+    return OptResult(out.to(f.dtype), [float(v) for v in temporal], spatial)
+
+
+# ---------------------------------------------------------------- background smoothing
+
+def spectral_residual_saliency(frame: np.ndarray, width: int = 64) -> np.ndarray:
+    """Saliency (H, W) float32 in [0, 1] of a uint8 RGB frame: spectral residual (Hou & Zhang 2007).
+
+    The grey image, downscaled to ``width`` columns, keeps its Fourier phase while its log-amplitude
+    is replaced by its residual over a 3x3 local mean; the squared inverse transform, blurred
+    (Gaussian, sigma = width / 16 pixels of the small map) and min-max normalised, highlights what
+    is unexpected in the image (objects over smooth or repetitive background). A cheap, weight-free
+    heuristic: OpenCV's saliency module (contrib) is not installed.
+    """
+    height_full, width_full = frame.shape[:2]
+    grey = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    small = cv2.resize(grey, (width, max(1, round(width * height_full / width_full))),
+                       interpolation=cv2.INTER_AREA)
+    spectrum = np.fft.fft2(small)
+    log_amplitude = np.log(np.abs(spectrum) + 1e-8)
+    residual = log_amplitude - cv2.blur(log_amplitude, (3, 3))
+    saliency = np.abs(np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))) ** 2
+    saliency = cv2.GaussianBlur(saliency.astype(np.float32), (0, 0), sigmaX=width / 16)
+    saliency = cv2.resize(saliency, (width_full, height_full), interpolation=cv2.INTER_LINEAR)
+    low, high = float(saliency.min()), float(saliency.max())
+    return ((saliency - low) / max(high - low, 1e-12)).astype(np.float32)
+
+
+def saliency_maps(frames: list[np.ndarray]) -> torch.Tensor:
+    """(B, 1, H, W) float32 saliency of uint8 RGB frames, for ``OptContext.saliency``."""
+    return torch.from_numpy(np.stack([spectral_residual_saliency(f) for f in frames])).unsqueeze(1)
+
+
+def background_mask(saliency: torch.Tensor, height: int, width: int, threshold: float) -> torch.Tensor:
+    """(B, 1, h, w): 1.0 where a feature cell is background (every pixel's saliency < threshold)."""
+    return (F.adaptive_max_pool2d(saliency, (height, width)) < threshold).float()
+
+
+def smooth_background(x: torch.Tensor, flow: BatchFlow, background: torch.Tensor,
+                      strength: float = 1.0) -> torch.Tensor:
+    """Blend the background of frame k+1 with the (already smoothed) frame k warped by flow.
+
+    x: features or latents (B, C, h, w); flow at (h, w); background (B, 1, h, w) in {0, 1}.
+    out_0 = x_0; out_{k+1} = x_{k+1} + strength * m * (warp(out_k, bwd_k) - x_{k+1}) with
+    m = background_{k+1} * (1 - occ_bwd_k): salient and occluded pixels are left untouched.
+    """
+    out = [x[0]]
+    for k in range(x.shape[0] - 1):
+        warped = warp(out[-1][None], flow.bwd[k:k + 1])[0]
+        weight = strength * background[k + 1] * (1.0 - flow.occ_bwd[k].to(x))
+        out.append(x[k + 1] + weight * (warped - x[k + 1]))
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------- U-Net hooks
+
+class FeatureOptimizer:
+    """Forward pre-hooks on ``unet.up_blocks[0..3]`` that record or optimise their input features."""
+
+    def __init__(self, config: FeatureOptConfig | None = None) -> None:
+        self.config = config or FeatureOptConfig()
+        self.reference: dict[int, torch.Tensor] = {}  # block index -> (B, C, h, w) from "record"
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._ctx: OptContext | None = None
+
+    def install(self, unet: torch.nn.Module, ctx: OptContext) -> None:
+        """Hook the four decoder blocks of ``unet``; ``ctx`` drives the mode."""
+        if self._handles:
+            raise RuntimeError("FeatureOptimizer is already installed")
+        blocks = unet.up_blocks
+        if len(blocks) != NUM_DECODER_BLOCKS:
+            raise ValueError(f"expected {NUM_DECODER_BLOCKS} decoder blocks, found {len(blocks)}")
+        self._ctx = ctx
+        self._handles = [block.register_forward_pre_hook(self._hook(i), with_kwargs=True)
+                         for i, block in enumerate(blocks)]
+
+    def remove(self) -> None:
+        """Remove the hooks (the recorded reference is kept)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._ctx = [], None
+
+    def _hook(self, index: int):
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict):
+            # diffusers' UNet2DConditionModel.forward passes hidden_states as a keyword.
+            features = kwargs["hidden_states"]
+            new = self.process(index, features, self._ctx)
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+        return hook
+
+    def process(self, index: int, features: torch.Tensor, ctx: OptContext) -> torch.Tensor | None:
+        """The hook's work on block ``index``: None = keep ``features``, else their replacement."""
+        if ctx.mode == "record":
+            self.reference[index] = features.detach().clone()
+            return None
+        if ctx.mode == "off":
+            return None
+        if ctx.mode != "optimise":
+            raise ValueError(f"unknown feature-optimisation mode {ctx.mode!r}")
+        cfg = self.config
+        if not (ctx.in_window and cfg.enabled and (cfg.temporal or cfg.spatial)):
+            return None
+        frames = self._frames(index, ctx)
+        if features.shape[0] not in (frames, 2 * frames):
+            raise ValueError(f"batch {features.shape[0]} is neither {frames} frames nor 2 x {frames} (CFG)")
+        height, width = features.shape[-2:]
+        flow = ctx.flow.at_size(height, width) if ctx.flow is not None else None
+        halves = [self._optimise_half(index, half, flow, ctx) for half in features.split(frames)]
+        return torch.cat(halves)
+
+    def _frames(self, index: int, ctx: OptContext) -> int:
+        """Frames per CFG half: from the flow, else from the recorded reference."""
+        if ctx.flow is not None:
+            return ctx.flow.fwd.shape[0] + 1
+        if index in self.reference:
+            return self.reference[index].shape[0]
+        raise ValueError("optimise mode needs ctx.flow or a recorded reference (batch size unknown)")
+
+    def _optimise_half(self, index: int, features: torch.Tensor, flow: BatchFlow | None,
+                       ctx: OptContext) -> torch.Tensor:
+        """One CFG half (B, C, h, w): optimise, AdaIN, optionally smooth the background."""
+        ref = self.reference.get(index) if self.config.spatial else None
+        if ref is not None and ref.shape != features.shape:
+            raise ValueError(f"reference for up_blocks.{index} is {tuple(ref.shape)}, "
+                             f"features are {tuple(features.shape)}")
+        out = optimise_features(features, flow, ref, self.config).features
+        if self.config.background_smoothing and flow is not None:
+            if ctx.saliency is None:
+                raise ValueError("background smoothing needs ctx.saliency")
+            height, width = out.shape[-2:]
+            background = background_mask(ctx.saliency.to(out.device), height, width,
+                                         self.config.saliency_threshold)
+            out = smooth_background(out.float(), flow, background.float(),
+                                    self.config.smoothing_strength).to(out.dtype)
+        return out

@@ -1,0 +1,202 @@
+"""Optical flow between the frames of a batch: estimators, warping, occlusion, multi-scale access.
+
+Conventions (see .notes/FRESCO_CONTRACT.md): flow a->b lives on a's pixel grid, channel 0 = dx,
+1 = dy, in pixels; pixel centres are at integer coordinates 0..W-1, 0..H-1. ``warp`` is backward
+warping, so ``warp(frame_b, flow_a_to_b) ~= frame_a`` wherever frame a is not occluded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Forward-backward consistency, squared-norm form (Sundaram et al. 2010) of DESIGN.md's check:
+# occluded if |f + b(x+f)|^2 > ALPHA (|f|^2 + |b(x+f)|^2) + BETA.
+FB_ALPHA, FB_BETA = 0.01, 0.5
+PHOTO_THRESHOLD = 0.25  # mean absolute RGB difference (images in [0, 1]) after warping
+
+
+class FlowEstimator(Protocol):
+    """Dense flow a->b for two uint8 RGB frames (H, W, 3); returns float32 (H, W, 2) (dx, dy)."""
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
+
+
+class OpenCVFlow:
+    """OpenCV DIS optical flow (Kroeger et al. 2016) on grey frames: no weights, fast on the CPU.
+
+    Defaults: the MEDIUM preset refined down to full resolution (``finest_scale=0``; the preset stops
+    at 1/2 and upsamples), with 6 x 6 patches every 2 pixels. On the synthetic clips of
+    tests/test_flow.py this cuts the mean end-point error on the moving square from 1.2 px (plain
+    MEDIUM) to 0.17 px and raises the worst occlusion IoU from 0.24 to 0.43; the error of a coarse
+    level is concentrated at motion boundaries, which is where FRESCO's occlusion masks come from.
+    Cost: about 0.15-0.25 s per 512 x 512 pair on 2 busy CPU cores (plain MEDIUM: 6-8x faster), small
+    next to the diffusion. 4 x 4 patches score better still on the synthetic textures but give
+    outliers on a natural image under large motion, so they are not the default.
+    """
+
+    def __init__(self, finest_scale: int = 0, patch_size: int = 6, patch_stride: int = 2,
+                 gradient_iterations: int = 25, refinement_iterations: int = 5) -> None:
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOpticalFlow_PRESET_MEDIUM)
+        self._dis.setFinestScale(finest_scale)
+        self._dis.setPatchSize(patch_size)
+        self._dis.setPatchStride(patch_stride)
+        self._dis.setGradientDescentIterations(gradient_iterations)
+        self._dis.setVariationalRefinementIterations(refinement_iterations)
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        grey_a, grey_b = (cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY) for x in (a, b))
+        return self._dis.calc(grey_a, grey_b, None).astype(np.float32, copy=False)
+
+
+# Name -> factory. A learned estimator (RAFT, GMFlow) goes here: a class that loads its weights
+# from a local path given as a keyword option and implements FlowEstimator.__call__.
+_ESTIMATORS: dict[str, Callable[..., FlowEstimator]] = {"dis": OpenCVFlow}
+
+
+def load_estimator(name: str, **options) -> FlowEstimator:
+    """The flow estimator called ``name`` (currently only "dis"), built with ``options``."""
+    try:
+        factory = _ESTIMATORS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown flow estimator {name!r}; available: {', '.join(sorted(_ESTIMATORS))} "
+                         "(learned estimators such as RAFT or GMFlow are not bundled)") from None
+    return factory(**options)
+
+
+def _pixel_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """(1, 2, H, W) pixel coordinates (x, y) with the dtype and device of ``like``."""
+    ys = torch.arange(height, dtype=like.dtype, device=like.device)
+    xs = torch.arange(width, dtype=like.dtype, device=like.device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((grid_x, grid_y)).unsqueeze(0)
+
+
+def warp(src: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward warp: out[n, :, y, x] = src[n, :, y + dy, x + dx] (bilinear, border padding).
+
+    src (N, C, H, W) of any channel count; flow (N, 2, H, W) in pixels, moved to src's device and
+    dtype. Differentiable w.r.t. src (and flow).
+    """
+    height, width = src.shape[-2:]
+    flow = flow.to(src)
+    target = _pixel_grid(height, width, flow) + flow
+    scale = torch.tensor([max(width - 1, 1), max(height - 1, 1)], dtype=flow.dtype, device=flow.device)
+    grid = (2 * target / scale.view(1, 2, 1, 1) - 1).permute(0, 2, 3, 1)
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _outside(flow: torch.Tensor) -> torch.Tensor:
+    """Bool (N, 1, H, W): x + flow(x) falls outside the frame's area [-0.5, W - 0.5] x [-0.5, H - 0.5].
+
+    Measured from the pixel edges, not centres, so estimator noise at the border (|flow| << 1) is not
+    taken for leaving the view; integer motions give the same answer either way.
+    """
+    height, width = flow.shape[-2:]
+    target = _pixel_grid(height, width, flow) + flow
+    tx, ty = target[:, :1], target[:, 1:]
+    return (tx < -0.5) | (tx > width - 0.5) | (ty < -0.5) | (ty > height - 0.5)
+
+
+def _inconsistent(flow: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+    """Bool (N, 1, H, W): forward-backward check of ``flow`` against the reverse flow ``back``."""
+    back_at_target = warp(back, flow)
+    diff = (flow + back_at_target).square().sum(1, keepdim=True)
+    bound = FB_ALPHA * (flow.square().sum(1, keepdim=True) + back_at_target.square().sum(1, keepdim=True)) + FB_BETA
+    return diff > bound
+
+
+def _photometric(flow: torch.Tensor, image: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Bool (N, 1, H, W): ``image`` differs from ``other`` warped by ``flow`` by more than the threshold."""
+    return (image - warp(other, flow)).abs().mean(1, keepdim=True) > PHOTO_THRESHOLD
+
+
+def occlusion(fwd: torch.Tensor, bwd: torch.Tensor, frame_a: torch.Tensor,
+              frame_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(occ_fwd, occ_bwd): float (N, 1, H, W) masks, 1.0 = occluded.
+
+    fwd/bwd: flows a->b and b->a (N, 2, H, W); frame_a/frame_b: RGB (N, 3, H, W) in [0, 1].
+    A pixel is occluded if it fails the forward-backward check, its match lies outside the frame,
+    or the photometric check fails.
+    """
+    occ_fwd = _inconsistent(fwd, bwd) | _outside(fwd) | _photometric(fwd, frame_a, frame_b)
+    occ_bwd = _inconsistent(bwd, fwd) | _outside(bwd) | _photometric(bwd, frame_b, frame_a)
+    return occ_fwd.float(), occ_bwd.float()
+
+
+def _resize_flow(flow: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize (N, 2, H, W) flow to (height, width) and rescale dx, dy to the new pixel size."""
+    old_h, old_w = flow.shape[-2:]
+    mode = "area" if height <= old_h and width <= old_w else "bilinear"
+    resized = F.interpolate(flow, size=(height, width), mode=mode,
+                            **({} if mode == "area" else {"align_corners": False}))
+    scale = torch.tensor([width / old_w, height / old_h], dtype=flow.dtype, device=flow.device)
+    return resized * scale.view(1, 2, 1, 1)
+
+
+@dataclass
+class BatchFlow:
+    """Flows and occlusion masks between consecutive frames (i, i+1) of a batch, full resolution.
+
+    fwd, bwd: (N-1, 2, H, W) flows i -> i+1 and i+1 -> i. occ_fwd, occ_bwd: (N-1, 1, H, W), 1.0 where a
+    pixel of frame i (resp. i+1) has no correspondence in frame i+1 (resp. i). All float32.
+    """
+
+    fwd: torch.Tensor
+    bwd: torch.Tensor
+    occ_fwd: torch.Tensor
+    occ_bwd: torch.Tensor
+    _cache: dict[tuple[int, int], BatchFlow] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the full-resolution flows."""
+        return tuple(self.fwd.shape[-2:])
+
+    def at_size(self, height: int, width: int) -> BatchFlow:
+        """Flows resized with scaled magnitudes, masks max-pooled (any occluded pixel marks its cell); cached."""
+        if (height, width) == self.size:
+            return self
+        if (height, width) not in self._cache:
+            self._cache[(height, width)] = BatchFlow(
+                _resize_flow(self.fwd, height, width), _resize_flow(self.bwd, height, width),
+                F.adaptive_max_pool2d(self.occ_fwd, (height, width)),
+                F.adaptive_max_pool2d(self.occ_bwd, (height, width)))
+        return self._cache[(height, width)]
+
+    @classmethod
+    def from_numpy(cls, fwd: Sequence[np.ndarray], bwd: Sequence[np.ndarray], occ_fwd: Sequence[np.ndarray],
+                   occ_bwd: Sequence[np.ndarray]) -> BatchFlow:
+        """From per-pair numpy arrays: flows (H, W, 2), masks (H, W) (e.g. SyntheticClip.gt_flow)."""
+        return cls(_flows_tensor(fwd), _flows_tensor(bwd), _masks_tensor(occ_fwd), _masks_tensor(occ_bwd))
+
+
+def _flows_tensor(flows: Sequence[np.ndarray]) -> torch.Tensor:
+    """Per-pair (H, W, 2) flows -> float32 (N, 2, H, W)."""
+    return torch.from_numpy(np.stack(flows).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+
+
+def _masks_tensor(masks: Sequence[np.ndarray]) -> torch.Tensor:
+    """Per-pair (H, W) masks -> float32 (N, 1, H, W)."""
+    return torch.from_numpy(np.stack(masks).astype(np.float32)).unsqueeze(1)
+
+
+def _rgb01(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 RGB frames (H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def estimate_batch_flow(frames: Sequence[np.ndarray], estimator: FlowEstimator | None = None) -> BatchFlow:
+    """Flows in both directions and occlusion masks for the consecutive pairs of uint8 RGB ``frames``."""
+    if len(frames) < 2:
+        raise ValueError(f"estimate_batch_flow needs at least 2 frames, got {len(frames)}")
+    estimator = estimator or OpenCVFlow()
+    pairs = list(zip(frames[:-1], frames[1:]))
+    fwd = _flows_tensor([estimator(a, b) for a, b in pairs])
+    bwd = _flows_tensor([estimator(b, a) for a, b in pairs])
+    images = _rgb01(frames)
+    return BatchFlow(fwd, bwd, *occlusion(fwd, bwd, images[:-1], images[1:]))
