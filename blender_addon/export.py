@@ -1,22 +1,34 @@
-"""Render one strip, as it looks in the sequencer, to a PNG sequence.
+"""Render one strip, as it looks in the sequencer, to a PNG sequence a few frames at a time.
 
-The user's scene is never modified: we render a temporary copy of the scene
-(``Scene.copy`` duplicates the sequencer's strips, with their trims,
-transforms and modifiers) in which every other strip is muted, then delete the
-copy. Frames are rendered at the source's own resolution through the
-sequencer with the Standard view transform, so a translated result placed
-back on the timeline shows the same colours as the source.
+``StripExporter`` renders a temporary copy of the scene (``Scene.copy``
+duplicates the sequencer's strips, with their trims, transforms and modifiers)
+in which every other strip is muted; the user's scene is never modified.
+Frames are rendered at the source's own resolution through the sequencer with
+the Standard view transform, so a translated result placed back on the
+timeline shows the same colours as the source.
+
+Each ``step`` renders a bounded number of frames, so the UI can spread an
+export over timer ticks; ``render_strip`` loops over the steps (background
+mode). Between ticks the user may save, undo or open a file, so the copy is
+flagged runtime data (never written to a .blend file), looked up by name on
+every step (undo replaces IDs, so no reference to it is kept), and removed by
+an undo/redo/load handler when undo brings back the copy of an export that has
+ended.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import bpy
 
 from . import compat
 from .wire import frame_filename
+
+MARKER = "fresco_export"  # custom property that marks our temporary scenes
+BATCH = 25  # frames per render call in render_strip, where nothing waits between steps
+_live: set[str] = set()  # names of the temporary scenes of exporters not closed yet
 
 
 class ExportError(RuntimeError):
@@ -62,75 +74,157 @@ def _ancestors(coll: Any, target: Any, chain: tuple = ()) -> tuple | None:
     return None
 
 
-def render_strip(scene: Any, strip: Any, out_dir: str | os.PathLike) -> list[Path]:
-    """Render ``strip`` of ``scene`` alone to ``out_dir``/0001.png, ...; returns the files in order."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ed = compat.editor(scene)
-    if ed is None:
-        raise ExportError("the scene has no sequencer strips")
-    chain = _ancestors(compat.top_strips(ed), strip)
-    if chain is None:
-        raise ExportError(f"strip {strip.name!r} is not in scene {scene.name!r}")
-    keep_names = {s.name for s in chain} | {strip.name}
-    start, count = compat.visible_start(strip), compat.visible_duration(strip)
-    if count < 1:
-        raise ExportError(f"strip {strip.name!r} shows no frames")
-    width, height = source_size(scene, strip)
+def _setup(temp: Any, keep_names: set[str], width: int, height: int, out_dir: Path) -> None:
+    """Make the scene copy ``temp`` render only ``keep_names`` at ``width`` x ``height`` to ``out_dir``."""
+    ted = compat.editor(temp)
+    for other in compat.all_strips(ted):
+        other.mute = other.name not in keep_names
+    for name in keep_names:  # strip and its metas shown even if the user muted them
+        compat.all_strips(ted)[name].mute = False
+    channels = getattr(ted, "channels", None)
+    if channels is not None:  # a muted channel hides its strips in 4.x+
+        for ch in channels:
+            ch.mute = False
+    render = temp.render
+    render.resolution_x, render.resolution_y = width, height
+    render.resolution_percentage = 100
+    render.pixel_aspect_x = render.pixel_aspect_y = 1.0
+    render.use_sequencer = True
+    render.use_compositing = False
+    render.use_border = False
+    render.use_stamp = False
+    render.use_multiview = False
+    render.use_file_extension = True
+    render.use_overwrite = True
+    render.use_placeholder = False
+    render.frame_map_old = render.frame_map_new = 100
+    compat.set_image_png(render.image_settings)
+    if "color_management" in render.image_settings.bl_rna.properties:
+        render.image_settings.color_management = "FOLLOW_SCENE"
+    view = temp.view_settings
+    view.view_transform = "Standard"
+    view.look = "None"
+    view.exposure = 0.0
+    view.gamma = 1.0
+    view.use_curve_mapping = False
+    temp.frame_step = 1
+    render.filepath = str(out_dir / "render_") + "#" * 6
 
-    had_results = {i.name for i in bpy.data.images if i.type == "RENDER_RESULT"}
-    temp = scene.copy()
-    try:
+
+class StripExporter:
+    """Renders ``strip`` of ``scene`` alone to ``out_dir``/0001.png, ... a few frames per ``step``.
+
+    Main thread only. Creating it makes the scene copy; ``close`` removes it
+    (the PNGs stay) and must always be called, also on cancel and on error.
+    """
+
+    def __init__(self, scene: Any, strip: Any, out_dir: str | os.PathLike) -> None:
+        self.strip_name = strip.name
+        self.out_dir = Path(out_dir)
+        self.files: list[Path] = []
+        ed = compat.editor(scene)
+        if ed is None:
+            raise ExportError("the scene has no sequencer strips")
+        chain = _ancestors(compat.top_strips(ed), strip)
+        if chain is None:
+            raise ExportError(f"strip {strip.name!r} is not in scene {scene.name!r}")
+        self.start, self.total = compat.visible_start(strip), compat.visible_duration(strip)
+        if self.total < 1:
+            raise ExportError(f"strip {strip.name!r} shows no frames")
+        width, height = source_size(scene, strip)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        temp = scene.copy()
         temp.name = "FRESCO export"  # Blender makes it unique
-        ted = compat.editor(temp)
-        for other in compat.all_strips(ted):
-            other.mute = other.name not in keep_names
-        for name in keep_names:  # strip and its metas shown even if the user muted them
-            compat.all_strips(ted)[name].mute = False
-        channels = getattr(ted, "channels", None)
-        if channels is not None:  # a muted channel hides its strips in 4.x+
-            for ch in channels:
-                ch.mute = False
-        render = temp.render
-        render.resolution_x, render.resolution_y = width, height
-        render.resolution_percentage = 100
-        render.pixel_aspect_x = render.pixel_aspect_y = 1.0
-        render.use_sequencer = True
-        render.use_compositing = False
-        render.use_border = False
-        render.use_stamp = False
-        render.use_multiview = False
-        render.use_file_extension = True
-        render.use_overwrite = True
-        render.use_placeholder = False
-        render.frame_map_old = render.frame_map_new = 100
-        compat.set_image_png(render.image_settings)
-        if "color_management" in render.image_settings.bl_rna.properties:
-            render.image_settings.color_management = "FOLLOW_SCENE"
-        view = temp.view_settings
-        view.view_transform = "Standard"
-        view.look = "None"
-        view.exposure = 0.0
-        view.gamma = 1.0
-        view.use_curve_mapping = False
-        temp.frame_start = start
-        temp.frame_end = start + count - 1
-        temp.frame_step = 1
-        render.filepath = str(out_dir / "render_") + "#" * 6
-        result = bpy.ops.render.render(animation=True, scene=temp.name)
-        if "FINISHED" not in result:
-            raise ExportError(f"rendering strip {strip.name!r} failed: {result}")
-    finally:
-        bpy.data.scenes.remove(temp)
-        for image in [i for i in bpy.data.images if i.type == "RENDER_RESULT" and i.name not in had_results]:
-            bpy.data.images.remove(image)  # the render buffer our render created
+        temp[MARKER] = True
+        self.scene_name = temp.name
+        _live.add(self.scene_name)
+        try:
+            temp.is_runtime_data = True  # saving the file mid-export must not write the copy
+            _setup(temp, {s.name for s in chain} | {strip.name}, width, height, self.out_dir)
+        except Exception:
+            self.close()
+            raise
 
-    files = []
-    for i in range(count):
-        rendered = out_dir / f"render_{start + i:06d}.png"
-        if not rendered.is_file():
-            raise ExportError(f"frame {start + i} of strip {strip.name!r} was not rendered ({rendered})")
-        final = out_dir / frame_filename(i)
-        os.replace(rendered, final)
-        files.append(final)
-    return files
+    @property
+    def done(self) -> int:
+        return len(self.files)
+
+    def _scene(self) -> Any:
+        temp = bpy.data.scenes.get(self.scene_name)
+        return temp if temp is not None and temp.get(MARKER) else None
+
+    def step(self, frames: int = 1) -> tuple[int, int]:
+        """Render the next ``frames`` frames (fewer at the end); returns (done, total)."""
+        first = self.start + self.done
+        last = min(first + frames, self.start + self.total) - 1
+        if last < first:
+            return self.done, self.total
+        temp = self._scene()
+        if temp is None:
+            raise ExportError(f"the scene copy exporting strip {self.strip_name!r} was removed")
+        temp.frame_start = first  # start first: Blender keeps end >= start
+        temp.frame_end = last
+        had = {i.name for i in bpy.data.images if i.type == "RENDER_RESULT"}
+        try:
+            result = bpy.ops.render.render(animation=True, scene=temp.name)
+        finally:  # the render buffer image this render made must not outlive the step (save, undo)
+            for image in [i for i in bpy.data.images if i.type == "RENDER_RESULT" and i.name not in had]:
+                bpy.data.images.remove(image)
+        if "FINISHED" not in result:
+            raise ExportError(f"rendering strip {self.strip_name!r} failed: {result}")
+        for frame in range(first, last + 1):
+            rendered = self.out_dir / f"render_{frame:06d}.png"
+            if not rendered.is_file():
+                raise ExportError(f"frame {frame} of strip {self.strip_name!r} was not rendered ({rendered})")
+            final = self.out_dir / frame_filename(frame - self.start)
+            os.replace(rendered, final)
+            self.files.append(final)
+        return self.done, self.total
+
+    def close(self) -> None:
+        """Remove the scene copy; safe to call again."""
+        _live.discard(self.scene_name)
+        temp = self._scene()
+        if temp is not None:
+            bpy.data.scenes.remove(temp)
+
+
+def render_strip(scene: Any, strip: Any, out_dir: str | os.PathLike,
+                 progress: Callable[[int, int], None] | None = None) -> list[Path]:
+    """Render ``strip`` of ``scene`` alone to ``out_dir``/0001.png, ...; returns the files in order.
+
+    Runs the whole export at once (background mode); ``progress(done, total)`` after every step.
+    """
+    exporter = StripExporter(scene, strip, out_dir)
+    try:
+        while exporter.done < exporter.total:
+            done, total = exporter.step(BATCH)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        exporter.close()
+    return exporter.files
+
+
+@bpy.app.handlers.persistent
+def _remove_strays(*_args: Any) -> None:
+    """Remove scene copies of closed exporters (undo, redo or a recovered file can bring them back)."""
+    for scene in [s for s in bpy.data.scenes if s.get(MARKER) and s.name not in _live]:
+        bpy.data.scenes.remove(scene)
+
+
+def _handler_lists() -> tuple:
+    h = bpy.app.handlers
+    return h.undo_post, h.redo_post, h.load_post
+
+
+def register() -> None:
+    for handlers in _handler_lists():
+        if _remove_strays not in handlers:
+            handlers.append(_remove_strays)
+
+
+def unregister() -> None:
+    for handlers in _handler_lists():
+        if _remove_strays in handlers:
+            handlers.remove(_remove_strays)

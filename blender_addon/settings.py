@@ -29,6 +29,7 @@ class Setting:
     maximum: float | None = None
     choices: tuple[str, ...] = field(default_factory=tuple)
     required: bool = False  # a str that must not be empty
+    advanced: bool = False  # tuning knob: the add-on shows it folded away
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """Return (normalised value, None) or (None, problem)."""
@@ -54,9 +55,10 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("prompt", "str", "", "Prompt", "Text describing the look of the result", required=True),
     Setting("negative_prompt", "str", "", "Negative Prompt", "Text describing what the result should not show"),
-    Setting("mode", "enum", "per_frame", "Mode",
-            "per_frame: every frame translated on its own (baseline, flickers)",
-            choices=("per_frame",)),
+    Setting("mode", "enum", "fresco", "Mode",
+            "fresco: keyframes translated jointly with FRESCO's flow-guided attention and feature "
+            "optimisation (temporally coherent); per_frame: every frame on its own (baseline, flickers)",
+            choices=("fresco", "per_frame")),
     Setting("seed", "int", 0, "Seed", "Seed of the initial noise; the same seed gives the same result",
             minimum=0, maximum=2**31 - 1),
     Setting("strength", "float", 0.75, "Strength",
@@ -68,8 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1.0, maximum=30.0),
     Setting("size", "int", 512, "Size", "Short side of the processed frames in pixels, rounded to a multiple of 64",
             minimum=64, maximum=2048),
-    Setting("batch_size", "int", 4, "Batch Size",
-            "Frames denoised together; more is faster on a GPU but needs more memory",
+    Setting("batch_size", "int", 8, "Batch Size",
+            "Frames denoised together (FRESCO: keyframes per batch, two of them anchors after the first "
+            "batch); more is more coherent but needs more memory",
             minimum=1, maximum=16),
     Setting("control", "enum", "canny", "Control", "ControlNet condition computed from each input frame",
             choices=("canny",)),
@@ -79,6 +82,37 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=255),
     Setting("canny_high", "int", 100, "Canny High", "Upper hysteresis threshold of the canny edges",
             minimum=0, maximum=255),
+    Setting("cross_frame_attention", "bool", True, "Cross-Frame Attention",
+            "FRESCO: all frames attend to frame 0 plus the regions each later frame reveals", advanced=True),
+    Setting("spatial_guidance", "bool", True, "Spatial Guidance",
+            "FRESCO: at the first step, queries follow the self-similarity of the input frame", advanced=True),
+    Setting("temporal_guidance", "bool", True, "Temporal Guidance",
+            "FRESCO: tokens on one optical-flow track attend to each other", advanced=True),
+    Setting("feature_optimization", "bool", True, "Feature Optimisation",
+            "FRESCO: decoder features optimised for flow consistency and input structure", advanced=True),
+    Setting("temporal_loss", "bool", True, "Temporal Loss",
+            "Feature optimisation: the flow-warped consistency term", advanced=True),
+    Setting("spatial_loss", "bool", True, "Spatial Loss",
+            "Feature optimisation: the Gram (self-similarity) term", advanced=True),
+    Setting("background_smoothing", "bool", False, "Background Smoothing",
+            "Blend each frame's background features with the previous frame's, warped by flow", advanced=True),
+    Setting("lambda_spatial", "float", 5.0, "Spatial Temperature",
+            "Spatial-guided attention temperature lambda_s", minimum=0.1, maximum=100.0, advanced=True),
+    Setting("lambda_temporal", "float", 5.0, "Temporal Temperature",
+            "Temporal-guided attention temperature lambda_t", minimum=0.1, maximum=100.0, advanced=True),
+    Setting("temporal_min_t", "int", 350, "Temporal Until t",
+            "Temporal-guided attention runs while the timestep is at least this", minimum=0, maximum=1000,
+            advanced=True),
+    Setting("opt_end_step", "int", 15, "Optimise Until Step",
+            "Feature optimisation at scheduled steps before this one", minimum=0, maximum=150, advanced=True),
+    Setting("opt_iterations", "int", 20, "Optimiser Iterations", "Adam iterations per optimised step",
+            minimum=1, maximum=200, advanced=True),
+    Setting("opt_lr", "float", 0.2, "Optimiser Rate", "Adam learning rate of the feature optimisation",
+            minimum=0.001, maximum=10.0, advanced=True),
+    Setting("spatial_loss_weight", "float", 100.0, "Spatial Loss Weight", "lambda_spat of the Gram loss",
+            minimum=0.0, maximum=10000.0, advanced=True),
+    Setting("flow", "enum", "dis", "Optical Flow", "Optical-flow estimator (dis: OpenCV DIS, CPU, no weights)",
+            choices=("dis",), advanced=True),
     Setting("model", "str", "", "Model",
             "Stable Diffusion 1.5 checkpoint: hub id, diffusers folder or .safetensors file "
             "(empty: the backend's default)"),

@@ -2,11 +2,12 @@
 
 Background mode (``blender -b``, the bpy module) has no event loop: timers
 never fire and modal operators cannot run, so the translate operator runs the
-whole job synchronously there. With a UI it never blocks on the backend: a
-worker thread does the HTTP work (``jobrun.worker``) and a ``bpy.app.timers``
-function (``poll_job``) drains its queue on the main thread, updates the
-progress shown in the panel and adds the result strip. Only the main thread
-touches bpy data.
+whole job synchronously there. With a UI the main thread never blocks for
+long: the operator only sets up the export (``export.StripExporter``), and a
+``bpy.app.timers`` function (``poll_job``) renders a few frames per tick
+(stage "export"), then starts a worker thread for the HTTP work
+(``jobrun.worker``), drains its queue, updates the progress shown in the panel
+and adds the result strip. Only the main thread touches bpy data.
 """
 from __future__ import annotations
 
@@ -29,33 +30,36 @@ def log(message: str) -> None:
 
 
 class UIJob:
-    """A job started from the UI: state shared between the worker thread (via ``queue``) and the main thread."""
+    """A job started from the UI: its frames are exported on the main thread (``exporter``, one tick at a time),
+    then a worker thread runs the backend job and reports to the main thread through ``queue``."""
 
-    def __init__(self, scene_name: str, source_name: str, settings: dict, frame_paths: list[Path],
-                 export_dir: Path, out_dir: Path) -> None:
+    def __init__(self, scene_name: str, source_name: str, settings: dict, exporter: export.StripExporter,
+                 out_dir: Path, get_client: Callable[[], Any]) -> None:
         self.scene_name = scene_name
         self.source_name = source_name
         self.settings = settings
-        self.frame_paths = frame_paths
-        self.export_dir = export_dir
+        self.exporter: export.StripExporter | None = exporter  # None once the export has ended
+        self.export_dir = exporter.out_dir
         self.out_dir = out_dir
+        self.get_client = get_client
         self.queue: queue.Queue = queue.Queue()
         self.cancel = threading.Event()
         self.thread: threading.Thread | None = None
         self.job_id: str | None = None
-        self.stage = "starting"
+        self.stage = "export"
         self.done = 0
-        self.total = 0
+        self.total = exporter.total
         self.eta: float | None = None
         self.finished = False
         self.error: str | None = None
         self.result_name: str | None = None
         self.started = time.monotonic()
 
-    def start(self, get_client: Callable[[], Any]) -> None:
+    def start_worker(self, frame_paths: list[Path]) -> None:
+        """Hand the exported frames to a worker thread that runs the backend job."""
         self.thread = threading.Thread(
             target=jobrun.worker, name="fresco-job", daemon=True,
-            args=(get_client, self.settings, self.frame_paths, self.out_dir, self.queue.put, self.cancel))
+            args=(self.get_client, self.settings, frame_paths, self.out_dir, self.queue.put, self.cancel))
         self.thread.start()
 
     @property
@@ -65,6 +69,12 @@ class UIJob:
 
 _job: UIJob | None = None  # the UI job shown in the panel (running or last finished)
 POLL_INTERVAL = 0.2
+EXPORT_FRAMES_PER_TICK = 1  # a frame takes tens of ms at HD; the UI handles events between ticks
+
+
+def _has_event_loop() -> bool:
+    """Whether timers fire; without an event loop (background mode) the operator runs synchronously."""
+    return not bpy.app.background
 
 
 def current_job() -> UIJob | None:
@@ -83,13 +93,40 @@ def _finish(job: UIJob, files: list[str]) -> None:
     job.result_name = strip.name
 
 
-def poll_job(job: UIJob) -> float | None:
-    """Timer body: handle the worker's messages. Returns the next interval, or None when the job is over.
+def _export_frames(job: UIJob) -> None:
+    """Main thread: render the next frames; when all are there (or on cancel or error) close the exporter."""
+    exporter = job.exporter
+    message = None
+    if job.cancel.is_set():
+        message = {"kind": "cancelled"}
+    elif bpy.app.is_job_running("RENDER"):
+        return  # the user's own render; rendering now would fail
+    else:
+        try:
+            job.done, job.total = exporter.step(EXPORT_FRAMES_PER_TICK)
+        except Exception as exc:
+            message = {"kind": "error", "message": f"exporting the frames failed: {exc}"}
+        else:
+            if job.done < job.total:
+                return
+    exporter.close()
+    job.exporter = None
+    if message is None:
+        job.start_worker(exporter.files)
+    else:
+        job.queue.put(message)
 
-    Runs on the main thread (``bpy.app.timers``); tests call it directly in a loop.
+
+def poll_job(job: UIJob) -> float | None:
+    """Timer body: export the next frames or handle the worker's messages.
+
+    Returns the next interval, or None when the job is over. Runs on the main
+    thread (``bpy.app.timers``); tests call it directly in a loop.
     """
     if job.finished:
         return None
+    if job.exporter is not None:
+        _export_frames(job)
     while True:
         try:
             message = job.queue.get_nowait()
@@ -102,6 +139,8 @@ def poll_job(job: UIJob) -> float | None:
             job.stage, job.done, job.total = message["stage"], message["done"], message["total"]
             job.eta = message.get("eta")
         elif kind in ("finished", "error", "cancelled"):
+            if job.cancel.is_set():
+                kind = "cancelled"  # also a result that came in after Cancel, or after another file was opened
             job.finished = True
             try:
                 if kind == "finished":
@@ -124,7 +163,9 @@ def poll_job(job: UIJob) -> float | None:
                 log(f"{job.source_name}: job failed: {job.error}")
             break
     _redraw()
-    return None if job.finished else POLL_INTERVAL
+    if job.finished:
+        return None
+    return 0.0 if job.exporter is not None else POLL_INTERVAL
 
 
 def _timer() -> float | None:
@@ -136,6 +177,13 @@ def _timer() -> float | None:
     except Exception as exc:  # pragma: no cover - defensive
         job.finished, job.error = True, str(exc)
         return None
+
+
+@bpy.app.handlers.persistent
+def _cancel_on_load(*_args: Any) -> None:
+    """Another file is being opened: cancel the job (the timer is persistent and cleans up)."""
+    if _job is not None and not _job.finished:
+        _job.cancel.set()
 
 
 def _redraw() -> None:
@@ -212,47 +260,51 @@ class FRESCO_OT_translate(bpy.types.Operator):
         if problem:
             self.report({"ERROR"}, f"FRESCO: {problem}")
             return {"CANCELLED"}
-        sync = self.synchronous or bpy.app.background
+        sync = self.synchronous or not _has_event_loop()
         global _job
         if not sync and _job is not None and not _job.finished:
             self.report({"ERROR"}, "FRESCO: a job is already running")
             return {"CANCELLED"}
 
         export_dir = Path(tempfile.mkdtemp(prefix="fresco-export-"))
-        out_dir = None
-        try:
-            log(f"{source.name}: rendering {compat.visible_duration(source)} frames")
-            frames = export.render_strip(scene, source, export_dir)
-            out_dir = place.new_output_dir(source.name)
-        except Exception:
-            shutil.rmtree(export_dir, ignore_errors=True)
-            raise
-
         if not sync:
-            _job = UIJob(scene.name, source.name, settings, frames, export_dir, out_dir)
-            _job.start(lambda: backend.get_client(config))
+            exporter = None
+            try:
+                exporter = export.StripExporter(scene, source, export_dir)  # set-up only: no frames yet
+                out_dir = place.new_output_dir(source.name)
+            except Exception:
+                if exporter is not None:
+                    exporter.close()
+                shutil.rmtree(export_dir, ignore_errors=True)
+                raise
+            _job = UIJob(scene.name, source.name, settings, exporter, out_dir, lambda: backend.get_client(config))
             if not bpy.app.timers.is_registered(_timer):
-                bpy.app.timers.register(_timer, first_interval=POLL_INTERVAL)
-            self.report({"INFO"}, f"FRESCO: translating {source.name!r} ({len(frames)} frames)")
+                bpy.app.timers.register(_timer, first_interval=0.0, persistent=True)
+            self.report({"INFO"}, f"FRESCO: translating {source.name!r} ({exporter.total} frames)")
             return {"FINISHED"}
 
+        last = [0.0]
+
+        def emit(message: dict) -> None:
+            if message.get("kind") == "progress" and (time.monotonic() - last[0] > 1.0
+                                                      or message["done"] == message["total"]):
+                last[0] = time.monotonic()
+                log(f"{source.name}: {message['stage']} {message['done']}/{message['total']}")
+
+        out_dir = None
         try:
+            frames = export.render_strip(scene, source, export_dir, progress=lambda done, total: emit(
+                {"kind": "progress", "stage": "export", "done": done, "total": total}))
+            out_dir = place.new_output_dir(source.name)
             client = backend.get_client(config)
-            last = [0.0]
-
-            def emit(message: dict) -> None:
-                if message.get("kind") == "progress" and (time.monotonic() - last[0] > 1.0
-                                                          or message["done"] == message["total"]):
-                    last[0] = time.monotonic()
-                    log(f"{source.name}: {message['stage']} {message['done']}/{message['total']}")
-
             job_id: list[str] = []
             files = jobrun.run_job(client, settings, frames, out_dir,
                                    emit=lambda m: (job_id.append(m["job_id"]) if m.get("kind") == "job" else emit(m)))
             result = place.add_result_strip(scene, source, files, settings, job_id[0] if job_id else None)
             _copy_strip_settings(source, result)
         except Exception:
-            _discard_output(out_dir)
+            if out_dir is not None:
+                _discard_output(out_dir)
             raise
         finally:
             shutil.rmtree(export_dir, ignore_errors=True)
@@ -310,7 +362,8 @@ class FRESCO_PT_panel(bpy.types.Panel):
             layout.label(text=strip.name, icon="SEQUENCE")
             group = getattr(strip, props.STRIP_PROP)
             for s in SETTINGS:
-                layout.prop(group, s.name)
+                if not s.advanced:
+                    layout.prop(group, s.name)
             if props.RESULT_SETTINGS_KEY in strip.keys():
                 layout.label(text=f"Result of {strip.get(props.RESULT_SOURCE_KEY, '?')}", icon="CHECKMARK")
             busy = _job is not None and not _job.finished
@@ -338,11 +391,38 @@ class FRESCO_PT_panel(bpy.types.Panel):
         layout.operator(FRESCO_OT_stop_backend.bl_idname, icon="QUIT")
 
 
-CLASSES = (FRESCO_OT_translate, FRESCO_OT_cancel, FRESCO_OT_stop_backend, FRESCO_PT_panel)
+class FRESCO_PT_advanced(bpy.types.Panel):
+    """The FRESCO tuning settings of the active strip, folded by default."""
+
+    bl_label = "Advanced"
+    bl_idname = "FRESCO_PT_advanced"
+    bl_parent_id = FRESCO_PT_panel.bl_idname
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "FRESCO"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        ed = context.scene.sequence_editor if context.scene else None
+        return ed is not None and ed.active_strip is not None
+
+    def draw(self, context: Any) -> None:
+        self.layout.use_property_split = True
+        self.layout.use_property_decorate = False
+        group = getattr(context.scene.sequence_editor.active_strip, props.STRIP_PROP)
+        for s in SETTINGS:
+            if s.advanced:
+                self.layout.prop(group, s.name)
+
+
+CLASSES = (FRESCO_OT_translate, FRESCO_OT_cancel, FRESCO_OT_stop_backend, FRESCO_PT_panel, FRESCO_PT_advanced)
 
 
 def register() -> None:
     props.register()
+    export.register()
+    bpy.app.handlers.load_pre.append(_cancel_on_load)
     for cls in CLASSES:
         bpy.utils.register_class(cls)
 
@@ -355,8 +435,12 @@ def unregister() -> None:
         _job.cancel.set()
         if _job.thread is not None:
             _job.thread.join(timeout=5.0)
+        poll_job(_job)  # closes the exporter, or cleans up after the worker's last message
     _job = None
     backend.stop()
+    if _cancel_on_load in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_cancel_on_load)
+    export.unregister()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)
     props.unregister()

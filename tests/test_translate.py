@@ -6,7 +6,8 @@ import pytest
 from blender_addon.settings import validate
 from fresco_backend import frames as F
 from fresco_backend.synthetic import moving_square
-from fresco_backend.translate import Cancelled, steps_per_batch, translate_frames
+from fresco_backend.denoise import steps_per_batch
+from fresco_backend.translate import Cancelled, translate_frames
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def clip():
 
 
 def run(pipe, frames, **overrides):
-    settings = validate({"prompt": "an oil painting", "steps": 4, "size": 64, **overrides})
+    settings = validate({"prompt": "an oil painting", "steps": 4, "size": 64, "mode": "per_frame", **overrides})
     return [rgb for _, rgb in translate_frames(pipe, frames, settings)]
 
 
@@ -58,7 +59,8 @@ def test_prompt_and_strength_matter(pipe, clip):
 
 
 def test_progress_counts_every_step_and_ends_at_total(pipe, clip):
-    settings = validate({"prompt": "x", "steps": 8, "strength": 0.5, "size": 64, "batch_size": 2})
+    settings = validate({"prompt": "x", "steps": 8, "strength": 0.5, "size": 64, "batch_size": 2,
+                         "mode": "per_frame"})
     seen = []
     list(translate_frames(pipe, clip.frames, settings, on_progress=seen.append))
     assert steps_per_batch(settings) == 4
@@ -66,9 +68,10 @@ def test_progress_counts_every_step_and_ends_at_total(pipe, clip):
     assert seen[-1].total == 12 and seen[-1].eta == 0.0 and seen[0].stage == "denoise"
 
 
-def test_cancel_stops_between_steps(pipe, clip):
+@pytest.mark.parametrize("mode", ["per_frame", "fresco"])
+def test_cancel_stops_between_steps(pipe, clip, mode):
     cancel = threading.Event()
-    settings = validate({"prompt": "x", "steps": 10, "size": 64, "batch_size": 1})
+    settings = validate({"prompt": "x", "steps": 10, "size": 64, "batch_size": 2, "mode": mode})
     steps = []
 
     def on_progress(p):

@@ -163,3 +163,44 @@ def snapshot(obj, depth: int = 2) -> dict:
         else:
             values[name] = value
     return values
+
+
+def scene_state(scene, compat) -> dict:
+    """What an export must leave as it was: the file's scenes and images, and the scene's settings and strips."""
+    return {
+        "scenes": sorted(s.name for s in bpy.data.scenes),
+        "images": sorted(i.name for i in bpy.data.images),
+        "render": snapshot(scene.render),
+        "view": snapshot(scene.view_settings, 0),
+        "frames": (scene.frame_start, scene.frame_end, scene.frame_current),
+        "strips": {s.name: snapshot(s) for s in compat.all_strips(scene.sequence_editor)},
+    }
+
+
+class FakeLayout:
+    """Records what a panel draws (headless Blender cannot draw)."""
+
+    def __init__(self, log):
+        self.log = log
+        self.use_property_split = self.use_property_decorate = False
+        self.enabled = True
+        self.scale_y = 1.0
+
+    def _child(self, *args, **kwargs):
+        return FakeLayout(self.log)
+
+    row = column = box = split = _child
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, name
+        self.log.append(("prop", name))
+
+    def label(self, text="", **kwargs):
+        self.log.append(("label", text))
+
+    def progress(self, **kwargs):
+        self.log.append(("progress", kwargs.get("text")))
+
+    def operator(self, idname, **kwargs):
+        self.log.append(("operator", idname))
+        return type("Props", (), {})()

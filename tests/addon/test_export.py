@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import bpy
 
-from conftest import CLIP_SIZE, OFFSET_START, VISIBLE, backend_python, snapshot
+from conftest import CLIP_SIZE, OFFSET_START, VISIBLE, backend_python, scene_state
 
 # which clip frame each exported PNG shows (by nearest mean absolute difference), computed with OpenCV
 MATCH = r"""
@@ -25,17 +26,6 @@ for path in files:
     out.append([int(np.argmin(diffs)), min(diffs), list(img.shape)])
 print(json.dumps(out))
 """
-
-
-def scene_state(scene, compat):
-    return {
-        "scenes": sorted(s.name for s in bpy.data.scenes),
-        "images": sorted(i.name for i in bpy.data.images),
-        "render": snapshot(scene.render),
-        "view": snapshot(scene.view_settings, 0),
-        "frames": (scene.frame_start, scene.frame_end, scene.frame_current),
-        "strips": {s.name: snapshot(s) for s in compat.all_strips(scene.sequence_editor)},
-    }
 
 
 def test_render_strip_alone(addon, movie_scene, compat, clip_path, tmp_path):
@@ -70,3 +60,73 @@ def test_render_strip_hidden_by_mute(addon, movie_scene, compat, tmp_path):
     files = export.render_strip(movie_scene, strip, tmp_path / "frames")
     assert len(files) == VISIBLE
     assert strip.mute is True
+
+
+def pngs(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def marked_scenes(export):
+    return [s.name for s in bpy.data.scenes if s.get(export.MARKER)]
+
+
+def test_exporter_renders_a_few_frames_per_step(addon, movie_scene, compat, tmp_path):
+    """Set-up renders nothing; each step renders at most the frames asked for; close restores everything."""
+    export = sys.modules[addon.__name__ + ".export"]
+    before = scene_state(movie_scene, compat)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    out = tmp_path / "frames"
+    exporter = export.StripExporter(movie_scene, strip, out)
+    assert (exporter.done, exporter.total) == (0, VISIBLE) and pngs(out) == []
+    assert marked_scenes(export) == [exporter.scene_name]
+    assert bpy.data.scenes[exporter.scene_name].is_runtime_data
+    assert exporter.step(2) == (2, VISIBLE) and pngs(out) == ["0001.png", "0002.png"]
+    assert exporter.step(1) == (3, VISIBLE)
+    assert exporter.step(100) == (VISIBLE, VISIBLE)  # fewer at the end
+    assert exporter.step(1) == (VISIBLE, VISIBLE)  # nothing left
+    exporter.close()
+    exporter.close()  # idempotent
+    assert [f.name for f in exporter.files] == pngs(out) == [f"{i + 1:04d}.png" for i in range(VISIBLE)]
+    assert scene_state(movie_scene, compat) == before
+
+
+def test_exporter_closed_midway(addon, movie_scene, compat, tmp_path):
+    """Closing before the end (cancel, error) removes the scene copy and leaves the user's scene as it was."""
+    export = sys.modules[addon.__name__ + ".export"]
+    before = scene_state(movie_scene, compat)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    exporter = export.StripExporter(movie_scene, strip, tmp_path / "frames")
+    exporter.step(1)
+    exporter.close()
+    assert marked_scenes(export) == []
+    assert scene_state(movie_scene, compat) == before
+
+
+def test_save_and_undo_mid_export(addon, movie_scene, compat, blend, tmp_path):
+    """Saving mid-export never writes the scene copy; undo keeps the live copy and removes an ended export's."""
+    export = sys.modules[addon.__name__ + ".export"]
+    before = scene_state(movie_scene, compat)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    exporter = export.StripExporter(movie_scene, strip, tmp_path / "frames")
+    exporter.step(1)
+    assert bpy.ops.wm.save_mainfile() == {"FINISHED"}
+    saved = tmp_path / "saved.blend"
+    shutil.copy(blend, saved)  # Blender will not list the open file itself
+    with bpy.data.libraries.load(str(saved)) as (data_from, _):
+        assert list(data_from.scenes) == ["Scene"] and list(data_from.images) == []
+
+    # undo replaces every ID: the exporter finds its copy again by name and goes on
+    bpy.ops.ed.undo_push(message="mid-export")
+    exporter.step(1)
+    bpy.ops.ed.undo_push(message="two frames")
+    assert bpy.ops.ed.undo() == {"FINISHED"}
+    assert marked_scenes(export) == [exporter.scene_name]
+    assert exporter.step(100) == (VISIBLE, VISIBLE)
+    exporter.close()
+    assert pngs(tmp_path / "frames") == [f"{i + 1:04d}.png" for i in range(VISIBLE)]
+
+    # undoing back to a state from the export brings its copy back: the undo handler removes it
+    bpy.ops.ed.undo_push(message="after export")
+    assert bpy.ops.ed.undo() == {"FINISHED"}
+    assert marked_scenes(export) == []
+    assert scene_state(bpy.data.scenes["Scene"], compat) == before

@@ -6,7 +6,7 @@ import zipfile
 
 import bpy
 
-from conftest import PACKAGE, REPO
+from conftest import PACKAGE, REPO, FakeLayout
 
 
 def test_zip_contents(addon_zip):
@@ -86,35 +86,6 @@ def test_legacy_addon_install(addon_zip):
     assert "LEGACY OK" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-class FakeLayout:
-    """Records what a panel draws (headless Blender cannot draw)."""
-
-    def __init__(self, log):
-        self.log = log
-        self.use_property_split = self.use_property_decorate = False
-        self.enabled = True
-        self.scale_y = 1.0
-
-    def _child(self, *args, **kwargs):
-        return FakeLayout(self.log)
-
-    row = column = box = split = _child
-
-    def prop(self, data, name, **kwargs):
-        assert name in data.bl_rna.properties, name
-        self.log.append(("prop", name))
-
-    def label(self, text="", **kwargs):
-        self.log.append(("label", text))
-
-    def progress(self, **kwargs):
-        self.log.append(("progress", kwargs.get("text")))
-
-    def operator(self, idname, **kwargs):
-        self.log.append(("operator", idname))
-        return type("Props", (), {})()
-
-
 def test_panel_draws_settings(addon, movie_scene, compat):
     import sys
 
@@ -122,5 +93,10 @@ def test_panel_draws_settings(addon, movie_scene, compat):
     log = []
     panel = type("P", (), {"layout": FakeLayout(log)})()
     bpy.types.FRESCO_PT_panel.draw(panel, bpy.context)
-    assert [name for kind, name in log if kind == "prop"] == [s.name for s in settings.SETTINGS]
+    assert [name for kind, name in log if kind == "prop"] == [s.name for s in settings.SETTINGS if not s.advanced]
     assert ("operator", "fresco.translate") in log
+    log.clear()
+    assert bpy.types.FRESCO_PT_advanced.poll(bpy.context)
+    bpy.types.FRESCO_PT_advanced.draw(panel, bpy.context)  # the folded sub-panel holds the rest
+    assert [name for kind, name in log if kind == "prop"] == [s.name for s in settings.SETTINGS if s.advanced]
+    assert "DEFAULT_CLOSED" in bpy.types.FRESCO_PT_advanced.bl_options

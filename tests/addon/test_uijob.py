@@ -1,4 +1,6 @@
-"""The UI path: worker thread + queue, drained by the timer function (called here by hand: no timers headless)."""
+"""The UI path: the operator only sets up the export; the timer function renders a few frames per tick,
+then a worker thread runs the job and the timer function drains its queue (called here by hand: no
+timers fire headless)."""
 from __future__ import annotations
 
 import json
@@ -6,8 +8,10 @@ import sys
 import threading
 import time
 
+import bpy
+import pytest
 
-from conftest import STRIP_START, VISIBLE, snapshot
+from conftest import STRIP_START, VISIBLE, FakeLayout, scene_state
 
 
 class FakeClient:
@@ -17,6 +21,7 @@ class FakeClient:
         self.frames: dict[int, bytes] = {}
         self.fail = fail
         self.hold = hold
+        self.count = None  # set when a job is created
         self.cancelled = False
         self.sent = False
 
@@ -54,43 +59,80 @@ class FakeClient:
         return {}
 
 
-def start_ui_job(addon, scene, compat, client, tmp_path):
-    ui = sys.modules[addon.__name__ + ".ui"]
-    export = sys.modules[addon.__name__ + ".export"]
-    place = sys.modules[addon.__name__ + ".place"]
-    props = sys.modules[addon.__name__ + ".props"]
-    settings_mod = sys.modules[addon.__name__ + ".settings"]
-    source = compat.all_strips(scene.sequence_editor)["clip"]
-    settings = settings_mod.validate(props.strip_settings(source))
-    export_dir = tmp_path / "export"
-    frames = export.render_strip(scene, source, export_dir)
-    out_dir = place.new_output_dir(source.name)
-    job = ui.UIJob(scene.name, source.name, settings, frames, export_dir, out_dir)
-    job.start(lambda: client)
-    return ui, job
+@pytest.fixture
+def ui(addon, monkeypatch):
+    """The ui module as in a Blender with a UI: the operator takes the timer path."""
+    module = sys.modules[addon.__name__ + ".ui"]
+    monkeypatch.setattr(module, "_has_event_loop", lambda: True)
+    yield module
+    job = module.current_job()
+    if job is not None and not job.finished:  # a failed test must not leave its job running
+        job.cancel.set()
+        drive(module)
 
 
-def drive(ui, job, timeout=30.0):
+def translate(addon, client, monkeypatch):
+    """Press Translate on 'clip' with ``client`` as the backend; returns the new UI job."""
+    backend = sys.modules[addon.__name__ + ".backend"]
+    monkeypatch.setattr(backend, "config_problem", lambda config: None)
+    monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: client)
+    assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+    return sys.modules[addon.__name__ + ".ui"].current_job()
+
+
+def drive(ui, timeout=30.0):
     """Call the timer function until it says the job is over (what bpy.app.timers does in the UI)."""
     deadline = time.monotonic() + timeout
-    seen = []
     while True:
-        interval = ui.poll_job(job)
-        seen.append((job.stage, job.done, job.total))
+        interval = ui._timer()
         if interval is None:
-            return seen
+            return
         assert time.monotonic() < deadline, "job did not finish"
-        time.sleep(0.01)
+        time.sleep(0.01 if interval else 0.0)
 
 
-def test_ui_job_adds_strip(addon, movie_scene, compat, blend, tmp_path):
+def pngs(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def marked_scenes(addon):
+    marker = sys.modules[addon.__name__ + ".export"].MARKER
+    return [s.name for s in bpy.data.scenes if s.get(marker)]
+
+
+def panel_log():
+    log = []
+    bpy.types.FRESCO_PT_panel.draw(type("P", (), {"layout": FakeLayout(log)})(), bpy.context)
+    return log
+
+
+def test_export_runs_on_timer_ticks(addon, ui, movie_scene, compat, blend, monkeypatch):
     source = compat.all_strips(movie_scene.sequence_editor)["clip"]
-    before = snapshot(source)
-    ui, job = start_ui_job(addon, movie_scene, compat, FakeClient(), tmp_path)
-    seen = drive(ui, job)
+    before = scene_state(movie_scene, compat)
+    job = translate(addon, FakeClient(), monkeypatch)
+    # the operator returned having rendered at most one tick's frames (it renders none)
+    assert len(pngs(job.export_dir)) <= ui.EXPORT_FRAMES_PER_TICK
+    assert (job.stage, job.done, job.total) == ("export", 0, VISIBLE)
+    assert job.thread is None and marked_scenes(addon)
+
+    counts = []
+    while job.exporter is not None:  # each tick renders at least one frame and at most a tick's worth
+        assert ui._timer() is not None
+        counts.append(len(pngs(job.export_dir)))
+        assert 0 < counts[-1] - (counts[-2] if len(counts) > 1 else 0) <= ui.EXPORT_FRAMES_PER_TICK
+        if job.exporter is not None:
+            assert (job.stage, job.done, job.total) == ("export", counts[-1], VISIBLE)
+            assert job.thread is None
+        if len(counts) == 1:
+            log = panel_log()
+            assert ("label", "clip: export") in log and ("progress", f"{counts[0]}/{VISIBLE}") in log
+    assert counts[-1] == VISIBLE
+    assert marked_scenes(addon) == []  # the scene copy went with the last export tick
+    assert job.thread is not None  # the worker runs the backend job
+
+    drive(ui)
     assert job.error is None, job.error
     assert job.stage == "done" and job.job_id == "job-1"
-    assert job.total == VISIBLE  # progress came through the queue
     result = compat.all_strips(movie_scene.sequence_editor)[job.result_name]
     assert result.name == "clip.fresco"
     assert result.type == "IMAGE"
@@ -101,14 +143,70 @@ def test_ui_job_adds_strip(addon, movie_scene, compat, blend, tmp_path):
     assert result.fresco.prompt == source.fresco.prompt
     out_dir = blend.parent / "fresco" / "clip_1"
     assert job.out_dir == out_dir
-    assert sorted(p.name for p in out_dir.iterdir()) == [f"{i + 1:04d}.png" for i in range(VISIBLE)]
+    assert pngs(out_dir) == [f"{i + 1:04d}.png" for i in range(VISIBLE)]
     assert not job.export_dir.exists()  # temp frames removed
-    assert snapshot(source) == before
+    after = scene_state(movie_scene, compat)
+    del after["strips"][result.name]
+    assert after == before  # the user's scene is as it was, apart from the new strip
 
 
-def test_ui_job_error_reported(addon, movie_scene, compat, tmp_path):
-    ui, job = start_ui_job(addon, movie_scene, compat, FakeClient(fail="out of GPU memory"), tmp_path)
-    drive(ui, job)
+def test_cancel_during_export(addon, ui, movie_scene, compat, blend, monkeypatch):
+    before = scene_state(movie_scene, compat)
+    client = FakeClient()
+    job = translate(addon, client, monkeypatch)
+    ui._timer()
+    assert job.stage == "export" and job.exporter is not None and job.done > 0
+    assert bpy.ops.fresco.cancel() == {"FINISHED"}
+    drive(ui)
+    assert job.stage == "cancelled" and job.error is None and job.result_name is None
+    assert job.thread is None and client.count is None  # the backend never saw it
+    assert marked_scenes(addon) == []
+    assert not job.export_dir.exists() and not job.out_dir.exists()
+    assert pngs(blend.parent / "fresco") == []
+    assert scene_state(movie_scene, compat) == before
+
+
+def test_export_error_is_reported(addon, ui, movie_scene, compat, monkeypatch):
+    """The scene copy deleted by the user mid-export: the job fails with the reason and cleans up."""
+    before = scene_state(movie_scene, compat)
+    job = translate(addon, FakeClient(), monkeypatch)
+    ui._timer()
+    bpy.data.scenes.remove(bpy.data.scenes[job.exporter.scene_name])
+    drive(ui)
+    assert job.stage == "failed" and "was removed" in job.error
+    assert not job.export_dir.exists() and not job.out_dir.exists()
+    assert scene_state(movie_scene, compat) == before
+
+
+def test_opening_a_file_cancels_the_export(addon, ui, movie_scene, compat, blend, monkeypatch):
+    """The load handler cancels the job; the timer is persistent, so it cleans up after the load."""
+    job = translate(addon, FakeClient(), monkeypatch)
+    ui._timer()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    assert job.cancel.is_set()
+    drive(ui)
+    assert job.stage == "cancelled"
+    assert not job.export_dir.exists() and not job.out_dir.exists()
+    assert sorted(s.name for s in bpy.data.scenes) == ["Scene"]
+
+
+def test_opening_a_file_discards_a_finished_result(addon, ui, movie_scene, compat, blend, monkeypatch):
+    """A result that arrives after another file was opened is not put into that file."""
+    job = translate(addon, FakeClient(), monkeypatch)
+    while job.exporter is not None:
+        ui._timer()
+    job.thread.join(timeout=10)
+    assert not job.thread.is_alive()  # the worker's "finished" message waits in the queue
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    drive(ui)
+    assert job.stage == "cancelled" and job.result_name is None
+    assert sorted(s.name for s in compat.all_strips(bpy.context.scene.sequence_editor)) == ["blocker", "clip"]
+    assert not job.out_dir.exists()
+
+
+def test_ui_job_error_reported(addon, ui, movie_scene, compat, monkeypatch):
+    job = translate(addon, FakeClient(fail="out of GPU memory"), monkeypatch)
+    drive(ui)
     assert job.stage == "failed"
     assert "out of GPU memory" in job.error
     assert job.result_name is None
@@ -116,15 +214,18 @@ def test_ui_job_error_reported(addon, movie_scene, compat, tmp_path):
     assert not job.out_dir.exists()
 
 
-def test_ui_job_cancel(addon, movie_scene, compat, tmp_path):
+def test_ui_job_cancel_while_translating(addon, ui, movie_scene, compat, monkeypatch):
     client = FakeClient(hold=threading.Event())
-    ui, job = start_ui_job(addon, movie_scene, compat, client, tmp_path)
-    assert ui.poll_job(job) is not None  # still running
+    job = translate(addon, client, monkeypatch)
+    while job.exporter is not None:
+        ui._timer()
+    assert ui._timer() is not None  # the worker is waiting for the backend
     job.cancel.set()
-    drive(ui, job)
+    drive(ui)
     assert job.stage == "cancelled"
     assert client.cancelled
     assert sorted(s.name for s in compat.all_strips(movie_scene.sequence_editor)) == ["blocker", "clip"]
+    assert not job.out_dir.exists()
 
 
 def test_output_folders_never_reused(addon, tmp_path):

@@ -1,0 +1,140 @@
+"""FRESCO mode: keyframe batches translated jointly with spatial-temporal correspondence.
+
+For each batch (``keyframes.plan_batches``): optical flow and occlusion between
+its consecutive frames, a reference U-Net pass on the input frames (records the
+self-attention queries/keys for spatial guidance and the decoder features for
+the Gram loss), then the shared denoising loop (``translate.denoise_batch``)
+with FRESCO-guided attention on up_blocks.2/.3, feature optimisation on the
+four decoder blocks, and latent anchoring: the anchor frames of a later batch
+are overwritten at every step with the latents recorded for them when they
+were translated, so batches share one appearance.
+
+Every frame is a keyframe here; propagation to non-keyframes comes with the
+whole-video work (issue 4).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import frames as F
+from .control import control_image
+from .feature_opt import FeatureOptConfig, FeatureOptimizer, OptContext, saliency_maps
+from .flow import BatchFlow, estimate_batch_flow, load_estimator
+from .fresco_attention import FrescoAttention, install
+from .keyframes import Batch, plan_batches
+from .denoise import (StepClock, StepHooks, denoise_batch, encode_prompt, start_latents, steps_per_batch,
+                      timesteps_for)
+
+
+def attention_context(settings: dict) -> FrescoAttention:
+    return FrescoAttention(cross_frame=settings["cross_frame_attention"], spatial=settings["spatial_guidance"],
+                           temporal=settings["temporal_guidance"], lambda_s=settings["lambda_spatial"],
+                           lambda_t=settings["lambda_temporal"], temporal_min_t=settings["temporal_min_t"])
+
+
+def optimisation_config(settings: dict) -> FeatureOptConfig:
+    return FeatureOptConfig(enabled=settings["feature_optimization"], temporal=settings["temporal_loss"],
+                            spatial=settings["spatial_loss"], lr=settings["opt_lr"],
+                            iterations=settings["opt_iterations"], lambda_spat=settings["spatial_loss_weight"],
+                            end_opt_step=settings["opt_end_step"],
+                            background_smoothing=settings["background_smoothing"])
+
+
+class AnchoredSteps(StepHooks):
+    """Drives the FRESCO contexts each step and anchors latents across batches.
+
+    ``memory[frame][step]`` holds the latents of frames that later batches use
+    as anchors, recorded after every step of the batch that translated them.
+    """
+
+    def __init__(self, attention: FrescoAttention, opt_ctx: OptContext, opt_config: FeatureOptConfig,
+                 skipped_steps: int, batch: Batch, memory: dict[int, list[torch.Tensor]], keep: set[int]):
+        self.attention, self.opt_ctx, self.opt_config = attention, opt_ctx, opt_config
+        self.skipped = skipped_steps
+        self.anchors = list(enumerate(batch.frames[:batch.anchors]))
+        self.recorded = [(pos, frame) for pos, frame in enumerate(batch.frames) if frame in keep
+                         and pos >= batch.anchors]
+        self.memory = memory
+        for _, frame in self.recorded:
+            memory[frame] = []
+
+    def before_step(self, index: int, t: torch.Tensor) -> None:
+        self.attention.begin_step(index, t)
+        self.opt_ctx.in_window = self.opt_config.in_window(self.skipped + index)
+
+    def after_step(self, index: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        for pos, frame in self.anchors:
+            latents[pos] = self.memory[frame][index]
+        for pos, frame in self.recorded:
+            self.memory[frame].append(latents[pos].clone())
+        return latents
+
+
+def batch_flow(small: Sequence[np.ndarray], settings: dict) -> BatchFlow | None:
+    """Flows between the consecutive frames of a batch at the processed size (None for one frame)."""
+    if len(small) < 2:
+        return None
+    return estimate_batch_flow(list(small), load_estimator(settings["flow"]))
+
+
+@torch.no_grad()
+def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: torch.Tensor, seed: int,
+                   attention: FrescoAttention, opt_ctx: OptContext) -> None:
+    """One U-Net pass (no ControlNet) on the input frames noised to the last timestep.
+
+    Records self-attention Q/K of the guided layers and the decoder blocks' input features.
+    """
+    latents = start_latents(pipe, images, seed, t_last)
+    text = positive.to(pipe.device, pipe.unet.dtype).expand(images.shape[0], -1, -1)
+    opt_ctx.mode = "record"
+    with attention.reference_pass():
+        pipe.unet(pipe.scheduler.scale_model_input(latents, t_last), t_last, encoder_hidden_states=text)
+    opt_ctx.mode = "optimise"
+
+
+def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size: tuple[int, int],
+                  clock: StepClock) -> Iterator[tuple[int, np.ndarray]]:
+    """Translate ``frames`` (all keys) in anchored batches; yields (index, frame at the work size)."""
+    keys = list(range(len(frames)))
+    batches = plan_batches(keys, settings["batch_size"])
+    embeds = encode_prompt(pipe, settings)
+    timesteps = timesteps_for(pipe, settings["steps"], settings["strength"])
+    skipped = settings["steps"] - len(timesteps)
+    keep = {keys[0]} | {b.frames[-1] for b in batches}  # frames later batches anchor to
+    memory: dict[int, list[torch.Tensor]] = {}
+
+    attention, opt_ctx = attention_context(settings), OptContext(mode="off")
+    optimizer = FeatureOptimizer(optimisation_config(settings))
+    handle = install(pipe.unet, attention)
+    optimizer.install(pipe.unet, opt_ctx)
+    try:
+        for batch in batches:
+            clock.check_cancel()
+            small = [F.resize(frames[i], *work_size) for i in batch.frames]
+            images = F.to_tensor(small)
+            flow = batch_flow(small, settings)
+            attention.new_batch(images, flow)
+            opt_ctx.flow = flow
+            opt_ctx.saliency = saliency_maps(small) if settings["background_smoothing"] else None
+            reference_pass(pipe, images, embeds[-1:], timesteps[-1], settings["seed"], attention, opt_ctx)
+            controls = F.to_tensor([control_image(f, settings) for f in small]) * 0.5 + 0.5
+            hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, skipped, batch, memory, keep)
+            out = denoise_batch(pipe, images, controls, embeds, settings, clock, hooks)
+            for frame, rgb in zip(batch.new, F.to_uint8(out[batch.anchors:])):
+                yield frame, rgb
+            for frame in [f for f in memory if f not in (keys[0], batch.frames[-1])]:
+                del memory[frame]  # only the global first key and this batch's last are anchors later
+            optimizer.reference.clear()
+    finally:
+        opt_ctx.mode = "off"
+        optimizer.remove()
+        handle.uninstall()
+        attention.clear()
+
+
+def fresco_steps(n_frames: int, settings: dict) -> int:
+    """Denoising steps of a FRESCO job: every batch (anchors included) runs the whole schedule."""
+    return len(plan_batches(list(range(n_frames)), settings["batch_size"])) * steps_per_batch(settings)
