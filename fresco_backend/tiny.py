@@ -5,7 +5,7 @@ plumbing (loading, shapes, scheduling, ControlNet, attention hooks, I/O) works.
 The layout mirrors SD 1.5 so every code path that names blocks (up_blocks.2/.3,
 the four decoder blocks) runs unchanged: a 4-level UNet with cross-attention
 in the first three down blocks and the last three up blocks, a 4-level VAE
-(latents at 1/8 of the image), a CLIP text encoder with a byte-level tokenizer
+(latents at 1/8 of the image, scaling factor calibrated to unit latent spread), a CLIP text encoder with a byte-level tokenizer
 written here, DDIM with SD 1.5's noise schedule, and a ControlNet built from
 the UNet. Everything is saved as ordinary diffusers folders that the real
 loader (``models.load_pipeline``) reads back.
@@ -39,6 +39,15 @@ def _byte_level_vocab() -> dict[str, int]:
     return {t: i for i, t in enumerate(tokens)}
 
 
+@torch.no_grad()
+def _calibrate_latent_scale(vae) -> None:
+    """Set the VAE's scaling factor so scaled latents have unit spread, as SD 1.5's 0.18215 does for
+    its VAE; otherwise the SDEdit noise drowns the random VAE's small latents and outputs ignore the input."""
+    images = torch.rand((2, 3, 64, 64), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    spread = vae.encode(images).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=round(1.0 / spread, 4))
+
+
 def build_tiny_pipeline(seed: int = 0):
     """A random-weight StableDiffusionControlNetPipeline with SD 1.5's structure."""
     from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler,
@@ -66,6 +75,7 @@ def build_tiny_pipeline(seed: int = 0):
         layers_per_block=1,
         sample_size=64,
     )
+    _calibrate_latent_scale(vae)
     vocab = _byte_level_vocab()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     text_encoder = CLIPTextModel(CLIPTextConfig(

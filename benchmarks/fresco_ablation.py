@@ -1,0 +1,85 @@
+"""FRESCO vs the per-frame baseline on a synthetic moving clip: Pixel-MSE, time and peak memory.
+
+Each configuration runs in a fresh subprocess so its peak RSS is its own. On the tiny untrained
+model (default) the figures show the cost of each mechanism; the quality comparison that the
+paper reports needs real SD 1.5 weights (pass --model/--controlnet on a machine that has them).
+
+    .venv/bin/python benchmarks/fresco_ablation.py [--model DIR --controlnet DIR] [--size 128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OFF = dict(cross_frame_attention=False, spatial_guidance=False, temporal_guidance=False, feature_optimization=False)
+CONFIGS = {
+    "baseline (per frame)": dict(mode="per_frame"),
+    "fresco, every part off": dict(mode="fresco", **OFF),
+    "+ cross-frame attention": dict(mode="fresco", **{**OFF, "cross_frame_attention": True}),
+    "+ spatial guidance": dict(mode="fresco", **{**OFF, "spatial_guidance": True}),
+    "+ temporal guidance": dict(mode="fresco", **{**OFF, "temporal_guidance": True}),
+    "+ feature optimisation": dict(mode="fresco", **{**OFF, "feature_optimization": True}),
+    "full FRESCO": dict(mode="fresco"),
+}
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one configuration and print its figures as JSON."""
+    from blender_addon.settings import validate
+    from fresco_backend.flow import BatchFlow
+    from fresco_backend.metrics import pixel_mse
+    from fresco_backend.models import load_pipeline
+    from fresco_backend.synthetic import moving_square
+    from fresco_backend.translate import translate_frames
+
+    pipe = load_pipeline(args.model, args.controlnet)
+    clip = moving_square(frames=args.frames, width=args.size, height=args.size, velocity=(4, 2), square=args.size // 3)
+    truth = BatchFlow.from_numpy(*zip(*[clip.gt_flow(i) for i in range(args.frames - 1)]))
+    frozen = BatchFlow(truth.fwd * 0, truth.bwd * 0, truth.occ_fwd * 0, truth.occ_bwd * 0)
+    settings = validate({"prompt": "a mosaic of coloured glass", "steps": args.steps, "size": args.size,
+                         "batch_size": args.frames, "seed": 3, **json.loads(args.config)})
+    started = time.perf_counter()
+    out = [rgb for _, rgb in translate_frames(pipe, clip.frames, settings)]
+    seconds = time.perf_counter() - started
+    print(json.dumps({"pixel_mse": pixel_mse(out, truth), "pixel_mse_frozen": pixel_mse(out, frozen),
+                      "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model")
+    parser.add_argument("--controlnet")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.config:
+        return child(args)
+    if not args.model:
+        from fresco_backend.tiny import save_tiny_models
+
+        args.model, args.controlnet = map(str, save_tiny_models(Path(tempfile.gettempdir()) / "fresco-bench-tiny"))
+    rows = {}
+    for name, config in CONFIGS.items():
+        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--controlnet", args.controlnet,
+                               "--size", str(args.size), "--frames", str(args.frames), "--steps", str(args.steps),
+                               "--config", json.dumps(config)], capture_output=True, text=True, check=True)
+        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = rows["baseline (per frame)"]
+    print(f"{args.frames} frames {args.size}px, {args.steps} steps; Pixel-MSE with the true flow "
+          f"(and against a frozen frame)")
+    print(f"{'configuration':26s} {'Pixel-MSE':>10s} {'frozen':>8s} {'time s':>7s} {'x base':>7s} {'peak MB':>8s} {'x base':>7s}")
+    for name, r in rows.items():
+        print(f"{name:26s} {r['pixel_mse']:10.5f} {r['pixel_mse_frozen']:8.5f} {r['seconds']:7.1f} "
+              f"{r['seconds'] / base['seconds']:7.2f} {r['peak_rss_mb']:8.0f} {r['peak_rss_mb'] / base['peak_rss_mb']:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
