@@ -12,7 +12,7 @@ mkdir -p "$CACHE"
 CLIP=${1:-}
 if [[ -z "$CLIP" ]]; then
     CLIP=$CACHE/clip.mp4
-    [[ -f "$CLIP" ]] || .venv/bin/python -m fresco_backend make-clip "$CLIP" --frames 48 --width 256 --height 192 >/dev/null
+    [[ -f "$CLIP" ]] || .venv/bin/python -m fresco_backend make-clip "$CLIP" --frames 24 --width 256 --height 192 >/dev/null
 fi
 ZIP=$(.venv/bin/python build_addon.py --out "$CACHE")
 
