@@ -1,0 +1,166 @@
+"""Per-job-folder cache of the expensive per-clip data: batch optical flow and control images.
+
+An entry is keyed by a digest of the input frames' content plus exactly the settings the data
+depends on, so re-running a strip with a new prompt or seed reuses it while a changed threshold,
+estimator or processed size does not:
+- flow: the estimator name, the processed size and the occlusion thresholds of ``flow``;
+- control: the control kind, its own parameters (canny: low and high thresholds), the processed size.
+
+Entries are safetensors files ``<kind>-<key hash>.safetensors`` written atomically (temporary file
+and ``os.replace``); the full key is stored in the file's metadata and checked on load. A file that
+is corrupt, truncated, from another key or of the wrong layout is ignored (logged) and recomputed;
+a cache that cannot be written only logs a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterable, Mapping, TypeVar
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors
+
+from . import flow as flow_module
+from .flow import BatchFlow
+from .video_io import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# The settings each control kind depends on, besides the processed size. A new kind registers here.
+CONTROL_PARAMETERS: dict[str, tuple[str, ...]] = {"canny": ("canny_low", "canny_high")}
+
+T = TypeVar("T")
+Tensors = dict[str, torch.Tensor]
+_KIND = re.compile(r"[a-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """Converts a cached value to named CPU tensors and back; ``decode`` raises on a malformed entry."""
+
+    encode: Callable[[T], Tensors]
+    decode: Callable[[Tensors], T]
+
+
+TENSORS: Codec[Tensors] = Codec(dict, dict)
+
+
+def _batch_flow_tensors(flow: BatchFlow) -> Tensors:
+    return {"fwd": flow.fwd, "bwd": flow.bwd, "occ_fwd": flow.occ_fwd, "occ_bwd": flow.occ_bwd}
+
+
+def _batch_flow(tensors: Tensors) -> BatchFlow:
+    flow = BatchFlow(tensors["fwd"], tensors["bwd"], tensors["occ_fwd"], tensors["occ_bwd"])
+    pairs, channels, height, width = flow.fwd.shape
+    mask = (pairs, 1, height, width)
+    if channels != 2 or flow.bwd.shape != flow.fwd.shape or flow.occ_fwd.shape != mask or flow.occ_bwd.shape != mask:
+        raise ValueError("inconsistent BatchFlow shapes")
+    return flow
+
+
+def _images_tensors(images: list[np.ndarray]) -> Tensors:
+    return {"images": torch.from_numpy(np.stack(images))}
+
+
+def _images(tensors: Tensors) -> list[np.ndarray]:
+    images = tensors["images"]
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"control images must be uint8 (N, H, W, C), got {images.dtype} {tuple(images.shape)}")
+    return list(images.numpy())
+
+
+BATCH_FLOW: Codec[BatchFlow] = Codec(_batch_flow_tensors, _batch_flow)
+IMAGES: Codec[list[np.ndarray]] = Codec(_images_tensors, _images)
+
+
+def frames_digest(frames: Iterable[np.ndarray]) -> str:
+    """Hex digest of the frames' dtypes, shapes and pixel bytes, hashed one frame at a time."""
+    digest = hashlib.blake2b(digest_size=32)
+    for frame in frames:
+        frame = np.ascontiguousarray(frame)
+        digest.update(f"{frame.dtype.str}{frame.shape};".encode())
+        digest.update(memoryview(frame).cast("B"))
+    return digest.hexdigest()
+
+
+def flow_key(settings: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """What a batch's flow depends on: estimator, processed (width, height), occlusion thresholds."""
+    return {"estimator": settings["flow"], "size": list(size), "fb_alpha": flow_module.FB_ALPHA,
+            "fb_beta": flow_module.FB_BETA, "photo_threshold": flow_module.PHOTO_THRESHOLD}
+
+
+def control_key(settings: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+    """What a batch's control images depend on: the kind, its parameters, processed (width, height)."""
+    kind = settings["control"]
+    if kind not in CONTROL_PARAMETERS:
+        raise ValueError(f"control {kind!r} has no cache key; add its parameters to CONTROL_PARAMETERS")
+    return {"control": kind, "size": list(size), **{name: settings[name] for name in CONTROL_PARAMETERS[kind]}}
+
+
+class Cache:
+    """Cache entries in ``folder`` (created on the first write)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def _entry(self, kind: str, key_parts: Mapping[str, Any], frames_digest: str) -> tuple[Path, str]:
+        """(file, canonical key JSON) of an entry."""
+        if not _KIND.fullmatch(kind):
+            raise ValueError(f"cache kind must match {_KIND.pattern}, got {kind!r}")
+        key = json.dumps({"version": FORMAT_VERSION, "kind": kind, "frames": frames_digest,
+                          "parts": key_parts}, sort_keys=True, allow_nan=False)
+        name = hashlib.blake2b(key.encode(), digest_size=20).hexdigest()
+        return self.folder / f"{kind}-{name}.safetensors", key
+
+    def _load(self, path: Path, key: str, codec: Codec[T]) -> T | None:
+        """The decoded entry, or None if it is missing or unusable."""
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if (handle.metadata() or {}).get("key") != key:
+                    raise ValueError("stored key differs")
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            return codec.decode(tensors)
+        except Exception as exc:  # any unreadable entry is a miss, whatever the parser raises
+            log.warning("ignoring unusable cache entry %s (%s: %s); recomputing", path, type(exc).__name__, exc)
+            return None
+
+    def _store(self, path: Path, key: str, value: T, codec: Codec[T]) -> None:
+        tensors = {name: t.detach().cpu().contiguous() for name, t in codec.encode(value).items()}
+        data = save_tensors(tensors, metadata={"key": key})
+        try:
+            write_bytes_atomic(path, data)
+        except OSError as exc:
+            log.warning("cannot write cache entry %s (%s); continuing without it", path, exc)
+
+    def get_or_compute(self, kind: str, key_parts: Mapping[str, Any], frames_digest: str,
+                       compute: Callable[[], T], codec: Codec[T] = TENSORS) -> T:
+        """The cached value for (kind, key_parts, frames_digest), else ``compute()`` stored for next time.
+
+        ``key_parts`` must be JSON-serialisable and hold exactly the settings the value depends on.
+        """
+        path, key = self._entry(kind, key_parts, frames_digest)
+        value = self._load(path, key, codec)
+        if value is None:
+            value = compute()
+            self._store(path, key, value, codec)
+        return value
+
+    def batch_flow(self, frames_digest: str, settings: Mapping[str, Any], size: tuple[int, int],
+                   compute: Callable[[], BatchFlow]) -> BatchFlow:
+        """A batch's flows and occlusion masks; ``size`` is the processed (width, height)."""
+        return self.get_or_compute("flow", flow_key(settings, size), frames_digest, compute, BATCH_FLOW)
+
+    def control_images(self, frames_digest: str, settings: Mapping[str, Any], size: tuple[int, int],
+                       compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        """A batch's uint8 control images; ``size`` is the processed (width, height)."""
+        return self.get_or_compute("control", control_key(settings, size), frames_digest, compute, IMAGES)
