@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--controlnet-config", default=None,
                     help="diffusers ControlNet folder describing a single-file --controlnet (needed offline)")
     tr.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cuda:1 or cpu")
+    tr.add_argument("--mp4", type=Path, default=None,
+                    help="also write the result as an H.264 mp4 at the input's frame rate (never overwritten)")
 
     tiny = sub.add_parser("make-tiny", help="save tiny UNTRAINED models (random weights, for plumbing tests only)")
     tiny.add_argument("dir", type=Path)
@@ -65,7 +67,7 @@ def _translate(args: argparse.Namespace) -> None:
 
     from .models import load_pipeline
     from .translate import translate_frames
-    from .video_io import read_frames, write_png_atomic
+    from .video_io import read_frames, read_png, write_png_atomic
 
     values = {s.name: getattr(args, s.name) for s in S.SETTINGS if getattr(args, s.name) is not None}
     settings = S.validate(values)
@@ -73,6 +75,8 @@ def _translate(args: argparse.Namespace) -> None:
     if existing:
         raise FileExistsError(f"{args.out} already holds {len(existing)} PNG files; "
                               f"choose an empty or new --out folder (nothing was overwritten)")
+    if args.mp4 is not None and args.mp4.exists():
+        raise FileExistsError(f"{args.mp4} already exists; choose another --mp4 path (nothing was overwritten)")
     frames = read_frames(args.input)
     pipe = load_pipeline(settings["model"] or DEFAULT_MODEL,
                          args.controlnet or DEFAULT_CONTROLNETS[settings["control"]],
@@ -88,6 +92,11 @@ def _translate(args: argparse.Namespace) -> None:
         write_png_atomic(args.out / frame_filename(index), rgb)
     bar.close()
     print(f"wrote {len(frames)} frames to {args.out}")
+    if args.mp4 is not None:
+        from .video_out import read_fps, write_mp4
+
+        pngs = (read_png(args.out / frame_filename(i)) for i in range(len(frames)))
+        print(f"wrote {write_mp4(args.mp4, pngs, read_fps(args.input) or 24.0)}")
 
 
 def main(argv: list[str] | None = None) -> int:

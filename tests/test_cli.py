@@ -21,7 +21,8 @@ def cli(*args):
 
 def translate(clip, out, models, *extra):
     return cli("translate", clip, "--prompt", "a pencil sketch", "--out", out, "--model", models[0],
-               "--controlnet", models[1], "--steps", 3, "--size", 64, "--seed", 7, "--device", "cpu", *extra)
+               "--controlnet", models[1], "--steps", 3, "--size", 64, "--seed", 7, "--device", "cpu",
+               "--opt-iterations", 3, *extra)
 
 
 def test_cli_translates_a_clip_deterministically(clip_path, tiny_models, tmp_path):
@@ -35,6 +36,19 @@ def test_cli_translates_a_clip_deterministically(clip_path, tiny_models, tmp_pat
     assert second.returncode == 0, second.stderr
     for name in ("0001.png", "0006.png"):
         assert np.array_equal(read_png(tmp_path / "a" / name), read_png(tmp_path / "b" / name))
+
+
+def test_cli_writes_an_mp4_at_the_source_rate_and_never_overwrites_it(clip_path, tiny_models, tmp_path):
+    import av
+
+    result = translate(clip_path, tmp_path / "png", tiny_models, "--mp4", tmp_path / "out.mp4")
+    assert result.returncode == 0, result.stderr
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and float(stream.average_rate) == pytest.approx(24.0)
+        assert sum(1 for _ in container.decode(stream)) == 6
+    again = translate(clip_path, tmp_path / "png2", tiny_models, "--mp4", tmp_path / "out.mp4")
+    assert again.returncode == 2 and "already exists" in again.stderr and not (tmp_path / "png2").exists()
 
 
 def test_cli_reads_image_folders(tiny_models, tmp_path, clip_path):
