@@ -74,6 +74,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Frames denoised together (FRESCO: keyframes per batch, two of them anchors after the first "
             "batch); more is more coherent but needs more memory",
             minimum=1, maximum=16),
+    Setting("keyframes", "enum", "adaptive", "Keyframes",
+            "FRESCO: which frames are translated; the others are propagated from the two nearest "
+            "(adaptive: where the picture changes most, interval: every N frames, all: every frame)",
+            choices=("adaptive", "interval", "all")),
+    Setting("key_interval", "int", 10, "Key Interval", "Frames between keyframes for keyframes=interval",
+            minimum=1, maximum=200, advanced=True),
+    Setting("key_min_gap", "int", 5, "Key Min Gap", "Adaptive keyframes: smallest gap between keys (s_min)",
+            minimum=1, maximum=200, advanced=True),
+    Setting("key_max_gap", "int", 20, "Key Max Gap", "Adaptive keyframes: largest gap between keys (s_max)",
+            minimum=1, maximum=200, advanced=True),
     Setting("control", "enum", "canny", "Control", "ControlNet condition computed from each input frame",
             choices=("canny",)),
     Setting("control_scale", "float", 0.7, "Control Scale", "Strength of the ControlNet condition",
@@ -146,6 +156,8 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
             result[setting.name] = checked
     if result["canny_low"] > result["canny_high"] and not problems:
         problems.append("canny_low: must not exceed canny_high")
+    if result["key_min_gap"] > result["key_max_gap"] and not problems:
+        problems.append("key_min_gap: must not exceed key_max_gap")
     if problems:
         raise SettingsError("invalid settings: " + "; ".join(problems))
     return result

@@ -1,4 +1,9 @@
-"""Translating a clip: the per-frame baseline or FRESCO, chosen by ``settings["mode"]``."""
+"""Translating a clip: the per-frame baseline or FRESCO, chosen by ``settings["mode"]``.
+
+FRESCO translates the keyframes (``settings["keyframes"]``) and propagates the
+frames between two translated keys from both of them (``propagate.py``), so
+every input frame gets an output, including those after the last key.
+"""
 from __future__ import annotations
 
 import threading
@@ -10,6 +15,8 @@ from . import frames as F
 from .control import control_image
 from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt, steps_per_batch
 from .fresco import fresco_frames, fresco_steps
+from .keyframes import adaptive_keys, fixed_keys
+from .propagate import propagate_span
 
 __all__ = ["Cancelled", "Progress", "translate_frames"]
 
@@ -31,22 +38,63 @@ def per_frame_steps(n_frames: int, settings: dict) -> int:
     return -(-n_frames // settings["batch_size"]) * steps_per_batch(settings)
 
 
+class Frames(Sequence[np.ndarray]):
+    """The frames at ``indices`` of a (possibly lazily read) clip, read on access and
+    checked to have the clip's size."""
+
+    def __init__(self, frames: Sequence[np.ndarray], indices: Sequence[int], shape: tuple[int, ...]):
+        self.frames, self.indices, self.shape = frames, list(indices), shape
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _read(self, index: int) -> np.ndarray:
+        frame = self.frames[index]
+        if frame.shape != self.shape:
+            raise ValueError(f"all frames of a clip must have the same size: frame {index} is "
+                             f"{frame.shape[1]}x{frame.shape[0]}, the first is {self.shape[1]}x{self.shape[0]}")
+        return frame
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self._read(i) for i in self.indices[item]]
+        return self._read(self.indices[item])
+
+
+def keyframes_for(frames: Sequence[np.ndarray], settings: dict) -> list[int]:
+    """The frames FRESCO translates (the first and the last are always among them)."""
+    count = len(frames)
+    if settings["mode"] != "fresco" or settings["keyframes"] == "all":
+        return list(range(count))
+    if settings["keyframes"] == "interval":
+        return fixed_keys(count, settings["key_interval"])
+    return adaptive_keys((frames[i] for i in range(count)), settings["key_min_gap"], settings["key_max_gap"])
+
+
 def translate_frames(pipe, frames: Sequence[np.ndarray], settings: dict,
                      on_progress: ProgressFn | None = None,
                      cancel: threading.Event | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (uint8 RGB, all one size) with validated ``settings``.
 
-    Yields (index, uint8 RGB frame) in order, each at the input's size. Frames
-    are processed at ``settings["size"]`` (short side, multiple of 64) and
-    scaled back. Raises Cancelled as soon as ``cancel`` is set.
+    Yields (index, uint8 RGB frame) for every input frame in order, each at the
+    input's size. Frames are processed at ``settings["size"]`` (short side,
+    multiple of 64) and scaled back; only one span between two keyframes is
+    held at a time. Raises Cancelled as soon as ``cancel`` is set.
     """
     if not frames:
         return
     height, width = frames[0].shape[:2]
-    if any(f.shape[:2] != (height, width) for f in frames):
-        raise ValueError("all frames of a clip must have the same size")
     work_size = F.processed_size(width, height, settings["size"])
+    clip = Frames(frames, range(len(frames)), frames[0].shape)
+    keys = keyframes_for(clip, settings)
     run, steps = (fresco_frames, fresco_steps) if settings["mode"] == "fresco" else (per_frame, per_frame_steps)
-    clock = StepClock(steps(len(frames), settings), on_progress, cancel)
-    for index, rgb in run(pipe, frames, settings, work_size, clock):
-        yield index, F.resize(rgb, width, height)
+    clock = StepClock(steps(len(keys), settings), on_progress, cancel)
+    previous: tuple[int, np.ndarray] | None = None
+    for position, rgb in run(pipe, Frames(frames, keys, clip.shape), settings, work_size, clock):
+        key, out = keys[position], F.resize(rgb, width, height)
+        if previous is not None and key - previous[0] > 1:
+            clock.check_cancel()
+            span = clip[previous[0]:key + 1]
+            yield from enumerate(propagate_span(span, previous[1], out), previous[0] + 1)
+        yield key, out
+        previous = key, out

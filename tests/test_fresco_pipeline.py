@@ -17,7 +17,8 @@ def clip():
 
 
 def run(pipe, frames, **overrides):
-    settings = validate({"prompt": "a mosaic", "steps": 4, "size": 64, "opt_iterations": 3, **overrides})
+    settings = validate({"prompt": "a mosaic", "steps": 4, "size": 64, "opt_iterations": 3, "keyframes": "all",
+                         **overrides})
     return [rgb for _, rgb in translate_frames(pipe, frames, settings)]
 
 
@@ -81,3 +82,32 @@ def test_static_clip_stays_static_under_guided_attention(pipe, clip):
     """
     out = run(pipe, [clip.frames[0]] * 4, feature_optimization=False)
     assert all(np.array_equal(out[0], frame) for frame in out[1:])
+
+
+@pytest.mark.parametrize("keyframes, expected_keys", [
+    ({"keyframes": "interval", "key_interval": 3}, [0, 3, 6, 7]),
+    ({"keyframes": "adaptive", "key_min_gap": 2, "key_max_gap": 4}, None),
+])
+def test_keyframes_are_translated_and_every_other_frame_propagated(pipe, keyframes, expected_keys, monkeypatch):
+    """Every input frame gets an output, in order, including those after the last key."""
+    clip = moving_square(frames=8, width=64, height=64, velocity=(2, 1), square=24)
+    translated: list[int] = []
+    original = fresco.fresco_frames
+
+    def spy(pipe_, frames, *args):
+        for position, rgb in original(pipe_, frames, *args):
+            translated.append(frames.indices[position])
+            yield position, rgb
+
+    monkeypatch.setattr("fresco_backend.translate.fresco_frames", spy)
+    settings = validate({"prompt": "a mosaic", "steps": 4, "size": 64, "opt_iterations": 3, **keyframes})
+    out = list(translate_frames(pipe, clip.frames, settings))
+    assert [index for index, _ in out] == list(range(8))
+    assert translated[0] == 0 and translated[-1] == 7 and len(translated) < 8
+    if expected_keys:
+        assert translated == expected_keys
+    # a propagated frame lies between its two keys: closer to them than to an unrelated output
+    keys = dict(out)
+    middle = next(i for i in range(8) if i not in translated)
+    before = max(k for k in translated if k < middle)
+    assert np.abs(keys[middle].astype(int) - keys[before]).mean() < np.abs(keys[middle].astype(int) - 128).mean()
