@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 from blender_addon import settings as S
-from blender_addon.wire import frame_filename
 
+from .job import JobMismatch
 from .models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError
 from .video_io import ClipError
 
 _TYPES = {"str": str, "enum": str, "int": int, "float": float}
+JOB_DIR = ".fresco-job"  # inside --out while a run is unfinished: re-running the command resumes it
 
 
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
@@ -65,22 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _translate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from .job import Job
     from .models import load_pipeline
-    from .translate import translate_frames
-    from .video_io import read_frames, read_png, write_png_atomic
+    from .video_io import read_png
 
     values = {s.name: getattr(args, s.name) for s in S.SETTINGS if getattr(args, s.name) is not None}
     settings = S.validate(values)
+    job_dir = args.out / JOB_DIR
     existing = sorted(args.out.glob("*.png")) if args.out.is_dir() else []
-    if existing:
+    if existing and not (job_dir / "job.json").exists():
         raise FileExistsError(f"{args.out} already holds {len(existing)} PNG files; "
                               f"choose an empty or new --out folder (nothing was overwritten)")
     if args.mp4 is not None and args.mp4.exists():
         raise FileExistsError(f"{args.mp4} already exists; choose another --mp4 path (nothing was overwritten)")
-    frames = read_frames(args.input)
+    if not args.input.exists():
+        raise ClipError(f"input {args.input} does not exist")
     pipe = load_pipeline(settings["model"] or DEFAULT_MODEL,
                          args.controlnet or DEFAULT_CONTROLNETS[settings["control"]],
                          device=args.device, config=args.config, controlnet_config=args.controlnet_config)
+    job = Job(job_dir, settings, args.input, out_dir=args.out)
+    done = job.checkpoint().batches_done
+    if done:
+        print(f"resuming the job in {job_dir}: {done} batch(es) already done")
     bar = tqdm(total=1, unit="step", desc="translate")
 
     def on_progress(progress) -> None:
@@ -88,15 +96,16 @@ def _translate(args: argparse.Namespace) -> None:
         bar.set_postfix_str(progress.stage)
         bar.update(progress.done - bar.n)
 
-    for index, rgb in translate_frames(pipe, frames, settings, on_progress=on_progress):
-        write_png_atomic(args.out / frame_filename(index), rgb)
+    for _ in job.run(pipe, on_progress=on_progress):
+        pass
     bar.close()
-    print(f"wrote {len(frames)} frames to {args.out}")
+    print(f"wrote {len(job.frames)} frames to {args.out}")
     if args.mp4 is not None:
         from .video_out import read_fps, write_mp4
 
-        pngs = (read_png(args.out / frame_filename(i)) for i in range(len(frames)))
+        pngs = (read_png(path) for path in job.outputs())
         print(f"wrote {write_mp4(args.mp4, pngs, read_fps(args.input) or 24.0)}")
+    shutil.rmtree(job_dir)  # finished: the decoded input and the resume state are no longer needed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
             clip = moving_square(frames=args.frames, width=args.width, height=args.height)
             print(write_video(args.path, clip.frames))
-    except (S.SettingsError, ModelNotFoundError, ClipError, FileExistsError) as exc:
+    except (S.SettingsError, ModelNotFoundError, ClipError, FileExistsError, JobMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

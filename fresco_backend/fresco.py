@@ -25,8 +25,8 @@ from .feature_opt import FeatureOptConfig, FeatureOptimizer, OptContext, salienc
 from .flow import BatchFlow, estimate_batch_flow, load_estimator
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch, plan_batches
-from .denoise import (StepClock, StepHooks, denoise_batch, encode_prompt, start_latents, steps_per_batch,
-                      timesteps_for)
+from .checkpoint import Anchors, Checkpoint
+from .denoise import StepClock, StepHooks, denoise_batch, encode_prompt, start_latents, timesteps_for
 
 
 def attention_context(settings: dict) -> FrescoAttention:
@@ -51,7 +51,7 @@ class AnchoredSteps(StepHooks):
     """
 
     def __init__(self, attention: FrescoAttention, opt_ctx: OptContext, opt_config: FeatureOptConfig,
-                 skipped_steps: int, batch: Batch, memory: dict[int, list[torch.Tensor]], keep: set[int]):
+                 skipped_steps: int, batch: Batch, memory: Anchors, keep: set[int]):
         self.attention, self.opt_ctx, self.opt_config = attention, opt_ctx, opt_config
         self.skipped = skipped_steps
         self.anchors = list(enumerate(batch.frames[:batch.anchors]))
@@ -96,22 +96,28 @@ def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: t
 
 
 def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size: tuple[int, int],
-                  clock: StepClock) -> Iterator[tuple[int, np.ndarray]]:
-    """Translate ``frames`` (all keys) in anchored batches; yields (index, frame at the work size)."""
+                  clock: StepClock, checkpoint: Checkpoint) -> Iterator[tuple[int, np.ndarray]]:
+    """Translate ``frames`` (all keys) in anchored batches; yields (index, frame at the work size).
+
+    Batches before ``checkpoint.batches_done`` are skipped, their anchors restored from it.
+    """
     keys = list(range(len(frames)))
     batches = plan_batches(keys, settings["batch_size"])
     embeds = encode_prompt(pipe, settings)
     timesteps = timesteps_for(pipe, settings["steps"], settings["strength"])
     skipped = settings["steps"] - len(timesteps)
     keep = {keys[0]} | {b.frames[-1] for b in batches}  # frames later batches anchor to
-    memory: dict[int, list[torch.Tensor]] = {}
+    memory: Anchors = {frame: [t.to(pipe.device, pipe.unet.dtype) for t in steps]
+                       for frame, steps in checkpoint.anchors.items()}
 
     attention, opt_ctx = attention_context(settings), OptContext(mode="off")
     optimizer = FeatureOptimizer(optimisation_config(settings))
     handle = install(pipe.unet, attention)
     optimizer.install(pipe.unet, opt_ctx)
     try:
-        for batch in batches:
+        for number, batch in enumerate(batches):
+            if number < checkpoint.batches_done:
+                continue
             clock.check_cancel()
             small = [F.resize(frames[i], *work_size) for i in batch.frames]
             images = F.to_tensor(small)
@@ -128,6 +134,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size:
             for frame in [f for f in memory if f not in (keys[0], batch.frames[-1])]:
                 del memory[frame]  # only the global first key and this batch's last are anchors later
             optimizer.reference.clear()
+            checkpoint.on_batch_done(number, memory)
     finally:
         opt_ctx.mode = "off"
         optimizer.remove()
@@ -135,6 +142,5 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size:
         attention.clear()
 
 
-def fresco_steps(n_frames: int, settings: dict) -> int:
-    """Denoising steps of a FRESCO job: every batch (anchors included) runs the whole schedule."""
-    return len(plan_batches(list(range(n_frames)), settings["batch_size"])) * steps_per_batch(settings)
+def fresco_batches(n_frames: int, settings: dict) -> int:
+    return len(plan_batches(list(range(n_frames)), settings["batch_size"]))

@@ -14,7 +14,8 @@ import numpy as np
 from . import frames as F
 from .control import control_image
 from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt, steps_per_batch
-from .fresco import fresco_frames, fresco_steps
+from .checkpoint import Checkpoint
+from .fresco import fresco_batches, fresco_frames
 from .keyframes import adaptive_keys, fixed_keys
 from .propagate import propagate_span
 
@@ -22,20 +23,23 @@ __all__ = ["Cancelled", "Progress", "translate_frames"]
 
 
 def per_frame(pipe, frames: Sequence[np.ndarray], settings: dict, work_size: tuple[int, int],
-              clock: StepClock) -> Iterator[tuple[int, np.ndarray]]:
+              clock: StepClock, checkpoint: Checkpoint) -> Iterator[tuple[int, np.ndarray]]:
     """The baseline: frames translated independently (batched only for speed); yields at the work size."""
     embeds = encode_prompt(pipe, settings)
     size = settings["batch_size"]
-    for start in range(0, len(frames), size):
+    for number, start in enumerate(range(0, len(frames), size)):
+        if number < checkpoint.batches_done:
+            continue
         clock.check_cancel()
         small = [F.resize(f, *work_size) for f in frames[start:start + size]]
         controls = F.to_tensor([control_image(f, settings) for f in small]) * 0.5 + 0.5
         out = denoise_batch(pipe, F.to_tensor(small), controls, embeds, settings, clock)
         yield from enumerate(F.to_uint8(out), start)
+        checkpoint.on_batch_done(number, {})
 
 
-def per_frame_steps(n_frames: int, settings: dict) -> int:
-    return -(-n_frames // settings["batch_size"]) * steps_per_batch(settings)
+def per_frame_batches(n_frames: int, settings: dict) -> int:
+    return -(-n_frames // settings["batch_size"])
 
 
 class Frames(Sequence[np.ndarray]):
@@ -72,29 +76,46 @@ def keyframes_for(frames: Sequence[np.ndarray], settings: dict) -> list[int]:
 
 
 def translate_frames(pipe, frames: Sequence[np.ndarray], settings: dict,
-                     on_progress: ProgressFn | None = None,
-                     cancel: threading.Event | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                     on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                     checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (uint8 RGB, all one size) with validated ``settings``.
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
     input's size. Frames are processed at ``settings["size"]`` (short side,
     multiple of 64) and scaled back; only one span between two keyframes is
-    held at a time. Raises Cancelled as soon as ``cancel`` is set.
+    held at a time. Raises Cancelled as soon as ``cancel`` is set. With a
+    ``checkpoint`` of an interrupted run it yields only what is still missing.
     """
     if not frames:
         return
+    checkpoint = checkpoint or Checkpoint()
     height, width = frames[0].shape[:2]
     work_size = F.processed_size(width, height, settings["size"])
     clip = Frames(frames, range(len(frames)), frames[0].shape)
     keys = keyframes_for(clip, settings)
-    run, steps = (fresco_frames, fresco_steps) if settings["mode"] == "fresco" else (per_frame, per_frame_steps)
-    clock = StepClock(steps(len(keys), settings), on_progress, cancel)
+    run, batches = (fresco_frames, fresco_batches) if settings["mode"] == "fresco" else (per_frame, per_frame_batches)
+    remaining = batches(len(keys), settings) - checkpoint.batches_done
+    clock = StepClock(remaining * steps_per_batch(settings), on_progress, cancel)
+
+    def spans_from_disk(limit: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Propagate the unfinished spans between the first ``limit`` keys, whose outputs are written."""
+        for first, last in zip(keys[:limit], keys[1:limit]):
+            if not all(checkpoint.has_output(i) for i in range(first + 1, last)):
+                clock.check_cancel()
+                span = propagate_span(clip[first:last + 1], checkpoint.output(first), checkpoint.output(last))
+                yield from enumerate(span, first + 1)
+
     previous: tuple[int, np.ndarray] | None = None
-    for position, rgb in run(pipe, Frames(frames, keys, clip.shape), settings, work_size, clock):
+    for position, rgb in run(pipe, Frames(frames, keys, clip.shape), settings, work_size, clock, checkpoint):
         key, out = keys[position], F.resize(rgb, width, height)
+        if previous is None and position > 0:  # resumed: earlier keys are on disk
+            yield from spans_from_disk(position)
+            previous = keys[position - 1], checkpoint.output(keys[position - 1])
         if previous is not None and key - previous[0] > 1:
             clock.check_cancel()
             span = clip[previous[0]:key + 1]
             yield from enumerate(propagate_span(span, previous[1], out), previous[0] + 1)
         yield key, out
         previous = key, out
+    if previous is None:  # every batch was done before: only propagation can be left
+        yield from spans_from_disk(len(keys))

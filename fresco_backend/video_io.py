@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence, overload
 
 import cv2
 import numpy as np
@@ -103,3 +103,27 @@ def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
 
 def read_png(path: Path) -> np.ndarray:
     return read_image(Path(path))
+
+
+class FrameFiles(Sequence[np.ndarray]):
+    """The frames of image files, read on access, so a long clip is never held in memory."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [read_image(p) for p in self._paths[index]]
+        return read_image(self._paths[index])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for p in self._paths:
+            yield read_image(p)

@@ -22,9 +22,9 @@ import numpy as np
 
 from blender_addon import wire
 
-from fresco_backend.video_io import encode_png, write_bytes_atomic
+from fresco_backend.video_io import FrameFiles, encode_png, write_bytes_atomic
 
-from .images import BadImage, LazyFrames, png_size
+from .images import BadImage, png_size
 
 log = logging.getLogger("fresco.server.jobs")
 
@@ -280,7 +280,7 @@ class JobManager:
         pipe = self._get_pipeline(job.settings)
         if job.cancel.is_set():
             raise InterruptedError("cancelled")
-        frames: Sequence[np.ndarray] = LazyFrames(
+        frames: Sequence[np.ndarray] = FrameFiles(
             [job.input_dir / wire.frame_filename(i) for i in range(job.frame_count)])
 
         def on_progress(p: Any) -> None:

@@ -1,0 +1,27 @@
+"""What an interrupted translation resumes from.
+
+A run translates its batches in order; after each finished batch (whose output
+frames the caller has written) it calls ``on_batch_done`` with the anchor
+latents later batches need. A resumed run skips the finished batches, restores
+those anchors and reads already written outputs back, so it produces exactly
+the frames of an uninterrupted run. ``job.py`` keeps all of it in a job folder;
+the default checkpoint keeps nothing (a plain, non-resumable run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+Anchors = dict[int, list[torch.Tensor]]  # key position -> latents after every denoising step
+
+
+@dataclass
+class Checkpoint:
+    batches_done: int = 0
+    anchors: Anchors = field(default_factory=dict)
+    has_output: Callable[[int], bool] = lambda index: False     # is output frame ``index`` written?
+    output: Callable[[int], np.ndarray] = lambda index: None     # a written output frame (input size)
+    on_batch_done: Callable[[int, Anchors], None] = lambda batch, anchors: None
