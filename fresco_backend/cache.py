@@ -106,10 +106,10 @@ def control_key(settings: Mapping[str, Any], size: tuple[int, int]) -> dict[str,
 
 
 class Cache:
-    """Cache entries in ``folder`` (created on the first write)."""
+    """Cache entries in ``folder`` (created on the first write); ``None`` caches nothing."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: str | os.PathLike | None) -> None:
+        self.folder = None if folder is None else Path(folder)
 
     def _entry(self, kind: str, key_parts: Mapping[str, Any], frames_digest: str) -> tuple[Path, str]:
         """(file, canonical key JSON) of an entry."""
@@ -148,6 +148,8 @@ class Cache:
 
         ``key_parts`` must be JSON-serialisable and hold exactly the settings the value depends on.
         """
+        if self.folder is None:
+            return compute()
         path, key = self._entry(kind, key_parts, frames_digest)
         value = self._load(path, key, codec)
         if value is None:

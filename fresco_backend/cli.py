@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,6 +35,11 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
                             choices=setting.choices or None, help=f"{setting.description}{bounds}{default}")
 
 
+def default_cache_dir() -> Path:
+    """The per-user cache folder (XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fresco-for-blender"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fresco_backend",
                                      description="FRESCO video translation (Stable Diffusion 1.5 + ControlNet)")
@@ -50,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--controlnet-config", default=None,
                     help="diffusers ControlNet folder describing a single-file --controlnet (needed offline)")
     tr.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cuda:1 or cpu")
+    tr.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                    help="where control images and optical flow of clips are kept, so a new prompt on the same "
+                         "clip skips them (default %(default)s)")
     tr.add_argument("--mp4", type=Path, default=None,
                     help="also write the result as an H.264 mp4 at the input's frame rate (never overwritten)")
 
@@ -85,7 +94,7 @@ def _translate(args: argparse.Namespace) -> None:
     pipe = load_pipeline(settings["model"] or DEFAULT_MODEL,
                          args.controlnet or DEFAULT_CONTROLNETS[settings["control"]],
                          device=args.device, config=args.config, controlnet_config=args.controlnet_config)
-    job = Job(job_dir, settings, args.input, out_dir=args.out)
+    job = Job(job_dir, settings, args.input, out_dir=args.out, cache_dir=args.cache_dir)
     done = job.checkpoint().batches_done
     if done:
         print(f"resuming the job in {job_dir}: {done} batch(es) already done")

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from . import frames as F
-from .control import control_image
+from .cache import Cache
+from .checkpoint import Anchors, Checkpoint
+from .conditions import batch_conditions
+from .denoise import StepClock, StepHooks, denoise_batch, encode_prompt, start_latents, timesteps_for
 from .feature_opt import FeatureOptConfig, FeatureOptimizer, OptContext, saliency_maps
-from .flow import BatchFlow, estimate_batch_flow, load_estimator
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch, plan_batches
-from .checkpoint import Anchors, Checkpoint
-from .denoise import StepClock, StepHooks, denoise_batch, encode_prompt, start_latents, timesteps_for
 
 
 def attention_context(settings: dict) -> FrescoAttention:
@@ -73,13 +73,6 @@ class AnchoredSteps(StepHooks):
         return latents
 
 
-def batch_flow(small: Sequence[np.ndarray], settings: dict) -> BatchFlow | None:
-    """Flows between the consecutive frames of a batch at the processed size (None for one frame)."""
-    if len(small) < 2:
-        return None
-    return estimate_batch_flow(list(small), load_estimator(settings["flow"]))
-
-
 @torch.no_grad()
 def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: torch.Tensor, seed: int,
                    attention: FrescoAttention, opt_ctx: OptContext) -> None:
@@ -96,7 +89,7 @@ def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: t
 
 
 def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size: tuple[int, int],
-                  clock: StepClock, checkpoint: Checkpoint) -> Iterator[tuple[int, np.ndarray]]:
+                  clock: StepClock, checkpoint: Checkpoint, cache: Cache) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (all keys) in anchored batches; yields (index, frame at the work size).
 
     Batches before ``checkpoint.batches_done`` are skipped, their anchors restored from it.
@@ -121,12 +114,11 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size:
             clock.check_cancel()
             small = [F.resize(frames[i], *work_size) for i in batch.frames]
             images = F.to_tensor(small)
-            flow = batch_flow(small, settings)
+            controls, flow = batch_conditions(small, settings, cache, with_flow=True)
             attention.new_batch(images, flow)
             opt_ctx.flow = flow
             opt_ctx.saliency = saliency_maps(small) if settings["background_smoothing"] else None
             reference_pass(pipe, images, embeds[-1:], timesteps[-1], settings["seed"], attention, opt_ctx)
-            controls = F.to_tensor([control_image(f, settings) for f in small]) * 0.5 + 0.5
             hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, skipped, batch, memory, keep)
             out = denoise_batch(pipe, images, controls, embeds, settings, clock, hooks)
             for frame, rgb in zip(batch.new, F.to_uint8(out[batch.anchors:])):

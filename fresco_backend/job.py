@@ -6,6 +6,7 @@ Layout of a job folder:
     out/0001.png ...    the translated frames, each written atomically (or another out_dir)
     state/progress.json batches finished, written after their outputs
     state/anchors.safetensors  the anchor latents later batches need
+    cache/              control images and flows (unless a shared cache folder is given)
 
 Running a job again after a crash or a cancel continues after the last
 finished batch (and finishes any half-propagated span) and gives the same
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save
 
 from blender_addon.wire import frame_filename
 
+from .cache import Cache
 from .checkpoint import Anchors, Checkpoint
 from .denoise import ProgressFn
 from .translate import translate_frames
@@ -35,13 +37,17 @@ class JobMismatch(ValueError):
 
 
 class Job:
-    def __init__(self, folder: Path, settings: dict, source: str | Path, out_dir: Path | None = None):
+    def __init__(self, folder: Path, settings: dict, source: str | Path, out_dir: Path | None = None,
+                 cache_dir: Path | None = None):
         """Open or create the job in ``folder`` translating ``source`` (video file or image folder).
 
-        Outputs go to ``out_dir`` (default ``folder/out``) as 0001.png, 0002.png, ...
+        Outputs go to ``out_dir`` (default ``folder/out``) as 0001.png, 0002.png, ...; control
+        images and flows are cached in ``cache_dir`` (default ``folder/cache``), which jobs on
+        the same clip may share.
         """
         self.folder = Path(folder)
         self.settings = settings
+        self.cache = Cache(cache_dir if cache_dir is not None else self.folder / "cache")
         self.input_dir, self.state_dir = self.folder / "input", self.folder / "state"
         self.out_dir = Path(out_dir) if out_dir is not None else self.folder / "out"
         description = {"format": FORMAT, "settings": settings, "source": str(Path(source).resolve())}
@@ -92,7 +98,7 @@ class Job:
             cancel: threading.Event | None = None) -> Iterator[int]:
         """Translate what is missing; yields the index of every output frame written."""
         for index, rgb in translate_frames(pipe, self.frames, self.settings, on_progress, cancel,
-                                           self.checkpoint()):
+                                           self.checkpoint(), self.cache):
             write_png_atomic(self.output_path(index), rgb)
             yield index
 

@@ -12,9 +12,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import frames as F
-from .control import control_image
-from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt, steps_per_batch
+from .cache import Cache
 from .checkpoint import Checkpoint
+from .conditions import batch_conditions
+from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt, steps_per_batch
 from .fresco import fresco_batches, fresco_frames
 from .keyframes import adaptive_keys, fixed_keys
 from .propagate import propagate_span
@@ -23,7 +24,7 @@ __all__ = ["Cancelled", "Progress", "translate_frames"]
 
 
 def per_frame(pipe, frames: Sequence[np.ndarray], settings: dict, work_size: tuple[int, int],
-              clock: StepClock, checkpoint: Checkpoint) -> Iterator[tuple[int, np.ndarray]]:
+              clock: StepClock, checkpoint: Checkpoint, cache: Cache) -> Iterator[tuple[int, np.ndarray]]:
     """The baseline: frames translated independently (batched only for speed); yields at the work size."""
     embeds = encode_prompt(pipe, settings)
     size = settings["batch_size"]
@@ -32,7 +33,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], settings: dict, work_size: tup
             continue
         clock.check_cancel()
         small = [F.resize(f, *work_size) for f in frames[start:start + size]]
-        controls = F.to_tensor([control_image(f, settings) for f in small]) * 0.5 + 0.5
+        controls, _ = batch_conditions(small, settings, cache, with_flow=False)
         out = denoise_batch(pipe, F.to_tensor(small), controls, embeds, settings, clock)
         yield from enumerate(F.to_uint8(out), start)
         checkpoint.on_batch_done(number, {})
@@ -77,7 +78,8 @@ def keyframes_for(frames: Sequence[np.ndarray], settings: dict) -> list[int]:
 
 def translate_frames(pipe, frames: Sequence[np.ndarray], settings: dict,
                      on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                     checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                     checkpoint: Checkpoint | None = None,
+                     cache: Cache | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (uint8 RGB, all one size) with validated ``settings``.
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
@@ -88,7 +90,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: dict,
     """
     if not frames:
         return
-    checkpoint = checkpoint or Checkpoint()
+    checkpoint, cache = checkpoint or Checkpoint(), cache or Cache(None)
     height, width = frames[0].shape[:2]
     work_size = F.processed_size(width, height, settings["size"])
     clip = Frames(frames, range(len(frames)), frames[0].shape)
@@ -106,7 +108,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: dict,
                 yield from enumerate(span, first + 1)
 
     previous: tuple[int, np.ndarray] | None = None
-    for position, rgb in run(pipe, Frames(frames, keys, clip.shape), settings, work_size, clock, checkpoint):
+    for position, rgb in run(pipe, Frames(frames, keys, clip.shape), settings, work_size, clock, checkpoint, cache):
         key, out = keys[position], F.resize(rgb, width, height)
         if previous is None and position > 0:  # resumed: earlier keys are on disk
             yield from spans_from_disk(position)

@@ -6,6 +6,7 @@ Binds the socket itself (so port 0 works), prints exactly one ready line
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from blender_addon import wire
+from fresco_backend.cache import Cache
 from fresco_backend.models import DEFAULT_CONTROLNETS, DEFAULT_MODEL
 
 from . import __version__
@@ -128,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_pipeline, translate_frames = backend_functions()
     device = resolve_device(args.device)
     cache = ModelCache(load_pipeline, args.model, args.controlnet, args.device)
-    manager = JobManager(work_dir, cache.for_settings, translate_frames)
+    clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
+    manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache))
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": args.controlnet}
     app = create_app(manager, cache, token, info)

@@ -33,3 +33,15 @@ def pipe(tiny_models):
     from fresco_backend.models import load_pipeline
 
     return load_pipeline(str(tiny_models[0]), str(tiny_models[1]), device="cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_home(tmp_path_factory):
+    """Keep the CLI's per-user cache (XDG_CACHE_HOME) out of the user's home during tests."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous

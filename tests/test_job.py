@@ -99,3 +99,34 @@ def test_killed_cli_run_resumes_to_identical_frames(clip_path, tiny_models, refe
     frames = sorted(out.glob("*.png"))
     assert len(frames) == 9 and not (out / ".fresco-job").exists()
     assert all(np.array_equal(read_png(p), want) for p, want in zip(frames, reference))
+
+
+def test_new_prompt_on_the_same_clip_reuses_cached_flow_and_controls(pipe, clip_path, reference, tmp_path,
+                                                                      monkeypatch):
+    import fresco_backend.conditions as conditions
+
+    calls = {"flow": 0, "control": 0}
+    flow, control = conditions.estimate_batch_flow, conditions.control_image
+
+    def counted_flow(*args):
+        calls["flow"] += 1
+        return flow(*args)
+
+    def counted_control(*args):
+        calls["control"] += 1
+        return control(*args)
+
+    monkeypatch.setattr(conditions, "estimate_batch_flow", counted_flow)
+    monkeypatch.setattr(conditions, "control_image", counted_control)
+    shared = tmp_path / "cache"
+    first = Job(tmp_path / "a", validate(SETTINGS), clip_path, cache_dir=shared)
+    list(first.run(pipe))
+    assert calls == {"flow": 3, "control": 9}  # 3 batches of 3 keys
+    assert same_as(reference, first)  # caching changes nothing
+
+    second = Job(tmp_path / "b", validate({**SETTINGS, "prompt": "charcoal", "seed": 9}), clip_path, cache_dir=shared)
+    list(second.run(pipe))
+    assert calls == {"flow": 3, "control": 9}  # all hits
+    third = Job(tmp_path / "c", validate({**SETTINGS, "canny_low": 20}), clip_path, cache_dir=shared)
+    list(third.run(pipe))
+    assert calls == {"flow": 3, "control": 18}  # a control setting misses the controls only
