@@ -111,3 +111,25 @@ def test_keyframes_are_translated_and_every_other_frame_propagated(pipe, keyfram
     middle = next(i for i in range(8) if i not in translated)
     before = max(k for k in translated if k < middle)
     assert np.abs(keys[middle].astype(int) - keys[before]).mean() < np.abs(keys[middle].astype(int) - 128).mean()
+
+
+def test_fresco_is_more_consistent_than_the_baseline_and_follows_the_motion(pipe):
+    """Pixel-MSE (previous output warped by the input's true flow, visible pixels) on a moving clip:
+    FRESCO's default pipeline (keyframes + flow-guided propagation) well below the per-frame baseline
+    with the same seed, and its output moves with the input rather than standing still."""
+    from fresco_backend.flow import BatchFlow
+    from fresco_backend.metrics import pixel_mse
+
+    clip = moving_square(frames=8, width=96, height=96, velocity=(4, 2), square=32)
+    truth = BatchFlow.from_numpy(*zip(*[clip.gt_flow(i) for i in range(7)]))
+    frozen = BatchFlow(truth.fwd * 0, truth.bwd * 0, truth.occ_fwd * 0, truth.occ_bwd * 0)
+    common = {"prompt": "a mosaic", "steps": 8, "size": 96, "opt_iterations": 5, "seed": 3,
+              "key_min_gap": 2, "key_max_gap": 4}
+    fresco_out = [rgb for _, rgb in translate_frames(pipe, clip.frames, validate(common))]
+    baseline = [rgb for _, rgb in translate_frames(pipe, clip.frames, validate({**common, "mode": "per_frame"}))]
+    fresco_error, baseline_error = pixel_mse(fresco_out, truth), pixel_mse(baseline, truth)
+    print(f"Pixel-MSE FRESCO {fresco_error:.5f} baseline {baseline_error:.5f} "
+          f"FRESCO vs a frozen frame {pixel_mse(fresco_out, frozen):.5f}")
+    # measured on the tiny model: 0.0031 vs 0.0069 (baseline) and vs 0.0066 (frozen frame)
+    assert fresco_error < 0.6 * baseline_error
+    assert fresco_error < 0.6 * pixel_mse(fresco_out, frozen)
