@@ -3,14 +3,14 @@
 For each batch (``keyframes.plan_batches``): optical flow and occlusion between
 its consecutive frames, a reference U-Net pass on the input frames (records the
 self-attention queries/keys for spatial guidance and the decoder features for
-the Gram loss), then the shared denoising loop (``translate.denoise_batch``)
+the Gram loss), then the shared denoising loop (``denoise.denoise_batch``)
 with FRESCO-guided attention on up_blocks.2/.3, feature optimisation on the
 four decoder blocks, and latent anchoring: the anchor frames of a later batch
 are overwritten at every step with the latents recorded for them when they
 were translated, so batches share one appearance.
 
-Every frame is a keyframe here; propagation to non-keyframes comes with the
-whole-video work (issue 4).
+The frames given here are the keyframes; ``translate.py`` chooses them and
+propagates the frames between them.
 """
 from __future__ import annotations
 
