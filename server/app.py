@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from blender_addon import wire
-from blender_addon.settings import SettingsError, validate
+from blender_addon.settings import SETTINGS, Setting, SettingsError, validate
 
 from .jobs import JobError, JobManager
 from .model_cache import ModelCache
@@ -33,6 +33,25 @@ class ApiError(Exception):
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+MAX_URL_BYTES = 8 * 1024  # path + query string; the API's own URLs are far shorter
+
+
+class LimitUrl:
+    """ASGI middleware: answer an over-long request URL with 414 before any routing."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string") or b"")
+            if size > MAX_URL_BYTES:
+                response = _error(414, f"request URL of {size} bytes exceeds the limit of {MAX_URL_BYTES} bytes")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -55,6 +74,44 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def setting_schema(setting: Setting) -> dict[str, Any]:
+    """JSON schema of one job setting (the documentation of what ``validate`` accepts)."""
+    schema: dict[str, Any] = {"description": setting.description, "default": setting.default}
+    if setting.kind == "enum":
+        schema["enum"] = list(setting.choices)
+    else:
+        schema["type"] = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}[setting.kind]
+    if setting.minimum is not None:
+        schema["minimum"] = setting.minimum
+    if setting.maximum is not None:
+        schema["maximum"] = setting.maximum
+    if setting.required:
+        schema["pattern"] = r"\S"
+    return schema
+
+
+INT_SETTINGS = frozenset(s.name for s in SETTINGS if s.kind == "int")
+
+
+def integral(value: Any) -> Any:
+    """JSON does not tell 3 from 3.0 (JSON Schema calls both integers): 3.0 becomes 3."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# The routes read their bodies themselves (size limits, our own errors); these describe them
+# in the OpenAPI schema for clients and for the schema-based fuzz test.
+JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["settings", "frame_count"], "additionalProperties": False,
+    "properties": {"settings": {"type": "object", "additionalProperties": False,
+                                "required": [s.name for s in SETTINGS if s.required],
+                                "properties": {s.name: setting_schema(s) for s in SETTINGS}},
+                   "frame_count": {"type": "integer", "minimum": 1, "maximum": wire.MAX_FRAMES}}}}}}}
+FRAME_BODY = {"requestBody": {"required": True, "content": {"image/png": {"schema": {
+    "type": "string", "format": "binary", "maxLength": wire.MAX_FRAME_BYTES}}}}}
+
+
 def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[str, Any]) -> FastAPI:
     """The FastAPI application serving ``manager``; ``info`` is merged into /v1/health."""
     expected = f"{wire.AUTH_SCHEME} {token}".encode()
@@ -69,6 +126,7 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
 
     app = FastAPI(title="FRESCO backend", version=str(info.get("version", "")))
     auth = [Depends(require_token)]
+    app.add_middleware(LimitUrl)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -97,7 +155,7 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
         return {"api": wire.API_VERSION, **info, "load_count": cache.load_count,
                 "last_load_seconds": cache.last_load_seconds}
 
-    @app.post(wire.JOBS, dependencies=auth, status_code=201)
+    @app.post(wire.JOBS, dependencies=auth, status_code=201, openapi_extra=JOB_BODY)
     async def create_job(request: Request) -> dict[str, Any]:
         raw = await read_body(request, wire.MAX_JSON_BYTES)
         try:
@@ -109,18 +167,21 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
         unknown = sorted(set(body) - {"settings", "frame_count"})
         if unknown:
             raise ApiError(422, f"unknown field(s) in job: {', '.join(unknown)}")
+        values = body.get("settings", {})
+        if isinstance(values, dict):
+            values = {k: integral(v) if k in INT_SETTINGS else v for k, v in values.items()}
         try:
-            settings = validate(body.get("settings", {}))
+            settings = validate(values)
         except SettingsError as exc:
             raise ApiError(422, str(exc)) from None
-        job = await run_in_threadpool(manager.create, settings, body.get("frame_count"))
+        job = await run_in_threadpool(manager.create, settings, integral(body.get("frame_count")))
         return job.status()
 
     @app.get(wire.JOBS + "/{job_id}", dependencies=auth)
     def job_status(job_id: str) -> dict[str, Any]:
         return manager.get(job_id).status()
 
-    @app.put(wire.JOBS + "/{job_id}/input/{index}", dependencies=auth)
+    @app.put(wire.JOBS + "/{job_id}/input/{index}", dependencies=auth, openapi_extra=FRAME_BODY)
     async def upload_input(job_id: str, index: int, request: Request) -> dict[str, Any]:
         job = manager.get(job_id)  # 404 before reading a large body
         data = await read_body(request, wire.MAX_FRAME_BYTES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -102,6 +103,31 @@ def error_message(exc: BaseException) -> str:
     """What a client is told about a failed job: the message itself, or the type if empty."""
     text = str(exc).strip()
     return text if text else type(exc).__name__
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's CUDA out-of-memory error (torch is only looked at if loaded)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return isinstance(oom, type) and isinstance(exc, oom)
+
+
+def oom_message(settings: dict[str, Any], exc: BaseException) -> str:
+    """What a client is told when the GPU ran out of memory: which settings to lower."""
+    size, batch = settings.get("size", "?"), settings.get("batch_size", "?")
+    detail = error_message(exc).splitlines()[0][:300]
+    return (f"GPU out of memory: lower size (now {size}) or batch_size (now {batch}) in the job "
+            f"settings, or close other programs using the GPU ({detail})")
+
+
+def free_cuda_memory() -> None:
+    """Give cached CUDA memory back after an out-of-memory error so the next job can run."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort; the job already failed
+        log.warning("could not empty the CUDA cache", exc_info=True)
 
 
 class JobManager:
@@ -252,17 +278,23 @@ class JobManager:
                 job.started = time.time()
                 self._running = job
                 self._set_state(job, wire.RUNNING)
+            out_of_memory = False
             try:
                 self._run(job)
             except BaseException as exc:  # noqa: BLE001 - any failure ends the job, not the worker
+                out_of_memory = is_cuda_oom(exc)
                 with self._lock:
                     job.finished = time.time()
                     if job.cancel.is_set():
                         log.info("job %s cancelled", job.id)
                         self._set_state(job, wire.CANCELLED)
                     else:
-                        log.exception("job %s failed", job.id)
-                        job.error = error_message(exc)
+                        if out_of_memory:
+                            job.error = oom_message(job.settings, exc)
+                            log.error("job %s failed: %s", job.id, job.error)
+                        else:
+                            log.exception("job %s failed", job.id)
+                            job.error = error_message(exc)
                         self._emit(job, wire.EV_ERROR, message=job.error)
                         self._set_state(job, wire.FAILED)
             else:
@@ -274,6 +306,8 @@ class JobManager:
             finally:
                 with self._lock:
                     self._running = None
+            if out_of_memory:  # after the handler: the traceback's tensors are released by now
+                free_cuda_memory()
 
     def _run(self, job: Job) -> None:
         self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=1, eta=None)
