@@ -16,8 +16,31 @@ _process: Any = None  # launcher.BackendProcess
 _key: tuple | None = None
 
 
+def remote_address(config: dict[str, str]) -> tuple[str, int] | None:
+    """(host, port) of the remote server in ``config["url"]`` ("host:port", "http://host:port"), or None.
+
+    Raises ValueError when the address is malformed.
+    """
+    url = (config.get("url") or "").strip()
+    if not url:
+        return None
+    address = url.split("://", 1)[-1].rstrip("/")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"remote backend address {url!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
 def config_problem(config: dict[str, str]) -> str | None:
     """What is missing from the backend configuration, or None if it looks usable."""
+    try:
+        remote = remote_address(config)
+    except ValueError as exc:
+        return str(exc)
+    if remote is not None:
+        if not config.get("token"):
+            return "a remote backend needs its token: set FRESCO_TOKEN or the Token preference"
+        return None  # the server has its own model and device
     python = config.get("python", "")
     if not python:
         return ("no backend Python configured: set it in the add-on preferences "
@@ -67,6 +90,11 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
     problem = config_problem(config)
     if problem:
         raise RuntimeError(problem)
+    remote = remote_address(config)
+    if remote is not None:  # a server someone else runs: never launch or stop one
+        from .client import Client
+
+        return Client(remote[0], remote[1], config["token"], timeout)
     key = tuple(sorted(config.items()))
     with _lock:
         if _process is not None and (_key != key or not _alive(_process)):

@@ -12,6 +12,7 @@ from .settings import SETTINGS, Setting
 
 ADDON_ID = __package__  # "fresco_vse", "bl_ext.<repo>.fresco_vse" or "blender_addon" in a checkout
 STRIP_PROP = "fresco"  # strip.fresco -> FrescoStripSettings
+FARM_PROP = "fresco_farm"  # strip.fresco_farm: translate this strip on the render farm (farm.py)
 RESULT_SETTINGS_KEY = "fresco_settings"  # JSON custom property on result strips
 RESULT_SOURCE_KEY = "fresco_source"
 
@@ -22,7 +23,12 @@ ENV = {
     "model": "FRESCO_MODEL",
     "controlnet": "FRESCO_CONTROLNET",
     "device": "FRESCO_DEVICE",
+    "url": "FRESCO_BACKEND_URL",  # host:port of a running server: use it instead of starting one
+    "token": "FRESCO_TOKEN",  # that server's bearer token
 }
+# backend_config key -> preference attribute
+PREF_ATTR = {"python": "backend_python", "backend_dir": "backend_dir", "model": "model",
+             "controlnet": "controlnet", "device": "device", "url": "backend_url", "token": "token"}
 
 
 def _bpy_property(setting: Setting) -> Any:
@@ -83,15 +89,23 @@ class FrescoPreferences(bpy.types.AddonPreferences):
         name="ControlNet", description="ControlNet hub id or diffusers folder; env FRESCO_CONTROLNET overrides")
     device: bpy.props.StringProperty(
         name="Device", description="Torch device for the backend (empty: automatic); env FRESCO_DEVICE overrides")
+    backend_url: bpy.props.StringProperty(
+        name="Remote Backend", description="host:port of an already running FRESCO server to use instead of "
+                                           "starting one (empty: start a local backend); env FRESCO_BACKEND_URL "
+                                           "overrides")
+    token: bpy.props.StringProperty(
+        name="Token", subtype="PASSWORD",
+        description="Bearer token of the remote backend; env FRESCO_TOKEN overrides")
 
     def draw(self, context: Any) -> None:
         layout = self.layout
-        for name in ("backend_python", "backend_dir", "model", "controlnet", "device"):
+        for key, name in PREF_ATTR.items():
             row = layout.row()
             row.prop(self, name)
-            if os.environ.get(ENV[name]):
+            if os.environ.get(ENV[key]):
                 row.enabled = False
-                layout.label(text=f"Overridden by {ENV[name]}={os.environ[ENV[name]]}", icon="INFO")
+                shown = "***" if key == "token" else os.environ[ENV[key]]
+                layout.label(text=f"Overridden by {ENV[key]}={shown}", icon="INFO")
 
 
 def preferences(context: Any = None) -> Any:
@@ -105,7 +119,7 @@ def backend_config(context: Any = None) -> dict[str, str]:
     prefs = preferences(context)
     config = {}
     for key, env in ENV.items():
-        value = os.environ.get(env) or (getattr(prefs, key, "") if prefs is not None else "")
+        value = os.environ.get(env) or (getattr(prefs, PREF_ATTR[key], "") if prefs is not None else "")
         config[key] = bpy.path.abspath(value) if value.startswith("//") else value
     if not config["backend_dir"]:
         # a development checkout: the add-on folder sits next to server/
@@ -122,11 +136,15 @@ def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     setattr(compat.strip_type(), STRIP_PROP, bpy.props.PointerProperty(type=FrescoStripSettings))
+    setattr(compat.strip_type(), FARM_PROP, bpy.props.BoolProperty(
+        name="Translate on Farm", default=False,
+        description="Translate this strip when the .blend is rendered headlessly (fresco.farm / farm.run)"))
 
 
 def unregister() -> None:
     base = compat.strip_type()
-    if hasattr(base, STRIP_PROP):
-        delattr(base, STRIP_PROP)
+    for name in (FARM_PROP, STRIP_PROP):
+        if hasattr(base, name):
+            delattr(base, name)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

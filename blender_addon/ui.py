@@ -216,6 +216,46 @@ def _target_strip(context: Any, name: str) -> Any:
     return ed.active_strip
 
 
+def translate_now(scene: Any, source: Any, settings: dict, config: dict,
+                  report: Callable[[str, int, int], None] | None = None) -> tuple[Any, list[Path]]:
+    """Translate ``source`` synchronously (background mode, the farm) and add the result strip.
+
+    ``settings`` are validated; ``report(stage, done, total)`` gets the progress
+    (default: a log line at most every second). Returns (result strip, files);
+    raises on any failure, leaving no output folder behind.
+    """
+    last = [0.0]
+    if report is None:
+        def report(stage: str, done: int, total: int) -> None:
+            log(f"{source.name}: {stage} {done}/{total}")
+
+    def emit(message: dict) -> None:
+        if message.get("kind") == "progress" and (time.monotonic() - last[0] > 1.0
+                                                  or message["done"] == message["total"]):
+            last[0] = time.monotonic()
+            report(message["stage"], message["done"], message["total"])
+
+    export_dir = Path(tempfile.mkdtemp(prefix="fresco-export-"))
+    out_dir = None
+    try:
+        frames = export.render_strip(scene, source, export_dir, progress=lambda done, total: emit(
+            {"kind": "progress", "stage": "export", "done": done, "total": total}))
+        out_dir = place.new_output_dir(source.name)
+        client = backend.get_client(config)
+        job_id: list[str] = []
+        files = jobrun.run_job(client, settings, frames, out_dir,
+                               emit=lambda m: (job_id.append(m["job_id"]) if m.get("kind") == "job" else emit(m)))
+        result = place.add_result_strip(scene, source, files, settings, job_id[0] if job_id else None)
+        _copy_strip_settings(source, result)
+    except Exception:
+        if out_dir is not None:
+            _discard_output(out_dir)
+        raise
+    finally:
+        shutil.rmtree(export_dir, ignore_errors=True)
+    return result, files
+
+
 class FRESCO_OT_translate(bpy.types.Operator):
     """Translate the active strip with FRESCO and add the result as a new image strip above it"""
 
@@ -266,8 +306,8 @@ class FRESCO_OT_translate(bpy.types.Operator):
             self.report({"ERROR"}, "FRESCO: a job is already running")
             return {"CANCELLED"}
 
-        export_dir = Path(tempfile.mkdtemp(prefix="fresco-export-"))
         if not sync:
+            export_dir = Path(tempfile.mkdtemp(prefix="fresco-export-"))
             exporter = None
             try:
                 exporter = export.StripExporter(scene, source, export_dir)  # set-up only: no frames yet
@@ -283,31 +323,7 @@ class FRESCO_OT_translate(bpy.types.Operator):
             self.report({"INFO"}, f"FRESCO: translating {source.name!r} ({exporter.total} frames)")
             return {"FINISHED"}
 
-        last = [0.0]
-
-        def emit(message: dict) -> None:
-            if message.get("kind") == "progress" and (time.monotonic() - last[0] > 1.0
-                                                      or message["done"] == message["total"]):
-                last[0] = time.monotonic()
-                log(f"{source.name}: {message['stage']} {message['done']}/{message['total']}")
-
-        out_dir = None
-        try:
-            frames = export.render_strip(scene, source, export_dir, progress=lambda done, total: emit(
-                {"kind": "progress", "stage": "export", "done": done, "total": total}))
-            out_dir = place.new_output_dir(source.name)
-            client = backend.get_client(config)
-            job_id: list[str] = []
-            files = jobrun.run_job(client, settings, frames, out_dir,
-                                   emit=lambda m: (job_id.append(m["job_id"]) if m.get("kind") == "job" else emit(m)))
-            result = place.add_result_strip(scene, source, files, settings, job_id[0] if job_id else None)
-            _copy_strip_settings(source, result)
-        except Exception:
-            if out_dir is not None:
-                _discard_output(out_dir)
-            raise
-        finally:
-            shutil.rmtree(export_dir, ignore_errors=True)
+        result, files = translate_now(scene, source, settings, config)
         self.report({"INFO"}, f"FRESCO: added {result.name!r} on channel {result.channel} ({len(files)} frames)")
         return {"FINISHED"}
 
@@ -340,6 +356,21 @@ class FRESCO_OT_stop_backend(bpy.types.Operator):
             self.report({"ERROR"}, "FRESCO: a job is running")
             return {"CANCELLED"}
         backend.stop()
+        return {"FINISHED"}
+
+
+class FRESCO_OT_farm(bpy.types.Operator):
+    """Translate every strip flagged 'Translate on Farm' in every scene, saving the file after each (headless)"""
+
+    bl_idname = "fresco.farm"
+    bl_label = "Translate Farm Strips"
+
+    def execute(self, context: Any) -> set[str]:
+        from . import farm
+
+        if farm.run() != 0:
+            self.report({"ERROR"}, "FRESCO: farm: some strips failed (see the log above)")
+            return {"CANCELLED"}
         return {"FINISHED"}
 
 
@@ -416,7 +447,30 @@ class FRESCO_PT_advanced(bpy.types.Panel):
                 self.layout.prop(group, s.name)
 
 
-CLASSES = (FRESCO_OT_translate, FRESCO_OT_cancel, FRESCO_OT_stop_backend, FRESCO_PT_panel, FRESCO_PT_advanced)
+class FRESCO_PT_farm(bpy.types.Panel):
+    """The active strip's "Translate on Farm" flag (headless farm runs: farm.py)."""
+
+    bl_label = "Translate on Farm"
+    bl_idname = "FRESCO_PT_farm"
+    bl_parent_id = FRESCO_PT_panel.bl_idname
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "FRESCO"
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        ed = context.scene.sequence_editor if context.scene else None
+        return ed is not None and ed.active_strip is not None
+
+    def draw_header(self, context: Any) -> None:
+        self.layout.prop(context.scene.sequence_editor.active_strip, props.FARM_PROP, text="")
+
+    def draw(self, context: Any) -> None:
+        self.layout.label(text="Translated by: blender -b FILE --python-expr \"import bpy; bpy.ops.fresco.farm()\"")
+
+
+CLASSES = (FRESCO_OT_translate, FRESCO_OT_cancel, FRESCO_OT_stop_backend, FRESCO_OT_farm, FRESCO_PT_panel,
+           FRESCO_PT_farm, FRESCO_PT_advanced)
 
 
 def register() -> None:

@@ -1,0 +1,95 @@
+"""Headless render-farm entry point: translate the flagged strips of the open .blend, one after the other.
+
+    blender -b shot.blend --python-exit-code 1 --python-expr "import bpy; bpy.ops.fresco.farm()"
+
+or, for the exit code 0/1 of ``run`` itself,
+
+    blender -b shot.blend --python-expr \\
+        "import sys, bl_ext.user_default.fresco_vse.farm as f; sys.exit(f.run())"
+
+Every strip with "Translate on Farm" (``strip.fresco_farm``) in every scene is
+translated synchronously with its own settings; the .blend is saved after each
+finished strip so finished work is never lost. A failing strip is reported and
+the rest are still attempted. The backend is the remote server in
+FRESCO_BACKEND_URL/FRESCO_TOKEN (or the preferences) if set, else a local one.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import bpy
+
+from . import backend, compat, props, ui
+from .settings import validate
+
+
+def say(message: str) -> None:
+    print(f"FRESCO farm: {message}", flush=True)
+
+
+def farm_strips(strip_names: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """(scene name, strip name) of every flagged strip, or of every strip named in ``strip_names``."""
+    wanted = None if strip_names is None else set(strip_names)
+    found = []
+    for scene in bpy.data.scenes:
+        ed = compat.editor(scene)
+        if ed is None:
+            continue
+        for strip in compat.all_strips(ed):
+            if (strip.name in wanted) if wanted is not None else getattr(strip, props.FARM_PROP, False):
+                found.append((scene.name, strip.name))
+    return found
+
+
+def _translate_one(scene_name: str, strip_name: str, config: dict, tag: str) -> str:
+    """Translate one strip; returns the result strip's name, raises with the reason."""
+    scene = bpy.data.scenes.get(scene_name)
+    ed = compat.editor(scene) if scene is not None else None
+    source = compat.all_strips(ed).get(strip_name) if ed is not None else None
+    if source is None:
+        raise RuntimeError("the strip is gone")
+    if source.type == "SOUND":
+        raise RuntimeError("a sound strip has no picture")
+    settings = validate(props.strip_settings(source))  # SettingsError says what is wrong
+
+    def report(stage: str, done: int, total: int) -> None:
+        say(f"{tag}{strip_name}: {stage} {done}/{total}")
+
+    result, _files = ui.translate_now(scene, source, settings, config, report)
+    setattr(source, props.FARM_PROP, False)  # done: a re-run after a crash goes on with the rest
+    return result.name
+
+
+def run(strip_names: list[str] | None = None) -> int:
+    """Translate the flagged strips (or the named ones) of every scene; 0 if all succeeded, else 1."""
+    if not bpy.data.filepath:
+        say("FAILED: the file is not saved (open a .blend: results are written next to it)")
+        return 1
+    todo = farm_strips(strip_names)
+    missing = sorted(set(strip_names or ()) - {name for _scene, name in todo})
+    failures = [(name, "no such strip") for name in missing]
+    for name in missing:
+        say(f"FAILED {name}: no such strip")
+    config = props.backend_config()
+    problem = backend.config_problem(config)
+    if problem:
+        say(f"FAILED: {problem}")
+        return 1
+    where = backend.remote_address(config)
+    say(f"{len(todo)} strip(s) to translate in {bpy.data.filepath} with "
+        + (f"the backend at {where[0]}:{where[1]}" if where else "a local backend"))
+    done = 0
+    for index, (scene_name, strip_name) in enumerate(todo, 1):
+        tag = f"[{index}/{len(todo)}] {scene_name}/"
+        say(f"{tag}{strip_name}: start")
+        try:
+            result = _translate_one(scene_name, strip_name, config, tag)
+            bpy.ops.wm.save_mainfile()
+        except Exception as exc:  # report, go on with the next strip
+            failures.append((strip_name, str(exc)))
+            say(f"FAILED {tag}{strip_name}: {exc}")
+            continue
+        done += 1
+        say(f"{tag}{strip_name}: done -> {result!r}, saved ({done}/{len(todo)} done)")
+    say(f"finished: {done} done, {len(failures)} failed")
+    return 1 if failures else 0
