@@ -45,3 +45,17 @@ def private_cache_home(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_models, backend_python, tmp_path_factory):
+    """A real server subprocess on loopback, started the way the add-on starts it."""
+    from blender_addon.launcher import launch
+
+    model, controlnet = tiny_models
+    proc = launch(backend_python, REPO, str(model), str(controlnet), device="cpu",
+                  work_dir=tmp_path_factory.mktemp("work"), log_dir=tmp_path_factory.mktemp("logs"),
+                  ready_timeout=60)
+    yield proc
+    proc.stop()
+    print(proc.log_tail(80))

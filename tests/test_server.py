@@ -66,17 +66,6 @@ def auth(backend: BackendProcess) -> dict[str, str]:
     return {wire.AUTH_HEADER: f"{wire.AUTH_SCHEME} {backend.token}"}
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_models, backend_python, tmp_path_factory):
-    model, controlnet = tiny_models
-    proc = launch(backend_python, REPO, str(model), str(controlnet), device="cpu",
-                  work_dir=tmp_path_factory.mktemp("work"), log_dir=tmp_path_factory.mktemp("logs"),
-                  ready_timeout=60)
-    yield proc
-    proc.stop()
-    print(proc.log_tail(80))
-
-
 @pytest.fixture
 def client(backend) -> Client:
     return backend.client(timeout=30)

@@ -24,6 +24,7 @@ from blender_addon.launcher import BackendProcess, launch
 from server.app import create_app
 from server.jobs import JobManager
 from server.model_cache import ModelCache
+from server_support import finish
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "fuzz-token"
@@ -51,15 +52,6 @@ class FakeBackend:
             raise exc
         for i in range(len(frames)):
             yield i, 255 - frames[i]
-
-
-def finish(manager: JobManager, job_id: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = manager.events(job_id, -1, wait=1)
-        if answer["state"] in wire.FINAL_STATES:
-            return answer
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def make(manager: JobManager, settings: dict, n: int = 2, start: bool = True) -> str:
@@ -203,17 +195,6 @@ def test_other_errors_keep_their_message(tmp_path):
 
 
 # ---- 2. a real server subprocess: raw sockets and two clients ------------------------------
-
-@pytest.fixture(scope="module")
-def backend(tiny_models, backend_python, tmp_path_factory):
-    model, controlnet = tiny_models
-    proc = launch(backend_python, REPO, str(model), str(controlnet), device="cpu",
-                  work_dir=tmp_path_factory.mktemp("work"), log_dir=tmp_path_factory.mktemp("logs"),
-                  ready_timeout=60)
-    yield proc
-    proc.stop()
-    print(proc.log_tail(80))
-
 
 def exchange(backend: BackendProcess, data: bytes, timeout: float = 10.0, close_write: bool = False) -> bytes:
     """Send raw bytes on a fresh connection; what the server answers until it closes or goes quiet."""

@@ -12,6 +12,7 @@ import pytest
 from blender_addon import wire
 from server.jobs import JobConflict, JobError, JobManager, JobNotFound
 from server.model_cache import ModelCache
+from server_support import finish
 
 
 @dataclass
@@ -51,15 +52,6 @@ class FakeBackend:
                 time.sleep(0.005)
             on_progress(P("denoise", i + 1, len(frames), 0.0))
             yield i, 255 - frames[i]
-
-
-def finish(manager: JobManager, job_id: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = manager.events(job_id, -1, wait=1)
-        if answer["state"] in wire.FINAL_STATES:
-            return answer
-    raise AssertionError("job did not finish")
 
 
 def make(manager: JobManager, prompt: str, n: int = 2, start: bool = True) -> str:
