@@ -15,7 +15,7 @@ FRESCO_BACKEND_URL/FRESCO_TOKEN (or the preferences) if set, else a local one.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 import bpy
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,13 +19,12 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from blender_addon import wire
-from blender_addon.launcher import BackendProcess, launch
+from blender_addon.launcher import BackendProcess
 from server.app import create_app
 from server.jobs import JobManager
 from server.model_cache import ModelCache
 from server_support import finish
 
-REPO = Path(__file__).resolve().parent.parent
 TOKEN = "fuzz-token"
 FAST = {"prompt": "x", "steps": 2, "size": 64}
 
