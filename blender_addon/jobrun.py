@@ -7,6 +7,7 @@ message dict) and never touches bpy data, so it is safe on any thread.
 Messages:
   {"kind": "job", "job_id": str}
   {"kind": "progress", "stage": str, "done": int, "total": int, "eta": float | None}
+  {"kind": "frame", "index": int, "path": str}   (an output frame was downloaded to ``path``)
   {"kind": "finished", "files": [str, ...]}      (put by ``worker`` only)
   {"kind": "error", "message": str}              (put by ``worker`` only)
   {"kind": "cancelled"}                          (put by ``worker`` only)
@@ -89,6 +90,7 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
         path = out_dir / wire.frame_filename(index)
         write_atomic(path, client.download_frame(job_id, index))
         written[index] = path
+        emit({"kind": "frame", "index": index, "path": str(path)})
 
     after = -1
     state = None

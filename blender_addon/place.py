@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import bpy
 
 from . import compat
-from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY
+from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, SOURCE_SETTINGS_KEY, output_dir_setting
 
 MAX_CHANNEL = 128
 RESULT_SUFFIX = ".fresco"
@@ -23,10 +23,22 @@ def safe_name(name: str) -> str:
 
 
 def output_root() -> Path:
-    """``//fresco`` next to the saved .blend; a temp folder for an unsaved file."""
-    if bpy.data.filepath:
-        return Path(bpy.path.abspath("//fresco"))
-    return Path(tempfile.gettempdir()) / "fresco"
+    """The "Output Folder" preference (env FRESCO_OUTPUT_DIR overrides; default ``//fresco/``).
+
+    ``//`` is the saved .blend's folder; for an unsaved file it is the temp folder.
+    """
+    value = output_dir_setting()
+    if value.startswith("//"):
+        if bpy.data.filepath:
+            return Path(bpy.path.abspath(value))
+        return Path(tempfile.gettempdir()) / (value[2:].strip("/\\") or "fresco")
+    return Path(value).expanduser()
+
+
+def mark_source(source: Any, settings: dict) -> None:
+    """Store the job's validated settings on the source strip as plain JSON (``fresco_job_settings``),
+    readable without the add-on. The only change a translation makes to its source strip."""
+    source[SOURCE_SETTINGS_KEY] = json.dumps(settings, sort_keys=True)
 
 
 def new_output_dir(strip_name: str, root: Path | None = None) -> Path:

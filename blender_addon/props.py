@@ -15,6 +15,10 @@ STRIP_PROP = "fresco"  # strip.fresco -> FrescoStripSettings
 FARM_PROP = "fresco_farm"  # strip.fresco_farm: translate this strip on the render farm (farm.py)
 RESULT_SETTINGS_KEY = "fresco_settings"  # JSON custom property on result strips
 RESULT_SOURCE_KEY = "fresco_source"
+# JSON custom property on source strips: the validated settings of the last translation started from the strip
+SOURCE_SETTINGS_KEY = "fresco_job_settings"
+OUTPUT_DIR_ENV = "FRESCO_OUTPUT_DIR"  # overrides the "Output Folder" preference
+DEFAULT_OUTPUT_DIR = "//fresco/"
 
 # environment variables override the preferences (tests, render farm)
 ENV = {
@@ -72,6 +76,17 @@ def strip_settings(strip: Any) -> dict[str, Any]:
     return {s.name: getattr(group, s.name) for s in SETTINGS}
 
 
+def _output_dir_property() -> Any:
+    """The "Output Folder" preference; "//" (blend-relative) is allowed where Blender can say so (4.5+)."""
+    kwargs = dict(name="Output Folder", subtype="DIR_PATH", default=DEFAULT_OUTPUT_DIR,
+                  description="Folder for the result frames, one new subfolder per job (// is the .blend's "
+                              "folder); env FRESCO_OUTPUT_DIR overrides")
+    try:
+        return bpy.props.StringProperty(**kwargs, options={"PATH_SUPPORTS_BLEND_RELATIVE"})
+    except TypeError:  # before 4.5: no such option (and no warning about "//")
+        return bpy.props.StringProperty(**kwargs)
+
+
 class FrescoPreferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
@@ -96,9 +111,15 @@ class FrescoPreferences(bpy.types.AddonPreferences):
     token: bpy.props.StringProperty(
         name="Token", subtype="PASSWORD",
         description="Bearer token of the remote backend; env FRESCO_TOKEN overrides")
+    output_dir: _output_dir_property()
 
     def draw(self, context: Any) -> None:
         layout = self.layout
+        row = layout.row()
+        row.prop(self, "output_dir")
+        if os.environ.get(OUTPUT_DIR_ENV):
+            row.enabled = False
+            layout.label(text=f"Overridden by {OUTPUT_DIR_ENV}={os.environ[OUTPUT_DIR_ENV]}", icon="INFO")
         for key, name in PREF_ATTR.items():
             row = layout.row()
             row.prop(self, name)
@@ -112,6 +133,18 @@ def preferences(context: Any = None) -> Any:
     context = context or bpy.context
     addon = context.preferences.addons.get(ADDON_ID)
     return addon.preferences if addon is not None else None
+
+
+def output_dir_setting(context: Any = None) -> str:
+    """The output folder as set (env FRESCO_OUTPUT_DIR, then the preference, then "//fresco/"); not resolved."""
+    value = os.environ.get(OUTPUT_DIR_ENV)
+    if not value:
+        try:
+            prefs = preferences(context)
+        except Exception:  # no context (e.g. a restricted one): the default
+            prefs = None
+        value = getattr(prefs, "output_dir", "") if prefs is not None else ""
+    return value.strip() or DEFAULT_OUTPUT_DIR
 
 
 def backend_config(context: Any = None) -> dict[str, str]:

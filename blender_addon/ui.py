@@ -54,6 +54,8 @@ class UIJob:
         self.error: str | None = None
         self.result_name: str | None = None
         self.started = time.monotonic()
+        self.preview_path: str | None = None  # the newest downloaded output frame
+        self.preview_shown: str | None = None  # the frame loaded into the preview image
 
     def start_worker(self, frame_paths: list[Path]) -> None:
         """Hand the exported frames to a worker thread that runs the backend job."""
@@ -65,6 +67,40 @@ class UIJob:
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 0.0
+
+
+PREVIEW_IMAGE = ".fresco_preview"  # dot-prefixed: hidden from image lists; removed when the job ends
+
+
+def _preview_image() -> Any:
+    return bpy.data.images.get(PREVIEW_IMAGE)
+
+
+def _update_preview(job: UIJob) -> None:
+    """Main thread: load the newest downloaded frame into the (reused) preview image."""
+    path = job.preview_path
+    if path is None or path == job.preview_shown or job.cancel.is_set():
+        return
+    image = _preview_image()
+    if image is None:
+        image = bpy.data.images.load(path, check_existing=False)
+        image.name = PREVIEW_IMAGE
+    else:
+        image.filepath = path
+        image.reload()
+        preview = image.preview
+        if preview is not None and hasattr(preview, "reload"):
+            preview.reload()
+    image.use_fake_user = False
+    job.preview_shown = path
+
+
+def _remove_preview(job: UIJob | None = None) -> None:
+    image = _preview_image()
+    if image is not None:
+        bpy.data.images.remove(image)
+    if job is not None:
+        job.preview_shown = None
 
 
 _job: UIJob | None = None  # the UI job shown in the panel (running or last finished)
@@ -138,6 +174,8 @@ def poll_job(job: UIJob) -> float | None:
         elif kind == "progress":
             job.stage, job.done, job.total = message["stage"], message["done"], message["total"]
             job.eta = message.get("eta")
+        elif kind == "frame":
+            job.preview_path = message["path"]
         elif kind in ("finished", "error", "cancelled"):
             if job.cancel.is_set():
                 kind = "cancelled"  # also a result that came in after Cancel, or after another file was opened
@@ -159,9 +197,19 @@ def poll_job(job: UIJob) -> float | None:
                 job.stage = "failed"
             finally:
                 shutil.rmtree(job.export_dir, ignore_errors=True)
+                try:
+                    _remove_preview(job)
+                except Exception as exc:  # pragma: no cover - defensive
+                    log(f"removing the preview failed: {exc}")
             if job.error:
                 log(f"{job.source_name}: job failed: {job.error}")
             break
+    if not job.finished:
+        try:
+            _update_preview(job)
+        except Exception as exc:  # a preview is never worth failing the job
+            log(f"{job.source_name}: preview of {job.preview_path} failed: {exc}")
+            job.preview_shown = job.preview_path
     _redraw()
     if job.finished:
         return None
@@ -241,6 +289,7 @@ def translate_now(scene: Any, source: Any, settings: dict, config: dict,
         frames = export.render_strip(scene, source, export_dir, progress=lambda done, total: emit(
             {"kind": "progress", "stage": "export", "done": done, "total": total}))
         out_dir = place.new_output_dir(source.name)
+        place.mark_source(source, settings)
         client = backend.get_client(config)
         job_id: list[str] = []
         files = jobrun.run_job(client, settings, frames, out_dir,
@@ -317,6 +366,7 @@ class FRESCO_OT_translate(bpy.types.Operator):
                     exporter.close()
                 shutil.rmtree(export_dir, ignore_errors=True)
                 raise
+            place.mark_source(source, settings)
             _job = UIJob(scene.name, source.name, settings, exporter, out_dir, lambda: backend.get_client(config))
             if not bpy.app.timers.is_registered(_timer):
                 bpy.app.timers.register(_timer, first_interval=0.0, persistent=True)
@@ -417,9 +467,25 @@ class FRESCO_PT_panel(bpy.types.Panel):
                 box.label(text=job.error, icon="ERROR")
             if job.result_name:
                 box.label(text=f"Added {job.result_name}", icon="CHECKMARK")
+            _draw_preview(box, job)
             if not job.finished:
                 box.operator(FRESCO_OT_cancel.bl_idname, icon="CANCEL")
         layout.operator(FRESCO_OT_stop_backend.bl_idname, icon="QUIT")
+
+
+def _draw_preview(layout: Any, job: UIJob) -> None:
+    """The newest result frame of a running job, as a small icon (nothing in background mode)."""
+    if job.finished or job.preview_shown is None or not _has_event_loop():  # background: no drawing
+        return
+    image = _preview_image()
+    if image is None:
+        return
+    try:
+        icon_id = image.preview_ensure().icon_id
+    except Exception:  # no preview system (e.g. no GPU): show nothing
+        return
+    layout.label(text=f"Latest: {Path(job.preview_shown).name}")
+    layout.template_icon(icon_value=icon_id, scale=6.0)
 
 
 class FRESCO_PT_advanced(bpy.types.Panel):
@@ -491,6 +557,10 @@ def unregister() -> None:
             _job.thread.join(timeout=5.0)
         poll_job(_job)  # closes the exporter, or cleans up after the worker's last message
     _job = None
+    try:
+        _remove_preview()
+    except Exception:  # pragma: no cover - restricted data during shutdown
+        pass
     backend.stop()
     if _cancel_on_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_cancel_on_load)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from safetensors.torch import load_file, save
 
@@ -34,6 +34,41 @@ FORMAT = 1
 
 class JobMismatch(ValueError):
     """The folder holds a different job (other settings or another input)."""
+
+
+class CheckpointStore:
+    """The checkpoint of a resumable run kept in ``state_dir`` (progress.json, anchors.safetensors).
+
+    ``output_path(i)`` is where the caller writes output frame ``i``; written outputs are read
+    back from there on resume. Used by ``Job`` and by the server's job folders.
+    """
+
+    def __init__(self, state_dir: Path, output_path: Callable[[int], Path]):
+        self.state_dir, self.output_path = Path(state_dir), output_path
+
+    def batches_done(self) -> int:
+        progress = self.state_dir / "progress.json"
+        return json.loads(progress.read_text())["batches_done"] if progress.exists() else 0
+
+    def load(self) -> Checkpoint:
+        """The checkpoint to pass to ``translate_frames``; it records every finished batch here."""
+        batches_done = self.batches_done()
+        anchors_file = self.state_dir / "anchors.safetensors"
+        anchors: Anchors = {}
+        if batches_done and anchors_file.exists():
+            stored = load_file(anchors_file)  # names "frame:step"
+            for frame, step in sorted(tuple(map(int, name.split(":"))) for name in stored):
+                anchors.setdefault(frame, []).append(stored[f"{frame}:{step}"])
+        return Checkpoint(batches_done=batches_done, anchors=anchors,
+                          has_output=lambda i: self.output_path(i).exists(),
+                          output=lambda i: read_png(self.output_path(i)),
+                          on_batch_done=self.batch_done)
+
+    def batch_done(self, number: int, anchors: Anchors) -> None:
+        tensors = {f"{frame}:{step}": latents.detach().cpu().float().contiguous()
+                   for frame, steps in anchors.items() for step, latents in enumerate(steps)}
+        write_bytes_atomic(self.state_dir / "anchors.safetensors", save(tensors))
+        write_bytes_atomic(self.state_dir / "progress.json", json.dumps({"batches_done": number + 1}).encode())
 
 
 class Job:
@@ -75,24 +110,7 @@ class Job:
         return self.out_dir / frame_filename(index)
 
     def checkpoint(self) -> Checkpoint:
-        progress = self.state_dir / "progress.json"
-        batches_done = json.loads(progress.read_text())["batches_done"] if progress.exists() else 0
-        anchors_file = self.state_dir / "anchors.safetensors"
-        anchors: Anchors = {}
-        if batches_done and anchors_file.exists():
-            stored = load_file(anchors_file)  # names "frame:step"
-            for frame, step in sorted(tuple(map(int, name.split(":"))) for name in stored):
-                anchors.setdefault(frame, []).append(stored[f"{frame}:{step}"])
-        return Checkpoint(batches_done=batches_done, anchors=anchors,
-                          has_output=lambda i: self.output_path(i).exists(),
-                          output=lambda i: read_png(self.output_path(i)),
-                          on_batch_done=self._batch_done)
-
-    def _batch_done(self, number: int, anchors: Anchors) -> None:
-        tensors = {f"{frame}:{step}": latents.detach().cpu().float().contiguous()
-                   for frame, steps in anchors.items() for step, latents in enumerate(steps)}
-        write_bytes_atomic(self.state_dir / "anchors.safetensors", save(tensors))
-        write_bytes_atomic(self.state_dir / "progress.json", json.dumps({"batches_done": number + 1}).encode())
+        return CheckpointStore(self.state_dir, self.output_path).load()
 
     def run(self, pipe, on_progress: ProgressFn | None = None,
             cancel: threading.Event | None = None) -> Iterator[int]:

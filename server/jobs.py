@@ -3,11 +3,20 @@
 A job is created in the ``uploading`` state, receives its input PNGs, is
 queued by ``start`` and run by the one worker thread (one GPU), which writes
 every translated frame to ``output/`` and records events with increasing
-``seq``. Everything here is independent of HTTP and of torch: the pipeline
+``seq``.
+
+Each job folder also holds ``job.json`` (id, settings, frame count, state),
+rewritten atomically on every state change, and, with ``checkpoints=True``,
+``state/`` (finished batches and anchor latents, ``fresco_backend.job.CheckpointStore``).
+A manager started on a work dir that holds jobs reloads them: queued and running
+ones are queued again (a running one resumes after its last finished batch),
+uploading ones can be uploaded to and started, finished ones stay downloadable.
+Events are not persisted: a reloaded job's feed starts again at seq 0. Everything here is independent of HTTP and of torch: the pipeline
 provider and the translate function are injected, so tests can use fakes.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -30,6 +39,8 @@ from .images import BadImage, png_size
 log = logging.getLogger("fresco.server.jobs")
 
 MAX_WAIT = 30.0  # seconds a long-poll on the event feed may block
+RECORD = "job.json"  # a job's persisted record, in its folder
+RECORD_FORMAT = 1
 
 GetPipeline = Callable[[dict[str, Any]], Any]
 Translate = Callable[..., Iterator[tuple[int, np.ndarray]]]
@@ -73,6 +84,7 @@ class Job:
     error: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: bool = False  # by a client; not by a server shutdown
 
     @property
     def input_dir(self) -> Path:
@@ -81,6 +93,21 @@ class Job:
     @property
     def output_dir(self) -> Path:
         return self.folder / "output"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.folder / "state"
+
+    @property
+    def record_path(self) -> Path:
+        return self.folder / RECORD
+
+    def record(self) -> dict[str, Any]:
+        """What ``job.json`` holds: enough to reload the job in a new server process."""
+        return {"format": RECORD_FORMAT, "id": self.id, "settings": self.settings,
+                "frame_count": self.frame_count, "state": self.state, "created": self.created,
+                "started": self.started, "finished": self.finished, "error": self.error,
+                "frame_size": list(self.frame_size) if self.frame_size else None}
 
     def status(self) -> dict[str, Any]:
         """The JSON status of the job (GET /v1/jobs/{id})."""
@@ -133,8 +160,12 @@ def free_cuda_memory() -> None:
 class JobManager:
     """All jobs of the server process and the worker thread that runs them in order."""
 
-    def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate) -> None:
+    def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate,
+                 checkpoints: bool = False) -> None:
+        """``checkpoints``: pass ``translate`` a ``checkpoint=`` kept in each job's ``state/``
+        (``fresco_backend.translate.translate_frames`` takes one) so interrupted jobs resume."""
         self.work_dir = Path(work_dir)
+        self._checkpoints = checkpoints
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._get_pipeline = get_pipeline
         self._translate = translate
@@ -143,6 +174,7 @@ class JobManager:
         self._changed = threading.Condition(self._lock)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._running: Job | None = None
+        self._reload()
         self._worker = threading.Thread(target=self._work, name="fresco-worker", daemon=True)
         self._worker.start()
 
@@ -160,6 +192,7 @@ class JobManager:
         job.output_dir.mkdir()
         with self._lock:
             self._jobs[job_id] = job
+            self._save(job)
             self._emit(job, wire.EV_STATE, state=job.state)
         log.info("job %s created: %d frames", job_id, frame_count)
         return job
@@ -185,7 +218,9 @@ class JobManager:
             if job.frame_size is not None and size != job.frame_size:
                 raise JobError(f"input frame {index} is {size[0]}x{size[1]} but earlier frames are "
                                f"{job.frame_size[0]}x{job.frame_size[1]}; all frames must have one size", 400)
-            job.frame_size = size
+            if job.frame_size is None:
+                job.frame_size = size
+                self._save(job)
         write_bytes_atomic(job.input_dir / wire.frame_filename(index), data)
         with self._lock:
             job.uploaded.add(index)
@@ -211,6 +246,7 @@ class JobManager:
         with self._lock:
             if job.state in wire.FINAL_STATES:
                 return job
+            job.cancel_requested = True
             job.cancel.set()
             if job.state != wire.RUNNING:  # the worker never touches it: finish it here
                 job.finished = time.time()
@@ -264,7 +300,64 @@ class JobManager:
     def _set_state(self, job: Job, state: str) -> None:
         with self._lock:
             job.state = state
+            self._save(job)
             self._emit(job, wire.EV_STATE, state=state)
+
+    def _save(self, job: Job) -> None:
+        """Write the job's record atomically (a failure is logged: the job itself goes on).
+
+        A job stopped by a server shutdown keeps its last record (queued or running), so the
+        next server on this work dir runs it again."""
+        if job.state == wire.CANCELLED and not job.cancel_requested:
+            return
+        try:
+            write_bytes_atomic(job.record_path, json.dumps(job.record(), indent=1).encode())
+        except OSError:
+            log.warning("could not save the record of job %s", job.id, exc_info=True)
+
+    def _reload(self) -> None:
+        """Load the jobs a previous server process left in the work dir; queue unfinished ones."""
+        loaded: list[Job] = []
+        for path in sorted(self.work_dir.glob(f"*/{RECORD}")):
+            try:
+                job = self._load(path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring job folder %s: unreadable %s (%s)", path.parent, RECORD, exc)
+                continue
+            loaded.append(job)
+        for job in sorted(loaded, key=lambda j: j.created):
+            if job.state in (wire.QUEUED, wire.RUNNING):
+                job.state = wire.QUEUED
+                job.started = None
+                self._save(job)
+                self._queue.put(job.id)
+            self._jobs[job.id] = job
+            self._emit(job, wire.EV_STATE, state=job.state)
+            log.info("job %s reloaded: %s, %d/%d outputs", job.id, job.state, len(job.outputs), job.frame_count)
+
+    @staticmethod
+    def _load(path: Path) -> Job:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != RECORD_FORMAT or data["id"] != path.parent.name:
+            raise ValueError(f"format {data.get('format')!r} / id {data.get('id')!r} not understood")
+        count = data["frame_count"]
+        if not isinstance(count, int) or not 1 <= count <= wire.MAX_FRAMES:
+            raise ValueError(f"bad frame_count {count!r}")
+        if data["state"] not in (wire.UPLOADING, wire.QUEUED, wire.RUNNING) + tuple(wire.FINAL_STATES):
+            raise ValueError(f"unknown state {data['state']!r}")
+        size = data.get("frame_size")
+        job = Job(id=data["id"], settings=dict(data["settings"]), frame_count=count, folder=path.parent,
+                  state=data["state"], created=float(data["created"]), started=data.get("started"),
+                  finished=data.get("finished"), error=data.get("error"),
+                  frame_size=(int(size[0]), int(size[1])) if size else None)
+        job.input_dir.mkdir(exist_ok=True)
+        job.output_dir.mkdir(exist_ok=True)
+        exists = lambda folder, i: (folder / wire.frame_filename(i)).is_file()  # noqa: E731
+        job.uploaded = {i for i in range(count) if exists(job.input_dir, i)}
+        job.outputs = {i for i in range(count) if exists(job.output_dir, i)}
+        if job.state not in (wire.UPLOADING, wire.CANCELLED) and len(job.uploaded) != count:
+            raise ValueError(f"{count - len(job.uploaded)} input frames are missing")
+        return job
 
     def _work(self) -> None:
         while True:
@@ -322,7 +415,15 @@ class JobManager:
             self._emit(job, wire.EV_PROGRESS, stage=str(p.stage), done=int(p.done), total=int(p.total),
                        eta=None if eta is None else float(eta))
 
-        for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel):
+        extra: dict[str, Any] = {}
+        if self._checkpoints:
+            from fresco_backend.job import CheckpointStore  # torch: only where the backend runs
+
+            store = CheckpointStore(job.state_dir, lambda i: job.output_dir / wire.frame_filename(i))
+            extra["checkpoint"] = store.load()
+            if extra["checkpoint"].batches_done:
+                log.info("job %s resumes after %d finished batches", job.id, extra["checkpoint"].batches_done)
+        for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel, **extra):
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")
             write_bytes_atomic(job.output_dir / wire.frame_filename(index), encode_png(rgb))

@@ -142,9 +142,32 @@ def movie_scene(blend, clip_path, compat):
     return scene
 
 
+# the one custom property a translation writes on its source strip (props.SOURCE_SETTINGS_KEY)
+SOURCE_SETTINGS_KEY = "fresco_job_settings"
+
+
+def custom_props(obj, skip=(SOURCE_SETTINGS_KEY,)) -> dict:
+    """``obj``'s custom properties as plain values, without the keys in ``skip``; the storage of registered
+    properties (e.g. ``strip.fresco``, created lazily when read in 4.x) is left to the RNA snapshot."""
+    out = {}
+    for key in obj.keys():
+        if key in skip or key in obj.bl_rna.properties:
+            continue
+        value = obj[key]
+        out[key] = value.to_dict() if hasattr(value, "to_dict") else (
+            list(value) if hasattr(value, "__len__") and not isinstance(value, str) else value)
+    return out
+
+
 def snapshot(obj, depth: int = 2) -> dict:
-    """Every readable RNA property of ``obj`` (and of nested pointers up to ``depth``) as plain values."""
+    """Every readable RNA property of ``obj`` (and of nested pointers up to ``depth``) as plain values,
+    plus its custom properties except the source strip's job settings (``SOURCE_SETTINGS_KEY``)."""
     values = {}
+    if hasattr(obj, "keys"):
+        try:
+            values["custom properties"] = custom_props(obj)
+        except TypeError:  # a struct without ID properties
+            pass
     for prop in obj.bl_rna.properties:
         name = prop.identifier
         if name in ("rna_type",):
@@ -200,6 +223,10 @@ class FakeLayout:
 
     def progress(self, **kwargs):
         self.log.append(("progress", kwargs.get("text")))
+
+    def template_icon(self, icon_value=0, **kwargs):
+        assert isinstance(icon_value, int), icon_value  # 0 headless: no icons without a UI
+        self.log.append(("template_icon", icon_value))
 
     def operator(self, idname, **kwargs):
         self.log.append(("operator", idname))

@@ -9,7 +9,7 @@ import time
 import bpy
 import pytest
 
-from conftest import STRIP_START, OFFSET_START, VISIBLE, snapshot
+from conftest import STRIP_START, OFFSET_START, SOURCE_SETTINGS_KEY, VISIBLE, snapshot
 
 
 @pytest.fixture
@@ -43,7 +43,9 @@ def test_translate_adds_result_strip(backend, movie_scene, compat, blend):
     files = sorted(p.name for p in out1.iterdir())
     assert files == [f"{i + 1:04d}.png" for i in range(VISIBLE)]
     assert os.path.realpath(bpy.path.abspath(result.directory)) == os.path.realpath(out1)
-    assert snapshot(source) == before
+    assert snapshot(source) == before  # everything but the job settings key (conftest.SOURCE_SETTINGS_KEY)
+    # the one change to the source strip: the validated settings as plain JSON
+    assert json.loads(source[SOURCE_SETTINGS_KEY]) == settings
     stamps = {p: p.stat().st_mtime_ns for p in out1.iterdir()}
 
     # second run: new folder, first one untouched, same warm backend, next free channel
@@ -64,6 +66,8 @@ def test_translate_adds_result_strip(backend, movie_scene, compat, blend):
     bpy.ops.wm.open_mainfile(filepath=str(blend))
     result = compat.all_strips(bpy.context.scene.sequence_editor)["clip.fresco"]
     assert json.loads(result["fresco_settings"])["prompt"] == settings["prompt"]
+    source = compat.all_strips(bpy.context.scene.sequence_editor)["clip"]
+    assert json.loads(source[SOURCE_SETTINGS_KEY]) == settings
 
 
 def test_empty_prompt_is_a_clean_error(backend, movie_scene, compat, blend):
