@@ -131,8 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     cache = ModelCache(load_pipeline, args.model, args.controlnet, args.device)
     clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
-    manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache),
-                         checkpoints=True)
+    manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache))
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": args.controlnet}
     app = create_app(manager, cache, token, info)

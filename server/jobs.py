@@ -6,13 +6,15 @@ every translated frame to ``output/`` and records events with increasing
 ``seq``.
 
 Each job folder also holds ``job.json`` (id, settings, frame count, state),
-rewritten atomically on every state change, and, with ``checkpoints=True``,
-``state/`` (finished batches and anchor latents, ``fresco_backend.job.CheckpointStore``).
-A manager started on a work dir that holds jobs reloads them: queued and running
-ones are queued again (a running one resumes after its last finished batch),
-uploading ones can be uploaded to and started, finished ones stay downloadable.
-Events are not persisted: a reloaded job's feed starts again at seq 0. Everything here is independent of HTTP and of torch: the pipeline
-provider and the translate function are injected, so tests can use fakes.
+rewritten atomically on every state change, and ``state/`` (finished batches
+and anchor latents, ``fresco_backend.job.CheckpointStore``). A manager started
+on a work dir that holds jobs reloads them: queued and running ones are queued
+again (a running one resumes after its last finished batch), uploading ones can
+be uploaded to and started, finished ones stay downloadable. Events are not
+persisted: a reloaded job's feed starts again at seq 0.
+
+The pipeline provider and the translate function are injected (tests use
+fakes); torch is only imported when a job runs.
 """
 from __future__ import annotations
 
@@ -160,12 +162,10 @@ def free_cuda_memory() -> None:
 class JobManager:
     """All jobs of the server process and the worker thread that runs them in order."""
 
-    def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate,
-                 checkpoints: bool = False) -> None:
-        """``checkpoints``: pass ``translate`` a ``checkpoint=`` kept in each job's ``state/``
-        (``fresco_backend.translate.translate_frames`` takes one) so interrupted jobs resume."""
+    def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate) -> None:
+        """``translate`` is called like ``fresco_backend.translate.translate_frames``, with a
+        ``checkpoint=`` kept in each job's ``state/`` so interrupted jobs resume."""
         self.work_dir = Path(work_dir)
-        self._checkpoints = checkpoints
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._get_pipeline = get_pipeline
         self._translate = translate
@@ -415,15 +415,12 @@ class JobManager:
             self._emit(job, wire.EV_PROGRESS, stage=str(p.stage), done=int(p.done), total=int(p.total),
                        eta=None if eta is None else float(eta))
 
-        extra: dict[str, Any] = {}
-        if self._checkpoints:
-            from fresco_backend.job import CheckpointStore  # torch: only where the backend runs
+        from fresco_backend.job import CheckpointStore  # torch: only where the backend runs
 
-            store = CheckpointStore(job.state_dir, lambda i: job.output_dir / wire.frame_filename(i))
-            extra["checkpoint"] = store.load()
-            if extra["checkpoint"].batches_done:
-                log.info("job %s resumes after %d finished batches", job.id, extra["checkpoint"].batches_done)
-        for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel, **extra):
+        checkpoint = CheckpointStore(job.state_dir, lambda i: job.output_dir / wire.frame_filename(i)).load()
+        if checkpoint.batches_done:
+            log.info("job %s resumes after %d finished batches", job.id, checkpoint.batches_done)
+        for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel, checkpoint=checkpoint):
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")
             write_bytes_atomic(job.output_dir / wire.frame_filename(index), encode_png(rgb))

@@ -43,7 +43,7 @@ class FakeBackend:
     def pipeline(self, settings: dict) -> str:
         return "pipe"
 
-    def translate(self, pipe, frames, settings, on_progress=None, cancel=None):
+    def translate(self, pipe, frames, settings, on_progress=None, cancel=None, checkpoint=None):
         self.ran.append(settings["prompt"])
         if self.fail is not None:
             exc, self.fail = self.fail, None

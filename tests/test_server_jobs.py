@@ -41,7 +41,7 @@ class FakeBackend:
             raise self.fail
         return "pipe"
 
-    def translate(self, pipe, frames, settings, on_progress=None, cancel=None):
+    def translate(self, pipe, frames, settings, on_progress=None, cancel=None, checkpoint=None):
         self.order.append(settings["prompt"])
         count = len(frames) - (1 if self.drop_last else 0)
         for i in range(count):
