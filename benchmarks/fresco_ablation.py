@@ -54,6 +54,25 @@ def child(args: argparse.Namespace) -> None:
                       "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def tiny_models(root: Path | None = None) -> tuple[Path, Path]:
+    """The tiny untrained model and ControlNet folders, saved once under ``root`` (default: temp)."""
+    from fresco_backend.tiny import save_tiny_models
+
+    return save_tiny_models(root or Path(tempfile.gettempdir()) / "fresco-bench-tiny")
+
+
+def measure(model: str, controlnet: str, size: int = 128, frames: int = 8, steps: int = 20,
+            configs: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Figures of each configuration (default: all of CONFIGS), each run in a fresh subprocess."""
+    rows = {}
+    for name, config in (configs or CONFIGS).items():
+        done = subprocess.run([sys.executable, __file__, "--model", str(model), "--controlnet", str(controlnet),
+                               "--size", str(size), "--frames", str(frames), "--steps", str(steps),
+                               "--config", json.dumps(config)], capture_output=True, text=True, check=True)
+        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model")
@@ -66,15 +85,8 @@ def main() -> None:
     if args.config:
         return child(args)
     if not args.model:
-        from fresco_backend.tiny import save_tiny_models
-
-        args.model, args.controlnet = map(str, save_tiny_models(Path(tempfile.gettempdir()) / "fresco-bench-tiny"))
-    rows = {}
-    for name, config in CONFIGS.items():
-        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--controlnet", args.controlnet,
-                               "--size", str(args.size), "--frames", str(args.frames), "--steps", str(args.steps),
-                               "--config", json.dumps(config)], capture_output=True, text=True, check=True)
-        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        args.model, args.controlnet = map(str, tiny_models())
+    rows = measure(args.model, args.controlnet, args.size, args.frames, args.steps)
     base = rows["baseline (per frame)"]
     print(f"{args.frames} frames {args.size}px, {args.steps} steps; Pixel-MSE with the true flow "
           f"(and against a frozen frame)")

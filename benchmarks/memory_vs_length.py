@@ -35,6 +35,21 @@ def child(args: argparse.Namespace) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def measure(model: str, controlnet: str, size: int = 128, steps: int = 10, lengths: tuple[int, int] = (30, 300),
+            echo: bool = False) -> dict[int, dict]:
+    """{frames: figures} of the same job on clips of each length, each in a fresh subprocess."""
+    rows = {}
+    for frames in lengths:
+        done = subprocess.run([sys.executable, __file__, "--model", str(model), "--controlnet", str(controlnet),
+                               "--size", str(size), "--steps", str(steps), "--frames", str(frames)],
+                              capture_output=True, text=True, check=True)
+        rows[frames] = json.loads(done.stdout.strip().splitlines()[-1])
+        if echo:
+            print(f"{frames:4d} frames at {size}px: {rows[frames]['frames']} written in "
+                  f"{rows[frames]['seconds']:.0f} s, peak RSS {rows[frames]['peak_rss_mb']:.0f} MB", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model")
@@ -49,14 +64,7 @@ def main() -> None:
         from fresco_backend.tiny import save_tiny_models
 
         args.model, args.controlnet = map(str, save_tiny_models(Path(tempfile.gettempdir()) / "fresco-bench-tiny"))
-    rows = {}
-    for frames in (30, 300):
-        done = subprocess.run([sys.executable, __file__, "--model", args.model, "--controlnet", args.controlnet,
-                               "--size", str(args.size), "--steps", str(args.steps), "--frames", str(frames)],
-                              capture_output=True, text=True, check=True)
-        rows[frames] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{frames:4d} frames at {args.size}px: {rows[frames]['frames']} written in "
-              f"{rows[frames]['seconds']:.0f} s, peak RSS {rows[frames]['peak_rss_mb']:.0f} MB", flush=True)
+    rows = measure(args.model, args.controlnet, args.size, args.steps, echo=True)
     print(f"peak RSS ratio 300/30 frames: {rows[300]['peak_rss_mb'] / rows[30]['peak_rss_mb']:.2f}")
 
 

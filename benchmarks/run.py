@@ -1,0 +1,374 @@
+"""All FRESCO benchmarks in one run: every figure a ratio of two measurements taken side by side.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--json out.json] [--model DIR --controlnet DIR]
+
+Rows (tiny untrained model unless --model/--controlnet; it shows cost, not trained quality):
+ 1. FRESCO / per-frame baseline time and peak RSS, and each FRESCO part alone (fresco_ablation.py,
+    one fresh process per configuration).
+ 2. Efficient cross-frame attention / all-frame attention on bikes.mp4: keys attended and the time
+    of one SDPA call at the up_blocks.3 grid (8 heads x 40), random Q/K/V.
+ 3. Gram loss memory: the analytic model (512x512, batch 8) and a measured peak of torch tensor
+    memory (torch MemTracker, which counts live CPU tensor storage) of full vs chunked L_spat.
+ 4. Transport: upload + download of PNG frames through blender_addon.client against a real server
+    (launcher.launch), vs writing + reading the same bytes on disk.
+ 5. Peak RSS of a 300-frame job / a 30-frame job (memory_vs_length.py, fresh processes).
+ 6. Pixel-MSE of FRESCO / per-frame baseline on real clips, with DIS flow estimated on the inputs.
+ 7. DIS flow: frames per second at 512x512 and end-point error on the synthetic ground-truth clip.
+
+--quick uses the smallest sizes and counts (a smoke test; its figures mean little). Rows whose
+input clip is missing are reported as skipped with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+MEDIA = Path("/work/shared/media")
+BIKES, CARPHONE = MEDIA / "bikes.mp4", MEDIA / "carphone_pristine.mp4"
+
+FULL = dict(ablation=dict(size=128, frames=8, steps=10), memory=dict(size=64, steps=4, lengths=(30, 300)),
+            attention=dict(frames=8, short=512, queries=1024), gram=dict(hw_side=32, channels=64, chunk=256),
+            transport=dict(frames=100, size=512), consistency=dict(frames=16, size=256, steps=10),
+            flow=dict(size=512, pairs=10))
+QUICK = dict(ablation=dict(size=64, frames=4, steps=2, parts=False), memory=dict(size=64, steps=1, lengths=(4, 40)),
+             attention=dict(frames=4, short=128, queries=256), gram=dict(hw_side=16, channels=16, chunk=64),
+             transport=dict(frames=8, size=64), consistency=dict(frames=4, size=64, steps=2),
+             flow=dict(size=128, pairs=3))
+
+
+def _script(name: str):
+    """Import benchmarks/<name>.py as a module (the benchmarks folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _child(task: str, **params) -> dict:
+    """Run ``task`` of this file in a fresh Python process; returns its JSON answer."""
+    done = subprocess.run([sys.executable, __file__, "--child", task, "--params", json.dumps(params)],
+                          capture_output=True, text=True, cwd=REPO)
+    if done.returncode:
+        raise RuntimeError(f"child {task} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _read_clip(path: Path, frames: int, short: int) -> list:
+    from fresco_backend.frames import processed_size, resize
+    from fresco_backend.video_io import iter_frames
+
+    out = []
+    for rgb in iter_frames(path):
+        width, height = processed_size(rgb.shape[1], rgb.shape[0], short)
+        out.append(resize(rgb, width, height))
+        if len(out) == frames:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- the rows
+
+def row_ablation(model: str, controlnet: str, p: dict) -> list[dict]:
+    ablation = _script("fresco_ablation")
+    parts = ["+ cross-frame attention", "+ spatial guidance", "+ temporal guidance", "+ feature optimisation"]
+    names = ["baseline (per frame)", "full FRESCO"] + (parts if p.get("parts", True) else [])
+    rows = ablation.measure(model, controlnet, p["size"], p["frames"], p["steps"],
+                            {n: ablation.CONFIGS[n] for n in names})
+    base = rows[names[0]]
+    where = f"{p['frames']} frames {p['size']}px {p['steps']} steps, synthetic clip"
+    out = []
+    for name in names[1:]:
+        r = rows[name]
+        out.append(dict(row=1, name=f"{name} / baseline: time", value=r["seconds"] / base["seconds"], unit="x",
+                        detail=f"{r['seconds']:.2f} s vs {base['seconds']:.2f} s; {where}"))
+        out.append(dict(row=1, name=f"{name} / baseline: peak RSS", value=r["peak_rss_mb"] / base["peak_rss_mb"],
+                        unit="x", detail=f"{r['peak_rss_mb']:.0f} MB vs {base['peak_rss_mb']:.0f} MB"))
+    for name in parts[len(names) - 2:]:
+        for what in ("time", "peak RSS"):
+            out.append(dict(row=1, name=f"{name} / baseline: {what}", skipped="not measured in --quick"))
+    return out
+
+
+def child_attention(p: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from fresco_backend.flow import estimate_batch_flow
+    from fresco_backend.fresco_attention import shared_key_attention, unique_token_index
+
+    frames = _read_clip(BIKES, p["frames"], p["short"])
+    height, width = frames[0].shape[:2]
+    h, w = height // 8, width // 8  # up_blocks.3 works at the latent grid (1/8)
+    flow = estimate_batch_flow(frames).at_size(h, w)
+    index = unique_token_index(flow.occ_bwd)
+    batch, tokens = len(frames), len(frames) * h * w
+    torch.manual_seed(0)
+    q = torch.randn(1, 8, p["queries"], 40)  # a slice of the queries: the cost per query is what differs
+    k, v = torch.randn(1, 8, tokens, 40), torch.randn(1, 8, tokens, 40)
+
+    def timed(run) -> float:
+        run()  # warm-up
+        best = math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    with torch.no_grad():
+        shared = timed(lambda: shared_key_attention(q, k, v, index))
+        full = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+    return dict(keys_shared=int(index.numel()), keys_all=tokens, grid=f"{h}x{w}", frames=batch,
+                size=f"{width}x{height}", queries=p["queries"], shared_s=shared, full_s=full)
+
+
+def row_attention(model: str, controlnet: str, p: dict) -> list[dict]:
+    if not BIKES.exists():
+        return [dict(row=2, name=n, skipped=f"{BIKES} not found") for n in
+                ("cross-frame / all-frame: keys attended", "cross-frame / all-frame: attention time")]
+    r = _child("attention", **p)
+    where = f"first {r['frames']} frames of bikes.mp4 at {r['size']}, grid {r['grid']}"
+    return [dict(row=2, name="cross-frame / all-frame: keys attended", value=r["keys_shared"] / r["keys_all"],
+                 unit="x", detail=f"{r['keys_shared']} vs {r['keys_all']} keys; {where}"),
+            dict(row=2, name="cross-frame / all-frame: attention time", value=r["shared_s"] / r["full_s"], unit="x",
+                 detail=f"{r['shared_s'] * 1e3:.1f} ms vs {r['full_s'] * 1e3:.1f} ms, {r['queries']} queries x "
+                        f"8 heads x 40, best of 3")]
+
+
+def child_gram(p: dict) -> dict:
+    import torch
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from fresco_backend.feature_opt import spatial_loss_backward, spatial_loss_full
+
+    torch.manual_seed(4)
+    side = p["hw_side"]
+    f = torch.randn(8, p["channels"], side, side, requires_grad=True)
+    ref = torch.randn(8, p["channels"], side, side)
+
+    def peak(run) -> int:
+        tracker = MemTracker()
+        with tracker:
+            run()
+        f.grad = None
+        return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+
+    return dict(full=peak(lambda: spatial_loss_full(f, ref).backward()),
+                chunked=peak(lambda: spatial_loss_backward(f, ref, chunk=p["chunk"])))
+
+
+def row_gram(model: str, controlnet: str, p: dict) -> list[dict]:
+    from fresco_backend.feature_opt import gram_memory_bytes
+
+    full, chunked = gram_memory_bytes(8, 64 * 64, 1024)
+    out = [dict(row=3, name="Gram loss chunked / full: model bytes", value=chunked / full, unit="x",
+                detail=f"{chunked / 2**20:.0f} MiB vs {full / 2**20:.0f} MiB; 512x512 (HW 4096) batch 8, "
+                       "chunk 1024 (gram_memory_bytes)")]
+    r = _child("gram", **p)
+    hw = p["hw_side"] ** 2
+    out.append(dict(row=3, name="Gram loss chunked / full: measured peak", value=r["chunked"] / r["full"], unit="x",
+                    detail=f"{r['chunked'] / 2**20:.1f} MiB vs {r['full'] / 2**20:.1f} MiB peak torch CPU tensor "
+                           f"memory (MemTracker), HW {hw} batch 8, C {p['channels']}, chunk {p['chunk']}, forward + "
+                           "backward"))
+    return out
+
+
+def row_transport(model: str, controlnet: str, p: dict) -> list[dict]:
+    import numpy as np
+
+    from blender_addon import wire
+    from blender_addon.launcher import launch
+    from fresco_backend.synthetic import moving_square
+    from fresco_backend.video_io import encode_png
+
+    n, size = p["frames"], p["size"]
+    clip = moving_square(frames=n, width=size, height=size, velocity=(3, 2), square=size // 3)
+    noise = np.random.default_rng(0).integers(0, 24, (size, size, 3), dtype=np.uint8)  # realistic PNG sizes
+    pngs = [encode_png(rgb + noise) for rgb in clip.frames]
+    with tempfile.TemporaryDirectory(prefix="fresco-bench-transport-") as tmp:
+        backend = launch(sys.executable, REPO, model, controlnet, device="cpu", work_dir=Path(tmp) / "server")
+        try:
+            client = backend.client(timeout=120)
+            job = client.create_job({"prompt": "x", "mode": "per_frame", "steps": 1, "size": size,
+                                     "batch_size": 8}, n)
+            started = time.perf_counter()
+            for i, data in enumerate(pngs):
+                client.upload_frame(job, i, data)
+            upload = time.perf_counter() - started
+            client.start(job)
+            after, state = -1, ""
+            deadline = time.monotonic() + 600
+            while state not in wire.FINAL_STATES and time.monotonic() < deadline:
+                answer = client.events(job, after, wait=5)
+                state = answer["state"]
+                if answer["events"]:
+                    after = answer["events"][-1]["seq"]
+            if state != wire.DONE:
+                raise RuntimeError(f"transport job ended {state!r}")
+            started = time.perf_counter()
+            outputs = [client.download_frame(job, i) for i in range(n)]
+            download = time.perf_counter() - started
+        finally:
+            backend.stop()
+        disk = Path(tmp) / "disk"
+        disk.mkdir()
+        started = time.perf_counter()
+        for i, data in enumerate(pngs):
+            (disk / f"in{i:05d}.png").write_bytes(data)
+        write = time.perf_counter() - started
+        for i, data in enumerate(outputs):
+            (disk / f"out{i:05d}.png").write_bytes(data)
+        started = time.perf_counter()
+        for i in range(n):
+            (disk / f"out{i:05d}.png").read_bytes()
+        read = time.perf_counter() - started
+    mb = (sum(map(len, pngs)) + sum(map(len, outputs))) / 2**20
+    return [dict(row=4, name="server round trip / disk write+read", value=(upload + download) / (write + read),
+                 unit="x", detail=f"{n} frames {size}x{size}, {mb:.1f} MB of PNG: upload {upload:.2f} s + download "
+                                  f"{download:.2f} s vs disk {write * 1e3:.0f} + {read * 1e3:.0f} ms "
+                                  f"({(upload + download) / n * 1e3:.1f} ms/frame over HTTP)")]
+
+
+def row_memory(model: str, controlnet: str, p: dict) -> list[dict]:
+    short, long = p["lengths"]
+    rows = _script("memory_vs_length").measure(model, controlnet, p["size"], p["steps"], tuple(p["lengths"]))
+    a, b = rows[short], rows[long]
+    return [dict(row=5, name=f"peak RSS {long} / {short} frames", value=b["peak_rss_mb"] / a["peak_rss_mb"], unit="x",
+                 detail=f"{b['peak_rss_mb']:.0f} MB vs {a['peak_rss_mb']:.0f} MB, whole-video job {p['size']}px "
+                        f"{p['steps']} steps ({b['seconds']:.0f} s vs {a['seconds']:.0f} s)")]
+
+
+def child_consistency(p: dict) -> dict:
+    from fresco_backend.models import load_pipeline
+
+    pipe = load_pipeline(p["model"], p["controlnet"])
+    return {clip: _consistency(pipe, Path(clip), p) for clip in p["clips"]}
+
+
+def _consistency(pipe, clip: Path, p: dict) -> dict:
+    from blender_addon.settings import validate
+    from fresco_backend.flow import estimate_batch_flow
+    from fresco_backend.frames import resize
+    from fresco_backend.metrics import pixel_mse
+    from fresco_backend.translate import translate_frames
+
+    frames = _read_clip(clip, p["frames"], p["size"])
+    result = {}
+    for mode in ("per_frame", "fresco"):
+        settings = validate({"prompt": "a watercolour painting", "steps": p["steps"], "size": p["size"],
+                             "batch_size": len(frames), "seed": 7, "keyframes": "all", "mode": mode})
+        out = [rgb for _, rgb in translate_frames(pipe, frames, settings)]
+        height, width = out[0].shape[:2]
+        flow = estimate_batch_flow([resize(f, width, height) for f in frames])
+        result[mode] = pixel_mse(out, flow)
+    result["frames"], result["size"] = len(frames), f"{width}x{height}"
+    return result
+
+
+def row_consistency(model: str, controlnet: str, p: dict) -> list[dict]:
+    out, present = [], [str(c) for c in (CARPHONE, BIKES) if c.exists()]
+    measured = _child("consistency", clips=present, model=model, controlnet=controlnet, **p) if present else {}
+    for clip in (CARPHONE, BIKES):
+        name = f"Pixel-MSE FRESCO / baseline, {clip.name}"
+        if str(clip) not in measured:
+            out.append(dict(row=6, name=name, skipped=f"{clip} not found"))
+            continue
+        r = measured[str(clip)]
+        out.append(dict(row=6, name=name, value=r["fresco"] / r["per_frame"], unit="x",
+                        detail=f"{r['fresco']:.5f} vs {r['per_frame']:.5f}; first {r['frames']} frames at {r['size']}, "
+                               f"{p['steps']} steps, seed 7, estimated DIS flow (no ground truth)"))
+    return out
+
+
+def row_flow(model: str, controlnet: str, p: dict) -> list[dict]:
+    import numpy as np
+
+    from fresco_backend.flow import OpenCVFlow
+    from fresco_backend.synthetic import moving_square
+
+    estimator = OpenCVFlow()
+    size, pairs = p["size"], p["pairs"]
+    clip = moving_square(frames=pairs + 1, width=size, height=size, velocity=(4, 2), square=size // 3)
+    estimator(clip.frames[0], clip.frames[1])  # warm-up
+    started = time.perf_counter()
+    for a, b in zip(clip.frames[:-1], clip.frames[1:]):
+        estimator(a, b)
+    seconds = (time.perf_counter() - started) / pairs
+    truth = moving_square()  # the ground-truth clip of tests/test_flow.py (128 x 96)
+    errors = []
+    for i in range(len(truth.frames) - 1):
+        fwd, _, occ_fwd, _ = truth.gt_flow(i)
+        est = estimator(truth.frames[i], truth.frames[i + 1])
+        visible = occ_fwd < 0.5
+        errors.append(np.linalg.norm(est - fwd, axis=-1)[visible])
+    epe = float(np.concatenate(errors).mean())
+    return [dict(row=7, name=f"DIS flow pairs per second at {size}x{size}", value=1.0 / seconds, unit="fps",
+                 detail=f"{seconds * 1e3:.0f} ms per pair, mean of {pairs}"),
+            dict(row=7, name="DIS flow end-point error, synthetic moving square", value=epe, unit="px",
+                 detail=f"{len(truth.frames)} frames 128x96, non-occluded pixels vs gt_flow")]
+
+
+ROWS = [row_ablation, row_attention, row_gram, row_transport, row_memory, row_consistency, row_flow]
+ROW_NAMES = {1: "FRESCO vs baseline", 2: "cross-frame attention", 3: "Gram loss memory", 4: "transport",
+             5: "memory vs length", 6: "consistency", 7: "flow"}
+CHILDREN = {"attention": child_attention, "gram": child_gram, "consistency": child_consistency}
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"{'#':>2s}  {'measure':55s} {'value':>10s}  detail")
+    for r in results:
+        value = f"{r['value']:.3f} {r['unit']}" if "value" in r else "skipped"
+        print(f"{r['row']:2d}  {r['name']:55s} {value:>10s}  {r.get('detail') or r.get('skipped')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smallest sizes and counts (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the table here as JSON")
+    parser.add_argument("--model")
+    parser.add_argument("--controlnet")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](json.loads(args.params))))
+        return
+    if bool(args.model) != bool(args.controlnet):
+        parser.error("--model and --controlnet go together")
+    if not args.model:
+        args.model, args.controlnet = map(str, _script("fresco_ablation").tiny_models())
+    plan = QUICK if args.quick else FULL
+    results, started = [], time.perf_counter()
+    for fn, key in zip(ROWS, ("ablation", "attention", "gram", "transport", "memory", "consistency", "flow")):
+        t0 = time.perf_counter()
+        try:
+            rows = fn(args.model, args.controlnet, plan[key])
+        except Exception as exc:  # one failing row must not lose the others
+            traceback.print_exc()
+            rows = [dict(row=ROWS.index(fn) + 1, name=ROW_NAMES[ROWS.index(fn) + 1],
+                         skipped=f"not measured: {type(exc).__name__}: {exc}")]
+        for r in rows:
+            r["seconds"] = time.perf_counter() - t0
+        print(f"[row {ROWS.index(fn) + 1} {ROW_NAMES[ROWS.index(fn) + 1]}: {time.perf_counter() - t0:.1f} s]",
+              file=sys.stderr, flush=True)
+        results.extend(rows)
+    wall = time.perf_counter() - started
+    print_table(results)
+    print(f"wall time {wall:.1f} s ({'quick' if args.quick else 'full'})")
+    if args.json:
+        args.json.write_text(json.dumps({"quick": args.quick, "model": args.model, "wall_seconds": wall,
+                                         "plan": plan, "rows": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
