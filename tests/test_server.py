@@ -17,6 +17,7 @@ import pytest
 from blender_addon import wire
 from blender_addon.client import BackendError, Client
 from blender_addon.launcher import BackendProcess, LaunchError, launch
+from server_support import submit, wait_final
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = {"prompt": "x", "steps": 2, "size": 64}
@@ -27,27 +28,6 @@ def png(seed: int, size: tuple[int, int] = (64, 64)) -> bytes:
     image = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     cv2.rectangle(image, (8, 8), (size[0] // 2, size[1] // 2), (255, 255, 255), -1)
     return cv2.imencode(".png", image)[1].tobytes()
-
-
-def wait_final(client: Client, job_id: str, timeout: float = 60.0) -> tuple[list[dict], str]:
-    """Follow the event feed until the job ends; returns (all events, final state)."""
-    events: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = client.events(job_id, events[-1]["seq"] if events else -1, wait=5)
-        events += answer["events"]
-        if answer["state"] in wire.FINAL_STATES and not answer["events"]:
-            return events, answer["state"]
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {events[-3:]}")
-
-
-def submit(client: Client, settings: dict, frames: list[bytes], start: bool = True) -> str:
-    job_id = client.create_job(settings, len(frames))
-    for i, data in enumerate(frames):
-        client.upload_frame(job_id, i, data)
-    if start:
-        client.start(job_id)
-    return job_id
 
 
 def raw(backend: BackendProcess, method: str, path: str, body: bytes | None = None,

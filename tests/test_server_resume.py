@@ -17,6 +17,7 @@ import pytest
 from blender_addon import wire
 from blender_addon.client import Client
 from blender_addon.launcher import BackendProcess, launch
+from server_support import submit, wait_final
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "resume-test-token-0123456789"
@@ -47,26 +48,6 @@ def start_server(tiny_models, backend_python, work: Path, logs: Path) -> tuple[B
     return proc, Client(proc.host, proc.port, TOKEN, timeout=30)
 
 
-def submit(client: Client, settings: dict, frames: list[bytes], start: bool = True) -> str:
-    job_id = client.create_job(settings, len(frames))
-    for i, data in enumerate(frames):
-        client.upload_frame(job_id, i, data)
-    if start:
-        client.start(job_id)
-    return job_id
-
-
-def wait_final(client: Client, job_id: str, timeout: float = 90.0) -> tuple[list[dict], str]:
-    events: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = client.events(job_id, events[-1]["seq"] if events else -1, wait=5)
-        events += answer["events"]
-        if answer["state"] in wire.FINAL_STATES and not answer["events"]:
-            return events, answer["state"]
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {events[-3:]}")
-
-
 def outputs(client: Client, job_id: str, count: int) -> list[np.ndarray]:
     return [cv2.imdecode(np.frombuffer(client.download_frame(job_id, i), np.uint8), cv2.IMREAD_COLOR)
             for i in range(count)]
@@ -85,7 +66,7 @@ def test_killed_server_resumes_its_job_on_restart(tiny_models, backend_python, t
     second = None
     try:
         done_id = submit(client, FAST, frames[:2])
-        assert wait_final(client, done_id)[1] == wire.DONE
+        assert wait_final(client, done_id, timeout=90.0)[1] == wire.DONE
         done_frames = [client.download_frame(done_id, i) for i in range(2)]
         uploading_id = client.create_job(FAST, 2)
         client.upload_frame(uploading_id, 0, frames[0])
@@ -110,10 +91,10 @@ def test_killed_server_resumes_its_job_on_restart(tiny_models, backend_python, t
         client.upload_frame(uploading_id, 1, frames[1])  # it can still be completed and started
 
         assert client.status(job_id)["state"] in (wire.QUEUED, wire.RUNNING)
-        resumed_events, state = wait_final(client, job_id)
+        resumed_events, state = wait_final(client, job_id, timeout=90.0)
         assert state == wire.DONE, resumed_events
         reference_id = submit(client, SETTINGS, frames)
-        reference_events, state = wait_final(client, reference_id)
+        reference_events, state = wait_final(client, reference_id, timeout=90.0)
         assert state == wire.DONE, reference_events
 
         # finished batches were not redone, and the frames are those of an uninterrupted run
@@ -121,7 +102,7 @@ def test_killed_server_resumes_its_job_on_restart(tiny_models, backend_python, t
         for got, want in zip(outputs(client, job_id, 9), outputs(client, reference_id, 9)):
             assert np.array_equal(got, want)
         client.start(uploading_id)
-        assert wait_final(client, uploading_id)[1] == wire.DONE
+        assert wait_final(client, uploading_id, timeout=90.0)[1] == wire.DONE
     finally:
         for proc in (first, second):
             if proc is not None:
