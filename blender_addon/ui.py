@@ -488,11 +488,9 @@ def _draw_preview(layout: Any, job: UIJob) -> None:
     layout.template_icon(icon_value=icon_id, scale=6.0)
 
 
-class FRESCO_PT_advanced(bpy.types.Panel):
-    """The FRESCO tuning settings of the active strip, folded by default."""
+class ActiveStripSubPanel:
+    """Shared placement of the FRESCO sub-panels, shown when there is an active strip."""
 
-    bl_label = "Advanced"
-    bl_idname = "FRESCO_PT_advanced"
     bl_parent_id = FRESCO_PT_panel.bl_idname
     bl_space_type = "SEQUENCE_EDITOR"
     bl_region_type = "UI"
@@ -504,6 +502,13 @@ class FRESCO_PT_advanced(bpy.types.Panel):
         ed = context.scene.sequence_editor if context.scene else None
         return ed is not None and ed.active_strip is not None
 
+
+class FRESCO_PT_advanced(ActiveStripSubPanel, bpy.types.Panel):
+    """The FRESCO tuning settings of the active strip, folded by default."""
+
+    bl_label = "Advanced"
+    bl_idname = "FRESCO_PT_advanced"
+
     def draw(self, context: Any) -> None:
         self.layout.use_property_split = True
         self.layout.use_property_decorate = False
@@ -513,20 +518,12 @@ class FRESCO_PT_advanced(bpy.types.Panel):
                 self.layout.prop(group, s.name)
 
 
-class FRESCO_PT_farm(bpy.types.Panel):
+class FRESCO_PT_farm(ActiveStripSubPanel, bpy.types.Panel):
     """The active strip's "Translate on Farm" flag (headless farm runs: farm.py)."""
 
     bl_label = "Translate on Farm"
     bl_idname = "FRESCO_PT_farm"
-    bl_parent_id = FRESCO_PT_panel.bl_idname
-    bl_space_type = "SEQUENCE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "FRESCO"
-
-    @classmethod
-    def poll(cls, context: Any) -> bool:
-        ed = context.scene.sequence_editor if context.scene else None
-        return ed is not None and ed.active_strip is not None
+    bl_options: set[str] = set()  # open: the flag is in the header anyway
 
     def draw_header(self, context: Any) -> None:
         self.layout.prop(context.scene.sequence_editor.active_strip, props.FARM_PROP, text="")
