@@ -12,10 +12,11 @@ At the first denoising steps the input features f (B, C, h, w) of each of the fo
   the loss does not depend on the batch size, the feature size or how much is occluded.
 - L_spat: lambda_spat * mean over (B, HW, HW) of |G(f_i) - G(f^r_i)|, G(f) = f~ f~^T the HW x HW
   Gram of channel-normalised features (cosine self-similarity) and f^r the features recorded in
-  the reference pass. It is evaluated in row chunks with backward per chunk, never building the
-  full matrix (``spatial_loss_backward``).
+  the reference pass. It is evaluated in blocks of Gram rows with its gradient in closed form,
+  never building the full matrix (``spatial_loss_and_grad``).
 
-The optimised features are AdaIN-ed back to the original per-frame, per-channel mean and std.
+Both CFG halves of a batch are optimised by one Adam, each as if alone. The optimised features are
+AdaIN-ed back to the original per-frame, per-channel mean and std.
 
 Orchestrator protocol::
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import BatchFlow, warp
+from .flow import BatchFlow, warp, warp_by_grid, warp_grid
 
 Mode = Literal["record", "optimise", "off"]
 NUM_DECODER_BLOCKS = 4
@@ -85,21 +86,36 @@ class OptResult:
 
 # ---------------------------------------------------------------- losses
 
-def _masked_l1(diff: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Mean |diff| over the elements where ``keep`` (N, 1, h, w) is 1."""
-    count = keep.sum() * diff.shape[1]
-    return (diff.abs() * keep).sum() / count.clamp_min(1.0)
+class TemporalLoss:
+    """L_temp for a batch's flow at one feature size (see the module doc), prepared once per
+    optimisation (sampling grids, masks and counts) and evaluated at every iteration.
+
+    ``runs`` > 1: the features stack that many runs of the same B frames (the CFG halves); frames
+    are paired only within a run, each run with the same flow, and the loss is the mean over all.
+    """
+
+    def __init__(self, flow: BatchFlow, runs: int = 1, like: torch.Tensor | None = None) -> None:
+        def tiled(t: torch.Tensor) -> torch.Tensor:
+            return (t if like is None else t.to(like)).repeat(runs, 1, 1, 1)
+
+        self.runs = runs
+        self.grid_bwd, self.grid_fwd = warp_grid(tiled(flow.bwd)), warp_grid(tiled(flow.fwd))
+        self.keep_bwd, self.keep_fwd = 1.0 - tiled(flow.occ_bwd), 1.0 - tiled(flow.occ_fwd)
+        self.count_bwd, self.count_fwd = self.keep_bwd.sum().clamp_min(1.0), self.keep_fwd.sum().clamp_min(1.0)
+
+    def __call__(self, f: torch.Tensor) -> torch.Tensor:
+        grouped = f.unflatten(0, (self.runs, f.shape[0] // self.runs))
+        prev, nxt = grouped[:, :-1].flatten(0, 1), grouped[:, 1:].flatten(0, 1)
+        channels = f.shape[1]
+        return (((nxt - warp_by_grid(prev, self.grid_bwd)).abs() * self.keep_bwd).sum() / (self.count_bwd * channels)
+                + ((prev - warp_by_grid(nxt, self.grid_fwd)).abs() * self.keep_fwd).sum() / (self.count_fwd * channels))
 
 
-def temporal_loss(f: torch.Tensor, flow: BatchFlow) -> torch.Tensor:
-    """L_temp of features f (B, C, h, w) given the batch's flow at (h, w); see the module doc."""
-    if f.shape[0] < 2:
+def temporal_loss(f: torch.Tensor, flow: BatchFlow, runs: int = 1) -> torch.Tensor:
+    """L_temp of features f (runs x B, C, h, w) given the batch's flow at (h, w); 0 for one frame."""
+    if f.shape[0] // runs < 2:
         return f.sum() * 0.0
-    prev, nxt = f[:-1], f[1:]
-    keep_bwd = 1.0 - flow.occ_bwd.to(f)
-    keep_fwd = 1.0 - flow.occ_fwd.to(f)
-    return (_masked_l1(nxt - warp(prev, flow.bwd), keep_bwd)
-            + _masked_l1(prev - warp(nxt, flow.fwd), keep_fwd))
+    return TemporalLoss(flow, runs, f)(f)
 
 
 def _normalised_tokens(f: torch.Tensor) -> torch.Tensor:
@@ -113,47 +129,58 @@ def spatial_loss_full(f: torch.Tensor, ref: torch.Tensor, weight: float = 100.0)
     return weight * (x @ x.transpose(1, 2) - r @ r.transpose(1, 2)).abs().mean()
 
 
+def spatial_loss_and_grad(x: torch.Tensor, r: torch.Tensor, weight: float = 100.0,
+                          chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_spat of normalised tokens x (B, HW, C) against the reference tokens r, and dL/dx.
+
+    No autograd: with D = x x^T - r r^T and S = sign(D) (symmetric, as both Grams are),
+    d sum|D| / dx = (S + S^T) x = 2 S x, so each block of Gram rows gives its slice of the gradient
+    directly. Blocks hold at most ``chunk`` x HW elements: ``chunk`` rows of one frame, or as many
+    whole frames as fit when a frame's Gram is smaller than that (the small decoder blocks), so
+    the extra memory is two such blocks (D and the reference rows), never O(B HW^2).
+    """
+    frames, hw, _ = x.shape
+    scale = weight / (frames * hw * hw)
+    rows, per_block = min(chunk, hw), max(1, chunk // hw)
+    grad = torch.empty_like(x)
+    total = torch.zeros((), dtype=x.dtype, device=x.device)
+    for first in range(0, frames, per_block):
+        xs, rs = x[first:first + per_block], r[first:first + per_block]
+        for start in range(0, hw, rows):
+            block = slice(start, start + rows)
+            diff = xs[:, block] @ xs.transpose(1, 2)
+            diff -= rs[:, block] @ rs.transpose(1, 2)
+            total += diff.abs().sum()
+            grad[first:first + per_block, block] = diff.sign_() @ xs
+    return total * scale, grad.mul_(2.0 * scale)
+
+
 def spatial_loss_backward(f: torch.Tensor, ref: torch.Tensor, weight: float = 100.0,
                           chunk: int = 1024) -> float:
-    """L_spat evaluated in chunks of ``chunk`` Gram rows of one frame; returns its value.
+    """L_spat of features f (B, C, h, w) against ``ref``, evaluated in Gram blocks; returns its value.
 
-    Accumulates dL_spat/df into ``f.grad`` (f: a leaf requiring grad). The Gram rows of f and of
-    the reference are built per chunk and each chunk is backpropagated at once into a detached copy
-    of the normalised tokens, so the peak extra memory is O(chunk x HW) (chunk rows of G, G^r, their
-    difference and its gradient), never O(HW^2). One final backward carries the accumulated token
-    gradient through the normalisation to f.
+    Accumulates dL_spat/df into ``f.grad`` (f: a leaf requiring grad): the token gradient from
+    ``spatial_loss_and_grad`` is carried through the channel normalisation by one backward.
     """
     tokens = _normalised_tokens(f)
-    leaf = tokens.detach().requires_grad_(True)
     with torch.no_grad():
-        ref_tokens = _normalised_tokens(ref.to(f))
-    frames, hw, _ = tokens.shape
-    scale = weight / (frames * hw * hw)
-    total = torch.zeros((), dtype=f.dtype, device=f.device)
-    for i in range(frames):
-        for start in range(0, hw, chunk):
-            rows = slice(start, start + chunk)
-            with torch.no_grad():
-                gram_ref = ref_tokens[i, rows] @ ref_tokens[i].T
-            loss = (leaf[i, rows] @ leaf[i].T - gram_ref).abs().sum() * scale
-            loss.backward()
-            total += loss.detach()
-    tokens.backward(leaf.grad)
-    return float(total)
+        loss, grad = spatial_loss_and_grad(tokens.detach(), _normalised_tokens(ref.to(f)), weight, chunk)
+    tokens.backward(grad)
+    return float(loss)
 
 
 def gram_memory_bytes(batch: int, hw: int, chunk: int, bytes_per_element: int = 4) -> tuple[int, int]:
     """(full, chunked): peak bytes of the Gram-shaped tensors of one L_spat forward + backward.
 
-    Both approaches peak in the backward of |G - G^r| with four Gram-shaped tensors alive: the
-    difference (saved by abs), the incoming gradient, its sign and their product (the forward holds
-    three: G, G^r, G - G^r). That is 4 x B x HW x HW elements for the full matrices and
-    4 x chunk x HW for one chunk of one frame. The O(B x C x HW) feature tensors, common to both,
-    are not counted. Checked against torch's MemTracker in tests/test_feature_opt.py.
+    With autograd over the full matrices the peak is in the backward of |G - G^r|, with four
+    Gram-shaped tensors alive: the difference (saved by abs), the incoming gradient, its sign and
+    their product; 4 x B x HW x HW elements. The blockwise ``spatial_loss_and_grad`` holds two
+    blocks of at most chunk x HW elements (the difference, turned into its sign in place, and one
+    reference Gram block). The O(B x C x HW) feature tensors, common to both, are not counted.
+    Checked against torch's MemTracker in tests/test_feature_opt.py.
     """
-    full = 4 * batch * hw * hw * bytes_per_element
-    chunked = 4 * min(chunk, hw) * hw * bytes_per_element
-    return full, chunked
+    block_rows = chunk if hw > chunk else min(batch, chunk // hw) * hw
+    return 4 * batch * hw * hw * bytes_per_element, 2 * block_rows * hw * bytes_per_element
 
 
 # ---------------------------------------------------------------- optimisation
@@ -166,34 +193,52 @@ def adain(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor | None,
-                      config: FeatureOptConfig) -> OptResult:
-    """Adam on L_temp + L_spat starting from ``f`` (B, C, h, w), then AdaIN to f's statistics.
+                      config: FeatureOptConfig, runs: int = 1) -> OptResult:
+    """Adam on L_temp + L_spat starting from ``f`` (runs x B, C, h, w), then AdaIN to f's statistics.
 
+    ``runs``: how many stacked runs of the batch's B frames ``f`` holds (2 for a CFG batch
+    [uncond; cond]). One Adam optimises them together, as the official code does, yet each run
+    as it would be alone: every loss term lies within one run, the objective is the sum of the
+    runs' losses (so every element gets the gradient it would get alone; Adam's epsilon makes a
+    mean differ where gradients are tiny) and Adam works per element. The recorded losses are
+    the runs' means.
     ``flow``: the batch's flow at (h, w) (needed when the temporal loss is on and B > 1);
     ``ref``: reference features (B, C, h, w) (needed when the spatial loss is on). Works in float32
     under ``torch.enable_grad()`` (callable from a no-grad denoising loop); only ``f``'s detached
-    copy receives gradients.
+    copy receives gradients, through one backward per iteration.
     """
-    use_temporal = config.temporal and f.shape[0] > 1
+    if f.shape[0] % runs:
+        raise ValueError(f"{f.shape[0]} feature maps are not {runs} runs of the same frames")
+    frames = f.shape[0] // runs
+    use_temporal = config.temporal and frames > 1
     if use_temporal and flow is None:
         raise ValueError("the temporal loss needs the batch's flow")
     if config.spatial and ref is None:
         raise ValueError("the spatial loss needs reference features (run a record pass first)")
     x = f.detach().float().clone().requires_grad_(True)
+    ref_tokens = _normalised_tokens(ref.float()).repeat(runs, 1, 1) if config.spatial else None
+    l_temp = TemporalLoss(flow, runs, x) if use_temporal else None
     adam = torch.optim.Adam([x], lr=config.lr)
     temporal, spatial = [], []
     with torch.enable_grad():
         for _ in range(config.iterations):
             adam.zero_grad(set_to_none=True)
+            outputs, grads = [], []
             if use_temporal:
-                loss = temporal_loss(x, flow)
-                loss.backward()
+                loss = l_temp(x)
+                outputs.append(loss * runs), grads.append(None)
                 temporal.append(loss.detach())
             if config.spatial:
-                spatial.append(spatial_loss_backward(x, ref, config.lambda_spat, config.gram_chunk))
+                tokens = _normalised_tokens(x)
+                with torch.no_grad():
+                    loss, grad = spatial_loss_and_grad(tokens.detach(), ref_tokens, config.lambda_spat,
+                                                       config.gram_chunk)
+                outputs.append(tokens), grads.append(grad.mul_(runs))
+                spatial.append(loss)
+            torch.autograd.backward(outputs, grads)
             adam.step()
     out = adain(x.detach(), f.float())
-    return OptResult(out.to(f.dtype), [float(v) for v in temporal], spatial)
+    return OptResult(out.to(f.dtype), [float(v) for v in temporal], [float(v) for v in spatial])
 
 
 # ---------------------------------------------------------------- background smoothing
@@ -300,8 +345,14 @@ class FeatureOptimizer:
             raise ValueError(f"batch {features.shape[0]} is neither {frames} frames nor 2 x {frames} (CFG)")
         height, width = features.shape[-2:]
         flow = ctx.flow.at_size(height, width) if ctx.flow is not None else None
-        halves = [self._optimise_half(index, half, flow, ctx) for half in features.split(frames)]
-        return torch.cat(halves)
+        ref = self.reference.get(index) if cfg.spatial else None
+        if ref is not None and ref.shape != (frames, *features.shape[1:]):
+            raise ValueError(f"reference for up_blocks.{index} is {tuple(ref.shape)}, "
+                             f"features are {tuple(features.shape)}")
+        out = optimise_features(features, flow, ref, cfg, runs=features.shape[0] // frames).features
+        if cfg.background_smoothing and flow is not None:
+            out = torch.cat([self._smooth(half, flow, ctx) for half in out.split(frames)])
+        return out
 
     def _frames(self, index: int, ctx: OptContext) -> int:
         """Frames per CFG half: from the flow, else from the recorded reference."""
@@ -311,20 +362,12 @@ class FeatureOptimizer:
             return self.reference[index].shape[0]
         raise ValueError("optimise mode needs ctx.flow or a recorded reference (batch size unknown)")
 
-    def _optimise_half(self, index: int, features: torch.Tensor, flow: BatchFlow | None,
-                       ctx: OptContext) -> torch.Tensor:
-        """One CFG half (B, C, h, w): optimise, AdaIN, optionally smooth the background."""
-        ref = self.reference.get(index) if self.config.spatial else None
-        if ref is not None and ref.shape != features.shape:
-            raise ValueError(f"reference for up_blocks.{index} is {tuple(ref.shape)}, "
-                             f"features are {tuple(features.shape)}")
-        out = optimise_features(features, flow, ref, self.config).features
-        if self.config.background_smoothing and flow is not None:
-            if ctx.saliency is None:
-                raise ValueError("background smoothing needs ctx.saliency")
-            height, width = out.shape[-2:]
-            background = background_mask(ctx.saliency.to(out.device), height, width,
-                                         self.config.saliency_threshold)
-            out = smooth_background(out.float(), flow, background.float(),
-                                    self.config.smoothing_strength).to(out.dtype)
-        return out
+    def _smooth(self, features: torch.Tensor, flow: BatchFlow, ctx: OptContext) -> torch.Tensor:
+        """Background smoothing of one CFG half (B, C, h, w)."""
+        if ctx.saliency is None:
+            raise ValueError("background smoothing needs ctx.saliency")
+        height, width = features.shape[-2:]
+        background = background_mask(ctx.saliency.to(features.device), height, width,
+                                     self.config.saliency_threshold)
+        return smooth_background(features.float(), flow, background.float(),
+                                 self.config.smoothing_strength).to(features.dtype)

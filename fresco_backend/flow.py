@@ -82,11 +82,19 @@ def warp(src: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     src (N, C, H, W) of any channel count; flow (N, 2, H, W) in pixels, moved to src's device and
     dtype. Differentiable w.r.t. src (and flow).
     """
-    height, width = src.shape[-2:]
-    flow = flow.to(src)
+    return warp_by_grid(src, warp_grid(flow.to(src)))
+
+
+def warp_grid(flow: torch.Tensor) -> torch.Tensor:
+    """The (N, H, W, 2) normalised sampling grid of ``flow`` (N, 2, H, W), for ``warp_by_grid``."""
+    height, width = flow.shape[-2:]
     target = _pixel_grid(height, width, flow) + flow
     scale = torch.tensor([max(width - 1, 1), max(height - 1, 1)], dtype=flow.dtype, device=flow.device)
-    grid = (2 * target / scale.view(1, 2, 1, 1) - 1).permute(0, 2, 3, 1)
+    return (2 * target / scale.view(1, 2, 1, 1) - 1).permute(0, 2, 3, 1)
+
+
+def warp_by_grid(src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``warp`` with a precomputed ``warp_grid`` (reused when one flow warps many tensors)."""
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
