@@ -105,7 +105,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("spatial_loss", "bool", True, "Spatial Loss",
             "Feature optimisation: the Gram (self-similarity) term", advanced=True),
     Setting("background_smoothing", "bool", False, "Background Smoothing",
-            "Blend each frame's background features with the previous frame's, warped by flow", advanced=True),
+            "Blend each frame's background with the previous frame's, warped by flow: in the decoder "
+            "features and in the predicted image at two late steps", advanced=True),
     Setting("lambda_spatial", "float", 5.0, "Spatial Temperature",
             "Spatial-guided attention temperature lambda_s", minimum=0.1, maximum=100.0, advanced=True),
     Setting("lambda_temporal", "float", 5.0, "Temporal Temperature",

@@ -73,9 +73,24 @@ class StepHooks:
     def before_step(self, index: int, t: torch.Tensor) -> None:
         """Called before the U-Net passes of executed step ``index`` (0-based) at timestep ``t``."""
 
+    def adjust_x0(self, index: int, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor | None:
+        """Called with the step's predicted clean latents; a replacement, or None to keep them."""
+        return None
+
     def after_step(self, index: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Called with the latents after the scheduler step; returns the latents to continue from."""
         return latents
+
+
+def with_x0(scheduler, t: torch.Tensor, prev: torch.Tensor, x0: torch.Tensor, new_x0: torch.Tensor) -> torch.Tensor:
+    """The DDIM (eta 0) step result ``prev`` recomputed with the predicted clean latents ``new_x0``.
+
+    DDIM's x_{t-1} = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, with eps the model's prediction, so a
+    new x0 moves x_{t-1} by sqrt(a_prev) (new_x0 - x0); a_prev as ``DDIMScheduler.step`` picks it.
+    """
+    prev_t = int(t) - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    alpha_prev = scheduler.alphas_cumprod[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod
+    return prev + alpha_prev.to(prev).sqrt() * (new_x0 - x0)
 
 
 def start_latents(pipe, images: torch.Tensor, seed: int, t: torch.Tensor) -> torch.Tensor:
@@ -121,7 +136,10 @@ def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: to
         if guided:
             uncond, text_pred = noise_pred.chunk(2)
             noise_pred = uncond + settings["guidance_scale"] * (text_pred - uncond)
-        latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        latents, x0 = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)
+        new_x0 = hooks.adjust_x0(index, t, x0)
+        if new_x0 is not None:
+            latents = with_x0(pipe.scheduler, t, latents, x0, new_x0)
         latents = hooks.after_step(index, t, latents)
         clock.step()
     return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]

@@ -5,16 +5,18 @@ its consecutive frames, a reference U-Net pass on the input frames (records the
 self-attention queries/keys for spatial guidance and the decoder features for
 the Gram loss), then the shared denoising loop (``denoise.denoise_batch``)
 with FRESCO-guided attention on up_blocks.2/.3, feature optimisation on the
-four decoder blocks, and latent anchoring: the anchor frames of a later batch
-are overwritten at every step with the latents recorded for them when they
-were translated, so batches share one appearance.
+four decoder blocks, optional background smoothing of the predicted clean
+latents at two late steps, and latent anchoring: the anchor frames of a later
+batch are overwritten at every step with the latents recorded for them when
+they were translated, so batches share one appearance.
 
 The frames given here are the keyframes; ``translate.py`` chooses them and
 propagates the frames between them.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from functools import partial
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +26,9 @@ from .cache import Cache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .denoise import StepClock, StepHooks, denoise_batch, encode_prompt, start_latents, timesteps_for
-from .feature_opt import FeatureOptConfig, FeatureOptimizer, OptContext, saliency_maps
+from .feature_opt import (FeatureOptConfig, FeatureOptimizer, OptContext, background_mask, saliency_maps,
+                          smooth_background)
+from .flow import BatchFlow
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch, plan_batches
 
@@ -43,6 +47,26 @@ def optimisation_config(settings: dict) -> FeatureOptConfig:
                             background_smoothing=settings["background_smoothing"])
 
 
+def x0_smoothing_steps(steps: int) -> set[int]:
+    """Scheduled steps (0-based) whose predicted x0 gets background smoothing: the official
+    steps 16 and 17 of 20, at the same place in a schedule of ``steps``."""
+    first = round(0.8 * steps)
+    return {min(first, steps - 1), min(first + 1, steps - 1)}
+
+
+@torch.no_grad()
+def smooth_x0_background(pipe, x0: torch.Tensor, flow: BatchFlow, saliency: torch.Tensor,
+                         config: FeatureOptConfig) -> torch.Tensor:
+    """Background smoothing in x0 space: decode the predicted clean latents, blend each frame's
+    background with the previous (smoothed) frame warped by flow, and encode the result."""
+    scale = pipe.vae.config.scaling_factor
+    images = pipe.vae.decode(x0 / scale, return_dict=False)[0].float()
+    height, width = images.shape[-2:]
+    background = background_mask(saliency.to(images.device), height, width, config.saliency_threshold)
+    smoothed = smooth_background(images, flow.at_size(height, width), background, config.smoothing_strength)
+    return pipe.vae.encode(smoothed.to(x0.dtype)).latent_dist.mean * scale
+
+
 class AnchoredSteps(StepHooks):
     """Drives the FRESCO contexts each step and anchors latents across batches.
 
@@ -51,9 +75,12 @@ class AnchoredSteps(StepHooks):
     """
 
     def __init__(self, attention: FrescoAttention, opt_ctx: OptContext, opt_config: FeatureOptConfig,
-                 skipped_steps: int, batch: Batch, memory: Anchors, keep: set[int]):
+                 skipped_steps: int, batch: Batch, memory: Anchors, keep: set[int],
+                 smooth_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 smoothing_steps: set[int] = frozenset()):
         self.attention, self.opt_ctx, self.opt_config = attention, opt_ctx, opt_config
         self.skipped = skipped_steps
+        self.smooth_x0, self.smoothing_steps = smooth_x0, smoothing_steps
         self.anchors = list(enumerate(batch.frames[:batch.anchors]))
         self.recorded = [(pos, frame) for pos, frame in enumerate(batch.frames) if frame in keep
                          and pos >= batch.anchors]
@@ -64,6 +91,11 @@ class AnchoredSteps(StepHooks):
     def before_step(self, index: int, t: torch.Tensor) -> None:
         self.attention.begin_step(index, t)
         self.opt_ctx.in_window = self.opt_config.in_window(self.skipped + index)
+
+    def adjust_x0(self, index: int, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor | None:
+        if self.smooth_x0 is None or self.skipped + index not in self.smoothing_steps:
+            return None
+        return self.smooth_x0(x0)
 
     def after_step(self, index: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         for pos, frame in self.anchors:
@@ -119,7 +151,12 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size:
             opt_ctx.flow = flow
             opt_ctx.saliency = saliency_maps(small) if settings["background_smoothing"] else None
             reference_pass(pipe, images, embeds[-1:], timesteps[-1], settings["seed"], attention, opt_ctx)
-            hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, skipped, batch, memory, keep)
+            smooth_x0 = None
+            if opt_ctx.saliency is not None and flow is not None:
+                smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,
+                                    config=optimizer.config)
+            hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, skipped, batch, memory, keep,
+                                  smooth_x0, x0_smoothing_steps(settings["steps"]))
             out = denoise_batch(pipe, images, controls, embeds, settings, clock, hooks)
             for frame, rgb in zip(batch.new, F.to_uint8(out[batch.anchors:])):
                 yield frame, rgb

@@ -1,4 +1,6 @@
 """FRESCO mode end to end on the tiny model: batches, anchors, switches, invariants."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +135,70 @@ def test_fresco_is_more_consistent_than_the_baseline_and_follows_the_motion(pipe
     # measured on the tiny model: 0.0031 vs 0.0069 (baseline) and vs 0.0066 (frozen frame)
     assert fresco_error < 0.6 * baseline_error
     assert fresco_error < 0.6 * pixel_mse(fresco_out, frozen)
+
+
+def test_with_x0_equals_the_ddim_step_of_the_sample_that_predicts_it(pipe):
+    """Replacing the predicted x0 of a DDIM step gives exactly the step diffusers takes from the
+    sample x_t' = sqrt(a_t) x0' + sqrt(1 - a_t) eps, whose prediction with the same eps is x0'."""
+    from fresco_backend.denoise import timesteps_for, with_x0
+
+    scheduler = pipe.scheduler
+    generator = torch.Generator().manual_seed(0)
+    sample, eps, new_x0 = (torch.randn(2, 4, 8, 8, generator=generator) for _ in range(3))
+    for t in timesteps_for(pipe, 20, 0.75)[[0, -1]]:  # the last step goes to the final alpha
+        prev, x0 = scheduler.step(eps, t, sample, return_dict=False)
+        alpha = scheduler.alphas_cumprod[int(t)]
+        expected = scheduler.step(eps, t, alpha.sqrt() * new_x0 + (1 - alpha).sqrt() * eps, return_dict=False)[0]
+        torch.testing.assert_close(with_x0(scheduler, t, prev, x0, new_x0), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(with_x0(scheduler, t, prev, x0, x0), prev, rtol=0, atol=0)
+
+
+def test_background_smoothing_smooths_x0_at_two_late_steps(pipe, clip, monkeypatch):
+    assert fresco.x0_smoothing_steps(20) == {16, 17}   # the official steps for 20
+    assert fresco.x0_smoothing_steps(10) == {8, 9} and fresco.x0_smoothing_steps(2) == {1}
+    calls: list[int] = []
+    original = fresco.AnchoredSteps.adjust_x0
+
+    def spy(self, index, t, x0):
+        out = original(self, index, t, x0)
+        if out is not None:
+            calls.append(self.skipped + index)
+            assert out.shape == x0.shape and (out - x0).abs().max() > 1e-3
+        return out
+
+    monkeypatch.setattr(fresco.AnchoredSteps, "adjust_x0", spy)
+    plain = run(pipe, clip.frames, steps=10, feature_optimization=False)
+    assert calls == []
+    smoothed = run(pipe, clip.frames, steps=10, feature_optimization=False, background_smoothing=True)
+    assert calls == [8, 9]   # one batch: scheduled steps 8 and 9 of 10
+    assert max(np.abs(a.astype(int) - b).mean() for a, b in zip(plain, smoothed)) > 0.5
+
+
+class LosslessVAE:
+    """A stand-in VAE whose encode inverts decode exactly (pixel unshuffle by 8; 192 channels)."""
+
+    config = SimpleNamespace(scaling_factor=0.5)
+
+    def decode(self, latents, return_dict=False):
+        return (torch.nn.functional.pixel_shuffle(latents, 8),)
+
+    def encode(self, images):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=torch.nn.functional.pixel_unshuffle(images, 8)))
+
+
+def test_x0_background_smoothing_copies_the_static_background_and_keeps_the_object():
+    from fresco_backend.feature_opt import FeatureOptConfig
+    from fresco_backend.flow import BatchFlow
+
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.randn(3, 3 * 64, 4, 4, generator=generator)          # 3 frames of 32 x 32 RGB
+    zero = torch.zeros(2, 2, 32, 32)
+    flow = BatchFlow(zero, zero, torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 32, 32))
+    saliency = torch.zeros(3, 1, 32, 32)
+    saliency[:, :, 8:16, 8:16] = 1.0                                  # the object
+    out = fresco.smooth_x0_background(SimpleNamespace(vae=LosslessVAE()), x0, flow, saliency, FeatureOptConfig())
+    images, result = (torch.nn.functional.pixel_shuffle(t / 0.5, 8) for t in (x0, out))
+    background = saliency[0, 0] == 0
+    for k in (1, 2):
+        torch.testing.assert_close(result[k][:, background], images[0][:, background])
+        torch.testing.assert_close(result[k][:, 8:16, 8:16], images[k][:, 8:16, 8:16])
