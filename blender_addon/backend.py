@@ -100,9 +100,10 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
         if _process is not None and (_key != key or not _alive(_process)):
             _stop_locked()
         if _process is None:
-            start = getattr(launcher, "launch", None) or launcher.start_backend
-            _process = start(config["python"], config["backend_dir"], config["model"], config["controlnet"],
-                             device=config.get("device") or None)
+            model_config = config.get("model_config")
+            _process = launcher.launch(config["python"], config["backend_dir"], config["model"], config["controlnet"],
+                                       device=config.get("device") or None,
+                                       extra_args=["--config", model_config] if model_config else [])
             _key = key
         return _process.client(timeout=timeout)
 

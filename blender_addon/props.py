@@ -25,6 +25,7 @@ ENV = {
     "python": "FRESCO_BACKEND_PYTHON",
     "backend_dir": "FRESCO_BACKEND_DIR",
     "model": "FRESCO_MODEL",
+    "model_config": "FRESCO_MODEL_CONFIG",  # describes a single-file model offline
     "controlnet": "FRESCO_CONTROLNET",
     "device": "FRESCO_DEVICE",
     "url": "FRESCO_BACKEND_URL",  # host:port of a running server: use it instead of starting one
@@ -32,7 +33,7 @@ ENV = {
 }
 # backend_config key -> preference attribute
 PREF_ATTR = {"python": "backend_python", "backend_dir": "backend_dir", "model": "model",
-             "controlnet": "controlnet", "device": "device", "url": "backend_url", "token": "token"}
+             "model_config": "model_config", "controlnet": "controlnet", "device": "device", "url": "backend_url", "token": "token"}
 
 
 def _bpy_property(setting: Setting) -> Any:
@@ -100,6 +101,10 @@ class FrescoPreferences(bpy.types.AddonPreferences):
     model: bpy.props.StringProperty(
         name="Model", description="Stable Diffusion 1.5 hub id, diffusers folder or .safetensors file; "
                                   "env FRESCO_MODEL overrides")
+    model_config: bpy.props.StringProperty(
+        name="Model Config", subtype="DIR_PATH",
+        description="For a single-file Model without internet: a diffusers SD 1.5 folder describing it; "
+                    "env FRESCO_MODEL_CONFIG overrides")
     controlnet: bpy.props.StringProperty(
         name="ControlNet", description="ControlNet hub id or diffusers folder; env FRESCO_CONTROLNET overrides")
     device: bpy.props.StringProperty(

@@ -38,7 +38,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"default Stable Diffusion 1.5 model: hub id, folder or .safetensors (default {DEFAULT_MODEL})")
     p.add_argument("--controlnet", default=DEFAULT_CONTROLNETS["canny"],
-                   help=f"ControlNet model: hub id or folder (default {DEFAULT_CONTROLNETS['canny']})")
+                   help=f"ControlNet model: hub id, folder or .safetensors (default {DEFAULT_CONTROLNETS['canny']})")
+    p.add_argument("--config", help="diffusers SD 1.5 folder (or hub id) describing a single-file --model "
+                                    "checkpoint; needed offline")
+    p.add_argument("--controlnet-config", help="diffusers ControlNet folder describing a single-file --controlnet; "
+                                               "needed offline")
     p.add_argument("--work-dir", type=Path, help="folder for job inputs/outputs (default: a temp folder, removed at exit)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="torch device (default: cuda if available)")
     p.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${wire.TOKEN_ENV}, else random)")
@@ -129,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="fresco-server-")) if temp_work else args.work_dir.resolve()
     load_pipeline, translate_frames = backend_functions()
     device = resolve_device(args.device)
-    cache = ModelCache(load_pipeline, args.model, args.controlnet, args.device)
+    loader = functools.partial(load_pipeline, config=args.config, controlnet_config=args.controlnet_config)
+    cache = ModelCache(loader, args.model, args.controlnet, args.device)
     clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
     manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache))
     info = {"version": __version__, "device": device, "default_model": args.model,

@@ -98,3 +98,32 @@ def test_single_file_without_config_offline_names_the_option(tiny_models, single
     with pytest.raises(ModelNotFoundError) as info:
         load_pipeline(str(single_files[0]), str(tiny_models[1]), device="cpu")
     assert "--config" in str(info.value) and "tiny-sd15.safetensors" in str(info.value)
+
+
+@pytest.mark.parametrize("with_config", [False, True])
+def test_server_serves_a_single_file_model_offline_given_its_config(tiny_models, single_files, backend_python,
+                                                                    offline, monkeypatch, tmp_path, with_config):
+    """``python -m server --config/--controlnet-config``: without them the job fails naming the option."""
+    from blender_addon import wire
+    from blender_addon.launcher import launch
+    from conftest import REPO
+    from fresco_backend.synthetic import moving_square
+    from fresco_backend.video_io import encode_png
+    from server_support import submit, wait_final
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))  # for the server process
+    extra = ["--config", str(tiny_models[0]), "--controlnet-config", str(tiny_models[1])] if with_config else []
+    server = launch(backend_python, REPO, str(single_files[0]), str(single_files[1]), device="cpu",
+                    work_dir=tmp_path / "work", log_dir=tmp_path / "logs", ready_timeout=60, extra_args=extra)
+    try:
+        client = server.client(timeout=60)
+        frame = encode_png(moving_square(frames=1, width=64, height=64).frames[0])
+        events, state = wait_final(client, submit(client, {"prompt": "x", "mode": "per_frame", "steps": 1,
+                                                           "size": 64}, [frame]))
+    finally:
+        server.stop()
+    if with_config:
+        assert state == wire.DONE
+    else:
+        errors = [e["message"] for e in events if e["type"] == wire.EV_ERROR]
+        assert state == wire.FAILED and "--controlnet-config" in errors[0]  # the ControlNet loads first

@@ -90,6 +90,28 @@ def test_backend_that_cannot_start(backend, movie_scene, compat, blend, monkeypa
     assert names(movie_scene, compat) == before
 
 
+def test_model_config_preference_reaches_the_backend_command_line(backend, addon, monkeypatch, tmp_path):
+    """A single-file model offline needs its diffusers config folder: FRESCO_MODEL_CONFIG (or the
+    "Model Config" preference) becomes the server's --config."""
+    launcher = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".launcher"]
+    props = sys.modules[addon.__name__ + ".props"]
+    calls = []
+
+    class Started:
+        def client(self, timeout):
+            return "client"
+
+    backend.stop()
+    monkeypatch.setattr(launcher, "launch", lambda *args, **kwargs: calls.append(kwargs) or Started())
+    monkeypatch.setenv("FRESCO_MODEL_CONFIG", str(tmp_path))
+    try:
+        assert backend.get_client(props.backend_config()) == "client"
+    finally:
+        backend._process = None
+    assert calls[0]["extra_args"] == ["--config", str(tmp_path)]
+    assert props.preferences().bl_rna.properties["model_config"].subtype == "DIR_PATH"
+
+
 def test_job_error_is_reported(backend, movie_scene, compat, blend, monkeypatch, tmp_path):
     """A model the backend cannot load: the job fails, the operator says why, nothing is added."""
     source = compat.all_strips(movie_scene.sequence_editor)["clip"]
