@@ -75,6 +75,10 @@ class Client:
     def status(self, job_id: str) -> dict[str, Any]:
         return self._json("GET", wire.job_path(job_id))
 
+    def delete_job(self, job_id: str) -> None:
+        """Have the backend forget a finished job and remove its files."""
+        self._json("DELETE", wire.job_path(job_id))
+
     # ---- transport -------------------------------------------------------------
 
     def _json(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,

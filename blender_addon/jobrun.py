@@ -93,7 +93,7 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
         emit({"kind": "frame", "index": index, "path": str(path)})
 
     after = -1
-    state = None
+    state = error = None
     while True:
         _check(cancel, client, job_id)
         if deadline is not None and time.monotonic() > deadline:
@@ -115,21 +115,35 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
             elif kind == wire.EV_DONE:
                 out_count = int(event.get("frame_count", out_count))
             elif kind == wire.EV_ERROR:
-                raise JobFailed(str(event.get("message", "the backend reported an error")))
+                error = str(event.get("message", "the backend reported an error"))
             elif kind == wire.EV_STATE:
                 state = event.get("state", state)
         state = reply.get("state", state)
         if state in wire.FINAL_STATES:
             break
     if state == wire.FAILED:
-        raise JobFailed(f"job {job_id} failed")
+        _forget(client, job_id)
+        raise JobFailed(error or f"job {job_id} failed")
     if state == wire.CANCELLED:
+        _forget(client, job_id)
         raise JobCancelled("cancelled by the backend")
     for index in range(out_count):
         _check(cancel, client, job_id)
         fetch(index)
         emit({"kind": "progress", "stage": "download", "done": index + 1, "total": out_count, "eta": None})
+    _forget(client, job_id)
     return [written[i] for i in range(out_count)]
+
+
+def _forget(client: Any, job_id: str) -> None:
+    """Delete a finished job on the backend (its frames are here or it is over); a failure only
+    leaves its files on the server, so it is not an error."""
+    from .client import BackendError
+
+    try:
+        client.delete_job(job_id)
+    except BackendError as exc:
+        print(f"FRESCO: could not delete job {job_id} on the backend: {exc}")
 
 
 def worker(get_client: Callable[[], Any], settings: dict, frame_paths: Sequence[Path], out_dir: Path,

@@ -13,6 +13,7 @@ A job's life:
   GET    /v1/jobs/{id}/output/{index}  PNG of a finished frame
   POST   /v1/jobs/{id}/cancel
   GET    /v1/jobs/{id}                 status
+  DELETE /v1/jobs/{id}                 forget a finished job and remove its files
 """
 from __future__ import annotations
 

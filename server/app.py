@@ -196,6 +196,11 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
     def cancel_job(job_id: str) -> dict[str, Any]:
         return manager.cancel(job_id).status()
 
+    @app.delete(wire.JOBS + "/{job_id}", dependencies=auth)
+    def delete_job(job_id: str) -> dict[str, Any]:
+        manager.delete(job_id)
+        return {"id": job_id, "deleted": True}
+
     @app.get(wire.JOBS + "/{job_id}/events", dependencies=auth)
     def job_events(job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
         return manager.events(job_id, after, wait)

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -275,6 +276,16 @@ class JobManager:
         if not ready:
             raise JobError(f"output frame {index} of job {job_id} is not ready (job is {job.state})", 404)
         return job.output_dir / wire.frame_filename(index)
+
+    def delete(self, job_id: str) -> None:
+        """Forget a finished (done, failed or cancelled) job and remove its folder."""
+        job = self.get(job_id)
+        with self._lock:
+            if job.state not in wire.FINAL_STATES:
+                raise JobConflict(f"job {job_id} is {job.state}; cancel it before deleting it")
+            del self._jobs[job_id]
+        shutil.rmtree(job.folder, ignore_errors=True)
+        log.info("job %s deleted", job_id)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Cancel everything and stop the worker thread."""

@@ -71,6 +71,23 @@ def test_round_trip_three_frames(backend, client):
     work = Path(backend.process.args[backend.process.args.index("--work-dir") + 1])
     outputs = sorted(p.name for p in (work / job_id / "output").iterdir())
     assert outputs == [wire.frame_filename(i) for i in range(3)]  # no temp files left behind
+    client.delete_job(job_id)
+    assert not (work / job_id).exists()
+    with pytest.raises(BackendError) as info:
+        client.status(job_id)
+    assert info.value.status == 404
+
+
+def test_only_finished_jobs_can_be_deleted(client):
+    job_id = client.create_job(FAST, 2)
+    with pytest.raises(BackendError) as info:
+        client.delete_job(job_id)
+    assert info.value.status == 409 and "cancel it" in str(info.value)
+    client.cancel(job_id)
+    client.delete_job(job_id)
+    with pytest.raises(BackendError) as info:
+        client.delete_job(job_id)
+    assert info.value.status == 404
 
 
 def test_health_needs_no_token(backend):

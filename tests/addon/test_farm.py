@@ -19,7 +19,7 @@ CLIP2 = CLIP_FRAMES - CLIP2_OFFSET_END
 def mods(addon, backend_env):
     # farm and launcher are imported on first use: import them as the documented command does
     return {name: importlib.import_module(f"{addon.__name__}.{name}")
-            for name in ("backend", "farm", "launcher", "props")}
+            for name in ("backend", "client", "farm", "launcher", "props")}
 
 
 @pytest.fixture
@@ -105,7 +105,9 @@ def test_remote_backend_is_used(mods, farm_scene, compat, blend, monkeypatch, tm
         assert f"with the backend at {server.host}:{server.port}" in capfd.readouterr().out
         result = compat.all_strips(bpy.context.scene.sequence_editor)["clip2.fresco"]
         assert len(result.elements) == CLIP2
-        assert server.client().status(result["fresco_job"])["state"] == "done"
+        with pytest.raises(mods["client"].BackendError) as info:  # the job ran there and was then forgotten
+            server.client().status(result["fresco_job"])
+        assert info.value.status == 404
 
         monkeypatch.setenv("FRESCO_TOKEN", "wrong")
         assert mods["farm"].run(["clip2"]) == 1

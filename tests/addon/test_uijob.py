@@ -24,6 +24,7 @@ class FakeClient:
         self.count = None  # set when a job is created
         self.cancelled = False
         self.sent = False
+        self.deleted = False
 
     def create_job(self, settings, frame_count):
         self.settings, self.count = dict(settings), frame_count
@@ -57,6 +58,9 @@ class FakeClient:
     def cancel(self, job_id):
         self.cancelled = True
         return {}
+
+    def delete_job(self, job_id):
+        self.deleted = True
 
 
 @pytest.fixture
@@ -109,7 +113,8 @@ def panel_log():
 def test_export_runs_on_timer_ticks(addon, ui, movie_scene, compat, blend, monkeypatch):
     source = compat.all_strips(movie_scene.sequence_editor)["clip"]
     before = scene_state(movie_scene, compat)
-    job = translate(addon, FakeClient(), monkeypatch)
+    client = FakeClient()
+    job = translate(addon, client, monkeypatch)
     # the operator returned having rendered at most one tick's frames (it renders none)
     assert len(pngs(job.export_dir)) <= ui.EXPORT_FRAMES_PER_TICK
     assert (job.stage, job.done, job.total) == ("export", 0, VISIBLE)
@@ -133,6 +138,7 @@ def test_export_runs_on_timer_ticks(addon, ui, movie_scene, compat, blend, monke
     drive(ui)
     assert job.error is None, job.error
     assert job.stage == "done" and job.job_id == "job-1"
+    assert client.deleted  # every frame is here: the backend may forget the job
     result = compat.all_strips(movie_scene.sequence_editor)[job.result_name]
     assert result.name == "clip.fresco"
     assert result.type == "IMAGE"
@@ -205,10 +211,11 @@ def test_opening_a_file_discards_a_finished_result(addon, ui, movie_scene, compa
 
 
 def test_ui_job_error_reported(addon, ui, movie_scene, compat, monkeypatch):
-    job = translate(addon, FakeClient(fail="out of GPU memory"), monkeypatch)
+    client = FakeClient(fail="out of GPU memory")
+    job = translate(addon, client, monkeypatch)
     drive(ui)
     assert job.stage == "failed"
-    assert "out of GPU memory" in job.error
+    assert "out of GPU memory" in job.error and client.deleted
     assert job.result_name is None
     assert sorted(s.name for s in compat.all_strips(movie_scene.sequence_editor)) == ["blocker", "clip"]
     assert not job.out_dir.exists()
