@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child_process import peak_mb, peak_memory, run_json
 
 OFF = dict(cross_frame_attention=False, spatial_guidance=False, temporal_guidance=False, feature_optimization=False)
 CONFIGS = {
@@ -39,7 +38,7 @@ def child(args: argparse.Namespace) -> None:
     from fresco_backend.metrics import pixel_mse
     from fresco_backend.models import load_pipeline
     from fresco_backend.synthetic import moving_square
-    from fresco_backend.translate import translate_frames
+    from fresco_backend.translate import keyframes_for, translate_frames
 
     pipe = load_pipeline(args.model, args.controlnet)
     clip = moving_square(frames=args.frames, width=args.size, height=args.size, velocity=(4, 2), square=args.size // 3)
@@ -51,7 +50,7 @@ def child(args: argparse.Namespace) -> None:
     out = [rgb for _, rgb in translate_frames(pipe, clip.frames, settings)]
     seconds = time.perf_counter() - started
     print(json.dumps({"pixel_mse": pixel_mse(out, truth), "pixel_mse_frozen": pixel_mse(out, frozen),
-                      "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "seconds": seconds, "keys": len(keyframes_for(clip.frames, settings)), **peak_memory()}))
 
 
 def tiny_models(root: Path | None = None) -> tuple[Path, Path]:
@@ -64,13 +63,9 @@ def tiny_models(root: Path | None = None) -> tuple[Path, Path]:
 def measure(model: str, controlnet: str, size: int = 128, frames: int = 8, steps: int = 20,
             configs: dict[str, dict] | None = None) -> dict[str, dict]:
     """Figures of each configuration (default: all of CONFIGS), each run in a fresh subprocess."""
-    rows = {}
-    for name, config in (configs or CONFIGS).items():
-        done = subprocess.run([sys.executable, __file__, "--model", str(model), "--controlnet", str(controlnet),
-                               "--size", str(size), "--frames", str(frames), "--steps", str(steps),
-                               "--config", json.dumps(config)], capture_output=True, text=True, check=True)
-        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    return rows
+    return {name: run_json(__file__, "--model", model, "--controlnet", controlnet, "--size", size,
+                           "--frames", frames, "--steps", steps, "--config", json.dumps(config))
+            for name, config in (configs or CONFIGS).items()}
 
 
 def main() -> None:
@@ -88,12 +83,14 @@ def main() -> None:
         args.model, args.controlnet = map(str, tiny_models())
     rows = measure(args.model, args.controlnet, args.size, args.frames, args.steps)
     base = rows["baseline (per frame)"]
+    base_mb, label = peak_mb(base)
     print(f"{args.frames} frames {args.size}px, {args.steps} steps; Pixel-MSE with the true flow "
-          f"(and against a frozen frame)")
+          f"(and against a frozen frame); peak MB is {label}")
     print(f"{'configuration':36s} {'Pixel-MSE':>10s} {'frozen':>8s} {'time s':>7s} {'x base':>7s} {'peak MB':>8s} {'x base':>7s}")
     for name, r in rows.items():
+        mb = peak_mb(r)[0]
         print(f"{name:36s} {r['pixel_mse']:10.5f} {r['pixel_mse_frozen']:8.5f} {r['seconds']:7.1f} "
-              f"{r['seconds'] / base['seconds']:7.2f} {r['peak_rss_mb']:8.0f} {r['peak_rss_mb'] / base['peak_rss_mb']:7.2f}")
+              f"{r['seconds'] / base['seconds']:7.2f} {mb:8.0f} {mb / base_mb:7.2f}")
 
 
 if __name__ == "__main__":

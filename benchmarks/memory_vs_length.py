@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from child_process import peak_mb, peak_memory, run_json
 
 
 def child(args: argparse.Namespace) -> None:
@@ -31,8 +30,7 @@ def child(args: argparse.Namespace) -> None:
     settings = validate({"prompt": "an ink drawing", "steps": args.steps, "size": args.size, "seed": 1})
     started = time.perf_counter()
     written = sum(1 for _ in Job(work / "job", settings, source).run(pipe))
-    print(json.dumps({"frames": written, "seconds": time.perf_counter() - started,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"frames": written, "seconds": time.perf_counter() - started, **peak_memory()}))
 
 
 def measure(model: str, controlnet: str, size: int = 128, steps: int = 10, lengths: tuple[int, int] = (30, 300),
@@ -40,13 +38,12 @@ def measure(model: str, controlnet: str, size: int = 128, steps: int = 10, lengt
     """{frames: figures} of the same job on clips of each length, each in a fresh subprocess."""
     rows = {}
     for frames in lengths:
-        done = subprocess.run([sys.executable, __file__, "--model", str(model), "--controlnet", str(controlnet),
-                               "--size", str(size), "--steps", str(steps), "--frames", str(frames)],
-                              capture_output=True, text=True, check=True)
-        rows[frames] = json.loads(done.stdout.strip().splitlines()[-1])
+        rows[frames] = run_json(__file__, "--model", model, "--controlnet", controlnet, "--size", size,
+                                "--steps", steps, "--frames", frames)
         if echo:
+            mb, label = peak_mb(rows[frames])
             print(f"{frames:4d} frames at {size}px: {rows[frames]['frames']} written in "
-                  f"{rows[frames]['seconds']:.0f} s, peak RSS {rows[frames]['peak_rss_mb']:.0f} MB", flush=True)
+                  f"{rows[frames]['seconds']:.0f} s, {label} {mb:.0f} MB", flush=True)
     return rows
 
 
@@ -65,7 +62,8 @@ def main() -> None:
 
         args.model, args.controlnet = map(str, save_tiny_models(Path(tempfile.gettempdir()) / "fresco-bench-tiny"))
     rows = measure(args.model, args.controlnet, args.size, args.steps, echo=True)
-    print(f"peak RSS ratio 300/30 frames: {rows[300]['peak_rss_mb'] / rows[30]['peak_rss_mb']:.2f}")
+    (short, label), long = peak_mb(rows[30]), peak_mb(rows[300])[0]
+    print(f"{label} ratio 300/30 frames: {long / short:.2f} (target: within 1.2x)")
 
 
 if __name__ == "__main__":

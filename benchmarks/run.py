@@ -3,20 +3,24 @@
     .venv/bin/python benchmarks/run.py [--quick] [--json out.json] [--model DIR --controlnet DIR]
 
 Rows (tiny untrained model unless --model/--controlnet; it shows cost, not trained quality):
- 1. FRESCO / per-frame baseline time and peak RSS, and each FRESCO part alone (fresco_ablation.py,
-    one fresh process per configuration).
+ 1. FRESCO (every frame a key) / per-frame baseline time and peak memory, each FRESCO part alone, and
+    the default pipeline (adaptive keys + propagation: translates only the keys) / baseline
+    (fresco_ablation.py, one fresh process per configuration).
  2. Efficient cross-frame attention / all-frame attention on bikes.mp4: keys attended and the time
     of one SDPA call at the up_blocks.3 grid (8 heads x 40), random Q/K/V.
  3. Gram loss memory: the analytic model (512x512, batch 8) and a measured peak of torch tensor
     memory (torch MemTracker, which counts live CPU tensor storage) of full vs chunked L_spat.
  4. Transport: upload + download of PNG frames through blender_addon.client against a real server
-    (launcher.launch), vs writing + reading the same bytes on disk.
+    (launcher.launch), vs writing + reading the same bytes on disk; and its share of the whole job
+    (upload + compute until DONE + download) with the default settings.
  5. Peak RSS of a 300-frame job / a 30-frame job (memory_vs_length.py, fresh processes).
- 6. Pixel-MSE of FRESCO / per-frame baseline on real clips, with DIS flow estimated on the inputs.
+ 6. Pixel-MSE of FRESCO (every frame a key) / baseline and default pipeline / baseline on real clips,
+    with DIS flow estimated on the inputs.
  7. DIS flow: frames per second at 512x512 and end-point error on the synthetic ground-truth clip.
 
---quick uses the smallest sizes and counts (a smoke test; its figures mean little). Rows whose
-input clip is missing are reported as skipped with the reason.
+Rows with a target the issue states carry it (target, met). Peak memory is peak CUDA memory when a
+GPU is there (RSS does not show it), else peak RSS. --quick uses the smallest sizes and counts (a smoke
+test; its figures mean little). Rows whose input clip is missing are reported as skipped with the reason.
 """
 from __future__ import annotations
 
@@ -24,25 +28,28 @@ import argparse
 import importlib.util
 import json
 import math
-import subprocess
+import operator
+import os
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
+from child_process import peak_mb, run_json
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-MEDIA = Path("/work/shared/media")
+MEDIA = REPO.parent / "shared" / "media"  # where CI puts the shared clips
 BIKES, CARPHONE = MEDIA / "bikes.mp4", MEDIA / "carphone_pristine.mp4"
 
-FULL = dict(ablation=dict(size=128, frames=8, steps=10), memory=dict(size=64, steps=4, lengths=(30, 300)),
+FULL = dict(ablation=dict(size=128, frames=8, steps=20), memory=dict(size=64, steps=4, lengths=(30, 300)),
             attention=dict(frames=8, short=512, queries=1024), gram=dict(hw_side=32, channels=64, chunk=256),
-            transport=dict(frames=100, size=512), consistency=dict(frames=16, size=256, steps=10),
+            transport=dict(frames=100, size=512, steps=4), consistency=dict(frames=16, size=256, steps=10),
             flow=dict(size=512, pairs=10))
-QUICK = dict(ablation=dict(size=64, frames=4, steps=2, parts=False), memory=dict(size=64, steps=1, lengths=(4, 40)),
+QUICK = dict(ablation=dict(size=64, frames=4, steps=2, parts=False), memory=dict(size=64, steps=1, lengths=(4, 16)),
              attention=dict(frames=4, short=128, queries=256), gram=dict(hw_side=16, channels=16, chunk=64),
-             transport=dict(frames=8, size=64), consistency=dict(frames=4, size=64, steps=2),
+             transport=dict(frames=8, size=64, steps=1), consistency=dict(frames=4, size=64, steps=2),
              flow=dict(size=128, pairs=3))
 
 
@@ -55,12 +62,17 @@ def _script(name: str):
 
 
 def _child(task: str, **params) -> dict:
-    """Run ``task`` of this file in a fresh Python process; returns its JSON answer."""
-    done = subprocess.run([sys.executable, __file__, "--child", task, "--params", json.dumps(params)],
-                          capture_output=True, text=True, cwd=REPO)
-    if done.returncode:
-        raise RuntimeError(f"child {task} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """Run ``task`` of this file (CHILDREN) in a fresh Python process; returns its JSON answer."""
+    return run_json(__file__, "--child", task, "--params", json.dumps(params))
+
+
+TARGETS = {"<=": operator.le, "<": operator.lt}
+
+
+def _target(row: dict, op: str, bound: float) -> dict:
+    """Give ``row`` the issue's target for it (``value op bound``) and whether it is met."""
+    row["target"], row["met"] = f"{op} {bound:g} {row['unit']}", bool(TARGETS[op](row["value"], bound))
+    return row
 
 
 def _read_clip(path: Path, frames: int, short: int) -> list:
@@ -78,23 +90,33 @@ def _read_clip(path: Path, frames: int, short: int) -> list:
 
 # ---------------------------------------------------------------- the rows
 
+DEFAULT_PIPELINE = "full, adaptive keys + propagation"  # fresco_ablation.CONFIGS: the product's pipeline
+
+
 def row_ablation(model: str, controlnet: str, p: dict) -> list[dict]:
     ablation = _script("fresco_ablation")
     parts = ["+ cross-frame attention", "+ spatial guidance", "+ temporal guidance", "+ feature optimisation"]
-    names = ["baseline (per frame)", "full FRESCO"] + (parts if p.get("parts", True) else [])
+    configs = ["baseline (per frame)", "full FRESCO", DEFAULT_PIPELINE] + (parts if p.get("parts", True) else [])
     rows = ablation.measure(model, controlnet, p["size"], p["frames"], p["steps"],
-                            {n: ablation.CONFIGS[n] for n in names})
-    base = rows[names[0]]
+                            {n: ablation.CONFIGS[n] for n in configs})
+    base, (base_mb, memory) = rows[configs[0]], peak_mb(rows[configs[0]])
+    config = ablation.CONFIGS[DEFAULT_PIPELINE]
+    names = {"full FRESCO": "full FRESCO (every frame a key)",
+             DEFAULT_PIPELINE: "default pipeline (adaptive keys + propagation)"}
+    notes = {DEFAULT_PIPELINE: f"; translates only {rows[DEFAULT_PIPELINE]['keys']} of {p['frames']} frames "
+                               f"(adaptive keys, gaps {config['key_min_gap']}..{config['key_max_gap']}), "
+                               "propagates the rest"}
     where = f"{p['frames']} frames {p['size']}px {p['steps']} steps, synthetic clip"
     out = []
-    for name in names[1:]:
-        r = rows[name]
-        out.append(dict(row=1, name=f"{name} / baseline: time", value=r["seconds"] / base["seconds"], unit="x",
-                        detail=f"{r['seconds']:.2f} s vs {base['seconds']:.2f} s; {where}"))
-        out.append(dict(row=1, name=f"{name} / baseline: peak RSS", value=r["peak_rss_mb"] / base["peak_rss_mb"],
-                        unit="x", detail=f"{r['peak_rss_mb']:.0f} MB vs {base['peak_rss_mb']:.0f} MB"))
-    for name in parts[len(names) - 2:]:
-        for what in ("time", "peak RSS"):
+    for name in configs[1:]:
+        r, label = rows[name], names.get(name, name)
+        out.append(dict(row=1, name=f"{label} / baseline: time", value=r["seconds"] / base["seconds"], unit="x",
+                        detail=f"{r['seconds']:.2f} s vs {base['seconds']:.2f} s; {where}{notes.get(name, '')}"))
+        out.append(dict(row=1, name=f"{label} / baseline: {memory}", value=peak_mb(r)[0] / base_mb, unit="x",
+                        detail=f"{peak_mb(r)[0]:.0f} MB vs {base_mb:.0f} MB"))
+    _target(out[0], "<=", 2.5)
+    for name in parts[len(configs) - 3:]:
+        for what in ("time", memory):
             out.append(dict(row=1, name=f"{name} / baseline: {what}", skipped="not measured in --quick"))
     return out
 
@@ -138,8 +160,8 @@ def row_attention(model: str, controlnet: str, p: dict) -> list[dict]:
                 ("cross-frame / all-frame: keys attended", "cross-frame / all-frame: attention time")]
     r = _child("attention", **p)
     where = f"first {r['frames']} frames of bikes.mp4 at {r['size']}, grid {r['grid']}"
-    return [dict(row=2, name="cross-frame / all-frame: keys attended", value=r["keys_shared"] / r["keys_all"],
-                 unit="x", detail=f"{r['keys_shared']} vs {r['keys_all']} keys; {where}"),
+    return [_target(dict(row=2, name="cross-frame / all-frame: keys attended", value=r["keys_shared"] / r["keys_all"],
+                         unit="x", detail=f"{r['keys_shared']} vs {r['keys_all']} keys; {where}"), "<", 1),
             dict(row=2, name="cross-frame / all-frame: attention time", value=r["shared_s"] / r["full_s"], unit="x",
                  detail=f"{r['shared_s'] * 1e3:.1f} ms vs {r['full_s'] * 1e3:.1f} ms, {r['queries']} queries x "
                         f"8 heads x 40, best of 3")]
@@ -191,33 +213,34 @@ def row_transport(model: str, controlnet: str, p: dict) -> list[dict]:
     from fresco_backend.synthetic import moving_square
     from fresco_backend.video_io import encode_png
 
-    n, size = p["frames"], p["size"]
+    n, size, steps = p["frames"], p["size"], p["steps"]
     clip = moving_square(frames=n, width=size, height=size, velocity=(3, 2), square=size // 3)
     noise = np.random.default_rng(0).integers(0, 24, (size, size, 3), dtype=np.uint8)  # realistic PNG sizes
     pngs = [encode_png(rgb + noise) for rgb in clip.frames]
     with tempfile.TemporaryDirectory(prefix="fresco-bench-transport-") as tmp:
-        backend = launch(sys.executable, REPO, model, controlnet, device="cpu", work_dir=Path(tmp) / "server")
+        backend = launch(sys.executable, REPO, model, controlnet, work_dir=Path(tmp) / "server")
         try:
             client = backend.client(timeout=120)
-            job = client.create_job({"prompt": "x", "mode": "per_frame", "steps": 1, "size": size,
-                                     "batch_size": 8}, n)
+            # the product's defaults (mode fresco, adaptive keyframes), as the add-on sends them
+            job = client.create_job({"prompt": "a watercolour painting", "steps": steps, "size": size}, n)
             started = time.perf_counter()
             for i, data in enumerate(pngs):
                 client.upload_frame(job, i, data)
             upload = time.perf_counter() - started
             client.start(job)
             after, state = -1, ""
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + 3600
             while state not in wire.FINAL_STATES and time.monotonic() < deadline:
                 answer = client.events(job, after, wait=5)
                 state = answer["state"]
                 if answer["events"]:
                     after = answer["events"][-1]["seq"]
             if state != wire.DONE:
-                raise RuntimeError(f"transport job ended {state!r}")
-            started = time.perf_counter()
+                raise RuntimeError(f"transport job ended {state!r}: {backend.log_tail(10)}")
+            compute = time.perf_counter() - started - upload
             outputs = [client.download_frame(job, i) for i in range(n)]
-            download = time.perf_counter() - started
+            whole = time.perf_counter() - started
+            download = whole - upload - compute
         finally:
             backend.stop()
         disk = Path(tmp) / "disk"
@@ -233,19 +256,33 @@ def row_transport(model: str, controlnet: str, p: dict) -> list[dict]:
             (disk / f"out{i:05d}.png").read_bytes()
         read = time.perf_counter() - started
     mb = (sum(map(len, pngs)) + sum(map(len, outputs))) / 2**20
+    slow = "" if steps == 20 else f"{steps} steps, not the default 20 (too slow here for a benchmark), "
     return [dict(row=4, name="server round trip / disk write+read", value=(upload + download) / (write + read),
                  unit="x", detail=f"{n} frames {size}x{size}, {mb:.1f} MB of PNG: upload {upload:.2f} s + download "
                                   f"{download:.2f} s vs disk {write * 1e3:.0f} + {read * 1e3:.0f} ms "
-                                  f"({(upload + download) / n * 1e3:.1f} ms/frame over HTTP)")]
+                                  f"({(upload + download) / n * 1e3:.1f} ms/frame over HTTP)"),
+            dict(row=4, name="server round trip / whole job: share of time", value=(upload + download) / whole,
+                 unit="x", detail=f"{upload + download:.2f} s of {whole:.1f} s (compute until DONE {compute:.1f} s); "
+                                  f"the same job, default settings (fresco, adaptive keys), {slow}"
+                                  f"{model_note(model)}")]
+
+
+def model_note(model: str) -> str:
+    """What the compute of a job on ``model`` says about a real job's transport share."""
+    from fresco_backend.tiny import TINY_MODEL_DIR
+
+    if Path(model).name == TINY_MODEL_DIR:
+        return "tiny model: its compute is tiny, so this is an upper bound of a real SD 1.5 job's share"
+    return f"model {Path(model).name}"
 
 
 def row_memory(model: str, controlnet: str, p: dict) -> list[dict]:
     short, long = p["lengths"]
     rows = _script("memory_vs_length").measure(model, controlnet, p["size"], p["steps"], tuple(p["lengths"]))
-    a, b = rows[short], rows[long]
-    return [dict(row=5, name=f"peak RSS {long} / {short} frames", value=b["peak_rss_mb"] / a["peak_rss_mb"], unit="x",
-                 detail=f"{b['peak_rss_mb']:.0f} MB vs {a['peak_rss_mb']:.0f} MB, whole-video job {p['size']}px "
-                        f"{p['steps']} steps ({b['seconds']:.0f} s vs {a['seconds']:.0f} s)")]
+    (a, memory), b = peak_mb(rows[short]), peak_mb(rows[long])[0]
+    return [_target(dict(row=5, name=f"{memory} {long} / {short} frames", value=b / a, unit="x",
+                         detail=f"{b:.0f} MB vs {a:.0f} MB, whole-video job {p['size']}px {p['steps']} steps "
+                                f"({rows[long]['seconds']:.0f} s vs {rows[short]['seconds']:.0f} s)"), "<=", 1.2)]
 
 
 def child_consistency(p: dict) -> dict:
@@ -260,33 +297,44 @@ def _consistency(pipe, clip: Path, p: dict) -> dict:
     from fresco_backend.flow import estimate_batch_flow
     from fresco_backend.frames import resize
     from fresco_backend.metrics import pixel_mse
-    from fresco_backend.translate import translate_frames
+    from fresco_backend.translate import keyframes_for, translate_frames
 
     frames = _read_clip(clip, p["frames"], p["size"])
-    result = {}
-    for mode in ("per_frame", "fresco"):
+    result, flow = {"frames": len(frames)}, None
+    for name, config in p["configs"].items():
         settings = validate({"prompt": "a watercolour painting", "steps": p["steps"], "size": p["size"],
-                             "batch_size": len(frames), "seed": 7, "keyframes": "all", "mode": mode})
+                             "batch_size": len(frames), "seed": 7, **config})
         out = [rgb for _, rgb in translate_frames(pipe, frames, settings)]
-        height, width = out[0].shape[:2]
-        flow = estimate_batch_flow([resize(f, width, height) for f in frames])
-        result[mode] = pixel_mse(out, flow)
-    result["frames"], result["size"] = len(frames), f"{width}x{height}"
+        if flow is None:
+            height, width = out[0].shape[:2]
+            flow = estimate_batch_flow([resize(f, width, height) for f in frames])
+            result["size"] = f"{width}x{height}"
+        result[name] = dict(pixel_mse=pixel_mse(out, flow), keys=len(keyframes_for(frames, settings)))
     return result
 
 
 def row_consistency(model: str, controlnet: str, p: dict) -> list[dict]:
+    ablation = _script("fresco_ablation")
+    configs = {"baseline": dict(mode="per_frame"), "FRESCO (every frame a key)": dict(mode="fresco", keyframes="all"),
+               "default pipeline": ablation.CONFIGS[DEFAULT_PIPELINE]}
+    gaps = f"{configs['default pipeline']['key_min_gap']}..{configs['default pipeline']['key_max_gap']}"
+    notes = {"default pipeline": f"adaptive keys (gaps {gaps}) + propagation: "}
     out, present = [], [str(c) for c in (CARPHONE, BIKES) if c.exists()]
-    measured = _child("consistency", clips=present, model=model, controlnet=controlnet, **p) if present else {}
+    measured = (_child("consistency", clips=present, model=model, controlnet=controlnet, configs=configs, **p)
+                if present else {})
     for clip in (CARPHONE, BIKES):
-        name = f"Pixel-MSE FRESCO / baseline, {clip.name}"
-        if str(clip) not in measured:
-            out.append(dict(row=6, name=name, skipped=f"{clip} not found"))
-            continue
-        r = measured[str(clip)]
-        out.append(dict(row=6, name=name, value=r["fresco"] / r["per_frame"], unit="x",
-                        detail=f"{r['fresco']:.5f} vs {r['per_frame']:.5f}; first {r['frames']} frames at {r['size']}, "
-                               f"{p['steps']} steps, seed 7, estimated DIS flow (no ground truth)"))
+        for name in list(configs)[1:]:
+            label = f"Pixel-MSE {name} / baseline, {clip.name}"
+            if str(clip) not in measured:
+                out.append(dict(row=6, name=label, skipped=f"{clip} not found"))
+                continue
+            r = measured[str(clip)]
+            a, b = r[name], r["baseline"]
+            out.append(dict(row=6, name=label, value=a["pixel_mse"] / b["pixel_mse"], unit="x",
+                            detail=f"{a['pixel_mse']:.5f} vs {b['pixel_mse']:.5f}; {notes.get(name, '')}"
+                                   f"{a['keys']} keys of the first "
+                                   f"{r['frames']} frames at {r['size']}, {p['steps']} steps, seed 7, estimated DIS "
+                                   "flow (no ground truth)"))
     return out
 
 
@@ -325,10 +373,12 @@ CHILDREN = {"attention": child_attention, "gram": child_gram, "consistency": chi
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'#':>2s}  {'measure':55s} {'value':>10s}  detail")
+    print(f"{'#':>2s}  {'measure':70s} {'value':>10s}  {'target':>8s} {'met':3s}  detail")
     for r in results:
         value = f"{r['value']:.3f} {r['unit']}" if "value" in r else "skipped"
-        print(f"{r['row']:2d}  {r['name']:55s} {value:>10s}  {r.get('detail') or r.get('skipped')}")
+        met = {True: "yes", False: "no"}.get(r.get("met"), "")
+        print(f"{r['row']:2d}  {r['name']:70s} {value:>10s}  {r.get('target', ''):>8s} {met:3s}  "
+              f"{r.get('detail') or r.get('skipped')}")
 
 
 def main() -> None:
@@ -345,10 +395,12 @@ def main() -> None:
         return
     if bool(args.model) != bool(args.controlnet):
         parser.error("--model and --controlnet go together")
+    plan = QUICK if args.quick else FULL
+    if args.model and not args.quick:  # a real model (on a GPU): the transport-share job at the default 20 steps
+        plan = {**plan, "transport": {**plan["transport"], "steps": 20}}
     if not args.model:
         args.model, args.controlnet = map(str, _script("fresco_ablation").tiny_models())
-    plan = QUICK if args.quick else FULL
-    results, started = [], time.perf_counter()
+    results, started, loads = [], time.perf_counter(), [os.getloadavg()[0]]
     for fn, key in zip(ROWS, ("ablation", "attention", "gram", "transport", "memory", "consistency", "flow")):
         t0 = time.perf_counter()
         try:
@@ -362,12 +414,14 @@ def main() -> None:
         print(f"[row {ROWS.index(fn) + 1} {ROW_NAMES[ROWS.index(fn) + 1]}: {time.perf_counter() - t0:.1f} s]",
               file=sys.stderr, flush=True)
         results.extend(rows)
+        loads.append(os.getloadavg()[0])
     wall = time.perf_counter() - started
     print_table(results)
-    print(f"wall time {wall:.1f} s ({'quick' if args.quick else 'full'})")
+    print(f"wall time {wall:.1f} s ({'quick' if args.quick else 'full'}); 1-minute load average up to "
+          f"{max(loads):.1f} on {os.cpu_count()} CPUs (the run adds up to that; more: other work distorted the times)")
     if args.json:
         args.json.write_text(json.dumps({"quick": args.quick, "model": args.model, "wall_seconds": wall,
-                                         "plan": plan, "rows": results}, indent=1))
+                                         "max_load_average": max(loads), "plan": plan, "rows": results}, indent=1))
 
 
 if __name__ == "__main__":

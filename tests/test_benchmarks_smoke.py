@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/run.py --quick: every row is a number or says why it was skipped."""
+"""Smoke test of benchmarks/run.py --quick: every row is a number or says why it was skipped, the rows the
+issue asks for are there, and the rows with a target say whether it is met."""
 from __future__ import annotations
 
 import json
@@ -8,18 +9,46 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {  # the rows with a target: row -> (name, target); row 5 says "peak CUDA memory" on a GPU
+    1: ("full FRESCO (every frame a key) / baseline: time", "<= 2.5 x"),
+    2: ("cross-frame / all-frame: keys attended", "< 1 x"),
+    5: ("16 / 4 frames", "<= 1.2 x"),
+}
+MEASURED = [  # the starts of further rows that must hold a value in --quick
+    "full FRESCO (every frame a key) / baseline: peak ",
+    "default pipeline (adaptive keys + propagation) / baseline: time",
+    "default pipeline (adaptive keys + propagation) / baseline: peak ",
+    "server round trip / disk write+read",
+    "server round trip / whole job: share of time",
+]
+CLIPS = ["carphone_pristine.mp4", "bikes.mp4"]
 
 
 def test_quick_runner_writes_every_row(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "wall time" in done.stdout and "target" in done.stdout.splitlines()[0]
     rows = json.loads(out.read_text())["rows"]
     assert {r["row"] for r in rows} == set(range(1, 8))
     for r in rows:
         if "value" in r:
-            assert isinstance(r["value"], (int, float)) and math.isfinite(r["value"]), r
+            assert isinstance(r["value"], (int, float)) and math.isfinite(r["value"]) and r["value"] > 0, r
         else:
             assert isinstance(r.get("skipped"), str) and r["skipped"], r
-    assert "wall time" in done.stdout
+    by_name = {r["name"]: r for r in rows}
+    targeted = [r for r in rows if "target" in r]
+    assert [r["row"] for r in targeted] == list(TARGETS)
+    for r in targeted:
+        name, target = TARGETS[r["row"]]
+        bound = float(target.split()[1])
+        assert name in r["name"] and r["target"] == target, r
+        assert r["met"] is (r["value"] <= bound if target.startswith("<=") else r["value"] < bound), r
+    for start in MEASURED:
+        assert [r for r in rows if r["name"].startswith(start) and "value" in r], start
+    assert by_name["server round trip / whole job: share of time"]["value"] <= 1
+    for clip in CLIPS:  # row 6: both FRESCO ways vs the baseline, per clip (skipped only if the clip is missing)
+        for way in ("FRESCO (every frame a key)", "default pipeline"):
+            r = by_name[f"Pixel-MSE {way} / baseline, {clip}"]
+            assert "value" in r or "not found" in r["skipped"], r
