@@ -122,6 +122,9 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0.001, maximum=10.0, advanced=True),
     Setting("spatial_loss_weight", "float", 100.0, "Spatial Loss Weight", "lambda_spat of the Gram loss",
             minimum=0.0, maximum=10000.0, advanced=True),
+    Setting("spatial_loss_rows", "int", 1024, "Spatial Loss Rows",
+            "Gram rows the spatial loss samples per frame and iteration on large feature maps "
+            "(0: all rows, exact but several times slower at 512 px)", minimum=0, maximum=65536, advanced=True),
     Setting("flow", "enum", "dis", "Optical Flow", "Optical-flow estimator (dis: OpenCV DIS, CPU, no weights)",
             choices=("dis",), advanced=True),
     Setting("model", "str", "", "Model",

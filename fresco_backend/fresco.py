@@ -43,7 +43,7 @@ def optimisation_config(settings: dict) -> FeatureOptConfig:
     return FeatureOptConfig(enabled=settings["feature_optimization"], temporal=settings["temporal_loss"],
                             spatial=settings["spatial_loss"], lr=settings["opt_lr"],
                             iterations=settings["opt_iterations"], lambda_spat=settings["spatial_loss_weight"],
-                            end_opt_step=settings["opt_end_step"],
+                            end_opt_step=settings["opt_end_step"], gram_rows=settings["spatial_loss_rows"],
                             background_smoothing=settings["background_smoothing"])
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fresco_backend.feature_opt import (FeatureOptConfig, FeatureOptimizer, OptContext, adain,
-                                        background_mask, gram_memory_bytes, optimise_features,
-                                        smooth_background, spatial_loss_backward, spatial_loss_full,
-                                        spectral_residual_saliency, temporal_loss)
+                                        background_mask, gram_memory_bytes, gram_rows, optimise_features,
+                                        smooth_background, spatial_loss_and_grad, spatial_loss_backward,
+                                        spatial_loss_full, spectral_residual_saliency, temporal_loss)
 from fresco_backend.flow import BatchFlow, warp
 
 DX, DY = 2, 1
@@ -101,6 +102,27 @@ def test_chunked_gram_loss_equals_full_matrix_loss_value_and_gradient():
     assert chunked == pytest.approx(full.item(), rel=1e-5)
     assert full_grad.abs().max() > 1e-3
     torch.testing.assert_close(f.grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_sampled_gram_rows_give_the_loss_and_gradient_of_those_rows():
+    """With ``rows``, L_spat is the mean |G - G^r| over those Gram rows (all columns), and its
+    gradient (row and column parts) is autograd's; averaged over draws it estimates the full loss."""
+    torch.manual_seed(5)
+    x = F.normalize(torch.randn(3, 30, 8), dim=2).requires_grad_(True)   # HW 30, C 8
+    r = F.normalize(torch.randn(3, 30, 8), dim=2)
+    rows = gram_rows(30, 11, torch.Generator().manual_seed(1))
+    assert rows.tolist() == sorted(set(rows.tolist())) and len(rows) == 11
+    expected = 100.0 * (x[:, rows] @ x.transpose(1, 2) - r[:, rows] @ r.transpose(1, 2)).abs().mean()
+    expected.backward()
+    loss, grad = spatial_loss_and_grad(x.detach(), r, 100.0, chunk=7, rows=rows)   # 7: blocks split the rows
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(grad, x.grad, rtol=1e-4, atol=1e-6)
+    full = spatial_loss_and_grad(x.detach(), r, 100.0)[0].item()
+    generator = torch.Generator().manual_seed(2)
+    draws = [spatial_loss_and_grad(x.detach(), r, 100.0, rows=gram_rows(30, 11, generator))[0].item()
+             for _ in range(200)]
+    assert np.mean(draws) == pytest.approx(full, rel=0.03)
+    assert gram_rows(30, 0, generator) is None and gram_rows(30, 30, generator) is None
 
 
 def test_chunked_gram_peak_memory_far_below_full():

@@ -65,10 +65,11 @@ def test_runtime_cpu_and_cuda_choice(monkeypatch):
     assert runtime.device.type == "cuda" and runtime.dtype == torch.float16
 
 
-def test_gpu_runtime_enables_vae_slicing():
+def test_gpu_runtime_enables_vae_slicing_and_tf32(monkeypatch):
     calls = []
     pipe = types.SimpleNamespace(vae=types.SimpleNamespace(enable_slicing=lambda: calls.append("slice")))
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda precision: calls.append(precision))
     D.Runtime(torch.device("cpu"), torch.float32).apply(pipe)
     assert calls == []
     D.Runtime(torch.device("cuda"), torch.float16).apply(pipe)
-    assert calls == ["slice"]
+    assert calls == ["slice", "high"]
