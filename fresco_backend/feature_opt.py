@@ -122,8 +122,10 @@ def temporal_loss(f: torch.Tensor, flow: BatchFlow, runs: int = 1) -> torch.Tens
 
 
 def _normalised_tokens(f: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, HW, C), each token scaled to unit L2 norm over channels."""
-    return F.normalize(f.flatten(2), dim=1).transpose(1, 2)
+    """(B, C, h, w) -> (B, HW, C), each token scaled to unit L2 norm over channels (norm at least
+    1e-12, as ``F.normalize``; written out because that is 2-3x slower over the channel axis)."""
+    tokens = f.flatten(2).transpose(1, 2)
+    return tokens * torch.rsqrt((tokens * tokens).sum(2, keepdim=True).clamp_min(1e-24))
 
 
 def spatial_loss_full(f: torch.Tensor, ref: torch.Tensor, weight: float = 100.0) -> torch.Tensor:
