@@ -91,7 +91,8 @@ def main() -> None:
     base_mb, label = peak_mb(base)
     print(f"{args.frames} frames {args.size}px, {args.steps} steps; Pixel-MSE with the true flow "
           f"(and against a frozen frame); peak MB is {label}")
-    print(f"{'configuration':36s} {'Pixel-MSE':>10s} {'frozen':>8s} {'time s':>7s} {'x base':>7s} {'peak MB':>8s} {'x base':>7s}")
+    print(f"{'configuration':36s} {'Pixel-MSE':>10s} {'frozen':>8s} {'time s':>7s} {'x base':>7s} "
+          f"{'peak MB':>8s} {'x base':>7s}")
     for name, r in rows.items():
         mb = peak_mb(r)[0]
         print(f"{name:36s} {r['pixel_mse']:10.5f} {r['pixel_mse_frozen']:8.5f} {r['seconds']:7.1f} "

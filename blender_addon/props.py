@@ -33,7 +33,8 @@ ENV = {
 }
 # backend_config key -> preference attribute
 PREF_ATTR = {"python": "backend_python", "backend_dir": "backend_dir", "model": "model",
-             "model_config": "model_config", "controlnet": "controlnet", "device": "device", "url": "backend_url", "token": "token"}
+             "model_config": "model_config", "controlnet": "controlnet", "device": "device", "url": "backend_url",
+             "token": "token"}
 
 
 def _bpy_property(setting: Setting) -> Any:
