@@ -8,10 +8,12 @@ Each benchmark measures in a fresh Python process (so peak memory is that run's 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,3 +54,21 @@ def peak_mb(figures: dict) -> tuple[float, str]:
     if "peak_cuda_mb" in figures:
         return figures["peak_cuda_mb"], "peak CUDA memory"
     return figures["peak_rss_mb"], "peak RSS"
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model / --controlnet, shared by the benchmark scripts."""
+    parser.add_argument("--model", help="SD 1.5 model in any form the backend loads (default: the tiny untrained one)")
+    parser.add_argument("--controlnet", help="its ControlNet (given together with --model)")
+
+
+def models(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, str]:
+    """(model, controlnet) from the options, else the tiny untrained pair, saved once in the temp folder."""
+    if bool(args.model) != bool(args.controlnet):
+        parser.error("--model and --controlnet go together")
+    if args.model:
+        return args.model, args.controlnet
+    from fresco_backend.tiny import save_tiny_models
+
+    model, controlnet = save_tiny_models(Path(tempfile.gettempdir()) / "fresco-bench-tiny")
+    return str(model), str(controlnet)

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
-from child_process import peak_mb, peak_memory, run_json
+from child_process import add_model_options, models, peak_mb, peak_memory, run_json
 
 OFF = dict(cross_frame_attention=False, spatial_guidance=False, temporal_guidance=False, feature_optimization=False)
 CONFIGS = {
@@ -56,13 +54,6 @@ def child(args: argparse.Namespace) -> None:
                       "seconds": seconds, "keys": len(keyframes_for(clip.frames, settings)), **peak_memory()}))
 
 
-def tiny_models(root: Path | None = None) -> tuple[Path, Path]:
-    """The tiny untrained model and ControlNet folders, saved once under ``root`` (default: temp)."""
-    from fresco_backend.tiny import save_tiny_models
-
-    return save_tiny_models(root or Path(tempfile.gettempdir()) / "fresco-bench-tiny")
-
-
 def measure(model: str, controlnet: str, size: int = 128, frames: int = 8, steps: int = 20,
             configs: dict[str, dict] | None = None, repeats: int = 1) -> dict[str, dict]:
     """Figures of each configuration (default: all of CONFIGS), each run in a fresh subprocess; the
@@ -74,8 +65,7 @@ def measure(model: str, controlnet: str, size: int = 128, frames: int = 8, steps
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model")
-    parser.add_argument("--controlnet")
+    add_model_options(parser)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
@@ -84,8 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.config:
         return child(args)
-    if not args.model:
-        args.model, args.controlnet = map(str, tiny_models())
+    args.model, args.controlnet = models(parser, args)
     rows = measure(args.model, args.controlnet, args.size, args.frames, args.steps, repeats=args.repeats)
     base = rows["baseline (per frame)"]
     base_mb, label = peak_mb(base)

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_process import peak_mb, peak_memory, run_json
+from child_process import add_model_options, models, peak_mb, peak_memory, run_json
 
 
 def child(args: argparse.Namespace) -> None:
@@ -49,18 +49,14 @@ def measure(model: str, controlnet: str, size: int = 128, steps: int = 10, lengt
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model")
-    parser.add_argument("--controlnet")
+    add_model_options(parser)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--frames", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.frames:
         return child(args)
-    if not args.model:
-        from fresco_backend.tiny import save_tiny_models
-
-        args.model, args.controlnet = map(str, save_tiny_models(Path(tempfile.gettempdir()) / "fresco-bench-tiny"))
+    args.model, args.controlnet = models(parser, args)
     rows = measure(args.model, args.controlnet, args.size, args.steps, echo=True)
     (short, label), long = peak_mb(rows[30]), peak_mb(rows[300])[0]
     print(f"{label} ratio 300/30 frames: {long / short:.2f} (target: within 1.2x)")

@@ -37,7 +37,7 @@ import time
 import traceback
 from pathlib import Path
 
-from child_process import peak_mb, run_json
+from child_process import add_model_options, models, peak_mb, run_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -398,21 +398,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smallest sizes and counts (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the table here as JSON")
-    parser.add_argument("--model")
-    parser.add_argument("--controlnet")
+    add_model_options(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](json.loads(args.params))))
         return
-    if bool(args.model) != bool(args.controlnet):
-        parser.error("--model and --controlnet go together")
     plan = QUICK if args.quick else FULL
     if args.model and not args.quick:  # a real model (on a GPU): the transport-share job at the default 20 steps
         plan = {**plan, "transport": {**plan["transport"], "steps": 20}}
-    if not args.model:
-        args.model, args.controlnet = map(str, _script("fresco_ablation").tiny_models())
+    args.model, args.controlnet = models(parser, args)
     results, started, loads = [], time.perf_counter(), [os.getloadavg()[0]]
     for fn, key in zip(ROWS, ("ablation", "attention", "gram", "transport", "memory", "consistency", "flow")):
         t0 = time.perf_counter()
