@@ -2,9 +2,12 @@
 """Build the installable add-on: ``dist/fresco_vse-<version>.zip``.
 
 The zip holds one folder, ``fresco_vse/``: the add-on package
-(``blender_addon/*.py``) plus a ``blender_manifest.toml`` for Blender 4.2+'s
-extension system, generated from ``bl_info`` (the one source of the name and
-version; ``bl_info`` also keeps the zip installable as a legacy add-on).
+(``blender_addon/*.py``), a copy of the shared contract
+(``fresco_vse/fresco_contract/``, see ``blender_addon/contract.py``) and a
+``blender_manifest.toml`` for Blender 4.2+'s extension system, generated from
+``bl_info`` (the name; ``bl_info`` also keeps the zip installable as a legacy
+add-on). The version is ``fresco_contract.__version__``; the build refuses a
+``bl_info`` that says otherwise.
 
 Usage: python build_addon.py [--out DIR]     prints the zip's path
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 SOURCE = ROOT / "blender_addon"
+CONTRACT = ROOT / "fresco_contract"
 PACKAGE = "fresco_vse"
 LICENSE = "SPDX:GPL-3.0-or-later"
 # Extension manifest reasons and tagline: short, no trailing punctuation (Blender's validator)
@@ -35,6 +39,15 @@ def read_bl_info(init_py: Path = SOURCE / "__init__.py") -> dict:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "bl_info" for t in node.targets):
             return ast.literal_eval(node.value)
     raise SystemExit(f"no bl_info in {init_py}")
+
+
+def contract_version(init_py: Path = CONTRACT / "__init__.py") -> str:
+    """``fresco_contract.__version__``, read without importing the package."""
+    tree = ast.parse(init_py.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise SystemExit(f"no __version__ in {init_py}")
 
 
 def _toml_str(value: str) -> str:
@@ -68,14 +81,19 @@ def manifest(bl_info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def package_files() -> list[Path]:
-    """The add-on's source files: every .py of the package (no caches, no tests)."""
-    return sorted(p for p in SOURCE.glob("*.py") if p.is_file())
+def package_files() -> list[tuple[str, Path]]:
+    """(name in the zip's folder, source) of every .py of the add-on and of the contract."""
+    files = [(p.name, p) for p in SOURCE.glob("*.py")]
+    files += [(f"{CONTRACT.name}/{p.name}", p) for p in CONTRACT.glob("*.py")]
+    return sorted((name, p) for name, p in files if p.is_file())
 
 
 def build(out_dir: Path) -> Path:
     info = read_bl_info()
     version = ".".join(str(v) for v in info["version"])
+    if version != contract_version():
+        raise SystemExit(f"bl_info version {version} in {SOURCE / '__init__.py'} differs from "
+                         f"fresco_contract.__version__ {contract_version()}: make them the same")
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{PACKAGE}-{version}.zip"
     tmp = target.with_name(target.name + ".tmp")
@@ -87,8 +105,8 @@ def build(out_dir: Path) -> Path:
             zf.writestr(entry, data)
 
         add("blender_manifest.toml", manifest(info).encode("utf-8"))
-        for path in package_files():
-            add(path.name, path.read_bytes())
+        for name, path in package_files():
+            add(name, path.read_bytes())
     tmp.replace(target)
     return target
 

@@ -31,7 +31,7 @@ CONFIGS = {
 
 def child(args: argparse.Namespace) -> None:
     """Run one configuration and print its figures as JSON."""
-    from blender_addon.settings import validate
+    from fresco_contract.settings import validate
     from fresco_backend.flow import BatchFlow
     from fresco_backend.metrics import pixel_mse
     from fresco_backend.models import load_pipeline

@@ -17,7 +17,7 @@ from child_process import add_model_options, models, peak_mb, peak_memory, run_j
 
 
 def child(args: argparse.Namespace) -> None:
-    from blender_addon.settings import validate
+    from fresco_contract.settings import validate
     from fresco_backend.job import Job
     from fresco_backend.models import load_pipeline
     from fresco_backend.synthetic import moving_square, write_video

@@ -221,7 +221,7 @@ def row_gram(model: str, controlnet: str, p: dict) -> list[dict]:
 def row_transport(model: str, controlnet: str, p: dict) -> list[dict]:
     import numpy as np
 
-    from blender_addon import wire
+    from fresco_contract import wire
     from blender_addon.launcher import launch
     from fresco_backend.synthetic import moving_square
     from fresco_backend.video_io import encode_png
@@ -306,7 +306,7 @@ def child_consistency(p: dict) -> dict:
 
 
 def _consistency(pipe, clip: Path, p: dict) -> dict:
-    from blender_addon.settings import validate
+    from fresco_contract.settings import validate
     from fresco_backend.flow import estimate_batch_flow
     from fresco_backend.frames import resize
     from fresco_backend.metrics import pixel_mse

@@ -11,7 +11,7 @@ import json
 import socket
 from typing import Any, Mapping
 
-from . import wire
+from .contract import wire
 
 
 class BackendError(RuntimeError):

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import bpy
 
 from . import compat
-from .wire import frame_filename
+from .contract import wire
 
 MARKER = "fresco_export"  # custom property that marks our temporary scenes
 BATCH = 25  # frames per render call in render_strip, where nothing waits between steps
@@ -176,7 +176,7 @@ class StripExporter:
             rendered = self.out_dir / f"render_{frame:06d}.png"
             if not rendered.is_file():
                 raise ExportError(f"frame {frame} of strip {self.strip_name!r} was not rendered ({rendered})")
-            final = self.out_dir / frame_filename(frame - self.start)
+            final = self.out_dir / wire.frame_filename(frame - self.start)
             os.replace(rendered, final)
             self.files.append(final)
         return self.done, self.total

@@ -20,7 +20,7 @@ from typing import Iterable
 import bpy
 
 from . import backend, compat, props, ui
-from .settings import validate
+from .contract import settings as schema
 
 
 def say(message: str) -> None:
@@ -50,7 +50,7 @@ def _translate_one(scene_name: str, strip_name: str, config: dict, tag: str) -> 
         raise RuntimeError("the strip is gone")
     if source.type == "SOUND":
         raise RuntimeError("a sound strip has no picture")
-    settings = validate(props.strip_settings(source))  # SettingsError says what is wrong
+    settings = schema.validate(props.strip_settings(source))  # SettingsError says what is wrong
 
     def report(stage: str, done: int, total: int) -> None:
         say(f"{tag}{strip_name}: {stage} {done}/{total}")

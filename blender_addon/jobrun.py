@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import wire
+from .contract import wire
 
 
 class JobFailed(RuntimeError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Sequence
 
-from . import wire
+from .contract import wire
 from .client import Client
 
 

@@ -1,4 +1,4 @@
-"""Per-strip job settings (built from ``settings.SETTINGS``) and add-on preferences."""
+"""Per-strip job settings (built from ``fresco_contract.settings.SETTINGS``) and add-on preferences."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from typing import Any
 import bpy
 
 from . import compat
-from .settings import SETTINGS, Setting
+from .contract import settings as schema
 
 ADDON_ID = __package__  # "fresco_vse", "bl_ext.<repo>.fresco_vse" or "blender_addon" in a checkout
 STRIP_PROP = "fresco"  # strip.fresco -> FrescoStripSettings
@@ -37,7 +37,7 @@ PREF_ATTR = {"python": "backend_python", "backend_dir": "backend_dir", "model": 
              "token": "token"}
 
 
-def _bpy_property(setting: Setting) -> Any:
+def _bpy_property(setting: schema.Setting) -> Any:
     """The bpy.props property for one schema entry."""
     common = {"name": setting.label, "description": setting.description, "default": setting.default}
     if setting.kind == "str":
@@ -67,7 +67,7 @@ def _bpy_property(setting: Setting) -> Any:
 FrescoStripSettings = type(
     "FrescoStripSettings",
     (bpy.types.PropertyGroup,),
-    {"__annotations__": {s.name: _bpy_property(s) for s in SETTINGS},
+    {"__annotations__": {s.name: _bpy_property(s) for s in schema.SETTINGS},
      "__doc__": "FRESCO translation settings of one strip"},
 )
 
@@ -75,7 +75,7 @@ FrescoStripSettings = type(
 def strip_settings(strip: Any) -> dict[str, Any]:
     """The strip's settings as a plain dict (not yet validated)."""
     group = getattr(strip, STRIP_PROP)
-    return {s.name: getattr(group, s.name) for s in SETTINGS}
+    return {s.name: getattr(group, s.name) for s in schema.SETTINGS}
 
 
 def _output_dir_property() -> Any:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import bpy
 
 from . import backend, compat, export, jobrun, place, props
-from .settings import SETTINGS, SettingsError, validate
+from .contract import settings as schema
 
 
 def log(message: str) -> None:
@@ -250,7 +250,7 @@ def _discard_output(out_dir: Path) -> None:
 
 def _copy_strip_settings(source: Any, target: Any) -> None:
     src, dst = getattr(source, props.STRIP_PROP), getattr(target, props.STRIP_PROP)
-    for s in SETTINGS:
+    for s in schema.SETTINGS:
         setattr(dst, s.name, getattr(src, s.name))
 
 
@@ -340,8 +340,8 @@ class FRESCO_OT_translate(bpy.types.Operator):
             self.report({"ERROR"}, f"FRESCO: strip {source.name!r} of type {source.type} has no picture")
             return {"CANCELLED"}
         try:
-            settings = validate(props.strip_settings(source))
-        except SettingsError as exc:
+            settings = schema.validate(props.strip_settings(source))
+        except schema.SettingsError as exc:
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
         config = props.backend_config(context)
@@ -442,7 +442,7 @@ class FRESCO_PT_panel(bpy.types.Panel):
         else:
             layout.label(text=strip.name, icon="SEQUENCE")
             group = getattr(strip, props.STRIP_PROP)
-            for s in SETTINGS:
+            for s in schema.SETTINGS:
                 if not s.advanced:
                     layout.prop(group, s.name)
             if props.RESULT_SETTINGS_KEY in strip.keys():
@@ -513,7 +513,7 @@ class FRESCO_PT_advanced(ActiveStripSubPanel, bpy.types.Panel):
         self.layout.use_property_split = True
         self.layout.use_property_decorate = False
         group = getattr(context.scene.sequence_editor.active_strip, props.STRIP_PROP)
-        for s in SETTINGS:
+        for s in schema.SETTINGS:
             if s.advanced:
                 self.layout.prop(group, s.name)
 

@@ -1,7 +1,7 @@
 """Command line: ``python -m fresco_backend translate|make-tiny|make-clip``.
 
 The translate options are generated from the job settings schema
-(blender_addon/settings.py), so the CLI, the server and the add-on accept the
+(fresco_contract/settings.py), so the CLI, the server and the add-on accept the
 same names, defaults and ranges.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from blender_addon import settings as S
+from fresco_contract import settings as S
 
 from .job import JobMismatch
 from .models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError

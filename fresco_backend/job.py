@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from safetensors.torch import load_file, save
 
-from blender_addon.wire import frame_filename
+from fresco_contract.wire import frame_filename
 
 from .cache import Cache
 from .checkpoint import Anchors, Checkpoint

@@ -3,6 +3,6 @@
 Run with ``python -m server --port 0 --model M --controlnet C``; see ``server/__main__.py``.
 Never imports bpy.
 """
-from blender_addon import bl_info
+from fresco_contract import __version__
 
-__version__ = ".".join(str(v) for v in bl_info["version"])
+__all__ = ["__version__"]

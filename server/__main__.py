@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from blender_addon import wire
+from fresco_contract import wire
 from fresco_backend.cache import Cache
 from fresco_backend.models import DEFAULT_CONTROLNETS, DEFAULT_MODEL
 

@@ -1,4 +1,4 @@
-"""HTTP routes of the backend (the API described in ``blender_addon/wire.py``).
+"""HTTP routes of the backend (the API described in ``fresco_contract/wire.py``).
 
 Every error is JSON ``{"error": "..."}`` with a 4xx/5xx code; every route but
 ``/v1/health`` requires ``Authorization: Bearer <token>``.
@@ -15,8 +15,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from blender_addon import wire
-from blender_addon.settings import SETTINGS, Setting, SettingsError, validate
+from fresco_contract import wire
+from fresco_contract.settings import SETTINGS, Setting, SettingsError, validate
 
 from .jobs import JobError, JobManager
 from .model_cache import ModelCache

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from blender_addon import wire
+from fresco_contract import wire
 
 from fresco_backend.video_io import FrameFiles, encode_png, write_bytes_atomic
 

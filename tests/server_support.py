@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from blender_addon import wire
+from fresco_contract import wire
 from blender_addon.client import Client
 from server.jobs import JobManager
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from blender_addon import settings as S
+from fresco_contract import settings as S
 from fresco_backend.cache import Cache, frames_digest
 from fresco_backend.control import control_image
 from fresco_backend.flow import estimate_batch_flow

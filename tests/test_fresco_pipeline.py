@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from blender_addon.settings import validate
+from fresco_contract.settings import validate
 from fresco_backend import fresco
 from fresco_backend.synthetic import moving_square
 from fresco_backend.translate import translate_frames

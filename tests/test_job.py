@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from blender_addon.settings import validate
+from fresco_contract.settings import validate
 from fresco_backend.denoise import Cancelled
 from fresco_backend.job import Job, JobMismatch
 from fresco_backend.synthetic import moving_square, write_video

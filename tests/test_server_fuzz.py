@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from blender_addon import wire
+from fresco_contract import wire
 from blender_addon.launcher import BackendProcess
 from server.app import create_app
 from server.jobs import JobManager

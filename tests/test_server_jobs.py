@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blender_addon import wire
+from fresco_contract import wire
 from server.jobs import JobConflict, JobError, JobManager, JobNotFound
 from server.model_cache import ModelCache
 from server_support import finish

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blender_addon import wire
+from fresco_contract import wire
 from blender_addon.client import Client
 from blender_addon.launcher import BackendProcess, launch
 from server_support import submit, wait_final

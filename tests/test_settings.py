@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from blender_addon import settings as S
+from fresco_contract import settings as S
 
 
 def test_defaults_validate_once_prompt_is_given():

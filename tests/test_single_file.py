@@ -104,7 +104,7 @@ def test_single_file_without_config_offline_names_the_option(tiny_models, single
 def test_server_serves_a_single_file_model_offline_given_its_config(tiny_models, single_files, backend_python,
                                                                     offline, monkeypatch, tmp_path, with_config):
     """``python -m server --config/--controlnet-config``: without them the job fails naming the option."""
-    from blender_addon import wire
+    from fresco_contract import wire
     from blender_addon.launcher import launch
     from conftest import REPO
     from fresco_backend.synthetic import moving_square

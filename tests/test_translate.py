@@ -3,7 +3,7 @@ import threading
 import numpy as np
 import pytest
 
-from blender_addon.settings import validate
+from fresco_contract.settings import validate
 from fresco_backend import frames as F
 from fresco_backend.synthetic import moving_square
 from fresco_backend.denoise import steps_per_batch

@@ -146,7 +146,7 @@ def test_relative_output_folder_preference(addon, ui, movie_scene, compat, blend
 
 def test_source_strip_gets_job_settings_json(addon, ui, movie_scene, compat, monkeypatch):
     props = sys.modules[addon.__name__ + ".props"]
-    settings_mod = sys.modules[addon.__name__ + ".settings"]
+    settings_mod = sys.modules[addon.__name__ + ".fresco_contract.settings"]
     assert props.SOURCE_SETTINGS_KEY == SOURCE_SETTINGS_KEY == "fresco_job_settings"
     source = compat.all_strips(movie_scene.sequence_editor)["clip"]
     assert SOURCE_SETTINGS_KEY not in source.keys()

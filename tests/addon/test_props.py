@@ -1,4 +1,4 @@
-"""Per-strip settings come from settings.SETTINGS and are saved in the .blend."""
+"""Per-strip settings come from fresco_contract.settings.SETTINGS and are saved in the .blend."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import bpy
 
 
 def test_properties_follow_schema(addon, movie_scene, compat):
-    settings = __import__(addon.__name__ + ".settings", fromlist=["SETTINGS"])
+    settings = __import__(addon.__name__ + ".fresco_contract.settings", fromlist=["SETTINGS"])
     strip = compat.all_strips(movie_scene.sequence_editor)["blocker"]
     group = strip.fresco
     rna = group.bl_rna.properties
