@@ -21,7 +21,7 @@ Rows (tiny untrained model unless --model/--controlnet; it shows cost, not train
 
 Rows with a target the issue states carry it (target, met). Peak memory is peak CUDA memory when a
 GPU is there (RSS does not show it), else peak RSS. --quick uses the smallest sizes and counts (a smoke
-test; its figures mean little). Rows whose input clip is missing are reported as skipped with the reason.
+test; its figures mean little). The real clips are in tests/data/.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from child_process import add_model_options, models, peak_mb, run_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-MEDIA = REPO.parent / "shared" / "media"  # where CI puts the shared clips
+MEDIA = REPO / "tests" / "data"  # real clips kept in the repo (tests/data/README.md)
 BIKES, CARPHONE = MEDIA / "bikes.mp4", MEDIA / "carphone_pristine.mp4"
 
 FULL = dict(ablation=dict(size=128, frames=8, steps=20, repeats=3, large=dict(size=512, frames=4, steps=20)),
@@ -168,9 +168,6 @@ def child_attention(p: dict) -> dict:
 
 
 def row_attention(model: str, controlnet: str, p: dict) -> list[dict]:
-    if not BIKES.exists():
-        return [dict(row=2, name=n, skipped=f"{BIKES} not found") for n in
-                ("cross-frame / all-frame: keys attended", "cross-frame / all-frame: attention time")]
     r = _child("attention", **p)
     where = f"first {r['frames']} frames of bikes.mp4 at {r['size']}, grid {r['grid']}"
     return [_target(dict(row=2, name="cross-frame / all-frame: keys attended", value=r["keys_shared"] / r["keys_all"],
@@ -332,15 +329,12 @@ def row_consistency(model: str, controlnet: str, p: dict) -> list[dict]:
                "default pipeline": ablation.CONFIGS[DEFAULT_PIPELINE]}
     gaps = f"{configs['default pipeline']['key_min_gap']}..{configs['default pipeline']['key_max_gap']}"
     notes = {"default pipeline": f"adaptive keys (gaps {gaps}) + propagation: "}
-    out, present = [], [str(c) for c in (CARPHONE, BIKES) if c.exists()]
-    measured = (_child("consistency", clips=present, model=model, controlnet=controlnet, configs=configs, **p)
-                if present else {})
+    out = []
+    measured = _child("consistency", clips=[str(CARPHONE), str(BIKES)], model=model, controlnet=controlnet,
+                      configs=configs, **p)
     for clip in (CARPHONE, BIKES):
         for name in list(configs)[1:]:
             label = f"Pixel-MSE {name} / baseline, {clip.name}"
-            if str(clip) not in measured:
-                out.append(dict(row=6, name=label, skipped=f"{clip} not found"))
-                continue
             r = measured[str(clip)]
             a, b = r[name], r["baseline"]
             out.append(dict(row=6, name=label, value=a["pixel_mse"] / b["pixel_mse"], unit="x",

@@ -55,7 +55,7 @@ def backend(tiny_models, backend_python, tmp_path_factory):
     model, controlnet = tiny_models
     proc = launch(backend_python, REPO, str(model), str(controlnet), device="cpu",
                   work_dir=tmp_path_factory.mktemp("work"), log_dir=tmp_path_factory.mktemp("logs"),
-                  ready_timeout=60)
+                  ready_timeout=600)  # a generous outer limit: a loaded machine starts it slowly
     yield proc
     proc.stop()
     print(proc.log_tail(80))

@@ -27,7 +27,7 @@ CLIPS = ["carphone_pristine.mp4", "bikes.mp4"]
 def test_quick_runner_writes_every_row(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)  # outer limit only
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wall time" in done.stdout and "target" in done.stdout.splitlines()[0]
     rows = json.loads(out.read_text())["rows"]
@@ -48,7 +48,6 @@ def test_quick_runner_writes_every_row(tmp_path):
     for start in MEASURED:
         assert [r for r in rows if r["name"].startswith(start) and "value" in r], start
     assert by_name["server round trip / whole job: share of time"]["value"] <= 1
-    for clip in CLIPS:  # row 6: both FRESCO ways vs the baseline, per clip (skipped only if the clip is missing)
+    for clip in CLIPS:  # row 6: both FRESCO ways vs the baseline, per clip (the clips are in tests/data)
         for way in ("FRESCO (every frame a key)", "default pipeline"):
-            r = by_name[f"Pixel-MSE {way} / baseline, {clip}"]
-            assert "value" in r or "not found" in r["skipped"], r
+            assert "value" in by_name[f"Pixel-MSE {way} / baseline, {clip}"], clip

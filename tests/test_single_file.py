@@ -114,7 +114,7 @@ def test_server_serves_a_single_file_model_offline_given_its_config(tiny_models,
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))  # for the server process
     extra = ["--config", str(tiny_models[0]), "--controlnet-config", str(tiny_models[1])] if with_config else []
     server = launch(backend_python, REPO, str(single_files[0]), str(single_files[1]), device="cpu",
-                    work_dir=tmp_path / "work", log_dir=tmp_path / "logs", ready_timeout=60, extra_args=extra)
+                    work_dir=tmp_path / "work", log_dir=tmp_path / "logs", ready_timeout=600, extra_args=extra)
     try:
         client = server.client(timeout=60)
         frame = encode_png(moving_square(frames=1, width=64, height=64).frames[0])
