@@ -10,12 +10,14 @@ the default checkpoint keeps nothing (a plain, non-resumable run).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
-Anchors = dict[int, list[torch.Tensor]]  # key position -> latents after every denoising step
+if TYPE_CHECKING:  # torch only for the annotation: the server reads job folders without it
+    import torch
+
+Anchors = dict[int, list["torch.Tensor"]]  # key position -> latents after every denoising step
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fresco_contract import settings as S
 
-from .job import JobMismatch
+from .job import RECORD, JobMismatch
 from .models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError
 from .video_io import ClipError
 
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "clip skips them (default %(default)s)")
     tr.add_argument("--mp4", type=Path, default=None,
                     help="also write the result as an H.264 mp4 at the input's frame rate (never overwritten)")
+    tr.add_argument("--restart", action="store_true",
+                    help=f"discard an unfinished job in --out (its {JOB_DIR} folder and the frames it wrote) "
+                         f"and start over, instead of resuming it")
 
     tiny = sub.add_parser("make-tiny", help="save tiny UNTRAINED models (random weights, for plumbing tests only)")
     tiny.add_argument("dir", type=Path)
@@ -84,17 +87,26 @@ def _translate(args: argparse.Namespace) -> None:
     settings = S.validate(values)
     job_dir = args.out / JOB_DIR
     existing = sorted(args.out.glob("*.png")) if args.out.is_dir() else []
-    if existing and not (job_dir / "job.json").exists():
+    if existing and not (job_dir / RECORD).exists():
         raise FileExistsError(f"{args.out} already holds {len(existing)} PNG files; "
                               f"choose an empty or new --out folder (nothing was overwritten)")
     if args.mp4 is not None and args.mp4.exists():
         raise FileExistsError(f"{args.mp4} already exists; choose another --mp4 path (nothing was overwritten)")
     if not args.input.exists():
         raise ClipError(f"input {args.input} does not exist")
-    pipe = load_pipeline(settings["model"] or DEFAULT_MODEL,
-                         args.controlnet or DEFAULT_CONTROLNETS[settings["control"]],
-                         device=args.device, config=args.config, controlnet_config=args.controlnet_config)
-    job = Job(job_dir, settings, args.input, out_dir=args.out, cache_dir=args.cache_dir)
+    controlnet = args.controlnet or DEFAULT_CONTROLNETS[settings["control"]]
+    models = {"controlnet": controlnet, "config": args.config, "controlnet_config": args.controlnet_config}
+    try:
+        job = Job(job_dir, settings, args.input, out_dir=args.out, cache_dir=args.cache_dir, models=models,
+                  restart=args.restart)
+    except JobMismatch as exc:
+        raise JobMismatch(f"{exc}. Add --restart to discard it (removes {job_dir} and the frames it wrote to "
+                          f"{args.out}) or choose another --out; to resume it instead, run it with the settings, "
+                          f"models and input it was started with") from None
+    if job.started_over:
+        print(f"starting a new job in {job_dir}; the one there was discarded: {job.started_over}")
+    pipe = load_pipeline(settings["model"] or DEFAULT_MODEL, controlnet, device=args.device,
+                         config=args.config, controlnet_config=args.controlnet_config)
     done = job.checkpoint().batches_done
     if done:
         print(f"resuming the job in {job_dir}: {done} batch(es) already done")

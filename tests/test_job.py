@@ -1,5 +1,7 @@
 """Resumable jobs: an interrupted run continues where it stopped and gives the same frames."""
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,11 +11,12 @@ import time
 import numpy as np
 import pytest
 
+import fresco_backend.job as job_module
 from fresco_contract.settings import validate
 from fresco_backend.denoise import Cancelled
-from fresco_backend.job import Job, JobMismatch
+from fresco_backend.job import FORMAT, RECORD, Job, JobMismatch
 from fresco_backend.synthetic import moving_square, write_video
-from fresco_backend.video_io import read_png
+from fresco_backend.video_io import ClipError, read_png, write_png_atomic
 
 # 9 frames, keys every 2nd frame -> keys 0 2 4 6 8 -> batches [0 2 4] [0 4 6] [0 6 8]; odd frames propagated
 SETTINGS = {"prompt": "stained glass", "steps": 4, "size": 64, "opt_iterations": 2, "batch_size": 3,
@@ -72,28 +75,135 @@ def test_half_propagated_span_is_finished_on_rerun(pipe, clip_path, reference, t
     assert same_as(reference, again)
 
 
+def with_progress(job: Job) -> Job:
+    """Record a finished first batch, as a run would (no pipeline needed)."""
+    job.layout.checkpoint_store().batch_done(0, {})
+    return job
+
+
 def test_a_folder_holds_one_job(clip_path, tmp_path):
-    Job(tmp_path, validate(SETTINGS), clip_path)
-    with pytest.raises(JobMismatch, match="holds another job"):
+    with_progress(Job(tmp_path, validate(SETTINGS), clip_path))
+    with pytest.raises(JobMismatch, match=r"holds another, unfinished job \(1 batch\(es\) done\).*prompt"):
         Job(tmp_path, validate({**SETTINGS, "prompt": "charcoal"}), clip_path)
+    assert Job(tmp_path, validate(SETTINGS), clip_path).checkpoint().batches_done == 1  # still there
+
+
+def test_a_job_without_progress_is_replaced(clip_path, tmp_path):
+    Job(tmp_path, validate(SETTINGS), clip_path)
+    other = Job(tmp_path, validate({**SETTINGS, "prompt": "charcoal"}), clip_path)
+    assert "prompt" in other.started_over and other.checkpoint().batches_done == 0
+
+
+def test_a_failed_decode_does_not_block_the_fixed_input(clip_path, tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video")
+    with pytest.raises(ClipError):
+        Job(tmp_path / "job", validate(SETTINGS), garbage)
+    job = Job(tmp_path / "job", validate(SETTINGS), clip_path)
+    assert len(job.frames) == 9 and "not the one the job started on" not in (job.started_over or "")
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"frames": 12, "width": 96}, "12 frames instead of 9"),
+    ({"width": 96}, "frames of 96x64 instead of 64x64"),
+    ({"velocity": (1, 3)}, "other picture content (the frames' SHA-256 differs)"),
+])
+def test_another_clip_at_the_same_path_is_not_resumed(change, needle, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    shape = {"frames": 9, "width": 64, "height": 64, "velocity": (3, 1), "square": 20}
+    write_video(clip, moving_square(**shape).frames)
+    with_progress(Job(tmp_path / "job", validate(SETTINGS), clip))
+    write_video(clip, moving_square(**{**shape, **change}).frames)
+    with pytest.raises(JobMismatch, match="is not the one the job started on: " + re.escape(needle)):
+        Job(tmp_path / "job", validate(SETTINGS), clip)
+    restarted = Job(tmp_path / "job", validate(SETTINGS), clip, restart=True)
+    assert restarted.checkpoint().batches_done == 0 and len(restarted.frames) == change.get("frames", 9)
+
+
+def test_the_same_clip_elsewhere_resumes_and_decodes_once(clip_path, tmp_path, monkeypatch):
+    with_progress(Job(tmp_path / "job", validate(SETTINGS), clip_path))
+    moved = tmp_path / "moved.mp4"
+    moved.write_bytes(clip_path.read_bytes())
+    written = []
+    monkeypatch.setattr(job_module, "write_png_atomic", lambda path, rgb: written.append(path))
+    job = Job(tmp_path / "job", validate(SETTINGS), moved)
+    assert job.started_over is None and job.checkpoint().batches_done == 1 and len(job.frames) == 9
+    assert written == []  # checked by hashing while decoding; the stored frames are not rewritten
+
+
+def test_relative_and_absolute_model_paths_are_one_job(clip_path, tiny_models, tmp_path, monkeypatch):
+    model, controlnet = tiny_models
+    monkeypatch.chdir(model.parent)
+    relative = {"controlnet": controlnet.name, "config": None}
+    with_progress(Job(tmp_path, validate({**SETTINGS, "model": model.name}), clip_path, models=relative))
+    absolute = {"controlnet": str(controlnet), "config": None}
+    job = Job(tmp_path, validate({**SETTINGS, "model": str(model)}), clip_path, models=absolute)
+    assert job.started_over is None and job.checkpoint().batches_done == 1
+    with pytest.raises(JobMismatch, match="controlnet"):
+        Job(tmp_path, validate({**SETTINGS, "model": str(model)}), clip_path, models={"controlnet": "hub/other"})
+
+
+def test_folders_of_another_format_are_refused_or_restarted(clip_path, tmp_path):
+    with_progress(Job(tmp_path, validate(SETTINGS), clip_path))
+    record = tmp_path / RECORD
+    record.write_text(json.dumps({"format": 1, "settings": SETTINGS, "source": str(clip_path)}))
+    with pytest.raises(JobMismatch, match="job format 1, which this version \\(job format 2\\) cannot resume"):
+        Job(tmp_path, validate(SETTINGS), clip_path)
+    for bad in ("null", "[1, 2]", "[" * 1000 + "]" * 1000, "{"):
+        record.write_text(bad)
+        with pytest.raises(JobMismatch, match="not a job record|cannot be read"):
+            Job(tmp_path, validate(SETTINGS), clip_path)
+    job = Job(tmp_path, validate(SETTINGS), clip_path, restart=True)
+    assert job.started_over and json.loads(record.read_text())["format"] == FORMAT
+
+
+def test_restart_removes_the_job_and_its_frames_only(clip_path, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    job = with_progress(Job(out / ".job", validate(SETTINGS), clip_path, out_dir=out))
+    for index in range(3):
+        write_png_atomic(job.output_path(index), np.zeros((4, 4, 3), np.uint8))
+    (out / "0011.png").write_bytes(b"not in the job's sequence")
+    fresh = Job(out / ".job", validate({**SETTINGS, "seed": 1}), clip_path, out_dir=out, restart=True)
+    assert fresh.checkpoint().batches_done == 0
+    assert sorted(p.name for p in out.iterdir()) == [".job", "0011.png", "notes.txt"]
 
 
 def test_killed_cli_run_resumes_to_identical_frames(clip_path, tiny_models, reference, tmp_path):
-    out = tmp_path / "out"
-    argv = [sys.executable, "-m", "fresco_backend", "translate", str(clip_path), "--out", str(out),
-            "--model", str(tiny_models[0]), "--controlnet", str(tiny_models[1]), "--device", "cpu"]
-    for name, value in SETTINGS.items():
-        argv += ["--" + name.replace("_", "-"), str(value)]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    """Killed mid-run; a re-run on another clip at the same path is refused (nothing written), a
+    re-run with the original clip and relative model paths resumes to the uninterrupted frames."""
+    out, clip = tmp_path / "out", tmp_path / "clip.mp4"
+    clip.write_bytes(clip_path.read_bytes())
+    model, controlnet = tiny_models
+
+    def argv(model_path, controlnet_path):
+        args = [sys.executable, "-m", "fresco_backend", "translate", str(clip), "--out", str(out),
+                "--model", str(model_path), "--controlnet", str(controlnet_path), "--device", "cpu"]
+        for name, value in SETTINGS.items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        return args
+
+    process = subprocess.Popen(argv(model, controlnet), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
     progress = out / ".fresco-job" / "state" / "progress.json"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # an outer limit only: the loop ends when the batch is recorded
     while not progress.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert progress.exists(), "the run ended before its first batch was recorded"
+    written = sorted(p.name for p in out.glob("*.png"))
 
-    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    write_video(clip, moving_square(frames=12, width=96, height=64).frames)
+    refused = subprocess.run(argv(model, controlnet), capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "is not the one the job started on: 12 frames instead of 9" in refused.stderr
+    assert "--restart" in refused.stderr and sorted(p.name for p in out.glob("*.png")) == written
+
+    clip.write_bytes(clip_path.read_bytes())
+    rerun = subprocess.run(argv(model.name, controlnet.name), capture_output=True, text=True, timeout=600,
+                           cwd=model.parent)
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming the job" in rerun.stdout
     frames = sorted(out.glob("*.png"))
