@@ -28,13 +28,15 @@ from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
 from . import flow as flow_module
+from .config import Control
 from .flow import BatchFlow
 from .video_io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# The settings each control kind depends on, besides the processed size. A new kind registers here.
+# The settings (``config.Control`` fields) each control kind depends on, besides the processed size.
+# A new kind registers here.
 CONTROL_PARAMETERS: dict[str, tuple[str, ...]] = {"canny": ("canny_low", "canny_high")}
 
 T = TypeVar("T")
@@ -91,18 +93,18 @@ def frames_digest(frames: Iterable[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def flow_key(settings: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+def flow_key(estimator: str, size: tuple[int, int]) -> dict[str, Any]:
     """What a batch's flow depends on: estimator, processed (width, height), occlusion thresholds."""
-    return {"estimator": settings["flow"], "size": list(size), "fb_alpha": flow_module.FB_ALPHA,
+    return {"estimator": estimator, "size": list(size), "fb_alpha": flow_module.FB_ALPHA,
             "fb_beta": flow_module.FB_BETA, "photo_threshold": flow_module.PHOTO_THRESHOLD}
 
 
-def control_key(settings: Mapping[str, Any], size: tuple[int, int]) -> dict[str, Any]:
+def control_key(control: Control, size: tuple[int, int]) -> dict[str, Any]:
     """What a batch's control images depend on: the kind, its parameters, processed (width, height)."""
-    kind = settings["control"]
-    if kind not in CONTROL_PARAMETERS:
-        raise ValueError(f"control {kind!r} has no cache key; add its parameters to CONTROL_PARAMETERS")
-    return {"control": kind, "size": list(size), **{name: settings[name] for name in CONTROL_PARAMETERS[kind]}}
+    if control.kind not in CONTROL_PARAMETERS:
+        raise ValueError(f"control {control.kind!r} has no cache key; add its parameters to CONTROL_PARAMETERS")
+    return {"control": control.kind, "size": list(size),
+            **{name: getattr(control, name) for name in CONTROL_PARAMETERS[control.kind]}}
 
 
 class Cache:
@@ -157,12 +159,12 @@ class Cache:
             self._store(path, key, value, codec)
         return value
 
-    def batch_flow(self, frames_digest: str, settings: Mapping[str, Any], size: tuple[int, int],
+    def batch_flow(self, frames_digest: str, estimator: str, size: tuple[int, int],
                    compute: Callable[[], BatchFlow]) -> BatchFlow:
-        """A batch's flows and occlusion masks; ``size`` is the processed (width, height)."""
-        return self.get_or_compute("flow", flow_key(settings, size), frames_digest, compute, BATCH_FLOW)
+        """A batch's flows and occlusion masks by ``estimator``; ``size`` is the processed (width, height)."""
+        return self.get_or_compute("flow", flow_key(estimator, size), frames_digest, compute, BATCH_FLOW)
 
-    def control_images(self, frames_digest: str, settings: Mapping[str, Any], size: tuple[int, int],
+    def control_images(self, frames_digest: str, control: Control, size: tuple[int, int],
                        compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
         """A batch's uint8 control images; ``size`` is the processed (width, height)."""
-        return self.get_or_compute("control", control_key(settings, size), frames_digest, compute, IMAGES)
+        return self.get_or_compute("control", control_key(control, size), frames_digest, compute, IMAGES)

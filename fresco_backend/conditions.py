@@ -10,13 +10,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import frames as F
 from .cache import Cache, frames_digest
+from .config import JobConfig
 from .control import control_image
 from .flow import BatchFlow, estimate_batch_flow, load_estimator
+from .frames import to_tensor
 
 
-def batch_conditions(small: Sequence[np.ndarray], settings: dict, cache: Cache,
+def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cache,
                      with_flow: bool) -> tuple[torch.Tensor, BatchFlow | None]:
     """(control images (B, 3, H, W) in [0, 1], flows between consecutive frames or None).
 
@@ -24,9 +25,10 @@ def batch_conditions(small: Sequence[np.ndarray], settings: dict, cache: Cache,
     """
     size = (small[0].shape[1], small[0].shape[0])
     digest = frames_digest(small) if cache.folder is not None else ""
-    controls = cache.control_images(digest, settings, size, lambda: [control_image(f, settings) for f in small])
+    controls = cache.control_images(digest, config.control, size,
+                                    lambda: [control_image(f, config.control) for f in small])
     flow = None
     if with_flow and len(small) > 1:
-        flow = cache.batch_flow(digest, settings, size,
-                                lambda: estimate_batch_flow(list(small), load_estimator(settings["flow"])))
-    return F.to_tensor(controls) * 0.5 + 0.5, flow
+        flow = cache.batch_flow(digest, config.flow, size,
+                                lambda: estimate_batch_flow(list(small), load_estimator(config.flow)))
+    return to_tensor(controls) * 0.5 + 0.5, flow

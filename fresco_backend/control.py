@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .config import Control
+
 
 def canny(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
     """Canny edges of an RGB frame as a 3-channel uint8 image (white edges on black)."""
@@ -11,9 +13,8 @@ def canny(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
     return np.repeat(edges[:, :, None], 3, axis=2)
 
 
-def control_image(rgb: np.ndarray, settings: dict) -> np.ndarray:
-    """The condition named by ``settings["control"]`` for one frame."""
-    kind = settings["control"]
-    if kind == "canny":
-        return canny(rgb, settings["canny_low"], settings["canny_high"])
-    raise ValueError(f"unknown control {kind!r}")
+def control_image(rgb: np.ndarray, control: Control) -> np.ndarray:
+    """The condition ``control`` asks for, for one frame."""
+    if control.kind == "canny":
+        return canny(rgb, control.canny_low, control.canny_high)
+    raise ValueError(f"unknown control {control.kind!r}")

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from .config import Sampling
+
 
 class Cancelled(Exception):
     """The job's cancel event was set; raised between denoising steps."""
@@ -52,19 +54,17 @@ class StepClock:
             self.on_progress(Progress(stage, self.done, self.total, eta))
 
 
-def timesteps_for(pipe, steps: int, strength: float) -> torch.Tensor:
-    """The scheduler's timesteps from the SDEdit start given by ``strength`` (at least one)."""
-    pipe.scheduler.set_timesteps(steps, device=pipe.device)
-    skipped = steps - max(1, min(steps, int(round(steps * strength))))
-    return pipe.scheduler.timesteps[skipped * pipe.scheduler.order:]
+def timesteps_for(pipe, sampling: Sampling) -> torch.Tensor:
+    """The scheduler's timesteps from the SDEdit start: the last ``sampling.executed_steps``."""
+    pipe.scheduler.set_timesteps(sampling.steps, device=pipe.device)
+    return pipe.scheduler.timesteps[sampling.skipped_steps * pipe.scheduler.order:]
 
 
-def encode_prompt(pipe, settings: dict) -> torch.Tensor:
+def encode_prompt(pipe, sampling: Sampling) -> torch.Tensor:
     """Prompt embeddings for one frame: [negative; positive] when guidance is on."""
-    guided = settings["guidance_scale"] > 1.0
-    positive, negative = pipe.encode_prompt(settings["prompt"], pipe.device, 1, guided,
-                                            negative_prompt=settings["negative_prompt"] or None)
-    return torch.cat([negative, positive]) if guided else positive
+    positive, negative = pipe.encode_prompt(sampling.prompt, pipe.device, 1, sampling.guided,
+                                            negative_prompt=sampling.negative_prompt or None)
+    return torch.cat([negative, positive]) if sampling.guided else positive
 
 
 class StepHooks:
@@ -108,7 +108,7 @@ def start_latents(pipe, images: torch.Tensor, seed: int, t: torch.Tensor) -> tor
 
 @torch.no_grad()
 def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: torch.Tensor,
-                  settings: dict, clock: StepClock, hooks: StepHooks | None = None) -> torch.Tensor:
+                  sampling: Sampling, clock: StepClock, hooks: StepHooks | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
 
     ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]).
@@ -117,8 +117,8 @@ def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: to
     device, dtype = pipe.device, pipe.unet.dtype
     batch = images.shape[0]
     guided = embeds.shape[0] == 2
-    timesteps = timesteps_for(pipe, settings["steps"], settings["strength"])
-    latents = start_latents(pipe, images, settings["seed"], timesteps[0])
+    timesteps = timesteps_for(pipe, sampling)
+    latents = start_latents(pipe, images, sampling.seed, timesteps[0])
 
     cond = controls.to(device, dtype)
     text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
@@ -130,12 +130,12 @@ def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: to
         model_in = torch.cat([latents, latents]) if guided else latents
         model_in = pipe.scheduler.scale_model_input(model_in, t)
         down, mid = pipe.controlnet(model_in, t, encoder_hidden_states=text, controlnet_cond=cond,
-                                    conditioning_scale=settings["control_scale"], return_dict=False)
+                                    conditioning_scale=sampling.control_scale, return_dict=False)
         noise_pred = pipe.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                mid_block_additional_residual=mid, return_dict=False)[0]
         if guided:
             uncond, text_pred = noise_pred.chunk(2)
-            noise_pred = uncond + settings["guidance_scale"] * (text_pred - uncond)
+            noise_pred = uncond + sampling.guidance_scale * (text_pred - uncond)
         latents, x0 = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)
         new_x0 = hooks.adjust_x0(index, t, x0)
         if new_x0 is not None:
@@ -144,7 +144,3 @@ def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: to
         clock.step()
     return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
 
-
-def steps_per_batch(settings: dict) -> int:
-    steps = settings["steps"]
-    return max(1, min(steps, int(round(steps * settings["strength"]))))

@@ -42,32 +42,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import FeatureOptConfig
 from .flow import BatchFlow, warp, warp_by_grid, warp_grid
 
 Mode = Literal["record", "optimise", "off"]
 NUM_DECODER_BLOCKS = 4
-
-
-@dataclass
-class FeatureOptConfig:
-    """Switches and hyper-parameters (defaults: the official FRESCO settings)."""
-
-    enabled: bool = True             # the whole optimisation
-    temporal: bool = True            # L_temp
-    spatial: bool = True             # L_spat
-    lr: float = 0.2
-    iterations: int = 20
-    lambda_spat: float = 100.0
-    end_opt_step: int = 15           # optimise at scheduled steps 0..end_opt_step-1
-    gram_chunk: int = 1024           # Gram rows per chunk
-    gram_rows: int = 1024            # Gram rows sampled per frame and iteration (0: all, exact)
-    background_smoothing: bool = False
-    saliency_threshold: float = 0.25  # saliency below this (in [0, 1]) is background
-    smoothing_strength: float = 1.0   # 1 = background copied from the warped previous frame
-
-    def in_window(self, step_index: int) -> bool:
-        """Whether denoising step ``step_index`` (0-based) is inside the optimisation window."""
-        return step_index < self.end_opt_step
 
 
 @dataclass
@@ -128,13 +107,15 @@ def _normalised_tokens(f: torch.Tensor) -> torch.Tensor:
     return tokens * torch.rsqrt((tokens * tokens).sum(2, keepdim=True).clamp_min(1e-24))
 
 
-def spatial_loss_full(f: torch.Tensor, ref: torch.Tensor, weight: float = 100.0) -> torch.Tensor:
+def spatial_loss_full(f: torch.Tensor, ref: torch.Tensor,
+                      weight: float = FeatureOptConfig.lambda_spat) -> torch.Tensor:
     """L_spat with the full (B, HW, HW) Gram matrices (memory O(B HW^2)); the reference for tests."""
     x, r = _normalised_tokens(f), _normalised_tokens(ref.to(f))
     return weight * (x @ x.transpose(1, 2) - r @ r.transpose(1, 2)).abs().mean()
 
 
-def spatial_loss_and_grad(x: torch.Tensor, r: torch.Tensor, weight: float = 100.0, chunk: int = 1024,
+def spatial_loss_and_grad(x: torch.Tensor, r: torch.Tensor, weight: float = FeatureOptConfig.lambda_spat,
+                          chunk: int = FeatureOptConfig.gram_chunk,
                           rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """L_spat of normalised tokens x (B, HW, C) against the reference tokens r, and dL/dx.
 
@@ -177,8 +158,8 @@ def gram_rows(hw: int, limit: int, generator: torch.Generator) -> torch.Tensor |
     return torch.randperm(hw, generator=generator)[:limit].sort().values
 
 
-def spatial_loss_backward(f: torch.Tensor, ref: torch.Tensor, weight: float = 100.0,
-                          chunk: int = 1024) -> float:
+def spatial_loss_backward(f: torch.Tensor, ref: torch.Tensor, weight: float = FeatureOptConfig.lambda_spat,
+                          chunk: int = FeatureOptConfig.gram_chunk) -> float:
     """L_spat of features f (B, C, h, w) against ``ref``, evaluated in Gram blocks; returns its value.
 
     Accumulates dL_spat/df into ``f.grad`` (f: a leaf requiring grad): the token gradient from
@@ -301,7 +282,7 @@ def background_mask(saliency: torch.Tensor, height: int, width: int, threshold: 
 
 
 def smooth_background(x: torch.Tensor, flow: BatchFlow, background: torch.Tensor,
-                      strength: float = 1.0) -> torch.Tensor:
+                      strength: float = FeatureOptConfig.smoothing_strength) -> torch.Tensor:
     """Blend the background of frame k+1 with the (already smoothed) frame k warped by flow.
 
     x: features or latents (B, C, h, w); flow at (h, w); background (B, 1, h, w) in {0, 1}.

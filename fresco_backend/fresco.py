@@ -21,30 +21,16 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from . import frames as F
 from .cache import Cache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
+from .config import FeatureOptConfig, JobConfig
 from .denoise import StepClock, StepHooks, denoise_batch, encode_prompt, start_latents, timesteps_for
-from .feature_opt import (FeatureOptConfig, FeatureOptimizer, OptContext, background_mask, saliency_maps,
-                          smooth_background)
+from .feature_opt import FeatureOptimizer, OptContext, background_mask, saliency_maps, smooth_background
 from .flow import BatchFlow
+from .frames import resize, to_tensor, to_uint8
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch, plan_batches
-
-
-def attention_context(settings: dict) -> FrescoAttention:
-    return FrescoAttention(cross_frame=settings["cross_frame_attention"], spatial=settings["spatial_guidance"],
-                           temporal=settings["temporal_guidance"], lambda_s=settings["lambda_spatial"],
-                           lambda_t=settings["lambda_temporal"], temporal_min_t=settings["temporal_min_t"])
-
-
-def optimisation_config(settings: dict) -> FeatureOptConfig:
-    return FeatureOptConfig(enabled=settings["feature_optimization"], temporal=settings["temporal_loss"],
-                            spatial=settings["spatial_loss"], lr=settings["opt_lr"],
-                            iterations=settings["opt_iterations"], lambda_spat=settings["spatial_loss_weight"],
-                            end_opt_step=settings["opt_end_step"], gram_rows=settings["spatial_loss_rows"],
-                            background_smoothing=settings["background_smoothing"])
 
 
 def x0_smoothing_steps(steps: int) -> set[int]:
@@ -120,23 +106,22 @@ def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: t
     opt_ctx.mode = "optimise"
 
 
-def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size: tuple[int, int],
+def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
                   clock: StepClock, checkpoint: Checkpoint, cache: Cache) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (all keys) in anchored batches; yields (index, frame at the work size).
 
     Batches before ``checkpoint.batches_done`` are skipped, their anchors restored from it.
     """
-    keys = list(range(len(frames)))
-    batches = plan_batches(keys, settings["batch_size"])
-    embeds = encode_prompt(pipe, settings)
-    timesteps = timesteps_for(pipe, settings["steps"], settings["strength"])
-    skipped = settings["steps"] - len(timesteps)
+    sampling, keys = config.sampling, list(range(len(frames)))
+    batches = plan_batches(keys, sampling.batch_size)
+    embeds = encode_prompt(pipe, sampling)
+    timesteps = timesteps_for(pipe, sampling)
     keep = {keys[0]} | {b.frames[-1] for b in batches}  # frames later batches anchor to
     memory: Anchors = {frame: [t.to(pipe.device, pipe.unet.dtype) for t in steps]
                        for frame, steps in checkpoint.anchors.items()}
 
-    attention, opt_ctx = attention_context(settings), OptContext(mode="off")
-    optimizer = FeatureOptimizer(optimisation_config(settings))
+    attention, opt_ctx = FrescoAttention(config.attention), OptContext(mode="off")
+    optimizer = FeatureOptimizer(config.optimisation)
     handle = install(pipe.unet, attention)
     optimizer.install(pipe.unet, opt_ctx)
     try:
@@ -144,21 +129,21 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size:
             if number < checkpoint.batches_done:
                 continue
             clock.check_cancel()
-            small = [F.resize(frames[i], *work_size) for i in batch.frames]
-            images = F.to_tensor(small)
-            controls, flow = batch_conditions(small, settings, cache, with_flow=True)
+            small = [resize(frames[i], *work_size) for i in batch.frames]
+            images = to_tensor(small)
+            controls, flow = batch_conditions(small, config, cache, with_flow=True)
             attention.new_batch(images, flow)
             opt_ctx.flow = flow
-            opt_ctx.saliency = saliency_maps(small) if settings["background_smoothing"] else None
-            reference_pass(pipe, images, embeds[-1:], timesteps[-1], settings["seed"], attention, opt_ctx)
+            opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None
+            reference_pass(pipe, images, embeds[-1:], timesteps[-1], sampling.seed, attention, opt_ctx)
             smooth_x0 = None
             if opt_ctx.saliency is not None and flow is not None:
                 smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,
                                     config=optimizer.config)
-            hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, skipped, batch, memory, keep,
-                                  smooth_x0, x0_smoothing_steps(settings["steps"]))
-            out = denoise_batch(pipe, images, controls, embeds, settings, clock, hooks)
-            for frame, rgb in zip(batch.new, F.to_uint8(out[batch.anchors:])):
+            hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory, keep,
+                                  smooth_x0, x0_smoothing_steps(sampling.steps))
+            out = denoise_batch(pipe, images, controls, embeds, sampling, clock, hooks)
+            for frame, rgb in zip(batch.new, to_uint8(out[batch.anchors:])):
                 yield frame, rgb
             for frame in [f for f in memory if f not in (keys[0], batch.frames[-1])]:
                 del memory[frame]  # only the global first key and this batch's last are anchors later
@@ -171,5 +156,6 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], settings: dict, work_size:
         attention.clear()
 
 
-def fresco_batches(n_frames: int, settings: dict) -> int:
-    return len(plan_batches(list(range(n_frames)), settings["batch_size"]))
+def fresco_batches(frame_count: int, config: JobConfig) -> int:
+    """How many batches FRESCO translates ``frame_count`` keyframes in."""
+    return len(plan_batches(list(range(frame_count)), config.sampling.batch_size))

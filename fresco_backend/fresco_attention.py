@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from .config import AttentionConfig
+
 GUIDED_BLOCKS = ("up_blocks.2.", "up_blocks.3.")
 SELF_ATTENTION = ".attn1.processor"
 
@@ -71,10 +73,10 @@ def build_tracks(bwd: torch.Tensor, occ_bwd: torch.Tensor, colours: torch.Tensor
     the link (ties: lowest index); the others start new tracks. Every token is in
     exactly one track. Vectorised over pixels; one cheap iteration per frame.
     """
-    frames, _, h, w = colours.shape
+    frame_count, _, h, w = colours.shape
     tokens = h * w
     device = colours.device
-    if frames == 1:
+    if frame_count == 1:
         return torch.arange(tokens, device=device)[:, None]
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     tx = (xs + bwd[:, 0]).round().long()
@@ -89,15 +91,15 @@ def build_tracks(bwd: torch.Tensor, occ_bwd: torch.Tensor, colours: torch.Tensor
 
     ids = [torch.arange(tokens, device=device)]
     count = tokens
-    for pair in range(frames - 1):
+    for pair in range(frame_count - 1):
         fresh = ~linked[pair]
         new_ids = count + torch.cumsum(fresh.long(), 0) - 1
         ids.append(torch.where(linked[pair], ids[pair][parent[pair]], new_ids))
         count += int(fresh.sum())
     ids = torch.stack(ids)                                                       # (B, L) track id per token
-    tracks = torch.full((count, frames), -1, dtype=torch.long, device=device)
-    frame_of = torch.arange(frames, device=device)[:, None].expand(-1, tokens)
-    tracks[ids, frame_of] = torch.arange(tokens, device=device).expand(frames, -1)
+    tracks = torch.full((count, frame_count), -1, dtype=torch.long, device=device)
+    frame_of = torch.arange(frame_count, device=device)[:, None].expand(-1, tokens)
+    tracks[ids, frame_of] = torch.arange(tokens, device=device).expand(frame_count, -1)
     return tracks
 
 
@@ -116,16 +118,18 @@ def _collision_winners(parent: torch.Tensor, distance: torch.Tensor, linked: tor
 
 # ---------------------------------------------------------------- attention maths
 
-def merge_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
+def merge_frames(x: torch.Tensor, frame_count: int) -> torch.Tensor:
     """(G*B, heads, L, d) -> (G, heads, B*L, d): one token sequence per group."""
     n, heads, tokens, dim = x.shape
-    return x.view(n // frames, frames, heads, tokens, dim).transpose(1, 2).reshape(n // frames, heads, -1, dim)
+    groups = n // frame_count
+    return x.view(groups, frame_count, heads, tokens, dim).transpose(1, 2).reshape(groups, heads, -1, dim)
 
 
-def split_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
+def split_frames(x: torch.Tensor, frame_count: int) -> torch.Tensor:
     """Inverse of ``merge_frames``."""
     groups, heads, seq, dim = x.shape
-    return x.view(groups, heads, frames, seq // frames, dim).transpose(1, 2).reshape(-1, heads, seq // frames, dim)
+    tokens = seq // frame_count
+    return x.view(groups, heads, frame_count, tokens, dim).transpose(1, 2).reshape(-1, heads, tokens, dim)
 
 
 def spatial_guidance(query: torch.Tensor, query_ref: torch.Tensor, key_ref: torch.Tensor,
@@ -144,10 +148,10 @@ def shared_key_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
 def track_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     tracks: torch.Tensor, lambda_t: float) -> torch.Tensor:
     """H[p] = softmax(Q[p] K[p]^T / (lambda_t sqrt d)) V[p] within each track p (merged layout)."""
-    frames = tracks.shape[1]
-    tokens = query.shape[2] // frames
+    frame_count = tracks.shape[1]
+    tokens = query.shape[2] // frame_count
     present = tracks >= 0
-    flat = (tracks.clamp(min=0) + torch.arange(frames, device=tracks.device) * tokens)   # (T, B)
+    flat = (tracks.clamp(min=0) + torch.arange(frame_count, device=tracks.device) * tokens)   # (T, B)
     groups, heads, _, dim = query.shape
 
     def gather(x: torch.Tensor) -> torch.Tensor:  # (G, heads, T, B, d) -> (G*heads, T, B, d)
@@ -171,13 +175,8 @@ class FrescoAttention:
     Per step: ``begin_step(index, t)`` with index 0 for the first executed step.
     """
 
-    cross_frame: bool = True
-    spatial: bool = True
-    temporal: bool = True
-    lambda_s: float = 5.0
-    lambda_t: float = 5.0
-    temporal_min_t: float = 350.0   # temporal guidance while t >= this
-    frames: int = 1
+    config: AttentionConfig = field(default_factory=AttentionConfig)
+    frame_count: int = 1              # frames in the current batch
     step: int = 0
     timestep: float = 1000.0
     recording: bool = False
@@ -192,11 +191,11 @@ class FrescoAttention:
         if images.shape[0] > 1 and flow is None:
             raise ValueError("a batch of several frames needs its BatchFlow")
         self.clear()
-        self.frames, self.colours, self.flow = images.shape[0], images, flow
+        self.frame_count, self.colours, self.flow = images.shape[0], images, flow
 
     def clear(self) -> None:
         """Drop everything tied to the current batch (flow, caches, recorded Q/K) and rewind the step."""
-        self.flow, self.colours, self.frames = None, None, 1
+        self.flow, self.colours, self.frame_count = None, None, 1
         self.recorded.clear()
         self._unique.clear()
         self._tracks.clear()
@@ -217,18 +216,18 @@ class FrescoAttention:
 
     @property
     def spatial_now(self) -> bool:
-        return self.spatial and self.step == 0
+        return self.config.spatial and self.step == 0
 
     @property
     def temporal_now(self) -> bool:
-        return self.temporal and self.frames > 1 and self.timestep >= self.temporal_min_t
+        return self.config.temporal and self.frame_count > 1 and self.timestep >= self.config.temporal_min_t
 
     def grid(self, tokens: int) -> tuple[int, int]:
         return grid_shape(tokens, *self.colours.shape[-2:])
 
     def unique_tokens(self, tokens: int, device: torch.device) -> torch.Tensor:
         """Shared key indices (into B*L) for cross-frame attention at this resolution; cached."""
-        if self.frames == 1:
+        if self.frame_count == 1:
             return torch.arange(tokens, device=device)
         size = self.grid(tokens)
         if size not in self._unique:
@@ -304,24 +303,25 @@ class FrescoAttnProcessor:
         if ctx.recording:
             ctx.recorded[self.name] = (query.detach(), key.detach())
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
-        frames, tokens = ctx.frames, query.shape[2]
-        if query.shape[0] % frames:
-            raise ValueError(f"batch {query.shape[0]} is not a multiple of the {frames} frames of the batch")
+        frame_count, tokens = ctx.frame_count, query.shape[2]
+        if query.shape[0] % frame_count:
+            raise ValueError(f"batch {query.shape[0]} is not a multiple of the {frame_count} frames of the batch")
         guided = query
         if ctx.spatial_now:
-            guided = spatial_guidance(query, *ctx.reference(self.name, query.shape[0] // frames), ctx.lambda_s)
-        if ctx.cross_frame:
+            guided = spatial_guidance(query, *ctx.reference(self.name, query.shape[0] // frame_count),
+                                      ctx.config.lambda_s)
+        if ctx.config.cross_frame:
             if mask is not None:
                 raise ValueError("cross-frame attention does not take an attention mask")
             index = ctx.unique_tokens(tokens, query.device)
-            out = shared_key_attention(merge_frames(guided, frames), merge_frames(key, frames),
-                                       merge_frames(value, frames), index)
+            out = shared_key_attention(merge_frames(guided, frame_count), merge_frames(key, frame_count),
+                                       merge_frames(value, frame_count), index)
         else:
-            out = merge_frames(F.scaled_dot_product_attention(guided, key, value, attn_mask=mask), frames)
+            out = merge_frames(F.scaled_dot_product_attention(guided, key, value, attn_mask=mask), frame_count)
         if ctx.temporal_now:
-            out = track_attention(merge_frames(query, frames), merge_frames(key, frames), out,
-                                  ctx.tracks(tokens, query.device), ctx.lambda_t)
-        return split_frames(out, frames)
+            out = track_attention(merge_frames(query, frame_count), merge_frames(key, frame_count), out,
+                                  ctx.tracks(tokens, query.device), ctx.config.lambda_t)
+        return split_frames(out, frame_count)
 
 
 # ---------------------------------------------------------------- installation

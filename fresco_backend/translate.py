@@ -1,21 +1,23 @@
-"""Translating a clip: the per-frame baseline or FRESCO, chosen by ``settings["mode"]``.
+"""Translating a clip: the per-frame baseline or FRESCO, chosen by the ``mode`` setting.
 
-FRESCO translates the keyframes (``settings["keyframes"]``) and propagates the
+The job's settings become a ``config.JobConfig`` once, here. FRESCO translates the keyframes
+(the ``keyframes`` setting) and propagates the
 frames between two translated keys from both of them (``propagate.py``), so
 every input frame gets an output, including those after the last key.
 """
 from __future__ import annotations
 
 import threading
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import frames as F
 from .cache import Cache
 from .checkpoint import Checkpoint
 from .conditions import batch_conditions
-from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt, steps_per_batch
+from .config import JobConfig
+from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt
+from .frames import processed_size, resize, to_tensor, to_uint8
 from .fresco import fresco_batches, fresco_frames
 from .keyframes import adaptive_keys, fixed_keys
 from .propagate import propagate_span
@@ -23,24 +25,25 @@ from .propagate import propagate_span
 __all__ = ["Cancelled", "Progress", "translate_frames"]
 
 
-def per_frame(pipe, frames: Sequence[np.ndarray], settings: dict, work_size: tuple[int, int],
+def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
               clock: StepClock, checkpoint: Checkpoint, cache: Cache) -> Iterator[tuple[int, np.ndarray]]:
     """The baseline: frames translated independently (batched only for speed); yields at the work size."""
-    embeds = encode_prompt(pipe, settings)
-    size = settings["batch_size"]
+    embeds = encode_prompt(pipe, config.sampling)
+    size = config.sampling.batch_size
     for number, start in enumerate(range(0, len(frames), size)):
         if number < checkpoint.batches_done:
             continue
         clock.check_cancel()
-        small = [F.resize(f, *work_size) for f in frames[start:start + size]]
-        controls, _ = batch_conditions(small, settings, cache, with_flow=False)
-        out = denoise_batch(pipe, F.to_tensor(small), controls, embeds, settings, clock)
-        yield from enumerate(F.to_uint8(out), start)
+        small = [resize(f, *work_size) for f in frames[start:start + size]]
+        controls, _ = batch_conditions(small, config, cache, with_flow=False)
+        out = denoise_batch(pipe, to_tensor(small), controls, embeds, config.sampling, clock)
+        yield from enumerate(to_uint8(out), start)
         checkpoint.on_batch_done(number, {})
 
 
-def per_frame_batches(n_frames: int, settings: dict) -> int:
-    return -(-n_frames // settings["batch_size"])
+def per_frame_batches(frame_count: int, config: JobConfig) -> int:
+    """How many batches the baseline translates ``frame_count`` frames in."""
+    return -(-frame_count // config.sampling.batch_size)
 
 
 class Frames(Sequence[np.ndarray]):
@@ -66,38 +69,41 @@ class Frames(Sequence[np.ndarray]):
         return self._read(self.indices[item])
 
 
-def keyframes_for(frames: Sequence[np.ndarray], settings: dict) -> list[int]:
-    """The frames FRESCO translates (the first and the last are always among them)."""
-    count = len(frames)
-    if settings["mode"] != "fresco" or settings["keyframes"] == "all":
+def keyframes_for(frames: Sequence[np.ndarray], settings: JobConfig | Mapping[str, Any]) -> list[int]:
+    """The frames translated (the first and the last are always among them), for the job's settings."""
+    config, count = JobConfig.of(settings), len(frames)
+    keys = config.keyframes
+    if not config.fresco or keys.choice == "all":
         return list(range(count))
-    if settings["keyframes"] == "interval":
-        return fixed_keys(count, settings["key_interval"])
-    return adaptive_keys((frames[i] for i in range(count)), settings["key_min_gap"], settings["key_max_gap"])
+    if keys.choice == "interval":
+        return fixed_keys(count, keys.interval)
+    return adaptive_keys((frames[i] for i in range(count)), keys.min_gap, keys.max_gap)
 
 
-def translate_frames(pipe, frames: Sequence[np.ndarray], settings: dict,
+def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | Mapping[str, Any],
                      on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                      checkpoint: Checkpoint | None = None,
                      cache: Cache | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Translate ``frames`` (uint8 RGB, all one size) with validated ``settings``.
+    """Translate ``frames`` (uint8 RGB, all one size) with the job's ``settings`` (a settings mapping,
+    validated here, or a ``JobConfig``).
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
-    input's size. Frames are processed at ``settings["size"]`` (short side,
+    input's size. Frames are processed at the ``size`` setting (short side,
     multiple of 64) and scaled back; only one span between two keyframes is
     held at a time. Raises Cancelled as soon as ``cancel`` is set. With a
     ``checkpoint`` of an interrupted run it yields only what is still missing.
     """
     if not frames:
         return
+    config = JobConfig.of(settings)
     checkpoint, cache = checkpoint or Checkpoint(), cache or Cache(None)
     height, width = frames[0].shape[:2]
-    work_size = F.processed_size(width, height, settings["size"])
+    work_size = processed_size(width, height, config.sampling.size)
     clip = Frames(frames, range(len(frames)), frames[0].shape)
-    keys = keyframes_for(clip, settings)
-    run, batches = (fresco_frames, fresco_batches) if settings["mode"] == "fresco" else (per_frame, per_frame_batches)
-    remaining = batches(len(keys), settings) - checkpoint.batches_done
-    clock = StepClock(remaining * steps_per_batch(settings), on_progress, cancel)
+    keys = keyframes_for(clip, config)
+    run, batches = (fresco_frames, fresco_batches) if config.fresco else (per_frame, per_frame_batches)
+    remaining = batches(len(keys), config) - checkpoint.batches_done
+    clock = StepClock(remaining * config.sampling.executed_steps, on_progress, cancel)
 
     def spans_from_disk(limit: int) -> Iterator[tuple[int, np.ndarray]]:
         """Propagate the unfinished spans between the first ``limit`` keys, whose outputs are written."""
@@ -108,8 +114,8 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: dict,
                 yield from enumerate(span, first + 1)
 
     previous: tuple[int, np.ndarray] | None = None
-    for position, rgb in run(pipe, Frames(frames, keys, clip.shape), settings, work_size, clock, checkpoint, cache):
-        key, out = keys[position], F.resize(rgb, width, height)
+    for position, rgb in run(pipe, Frames(frames, keys, clip.shape), config, work_size, clock, checkpoint, cache):
+        key, out = keys[position], resize(rgb, width, height)
         if previous is None and position > 0:  # resumed: earlier keys are on disk
             yield from spans_from_disk(position)
             previous = keys[position - 1], checkpoint.output(keys[position - 1])

@@ -9,6 +9,7 @@ import torch
 
 from fresco_contract import settings as S
 from fresco_backend.cache import Cache, frames_digest
+from fresco_backend.config import Control, JobConfig
 from fresco_backend.control import control_image
 from fresco_backend.flow import estimate_batch_flow
 from fresco_backend.synthetic import moving_square
@@ -24,6 +25,10 @@ def frames() -> list[np.ndarray]:
 @pytest.fixture
 def settings() -> dict:
     return S.validate({"prompt": "an oil painting"})
+
+
+def control_of(settings: dict) -> Control:
+    return JobConfig.of(settings).control
 
 
 class Counter:
@@ -42,7 +47,7 @@ def flow_compute(frames) -> Counter:
 
 
 def control_compute(frames, settings) -> Counter:
-    return Counter(lambda: [control_image(f, settings) for f in frames])
+    return Counter(lambda: [control_image(f, control_of(settings)) for f in frames])
 
 
 def files(folder) -> list[str]:
@@ -61,8 +66,8 @@ def test_frames_digest(frames):
 
 def test_batch_flow_hit_is_exact(tmp_path, frames, settings):
     digest, compute = frames_digest(frames), flow_compute(frames)
-    first = Cache(tmp_path).batch_flow(digest, settings, SIZE, compute)
-    again = Cache(tmp_path).batch_flow(digest, settings, SIZE, compute)  # a new Cache: read from disk
+    first = Cache(tmp_path).batch_flow(digest, settings["flow"], SIZE, compute)
+    again = Cache(tmp_path).batch_flow(digest, settings["flow"], SIZE, compute)  # a new Cache: read from disk
     assert compute.calls == 1
     for name in ("fwd", "bwd", "occ_fwd", "occ_bwd"):
         stored, loaded = getattr(first, name), getattr(again, name)
@@ -72,8 +77,8 @@ def test_batch_flow_hit_is_exact(tmp_path, frames, settings):
 
 def test_control_images_hit_is_exact(tmp_path, frames, settings):
     digest, compute = frames_digest(frames), control_compute(frames, settings)
-    first = Cache(tmp_path).control_images(digest, settings, SIZE, compute)
-    again = Cache(tmp_path).control_images(digest, settings, SIZE, compute)
+    first = Cache(tmp_path).control_images(digest, control_of(settings), SIZE, compute)
+    again = Cache(tmp_path).control_images(digest, control_of(settings), SIZE, compute)
     assert compute.calls == 1 and len(again) == len(first) == 4
     assert all(a.dtype == np.uint8 and np.array_equal(a, b) for a, b in zip(again, first))
 
@@ -84,8 +89,8 @@ def test_unrelated_settings_hit(tmp_path, frames, settings, change):
     digest, cache = frames_digest(frames), Cache(tmp_path)
     flow, control = flow_compute(frames), control_compute(frames, settings)
     for values in (settings, {**settings, **change}):
-        cache.batch_flow(digest, values, SIZE, flow)
-        cache.control_images(digest, values, SIZE, control)
+        cache.batch_flow(digest, values["flow"], SIZE, flow)
+        cache.control_images(digest, control_of(values), SIZE, control)
     assert flow.calls == control.calls == 1
 
 
@@ -93,14 +98,14 @@ def test_unrelated_settings_hit(tmp_path, frames, settings, change):
 def test_changed_control_setting_misses(tmp_path, frames, settings, change):
     digest, cache = frames_digest(frames), Cache(tmp_path)
     changed = {**settings, **change}
-    before = cache.control_images(digest, settings, SIZE, control_compute(frames, settings))
+    before = cache.control_images(digest, control_of(settings), SIZE, control_compute(frames, settings))
     compute = control_compute(frames, changed)
-    after = cache.control_images(digest, changed, SIZE, compute)
+    after = cache.control_images(digest, control_of(changed), SIZE, compute)
     assert compute.calls == 1
     assert not all(np.array_equal(a, b) for a, b in zip(before, after))
     flow = flow_compute(frames)  # the flow does not depend on the control settings
-    cache.batch_flow(digest, settings, SIZE, flow)
-    cache.batch_flow(digest, changed, SIZE, flow)
+    cache.batch_flow(digest, settings["flow"], SIZE, flow)
+    cache.batch_flow(digest, changed["flow"], SIZE, flow)
     assert flow.calls == 1
 
 
@@ -108,9 +113,9 @@ def test_changed_size_or_estimator_misses(tmp_path, frames, settings):
     digest, cache = frames_digest(frames), Cache(tmp_path)
     flow, control = flow_compute(frames), control_compute(frames, settings)
     for values, size in ((settings, SIZE), (settings, (128, 96)), ({**settings, "flow": "raft"}, SIZE)):
-        cache.batch_flow(digest, values, size, flow)
+        cache.batch_flow(digest, values["flow"], size, flow)
     for size in (SIZE, (128, 96)):
-        cache.control_images(digest, settings, size, control)
+        cache.control_images(digest, control_of(settings), size, control)
     assert flow.calls == 3 and control.calls == 2
 
 
@@ -118,8 +123,8 @@ def test_different_frames_miss(tmp_path, frames, settings):
     other = moving_square(frames=4, width=SIZE[0], height=SIZE[1], square=16, seed=1).frames
     cache = Cache(tmp_path)
     first, second = flow_compute(frames), flow_compute(other)
-    cache.batch_flow(frames_digest(frames), settings, SIZE, first)
-    cache.batch_flow(frames_digest(other), settings, SIZE, second)
+    cache.batch_flow(frames_digest(frames), settings["flow"], SIZE, first)
+    cache.batch_flow(frames_digest(other), settings["flow"], SIZE, second)
     assert first.calls == second.calls == 1
 
 
@@ -127,20 +132,20 @@ def test_different_frames_miss(tmp_path, frames, settings):
 def test_unusable_entry_is_recomputed(tmp_path, frames, settings, damage):
     digest, cache = frames_digest(frames), Cache(tmp_path)
     compute = flow_compute(frames)
-    expected = cache.batch_flow(digest, settings, SIZE, compute)
+    expected = cache.batch_flow(digest, settings["flow"], SIZE, compute)
     [entry] = tmp_path.iterdir()
     data = entry.read_bytes()
     if damage == "other_key":  # a valid file of another entry under this name: e.g. a hash collision
-        cache.batch_flow(digest, {**settings, "flow": "other"}, SIZE, compute)
+        cache.batch_flow(digest, "other", SIZE, compute)
         [other] = [p for p in tmp_path.iterdir() if p != entry]
         other.replace(entry)
     else:
         entry.write_bytes({"garbage": b"\x00not safetensors" * 10, "truncated": data[: len(data) // 2],
                            "empty": b""}[damage])
     calls = compute.calls
-    recomputed = cache.batch_flow(digest, settings, SIZE, compute)
+    recomputed = cache.batch_flow(digest, settings["flow"], SIZE, compute)
     assert compute.calls == calls + 1 and torch.equal(recomputed.fwd, expected.fwd)
-    cache.batch_flow(digest, settings, SIZE, compute)  # the entry was rewritten and now hits
+    cache.batch_flow(digest, settings["flow"], SIZE, compute)  # the entry was rewritten and now hits
     assert compute.calls == calls + 1
 
 
@@ -157,8 +162,8 @@ def test_generic_tensors_and_bad_kind(tmp_path):
 def test_writes_leave_no_temporary_files(tmp_path, frames, settings, monkeypatch):
     digest = frames_digest(frames)
     cache = Cache(tmp_path / "cache")
-    cache.batch_flow(digest, settings, SIZE, flow_compute(frames))
-    cache.control_images(digest, settings, SIZE, control_compute(frames, settings))
+    cache.batch_flow(digest, settings["flow"], SIZE, flow_compute(frames))
+    cache.control_images(digest, control_of(settings), SIZE, control_compute(frames, settings))
     assert [name.split("-")[0] for name in files(tmp_path / "cache")] == ["control", "flow"]
 
     def fail(*args):
@@ -166,12 +171,12 @@ def test_writes_leave_no_temporary_files(tmp_path, frames, settings, monkeypatch
 
     monkeypatch.setattr(os, "replace", fail)  # the write fails at the final rename
     failing = Cache(tmp_path / "failing")
-    value = failing.control_images(digest, settings, SIZE, control_compute(frames, settings))
+    value = failing.control_images(digest, control_of(settings), SIZE, control_compute(frames, settings))
     assert len(value) == 4 and files(tmp_path / "failing") == []  # value returned, no partial file
 
     def broken():
         raise RuntimeError("estimator crashed")
 
     with pytest.raises(RuntimeError):
-        Cache(tmp_path / "broken").batch_flow(digest, settings, SIZE, broken)
+        Cache(tmp_path / "broken").batch_flow(digest, settings["flow"], SIZE, broken)
     assert files(tmp_path / "broken") == []

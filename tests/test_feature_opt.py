@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fresco_backend.feature_opt import (FeatureOptConfig, FeatureOptimizer, OptContext, adain,
+from fresco_backend.config import FeatureOptConfig
+from fresco_backend.feature_opt import (FeatureOptimizer, OptContext, adain,
                                         background_mask, gram_memory_bytes, gram_rows, optimise_features,
                                         smooth_background, spatial_loss_and_grad, spatial_loss_backward,
                                         spatial_loss_full, spectral_residual_saliency, temporal_loss)

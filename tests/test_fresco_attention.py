@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from fresco_backend import frames as FR
+from fresco_backend.config import AttentionConfig
+from fresco_backend.frames import to_tensor
 from fresco_backend.fresco_attention import (FrescoAttention, FrescoAttnProcessor, build_tracks, install,
                                              spatial_guidance, track_attention, unique_token_index)
 from fresco_backend.synthetic import moving_square
@@ -51,7 +52,7 @@ def square_scene(frames: int = 8, size: int = 128, step: int = 8) -> tuple[torch
         revealed[i, y0:y0 + 32, x0:x0 + 32] = True
         revealed[i, y1:y1 + 32, x1:x1 + 32] = False
     occ = torch.from_numpy(revealed).float()[:, None]
-    return FR.to_tensor(clip.frames), FakeFlow(bwd, occ), revealed
+    return to_tensor(clip.frames), FakeFlow(bwd, occ), revealed
 
 
 def small_attention(dim: int = 16, heads: int = 2, **kwargs) -> Attention:
@@ -75,9 +76,9 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v
 
 
-def context(frames: int, flow=None, size: int = 4, **switches) -> FrescoAttention:
-    ctx = FrescoAttention(**{"cross_frame": False, "spatial": False, "temporal": False, **switches})
-    ctx.new_batch(torch.rand(frames, 3, size, size) * 2 - 1, flow)
+def context(frame_count: int, flow=None, size: int = 4, **switches) -> FrescoAttention:
+    ctx = FrescoAttention(AttentionConfig(**{"cross_frame": False, "spatial": False, "temporal": False, **switches}))
+    ctx.new_batch(torch.rand(frame_count, 3, size, size) * 2 - 1, flow)
     return ctx
 
 
@@ -125,7 +126,7 @@ def test_cross_frame_with_everything_unique_equals_all_frame_attention():
 def test_moving_square_attends_fewer_keys_than_all_frame_attention():
     images, flow, revealed = square_scene()
     frames, grid = images.shape[0], 16  # 128 px frame: up_blocks.3 attention at 16 x 16 tokens
-    ctx = FrescoAttention(spatial=False, temporal=False)
+    ctx = FrescoAttention(AttentionConfig(spatial=False, temporal=False))
     ctx.new_batch(images, flow)
     index = ctx.unique_tokens(grid * grid, torch.device("cpu"))
     fraction = len(index) / (frames * grid * grid)
@@ -257,7 +258,7 @@ def test_track_attention_equals_hand_formula_and_tracks_are_independent():
 def test_processor_temporal_guidance_follows_the_timestep_threshold():
     attn, frames = small_attention(), 3
     flow = constant_flow(frames, 2, 4, dx=-1.0)
-    ctx = FrescoAttention(cross_frame=False, spatial=False, temporal=True)
+    ctx = FrescoAttention(AttentionConfig(cross_frame=False, spatial=False, temporal=True))
     ctx.new_batch(torch.rand(frames, 3, 2, 4), flow)
     proc = FrescoAttnProcessor(ctx, "x")
     hidden = torch.randn(2 * frames, 8, 16)

@@ -140,12 +140,13 @@ def test_fresco_is_more_consistent_than_the_baseline_and_follows_the_motion(pipe
 def test_with_x0_equals_the_ddim_step_of_the_sample_that_predicts_it(pipe):
     """Replacing the predicted x0 of a DDIM step gives exactly the step diffusers takes from the
     sample x_t' = sqrt(a_t) x0' + sqrt(1 - a_t) eps, whose prediction with the same eps is x0'."""
+    from fresco_backend.config import Sampling
     from fresco_backend.denoise import timesteps_for, with_x0
 
     scheduler = pipe.scheduler
     generator = torch.Generator().manual_seed(0)
     sample, eps, new_x0 = (torch.randn(2, 4, 8, 8, generator=generator) for _ in range(3))
-    for t in timesteps_for(pipe, 20, 0.75)[[0, -1]]:  # the last step goes to the final alpha
+    for t in timesteps_for(pipe, Sampling(steps=20, strength=0.75))[[0, -1]]:  # the last step goes to the final alpha
         prev, x0 = scheduler.step(eps, t, sample, return_dict=False)
         alpha = scheduler.alphas_cumprod[int(t)]
         expected = scheduler.step(eps, t, alpha.sqrt() * new_x0 + (1 - alpha).sqrt() * eps, return_dict=False)[0]
@@ -187,7 +188,7 @@ class LosslessVAE:
 
 
 def test_x0_background_smoothing_copies_the_static_background_and_keeps_the_object():
-    from fresco_backend.feature_opt import FeatureOptConfig
+    from fresco_backend.config import FeatureOptConfig
     from fresco_backend.flow import BatchFlow
 
     generator = torch.Generator().manual_seed(1)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fresco_contract.settings import validate
-from fresco_backend import frames as F
+from fresco_backend.config import JobConfig
+from fresco_backend.frames import processed_size
 from fresco_backend.synthetic import moving_square
-from fresco_backend.denoise import steps_per_batch
 from fresco_backend.translate import Cancelled, translate_frames
 
 
@@ -29,7 +29,7 @@ def run(pipe, frames, **overrides):
     ((100, 100, 70), (64, 64)),
 ])
 def test_processed_size(size, expected):
-    assert F.processed_size(*size) == expected
+    assert processed_size(*size) == expected
 
 
 def test_output_matches_input_count_size_and_is_deterministic(pipe, clip):
@@ -63,7 +63,7 @@ def test_progress_counts_every_step_and_ends_at_total(pipe, clip):
                          "mode": "per_frame"})
     seen = []
     list(translate_frames(pipe, clip.frames, settings, on_progress=seen.append))
-    assert steps_per_batch(settings) == 4
+    assert JobConfig.of(settings).sampling.executed_steps == 4
     assert [p.done for p in seen] == list(range(1, 3 * 4 + 1))  # 5 frames -> 3 batches of <= 2
     assert seen[-1].total == 12 and seen[-1].eta == 0.0 and seen[0].stage == "denoise"
 

@@ -1,0 +1,142 @@
+"""A job's validated settings as typed, frozen groups: converted once, at the backend's entry points.
+
+``JobConfig.of`` takes the settings (a mapping, validated here against ``fresco_contract.settings``,
+which is the one source of names and defaults) or a ``JobConfig`` and gives the ``JobConfig`` the
+pipeline passes down. Every field that mirrors a user setting names it (``setting``), takes the
+schema's default and is filled from it by ``from_settings``; the remaining fields are internal
+constants that have no setting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, TypeVar
+
+from fresco_contract import settings as S
+
+G = TypeVar("G")
+
+
+def setting(name: str) -> Any:
+    """A dataclass field mirroring the user setting ``name``, with the schema's default."""
+    return field(default=S.BY_NAME[name].default, metadata={"setting": name})
+
+
+def from_settings(kind: type[G], settings: Mapping[str, Any]) -> G:
+    """``kind`` with each setting-backed field taken from validated ``settings`` (nested groups too)."""
+    values = {f.name: settings[f.metadata["setting"]] for f in fields(kind) if "setting" in f.metadata}
+    nested = {f.name: from_settings(f.default_factory, settings) for f in fields(kind) if "group" in f.metadata}
+    return kind(**values, **nested)
+
+
+def group(kind: type) -> Any:
+    """A dataclass field holding a nested group of settings, by default at the schema's defaults."""
+    return field(default_factory=kind, metadata={"group": True})
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The denoising loop: prompt, seed, SDEdit strength, scheduler steps, guidance and batching."""
+
+    prompt: str = setting("prompt")
+    negative_prompt: str = setting("negative_prompt")
+    seed: int = setting("seed")
+    strength: float = setting("strength")
+    steps: int = setting("steps")
+    guidance_scale: float = setting("guidance_scale")
+    control_scale: float = setting("control_scale")
+    size: int = setting("size")
+    batch_size: int = setting("batch_size")
+
+    @property
+    def executed_steps(self) -> int:
+        """Steps the loop runs: the last ``strength`` part of the schedule, at least one."""
+        return max(1, min(self.steps, int(round(self.steps * self.strength))))
+
+    @property
+    def skipped_steps(self) -> int:
+        """Scheduled steps before the SDEdit start."""
+        return self.steps - self.executed_steps
+
+    @property
+    def guided(self) -> bool:
+        """Whether classifier-free guidance is on (two U-Net halves per step)."""
+        return self.guidance_scale > 1.0
+
+
+@dataclass(frozen=True)
+class Keyframes:
+    """Which frames FRESCO translates; the others are propagated."""
+
+    choice: str = setting("keyframes")      # "adaptive", "interval" or "all"
+    interval: int = setting("key_interval")
+    min_gap: int = setting("key_min_gap")
+    max_gap: int = setting("key_max_gap")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """FRESCO-guided self-attention: the three mechanisms and their parameters."""
+
+    cross_frame: bool = setting("cross_frame_attention")
+    spatial: bool = setting("spatial_guidance")
+    temporal: bool = setting("temporal_guidance")
+    lambda_s: float = setting("lambda_spatial")
+    lambda_t: float = setting("lambda_temporal")
+    temporal_min_t: int = setting("temporal_min_t")   # temporal guidance while t >= this
+
+
+@dataclass(frozen=True)
+class FeatureOptConfig:
+    """FRESCO-aware feature optimisation and background smoothing."""
+
+    enabled: bool = setting("feature_optimization")
+    temporal: bool = setting("temporal_loss")           # L_temp
+    spatial: bool = setting("spatial_loss")             # L_spat
+    lr: float = setting("opt_lr")
+    iterations: int = setting("opt_iterations")
+    lambda_spat: float = setting("spatial_loss_weight")
+    end_opt_step: int = setting("opt_end_step")         # optimise at scheduled steps 0..end_opt_step-1
+    gram_rows: int = setting("spatial_loss_rows")       # Gram rows sampled per frame and iteration (0: all)
+    background_smoothing: bool = setting("background_smoothing")
+    gram_chunk: int = 1024             # Gram rows per block of the blockwise L_spat
+    saliency_threshold: float = 0.25   # saliency below this (in [0, 1]) is background
+    smoothing_strength: float = 1.0    # 1 = background copied from the warped previous frame
+
+    def in_window(self, step_index: int) -> bool:
+        """Whether scheduled step ``step_index`` (0-based) is inside the optimisation window."""
+        return step_index < self.end_opt_step
+
+
+@dataclass(frozen=True)
+class Control:
+    """The ControlNet condition computed from each input frame."""
+
+    kind: str = setting("control")
+    canny_low: int = setting("canny_low")
+    canny_high: int = setting("canny_high")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Every decision of one translation job, grouped; built by ``JobConfig.of``."""
+
+    mode: str = setting("mode")       # "fresco" or "per_frame"
+    flow: str = setting("flow")       # optical-flow estimator
+    model: str = setting("model")     # "" = the server's or command line's default
+    sampling: Sampling = group(Sampling)
+    keyframes: Keyframes = group(Keyframes)
+    attention: AttentionConfig = group(AttentionConfig)
+    optimisation: FeatureOptConfig = group(FeatureOptConfig)
+    control: Control = group(Control)
+
+    @classmethod
+    def of(cls, settings: JobConfig | Mapping[str, Any]) -> JobConfig:
+        """``settings`` as a JobConfig: a JobConfig as it is, a mapping validated (defaults filled)
+        and converted; raises ``fresco_contract.settings.SettingsError`` for invalid settings."""
+        if isinstance(settings, JobConfig):
+            return settings
+        return from_settings(cls, S.validate(settings))
+
+    @property
+    def fresco(self) -> bool:
+        return self.mode == "fresco"

@@ -1,0 +1,53 @@
+"""Typed job settings (fresco_backend.config): one conversion, the schema's defaults, one step count."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from fresco_contract import settings as S
+from fresco_backend.config import AttentionConfig, FeatureOptConfig, JobConfig, Sampling
+
+
+def setting_fields(kind=JobConfig, path=""):
+    """(dotted field path, setting name, field default) of every setting-backed field, nested groups too."""
+    for f in fields(kind):
+        if "group" in f.metadata:
+            yield from setting_fields(f.default_factory, f"{path}{f.name}.")
+        elif "setting" in f.metadata:
+            yield f"{path}{f.name}", f.metadata["setting"], f.default
+
+
+def test_every_setting_has_one_typed_field_with_the_schema_default():
+    mapped = [name for _, name, _ in setting_fields()]
+    assert sorted(mapped) == sorted(S.BY_NAME)                      # none lost, none twice
+    assert all(default == S.BY_NAME[name].default for _, name, default in setting_fields())
+
+
+def test_of_converts_validated_settings_and_passes_a_config_through():
+    values = {"prompt": "a fox", "steps": 30, "keyframes": "interval", "key_interval": 4, "opt_lr": 0.5,
+              "lambda_temporal": 2.0, "canny_low": 10, "flow": "dis", "model": "m", "mode": "per_frame"}
+    config = JobConfig.of(S.validate(values))
+    assert JobConfig.of(values) == config                          # validated (defaults filled) on the way
+    assert JobConfig.of(config) is config
+    assert (config.sampling.steps, config.keyframes.choice, config.keyframes.interval) == (30, "interval", 4)
+    assert (config.optimisation.lr, config.attention.lambda_t, config.control.canny_low) == (0.5, 2.0, 10)
+    assert (config.model, config.fresco) == ("m", False)
+    with pytest.raises(S.SettingsError, match="steps"):
+        JobConfig.of({"prompt": "x", "steps": 0})
+
+
+def test_group_defaults_are_the_schema_defaults():
+    assert FeatureOptConfig().lr == S.BY_NAME["opt_lr"].default
+    assert FeatureOptConfig().end_opt_step == S.BY_NAME["opt_end_step"].default
+    assert AttentionConfig().temporal_min_t == S.BY_NAME["temporal_min_t"].default
+    assert JobConfig().sampling == Sampling()
+
+
+@pytest.mark.parametrize("steps, strength", [(20, 0.75), (20, 1.0), (7, 0.5), (4, 0.05), (1, 0.3), (150, 0.33)])
+def test_executed_steps_is_what_the_loop_runs(pipe, steps, strength):
+    from fresco_backend.denoise import timesteps_for
+
+    sampling = Sampling(steps=steps, strength=strength)
+    assert len(timesteps_for(pipe, sampling)) == sampling.executed_steps >= 1
+    assert sampling.skipped_steps + sampling.executed_steps == steps
