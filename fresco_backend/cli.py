@@ -16,7 +16,7 @@ from pathlib import Path
 from fresco_contract import settings as S
 
 from .job import RECORD, JobMismatch
-from .models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError
+from .models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError, choose_models
 from .video_io import ClipError
 
 _TYPES = {"str": str, "enum": str, "int": int, "float": float}
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, required=True, help="output folder for 0001.png, 0002.png, ...")
     _add_setting_options(tr)
     tr.add_argument("--controlnet", default=None,
-                    help=f"ControlNet: hub id, diffusers folder or .safetensors (default {DEFAULT_CONTROLNETS['canny']})")
+                    help=f"ControlNet of the canny control: hub id, diffusers folder or .safetensors "
+                         f"(default {DEFAULT_CONTROLNETS['canny']})")
     tr.add_argument("--config", default=None,
                     help="diffusers SD 1.5 folder describing a single-file --model checkpoint (needed offline)")
     tr.add_argument("--controlnet-config", default=None,
@@ -94,7 +95,7 @@ def _translate(args: argparse.Namespace) -> None:
         raise FileExistsError(f"{args.mp4} already exists; choose another --mp4 path (nothing was overwritten)")
     if not args.input.exists():
         raise ClipError(f"input {args.input} does not exist")
-    controlnet = args.controlnet or DEFAULT_CONTROLNETS[settings["control"]]
+    model, controlnet = choose_models(settings, DEFAULT_MODEL, args.controlnet)
     models = {"controlnet": controlnet, "config": args.config, "controlnet_config": args.controlnet_config}
     try:
         job = Job(job_dir, settings, args.input, out_dir=args.out, cache_dir=args.cache_dir, models=models,
@@ -105,7 +106,7 @@ def _translate(args: argparse.Namespace) -> None:
                           f"models and input it was started with") from None
     if job.started_over:
         print(f"starting a new job in {job_dir}; the one there was discarded: {job.started_over}")
-    pipe = load_pipeline(settings["model"] or DEFAULT_MODEL, controlnet, device=args.device,
+    pipe = load_pipeline(model, controlnet, device=args.device,
                          config=args.config, controlnet_config=args.controlnet_config)
     done = job.checkpoint().batches_done
     if done:

@@ -13,21 +13,47 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any, Mapping, NamedTuple
 
 import torch
 
+from .config import JobConfig
 from .device import Runtime, pick_runtime
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_CONTROLNETS = {"canny": "lllyasviel/sd-controlnet-canny"}
+DEFAULT_CONTROLNETS = {"canny": "lllyasviel/sd-controlnet-canny"}  # the ControlNet of each control kind
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelNotFoundError(RuntimeError):
     """A model reference that is neither a usable local path nor a reachable hub id."""
+
+
+class ModelChoice(NamedTuple):
+    """The Stable Diffusion model and the ControlNet one job runs with."""
+
+    model: str
+    controlnet: str
+
+
+def choose_models(settings: JobConfig | Mapping[str, Any], default_model: str = DEFAULT_MODEL,
+                  canny_controlnet: str | None = None) -> ModelChoice:
+    """The model and ControlNet for a job: the one place both are decided.
+
+    The job's ``model`` setting, else ``default_model`` (the server's ``--model``, the command
+    line's default); the ControlNet that matches the job's ``control`` setting, where an explicit
+    ``canny_controlnet`` (the server's or command line's ``--controlnet``) replaces the default
+    ControlNet of the canny control.
+    """
+    config = JobConfig.of(settings)
+    controlnets = {**DEFAULT_CONTROLNETS, **({"canny": canny_controlnet} if canny_controlnet else {})}
+    if config.control.kind not in controlnets:
+        raise ModelNotFoundError(f"no ControlNet is known for control {config.control.kind!r} "
+                                 f"(known: {', '.join(controlnets)})")
+    return ModelChoice(config.model.strip() or default_model, controlnets[config.control.kind])
 
 
 def _hint(what: str) -> str:

@@ -21,7 +21,9 @@ from typing import Any, Callable, Sequence
 
 from fresco_contract import wire
 from fresco_backend.cache import Cache
-from fresco_backend.models import DEFAULT_CONTROLNETS, DEFAULT_MODEL
+from fresco_backend.config import JobConfig
+from fresco_backend.device import DeviceError, pick_runtime
+from fresco_backend.models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, choose_models
 
 from . import __version__
 from .app import create_app
@@ -37,14 +39,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"default Stable Diffusion 1.5 model: hub id, folder or .safetensors (default {DEFAULT_MODEL})")
-    p.add_argument("--controlnet", default=DEFAULT_CONTROLNETS["canny"],
-                   help=f"ControlNet model: hub id, folder or .safetensors (default {DEFAULT_CONTROLNETS['canny']})")
+    p.add_argument("--controlnet",
+                   help=f"ControlNet of the canny control: hub id, folder or .safetensors "
+                        f"(default {DEFAULT_CONTROLNETS['canny']})")
     p.add_argument("--config", help="diffusers SD 1.5 folder (or hub id) describing a single-file --model "
                                     "checkpoint; needed offline")
     p.add_argument("--controlnet-config", help="diffusers ControlNet folder describing a single-file --controlnet; "
                                                "needed offline")
     p.add_argument("--work-dir", type=Path, help="folder for job inputs/outputs (default: a temp folder, removed at exit)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="torch device (default: cuda if available)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
+                   help="torch device (default auto: cuda if available, else mps, else cpu)")
     p.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${wire.TOKEN_ENV}, else random)")
     p.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin reaches EOF (parent died)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -84,17 +88,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def resolve_device(device: str | None) -> str:
-    if device:
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
-
-
 def backend_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
     """(load_pipeline, translate_frames) of fresco_backend, imported here so startup fails early."""
     from fresco_backend.models import load_pipeline
@@ -129,16 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not explicit:
         print(f"fresco server: generated token {token}", file=sys.stderr, flush=True)
 
+    try:
+        device = str(pick_runtime(args.device).device)
+    except DeviceError as exc:
+        log.error("%s", exc)
+        return 2
     temp_work = args.work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="fresco-server-")) if temp_work else args.work_dir.resolve()
     load_pipeline, translate_frames = backend_functions()
-    device = resolve_device(args.device)
     loader = functools.partial(load_pipeline, config=args.config, controlnet_config=args.controlnet_config)
-    cache = ModelCache(loader, args.model, args.controlnet, args.device)
+    cache = ModelCache(loader, args.model, args.controlnet, device)
     clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
     manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache))
     info = {"version": __version__, "device": device, "default_model": args.model,
-            "controlnet": args.controlnet}
+            "controlnet": choose_models(JobConfig(), args.model, args.controlnet).controlnet}
     app = create_app(manager, cache, token, info)
 
     def cleanup() -> None:

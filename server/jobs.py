@@ -150,16 +150,6 @@ def oom_message(settings: dict[str, Any], exc: BaseException) -> str:
             f"settings, or close other programs using the GPU ({detail})")
 
 
-def free_cuda_memory() -> None:
-    """Give cached CUDA memory back after an out-of-memory error so the next job can run."""
-    torch = sys.modules.get("torch")
-    try:
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort; the job already failed
-        log.warning("could not empty the CUDA cache", exc_info=True)
-
-
 class JobManager:
     """All jobs of the server process and the worker thread that runs them in order."""
 
@@ -411,7 +401,9 @@ class JobManager:
                 with self._lock:
                     self._running = None
             if out_of_memory:  # after the handler: the traceback's tensors are released by now
-                free_cuda_memory()
+                from fresco_backend.device import release_cuda_memory  # torch: loaded, it ran out of memory
+
+                release_cuda_memory()
 
     def _run(self, job: Job) -> None:
         self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=1, eta=None)

@@ -1,16 +1,19 @@
 """Keeps the loaded pipeline warm between jobs.
 
-One entry (one GPU): a job asking for another (model, controlnet, device)
-drops the previous pipeline before loading the new one. Loads are counted so
-clients and tests can see that a warm server does not reload.
+One entry (one GPU): a job needing another (model, controlnet, device) drops the previous pipeline
+before loading the new one. Which model and ControlNet a job needs is decided by
+``fresco_backend.models.choose_models`` from its ``model`` and ``control`` settings and the
+server's defaults. Loads are counted so clients and tests can see that a warm server does not reload.
 """
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+from fresco_backend.device import release_cuda_memory
+from fresco_backend.models import choose_models
 
 log = logging.getLogger("fresco.server.models")
 
@@ -20,7 +23,8 @@ Loader = Callable[[str, str, "str | None"], Any]
 class ModelCache:
     """Pipeline cache keyed by (model, controlnet, device)."""
 
-    def __init__(self, loader: Loader, default_model: str, controlnet: str, device: str | None) -> None:
+    def __init__(self, loader: Loader, default_model: str, controlnet: str | None, device: str | None) -> None:
+        """``controlnet``: the server's ``--controlnet`` (None: the default of each control kind)."""
         self._loader = loader
         self.default_model = default_model
         self.controlnet = controlnet
@@ -31,10 +35,11 @@ class ModelCache:
         self.load_count = 0
         self.last_load_seconds: float | None = None
 
-    def for_settings(self, settings: dict[str, Any]) -> Any:
-        """The pipeline for a job's settings ("model" empty -> the server's default)."""
-        model = (settings.get("model") or "").strip() or self.default_model
-        return self.get(model, self.controlnet, self.device)
+    def for_settings(self, settings: Mapping[str, Any]) -> Any:
+        """The pipeline for a job's settings: its ``model`` (empty: the server's default) and the
+        ControlNet of its ``control``."""
+        model, controlnet = choose_models(settings, self.default_model, self.controlnet)
+        return self.get(model, controlnet, self.device)
 
     def get(self, model: str, controlnet: str, device: str | None) -> Any:
         key = (model, controlnet, device)
@@ -55,11 +60,4 @@ class ModelCache:
         if self._pipe is None:
             return
         self._key, self._pipe = None, None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover - torch is always there in the backend venv
-            pass
+        release_cuda_memory()

@@ -54,15 +54,24 @@ def test_missing_controlnet_names_the_option(tiny_models):
         load_pipeline(str(tiny_models[0]), "/no/such/controlnet", device="cpu")
 
 
-def test_runtime_cpu_and_cuda_choice(monkeypatch):
+def test_runtime_cpu_cuda_and_mps_choice(monkeypatch):
     assert D.pick_runtime("cpu") == D.Runtime(torch.device("cpu"), torch.float32)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(D, "mps_available", lambda: False)
     assert D.pick_runtime(None).device.type == "cpu"
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+    with pytest.raises(D.DeviceError, match="no CUDA GPU"):
         D.pick_runtime("cuda")
+    with pytest.raises(D.DeviceError, match="no MPS"):
+        D.pick_runtime("mps")
+    for bad in ("tpu", "cuda:x", "meta"):
+        with pytest.raises(D.DeviceError, match="use auto, cpu, cuda, cuda:N or mps"):
+            D.pick_runtime(bad)
+    monkeypatch.setattr(D, "mps_available", lambda: True)
+    assert D.pick_runtime("auto") == D.Runtime(torch.device("mps"), torch.float32)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     runtime = D.pick_runtime("auto")
     assert runtime.device.type == "cuda" and runtime.dtype == torch.float16
+    assert D.pick_runtime("cuda:1") == D.Runtime(torch.device("cuda:1"), torch.float16)
 
 
 def test_gpu_runtime_enables_vae_slicing_and_tf32(monkeypatch):
@@ -73,3 +82,18 @@ def test_gpu_runtime_enables_vae_slicing_and_tf32(monkeypatch):
     assert calls == []
     D.Runtime(torch.device("cuda"), torch.float16).apply(pipe)
     assert calls == ["slice", "high"]
+    pipe.enable_attention_slicing = lambda: calls.append("attention slices")
+    D.Runtime(torch.device("mps"), torch.float32).apply(pipe)
+    assert calls == ["slice", "high", "attention slices"]
+
+
+def test_release_cuda_memory_collects_and_empties_the_cache_only_with_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(D.gc, "collect", lambda: calls.append("gc"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    D.release_cuda_memory()
+    assert calls == ["gc"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    D.release_cuda_memory()
+    assert calls == ["gc", "gc", "empty"]

@@ -161,7 +161,7 @@ def test_request_errors(manager):
 def test_model_cache_loads_once_per_key():
     calls = []
     cache = ModelCache(lambda m, c, d: calls.append((m, c, d)) or object(), "default", "cn", "cpu")
-    a = cache.for_settings({"model": ""})
-    assert cache.for_settings({"model": "  "}) is a and calls == [("default", "cn", "cpu")]
-    b = cache.for_settings({"model": "other"})
+    a = cache.for_settings({"prompt": "p", "model": ""})
+    assert cache.for_settings({"prompt": "p", "model": "  "}) is a and calls == [("default", "cn", "cpu")]
+    b = cache.for_settings({"prompt": "p", "model": "other"})
     assert b is not a and cache.load_count == 2 and calls[-1] == ("other", "cn", "cpu")
