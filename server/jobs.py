@@ -5,12 +5,16 @@ queued by ``start`` and run by the one worker thread (one GPU), which writes
 every translated frame to ``output/`` and records events with increasing
 ``seq``.
 
-Each job folder also holds ``job.json`` (id, settings, frame count, state),
-rewritten atomically on every state change, and ``state/`` (finished batches
-and anchor latents, ``fresco_backend.job.CheckpointStore``). A manager started
-on a work dir that holds jobs reloads them: queued and running ones are queued
-again (a running one resumes after its last finished batch), uploading ones can
-be uploaded to and started, finished ones stay downloadable. Events are not
+Job folders have the one layout of ``fresco_backend.job.JobFolder``: the record
+``job.json`` (settings, the input's fingerprint, and under "job" the id, state and
+times), rewritten atomically on every state change, ``input/``, ``output/`` and
+``state/`` (finished batches and anchor latents). A manager started on a work dir
+that holds jobs reloads them, each record checked again: queued and running ones
+are queued again (a running one resumes after its last finished batch, once its
+inputs are checked against the record), uploading ones can be uploaded to and
+started, finished ones stay downloadable. A folder whose record cannot be used is
+logged and skipped. A deleted job's folder is first renamed out of the job
+namespace (``.deleted-<id>``, removed then or at the next start). Events are not
 persisted: a reloaded job's feed starts again at seq 0.
 
 The pipeline provider and the translate function are injected (tests use
@@ -18,9 +22,9 @@ fakes); torch is only imported when a job runs.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
 import queue
 import shutil
 import sys
@@ -35,15 +39,16 @@ import numpy as np
 
 from fresco_contract import wire
 
-from fresco_backend.video_io import FrameFiles, encode_png, write_bytes_atomic
+from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
+from fresco_backend.video_io import ClipError, FrameFiles, encode_png, read_image, write_bytes_atomic
 
 from .images import BadImage, png_size
 
 log = logging.getLogger("fresco.server.jobs")
 
 MAX_WAIT = 30.0  # seconds a long-poll on the event feed may block
-RECORD = "job.json"  # a job's persisted record, in its folder
-RECORD_FORMAT = 1
+DELETED = ".deleted-"  # prefix of a deleted job's folder until it is removed
+STATES = (wire.UPLOADING, wire.QUEUED, wire.RUNNING) + tuple(wire.FINAL_STATES)
 
 GetPipeline = Callable[[dict[str, Any]], Any]
 Translate = Callable[..., Iterator[tuple[int, np.ndarray]]]
@@ -84,33 +89,31 @@ class Job:
     uploaded: set[int] = field(default_factory=set)
     outputs: set[int] = field(default_factory=set)
     frame_size: tuple[int, int] | None = None
+    input_sha256: str | None = None  # of the decoded input frames, recorded when the job first runs
     error: str | None = None
+    record_error: str | None = None  # why job.json could not be written: it is stale on disk
+    saved_state: str | None = None  # the state job.json holds
     events: list[dict[str, Any]] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_requested: bool = False  # by a client; not by a server shutdown
 
     @property
+    def layout(self) -> JobFolder:
+        return JobFolder(self.folder)
+
+    @property
     def input_dir(self) -> Path:
-        return self.folder / "input"
+        return self.layout.input_dir
 
     @property
     def output_dir(self) -> Path:
-        return self.folder / "output"
+        return self.layout.output_dir
 
-    @property
-    def state_dir(self) -> Path:
-        return self.folder / "state"
-
-    @property
-    def record_path(self) -> Path:
-        return self.folder / RECORD
-
-    def record(self) -> dict[str, Any]:
+    def record(self) -> JobRecord:
         """What ``job.json`` holds: enough to reload the job in a new server process."""
-        return {"format": RECORD_FORMAT, "id": self.id, "settings": self.settings,
-                "frame_count": self.frame_count, "state": self.state, "created": self.created,
-                "started": self.started, "finished": self.finished, "error": self.error,
-                "frame_size": list(self.frame_size) if self.frame_size else None}
+        return JobRecord(self.settings, Fingerprint(self.frame_count, self.frame_size, self.input_sha256),
+                         {"id": self.id, "state": self.state, "created": self.created, "started": self.started,
+                          "finished": self.finished, "error": self.error})
 
     def status(self) -> dict[str, Any]:
         """The JSON status of the job (GET /v1/jobs/{id})."""
@@ -126,6 +129,7 @@ class Job:
             "started": self.started,
             "finished": self.finished,
             "last_seq": len(self.events) - 1,
+            "record_error": self.record_error,
         }
 
 
@@ -268,23 +272,41 @@ class JobManager:
         return job.output_dir / wire.frame_filename(index)
 
     def delete(self, job_id: str) -> None:
-        """Forget a finished (done, failed or cancelled) job and remove its folder."""
+        """Forget a finished (done, failed or cancelled) job and remove its folder.
+
+        The folder is first renamed out of the job namespace (``.deleted-<id>``), so the job is
+        either deleted for good (no later server reloads it) or kept, and the request fails."""
         job = self.get(job_id)
+        trash = self.work_dir / f"{DELETED}{job_id}"
         with self._lock:
             if job.state not in wire.FINAL_STATES:
                 raise JobConflict(f"job {job_id} is {job.state}; cancel it before deleting it")
+            try:
+                os.rename(job.folder, trash)
+            except FileNotFoundError:
+                log.warning("job %s: its folder %s was already gone", job_id, job.folder)
+            except OSError as exc:
+                log.error("job %s could not be deleted: cannot rename %s (%s)", job_id, job.folder, exc)
+                raise JobError(f"job {job_id} could not be deleted and is kept: its folder cannot be renamed "
+                               f"({exc.strerror or exc})", 500) from None
             del self._jobs[job_id]
-        shutil.rmtree(job.folder, ignore_errors=True)
+            self._retry_stale_records()
+        self._remove(trash)
         log.info("job %s deleted", job_id)
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Cancel everything and stop the worker thread."""
+        """Cancel everything, stop the worker thread and write any record that could not be written."""
         with self._lock:
             for job in self._jobs.values():
                 if job.state not in wire.FINAL_STATES:
                     job.cancel.set()
         self._queue.put(None)
         self._worker.join(timeout)
+        with self._lock:
+            self._retry_stale_records()
+            for job in self._jobs.values():
+                if job.record_error is not None:
+                    log.error("job %s: its record is stale: %s", job.id, job.record_error)
 
     # ---- internals --------------------------------------------------------------
 
@@ -305,59 +327,100 @@ class JobManager:
             self._emit(job, wire.EV_STATE, state=state)
 
     def _save(self, job: Job) -> None:
-        """Write the job's record atomically (a failure is logged: the job itself goes on).
+        """Write the job's record atomically. A failure is logged and kept in ``record_error``
+        (shown in the status; retried at delete and shutdown): the job itself goes on.
 
         A job stopped by a server shutdown keeps its last record (queued or running), so the
         next server on this work dir runs it again."""
         if job.state == wire.CANCELLED and not job.cancel_requested:
             return
         try:
-            write_bytes_atomic(job.record_path, json.dumps(job.record(), indent=1).encode())
-        except OSError:
-            log.warning("could not save the record of job %s", job.id, exc_info=True)
+            job.layout.write_record(job.record())
+        except OSError as exc:
+            job.record_error = (f"{job.layout.record_path} could not be written ({exc.strerror or exc}); it still "
+                                f"says {job.saved_state or 'nothing'!r} while the job is {job.state}")
+            log.error("job %s: %s", job.id, job.record_error)
+            return
+        if job.record_error is not None:
+            log.info("job %s: its record is written again (%s)", job.id, job.state)
+        job.saved_state, job.record_error = job.state, None
+
+    def _retry_stale_records(self) -> None:
+        for job in self._jobs.values():
+            if job.record_error is not None:
+                self._save(job)
+
+    @staticmethod
+    def _remove(folder: Path) -> None:
+        """Remove a deleted job's folder; what cannot be removed now is removed at the next start."""
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s (%s); it is retried when a server starts on this work dir",
+                        folder, exc)
 
     def _reload(self) -> None:
-        """Load the jobs a previous server process left in the work dir; queue unfinished ones."""
+        """Load the jobs a previous server process left in the work dir; queue unfinished ones.
+
+        A folder whose record cannot be used is logged and skipped; a queued or running job
+        whose input frames are missing fails with the reason."""
         loaded: list[Job] = []
-        for path in sorted(self.work_dir.glob(f"*/{RECORD}")):
-            try:
-                job = self._load(path)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring job folder %s: unreadable %s (%s)", path.parent, RECORD, exc)
-                continue
-            loaded.append(job)
+        for folder in sorted(self.work_dir.iterdir()):
+            if folder.name.startswith(DELETED):
+                self._remove(folder)
+            elif folder.is_dir() and not folder.name.startswith(".") and JobFolder(folder).record_path.exists():
+                try:
+                    loaded.append(self._load(folder))
+                except (JobFolderError, OSError) as exc:
+                    log.error("job folder %s skipped: %s", folder, exc)
         for job in sorted(loaded, key=lambda j: j.created):
             if job.state in (wire.QUEUED, wire.RUNNING):
-                job.state = wire.QUEUED
-                job.started = None
+                missing = sorted(set(range(job.frame_count)) - job.uploaded)
+                if missing:
+                    job.state, job.finished = wire.FAILED, time.time()
+                    job.error = (f"{len(missing)} of the {job.frame_count} input frames recorded for this job are "
+                                 f"missing from {job.input_dir} (first: {wire.frame_filename(missing[0])}); "
+                                 f"submit it again as a new job")
+                    self._emit(job, wire.EV_ERROR, message=job.error)
+                    log.error("job %s failed on reload: %s", job.id, job.error)
+                else:
+                    job.state, job.started = wire.QUEUED, None
+                    self._queue.put(job.id)
                 self._save(job)
-                self._queue.put(job.id)
             self._jobs[job.id] = job
             self._emit(job, wire.EV_STATE, state=job.state)
             log.info("job %s reloaded: %s, %d/%d outputs", job.id, job.state, len(job.outputs), job.frame_count)
 
     @staticmethod
-    def _load(path: Path) -> Job:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != RECORD_FORMAT or data["id"] != path.parent.name:
-            raise ValueError(f"format {data.get('format')!r} / id {data.get('id')!r} not understood")
-        count = data["frame_count"]
-        if not isinstance(count, int) or not 1 <= count <= wire.MAX_FRAMES:
-            raise ValueError(f"bad frame_count {count!r}")
-        if data["state"] not in (wire.UPLOADING, wire.QUEUED, wire.RUNNING) + tuple(wire.FINAL_STATES):
-            raise ValueError(f"unknown state {data['state']!r}")
-        size = data.get("frame_size")
-        job = Job(id=data["id"], settings=dict(data["settings"]), frame_count=count, folder=path.parent,
-                  state=data["state"], created=float(data["created"]), started=data.get("started"),
-                  finished=data.get("finished"), error=data.get("error"),
-                  frame_size=(int(size[0]), int(size[1])) if size else None)
+    def _load(folder: Path) -> Job:
+        """The job recorded in ``folder``, its record checked again (JobFolderError says why not)."""
+        record = JobFolder(folder).read_record()
+        meta, recorded = record.job or {}, record.input
+        problem = None
+        if recorded is None or recorded.frame_count > wire.MAX_FRAMES:
+            problem = f"input: expected a fingerprint of 1 to {wire.MAX_FRAMES} frames, got {recorded}"
+        elif meta.get("id") != folder.name:
+            problem = f"job.id {meta.get('id')!r} is not the folder's name"
+        elif meta.get("state") not in STATES:
+            problem = f"job.state {meta.get('state')!r} is not one of {', '.join(STATES)}"
+        elif not all(isinstance(meta.get(name), (int, float)) and not isinstance(meta.get(name), bool)
+                     or (meta.get(name) is None and name != "created") for name in ("created", "started", "finished")):
+            problem = "job.created, job.started, job.finished: expected times in seconds"
+        elif not isinstance(meta.get("error"), (str, type(None))):
+            problem = f"job.error: expected a message, got {meta.get('error')!r}"
+        if problem:
+            raise JobFolderError(f"{JobFolder(folder).record_path}: {problem}")
+        job = Job(id=folder.name, settings=record.settings, frame_count=recorded.frame_count, folder=folder,
+                  state=meta["state"], created=float(meta["created"]), started=meta.get("started"),
+                  finished=meta.get("finished"), frame_size=recorded.frame_size, input_sha256=recorded.sha256,
+                  error=meta.get("error"), saved_state=meta["state"])
         job.input_dir.mkdir(exist_ok=True)
         job.output_dir.mkdir(exist_ok=True)
         exists = lambda folder, i: (folder / wire.frame_filename(i)).is_file()  # noqa: E731
-        job.uploaded = {i for i in range(count) if exists(job.input_dir, i)}
-        job.outputs = {i for i in range(count) if exists(job.output_dir, i)}
-        if job.state not in (wire.UPLOADING, wire.CANCELLED) and len(job.uploaded) != count:
-            raise ValueError(f"{count - len(job.uploaded)} input frames are missing")
+        job.uploaded = {i for i in range(job.frame_count) if exists(job.input_dir, i)}
+        job.outputs = {i for i in range(job.frame_count) if exists(job.output_dir, i)}
         return job
 
     def _work(self) -> None:
@@ -406,21 +469,19 @@ class JobManager:
                 release_cuda_memory()
 
     def _run(self, job: Job) -> None:
+        self._check_inputs(job)
         self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=1, eta=None)
         pipe = self._get_pipeline(job.settings)
         if job.cancel.is_set():
             raise InterruptedError("cancelled")
-        frames: Sequence[np.ndarray] = FrameFiles(
-            [job.input_dir / wire.frame_filename(i) for i in range(job.frame_count)])
+        frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
 
         def on_progress(p: Any) -> None:
             eta = getattr(p, "eta", None)
             self._emit(job, wire.EV_PROGRESS, stage=str(p.stage), done=int(p.done), total=int(p.total),
                        eta=None if eta is None else float(eta))
 
-        from fresco_backend.job import CheckpointStore  # torch: only where the backend runs
-
-        checkpoint = CheckpointStore(job.state_dir, lambda i: job.output_dir / wire.frame_filename(i)).load()
+        checkpoint = job.layout.checkpoint_store().load()
         if checkpoint.batches_done:
             log.info("job %s resumes after %d finished batches", job.id, checkpoint.batches_done)
         for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel, checkpoint=checkpoint):
@@ -434,3 +495,29 @@ class JobManager:
                 raise InterruptedError("cancelled")
         if len(job.outputs) != job.frame_count:
             raise RuntimeError(f"backend produced {len(job.outputs)} of {job.frame_count} frames")
+
+    def _check_inputs(self, job: Job) -> None:
+        """Check the input frames against the job's record (frame size, and the SHA-256 of their
+        pixels once recorded; the first run records it). A difference fails the job, naming it."""
+        hasher = FrameHasher()
+        for index in range(job.frame_count):
+            if job.cancel.is_set():
+                raise InterruptedError("cancelled")
+            path = job.layout.input_path(index)
+            try:
+                rgb = hasher.add(read_image(path))
+            except ClipError:
+                raise RuntimeError(f"input frame {index} ({path}) is missing or unreadable; "
+                                   f"submit the job again") from None
+            if job.frame_size is not None and (rgb.shape[1], rgb.shape[0]) != job.frame_size:
+                raise RuntimeError("input frame {} is {}x{}, but the job's record says {}x{}: the input frames "
+                                   "changed since the job was submitted; submit it again".format(
+                                       index, rgb.shape[1], rgb.shape[0], *job.frame_size))
+        digest = hasher.result().sha256
+        if job.input_sha256 is None:
+            with self._lock:
+                job.input_sha256 = digest
+                self._save(job)
+        elif digest != job.input_sha256:
+            raise RuntimeError(f"the input frames in {job.input_dir} are not those the job was submitted with "
+                               f"(their SHA-256 differs from its record); submit the job again")
