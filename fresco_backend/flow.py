@@ -1,6 +1,6 @@
 """Optical flow between the frames of a batch: estimators, warping, occlusion, multi-scale access.
 
-Conventions (see .notes/FRESCO_CONTRACT.md): flow a->b lives on a's pixel grid, channel 0 = dx,
+Conventions, shared by every module that reads a flow: flow a->b lives on a's pixel grid, channel 0 = dx,
 1 = dy, in pixels; pixel centres are at integer coordinates 0..W-1, 0..H-1. ``warp`` is backward
 warping, so ``warp(frame_b, flow_a_to_b) ~= frame_a`` wherever frame a is not occluded.
 """
@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Forward-backward consistency, squared-norm form (Sundaram et al. 2010) of DESIGN.md's check:
-# occluded if |f + b(x+f)|^2 > ALPHA (|f|^2 + |b(x+f)|^2) + BETA.
+# Forward-backward consistency: the official FRESCO check |f + b(x+f)| > 0.01 (|f| + |b(x+f)|) + 0.5,
+# here in the squared-norm form of Sundaram et al. 2010: occluded if
+# |f + b(x+f)|^2 > ALPHA (|f|^2 + |b(x+f)|^2) + BETA.
 FB_ALPHA, FB_BETA = 0.01, 0.5
 PHOTO_THRESHOLD = 0.25  # mean absolute RGB difference (images in [0, 1]) after warping
 

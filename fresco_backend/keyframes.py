@@ -1,6 +1,6 @@
 """Keyframe selection (fixed interval or adaptive) and the FRESCO batch plan over the keys.
 
-Adaptive selection follows the FRESCO paper / DESIGN.md: blur each frame, score frame i by the MSE between
+Adaptive selection follows the FRESCO paper and its official code: blur each frame, score frame i by the MSE between
 blurred frames i and i-1, start with the first and last frames, and while the largest gap between consecutive
 keys exceeds ``s_max`` insert the best-scoring frame inside that gap; scores within ``s_min`` of every key are
 blanked so keys stay at least ``s_min`` apart unless a gap forces a closer key (see ``select_keys``).
