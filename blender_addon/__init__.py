@@ -17,12 +17,29 @@ bl_info = {
 
 
 def register() -> None:
-    from . import ui
+    import bpy
 
-    ui.register()
+    from . import export, farm, operators, panels, props, uijob, unsaved
+
+    props.register()
+    export.register()
+    uijob.register()
+    unsaved.register()
+    for cls in operators.CLASSES + panels.CLASSES:
+        bpy.utils.register_class(cls)
+    farm.register()
 
 
 def unregister() -> None:
-    from . import ui
+    import bpy
 
-    ui.unregister()
+    from . import backend, export, farm, operators, panels, props, uijob, unsaved
+
+    farm.unregister()
+    uijob.unregister()  # ends a running translation first
+    backend.stop()
+    for cls in reversed(operators.CLASSES + panels.CLASSES):
+        bpy.utils.unregister_class(cls)
+    unsaved.unregister()
+    export.unregister()
+    props.unregister()

@@ -65,6 +65,26 @@ def walk(coll: Any) -> Iterator[Any]:
             yield from walk(meta_children(strip))
 
 
+def meta_chain(coll: Any, target: Any, chain: tuple = ()) -> tuple | None:
+    """The meta strips of ``coll`` that contain ``target``, outermost first; None where it is not in ``coll``."""
+    for strip in coll:
+        if strip == target:
+            return chain
+        if strip.type == "META":
+            found = meta_chain(meta_children(strip), target, chain + (strip,))
+            if found is not None:
+                return found
+    return None
+
+
+def holding_collection(ed: Any, strip: Any) -> Any:
+    """The collection ``strip`` is in: the editor's top level or its meta strip's (None if it is in neither)."""
+    chain = meta_chain(top_strips(ed), strip)
+    if chain is None:
+        return None
+    return meta_children(chain[-1]) if chain else top_strips(ed)
+
+
 def visible_start(strip: Any) -> int:
     """First frame at which the strip shows (after trimming)."""
     return int(strip.frame_final_start)

@@ -62,15 +62,59 @@ def source_size(scene: Any, strip: Any) -> tuple[int, int]:
     return max(1, int(render.resolution_x * scale)), max(1, int(render.resolution_y * scale))
 
 
-def _ancestors(coll: Any, target: Any, chain: tuple = ()) -> tuple | None:
-    """Meta strips that contain ``target`` (outermost first), or None if absent."""
-    for strip in coll:
-        if strip == target:
-            return chain
-        if strip.type == "META":
-            found = _ancestors(compat.meta_children(strip), target, chain + (strip,))
-            if found is not None:
-                return found
+# strip types that show no picture of their own, and what to do instead
+NO_PICTURE = {
+    "SOUND": "a sound strip has no picture",
+    "ADJUSTMENT": "an adjustment strip only changes the strips below it: translate those (or a meta strip of "
+                  "them with it)",
+    "COLOR": "a colour strip is one plain colour: there is nothing to translate",
+    "TEXT": "a text strip has no picture of its own, only text over transparency: translate it together with "
+            "the strips below it, as a meta strip",
+}
+LISTED = 5  # missing files named in a message
+
+
+def _missing_media(strip: Any) -> str | None:
+    """What is missing of the strip's own media files in its visible frames, or None."""
+    if strip.type == "MOVIE":
+        path = bpy.path.abspath(strip.filepath)
+        return None if os.path.isfile(path) else f"its movie file is missing: {path}"
+    if strip.type != "IMAGE":
+        return None
+    folder = bpy.path.abspath(strip.directory)
+    files = []
+    for frame in range(compat.visible_start(strip), compat.visible_end(strip)):
+        element = strip.strip_elem_from_frame(frame)
+        if element is not None:
+            path = os.path.join(folder, element.filename)
+            if path not in files:
+                files.append(path)
+    missing = [path for path in files if not os.path.isfile(path)]
+    if not missing:
+        return None
+    listed = ", ".join(missing[:LISTED]) + (f" and {len(missing) - LISTED} more" if len(missing) > LISTED else "")
+    return f"{len(missing)} of its {len(files)} files are missing: {listed}"
+
+
+def picture_problem(strip: Any) -> str | None:
+    """Why ``strip`` cannot be translated as it is (no picture of its own, missing files), or None.
+
+    Checked before anything is exported: a missing file would otherwise render black and be translated.
+    Inside a meta strip, every strip shown over the meta's visible frames is checked for missing files.
+    """
+    if strip.type in NO_PICTURE:
+        return f"strip {strip.name!r}: {NO_PICTURE[strip.type]}"
+    problem = _missing_media(strip)
+    if problem:
+        return f"strip {strip.name!r}: {problem}"
+    if strip.type == "META":
+        start, end = compat.visible_start(strip), compat.visible_end(strip)
+        for inner in compat.walk(compat.meta_children(strip)):
+            if inner.mute or compat.visible_end(inner) <= start or compat.visible_start(inner) >= end:
+                continue
+            problem = _missing_media(inner)
+            if problem:
+                return f"strip {inner.name!r} in meta strip {strip.name!r}: {problem}"
     return None
 
 
@@ -125,7 +169,7 @@ class StripExporter:
         ed = compat.editor(scene)
         if ed is None:
             raise ExportError("the scene has no sequencer strips")
-        chain = _ancestors(compat.top_strips(ed), strip)
+        chain = compat.meta_chain(compat.top_strips(ed), strip)
         if chain is None:
             raise ExportError(f"strip {strip.name!r} is not in scene {scene.name!r}")
         self.start, self.total = compat.visible_start(strip), compat.visible_duration(strip)

@@ -12,15 +12,15 @@ translated synchronously with its own settings; the .blend is saved after each
 finished strip so finished work is never lost. A failing strip is reported and
 the rest are still attempted. The backend is the remote server in
 FRESCO_BACKEND_URL/FRESCO_TOKEN (or the preferences) if set, else a local one.
+Each strip goes through the same ``translation.Translation`` steps as the UI.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import bpy
 
-from . import backend, compat, props, ui
-from .contract import settings as schema
+from . import backend, compat, props, translation
 
 
 def say(message: str) -> None:
@@ -48,14 +48,11 @@ def _translate_one(scene_name: str, strip_name: str, config: dict, tag: str) -> 
     source = compat.all_strips(ed).get(strip_name) if ed is not None else None
     if source is None:
         raise RuntimeError("the strip is gone")
-    if source.type == "SOUND":
-        raise RuntimeError("a sound strip has no picture")
-    settings = schema.validate(props.strip_settings(source))  # SettingsError says what is wrong
 
     def report(stage: str, done: int, total: int) -> None:
         say(f"{tag}{strip_name}: {stage} {done}/{total}")
 
-    result, _files = ui.translate_now(scene, source, settings, config, report)
+    result = translation.prepare(scene, source, config, translation.throttled(report)).run()
     setattr(source, props.FARM_PROP, False)  # done: a re-run after a crash goes on with the rest
     return result.name
 
@@ -93,3 +90,24 @@ def run(strip_names: list[str] | None = None) -> int:
         say(f"{tag}{strip_name}: done -> {result!r}, saved ({done}/{len(todo)} done)")
     say(f"finished: {done} done, {len(failures)} failed")
     return 1 if failures else 0
+
+
+class FRESCO_OT_farm(bpy.types.Operator):
+    """Translate every strip flagged 'Translate on Farm' in every scene, saving the file after each (headless)"""
+
+    bl_idname = "fresco.farm"
+    bl_label = "Translate Farm Strips"
+
+    def execute(self, context: Any) -> set[str]:
+        if run() != 0:
+            self.report({"ERROR"}, "FRESCO: farm: some strips failed (see the log above)")
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+def register() -> None:
+    bpy.utils.register_class(FRESCO_OT_farm)
+
+
+def unregister() -> None:
+    bpy.utils.unregister_class(FRESCO_OT_farm)

@@ -13,15 +13,15 @@ import queue
 import secrets
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Sequence
 
-from .contract import wire
+from . import userdirs
 from .client import Client
+from .contract import wire
 
 
 class LaunchError(RuntimeError):
@@ -108,8 +108,11 @@ def launch(python: str | os.PathLike[str], backend_dir: str | os.PathLike[str], 
         raise LaunchError(f"backend Python not found: {python_path}")
     if not (cwd / "server" / "__main__.py").is_file():
         raise LaunchError(f"{cwd} is not a FRESCO backend folder (no server/__main__.py in it)")
-    logs = Path(log_dir) if log_dir is not None else Path(tempfile.gettempdir()) / "fresco-backend-logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    if log_dir is not None:
+        logs = Path(log_dir)
+        logs.mkdir(parents=True, exist_ok=True)
+    else:
+        logs = userdirs.temp_dir("logs")  # this user's own: another user's logs never block these
     log_path = logs / f"backend-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}.log"
 
     token = secrets.token_urlsafe(32)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import bpy
 
-from . import compat
+from . import compat, userdirs
 from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, SOURCE_SETTINGS_KEY, output_dir_setting
 
 MAX_CHANNEL = 128
@@ -25,13 +24,14 @@ def safe_name(name: str) -> str:
 def output_root() -> Path:
     """The "Output Folder" preference (env FRESCO_OUTPUT_DIR overrides; default ``//fresco/``).
 
-    ``//`` is the saved .blend's folder; for an unsaved file it is the temp folder.
+    ``//`` is the saved .blend's folder; for an unsaved file it is this user's temp folder
+    (``userdirs``), from where saving the file moves the results next to it (``unsaved.py``).
     """
     value = output_dir_setting()
     if value.startswith("//"):
         if bpy.data.filepath:
             return Path(bpy.path.abspath(value))
-        return Path(tempfile.gettempdir()) / (value[2:].strip("/\\") or "fresco")
+        return userdirs.temp_dir(value[2:].strip("/\\") or "fresco")
     return Path(value).expanduser()
 
 
@@ -56,13 +56,10 @@ def new_output_dir(strip_name: str, root: Path | None = None) -> Path:
             n += 1
 
 
-def free_channel(scene: Any, above: int, start: int, end: int, exclude: Sequence[Any] = ()) -> int:
-    """The first channel above ``above`` with no strip overlapping frames [start, end)."""
-    ed = compat.editor(scene, create=True)
+def free_channel(strips: Any, above: int, start: int, end: int) -> int:
+    """The first channel above ``above`` in the collection ``strips`` with no strip overlapping frames [start, end)."""
     busy: dict[int, list[tuple[int, int]]] = {}
-    for strip in compat.top_strips(ed):
-        if strip in exclude:
-            continue
+    for strip in strips:
         busy.setdefault(strip.channel, []).append((compat.visible_start(strip), compat.visible_end(strip)))
     for channel in range(above + 1, MAX_CHANNEL + 1):
         if all(e <= start or s >= end for s, e in busy.get(channel, ())):
@@ -72,25 +69,29 @@ def free_channel(scene: Any, above: int, start: int, end: int, exclude: Sequence
 
 def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: dict,
                      job_id: str | None = None) -> Any:
-    """Add the image strip of ``files`` at the source's first visible frame, on the first free channel above it."""
+    """Add the image strip of ``files`` at the source's first visible frame, on the first free channel above it,
+    beside it: inside the same meta strip if the source is in one, so the result shows where the source does."""
     if not files:
         raise RuntimeError("the job returned no frames")
     files = [Path(f) for f in files]
+    ed = compat.editor(scene, create=True)
+    strips = compat.holding_collection(ed, source)
+    if strips is None:
+        raise RuntimeError(f"strip {source.name!r} is not in scene {scene.name!r}")
     start = compat.visible_start(source)
-    channel = free_channel(scene, source.channel, start, start + len(files))
+    channel = free_channel(strips, source.channel, start, start + len(files))
     first = str(files[0])
     if bpy.data.filepath:
         try:
             first = bpy.path.relpath(first)
         except ValueError:  # another drive on Windows
             pass
-    ed = compat.editor(scene, create=True)
     taken = {s.name for s in compat.all_strips(ed)}
     name, n = source.name + RESULT_SUFFIX, 1
     while name in taken:  # Blender's own uniquifier would turn "x.fresco" into "x.001"
         n += 1
         name = f"{source.name}{RESULT_SUFFIX}_{n}"
-    strip = compat.new_image_strip(compat.top_strips(ed), name, first, channel, start, fit_method="FIT")
+    strip = compat.new_image_strip(strips, name, first, channel, start, fit_method="FIT")
     for path in files[1:]:
         strip.elements.append(path.name)
     # the job's settings, readable without the add-on

@@ -15,7 +15,8 @@ def test_zip_contents(addon_zip):
         manifest = zf.read(f"{PACKAGE}/blender_manifest.toml").decode()
     assert all(n.startswith(f"{PACKAGE}/") for n in names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "test" in n.lower()]
-    for module in ("__init__", "fresco_contract/settings", "fresco_contract/wire", "contract", "client", "launcher", "ui", "props", "compat"):
+    for module in ("__init__", "fresco_contract/settings", "fresco_contract/wire", "contract", "client", "launcher", "translation", "uijob",
+                   "operators", "panels", "preview", "farm", "unsaved", "userdirs", "props", "compat"):
         assert f"{PACKAGE}/{module}.py" in names
     tree = ast.parse((REPO / "blender_addon" / "__init__.py").read_text())
     bl_info = next(ast.literal_eval(n.value) for n in tree.body

@@ -127,15 +127,15 @@ def test_job_error_is_reported(backend, movie_scene, compat, blend, monkeypatch,
 def test_active_strip_and_ui_path(backend, movie_scene, compat, blend, monkeypatch):
     """No strip name: the active strip. With a UI the operator only sets up the export and the timer
     function does the rest (driven by hand here: no timers fire headless) against the real backend."""
-    ui = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".ui"]
-    monkeypatch.setattr(ui, "_has_event_loop", lambda: True)
+    ui = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".uijob"]
+    monkeypatch.setattr(ui, "has_event_loop", lambda: True)
     assert movie_scene.sequence_editor.active_strip.name == "clip"
     assert bpy.ops.fresco.translate() == {"FINISHED"}
-    job = ui.current_job()
+    job = ui.current()
     assert (job.source_name, job.stage, job.done) == ("clip", "export", 0)
     stages = set()
     deadline = time.monotonic() + 120
-    while ui._timer() is not None:
+    while ui.tick() is not None:
         stages.add(job.stage)
         assert time.monotonic() < deadline
         time.sleep(0.0 if job.exporter is not None else 0.05)

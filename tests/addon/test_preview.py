@@ -36,7 +36,7 @@ class SteppedClient(FakeClient):
 def tick_until(ui, condition, timeout=20.0):
     deadline = time.monotonic() + timeout
     while not condition():
-        assert ui._timer() is not None, "the job ended early"
+        assert ui.tick() is not None, "the job ended early"
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
 
@@ -44,7 +44,7 @@ def tick_until(ui, condition, timeout=20.0):
 def test_preview_follows_the_newest_frame(addon, ui, movie_scene, compat, blend, monkeypatch):
     client = SteppedClient()
     job = translate(addon, client, monkeypatch)
-    assert job.preview_path is None and ui._preview_image() is None
+    assert job.preview_path is None and ui.preview.image() is None
     log = panel_log()
     assert not any(entry[0] == "template_icon" for entry in log)  # nothing to show yet
 
@@ -54,8 +54,8 @@ def test_preview_follows_the_newest_frame(addon, ui, movie_scene, compat, blend,
         name = f"{i + 1:04d}.png"
         tick_until(ui, lambda: job.preview_shown is not None and job.preview_shown.endswith(name))
         assert job.preview_path == str(job.out_dir / name)  # the newest downloaded frame
-        image = ui._preview_image()
-        assert image is not None and image.name == ".fresco_preview" == ui.PREVIEW_IMAGE
+        image = ui.preview.image()
+        assert image is not None and image.name == ".fresco_preview" == ui.preview.PREVIEW_IMAGE
         assert not image.use_fake_user
         assert bpy.path.abspath(image.filepath) == job.preview_path
         assert [i.name for i in bpy.data.images if i.name.startswith(".fresco_preview")] == [".fresco_preview"]
@@ -69,7 +69,7 @@ def test_preview_follows_the_newest_frame(addon, ui, movie_scene, compat, blend,
     client.step.release()  # "done"
     drive(ui)
     assert job.stage == "done" and job.error is None, job.error
-    assert ui._preview_image() is None  # the image datablock went with the job
+    assert ui.preview.image() is None  # the image datablock went with the job
     assert not any(i.name.startswith(".fresco_preview") for i in bpy.data.images)
     assert not any(entry[0] == "template_icon" for entry in panel_log())
     assert pngs(job.out_dir) == [f"{i + 1:04d}.png" for i in range(VISIBLE)]
@@ -80,11 +80,11 @@ def test_preview_removed_on_cancel(addon, ui, movie_scene, compat, monkeypatch):
     job = translate(addon, client, monkeypatch)
     client.step.release()
     tick_until(ui, lambda: job.preview_shown is not None)
-    assert ui._preview_image() is not None
+    assert ui.preview.image() is not None
     job.cancel.set()
     drive(ui)
     assert job.stage == "cancelled"
-    assert ui._preview_image() is None and not job.out_dir.exists()
+    assert ui.preview.image() is None and not job.out_dir.exists()
 
 
 def test_preview_not_drawn_in_background(addon, ui, movie_scene, compat, monkeypatch):
@@ -93,10 +93,10 @@ def test_preview_not_drawn_in_background(addon, ui, movie_scene, compat, monkeyp
     job = translate(addon, client, monkeypatch)
     client.step.release()
     tick_until(ui, lambda: job.preview_shown is not None)
-    monkeypatch.setattr(ui, "_has_event_loop", lambda: False)
+    monkeypatch.setattr(ui, "has_event_loop", lambda: False)
     assert bpy.app.background
     assert not any(entry[0] == "template_icon" for entry in panel_log())
-    monkeypatch.setattr(ui, "_has_event_loop", lambda: True)
+    monkeypatch.setattr(ui, "has_event_loop", lambda: True)
     job.cancel.set()
     drive(ui)
 

@@ -65,11 +65,11 @@ class FakeClient:
 
 @pytest.fixture
 def ui(addon, monkeypatch):
-    """The ui module as in a Blender with a UI: the operator takes the timer path."""
-    module = sys.modules[addon.__name__ + ".ui"]
-    monkeypatch.setattr(module, "_has_event_loop", lambda: True)
+    """The uijob module as in a Blender with a UI: the operator takes the timer path."""
+    module = sys.modules[addon.__name__ + ".uijob"]
+    monkeypatch.setattr(module, "has_event_loop", lambda: True)
     yield module
-    job = module.current_job()
+    job = module.current()
     if job is not None and not job.finished:  # a failed test must not leave its job running
         job.cancel.set()
         drive(module)
@@ -81,14 +81,14 @@ def translate(addon, client, monkeypatch):
     monkeypatch.setattr(backend, "config_problem", lambda config: None)
     monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: client)
     assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
-    return sys.modules[addon.__name__ + ".ui"].current_job()
+    return sys.modules[addon.__name__ + ".uijob"].current()
 
 
 def drive(ui, timeout=30.0):
     """Call the timer function until it says the job is over (what bpy.app.timers does in the UI)."""
     deadline = time.monotonic() + timeout
     while True:
-        interval = ui._timer()
+        interval = ui.tick()
         if interval is None:
             return
         assert time.monotonic() < deadline, "job did not finish"
@@ -113,18 +113,19 @@ def panel_log():
 def test_export_runs_on_timer_ticks(addon, ui, movie_scene, compat, blend, monkeypatch):
     source = compat.all_strips(movie_scene.sequence_editor)["clip"]
     before = scene_state(movie_scene, compat)
+    TICK_FRAMES = sys.modules[addon.__name__ + ".translation"].EXPORT_FRAMES_PER_TICK
     client = FakeClient()
     job = translate(addon, client, monkeypatch)
     # the operator returned having rendered at most one tick's frames (it renders none)
-    assert len(pngs(job.export_dir)) <= ui.EXPORT_FRAMES_PER_TICK
+    assert len(pngs(job.export_dir)) <= TICK_FRAMES
     assert (job.stage, job.done, job.total) == ("export", 0, VISIBLE)
     assert job.thread is None and marked_scenes(addon)
 
     counts = []
     while job.exporter is not None:  # each tick renders at least one frame and at most a tick's worth
-        assert ui._timer() is not None
+        assert ui.tick() is not None
         counts.append(len(pngs(job.export_dir)))
-        assert 0 < counts[-1] - (counts[-2] if len(counts) > 1 else 0) <= ui.EXPORT_FRAMES_PER_TICK
+        assert 0 < counts[-1] - (counts[-2] if len(counts) > 1 else 0) <= TICK_FRAMES
         if job.exporter is not None:
             assert (job.stage, job.done, job.total) == ("export", counts[-1], VISIBLE)
             assert job.thread is None
@@ -160,7 +161,7 @@ def test_cancel_during_export(addon, ui, movie_scene, compat, blend, monkeypatch
     before = scene_state(movie_scene, compat)
     client = FakeClient()
     job = translate(addon, client, monkeypatch)
-    ui._timer()
+    ui.tick()
     assert job.stage == "export" and job.exporter is not None and job.done > 0
     assert bpy.ops.fresco.cancel() == {"FINISHED"}
     drive(ui)
@@ -176,7 +177,7 @@ def test_export_error_is_reported(addon, ui, movie_scene, compat, monkeypatch):
     """The scene copy deleted by the user mid-export: the job fails with the reason and cleans up."""
     before = scene_state(movie_scene, compat)
     job = translate(addon, FakeClient(), monkeypatch)
-    ui._timer()
+    ui.tick()
     bpy.data.scenes.remove(bpy.data.scenes[job.exporter.scene_name])
     drive(ui)
     assert job.stage == "failed" and "was removed" in job.error
@@ -187,7 +188,7 @@ def test_export_error_is_reported(addon, ui, movie_scene, compat, monkeypatch):
 def test_opening_a_file_cancels_the_export(addon, ui, movie_scene, compat, blend, monkeypatch):
     """The load handler cancels the job; the timer is persistent, so it cleans up after the load."""
     job = translate(addon, FakeClient(), monkeypatch)
-    ui._timer()
+    ui.tick()
     bpy.ops.wm.open_mainfile(filepath=str(blend))
     assert job.cancel.is_set()
     drive(ui)
@@ -200,7 +201,7 @@ def test_opening_a_file_discards_a_finished_result(addon, ui, movie_scene, compa
     """A result that arrives after another file was opened is not put into that file."""
     job = translate(addon, FakeClient(), monkeypatch)
     while job.exporter is not None:
-        ui._timer()
+        ui.tick()
     job.thread.join(timeout=10)
     assert not job.thread.is_alive()  # the worker's "finished" message waits in the queue
     bpy.ops.wm.open_mainfile(filepath=str(blend))
@@ -225,8 +226,8 @@ def test_ui_job_cancel_while_translating(addon, ui, movie_scene, compat, monkeyp
     client = FakeClient(hold=threading.Event())
     job = translate(addon, client, monkeypatch)
     while job.exporter is not None:
-        ui._timer()
-    assert ui._timer() is not None  # the worker is waiting for the backend
+        ui.tick()
+    assert ui.tick() is not None  # the worker is waiting for the backend
     job.cancel.set()
     drive(ui)
     assert job.stage == "cancelled"
@@ -245,7 +246,8 @@ def test_output_folders_never_reused(addon, tmp_path):
 
 def test_free_channel(addon, movie_scene, compat):
     place = sys.modules[addon.__name__ + ".place"]
+    strips = compat.top_strips(movie_scene.sequence_editor)
     # blocker occupies channel 3 at frames 15..16
-    assert place.free_channel(movie_scene, 2, 13, 19) == 4
-    assert place.free_channel(movie_scene, 2, 17, 19) == 3
-    assert place.free_channel(movie_scene, 2, 5, 15) == 3
+    assert place.free_channel(strips, 2, 13, 19) == 4
+    assert place.free_channel(strips, 2, 17, 19) == 3
+    assert place.free_channel(strips, 2, 5, 15) == 3

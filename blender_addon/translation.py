@@ -1,0 +1,252 @@
+"""One translation of one strip, as explicit steps that the UI timer and the synchronous loop both drive.
+
+    export   render the strip's frames, a few per call (main thread: bpy)
+    submit   run the backend job (``jobrun.worker``): on a worker thread in the UI, inline when synchronous
+    progress the job's messages (job id, progress, downloaded frames), handled on the main thread
+    place    the result strip beside the source (main thread), or clean up after a failure or cancel
+
+``prepare`` checks a strip (settings, picture, backend configuration) and
+starts a ``Translation``; with a UI ``uijob`` calls ``poll`` from a timer,
+headless (background mode, the farm) ``run`` does every step at once. Only
+the main thread touches bpy data.
+"""
+from __future__ import annotations
+
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import bpy
+
+from . import backend, compat, export, jobrun, place, props, unsaved, userdirs
+from .contract import settings as schema
+
+POLL_INTERVAL = 0.2
+EXPORT_FRAMES_PER_TICK = 1  # a frame takes tens of ms at HD; the UI handles events between ticks
+FINAL = ("finished", "error", "cancelled")  # jobrun.worker's last message
+
+Report = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def log(message: str) -> None:
+    print(f"FRESCO: {message}", flush=True)
+
+
+class Refused(RuntimeError):
+    """The strip cannot be translated as it is; the message says why."""
+
+
+class Translation:
+    """The translation of ``source``: its state (stage, progress, result) and the steps that advance it.
+
+    Creating it makes the export's scene copy and the output folder and stores the job settings on the
+    source strip; the steps always end in ``finished`` with ``stage`` "done", "failed" or "cancelled".
+    """
+
+    def __init__(self, scene: Any, source: Any, settings: dict, config: dict[str, str],
+                 report: Report | None = None) -> None:
+        self.scene_name, self.source_name, self.settings = scene.name, source.name, settings
+        self.get_client = lambda: backend.get_client(config)
+        self.report = report
+        self.export_dir = Path(tempfile.mkdtemp(prefix="export-", dir=userdirs.temp_dir()))
+        self.exporter: export.StripExporter | None = None  # None once the export has ended
+        self.frames: list[Path] = []  # the exported frames, once all are there
+        try:
+            self.exporter = export.StripExporter(scene, source, self.export_dir)  # set-up only: no frames yet
+            self.out_dir = place.new_output_dir(source.name)
+        except Exception:
+            if self.exporter is not None:
+                self.exporter.close()
+            shutil.rmtree(self.export_dir, ignore_errors=True)
+            raise
+        place.mark_source(source, settings)
+        self.queue: queue.Queue = queue.Queue()  # the worker thread's messages (UI)
+        self.cancel = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.job_id: str | None = None
+        self.stage, self.done, self.total = "export", 0, self.exporter.total
+        self.eta: float | None = None
+        self.finished = False
+        self.error: str | None = None
+        self.result_name: str | None = None
+        self.preview_path: str | None = None  # the newest downloaded output frame
+        self.preview_shown: str | None = None  # the frame shown by the panel's preview (preview.py)
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+    # -- step 1: export ------------------------------------------------------------------------------------
+    def export_frames(self, count: int) -> None:
+        """Render the next ``count`` frames; when all are there (or on cancel or error) close the exporter."""
+        exporter = self.exporter
+        final = None
+        if self.cancel.is_set():
+            final = {"kind": "cancelled"}
+        elif bpy.app.is_job_running("RENDER"):
+            return  # the user's own render; rendering now would fail
+        else:
+            try:
+                done, total = exporter.step(count)
+            except Exception as exc:
+                final = {"kind": "error", "message": f"exporting the frames failed: {exc}"}
+            else:
+                self.handle({"kind": "progress", "stage": "export", "done": done, "total": total})
+                if done < total:
+                    return
+        exporter.close()
+        self.exporter, self.frames = None, exporter.files
+        if final is not None:
+            self.handle(final)
+
+    # -- step 2: submit ------------------------------------------------------------------------------------
+    def submit(self, threaded: bool) -> None:
+        """Run the backend job on the exported frames: on a worker thread reporting through ``queue`` (UI), or
+        here, handling each message as it comes (synchronous: returns when the job is over)."""
+        files = self.frames
+        if threaded:
+            self.thread = threading.Thread(
+                target=jobrun.worker, name="fresco-job", daemon=True,
+                args=(self.get_client, self.settings, files, self.out_dir, self.queue.put, self.cancel))
+            self.thread.start()
+        else:
+            jobrun.worker(self.get_client, self.settings, files, self.out_dir, self.handle, self.cancel)
+
+    # -- step 3: progress ----------------------------------------------------------------------------------
+    def handle(self, message: dict) -> None:
+        """Main thread: take one message of the job; the last one places the result (or cleans up)."""
+        if self.finished:
+            return
+        kind = message.get("kind")
+        if kind == "job":
+            self.job_id = message["job_id"]
+        elif kind == "progress":
+            self.stage, self.done, self.total = message["stage"], message["done"], message["total"]
+            self.eta = message.get("eta")
+            if self.report is not None:
+                self.report(self.stage, self.done, self.total)
+        elif kind == "frame":
+            self.preview_path = message["path"]
+        elif kind in FINAL:
+            self._end(message)
+
+    # -- step 4: place -------------------------------------------------------------------------------------
+    def _place(self, files: list[str]) -> None:
+        """Main thread: put the result on the timeline, beside the source."""
+        scene = bpy.data.scenes.get(self.scene_name)
+        ed = compat.editor(scene) if scene is not None else None
+        source = compat.all_strips(ed).get(self.source_name) if ed is not None else None
+        if source is None:
+            raise RuntimeError(f"strip {self.source_name!r} is gone; the frames are in {self.out_dir}")
+        self.out_dir = unsaved.settle(self.out_dir, self.source_name)  # the file was saved meanwhile
+        paths = [self.out_dir / Path(f).name for f in files]
+        strip = place.add_result_strip(scene, source, paths, self.settings, self.job_id)
+        src, dst = getattr(source, props.STRIP_PROP), getattr(strip, props.STRIP_PROP)
+        for s in schema.SETTINGS:
+            setattr(dst, s.name, getattr(src, s.name))
+        self.result_name = strip.name
+
+    def _end(self, message: dict) -> None:
+        kind = "cancelled" if self.cancel.is_set() else message["kind"]  # also a result after Cancel or a load
+        self.finished = True
+        try:
+            if kind == "finished":
+                self._place(message["files"])
+                self.stage = "done"
+                log(f"{self.source_name}: result strip {self.result_name!r} from {self.out_dir}")
+                if userdirs.is_temporary(self.out_dir):
+                    log(f"{self.source_name}: the .blend is not saved: its results are in the temporary folder "
+                        f"{self.out_dir}; save the .blend to move them next to it")
+            else:
+                self.stage = "cancelled" if kind == "cancelled" else "failed"
+                self.error = message.get("message") if kind == "error" else None
+                shutil.rmtree(self.out_dir, ignore_errors=True)
+        except Exception as exc:  # never raise into a timer; the frames stay for the user
+            self.error, self.stage = str(exc), "failed"
+        finally:
+            shutil.rmtree(self.export_dir, ignore_errors=True)
+        if self.error:
+            log(f"{self.source_name}: job failed: {self.error}")
+
+    # -- the two drivers -----------------------------------------------------------------------------------
+    def poll(self) -> float | None:
+        """One UI timer tick: export the next frames, start the worker, take its messages.
+
+        Returns the next interval, or None when the translation is over.
+        """
+        if self.finished:
+            return None
+        if self.exporter is not None:
+            self.export_frames(EXPORT_FRAMES_PER_TICK)
+            if self.exporter is None and not self.finished:
+                self.submit(threaded=True)
+        while not self.finished:
+            try:
+                self.handle(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        if self.finished:
+            return None
+        return 0.0 if self.exporter is not None else POLL_INTERVAL
+
+    def run(self) -> Any:
+        """Every step here, at once (background mode, the farm); returns the result strip, raises on failure."""
+        try:
+            while self.exporter is not None:
+                self.export_frames(export.BATCH)
+            if not self.finished:
+                self.submit(threaded=False)
+        except BaseException:  # Ctrl-C: clean up, then stop
+            self.cancel.set()
+            if self.exporter is not None:
+                self.exporter.close()
+                self.exporter = None
+            self._end({"kind": "cancelled"})
+            raise
+        if self.stage != "done":
+            raise RuntimeError(self.error or self.stage)
+        return compat.all_strips(compat.editor(bpy.data.scenes[self.scene_name]))[self.result_name]
+
+
+def throttled(report: Report, every: float = 1.0) -> Report:
+    """``report`` at most every ``every`` seconds, and always at the end of a stage."""
+    last = [0.0]
+
+    def call(stage: str, done: int, total: int) -> None:
+        if time.monotonic() - last[0] > every or done == total:
+            last[0] = time.monotonic()
+            report(stage, done, total)
+
+    return call
+
+
+def prepare(scene: Any, source: Any | None, config: dict[str, str], report: Report | None = None,
+            warn: Callable[[str], None] | None = None) -> Translation:
+    """Check ``source`` and start its translation (nothing is rendered or sent yet).
+
+    Raises ``Refused`` saying why the strip cannot be translated (no picture of its own, missing files,
+    invalid settings, no usable backend configuration), before anything reaches the backend; ``warn`` gets
+    what the user should know (an unsaved file).
+    """
+    if source is None:
+        raise Refused("no strip to translate")
+    problem = export.picture_problem(source)
+    if problem:
+        raise Refused(problem)
+    try:
+        settings = schema.validate(props.strip_settings(source))
+    except schema.SettingsError as exc:
+        raise Refused(str(exc)) from exc
+    problem = backend.config_problem(config)
+    if problem:
+        raise Refused(problem)
+    note = unsaved.warning()
+    if note:
+        log(f"warning: {note}")
+        if warn is not None:
+            warn(note)
+    return Translation(scene, source, settings, config, report)

@@ -1,0 +1,98 @@
+"""Results of a .blend that was never saved: kept in this user's temp folder until the file is saved.
+
+An unsaved file has no folder for ``//fresco/``, so its results go to
+``<temp>/fresco-<uid>/fresco/`` (``userdirs``, ``place.output_root``) and the
+user is told so. A ``save_pre`` handler (it gets the path being written, so the
+file on disk already points at the new place) moves every result strip's
+folder that lies there into the blend-relative Output Folder (default
+``//fresco/``) of the file being saved, under a new name when that one is
+taken (never onto an existing folder), and repoints the strips.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from . import compat, place, userdirs
+from .props import DEFAULT_OUTPUT_DIR, RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, output_dir_setting
+
+
+def log(message: str) -> None:
+    print(f"FRESCO: {message}", flush=True)
+
+
+def warning() -> str | None:
+    """What to tell the user before a translation whose results would go to the temp folder, or None."""
+    if bpy.data.filepath or not output_dir_setting().startswith("//"):
+        return None
+    return (f"the .blend is not saved: the results go to the temporary folder {place.output_root()}; "
+            "save the .blend to move them next to it")
+
+
+def root_beside(blend_path: str | os.PathLike[str]) -> Path:
+    """The blend-relative Output Folder of ``blend_path`` (the default ``//fresco/`` if the setting is absolute)."""
+    value = output_dir_setting()
+    if not value.startswith("//"):
+        value = DEFAULT_OUTPUT_DIR
+    return Path(blend_path).parent / (value[2:].strip("/\\") or "fresco")
+
+
+def move_folder(folder: Path, root: Path, strip_name: str) -> Path:
+    """Move the files of ``folder`` into a new ``root/<strip name>_<n>`` (never an existing folder); returns it."""
+    target = place.new_output_dir(strip_name, root)
+    for item in sorted(folder.iterdir()):
+        shutil.move(str(item), str(target / item.name))
+    folder.rmdir()
+    log(f"moved {folder} to {target}")
+    return target
+
+
+def adopt(blend_path: str | os.PathLike[str]) -> None:
+    """Move every result folder in the temp folder next to ``blend_path`` and repoint its strips."""
+    moved: dict[str, Path] = {}
+    for scene in bpy.data.scenes:
+        ed = compat.editor(scene)
+        if ed is None:
+            continue
+        for strip in compat.all_strips(ed):
+            if strip.type != "IMAGE" or RESULT_SETTINGS_KEY not in strip.keys():
+                continue
+            folder = os.path.realpath(bpy.path.abspath(strip.directory))
+            if not userdirs.is_temporary(folder) or not (folder in moved or os.path.isdir(folder)):
+                continue
+            if folder not in moved:  # a copied strip shares its folder
+                moved[folder] = move_folder(Path(folder), root_beside(blend_path),
+                                            str(strip.get(RESULT_SOURCE_KEY, strip.name)))
+            strip.directory = str(moved[folder]) + os.sep
+
+
+def settle(out_dir: Path, strip_name: str) -> Path:
+    """Where a finished job's frames should stay: moved next to the .blend if it was saved while the job ran."""
+    if bpy.data.filepath and userdirs.is_temporary(out_dir):
+        return move_folder(out_dir, root_beside(bpy.data.filepath), strip_name)
+    return out_dir
+
+
+@bpy.app.handlers.persistent
+def _adopt_on_save(*args: Any) -> None:
+    path = args[0] if args and isinstance(args[0], str) else ""
+    if not path:  # the startup file, or a Blender that does not pass the path
+        return
+    try:
+        adopt(path)
+    except Exception as exc:  # never break a save; the strips still point at the temp folder
+        log(f"could not move the results of the unsaved file next to {path}: {exc}")
+
+
+def register() -> None:
+    if _adopt_on_save not in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.append(_adopt_on_save)
+
+
+def unregister() -> None:
+    if _adopt_on_save in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.remove(_adopt_on_save)
