@@ -4,7 +4,6 @@ Real server subprocesses (launcher.py), client.py and the real backend with tiny
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -15,9 +14,10 @@ import numpy as np
 import pytest
 
 from fresco_contract import wire
-from blender_addon.client import Client
+from blender_addon.client import BackendError, Client
 from blender_addon.launcher import BackendProcess, launch
-from server_support import submit, wait_final
+from fresco_backend.job import JobFolder
+from server_support import OUTER_LIMIT, submit, wait_final
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "resume-test-token-0123456789"
@@ -44,8 +44,9 @@ def start_server(tiny_models, backend_python, work: Path, logs: Path) -> tuple[B
     token_file = logs / "token"
     token_file.write_text(TOKEN)
     proc = launch(backend_python, REPO, str(tiny_models[0]), str(tiny_models[1]), device="cpu",
-                  work_dir=work, log_dir=logs, ready_timeout=60, extra_args=["--token-file", str(token_file)])
-    return proc, Client(proc.host, proc.port, TOKEN, timeout=30)
+                  work_dir=work, log_dir=logs, ready_timeout=OUTER_LIMIT,
+                  extra_args=["--token-file", str(token_file)])
+    return proc, Client(proc.host, proc.port, TOKEN, timeout=120)
 
 
 def outputs(client: Client, job_id: str, count: int) -> list[np.ndarray]:
@@ -66,35 +67,42 @@ def test_killed_server_resumes_its_job_on_restart(tiny_models, backend_python, t
     second = None
     try:
         done_id = submit(client, FAST, frames[:2])
-        assert wait_final(client, done_id, timeout=90.0)[1] == wire.DONE
+        assert wait_final(client, done_id)[1] == wire.DONE
         done_frames = [client.download_frame(done_id, i) for i in range(2)]
+        deleted_id = submit(client, FAST, frames[:2])
+        assert wait_final(client, deleted_id)[1] == wire.DONE
+        client.delete_job(deleted_id)
+        assert not (work / deleted_id).exists()
         uploading_id = client.create_job(FAST, 2)
         client.upload_frame(uploading_id, 0, frames[0])
 
         job_id = submit(client, SETTINGS, frames)
         progress = work / job_id / "state" / "progress.json"
-        deadline = time.monotonic() + 30
-        while not progress.exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + OUTER_LIMIT  # the loop ends when the first batch is recorded
+        while not progress.exists() and first.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(first.process.pid, signal.SIGKILL)
-        first.process.wait(10)
-        assert progress.exists(), "the first batch was not recorded in time"
-        record = json.loads((work / job_id / "job.json").read_text())
-        assert record["state"] == wire.RUNNING, "the job ended before the server was killed"
-        assert record["settings"]["prompt"] == "x" and record["frame_count"] == 9
+        first.process.wait(OUTER_LIMIT)
+        assert progress.exists(), "the first batch was not recorded"
+        record = JobFolder(work / job_id).read_record()
+        assert record.job["state"] == wire.RUNNING, "the job ended before the server was killed"
+        assert record.settings["prompt"] == "x" and record.input.frame_count == 9 and record.input.sha256
 
         second, client = start_server(tiny_models, backend_python, work, logs)
         assert client.status(done_id)["state"] == wire.DONE
         assert [client.download_frame(done_id, i) for i in range(2)] == done_frames
+        with pytest.raises(BackendError) as gone:
+            client.status(deleted_id)
+        assert gone.value.status == 404  # a deleted job does not come back
         pending = client.status(uploading_id)
         assert (pending["state"], pending["uploaded"]) == (wire.UPLOADING, 1)
         client.upload_frame(uploading_id, 1, frames[1])  # it can still be completed and started
 
         assert client.status(job_id)["state"] in (wire.QUEUED, wire.RUNNING)
-        resumed_events, state = wait_final(client, job_id, timeout=90.0)
+        resumed_events, state = wait_final(client, job_id)
         assert state == wire.DONE, resumed_events
         reference_id = submit(client, SETTINGS, frames)
-        reference_events, state = wait_final(client, reference_id, timeout=90.0)
+        reference_events, state = wait_final(client, reference_id)
         assert state == wire.DONE, reference_events
 
         # finished batches were not redone, and the frames are those of an uninterrupted run
@@ -102,7 +110,7 @@ def test_killed_server_resumes_its_job_on_restart(tiny_models, backend_python, t
         for got, want in zip(outputs(client, job_id, 9), outputs(client, reference_id, 9)):
             assert np.array_equal(got, want)
         client.start(uploading_id)
-        assert wait_final(client, uploading_id, timeout=90.0)[1] == wire.DONE
+        assert wait_final(client, uploading_id)[1] == wire.DONE
     finally:
         for proc in (first, second):
             if proc is not None:
