@@ -12,7 +12,7 @@ import pytest
 
 from conftest import OFFSET_END, OFFSET_START, STRIP_START, TINY, VISIBLE
 from test_strip_kinds import translate_sync
-from test_uijob import FakeClient
+from test_uijob import FakeClient, drive, translate, ui  # noqa: F401  (ui is a fixture)
 
 
 @pytest.fixture
@@ -90,3 +90,22 @@ def test_saving_moves_the_results_next_to_the_blend(addon, unsaved_scene, compat
     assert result_dir(bpy.context.scene, compat) == Path(os.path.realpath(moved))
     bpy.ops.wm.save_mainfile()  # saving again moves nothing
     assert result_dir(bpy.context.scene, compat) == Path(os.path.realpath(moved))
+
+
+def test_file_saved_while_its_job_runs(addon, ui, unsaved_scene, compat, temp_root, tmp_path, monkeypatch, capfd):
+    """The UI path: the file is saved while the job runs; the result lands next to it, not in the temp folder."""
+    job = translate(addon, FakeClient(), monkeypatch)
+    assert "the .blend is not saved" in capfd.readouterr().out
+    temp_dir = job.out_dir
+    assert temp_dir.parent.parent == user_temp(temp_root)
+    ui.tick()
+    assert job.stage == "export" and not job.finished
+    project = tmp_path / "project"
+    project.mkdir()
+    assert bpy.ops.wm.save_as_mainfile(filepath=str(project / "shot.blend")) == {"FINISHED"}
+    drive(ui)
+    assert job.stage == "done", job.error
+    moved = project / "fresco" / "clip_1"
+    assert job.out_dir == moved and not temp_dir.exists()
+    assert result_dir(unsaved_scene, compat) == Path(os.path.realpath(moved))
+    assert pngs(moved) == [f"{i + 1:04d}.png" for i in range(VISIBLE)]
