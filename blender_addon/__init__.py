@@ -1,8 +1,9 @@
 """FRESCO for Blender: temporally coherent video translation of VSE strips.
 
-Importing this package does not import bpy, so the server can share its
-stdlib-only modules (``settings``, ``wire``, ``client``); Blender calls
-``register``/``unregister``.
+Importing this package does not import bpy, so its stdlib-only modules
+(``client``, ``launcher``, ``userdirs``) work without Blender; Blender calls
+``register``/``unregister``. A translation is ``translation.Translation``,
+driven by ``uijob`` (UI timer) or run at once (``operators``, ``farm``).
 """
 
 bl_info = {
