@@ -129,13 +129,13 @@ def spatial_loss_and_grad(x: torch.Tensor, r: torch.Tensor, weight: float = Feat
     The loss is then the mean over those rows, an unbiased estimate of the full one, and its
     gradient has the row part S_rows x and the column part S_rows^T x_rows.
     """
-    frames, hw, _ = x.shape
+    frame_count, hw, _ = x.shape
     count = hw if rows is None else len(rows)
-    scale = weight / (frames * count * hw)
+    scale = weight / (frame_count * count * hw)
     per_block, height = max(1, chunk // count), min(chunk, count)
     grad = torch.zeros_like(x)
     total = torch.zeros((), dtype=x.dtype, device=x.device)
-    for first in range(0, frames, per_block):
+    for first in range(0, frame_count, per_block):
         fs = slice(first, first + per_block)
         xs, rs = x[fs], r[fs]
         for start in range(0, count, height):
@@ -212,8 +212,8 @@ def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor
     """
     if f.shape[0] % runs:
         raise ValueError(f"{f.shape[0]} feature maps are not {runs} runs of the same frames")
-    frames = f.shape[0] // runs
-    use_temporal = config.temporal and frames > 1
+    frame_count = f.shape[0] // runs
+    use_temporal = config.temporal and frame_count > 1
     if use_temporal and flow is None:
         raise ValueError("the temporal loss needs the batch's flow")
     if config.spatial and ref is None:
@@ -345,21 +345,21 @@ class FeatureOptimizer:
         cfg = self.config
         if not (ctx.in_window and cfg.enabled and (cfg.temporal or cfg.spatial)):
             return None
-        frames = self._frames(index, ctx)
-        if features.shape[0] not in (frames, 2 * frames):
-            raise ValueError(f"batch {features.shape[0]} is neither {frames} frames nor 2 x {frames} (CFG)")
+        frame_count = self._frame_count(index, ctx)
+        if features.shape[0] not in (frame_count, 2 * frame_count):
+            raise ValueError(f"batch {features.shape[0]} is neither {frame_count} frames nor 2 x {frame_count} (CFG)")
         height, width = features.shape[-2:]
         flow = ctx.flow.at_size(height, width) if ctx.flow is not None else None
         ref = self.reference.get(index) if cfg.spatial else None
-        if ref is not None and ref.shape != (frames, *features.shape[1:]):
+        if ref is not None and ref.shape != (frame_count, *features.shape[1:]):
             raise ValueError(f"reference for up_blocks.{index} is {tuple(ref.shape)}, "
                              f"features are {tuple(features.shape)}")
-        out = optimise_features(features, flow, ref, cfg, runs=features.shape[0] // frames).features
+        out = optimise_features(features, flow, ref, cfg, runs=features.shape[0] // frame_count).features
         if cfg.background_smoothing and flow is not None:
-            out = torch.cat([self._smooth(half, flow, ctx) for half in out.split(frames)])
+            out = torch.cat([self._smooth(half, flow, ctx) for half in out.split(frame_count)])
         return out
 
-    def _frames(self, index: int, ctx: OptContext) -> int:
+    def _frame_count(self, index: int, ctx: OptContext) -> int:
         """Frames per CFG half: from the flow, else from the recorded reference."""
         if ctx.flow is not None:
             return ctx.flow.fwd.shape[0] + 1
