@@ -41,6 +41,12 @@ class Setting:
             value = float(value)
             if value != value:  # NaN
                 return None, f"{self.name}: must be a number, got NaN"
+        if self.kind in ("str", "enum"):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate, e.g. JSON "\\ud800"
+                return None, (f"{self.name}: character {exc.start} is not valid Unicode "
+                              f"({value[exc.start]!r}, a lone surrogate); send UTF-8 text")
         if self.kind == "str" and self.required and not value.strip():
             return None, f"{self.name}: must not be empty ({self.description})"
         if self.kind == "enum" and value not in self.choices:

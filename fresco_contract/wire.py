@@ -35,6 +35,9 @@ READY_PREFIX = "FRESCO_SERVER_READY "  # the server's first stdout line: prefix 
 MAX_FRAMES = 10_000
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 MAX_JSON_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 8  # nesting of a request body; a job spec needs 2
+MAX_FRAME_PIXELS = 7680 * 4320  # width x height of an input frame (8K UHD), checked before decoding
+MIN_FRAME_SIDE = 12  # shortest input frame side: OpenCV's DIS flow refuses smaller frames
 
 # job states
 QUEUED, UPLOADING, RUNNING, DONE, FAILED, CANCELLED = (

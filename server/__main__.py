@@ -1,17 +1,21 @@
 """Command line of the backend server: ``python -m server --port 0 --model M --controlnet C``.
 
 Binds the socket itself (so port 0 works), prints exactly one ready line
-(``wire.ready_line``) to stdout and logs everything else to stderr.
+(``wire.ready_line``) to stdout and logs everything else to stderr. A bad option
+or an unusable port, work dir or token file is one message on stderr and exit
+code 2. However it stops (stdin closed, SIGTERM, SIGINT), it removes its
+temporary work dir.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
-import ipaddress
 import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -26,7 +30,7 @@ from fresco_backend.device import DeviceError, pick_runtime
 from fresco_backend.models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, choose_models
 
 from . import __version__
-from .app import create_app
+from .app import create_app, is_loopback_host
 from .jobs import JobManager
 from .model_cache import ModelCache
 
@@ -36,7 +40,7 @@ log = logging.getLogger("fresco.server")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m server", description="FRESCO backend HTTP server")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default)")
+    p.add_argument("--port", type=port_number, default=0, help="port to bind; 0 picks a free one (default)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"default Stable Diffusion 1.5 model: hub id, folder or .safetensors (default {DEFAULT_MODEL})")
     p.add_argument("--controlnet",
@@ -51,25 +55,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="torch device (default auto: cuda if available, else mps, else cpu)")
     p.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${wire.TOKEN_ENV}, else random)")
     p.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin reaches EOF (parent died)")
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("--log-level", default="INFO", type=log_level,
+                   help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)")
     return p.parse_args(argv)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_REMOTE_TOKEN = 16  # characters of a token that guards a server reachable from other machines
+
+
+class StartupError(Exception):
+    """An option or resource the server cannot use: one message on stderr, exit code 2."""
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived: unwind so that the work dir is cleaned up."""
+
+
+def port_number(text: str) -> int:
+    """argparse type of --port: 0..65535."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        port = int(text)
     except ValueError:
-        return False
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number from 0 to 65535")
+    return port
+
+
+def log_level(text: str) -> str:
+    """argparse type of --log-level: a logging level name, in any case."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
 
 
 def resolve_token(args: argparse.Namespace) -> tuple[str, bool]:
     """(token, explicit): from --token-file, else the environment, else a fresh random one."""
     if args.token_file is not None:
-        token = args.token_file.read_text(encoding="utf-8").strip()
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise StartupError(f"cannot read --token-file {args.token_file}: {reason}") from None
         if not token:
-            raise SystemExit(f"error: token file {args.token_file} is empty")
+            raise StartupError(f"--token-file {args.token_file} is empty")
         return token, True
     token = os.environ.get(wire.TOKEN_ENV, "").strip()
     if token:
@@ -77,15 +107,57 @@ def resolve_token(args: argparse.Namespace) -> tuple[str, bool]:
     return secrets.token_urlsafe(32), False
 
 
+def check_token_for_host(host: str, token: str, explicit: bool) -> None:
+    """A server reachable from other machines needs a token given by the user, and a long one."""
+    if is_loopback_host(host):
+        return
+    if not explicit:
+        raise StartupError(f"refusing to listen on non-loopback host {host} without an explicit token "
+                           f"(set {wire.TOKEN_ENV} or pass --token-file)")
+    if len(token) < MIN_REMOTE_TOKEN:
+        raise StartupError(f"the token is {len(token)} characters; a server listening on non-loopback host "
+                           f"{host} needs one of at least {MIN_REMOTE_TOKEN}, since anyone who can reach it "
+                           f"may try to guess it")
+
+
+def usable_work_dir(path: Path) -> Path:
+    """``path`` resolved, created if missing, once a file can be written in it."""
+    try:
+        path = path.resolve()
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"--work-dir {path} is not a usable folder: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise StartupError(f"--work-dir {path} is not writable: {exc.strerror or exc}") from None
+    return path
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on (host, port); port 0 picks a free port."""
-    family, type_, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, type_, proto)
-    if os.name != "nt":  # on Windows SO_REUSEADDR lets others steal the port
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(addr)
-    sock.listen(64)
+    try:
+        family, type_, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, type_, proto)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on --host {host}: {exc.strerror or exc}") from None
+    try:
+        if os.name != "nt":  # on Windows SO_REUSEADDR lets others steal the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use (another backend?): choose another "
+                               f"--port, or 0 for a free one") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+def raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(signal.Signals(signum).name)
 
 
 def backend_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -110,25 +182,9 @@ def watch_stdin(on_eof: Callable[[], None]) -> None:
     threading.Thread(target=run, name="stdin-watch", daemon=True).start()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token, explicit = resolve_token(args)
-    if not is_loopback(args.host) and not explicit:
-        log.error("refusing to listen on non-loopback host %s without an explicit token "
-                  "(set %s or pass --token-file)", args.host, wire.TOKEN_ENV)
-        return 2
-    if not explicit:
-        print(f"fresco server: generated token {token}", file=sys.stderr, flush=True)
-
-    try:
-        device = str(pick_runtime(args.device).device)
-    except DeviceError as exc:
-        log.error("%s", exc)
-        return 2
-    temp_work = args.work_dir is None
-    work_dir = Path(tempfile.mkdtemp(prefix="fresco-server-")) if temp_work else args.work_dir.resolve()
+def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str, work_dir: Path,
+          remove_work_dir: Callable[[], None]) -> None:
+    """Serve the API on ``sock`` until uvicorn stops (a signal), or stdin closes with --exit-with-stdin."""
     load_pipeline, translate_frames = backend_functions()
     loader = functools.partial(load_pipeline, config=args.config, controlnet_config=args.controlnet_config)
     cache = ModelCache(loader, args.model, args.controlnet, device)
@@ -136,20 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache))
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": choose_models(JobConfig(), args.model, args.controlnet).controlnet}
-    app = create_app(manager, cache, token, info)
-
-    def cleanup() -> None:
-        try:
-            manager.shutdown(timeout=3.0)
-        finally:
-            if temp_work:
-                shutil.rmtree(work_dir, ignore_errors=True)
+    app = create_app(manager, cache, token, info, loopback_only=is_loopback_host(args.host))
 
     if args.exit_with_stdin:
         def on_eof() -> None:
             log.info("stdin closed: parent is gone, exiting")
             try:
-                cleanup()
+                manager.shutdown(timeout=3.0)
+                remove_work_dir()
             finally:
                 logging.shutdown()
                 os._exit(0)
@@ -158,7 +208,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    sock = bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=3,
                             log_level=args.log_level.lower())
@@ -168,9 +217,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing else may reach the launcher's stdout
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=[sock])  # on SIGTERM/SIGINT uvicorn stops, then re-raises it: Stopped
     finally:
-        cleanup()
+        manager.shutdown(timeout=3.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        device = str(pick_runtime(args.device).device)
+    except DeviceError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        token, explicit = resolve_token(args)
+        check_token_for_host(args.host, token, explicit)
+        given_work_dir = usable_work_dir(args.work_dir) if args.work_dir is not None else None
+        sock = bind(args.host, args.port)
+    except StartupError as exc:
+        print(f"python -m server: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if not explicit:
+        print(f"fresco server: generated token {token}", file=sys.stderr, flush=True)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, raise_stopped)
+    temp_work: Path | None = None
+
+    def remove_work_dir() -> None:
+        if temp_work is not None:
+            shutil.rmtree(temp_work, ignore_errors=True)
+
+    try:
+        if given_work_dir is None:
+            temp_work = Path(tempfile.mkdtemp(prefix="fresco-server-"))
+        serve(args, sock, token, device, given_work_dir or temp_work, remove_work_dir)
+    except Stopped as stop:
+        log.info("stopped by %s", stop)
+    finally:
+        sock.close()
+        remove_work_dir()
     return 0
 
 

@@ -1,17 +1,21 @@
 """HTTP routes of the backend (the API described in ``fresco_contract/wire.py``).
 
 Every error is JSON ``{"error": "..."}`` with a 4xx/5xx code; every route but
-``/v1/health`` requires ``Authorization: Bearer <token>``.
+``/v1/health`` requires ``Authorization: Bearer <token>`` (health without it tells only the
+API and version). A server bound to loopback answers only requests whose ``Host`` names the
+loopback, so a web page cannot reach it through DNS rebinding.
 """
 from __future__ import annotations
 
+import errno
 import hmac
+import ipaddress
 import json
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,27 +35,72 @@ class ApiError(Exception):
         self.message = message
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII characters escaped: text with a lone surrogate is sent, not a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return AsciiJSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 MAX_URL_BYTES = 8 * 1024  # path + query string; the API's own URLs are far shorter
 
 
-class LimitUrl:
-    """ASGI middleware: answer an over-long request URL with 414 before any routing."""
+def is_loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names the loopback: localhost or a loopback IP, any port."""
+    name, colon, port = host.strip().lower().rpartition(":")
+    if not (colon and port.isdigit() and (not name.startswith("[") or name.endswith("]"))):
+        name = host.strip().lower()  # no port (an IPv6 literal's colons are inside [...])
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, app: Any) -> None:
+
+class Guard:
+    """ASGI middleware answering before any routing: 414 for an over-long URL and, with
+    ``loopback_only``, 403 for a ``Host`` header that does not name the loopback."""
+
+    def __init__(self, app: Any, loopback_only: bool) -> None:
         self.app = app
+        self.loopback_only = loopback_only
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            size = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string") or b"")
-            if size > MAX_URL_BYTES:
-                response = _error(414, f"request URL of {size} bytes exceeds the limit of {MAX_URL_BYTES} bytes")
+            response = self.refusal(scope)
+            if response is not None:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def refusal(self, scope: dict[str, Any]) -> JSONResponse | None:
+        size = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string") or b"")
+        if size > MAX_URL_BYTES:
+            return _error(414, f"request URL of {size} bytes exceeds the limit of {MAX_URL_BYTES} bytes")
+        if self.loopback_only:
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            if not is_loopback_host(host):
+                return _error(403, f"Host header {host!r} does not name this machine: a backend bound to "
+                                   "the loopback answers only requests to 127.0.0.1, localhost or [::1] "
+                                   "(protection against DNS rebinding)")
+        return None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (a scalar is 0)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -112,21 +161,27 @@ FRAME_BODY = {"requestBody": {"required": True, "content": {"image/png": {"schem
     "type": "string", "format": "binary", "maxLength": wire.MAX_FRAME_BYTES}}}}}
 
 
-def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[str, Any]) -> FastAPI:
-    """The FastAPI application serving ``manager``; ``info`` is merged into /v1/health."""
+def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[str, Any],
+               loopback_only: bool = False) -> FastAPI:
+    """The FastAPI application serving ``manager``; ``info`` is merged into /v1/health for
+    clients with the token. ``loopback_only``: refuse Host headers that are not the loopback."""
     expected = f"{wire.AUTH_SCHEME} {token}".encode()
 
-    def require_token(request: Request) -> None:
+    def has_token(request: Request) -> bool:
         given = request.headers.get(wire.AUTH_HEADER)
-        if given is None:
+        return given is not None and hmac.compare_digest(given.encode("latin-1"), expected)
+
+    def require_token(request: Request) -> None:
+        if request.headers.get(wire.AUTH_HEADER) is None:
             raise ApiError(401, f"missing {wire.AUTH_HEADER} header: this backend needs "
                                 f"'{wire.AUTH_SCHEME} <token>'")
-        if not hmac.compare_digest(given.encode(), expected):
+        if not has_token(request):
             raise ApiError(401, "invalid token: the backend was started with a different token")
 
-    app = FastAPI(title="FRESCO backend", version=str(info.get("version", "")))
+    app = FastAPI(title="FRESCO backend", version=str(info.get("version", "")),
+                  default_response_class=AsciiJSONResponse)
     auth = [Depends(require_token)]
-    app.add_middleware(LimitUrl)
+    app.add_middleware(Guard, loopback_only=loopback_only)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -150,10 +205,25 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
                              for e in exc.errors())
         return _error(422, f"invalid request: {problems}")
 
+    @app.exception_handler(OSError)
+    async def _os_error(_: Request, exc: OSError) -> JSONResponse:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return _error(507, f"no space left for the backend's work dir {manager.work_dir}: free disk "
+                               f"space there or start the backend with --work-dir on a larger disk")
+        return _error(500, f"the backend could not use its work dir {manager.work_dir}: "
+                           f"{exc.strerror or exc} ({exc.filename or 'no file name'})")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette re-raises the exception after this answer, so the server log has its traceback
+        return _error(500, f"internal error of the backend ({type(exc).__name__}: {exc}); see its log")
+
     @app.get(wire.HEALTH)
-    def health() -> dict[str, Any]:
-        return {"api": wire.API_VERSION, **info, "load_count": cache.load_count,
-                "last_load_seconds": cache.last_load_seconds}
+    def health(request: Request) -> dict[str, Any]:
+        public = {"api": wire.API_VERSION, "version": info.get("version")}
+        if not has_token(request):  # anyone may ask whether it runs, but not where its files are
+            return public
+        return {**public, **info, "load_count": cache.load_count, "last_load_seconds": cache.last_load_seconds}
 
     @app.post(wire.JOBS, dependencies=auth, status_code=201, openapi_extra=JOB_BODY)
     async def create_job(request: Request) -> dict[str, Any]:
@@ -162,6 +232,11 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            body = None  # nested deeper than the parser goes: refused just below
+        if body is None or json_depth(body) > wire.MAX_JSON_DEPTH:
+            raise ApiError(400, f"body is JSON nested more than {wire.MAX_JSON_DEPTH} levels deep; "
+                                'a job is {"settings": {...}, "frame_count": N}')
         if not isinstance(body, dict):
             raise ApiError(400, 'body must be a JSON object {"settings": {...}, "frame_count": N}')
         unknown = sorted(set(body) - {"settings", "frame_count"})
@@ -202,11 +277,12 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
         return {"id": job_id, "deleted": True}
 
     @app.get(wire.JOBS + "/{job_id}/events", dependencies=auth)
-    def job_events(job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
-        return manager.events(job_id, after, wait)
+    async def job_events(job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
+        return await manager.wait_events(job_id, after, wait)  # holds no worker thread while it waits
 
-    @app.get(wire.JOBS + "/{job_id}/output/{index}", dependencies=auth)
-    def download_output(job_id: str, index: int) -> FileResponse:
-        return FileResponse(manager.output_file(job_id, index), media_type="image/png")
+    @app.get(wire.JOBS + "/{job_id}/output/{index}", dependencies=auth, response_class=Response,
+             responses={200: {"content": {"image/png": {}}}})
+    def download_output(job_id: str, index: int) -> Response:
+        return Response(manager.read_output(job_id, index), media_type="image/png")
 
     return app

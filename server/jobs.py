@@ -22,11 +22,15 @@ fakes); torch is only imported when a job runs.
 """
 from __future__ import annotations
 
+import asyncio
+import errno
+import functools
 import logging
 import math
 import os
 import queue
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -42,7 +46,7 @@ from fresco_contract import wire
 from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
 from fresco_backend.video_io import ClipError, FrameFiles, encode_png, read_image, write_bytes_atomic
 
-from .images import BadImage, png_size
+from .images import BadImage, check_decodes, png_header_size
 
 log = logging.getLogger("fresco.server.jobs")
 
@@ -154,6 +158,34 @@ def oom_message(settings: dict[str, Any], exc: BaseException) -> str:
             f"settings, or close other programs using the GPU ({detail})")
 
 
+def wait_seconds(wait: float) -> float:
+    """A long poll's requested wait, within 0..MAX_WAIT (0 for NaN or infinity)."""
+    return min(max(wait, 0.0), MAX_WAIT) if math.isfinite(wait) else 0.0
+
+
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def read_regular_file(folder: Path, name: str) -> bytes:
+    """The bytes of ``folder/name``; OSError if either is a link or the file is not a regular file."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO never blocks
+    if NOFOLLOW and os.open in os.supports_dir_fd:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+        try:
+            fd = os.open(name, flags | NOFOLLOW, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
+    else:  # Windows: no O_NOFOLLOW, so look for links first
+        path = folder / name
+        if folder.is_symlink() or path.is_symlink():
+            raise OSError(errno.ELOOP, "is a link", str(path))
+        fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", name)
+        return file.read()
+
+
 class JobManager:
     """All jobs of the server process and the worker thread that runs them in order."""
 
@@ -167,6 +199,7 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._waiters: set[Callable[[], None]] = set()  # long polls of wait_events, woken by _emit
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._running: Job | None = None
         self._reload()
@@ -200,25 +233,34 @@ class JobManager:
         return job
 
     def put_input(self, job_id: str, index: int, data: bytes) -> None:
-        """Store input frame ``index`` (PNG bytes) of a job that is still uploading."""
+        """Store input frame ``index`` (PNG bytes) of a job that is still uploading.
+
+        The size the PNG header declares is checked (limits, the size of the job's earlier
+        frames) before the image is decoded; the first frame fixes the job's size."""
         job = self.get(job_id)
         self._check_index(job, index, "input")
         try:
-            size = png_size(data)
+            size = png_header_size(data)
+            self._check_frame_size(job, index, size)
+            check_decodes(data)
         except BadImage as exc:
-            raise JobError(f"input frame {index}: {exc}", 400) from None
+            raise JobError(f"input frame {index}: {exc}", exc.status) from None
         with self._lock:
-            if job.state != wire.UPLOADING:
-                raise JobConflict(f"job {job_id} is {job.state}; inputs can only be uploaded before start")
-            if job.frame_size is not None and size != job.frame_size:
-                raise JobError(f"input frame {index} is {size[0]}x{size[1]} but earlier frames are "
-                               f"{job.frame_size[0]}x{job.frame_size[1]}; all frames must have one size", 400)
+            self._check_frame_size(job, index, size)  # again: another first frame may have won
             if job.frame_size is None:
                 job.frame_size = size
                 self._save(job)
         write_bytes_atomic(job.input_dir / wire.frame_filename(index), data)
         with self._lock:
             job.uploaded.add(index)
+
+    def _check_frame_size(self, job: Job, index: int, size: tuple[int, int]) -> None:
+        with self._lock:
+            if job.state != wire.UPLOADING:
+                raise JobConflict(f"job {job.id} is {job.state}; inputs can only be uploaded before start")
+            if job.frame_size is not None and size != job.frame_size:
+                raise JobError(f"input frame {index} is {size[0]}x{size[1]} but earlier frames are "
+                               f"{job.frame_size[0]}x{job.frame_size[1]}; all frames must have one size", 400)
 
     def start(self, job_id: str) -> Job:
         """Queue a job whose inputs are all uploaded."""
@@ -251,25 +293,60 @@ class JobManager:
     def events(self, job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
         """Events with seq > ``after``, waiting up to ``wait`` s (capped) for the first one."""
         job = self.get(job_id)
-        wait = min(max(wait, 0.0), MAX_WAIT) if math.isfinite(wait) else 0.0
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + wait_seconds(wait)
         with self._changed:
             while True:
-                new = job.events[after + 1:] if after >= -1 else list(job.events)
-                remaining = deadline - time.monotonic()
-                if new or job.state in wire.FINAL_STATES or remaining <= 0:
-                    return {"events": [dict(e) for e in new], "state": job.state}
-                self._changed.wait(remaining)
+                answer = self._events_after(job, after)
+                if answer["events"] or answer["state"] in wire.FINAL_STATES or time.monotonic() >= deadline:
+                    return answer
+                self._changed.wait(deadline - time.monotonic())
 
-    def output_file(self, job_id: str, index: int) -> Path:
-        """The PNG of output frame ``index``, if the worker has written it."""
+    async def wait_events(self, job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
+        """``events`` for the event loop: the wait holds no thread; ``_emit`` wakes it."""
+        job = self.get(job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds(wait)
+        while True:
+            woken = asyncio.Event()
+            wake = functools.partial(loop.call_soon_threadsafe, woken.set)
+            with self._lock:
+                answer = self._events_after(job, after)
+                remaining = deadline - loop.time()
+                if answer["events"] or answer["state"] in wire.FINAL_STATES or remaining <= 0:
+                    return answer
+                self._waiters.add(wake)
+            try:
+                await asyncio.wait_for(woken.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    self._waiters.discard(wake)
+
+    def _events_after(self, job: Job, after: int) -> dict[str, Any]:
+        """The answer of an event poll: the events with seq > ``after`` and the job's state."""
+        with self._lock:
+            new = job.events[after + 1:] if after >= -1 else list(job.events)
+            return {"events": [dict(e) for e in new], "state": job.state}
+
+    def read_output(self, job_id: str, index: int) -> bytes:
+        """The PNG bytes of output frame ``index``, if the worker has written it.
+
+        Links are not followed: the output folder and the file must be a real folder and a
+        regular file, so nothing planted there can serve a file from elsewhere."""
         job = self.get(job_id)
         self._check_index(job, index, "output")
         with self._lock:
             ready = index in job.outputs
         if not ready:
             raise JobError(f"output frame {index} of job {job_id} is not ready (job is {job.state})", 404)
-        return job.output_dir / wire.frame_filename(index)
+        try:
+            return read_regular_file(job.output_dir, wire.frame_filename(index))
+        except FileNotFoundError:
+            raise JobError(f"output frame {index} of job {job_id} is missing from its output folder", 404) from None
+        except OSError as exc:
+            raise JobConflict(f"output frame {index} of job {job_id} is not a regular file in its output "
+                              f"folder ({exc.strerror}); it is not served") from None
 
     def delete(self, job_id: str) -> None:
         """Forget a finished (done, failed or cancelled) job and remove its folder.
@@ -319,6 +396,11 @@ class JobManager:
         with self._changed:
             job.events.append({"seq": len(job.events), "type": type_, **fields})
             self._changed.notify_all()
+            for wake in self._waiters:
+                try:
+                    wake()
+                except RuntimeError:  # its event loop is closed: the server is stopping
+                    pass
 
     def _set_state(self, job: Job, state: str) -> None:
         with self._lock:

@@ -29,7 +29,7 @@ TOKEN = "fuzz-token"
 FAST = {"prompt": "x", "steps": 2, "size": 64}
 
 
-def png(value: int = 0, size: int = 8) -> bytes:
+def png(value: int = 0, size: int = 16) -> bytes:  # wire.MIN_FRAME_SIDE is 12
     return cv2.imencode(".png", np.full((size, size, 3), value, np.uint8))[1].tobytes()
 
 

@@ -94,7 +94,7 @@ def test_jobs_run_in_order_and_write_outputs(manager, fake, tmp_path):
         assert types.count(wire.EV_FRAME) == 2 and types[-2:] == [wire.EV_DONE, wire.EV_STATE]
         assert [e["seq"] for e in answer["events"]] == list(range(len(types)))
     assert fake.order == ["p0", "p1", "p2"]
-    out = cv2.imread(str(manager.output_file(ids[0], 1)))
+    out = cv2.imdecode(np.frombuffer(manager.read_output(ids[0], 1), np.uint8), cv2.IMREAD_COLOR)
     assert out.shape == (16, 16, 3) and int(out[0, 0, 0]) == 254
     assert sorted(p.name for p in (tmp_path / ids[0] / "output").iterdir()) == ["0001.png", "0002.png"]
 
