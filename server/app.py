@@ -91,6 +91,10 @@ class Guard:
         return None
 
 
+TOO_DEEP = (f"body is JSON nested more than {wire.MAX_JSON_DEPTH} levels deep; "
+            'a job is {"settings": {...}, "frame_count": N}')
+
+
 def json_depth(value: Any) -> int:
     """How deeply lists and objects nest in a parsed JSON value (a scalar is 0)."""
     deepest, todo = 0, [(value, 1)]
@@ -232,11 +236,10 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
-        except RecursionError:
-            body = None  # nested deeper than the parser goes: refused just below
-        if body is None or json_depth(body) > wire.MAX_JSON_DEPTH:
-            raise ApiError(400, f"body is JSON nested more than {wire.MAX_JSON_DEPTH} levels deep; "
-                                'a job is {"settings": {...}, "frame_count": N}')
+        except RecursionError:  # nested deeper than the parser goes
+            raise ApiError(400, TOO_DEEP) from None
+        if json_depth(body) > wire.MAX_JSON_DEPTH:
+            raise ApiError(400, TOO_DEEP)
         if not isinstance(body, dict):
             raise ApiError(400, 'body must be a JSON object {"settings": {...}, "frame_count": N}')
         unknown = sorted(set(body) - {"settings", "frame_count"})
