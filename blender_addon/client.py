@@ -41,7 +41,7 @@ class Client:
     # ---- API -------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        """Server facts (api, version, device, default_model); needs no token."""
+        """Server facts: api and version with any token; with the right one also device, models."""
         return self._json("GET", wire.HEALTH)
 
     def create_job(self, settings: Mapping[str, Any], frame_count: int) -> str:
