@@ -14,14 +14,13 @@ Messages:
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .contract import wire
+from .contract import files, wire
 
 
 class JobFailed(RuntimeError):
@@ -33,20 +32,6 @@ class JobCancelled(RuntimeError):
 
 
 Emit = Callable[[dict], None]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _check(cancel: threading.Event | None, client: Any = None, job_id: str | None = None) -> None:
@@ -88,7 +73,7 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
         if index in written:
             return
         path = out_dir / wire.frame_filename(index)
-        write_atomic(path, client.download_frame(job_id, index))
+        files.write_bytes_atomic(path, client.download_frame(job_id, index))
         written[index] = path
         emit({"kind": "frame", "index": index, "path": str(path)})
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fresco_contract import settings as S
 
+from .device import DeviceError
 from .job import RECORD, JobMismatch
 from .models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError, choose_models
 from .video_io import ClipError
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "clip skips them (default %(default)s)")
     tr.add_argument("--mp4", type=Path, default=None,
                     help="also write the result as an H.264 mp4 at the input's frame rate (never overwritten)")
+    tr.add_argument("--allow-short-input", action="store_true",
+                    help="translate the frames of a video that ends before the frame count its container states "
+                         "(a file cut short); without it such a file is refused")
     tr.add_argument("--restart", action="store_true",
                     help=f"discard an unfinished job in --out (its {JOB_DIR} folder and the frames it wrote) "
                          f"and start over, instead of resuming it")
@@ -80,12 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _translate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from .device import pick_runtime
     from .job import Job
     from .models import load_pipeline
-    from .video_io import read_png
+    from .video_io import ShortClipError, check_length, read_png
 
     values = {s.name: getattr(args, s.name) for s in S.SETTINGS if getattr(args, s.name) is not None}
     settings = S.validate(values)
+    if args.out.exists() and not args.out.is_dir():
+        raise FileExistsError(f"--out {args.out} is a file; --out names the folder for the PNG frames "
+                              f"(a new or empty one; nothing was overwritten)")
     job_dir = args.out / JOB_DIR
     existing = sorted(args.out.glob("*.png")) if args.out.is_dir() else []
     if existing and not (job_dir / RECORD).exists():
@@ -95,6 +103,14 @@ def _translate(args: argparse.Namespace) -> None:
         raise FileExistsError(f"{args.mp4} already exists; choose another --mp4 path (nothing was overwritten)")
     if not args.input.exists():
         raise ClipError(f"input {args.input} does not exist")
+    pick_runtime(args.device)  # an unknown or absent device is refused before any work
+    try:
+        check_length(args.input)
+    except ShortClipError as exc:
+        if not args.allow_short_input:
+            raise ClipError(f"{exc}; use a complete copy, or pass --allow-short-input to translate "
+                            f"the {exc.decoded} frames that decode") from None
+        print(f"warning: {exc}; translating the {exc.decoded} frames that decode", file=sys.stderr)
     model, controlnet = choose_models(settings, DEFAULT_MODEL, args.controlnet)
     models = {"controlnet": controlnet, "config": args.config, "controlnet_config": args.controlnet_config}
     try:
@@ -131,8 +147,13 @@ def _translate(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status: 0 done, 1 a failure of the system (disk, file
+    permissions), 2 bad input or usage (the message says what to change), 130 interrupted (Ctrl-C)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # OpenCV's FFmpeg prints decoder noise for damaged videos; the errors here say what matters
+    # (set OPENCV_FFMPEG_LOGLEVEL to see it).
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         if args.command == "translate":
             _translate(args)
@@ -146,7 +167,14 @@ def main(argv: list[str] | None = None) -> int:
 
             clip = moving_square(frames=args.frames, width=args.width, height=args.height)
             print(write_video(args.path, clip.frames))
-    except (S.SettingsError, ModelNotFoundError, ClipError, FileExistsError, JobMismatch) as exc:
+    except (S.SettingsError, ModelNotFoundError, ClipError, FileExistsError, JobMismatch, DeviceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        resume = "; run the same command again to resume where it stopped" if args.command == "translate" else ""
+        print(f"\ninterrupted{resume}", file=sys.stderr)
+        return 130
     return 0

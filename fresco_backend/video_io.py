@@ -2,18 +2,29 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence, overload
 
+import av
 import cv2
 import numpy as np
+
+from fresco_contract.files import write_bytes_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".exr", ".webp")
 
 
 class ClipError(ValueError):
     """An input clip that does not exist or cannot be decoded."""
+
+
+class ShortClipError(ClipError):
+    """A video file that decodes to fewer frames than its container states: it was cut short."""
+
+    def __init__(self, path: Path, stated: int, decoded: int) -> None:
+        super().__init__(f"{path} ended early: its container states {stated} frames, only {decoded} decode "
+                         f"(the file is probably cut short, e.g. by an interrupted copy or download)")
+        self.stated, self.decoded = stated, decoded
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -41,8 +52,16 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
     if not path.exists():
         raise ClipError(f"input {path} does not exist")
     if path.is_dir():
-        for file in _image_files(path):
-            yield read_image(file)
+        files = _image_files(path)
+        size = None
+        for file in files:
+            rgb = read_image(file)
+            if size is not None and rgb.shape[:2] != size:
+                raise ClipError(f"{file} is {rgb.shape[1]}x{rgb.shape[0]}, but {files[0].name} is {size[1]}x{size[0]}: "
+                                f"the images of a folder are the frames of one clip and must have one size "
+                                f"(resize them, or move the odd ones out)")
+            size = rgb.shape[:2]
+            yield rgb
         return
     if path.suffix.lower() in IMAGE_SUFFIXES:
         yield read_image(path)
@@ -61,6 +80,31 @@ def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
                             f"or an empty one (a folder of images works too)")
     finally:
         capture.release()
+
+
+def check_length(source: str | os.PathLike) -> None:
+    """Raise ShortClipError if the video file ``source`` decodes to fewer frames than its container
+    states; a folder, an image, or a container that states no frame count passes. Decodes the file once.
+    """
+    path = Path(source)
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return
+    try:  # FFmpeg's nb_frames: 0 where the container does not state it (OpenCV's count would be a guess)
+        with av.open(str(path)) as container:
+            stated = container.streams.video[0].frames if container.streams.video else 0
+    except av.FFmpegError:
+        return  # not a video FFmpeg can open: iter_frames says so
+    if not stated:
+        return
+    capture = cv2.VideoCapture(str(path))  # counted by the decoder that ``iter_frames`` uses
+    try:
+        decoded = 0
+        while decoded < stated and capture.grab():
+            decoded += 1
+    finally:
+        capture.release()
+    if decoded < stated:
+        raise ShortClipError(path, stated, decoded)
 
 
 def read_frames(source: str | os.PathLike) -> list[np.ndarray]:
@@ -83,21 +127,8 @@ def decode_png(data: bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
+    """Encode ``rgb`` as PNG and write it with ``fresco_contract.files.write_bytes_atomic``."""
     write_bytes_atomic(path, encode_png(rgb))
 
 

@@ -9,20 +9,22 @@ Choices:
 - RGB -> YUV uses BT.601 limited range (FFmpeg's default conversion) and the stream is tagged so
   (smpte170m), so decoders that honour tags and decoders that assume BT.601 both get the colours right.
 - Atomic and never clobbering: frames are encoded into a hidden temporary file in the destination
-  folder, which is published at the end (hard link when ``overwrite`` is False, so a file created
-  meanwhile is not replaced; ``os.replace`` otherwise). On any error the temporary file is removed.
+  folder (``fresco_contract.files.temp_file_beside``: mode 0666 less the umask, as any new file),
+  which is published at the end (hard link when ``overwrite`` is False, so a file created meanwhile
+  is not replaced; ``os.replace`` otherwise). On any error the temporary file is removed.
 """
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable
 
 import av
 import numpy as np
+
+from fresco_contract.files import temp_file_beside
 
 from .video_io import IMAGE_SUFFIXES, ClipError
 
@@ -75,7 +77,7 @@ def _encode(tmp: str, frames: Iterable[np.ndarray], rate: Fraction, crf: int) ->
         container.mux(stream.encode(None))
 
 
-def _publish(tmp: str, path: Path, overwrite: bool) -> None:
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     """Move the finished ``tmp`` to ``path``; without ``overwrite`` never replace an existing file."""
     if overwrite:
         os.replace(tmp, path)
@@ -104,14 +106,13 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float,
     rate = _frame_rate(fps)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; not overwritten (pass overwrite=True)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = temp_file_beside(path)  # the user's normal permissions (0666 less the umask)
     os.close(fd)
     try:
-        _encode(tmp, frames, rate, crf)
+        _encode(str(tmp), frames, rate, crf)
         _publish(tmp, path, overwrite)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

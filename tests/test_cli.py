@@ -1,3 +1,5 @@
+import os
+import stat
 import subprocess
 import sys
 
@@ -41,8 +43,14 @@ def test_cli_translates_a_clip_deterministically(clip_path, tiny_models, tmp_pat
 def test_cli_writes_an_mp4_at_the_source_rate_and_never_overwrites_it(clip_path, tiny_models, tmp_path):
     import av
 
-    result = translate(clip_path, tmp_path / "png", tiny_models, "--mp4", tmp_path / "out.mp4")
+    previous = os.umask(0o022)  # inherited by the child
+    try:
+        result = translate(clip_path, tmp_path / "png", tiny_models, "--mp4", tmp_path / "out.mp4")
+    finally:
+        os.umask(previous)
     assert result.returncode == 0, result.stderr
+    for path in [*(tmp_path / "png").glob("*.png"), tmp_path / "out.mp4"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path  # the user's normal permissions, not 0600
     with av.open(str(tmp_path / "out.mp4")) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264" and float(stream.average_rate) == pytest.approx(24.0)

@@ -1,6 +1,8 @@
 """H.264 MP4 output: round trip, odd sizes, no clobbering, atomicity on failure, source fps."""
 from __future__ import annotations
 
+import os
+import stat
 import weakref
 from pathlib import Path
 
@@ -51,6 +53,15 @@ def test_round_trip(tmp_path, fps):
     for out, src in zip(frames, clip.frames):
         assert np.abs(out.astype(int) - src).mean() < MAE_VS_SOURCE
         assert np.abs(out.astype(int) - yuv420_round_trip(src)).mean() < MAE_VS_YUV420
+
+
+def test_mp4_gets_the_users_normal_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_mp4(tmp_path / "out.mp4", moving_square(frames=2).frames, 24)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "out.mp4").st_mode) == 0o644  # not mkstemp's 0600
 
 
 def test_frames_are_streamed(tmp_path):
