@@ -149,7 +149,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(64)
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
+        if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", errno.EADDRINUSE)):  # Windows
             raise StartupError(f"port {port} on {host} is already in use (another backend?): choose another "
                                f"--port, or 0 for a free one") from None
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
