@@ -78,16 +78,16 @@ def test_result_of_a_strip_in_a_meta_shows_in_the_render(addon, movie_scene, com
     assert mean_green(before) < 0.9
 
     assert translate_sync(addon, PaintingClient(), monkeypatch) == {"FINISHED"}
+    after = render_pixels(movie_scene, compat, frame, tmp_path / "after.png")
+    assert sum(abs(a - b) for a, b in zip(before, after)) / len(before) > 0.1, "the render did not change"
+    assert mean_green(after) > 0.95  # the translated (green) frame is what the sequencer shows now
+
     inner = compat.meta_children(compat.top_strips(ed)["meta"])
     assert "clip.fresco" in [s.name for s in inner], [s.name for s in compat.top_strips(ed)]
     assert "clip.fresco" not in [s.name for s in compat.top_strips(ed)]
     result = inner["clip.fresco"]
     assert result.channel == 2  # 'inner blocker' ends before the clip shows
     assert compat.visible_start(result) == STRIP_START + OFFSET_START
-
-    after = render_pixels(movie_scene, compat, frame, tmp_path / "after.png")
-    assert mean_green(after) > 0.95  # the translated (green) frame is what the sequencer shows now
-    assert sum(abs(a - b) for a, b in zip(before, after)) / len(before) > 0.1
 
 
 @pytest.fixture
