@@ -2,6 +2,7 @@
 strips with missing files or with no picture of their own are refused before anything reaches the backend."""
 from __future__ import annotations
 
+import importlib
 import struct
 import sys
 import zlib
@@ -152,3 +153,15 @@ def test_strip_without_a_picture_of_its_own_is_refused(addon, movie_scene, compa
     assert client.count is None
     assert strip_names(movie_scene, compat) == before
     assert not (blend.parent / "fresco").exists()
+
+
+def test_farm_reports_a_refused_strip_and_sends_nothing(addon, movie_scene, compat, monkeypatch, capfd):
+    farm = importlib.import_module(addon.__name__ + ".farm")
+    backend = sys.modules[addon.__name__ + ".backend"]
+    monkeypatch.setattr(backend, "config_problem", lambda config: None)
+    monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: pytest.fail("reached the backend"))
+    compat.new_effect_strip(compat.top_strips(movie_scene.sequence_editor), "fx", "ADJUSTMENT", 7, 13, 6)
+    bpy.ops.wm.save_mainfile()
+    assert farm.run(["fx"]) == 1
+    out = capfd.readouterr().out
+    assert "FAILED [1/1] Scene/fx: strip 'fx': an adjustment strip only changes the strips below it" in out
