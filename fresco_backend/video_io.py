@@ -47,7 +47,8 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def iter_frames(source: str | os.PathLike) -> Iterator[np.ndarray]:
-    """Yield the frames of a video file or a folder of images as uint8 RGB arrays."""
+    """Yield the frames of a video file or a folder of images as uint8 RGB arrays; ClipError for a
+    folder whose images differ in size (naming the first odd one) or a file that does not decode."""
     path = Path(source)
     if not path.exists():
         raise ClipError(f"input {path} does not exist")
