@@ -18,6 +18,7 @@ import ast
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 SOURCE = ROOT / "blender_addon"
@@ -32,22 +33,23 @@ PERMISSIONS = {
 FIXED_TIME = (2024, 1, 1, 0, 0, 0)  # reproducible zips
 
 
-def read_bl_info(init_py: Path = SOURCE / "__init__.py") -> dict:
-    """``bl_info`` from the package's __init__.py, without importing it (no bpy needed)."""
-    tree = ast.parse(init_py.read_text(encoding="utf-8"))
+def _literal(py_file: Path, name: str) -> Any:
+    """The literal assigned to ``name`` at the top of ``py_file``, read without importing it."""
+    tree = ast.parse(py_file.read_text(encoding="utf-8"))
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "bl_info" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
-    raise SystemExit(f"no bl_info in {init_py}")
+    raise SystemExit(f"no {name} in {py_file}")
+
+
+def read_bl_info(init_py: Path = SOURCE / "__init__.py") -> dict:
+    """``bl_info`` from the add-on's __init__.py (no bpy needed)."""
+    return _literal(init_py, "bl_info")
 
 
 def contract_version(init_py: Path = CONTRACT / "__init__.py") -> str:
-    """``fresco_contract.__version__``, read without importing the package."""
-    tree = ast.parse(init_py.read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise SystemExit(f"no __version__ in {init_py}")
+    """``fresco_contract.__version__``."""
+    return _literal(init_py, "__version__")
 
 
 def _toml_str(value: str) -> str:

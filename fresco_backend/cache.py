@@ -27,10 +27,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
+from fresco_contract.files import write_bytes_atomic
+
 from . import flow as flow_module
 from .config import Control
 from .flow import BatchFlow
-from .video_io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from fresco_contract.files import write_bytes_atomic
 from fresco_contract.settings import SettingsError, validate
 from fresco_contract.wire import frame_filename
 
 from .checkpoint import Anchors, Checkpoint
-from .video_io import FrameFiles, iter_frames, read_png, write_bytes_atomic, write_png_atomic
+from .video_io import FrameFiles, iter_frames, read_png, write_png_atomic
 
 if TYPE_CHECKING:
     from .denoise import ProgressFn

@@ -42,9 +42,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from fresco_contract import wire
+from fresco_contract.files import write_bytes_atomic
 
 from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
-from fresco_backend.video_io import ClipError, FrameFiles, encode_png, read_image, write_bytes_atomic
+from fresco_backend.video_io import ClipError, FrameFiles, encode_png, read_image
 
 from .images import BadImage, check_decodes, png_header_size
 
