@@ -109,7 +109,10 @@ def test_ctrl_c_is_a_message_and_exit_130(tiny_models, tmp_path):
         write_png_atomic(clip / f"{index:03d}.png", rgb)
     command = translate_command(clip, tmp_path / "out", tiny_models, "--steps", 20, "--strength", 1.0,
                                 "--keyframes", "all")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # a terminal delivers Ctrl-C to a process whose SIGINT is not ignored; a test runner started in the
+    # background (as CI may be) passes SIGINT on ignored, and Python then never raises KeyboardInterrupt
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(process, rb"step(?:/s)?, \w")  # the progress bar names its first stage
         process.send_signal(signal.SIGINT)
