@@ -69,7 +69,7 @@ class StartupError(Exception):
 
 
 class Stopped(Exception):
-    """SIGTERM or SIGINT arrived: unwind so that the work dir is cleaned up."""
+    """SIGTERM or SIGINT arrived before the server runs: unwind so that the work dir is cleaned up."""
 
 
 def port_number(text: str) -> int:
@@ -216,8 +216,19 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
     sys.stdout.write(wire.ready_line(host, port) + "\n")
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing else may reach the launcher's stdout
+
+    def stop_server(signum: int, _frame: Any) -> None:
+        # From here on a signal must not raise inside uvicorn's or asyncio's start-up: ask the server
+        # to exit (it checks between start-up steps and in its main loop). uvicorn also installs its
+        # own handlers while it serves and re-raises the signal after it stopped: it lands here again.
+        if not server.should_exit:
+            log.info("stopped by %s", signal.Signals(signum).name)
+        server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_server)
     try:
-        server.run(sockets=[sock])  # on SIGTERM/SIGINT uvicorn stops, then re-raises it: Stopped
+        server.run(sockets=[sock])
     finally:
         manager.shutdown(timeout=3.0)
 
