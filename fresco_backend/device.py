@@ -69,6 +69,9 @@ def pick_runtime(device: str | None = None) -> Runtime:
         raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {device!r} was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r} was asked for but PyTorch sees {torch.cuda.device_count()} "
+                          f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if dev.type == "mps" and not mps_available():
         raise DeviceError(f"device {device!r} was asked for but PyTorch has no MPS (Apple GPU); use --device cpu")
     return Runtime(device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32)

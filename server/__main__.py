@@ -51,8 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--controlnet-config", help="diffusers ControlNet folder describing a single-file --controlnet; "
                                                "needed offline")
     p.add_argument("--work-dir", type=Path, help="folder for job inputs/outputs (default: a temp folder, removed at exit)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
-                   help="torch device (default auto: cuda if available, else mps, else cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${wire.TOKEN_ENV}, else random)")
     p.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin reaches EOF (parent died)")
     p.add_argument("--log-level", default="INFO", type=log_level,

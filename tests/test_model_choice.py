@@ -75,3 +75,7 @@ def test_server_refuses_a_missing_device_with_a_message(monkeypatch, caplog, tmp
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # where a temporary work dir would go
     assert main(["--device", "cuda"]) == 2
     assert "no CUDA GPU" in caplog.text and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["--device", "cuda:1"]) == 2  # the server takes what the one resolver takes: cuda:N
+    assert "sees 1 CUDA GPU" in caplog.text and list(tmp_path.iterdir()) == []

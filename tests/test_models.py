@@ -71,7 +71,10 @@ def test_runtime_cpu_cuda_and_mps_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     runtime = D.pick_runtime("auto")
     assert runtime.device.type == "cuda" and runtime.dtype == torch.float16
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert D.pick_runtime("cuda:1") == D.Runtime(torch.device("cuda:1"), torch.float16)
+    with pytest.raises(D.DeviceError, match="sees 2 CUDA GPU"):
+        D.pick_runtime("cuda:2")
 
 
 def test_gpu_runtime_enables_vae_slicing_and_tf32(monkeypatch):
