@@ -199,7 +199,6 @@ class JobManager:
         self._translate = translate
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
         self._waiters: set[Callable[[], None]] = set()  # long polls of wait_events, woken by _emit
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._running: Job | None = None
@@ -291,19 +290,9 @@ class JobManager:
                 self._set_state(job, wire.CANCELLED)
         return job
 
-    def events(self, job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
-        """Events with seq > ``after``, waiting up to ``wait`` s (capped) for the first one."""
-        job = self.get(job_id)
-        deadline = time.monotonic() + wait_seconds(wait)
-        with self._changed:
-            while True:
-                answer = self._events_after(job, after)
-                if answer["events"] or answer["state"] in wire.FINAL_STATES or time.monotonic() >= deadline:
-                    return answer
-                self._changed.wait(deadline - time.monotonic())
-
     async def wait_events(self, job_id: str, after: int = -1, wait: float = 0.0) -> dict[str, Any]:
-        """``events`` for the event loop: the wait holds no thread; ``_emit`` wakes it."""
+        """Events with seq > ``after``, waiting up to ``wait`` s (capped) for the first one on the
+        event loop: the wait holds no thread; ``_emit`` wakes it."""
         job = self.get(job_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds(wait)
@@ -394,9 +383,8 @@ class JobManager:
             raise JobError(f"{what} frame index {index} is out of range 0..{job.frame_count - 1}", 400)
 
     def _emit(self, job: Job, type_: str, **fields: Any) -> None:
-        with self._changed:
+        with self._lock:
             job.events.append({"seq": len(job.events), "type": type_, **fields})
-            self._changed.notify_all()
             for wake in self._waiters:
                 try:
                     wake()

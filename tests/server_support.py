@@ -2,6 +2,7 @@
 generous outer limits, so a loaded machine makes a test slower, not failed."""
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable
 
@@ -12,15 +13,20 @@ from server.jobs import JobManager
 OUTER_LIMIT = 600.0  # seconds: a job that takes longer is stuck, not slow
 
 
+def events(manager: JobManager, job_id: str, after: int = -1, wait: float = 0.0) -> dict:
+    """``manager.wait_events`` called from a test's plain (non-async) code."""
+    return asyncio.run(manager.wait_events(job_id, after, wait))
+
+
 def finish(manager: JobManager, job_id: str, timeout: float = OUTER_LIMIT) -> dict:
     """Follow a job's event feed in-process until it ends: {"events": all events, "state": final}."""
-    events, state = follow(manager.events, job_id, None, timeout)
-    return {"events": events, "state": state}
+    seen, state = follow(lambda *args, **kw: events(manager, *args, **kw), job_id, None, timeout)
+    return {"events": seen, "state": state}
 
 
 def wait_for(manager: JobManager, job_id: str, match: Callable[[dict], bool], timeout: float = OUTER_LIMIT) -> dict:
     """The first event of a job (in-process) that ``match`` accepts."""
-    return follow(manager.events, job_id, match, timeout)[0][-1]
+    return follow(lambda *args, **kw: events(manager, *args, **kw), job_id, match, timeout)[0][-1]
 
 
 def submit(client: Client, settings: dict, frames: list[bytes], start: bool = True) -> str:

@@ -18,7 +18,7 @@ from fresco_contract import wire
 from fresco_backend.job import FORMAT, JobFolder
 from server.jobs import JobConflict, JobError, JobManager, JobNotFound
 from server.model_cache import ModelCache
-from server_support import finish, wait_for
+from server_support import events, finish, wait_for
 
 
 @dataclass
@@ -144,13 +144,13 @@ def test_cancel_running_and_queued(tmp_path):
 
 def test_events_wait_wakes_on_a_new_event(manager):
     job_id = make(manager, "p", start=False)
-    last = manager.events(job_id)["events"][-1]["seq"]
+    last = events(manager, job_id)["events"][-1]["seq"]
     threading.Timer(0.2, manager.start, args=(job_id,)).start()
     t0 = time.monotonic()
-    answer = manager.events(job_id, last, wait=server_jobs.MAX_WAIT)
+    answer = events(manager, job_id, last, wait=server_jobs.MAX_WAIT)
     assert time.monotonic() - t0 > 0.1  # it waited, and it woke on the event (a timeout has none)
     assert answer["events"][0]["seq"] == last + 1
-    assert manager.events(job_id, 0, wait=float("nan"))["events"]  # odd waits do not break it
+    assert events(manager, job_id, 0, wait=float("nan"))["events"]  # odd waits do not break it
 
 
 def test_request_errors(manager):
