@@ -31,6 +31,10 @@ def remote_address(config: dict[str, str]) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+NOT_INSTALLED = ("the FRESCO backend is not installed: press Install Backend in Preferences > Add-ons > "
+                 "FRESCO Video Translation")
+
+
 def config_problem(config: dict[str, str]) -> str | None:
     """What is missing from the backend configuration, or None if it looks usable."""
     try:
@@ -43,18 +47,13 @@ def config_problem(config: dict[str, str]) -> str | None:
         return None  # the server has its own model and device
     python = config.get("python", "")
     if not python:
-        return ("no backend Python configured: set it in the add-on preferences "
-                "or the FRESCO_BACKEND_PYTHON environment variable")
+        return config.get("install_problem") or NOT_INSTALLED
     if not Path(python).exists():
         return f"backend Python not found: {python}"
     backend_dir = config.get("backend_dir", "")
-    if not backend_dir or not (Path(backend_dir) / "server").is_dir():
-        return (f"backend folder {backend_dir!r} does not contain server/: set it in the add-on "
-                "preferences or the FRESCO_BACKEND_DIR environment variable")
-    if not config.get("model"):
-        return "no model configured: set it in the add-on preferences or FRESCO_MODEL"
-    if not config.get("controlnet"):
-        return "no ControlNet configured: set it in the add-on preferences or FRESCO_CONTROLNET"
+    if backend_dir and not (Path(backend_dir) / "server").is_dir():
+        return (f"backend folder {backend_dir!r} does not contain server/: fix the Backend Folder preference "
+                "or FRESCO_BACKEND_DIR, or clear it to use the installed backend")
     return None
 
 
@@ -101,9 +100,11 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
             _stop_locked()
         if _process is None:
             model_config = config.get("model_config")
-            _process = launcher.launch(config["python"], config["backend_dir"], config["model"], config["controlnet"],
-                                       device=config.get("device") or None,
-                                       extra_args=["--config", model_config] if model_config else [])
+            cache = config.get("model_cache")
+            _process = launcher.launch(config["python"], config.get("backend_dir") or None, config.get("model", ""),
+                                       config.get("controlnet", ""), device=config.get("device") or None,
+                                       extra_args=["--config", model_config] if model_config else [],
+                                       env={"HF_HUB_CACHE": cache} if cache else None)
             _key = key
         return _process.client(timeout=timeout)
 

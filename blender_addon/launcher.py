@@ -1,10 +1,11 @@
 """Start the backend server as a child process and wait for its ready line (standard library only).
 
-The token is generated here and handed over in the environment (never on the
-command line, where other users could read it). The child's stdin stays an
-open pipe: the server runs with ``--exit-with-stdin``, so it exits when this
-process (Blender) dies or calls ``stop``. Its stderr goes to a log file whose
-tail is shown when it fails to start.
+The backend is the one installed in an environment of its own (``installer.py``)
+or, for developers, a checkout. The token is generated here and handed over in
+the environment (never on the command line, where other users could read it).
+The child's stdin stays an open pipe: the server runs with ``--exit-with-stdin``,
+so it exits when this process (Blender) dies or calls ``stop``. Its stderr goes
+to a log file whose tail is shown when it fails to start.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Mapping, Sequence
 
 from . import userdirs
 from .client import Client
@@ -93,45 +94,70 @@ def _read_stdout(stream: IO[bytes], lines: "queue.Queue[str | None]") -> None:
         lines.put(None)
 
 
-def launch(python: str | os.PathLike[str], backend_dir: str | os.PathLike[str], model: str, controlnet: str,
-           *, device: str | None = None, work_dir: str | os.PathLike[str] | None = None,
-           log_dir: str | os.PathLike[str] | None = None, ready_timeout: float = 120.0,
-           extra_args: Sequence[str] = ()) -> BackendProcess:
-    """Start ``python -m server`` in ``backend_dir`` on a free loopback port and wait until it is ready.
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a backend child process (server, installer, downloads).
 
-    ``backend_dir`` is the checkout folder that contains ``server/`` and
-    ``fresco_backend/``. Raises LaunchError (with the log's tail) if the
-    process exits or stays silent for ``ready_timeout`` seconds.
+    Blender's own Python settings (PYTHONPATH, PYTHONHOME) would point another interpreter at the
+    wrong standard library, and the user's site-packages would leak into the isolated environment:
+    both are removed. Everything else (proxies, pip's and the hub's settings) is passed on.
     """
-    python_path, cwd = Path(python), Path(backend_dir)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update({"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"})
+    env.update(extra or {})
+    return env
+
+
+def no_console_flags() -> int:
+    """Popen creationflags that keep a child from opening a console window on Windows (0 elsewhere)."""
+    return getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+
+
+def launch(python: str | os.PathLike[str], backend_dir: str | os.PathLike[str] | None, model: str = "",
+           controlnet: str = "", *, device: str | None = None, work_dir: str | os.PathLike[str] | None = None,
+           log_dir: str | os.PathLike[str] | None = None, ready_timeout: float = 120.0,
+           extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> BackendProcess:
+    """Start ``python -m server`` on a free loopback port and wait until it is ready.
+
+    ``backend_dir``: a development checkout (the folder with ``server/`` and ``fresco_backend/``),
+    run from there; None or "" runs the backend installed in ``python``'s environment (the add-on's
+    installer puts it there), from a neutral folder so that nothing beside it is imported. An
+    empty ``model``/``controlnet`` leaves the server's defaults. ``env``: extra environment
+    variables (e.g. HF_HUB_CACHE). Raises LaunchError (with the log's tail) if the process exits or
+    stays silent for ``ready_timeout`` seconds.
+    """
+    python_path = Path(python)
     if not python_path.exists():
         raise LaunchError(f"backend Python not found: {python_path}")
-    if not (cwd / "server" / "__main__.py").is_file():
-        raise LaunchError(f"{cwd} is not a FRESCO backend folder (no server/__main__.py in it)")
+    if backend_dir:
+        cwd = Path(backend_dir)
+        if not (cwd / "server" / "__main__.py").is_file():
+            raise LaunchError(f"{cwd} is not a FRESCO backend folder (no server/__main__.py in it)")
     if log_dir is not None:
         logs = Path(log_dir)
         logs.mkdir(parents=True, exist_ok=True)
     else:
         logs = userdirs.temp_dir("logs")  # this user's own: another user's logs never block these
+    if not backend_dir:
+        cwd = logs
     log_path = logs / f"backend-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}.log"
 
     token = secrets.token_urlsafe(32)
-    argv = [str(python_path), "-m", "server", "--host", "127.0.0.1", "--port", "0", "--exit-with-stdin",
-            "--model", model, "--controlnet", controlnet]
+    argv = [str(python_path), "-m", "server", "--host", "127.0.0.1", "--port", "0", "--exit-with-stdin"]
+    if model:
+        argv += ["--model", model]
+    if controlnet:
+        argv += ["--controlnet", controlnet]
     if device:
         argv += ["--device", device]
     if work_dir is not None:
         argv += ["--work-dir", str(work_dir)]
     argv += list(extra_args)
-    env = dict(os.environ)
-    env[wire.TOKEN_ENV] = token
-    env["PYTHONUNBUFFERED"] = "1"
-    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+    child_env = child_environment({**(env or {}), wire.TOKEN_ENV: token})
 
     with open(log_path, "wb") as log_file:
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=log_file, creationflags=flags)
+            proc = subprocess.Popen(argv, cwd=cwd, env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=log_file, creationflags=no_console_flags())
         except OSError as exc:
             raise LaunchError(f"cannot start the backend ({python_path}): {exc}") from exc
 
