@@ -3,33 +3,32 @@
 A model reference is one of
 - a local diffusers folder (contains ``model_index.json``; for a ControlNet ``config.json``),
 - a single-file checkpoint (``.safetensors``; civitai-style SD 1.5 checkpoints),
-- a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (downloaded once into the
-  hub cache; later runs work offline from that cache).
+- a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5`` (made local first by
+  ``download.ensure_model``: downloaded once into the hub cache with only the files diffusers
+  needs, verified; later runs work offline from that cache), then loaded as a folder.
 Anything that cannot be resolved raises ModelNotFoundError saying what to pass
 instead. We never substitute random weights.
 """
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import torch
 
+from fresco_contract.hubcache import DEFAULT_CONTROLNETS, DEFAULT_MODEL, is_hub_id
+
 from .config import JobConfig
 from .device import Runtime, pick_runtime
+from .download import ModelNotFoundError, ensure_model
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_CONTROLNETS = {"canny": "lllyasviel/sd-controlnet-canny"}  # the ControlNet of each control kind
+__all__ = ["DEFAULT_CONTROLNETS", "DEFAULT_MODEL", "ModelChoice", "ModelNotFoundError", "choose_models",
+           "load_controlnet", "load_pipeline", "runtime_of"]
+
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class ModelNotFoundError(RuntimeError):
-    """A model reference that is neither a usable local path nor a reachable hub id."""
 
 
 class ModelChoice(NamedTuple):
@@ -63,10 +62,16 @@ def _hint(what: str) -> str:
 
 
 def _resolve(ref: str, what: str, marker: str) -> tuple[str, str]:
-    """Classify ``ref`` as ("folder" | "file" | "hub", ref) or raise ModelNotFoundError."""
+    """Classify ``ref`` as ("folder" | "file", path) or raise ModelNotFoundError; a hub id is
+    downloaded (or found downloaded) first and becomes its snapshot folder."""
     if not ref:
         raise ModelNotFoundError(f"no {what} given: {_hint(what)}")
     path = Path(ref).expanduser()
+    if not path.exists() and is_hub_id(ref):
+        try:
+            path = ensure_model(ref)
+        except ModelNotFoundError as exc:
+            raise type(exc)(f"{what} {ref}: {exc}. Otherwise {_hint(what)}") from None
     if path.is_dir():
         if not (path / marker).is_file():
             raise ModelNotFoundError(
@@ -76,8 +81,6 @@ def _resolve(ref: str, what: str, marker: str) -> tuple[str, str]:
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
             raise ModelNotFoundError(f"{what} file {path} is not a .safetensors/.ckpt checkpoint: {_hint(what)}")
         return "file", str(path)
-    if _HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
-        return "hub", ref
     raise ModelNotFoundError(f"{what} {ref!r} does not exist: {_hint(what)}")
 
 

@@ -1,0 +1,508 @@
+"""Download a hub model into the hub cache: byte progress, cancel, resume, verification.
+
+``ensure_model(repo_id)`` returns the local snapshot folder of a Stable Diffusion 1.5 pipeline repo
+(``model_index.json``) or a ControlNet repo (``config.json``), downloading only the files diffusers
+loads (``select_files``). The listing (sizes, LFS sha256, git blob ids) comes from huggingface_hub's
+``HfApi.model_info``; each file is streamed through huggingface_hub's HTTP session into
+``blobs/<etag>.incomplete`` in huggingface_hub's cache layout, resumed with a Range request after an
+interruption (huggingface_hub 2.x itself discards partial files), verified (sha256 for LFS files,
+the git blob sha1 for the others), moved to ``blobs/<etag>`` and linked from
+``snapshots/<commit>/<path>``. A file failing verification is deleted and downloaded once more.
+Only then is the completion record of ``fresco_contract/hubcache.py`` written; a recorded repo
+needs no network. Offline, a repo complete in the cache without a record (another tool's) is used
+through huggingface_hub's local-files-only snapshot.
+
+``python -m fresco_backend.download REPO_ID`` prints one JSON object per line (``main``).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Sequence
+
+from fresco_contract import hubcache
+from fresco_contract.files import write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 10.0  # seconds without a byte before a request is retried (resumed)
+RETRIES = 5  # failed requests in a row (no byte received in between) before a download gives up
+PROGRESS_EVERY = 0.2  # seconds between two progress reports
+SPEED_WINDOW = 5.0  # seconds of transfer the speed is measured over
+CHUNK = 1024 * 1024  # bytes hashed per read
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+CONFIG_SUFFIXES = (".json", ".txt", ".model")
+NO_WEIGHTS = ("safety_checker",)  # components the pipeline is loaded without
+HOW_TO_GET = ("Download it in Blender (Preferences > Add-ons > FRESCO > Models > Download) or run "
+              "`python -m fresco_backend.download {repo}` on a machine with internet")
+
+
+class ModelNotFoundError(RuntimeError):
+    """A model reference that is neither a usable local path nor a reachable hub id."""
+
+
+class DownloadError(ModelNotFoundError):
+    """A hub model could not be downloaded (hub unreachable, failed verification, no disk space)."""
+
+
+class DownloadCancelled(Exception):
+    """The download was cancelled; partial files are kept for a later resume."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Bytes of the selected files present and verified or being downloaded, of ``total``."""
+
+    done: int
+    total: int
+    speed: float  # bytes per second over the last few seconds
+    files: int
+    stage: str = "download"
+
+    @property
+    def eta(self) -> float | None:
+        return (self.total - self.done) / self.speed if self.speed > 0 else None
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None  # LFS files
+    git_sha1: str | None
+
+    @property
+    def etag(self) -> str:
+        """The blob's name in the cache: what the hub sends as (X-Linked-)ETag."""
+        return self.sha256 or self.git_sha1 or ""
+
+
+# ---- which files ------------------------------------------------------------------------------
+
+
+def _is_variant(name: str) -> bool:
+    """``model.fp16.safetensors``, ``x.non_ema.bin``: a weight variant diffusers loads only on request."""
+    return len(PurePosixPath(name).name.split(".")) > 2
+
+
+def _weights(names: Iterable[str]) -> list[str]:
+    """One set of weights among ``names`` (one folder): non-variant .safetensors, else .bin, with
+    their shards and shard index; ``diffusion_pytorch_model*`` first where there are others."""
+    names = list(names)
+    for suffix in WEIGHT_SUFFIXES:
+        found = [n for n in names if n.endswith(suffix) and not _is_variant(n)]
+        preferred = [n for n in found if PurePosixPath(n).name.startswith("diffusion_pytorch_model")]
+        chosen = preferred or found
+        if chosen:
+            stems = {re.sub(r"-\d+-of-\d+$", "", PurePosixPath(n).name[: -len(suffix)]) for n in chosen}
+            stem = sorted(stems)[0]
+            index = [n for n in names if PurePosixPath(n).name == f"{stem}{suffix}.index.json"]
+            return [n for n in chosen if re.fullmatch(re.escape(stem) + r"(-\d+-of-\d+)?",
+                                                       PurePosixPath(n).name[: -len(suffix)])] + index
+    return []
+
+
+def _configs(names: Iterable[str]) -> list[str]:
+    return [n for n in names if n.endswith(CONFIG_SUFFIXES) and ".index." not in PurePosixPath(n).name]
+
+
+def select_files(paths: Iterable[str], model_index: dict[str, Any] | None) -> list[str]:
+    """The files diffusers needs from a repo listing: for a pipeline (``model_index`` given) the
+    index, each component's configs/tokenizer files and one weight set (none for the safety
+    checker); for a ControlNet ``config.json`` and one weight set. Never .ckpt, variants (fp16,
+    non_ema, ema), ONNX or Flax files. Raises DownloadError for a repo that is neither."""
+    paths = sorted(paths)
+    if model_index is None:
+        root = [p for p in paths if "/" not in p]
+        if "config.json" not in root:
+            raise DownloadError("the repo has neither model_index.json (a pipeline) nor config.json (a ControlNet)")
+        weights = _weights(root)
+        if not weights:
+            raise DownloadError("the ControlNet repo has no .safetensors or .bin weights without a variant")
+        return ["config.json", *weights]
+    chosen = ["model_index.json"]
+    for name, value in sorted(model_index.items()):
+        if name.startswith("_") or not (isinstance(value, list) and len(value) == 2 and value[0]):
+            continue
+        inside = [p for p in paths if p.startswith(name + "/") and p.count("/") == 1]
+        chosen += _configs(inside)
+        if name in NO_WEIGHTS:
+            continue
+        weights = _weights(inside)
+        if not weights and any(p.endswith(WEIGHT_SUFFIXES) for p in inside):
+            raise DownloadError(f"component {name} has only weight variants (fp16, non_ema...), none that "
+                                f"diffusers loads by default")
+        chosen += weights
+    return chosen
+
+
+# ---- the hub ----------------------------------------------------------------------------------
+
+
+class _Unreachable(Exception):
+    """The hub could not be asked (offline, refused, timed out, server error)."""
+
+
+def _endpoint() -> str:
+    """HF_ENDPOINT as the environment says now (huggingface_hub reads it only at import)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _listing(repo_id: str) -> tuple[str, dict[str, RemoteFile]]:
+    """(commit, files by path) of the repo's main branch."""
+    import httpx2
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    if _offline():
+        raise _Unreachable("HF_HUB_OFFLINE is set")
+    endpoint = _endpoint()
+    try:
+        info = HfApi(endpoint=endpoint).model_info(repo_id, files_metadata=True, timeout=TIMEOUT)
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"there is no model {repo_id!r} on {endpoint} (or it is private or gated: log in "
+                                 f"with `hf auth login` on the backend machine)") from None
+    except (httpx2.TransportError, OfflineModeIsEnabled) as exc:
+        raise _Unreachable(str(exc) or type(exc).__name__) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        if status >= 500 or status in (408, 429):
+            raise _Unreachable(f"{endpoint} answered {status}") from None
+        raise DownloadError(f"could not list the files of {repo_id}: {exc}") from None
+    if not info.sha or info.siblings is None:
+        raise DownloadError(f"{endpoint} did not say which commit and files {repo_id} has")
+    files = {s.rfilename: RemoteFile(s.rfilename, int(s.lfs.size if s.lfs else s.size or 0),
+                                     s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings}
+    return info.sha, files
+
+
+def _cached_snapshot(repo_id: str, cache: Path) -> Path | None:
+    """The snapshot huggingface_hub finds for ``repo_id`` without network, if it holds a model."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, cache_dir=str(cache), local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    return folder if (folder / "model_index.json").is_file() or (folder / "config.json").is_file() else None
+
+
+# ---- one download -----------------------------------------------------------------------------
+
+
+def _digest(path: Path, file: RemoteFile, cancel: threading.Event) -> bool:
+    """Whether ``path`` is ``file``: its size, then its sha256 (LFS) or git blob sha1."""
+    try:
+        if path.stat().st_size != file.size:
+            return False
+        if file.sha256:
+            hasher, expected = hashlib.sha256(), file.sha256
+        elif file.git_sha1:
+            hasher, expected = hashlib.sha1(f"blob {file.size}\0".encode()), file.git_sha1
+        else:
+            return True
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                if cancel.is_set():
+                    raise DownloadCancelled()
+                hasher.update(chunk)
+    except FileNotFoundError:
+        return False
+    return hasher.hexdigest() == expected
+
+
+def _link(blob: Path, pointer: Path) -> None:
+    """``pointer`` -> ``blob`` as huggingface_hub links them: a relative symlink, else a copy."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_symlink() or pointer.exists():
+        pointer.unlink()
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except OSError:  # Windows without developer mode: a hard link, else a copy
+        try:
+            os.link(blob, pointer)
+        except OSError:
+            shutil.copyfile(blob, pointer)
+
+
+class _Download:
+    """The files of one repo at one commit, downloaded into the cache with progress."""
+
+    def __init__(self, repo_id: str, cache: Path, commit: str, remote: dict[str, RemoteFile],
+                 on_progress: Callable[[Progress], None] | None, cancel: threading.Event) -> None:
+        self.repo_id, self.commit, self.remote, self.cancel = repo_id, commit, remote, cancel
+        self.storage = hubcache.repo_folder(cache, repo_id)
+        self.snapshot = self.storage / "snapshots" / commit
+        self.cache = cache
+        self.on_progress = on_progress
+        self.files: list[RemoteFile] = []
+        self.finished = 0  # bytes of verified files, and of partial files thrown away (also in total)
+        self.partial = 0  # bytes of the file being downloaded
+        self.extra = 0  # bytes thrown away: counted in total as well so that progress never goes back
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.received = 0
+        self.last_report = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(f.size for f in self.files) + self.extra
+
+    def run(self) -> hubcache.Downloaded:
+        index = None
+        if "model_index.json" in self.remote:
+            self.files = [self.remote["model_index.json"]]
+            self._ensure(self.files[0])
+            index = json.loads((self.snapshot / "model_index.json").read_text(encoding="utf-8"))
+        try:
+            names = select_files(self.remote, index)
+        except DownloadError as exc:
+            raise DownloadError(f"{self.repo_id}: {exc}") from None
+        self.files = [self.remote[n] for n in names]
+        self._check_space()
+        self._report(force=True)
+        for file in self.files:
+            if file.path != "model_index.json":
+                self._ensure(file)
+        write_bytes_atomic(self.storage / "refs" / "main", self.commit.encode("ascii"))
+        record = hubcache.write_record(self.cache, self.repo_id, self.commit, {f.path: f.size for f in self.files})
+        self._report(force=True)
+        return record
+
+    def _check_space(self) -> None:
+        self.storage.mkdir(parents=True, exist_ok=True)
+        needed = sum(f.size for f in self.files if not (self.snapshot / f.path).exists())
+        free = shutil.disk_usage(self.storage).free
+        if needed > free:
+            raise DownloadError(f"{self.repo_id} needs {needed / 1e9:.1f} GB but {self.cache} has only "
+                                f"{free / 1e9:.1f} GB free: free some space or choose another cache folder")
+
+    def _ensure(self, file: RemoteFile) -> None:
+        """Make ``file`` present and verified in the snapshot: reuse, resume or download it, and
+        download it once more if it fails verification."""
+        blob = self.storage / "blobs" / file.etag
+        pointer = self.snapshot / file.path
+        for attempt in (1, 2):
+            for present in (pointer, blob):
+                if present.exists():
+                    if _digest(present, file, self.cancel):
+                        if present is pointer:
+                            self._done(file)
+                            return
+                        _link(blob, pointer)
+                        self._done(file)
+                        return
+                    log.warning("%s of %s in the cache is not the hub's file: downloading it again", file.path,
+                                self.repo_id)
+                    for stale in (pointer, blob):
+                        stale.unlink(missing_ok=True)
+            partial = blob.with_name(blob.name + ".incomplete")
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            self._fetch(file, partial)
+            if _digest(partial, file, self.cancel):
+                os.replace(partial, blob)
+                _link(blob, pointer)
+                self._done(file)
+                return
+            log.warning("%s of %s failed verification (attempt %d): deleted", file.path, self.repo_id, attempt)
+            self._discard(partial)
+        raise DownloadError(f"{file.path} of {self.repo_id} failed verification twice (its checksum is not the "
+                            f"hub's): check the connection (a proxy that alters files?) and try again")
+
+    def _done(self, file: RemoteFile) -> None:
+        self.finished += file.size
+        self.partial = 0
+        self._report()
+
+    def _discard(self, partial: Path) -> None:
+        size = partial.stat().st_size if partial.exists() else 0
+        partial.unlink(missing_ok=True)
+        self.extra += size
+        self.finished += size
+        self.partial = 0
+
+    def _fetch(self, file: RemoteFile, partial: Path) -> None:
+        """Stream ``file`` into ``partial``, resuming after what it holds."""
+        import httpx2
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        url = hf_hub_url(self.repo_id, file.path, revision=self.commit, endpoint=_endpoint())
+        failures = 0
+        while True:
+            have = partial.stat().st_size if partial.exists() else 0
+            if have > file.size:
+                self._discard(partial)
+                have = 0
+            self.partial = have
+            if have == file.size:
+                return
+            headers = {**build_hf_headers(), "Accept-Encoding": "identity"}
+            if have:
+                headers["Range"] = f"bytes={have}-"
+            try:
+                with get_session().stream("GET", url, headers=headers, timeout=TIMEOUT,
+                                          follow_redirects=True) as response:
+                    if response.status_code == 416:  # the partial file is not a prefix of this file
+                        self._discard(partial)
+                        continue
+                    if response.status_code >= 400:
+                        response.read()
+                        hf_raise_for_status(response)
+                    if have and response.status_code != 206:  # the range was ignored: start again
+                        self._discard(partial)
+                        have = 0
+                    with open(partial, "ab") as out:
+                        for chunk in response.iter_bytes():
+                            if self.cancel.is_set():
+                                raise DownloadCancelled()
+                            out.write(chunk)
+                            have += len(chunk)
+                            self.partial = have
+                            self._count(len(chunk))
+                            failures = 0
+                            if have >= file.size:
+                                break
+                if have >= file.size:
+                    return
+            except httpx2.TransportError as exc:
+                failures += 1
+                if failures > RETRIES:
+                    raise DownloadError(f"downloading {file.path} of {self.repo_id} failed {failures} times in a "
+                                        f"row ({exc or type(exc).__name__}); run the download again to resume "
+                                        f"it") from None
+                log.warning("downloading %s: %s; resuming", file.path, exc or type(exc).__name__)
+                if self.cancel.wait(min(2.0 ** failures, 8.0)):
+                    raise DownloadCancelled() from None
+            except Exception as exc:
+                if type(exc).__module__.startswith("huggingface_hub"):
+                    raise DownloadError(f"downloading {file.path} of {self.repo_id} failed: {exc}") from None
+                raise
+
+    def _count(self, size: int) -> None:
+        now = time.monotonic()
+        self.received += size
+        self.samples.append((now, self.received))
+        while len(self.samples) > 2 and now - self.samples[0][0] > SPEED_WINDOW:
+            self.samples.popleft()
+        self._report()
+
+    def _speed(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.on_progress is None or not (force or now - self.last_report >= PROGRESS_EVERY):
+            return
+        self.last_report = now
+        self.on_progress(Progress(min(self.finished + self.partial, self.total), self.total, self._speed(),
+                                  len(self.files)))
+
+
+def ensure_model(repo_id: str, cache_dir: str | os.PathLike | None = None,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 cancel: threading.Event | None = None) -> Path:
+    """The local snapshot folder of hub model ``repo_id``, downloaded and verified if need be.
+
+    A repo recorded complete returns at once without network. ``on_progress`` gets a Progress at
+    most every 0.2 s (and at the start and end); ``cancel`` set stops the download with
+    DownloadCancelled, keeping partial files to resume. Raises ModelNotFoundError (DownloadError
+    when the hub is unreachable and the repo is not in the cache) with what to do.
+    """
+    if not hubcache.is_hub_id(repo_id):
+        raise ModelNotFoundError(f"{repo_id!r} is not a hub model id (org/name)")
+    cache = Path(cache_dir).expanduser() if cache_dir else hubcache.default_cache_dir()
+    record = hubcache.downloaded(cache, repo_id)
+    if record is not None:
+        return record.path
+    try:
+        commit, remote = _listing(repo_id)
+    except _Unreachable as exc:
+        local = _cached_snapshot(repo_id, cache)
+        if local is not None:
+            log.info("the hub is unreachable (%s): using %s from the hub cache as it is", exc, repo_id)
+            return local
+        raise DownloadError(f"model {repo_id} is not downloaded and the hub cannot be reached ({exc}). "
+                            + HOW_TO_GET.format(repo=repo_id)) from None
+    return _Download(repo_id, cache, commit, remote, on_progress, cancel or threading.Event()).run().path
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM."""
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _emit(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fresco_backend.download REPO_ID [--cache-dir DIR] [--remove]``: JSON lines on stdout,
+    exit 0 (done), 1 (error) or 130 (stopped by SIGINT/SIGTERM; partial files kept for resume)."""
+    parser = argparse.ArgumentParser(prog="python -m fresco_backend.download",
+                                     description="download a hub model (SD 1.5 pipeline or ControlNet) into the hub cache")
+    parser.add_argument("repo_id", help=f"hub model id, e.g. {hubcache.DEFAULT_MODEL}")
+    parser.add_argument("--cache-dir", type=Path, help="hub cache folder (default: HF_HUB_CACHE, else the hub's default)")
+    parser.add_argument("--remove", action="store_true", help="delete the model from the cache instead")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_stopped)
+    cache = args.cache_dir.expanduser() if args.cache_dir else hubcache.default_cache_dir()
+    try:
+        if args.remove:
+            freed = hubcache.size_on_disk(cache, args.repo_id)
+            hubcache.remove(cache, args.repo_id)
+            _emit(event="removed", repo_id=args.repo_id, bytes=freed)
+            return 0
+        started = False
+
+        def progress(p: Progress) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                _emit(event="start", repo_id=args.repo_id, total=p.total, files=p.files)
+            _emit(event="progress", done=p.done, total=p.total, speed=round(p.speed, 1))
+
+        path = ensure_model(args.repo_id, cache, progress)
+        record = hubcache.downloaded(cache, args.repo_id)
+        _emit(event="done", path=str(path), bytes=record.bytes if record else hubcache.size_on_disk(cache, args.repo_id))
+        return 0
+    except (_Stopped, KeyboardInterrupt, DownloadCancelled):
+        _emit(event="cancelled")
+        return 130
+    except (ModelNotFoundError, ValueError, OSError) as exc:
+        _emit(event="error", message=str(exc) or type(exc).__name__)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
