@@ -261,6 +261,7 @@ class _Download:
         self.samples: collections.deque[tuple[float, int]] = collections.deque()
         self.received = 0
         self.last_report = 0.0
+        self.listed = False  # reports start once the files are chosen (the total is known)
 
     @property
     def total(self) -> int:
@@ -278,6 +279,7 @@ class _Download:
             raise DownloadError(f"{self.repo_id}: {exc}") from None
         self.files = [self.remote[n] for n in names]
         self._check_space()
+        self.listed = True
         self._report(force=True)
         for file in self.files:
             if file.path != "model_index.json":
@@ -413,11 +415,19 @@ class _Download:
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.on_progress is None or not (force or now - self.last_report >= PROGRESS_EVERY):
+        if self.on_progress is None or not self.listed or not (force or now - self.last_report >= PROGRESS_EVERY):
             return
         self.last_report = now
         self.on_progress(Progress(min(self.finished + self.partial, self.total), self.total, self._speed(),
                                   len(self.files)))
+
+
+def needs_download(ref: str, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether model reference ``ref`` is a hub id (not a local path) not recorded as downloaded."""
+    if not hubcache.is_hub_id(ref) or Path(ref).expanduser().exists():
+        return False
+    cache = Path(cache_dir).expanduser() if cache_dir else hubcache.default_cache_dir()
+    return hubcache.downloaded(cache, ref) is None
 
 
 def ensure_model(repo_id: str, cache_dir: str | os.PathLike | None = None,

@@ -56,6 +56,7 @@ DELETED = ".deleted-"  # prefix of a deleted job's folder until it is removed
 STATES = (wire.UPLOADING, wire.QUEUED, wire.RUNNING) + tuple(wire.FINAL_STATES)
 
 GetPipeline = Callable[[dict[str, Any]], Any]
+Prepare = Callable[[dict[str, Any], Callable[[Any], None], threading.Event], None]
 Translate = Callable[..., Iterator[tuple[int, np.ndarray]]]
 
 
@@ -190,12 +191,16 @@ def read_regular_file(folder: Path, name: str) -> bytes:
 class JobManager:
     """All jobs of the server process and the worker thread that runs them in order."""
 
-    def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate) -> None:
+    def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate,
+                 prepare: Prepare | None = None) -> None:
         """``translate`` is called like ``fresco_backend.translate.translate_frames``, with a
-        ``checkpoint=`` kept in each job's ``state/`` so interrupted jobs resume."""
+        ``checkpoint=`` kept in each job's ``state/`` so interrupted jobs resume. ``prepare``
+        (``ModelCache.prepare``) gets what a job needs ready before its pipeline is loaded (the
+        ``download`` stage), reporting progress and honouring the job's cancel."""
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._get_pipeline = get_pipeline
+        self._prepare = prepare
         self._translate = translate
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
@@ -541,16 +546,21 @@ class JobManager:
 
     def _run(self, job: Job) -> None:
         self._check_inputs(job)
-        self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=1, eta=None)
-        pipe = self._get_pipeline(job.settings)
-        if job.cancel.is_set():
-            raise InterruptedError("cancelled")
-        frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
 
         def on_progress(p: Any) -> None:
             eta = getattr(p, "eta", None)
             self._emit(job, wire.EV_PROGRESS, stage=str(p.stage), done=int(p.done), total=int(p.total),
                        eta=None if eta is None else float(eta))
+
+        if self._prepare is not None:
+            self._prepare(job.settings, on_progress, job.cancel)
+        if job.cancel.is_set():
+            raise InterruptedError("cancelled")
+        self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=1, eta=None)
+        pipe = self._get_pipeline(job.settings)
+        if job.cancel.is_set():
+            raise InterruptedError("cancelled")
+        frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
 
         checkpoint = job.layout.checkpoint_store().load()
         if checkpoint.batches_done:

@@ -4,6 +4,8 @@ One entry (one GPU): a job needing another (model, controlnet, device) drops the
 before loading the new one. Which model and ControlNet a job needs is decided by
 ``fresco_backend.models.choose_models`` from its ``model`` and ``control`` settings and the
 server's defaults. Loads are counted so clients and tests can see that a warm server does not reload.
+``prepare`` downloads the hub models a job needs (``fresco_backend/download.py``) before its load,
+with byte progress; the hub cache and hub are HF_HUB_CACHE and HF_ENDPOINT of the environment.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from fresco_backend.device import release_cuda_memory
+from fresco_backend.download import Progress, ensure_model, needs_download
 from fresco_backend.models import choose_models
 
 log = logging.getLogger("fresco.server.models")
@@ -40,6 +43,16 @@ class ModelCache:
         ControlNet of its ``control``."""
         model, controlnet = choose_models(settings, self.default_model, self.controlnet)
         return self.get(model, controlnet, self.device)
+
+    def prepare(self, settings: Mapping[str, Any], on_progress: Callable[[Progress], None],
+                cancel: threading.Event) -> None:
+        """Download the job's model and ControlNet where they are hub ids not downloaded yet.
+
+        Raises ModelNotFoundError (the hub unreachable: what to do) or DownloadCancelled."""
+        for ref in dict.fromkeys(choose_models(settings, self.default_model, self.controlnet)):
+            if needs_download(ref):
+                log.info("downloading %s", ref)
+                ensure_model(ref, on_progress=on_progress, cancel=cancel)
 
     def get(self, model: str, controlnet: str, device: str | None) -> Any:
         key = (model, controlnet, device)

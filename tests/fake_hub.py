@@ -6,7 +6,8 @@ It answers what ``fresco_backend/download.py`` and huggingface_hub 2.4 ask: the 
 X-Linked-Size, Content-Length and Range. Test controls: ``served`` (body bytes sent), ``ranges``
 (the Range starts asked for), ``pause_after`` (stop sending after that many body bytes until
 ``release`` is set), ``drop_after`` (close the connection once after that many body bytes) and
-``offline`` (close every connection without an answer). Point huggingface_hub at ``url`` with
+``offline`` (close every connection without an answer). A paused transfer ends, once released, with
+the connection dropped. Point huggingface_hub at ``url`` with
 HF_ENDPOINT.
 """
 from __future__ import annotations
@@ -169,14 +170,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                if pause:
+                if pause:  # once released, the connection drops: a client still going resumes with a Range
                     self.wfile.flush()
                     hub.paused.set()
                     hub.release.wait()
-                    rest = data[offset + len(piece):]
-                    with hub.lock:
-                        hub.served += len(rest)
-                    self.wfile.write(rest)
+                    self.close_connection = True
                     return
 
     return Handler

@@ -1,0 +1,300 @@
+"""Model downloads (fresco_backend/download.py, fresco_contract/hubcache.py, blender_addon/downloads.py)
+against tests/fake_hub.py serving the tiny models on 127.0.0.1."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from blender_addon.downloads import Download
+from fake_hub import LFS_SUFFIXES, FakeHub, git_sha1
+from fresco_backend import download as D
+from fresco_contract import hubcache
+
+SD, CN = "tiny/sd15", "tiny/canny"
+OUTER_LIMIT = 600.0  # seconds: only a stuck download takes this long
+UNET = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture
+def hub(tiny_models, monkeypatch):
+    with FakeHub({SD: tiny_models[0], CN: tiny_models[1]}) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield fake
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "hub-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(folder))
+    return folder
+
+
+def sizes(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def blob(cache: Path, source: Path) -> Path:
+    """Where the cache keeps ``source``'s bytes: named by its sha256 (LFS files) or git blob sha1."""
+    etag = sha256(source) if source.name.endswith(LFS_SUFFIXES) else git_sha1(source.read_bytes())
+    return hubcache.repo_folder(cache, SD) / "blobs" / etag
+
+
+def wait_for_partial(cache: Path) -> None:
+    """Until some bytes of a paused transfer are on disk (in ``<etag>.incomplete``)."""
+    blobs = hubcache.repo_folder(cache, SD) / "blobs"
+    wait_until(lambda: any(p.stat().st_size > 0 for p in blobs.glob("*.incomplete")), "partial file")
+
+
+def run_in_thread(**kwargs) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["path"] = D.ensure_model(SD, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_progress_is_monotone_and_ends_at_the_selected_size(hub, cache, tiny_models):
+    events: list[D.Progress] = []
+    path = D.ensure_model(SD, cache, events.append)
+    expected = sizes(tiny_models[0])  # the tiny model holds exactly what diffusers needs
+    assert events and len({e.total for e in events}) == 1 and events[0].total == sum(expected.values())
+    assert [e.done for e in events] == sorted(e.done for e in events)
+    assert events[-1].done == events[-1].total and events[0].files == len(expected)
+    assert sizes(path) == expected
+    assert all((path / name).read_bytes() == (tiny_models[0] / name).read_bytes() for name in expected)
+    record = hubcache.downloaded(cache, SD)
+    assert record is not None and record.path == path and record.files == expected
+    assert hubcache.size_on_disk(cache, SD) >= sum(expected.values())
+
+
+def test_already_complete_needs_no_network(hub, cache):
+    path = D.ensure_model(SD, cache)
+    hub.offline = True
+    asked = len(hub.requests)
+    assert D.ensure_model(SD, cache) == path and not D.needs_download(SD, cache)
+    assert len(hub.requests) == asked
+
+
+def test_offline_error_names_the_model_and_how_to_get_it(hub, cache, tiny_models):
+    from fresco_backend.models import ModelNotFoundError, load_pipeline
+
+    hub.offline = True
+    with pytest.raises(D.DownloadError) as info:
+        D.ensure_model(SD, cache)
+    message = str(info.value)
+    assert SD in message and "python -m fresco_backend.download tiny/sd15" in message
+    assert "Preferences > Add-ons > FRESCO > Models > Download" in message
+    with pytest.raises(ModelNotFoundError, match="tiny/sd15"):
+        load_pipeline(SD, str(tiny_models[1]), device="cpu")
+    assert hubcache.downloaded(cache, SD) is None
+
+
+def test_offline_uses_a_complete_snapshot_of_another_tool(hub, cache):
+    path = D.ensure_model(SD, cache)
+    hubcache.record_path(cache, SD).unlink()  # as if huggingface_hub itself had downloaded it
+    hub.offline = True
+    assert D.ensure_model(SD, cache) == path
+
+
+def test_a_hub_id_loads_as_a_pipeline(hub, cache):
+    from fresco_backend.models import load_pipeline
+
+    pipe = load_pipeline(SD, CN, device="cpu")
+    assert pipe.unet is not None and pipe.controlnet is not None
+    assert hubcache.downloaded(cache, SD) and hubcache.downloaded(cache, CN)
+
+
+def test_cancel_records_nothing_and_a_second_run_resumes_with_a_range(hub, cache, tiny_models):
+    unet = tiny_models[0] / UNET
+    hub.pause_after = 2_000_000  # inside the unet's weights (the largest file, fetched first of its folder)
+    cancel, events = threading.Event(), []
+    thread, outcome = run_in_thread(cache_dir=cache, on_progress=events.append, cancel=cancel)
+    assert hub.paused.wait(OUTER_LIMIT)
+    wait_for_partial(cache)
+    assert events, "no progress before the pause"
+    cancel.set()
+    hub.release.set()
+    thread.join(OUTER_LIMIT)
+    assert isinstance(outcome.get("error"), D.DownloadCancelled)
+    assert hubcache.downloaded(cache, SD) is None
+    partials = list((hubcache.repo_folder(cache, SD) / "blobs").glob("*.incomplete"))
+    assert len(partials) == 1 and 0 < partials[0].stat().st_size
+    kept = partials[0].stat().st_size
+    name = next(n for n in sizes(tiny_models[0]) if partials[0].name == sha256(tiny_models[0] / n) + ".incomplete")
+    missing = sum(size for n, size in sizes(tiny_models[0]).items()
+                  if not blob(cache, tiny_models[0] / n).exists()) - kept
+    served_before = hub.served
+
+    path = D.ensure_model(SD, cache)
+    assert (name, kept) in hub.ranges
+    assert hub.served - served_before == missing  # only the missing bytes were sent again
+    assert sha256(path / name) == sha256(tiny_models[0] / name) and sha256(path / UNET) == sha256(unet)
+
+
+def test_a_dropped_connection_is_resumed_in_the_same_run(hub, cache, tiny_models):
+    hub.drop_after = 1_000_000
+    path = D.ensure_model(SD, cache)
+    assert any(start > 0 for _, start in hub.ranges)
+    assert sizes(path) == sizes(tiny_models[0])
+    assert all(sha256(path / n) == sha256(tiny_models[0] / n) for n in sizes(path))
+
+
+def test_a_corrupt_partial_file_is_detected_and_downloaded_again(hub, cache, tiny_models):
+    source = tiny_models[0] / UNET
+    partial = blob(cache, source).with_name(sha256(source) + ".incomplete")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * (source.stat().st_size // 2))  # the right length so far, the wrong bytes
+    events: list[D.Progress] = []
+    path = D.ensure_model(SD, cache, events.append)
+    assert (UNET, source.stat().st_size // 2) in hub.ranges  # it was resumed first, then failed verification
+    assert sha256(path / UNET) == sha256(source)
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == events[-1].total
+    assert not partial.exists()
+
+
+def test_a_corrupted_complete_blob_is_not_taken_as_complete(hub, cache, tiny_models):
+    source = tiny_models[0] / UNET
+    path = D.ensure_model(SD, cache)
+    target = blob(cache, source)
+    data = bytearray(target.read_bytes())
+    data[100] ^= 0xFF
+    target.write_bytes(bytes(data))  # same size: only the checksum tells
+    hubcache.record_path(cache, SD).unlink()
+    assert sha256(D.ensure_model(SD, cache) / UNET) == sha256(source)
+    with open(target, "r+b") as handle:  # truncated under a record: the record no longer counts
+        handle.truncate(10)
+    assert hubcache.downloaded(cache, SD) is None
+    assert sha256(D.ensure_model(SD, cache) / UNET) == sha256(source) and path.is_dir()
+
+
+SD15_LISTING = """.gitattributes README.md feature_extractor/preprocessor_config.json model_index.json
+safety_checker/config.json safety_checker/model.fp16.safetensors safety_checker/model.safetensors
+safety_checker/pytorch_model.bin safety_checker/pytorch_model.fp16.bin scheduler/scheduler_config.json
+text_encoder/config.json text_encoder/model.fp16.safetensors text_encoder/model.safetensors
+text_encoder/pytorch_model.bin text_encoder/pytorch_model.fp16.bin text_encoder/flax_model.msgpack
+text_encoder/model.onnx tokenizer/merges.txt tokenizer/special_tokens_map.json tokenizer/tokenizer_config.json
+tokenizer/vocab.json unet/config.json unet/diffusion_pytorch_model.bin unet/diffusion_pytorch_model.fp16.bin
+unet/diffusion_pytorch_model.fp16.safetensors unet/diffusion_pytorch_model.non_ema.bin
+unet/diffusion_pytorch_model.non_ema.safetensors unet/diffusion_pytorch_model.safetensors
+unet/diffusion_flax_model.msgpack unet/model.onnx unet/model.onnx_data onnx/unet/model.onnx
+v1-5-pruned-emaonly.ckpt v1-5-pruned-emaonly.safetensors v1-5-pruned.ckpt v1-5-pruned.safetensors
+v1-inference.yaml vae/config.json vae/diffusion_pytorch_model.bin vae/diffusion_pytorch_model.fp16.bin
+vae/diffusion_pytorch_model.fp16.safetensors vae/diffusion_pytorch_model.safetensors
+vae/diffusion_flax_model.msgpack""".split()
+SD15_INDEX = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.6.0",
+              "feature_extractor": ["transformers", "CLIPImageProcessor"],
+              "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+              "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+              "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+              "vae": ["diffusers", "AutoencoderKL"], "image_encoder": [None, None]}
+
+
+def test_selection_on_a_listing_shaped_like_sd15():
+    assert sorted(D.select_files(SD15_LISTING, SD15_INDEX)) == sorted([
+        "model_index.json", "feature_extractor/preprocessor_config.json", "safety_checker/config.json",
+        "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors"])
+    bin_only = [n for n in SD15_LISTING if not n.startswith("unet/") or not n.endswith(".safetensors")]
+    assert "unet/diffusion_pytorch_model.bin" in D.select_files(bin_only, SD15_INDEX)
+
+
+def test_selection_of_a_controlnet_and_of_shards():
+    listing = ["README.md", "config.json", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin",
+               "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors", "images/a.png",
+               "control_sd15_canny.pth"]
+    assert D.select_files(listing, None) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    shards = ["config.json", "diffusion_pytorch_model-00001-of-00002.safetensors",
+              "diffusion_pytorch_model-00002-of-00002.safetensors", "diffusion_pytorch_model.safetensors.index.json",
+              "diffusion_pytorch_model.safetensors.index.fp16.json"]
+    assert D.select_files(shards, None) == ["config.json", *shards[1:4]]
+    with pytest.raises(D.DownloadError, match="neither model_index.json"):
+        D.select_files(["README.md", "model.ckpt"], None)
+
+
+def test_remove_deletes_that_repo_only(hub, cache):
+    D.ensure_model(SD, cache)
+    D.ensure_model(CN, cache)
+    hubcache.remove(cache, SD)
+    assert hubcache.downloaded(cache, SD) is None and not hubcache.repo_folder(cache, SD).exists()
+    assert hubcache.downloaded(cache, CN) is not None
+    with pytest.raises(ValueError):
+        hubcache.remove(cache, "../escape")
+
+
+def test_default_cache_dir_follows_huggingface_hub(monkeypatch, tmp_path):
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    assert hubcache.default_cache_dir() == Path.home() / ".cache" / "huggingface" / "hub"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hubcache.default_cache_dir() == tmp_path / "home" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert hubcache.default_cache_dir() == tmp_path / "cache"
+
+
+# ---- the command line and the add-on's driver ----------------------------------------------------
+
+def cli(*args: str) -> tuple[int, list[dict]]:
+    done = subprocess.run([sys.executable, "-m", "fresco_backend.download", *args], capture_output=True,
+                          timeout=OUTER_LIMIT)
+    return done.returncode, [json.loads(line) for line in done.stdout.decode().splitlines()]
+
+
+def test_cli_prints_json_lines_and_exit_codes(hub, cache):
+    code, events = cli(CN, "--cache-dir", str(cache))
+    assert code == 0 and events[0]["event"] == "start" and events[0]["repo_id"] == CN
+    assert events[-1]["event"] == "done" and Path(events[-1]["path"]).is_dir()
+    assert events[-1]["bytes"] == events[0]["total"] == events[-2]["done"]
+    code, events = cli(CN, "--cache-dir", str(cache), "--remove")
+    assert code == 0 and events[-1]["event"] == "removed" and hubcache.downloaded(cache, CN) is None
+    hub.offline = True
+    code, events = cli(CN, "--cache-dir", str(cache))
+    assert code == 1 and events[-1]["event"] == "error" and CN in events[-1]["message"]
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + OUTER_LIMIT
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {OUTER_LIMIT} s"
+        time.sleep(0.05)
+
+
+def test_addon_driver_downloads_cancels_and_resumes(hub, cache, tiny_models, tmp_path):
+    hub.pause_after = 2_000_000
+    first = Download(sys.executable, SD, cache, cwd=tmp_path)
+    assert hub.paused.wait(OUTER_LIMIT)
+    wait_until(lambda: first.total > 0, "start event")
+    wait_for_partial(cache)
+    first.cancel()
+    assert first.finished and first.error is None and first.path is None and first.cancelled
+    hub.release.set()
+    assert hubcache.downloaded(cache, SD) is None
+
+    second = Download(sys.executable, SD, cache, cwd=tmp_path)
+    assert second.wait(OUTER_LIMIT) and second.error is None, second.error
+    assert second.path == hubcache.downloaded(cache, SD).path and second.done == second.total > 0
+    assert any(start > 0 for _, start in hub.ranges)  # the second one resumed the first one's partial file
+
+    hub.offline = True
+    hubcache.remove(cache, SD)
+    failed = Download(sys.executable, SD, cache, cwd=tmp_path)
+    assert failed.wait(OUTER_LIMIT) and failed.path is None and SD in (failed.error or "")
