@@ -345,6 +345,7 @@ class _Download:
         """Stream ``file`` into ``partial``, resuming after what it holds."""
         import httpx2
         from huggingface_hub import hf_hub_url
+        from huggingface_hub.errors import HfHubHTTPError
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         url = hf_hub_url(self.repo_id, file.path, revision=self.commit, endpoint=_endpoint())
@@ -394,10 +395,8 @@ class _Download:
                 log.warning("downloading %s: %s; resuming", file.path, exc or type(exc).__name__)
                 if self.cancel.wait(min(2.0 ** failures, 8.0)):
                     raise DownloadCancelled() from None
-            except Exception as exc:
-                if type(exc).__module__.startswith("huggingface_hub"):
-                    raise DownloadError(f"downloading {file.path} of {self.repo_id} failed: {exc}") from None
-                raise
+            except HfHubHTTPError as exc:
+                raise DownloadError(f"downloading {file.path} of {self.repo_id} failed: {exc}") from None
 
     def _count(self, size: int) -> None:
         now = time.monotonic()

@@ -12,6 +12,7 @@ HF_ENDPOINT.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -61,13 +62,12 @@ class FakeHub:
         return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
 
     def commit(self, repo: str) -> str:
-        digest = hashlib.sha1(repo.encode())
-        for name, path in self.files(repo).items():
-            digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-        return digest.hexdigest()
+        return self.info(repo)["sha"]
 
+    @functools.cache
     def info(self, repo: str) -> dict:
-        siblings = []
+        """The model info, computed once: the served folders must not change while served."""
+        siblings, commit = [], hashlib.sha1(repo.encode())
         for name, path in self.files(repo).items():
             data = path.read_bytes()
             entry: dict = {"rfilename": name, "size": len(data), "blobId": git_sha1(data)}
@@ -77,7 +77,8 @@ class FakeHub:
                 entry.update(blobId=git_sha1(pointer.encode()),
                              lfs={"size": len(data), "sha256": sha, "pointerSize": len(pointer)})
             siblings.append(entry)
-        return {"id": repo, "modelId": repo, "sha": self.commit(repo), "private": False, "siblings": siblings}
+            commit.update(name.encode() + b"\0" + entry["blobId"].encode())
+        return {"id": repo, "modelId": repo, "sha": commit.hexdigest(), "private": False, "siblings": siblings}
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -138,11 +139,11 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     return self.fail(416)
             self.send_response(206 if ranged else 200)
             self.send_header("X-Repo-Commit", hub.commit(repo))
-            sha = hashlib.sha256(data).hexdigest()
-            if name.endswith(LFS_SUFFIXES):
-                self.send_header("X-Linked-Etag", f'"{sha}"')
+            sibling = next(s for s in hub.info(repo)["siblings"] if s["rfilename"] == name)
+            if "lfs" in sibling:
+                self.send_header("X-Linked-Etag", f'"{sibling["lfs"]["sha256"]}"')
                 self.send_header("X-Linked-Size", str(len(data)))
-            self.send_header("ETag", f'"{git_sha1(data)}"')
+            self.send_header("ETag", f'"{sibling["blobId"]}"')
             self.send_header("Accept-Ranges", "bytes")
             if ranged:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -298,3 +299,23 @@ def test_addon_driver_downloads_cancels_and_resumes(hub, cache, tiny_models, tmp
     hubcache.remove(cache, SD)
     failed = Download(sys.executable, SD, cache, cwd=tmp_path)
     assert failed.wait(OUTER_LIMIT) and failed.path is None and SD in (failed.error or "")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_stops_on_a_signal_with_exit_130_keeping_the_partial_file(hub, cache, signum):
+    hub.pause_after = 2_000_000
+    child = subprocess.Popen([sys.executable, "-m", "fresco_backend.download", SD, "--cache-dir", str(cache)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert hub.paused.wait(OUTER_LIMIT)
+        wait_for_partial(cache)
+        child.send_signal(signum)
+        out, _ = child.communicate(timeout=OUTER_LIMIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130
+    assert json.loads(out.decode().splitlines()[-1]) == {"event": "cancelled"}
+    assert hubcache.downloaded(cache, SD) is None
+    assert any((hubcache.repo_folder(cache, SD) / "blobs").glob("*.incomplete"))
