@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from fresco_contract import hubcache
 from fresco_contract.files import write_bytes_atomic
@@ -255,9 +256,9 @@ class _Download:
         self.cache = cache
         self.on_progress = on_progress
         self.files: list[RemoteFile] = []
-        self.finished = 0  # bytes of verified files, and of partial files thrown away (also in total)
         self.partial = 0  # bytes of the file being downloaded
-        self.extra = 0  # bytes thrown away: counted in total as well so that progress never goes back
+        self.extra = 0  # bytes of partial files thrown away: added to total, so progress never goes back
+        self.finished = 0  # bytes of verified files, plus ``extra``
         self.samples: collections.deque[tuple[float, int]] = collections.deque()
         self.received = 0
         self.last_report = 0.0
@@ -304,18 +305,17 @@ class _Download:
         pointer = self.snapshot / file.path
         for attempt in (1, 2):
             for present in (pointer, blob):
-                if present.exists():
-                    if _digest(present, file, self.cancel):
-                        if present is pointer:
-                            self._done(file)
-                            return
+                if not present.exists():
+                    continue
+                if _digest(present, file, self.cancel):
+                    if present is blob:
                         _link(blob, pointer)
-                        self._done(file)
-                        return
-                    log.warning("%s of %s in the cache is not the hub's file: downloading it again", file.path,
-                                self.repo_id)
-                    for stale in (pointer, blob):
-                        stale.unlink(missing_ok=True)
+                    self._done(file)
+                    return
+                log.warning("%s of %s in the cache is not the hub's file: downloading it again", file.path,
+                            self.repo_id)
+                for stale in (pointer, blob):
+                    stale.unlink(missing_ok=True)
             partial = blob.with_name(blob.name + ".incomplete")
             blob.parent.mkdir(parents=True, exist_ok=True)
             self._fetch(file, partial)
@@ -393,7 +393,7 @@ class _Download:
                                         f"row ({exc or type(exc).__name__}); run the download again to resume "
                                         f"it") from None
                 log.warning("downloading %s: %s; resuming", file.path, exc or type(exc).__name__)
-                if self.cancel.wait(min(2.0 ** failures, 8.0)):
+                if self.cancel.wait(min(2.0 ** (failures - 1), 8.0)):
                     raise DownloadCancelled() from None
             except HfHubHTTPError as exc:
                 raise DownloadError(f"downloading {file.path} of {self.repo_id} failed: {exc}") from None
@@ -445,16 +445,43 @@ def ensure_model(repo_id: str, cache_dir: str | os.PathLike | None = None,
     record = hubcache.downloaded(cache, repo_id)
     if record is not None:
         return record.path
+    cancel = cancel or threading.Event()
+    with _repo_lock(cache, repo_id, cancel):  # another process may be downloading it: wait for it
+        record = hubcache.downloaded(cache, repo_id)
+        if record is not None:
+            return record.path
+        try:
+            commit, remote = _listing(repo_id)
+        except _Unreachable as exc:
+            local = _cached_snapshot(repo_id, cache)
+            if local is not None:
+                log.info("the hub is unreachable (%s): using %s from the hub cache as it is", exc, repo_id)
+                return local
+            raise DownloadError(f"model {repo_id} is not downloaded and the hub cannot be reached ({exc}). "
+                                + HOW_TO_GET.format(repo=repo_id)) from None
+        return _Download(repo_id, cache, commit, remote, on_progress, cancel).run().path
+
+
+@contextlib.contextmanager
+def _repo_lock(cache: Path, repo_id: str, cancel: threading.Event) -> Iterator[None]:
+    """Hold the repo's download lock (a file lock beside huggingface_hub's), waiting as long as
+    another download of it runs unless ``cancel`` is set."""
+    from filelock import FileLock, Timeout
+
+    path = cache / ".locks" / hubcache.repo_folder(cache, repo_id).name / "fresco-download.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), mode=0o664)
+    while True:
+        try:
+            lock.acquire(timeout=0.5)
+            break
+        except Timeout:
+            if cancel.is_set():
+                raise DownloadCancelled() from None
     try:
-        commit, remote = _listing(repo_id)
-    except _Unreachable as exc:
-        local = _cached_snapshot(repo_id, cache)
-        if local is not None:
-            log.info("the hub is unreachable (%s): using %s from the hub cache as it is", exc, repo_id)
-            return local
-        raise DownloadError(f"model {repo_id} is not downloaded and the hub cannot be reached ({exc}). "
-                            + HOW_TO_GET.format(repo=repo_id)) from None
-    return _Download(repo_id, cache, commit, remote, on_progress, cancel or threading.Event()).run().path
+        yield
+    finally:
+        lock.release()
 
 
 # ---- command line -----------------------------------------------------------------------------

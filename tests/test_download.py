@@ -319,3 +319,16 @@ def test_cli_stops_on_a_signal_with_exit_130_keeping_the_partial_file(hub, cache
     assert json.loads(out.decode().splitlines()[-1]) == {"event": "cancelled"}
     assert hubcache.downloaded(cache, SD) is None
     assert any((hubcache.repo_folder(cache, SD) / "blobs").glob("*.incomplete"))
+
+
+def test_two_downloads_of_one_repo_at_once_fetch_it_once(hub, cache, tiny_models):
+    hub.pause_after = 2_000_000  # the first one holds the repo's lock while it waits here
+    first, first_outcome = run_in_thread(cache_dir=cache)
+    assert hub.paused.wait(OUTER_LIMIT)
+    second, second_outcome = run_in_thread(cache_dir=cache)
+    hub.release.set()  # the first one resumes after the dropped connection, the second waits for it
+    first.join(OUTER_LIMIT)
+    second.join(OUTER_LIMIT)
+    assert first_outcome["path"] == second_outcome["path"]
+    assert hub.served == sum(sizes(tiny_models[0]).values())
+    assert len([r for r in hub.requests if r.startswith("GET /api/models/")]) == 1
