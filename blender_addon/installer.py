@@ -1,0 +1,606 @@
+"""Install the backend into a Python environment of its own (standard library only, no bpy).
+
+Blender's Python creates the environment (``venv``) and pip installs the PyTorch build that fits
+the machine (``detect_torch_build``) and the backend wheel that ``build_addon.py`` ships inside the
+add-on. The environment's folder is marked as ours when it is created (``MARKER``): only such a
+folder is ever rebuilt or removed. The install record (``RECORD``) is written last, after the
+environment's Python ran ``fresco_backend.probe``; an install that stops early has none, so it is
+never taken as good. ``status`` tells the preferences what state the environment is in.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .contract import files
+from .launcher import child_environment, no_console_flags
+
+NOT_INSTALLED, INSTALLED, OUTDATED, BROKEN = "not_installed", "installed", "outdated", "broken"
+MARKER = "fresco-env.json"  # written into the folder before anything else: the folder is ours
+RECORD = "fresco-install.json"  # written last, after a successful probe
+RECORD_FORMAT = 1
+PROBE_MODULE = "fresco_backend.probe"
+OVERRIDES = ("auto", "cuda", "rocm", "mps", "cpu", "pypi")  # plus every CUDA tag of CUDA_BUILDS
+TORCH_INDEX = "https://download.pytorch.org/whl/"
+
+# The PyTorch wheel indexes for the torch that pyproject.toml pins (its major.minor is
+# TORCH_TABLE_VERSION; tests/test_installer.py fails when the pin moves on): the CUDA and ROCm
+# variants that PyTorch's install selector (pytorch.org/get-started) lists for that release, each
+# under TORCH_INDEX + tag. A CUDA build runs on a driver whose "CUDA Version" (nvidia-smi) is at
+# least the build's; within one CUDA major version an older 12.x driver also runs a newer 12.x build
+# (NVIDIA's minor version compatibility), so such a driver gets the oldest build of its major.
+TORCH_TABLE_VERSION = "2.13"
+CUDA_BUILDS: tuple[tuple[str, tuple[int, int]], ...] = (("cu126", (12, 6)), ("cu128", (12, 8)), ("cu130", (13, 0)))
+ROCM_BUILD = "rocm7.1"
+CPU_BUILD = "cpu"
+
+ToolOutput = Callable[[], "str | None"]  # a tool's output, None when it is not there
+
+
+class InstallError(RuntimeError):
+    """The install cannot go on; the message says why and what to do."""
+
+
+class Cancelled(InstallError):
+    """``Installer.cancel`` stopped the install (it left no install record)."""
+
+
+@dataclass(frozen=True)
+class TorchBuild:
+    """Which PyTorch to install: ``kind`` cuda/rocm/mps/cpu/pypi, the wheel index's ``tag`` and URL
+    (None: pip's configured index, PyPI or the user's mirror) and one line for the UI."""
+
+    kind: str
+    tag: str | None
+    index_url: str | None
+    reason: str
+
+    def same_wheels(self, other: "TorchBuild | dict | None") -> bool:
+        """Whether ``other`` (a build or a record's dict of one) installs the same PyTorch."""
+        if isinstance(other, dict):
+            other = TorchBuild(other.get("kind", ""), other.get("tag"), other.get("index_url"), "")
+        return other is not None and (self.kind, self.tag, self.index_url) == (other.kind, other.tag, other.index_url)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an install is: step ``step`` of ``steps``, its title, pip's last line, overall fraction."""
+
+    step: int
+    steps: int
+    title: str
+    fraction: float
+    log_line: str = ""
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the install record says of a finished, probed install."""
+
+    version: str  # the backend package's (fresco_contract.__version__)
+    wheel: str  # the wheel's file name
+    wheel_sha256: str
+    torch_build: dict
+    torch_version: str
+    torch_accelerator: str | None  # torch.version.cuda or .hip
+    python: str
+    devices: tuple[str, ...]  # "cpu", "cuda:0 NVIDIA ... (24.0 GiB)", "mps"
+    auto_device: str  # what "auto" runs on: "cuda:0 float16"
+    installed_at: str  # UTC, ISO 8601
+
+
+@dataclass(frozen=True)
+class Status:
+    """The environment's state (NOT_INSTALLED, INSTALLED, OUTDATED, BROKEN), one line for the UI,
+    and its install record where it has a readable one."""
+
+    state: str
+    message: str
+    record: Record | None = field(default=None, compare=False)
+
+
+# --- the PyTorch build -----------------------------------------------------------------------
+
+
+def _run_quiet(cmd: Sequence[str], timeout: float = 30.0) -> str | None:
+    """A tool's stdout and stderr, None when it is not there or does not answer."""
+    try:
+        done = subprocess.run(list(cmd), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              creationflags=no_console_flags())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout + done.stderr).decode("utf-8", "replace")
+
+
+def _nvidia_smi() -> str | None:
+    """``nvidia-smi``'s output, None without one (Windows' older drivers keep it in NVSMI)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None and sys.platform == "win32":
+        legacy = Path(os.environ.get("ProgramFiles", r"C:\Program Files"), "NVIDIA Corporation", "NVSMI",
+                      "nvidia-smi.exe")
+        exe = str(legacy) if legacy.is_file() else None
+    return _run_quiet([exe]) if exe else None
+
+
+def _rocm_present() -> bool:
+    return bool(shutil.which("rocminfo") or shutil.which("rocm-smi") or Path("/opt/rocm").is_dir())
+
+
+def driver_cuda_version(smi_output: str | None) -> tuple[int, int] | None:
+    """The highest CUDA version the NVIDIA driver supports, from ``nvidia-smi``'s header."""
+    found = re.search(r"CUDA Version\s*:\s*(\d+)\.(\d+)", smi_output or "")
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def _cuda_build(tag: str, reason: str) -> TorchBuild:
+    return TorchBuild("cuda", tag, TORCH_INDEX + tag, reason)
+
+
+def _cpu_build(reason: str) -> TorchBuild:
+    return TorchBuild("cpu", CPU_BUILD, TORCH_INDEX + CPU_BUILD, reason)
+
+
+def cuda_build_for(driver: tuple[int, int]) -> TorchBuild | None:
+    """The newest CUDA build of CUDA_BUILDS that a driver supporting CUDA ``driver`` runs, or None."""
+    fits = [tag for tag, cuda in CUDA_BUILDS if cuda <= driver]
+    shown = f"{driver[0]}.{driver[1]}"
+    if fits:
+        return _cuda_build(fits[-1], f"NVIDIA GPU, driver supports CUDA {shown}: PyTorch's {fits[-1]} build")
+    same_major = [tag for tag, cuda in CUDA_BUILDS if cuda[0] == driver[0]]
+    if same_major:
+        return _cuda_build(same_major[0], f"NVIDIA GPU, driver supports CUDA {shown}: PyTorch's {same_major[0]} "
+                                          "build (minor version compatibility; a newer driver is better)")
+    return None
+
+
+def detect_torch_build(override: str = "auto", *, system: str | None = None, machine: str | None = None,
+                       nvidia_smi: ToolOutput | None = None, rocm: bool | Callable[[], bool] | None = None) -> TorchBuild:
+    """The PyTorch build to install on this machine, or the one ``override`` names.
+
+    ``override``: auto, cuda (the best CUDA build for the driver), a CUDA tag of CUDA_BUILDS, rocm,
+    mps, cpu or pypi (pip's configured index as it is). ``system``/``machine`` (``sys.platform``
+    and ``platform.machine()`` by default), ``nvidia_smi`` (returns its output, None without one)
+    and ``rocm`` stand in for the machine in tests. Raises InstallError for an override that is
+    unknown and for a Mac with an Intel CPU (PyTorch has no build for it any more).
+    """
+    system = system or sys.platform
+    machine = (machine or platform.machine()).lower()
+    override = (override or "auto").strip().lower()
+    cuda_tags = [tag for tag, _ in CUDA_BUILDS]
+    if override not in OVERRIDES and override not in cuda_tags:
+        raise InstallError(f"unknown PyTorch build {override!r}: use one of {', '.join(OVERRIDES + tuple(cuda_tags))}")
+    if override == "pypi":
+        return TorchBuild("pypi", None, None, "PyTorch from pip's configured index (as chosen)")
+    if system == "darwin":
+        if machine not in ("arm64", "aarch64"):
+            raise InstallError(f"PyTorch {TORCH_TABLE_VERSION} has no build for Macs with an Intel CPU: run the "
+                               "backend on another machine and set Remote Backend in the preferences")
+        if override in ("auto", "mps", "cpu"):
+            return TorchBuild("mps", None, None, "Apple silicon: PyTorch from PyPI (Apple GPU through MPS)")
+        raise InstallError(f"PyTorch build {override!r} does not exist for macOS: use auto")
+    if override == "cpu":
+        return _cpu_build("CPU only (as chosen)")
+    if override == "mps":
+        raise InstallError("the mps build (Apple GPU) exists on Macs with Apple silicon only: use auto")
+    if override in cuda_tags:
+        return _cuda_build(override, f"PyTorch's {override} build (as chosen)")
+    if override == "rocm":
+        if not system.startswith("linux"):
+            raise InstallError("PyTorch's ROCm builds (AMD GPUs) exist for Linux only: use auto or cpu")
+        return TorchBuild("rocm", ROCM_BUILD, TORCH_INDEX + ROCM_BUILD, f"PyTorch's {ROCM_BUILD} build (as chosen)")
+    smi = (nvidia_smi or _nvidia_smi)()
+    driver = driver_cuda_version(smi)
+    if driver is not None:
+        build = cuda_build_for(driver)
+        if build is not None:
+            return build
+        if override == "cuda":
+            raise InstallError(f"the NVIDIA driver supports CUDA {driver[0]}.{driver[1]} only, older than every "
+                               f"CUDA build of PyTorch {TORCH_TABLE_VERSION}: update the NVIDIA driver")
+        return _cpu_build(f"NVIDIA driver too old (CUDA {driver[0]}.{driver[1]}; PyTorch {TORCH_TABLE_VERSION} needs "
+                          f"{CUDA_BUILDS[0][1][0]}.{CUDA_BUILDS[0][1][1]} or newer): CPU only; update the NVIDIA "
+                          "driver, then Repair, to use the GPU")
+    if override == "cuda":
+        if smi and "NVIDIA-SMI has failed" in smi:
+            raise InstallError("nvidia-smi cannot talk to the NVIDIA driver: (re)install the driver, then try again")
+        newest = cuda_tags[-1]
+        return _cuda_build(newest, f"PyTorch's {newest} build (as chosen; no NVIDIA driver found)")
+    if smi and "NVIDIA-SMI has failed" in smi:
+        return _cpu_build("nvidia-smi cannot talk to the NVIDIA driver: CPU only; (re)install the driver, then "
+                          "Repair, to use the GPU")
+    rocm_found = rocm() if callable(rocm) else (_rocm_present() if rocm is None else rocm)
+    if system.startswith("linux") and rocm_found:
+        return TorchBuild("rocm", ROCM_BUILD, TORCH_INDEX + ROCM_BUILD, f"AMD ROCm found: PyTorch's {ROCM_BUILD} build")
+    return _cpu_build("no NVIDIA or AMD GPU found: CPU only (slow)")
+
+
+# --- the environment and its records ---------------------------------------------------------
+
+
+def env_python(env_dir: str | os.PathLike[str]) -> Path:
+    """The environment's Python: ``Scripts\\python.exe`` on Windows, ``bin/python`` elsewhere."""
+    env_dir = Path(env_dir)
+    return env_dir / "Scripts" / "python.exe" if sys.platform == "win32" else env_dir / "bin" / "python"
+
+
+def is_ours(env_dir: str | os.PathLike[str]) -> bool:
+    """Whether the folder was made by this installer (it holds MARKER)."""
+    return (Path(env_dir) / MARKER).is_file()
+
+
+def _is_empty_or_missing(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def wheel_sha256(wheel: str | os.PathLike[str]) -> str:
+    """The wheel's SHA-256 (cached per path, size and modification time: ``status`` runs on every redraw)."""
+    stat = os.stat(wheel)
+    return _sha256(str(wheel), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def torch_requirement(wheel: str | os.PathLike[str]) -> str:
+    """The wheel's requirement on torch (``torch==2.13.0``), read from its METADATA's Requires-Dist."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            name = next(n for n in zf.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n))
+            metadata = zf.read(name).decode("utf-8", "replace")
+    except (OSError, zipfile.BadZipFile, StopIteration) as exc:
+        raise InstallError(f"{wheel} is not a readable wheel ({exc or 'no METADATA'}): reinstall the add-on") from None
+    for line in metadata.splitlines():
+        found = re.fullmatch(r"Requires-Dist:\s*(torch\b[^;]*)(;.*)?", line.strip())
+        if found and not (found.group(2) or "").strip("; "):
+            return found.group(1).replace(" ", "").replace("(", "").replace(")", "")
+    raise InstallError(f"{Path(wheel).name} does not require torch: it is not FRESCO's backend wheel")
+
+
+def read_record(env_dir: str | os.PathLike[str]) -> Record | None:
+    """The environment's install record, None when there is none or it cannot be used."""
+    try:
+        data = json.loads((Path(env_dir) / RECORD).read_text(encoding="utf-8"))
+        if data.pop("format", None) != RECORD_FORMAT:
+            return None
+        data["devices"] = tuple(data["devices"])
+        return Record(**data)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _record_problem(env_dir: Path) -> str | None:
+    """Why the environment cannot be used (cheap checks), None when nothing is wrong."""
+    if not is_ours(env_dir):
+        return f"{env_dir} is not a FRESCO backend environment: choose another Environment Folder"
+    if not (env_dir / RECORD).exists():
+        return "The backend install did not finish: press Repair"
+    if read_record(env_dir) is None:
+        return "The backend's install record cannot be read: press Repair"
+    if not env_python(env_dir).is_file():
+        return "The backend environment's Python is missing: press Repair"
+    return None
+
+
+def status(env_dir: str | os.PathLike[str], wheel: str | os.PathLike[str] | None, *, probe: bool = False) -> Status:
+    """The environment's state for the UI. Cheap (no process) unless ``probe``, which also runs the
+    environment's Python once. ``wheel`` None (a checkout has none) skips the version check."""
+    env_dir = Path(env_dir)
+    if _is_empty_or_missing(env_dir):
+        return Status(NOT_INSTALLED, "The backend is not installed: press Install Backend")
+    problem = _record_problem(env_dir)
+    record = read_record(env_dir)
+    if problem is not None:
+        return Status(BROKEN, problem, record)
+    assert record is not None
+    if wheel is not None and Path(wheel).is_file() and wheel_sha256(wheel) != record.wheel_sha256:
+        return Status(OUTDATED, f"The add-on was updated (backend {record.version} installed): press Update Backend",
+                      record)
+    if probe:
+        try:
+            run_probe(env_dir)
+        except InstallError as exc:
+            return Status(BROKEN, f"The backend does not start ({exc}): press Repair", record)
+    return Status(INSTALLED, f"Backend {record.version} installed: PyTorch {record.torch_version}, "
+                             f"auto runs on {record.auto_device}", record)
+
+
+def _child_env() -> dict[str, str]:
+    """Blender's Python settings removed (``launcher.child_environment``), the user's PIP_* kept."""
+    env = child_environment({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
+    for name in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__", "PYTHONEXECUTABLE"):
+        env.pop(name, None)  # another environment's Python would make venv copy the wrong one
+    return env
+
+
+def _probe_json(output: str) -> dict:
+    for line in reversed(output.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                break
+    tail = output.strip().splitlines()[-1:] or ["no output"]
+    raise InstallError(f"the backend probe failed: {tail[0]}")
+
+
+def run_probe(env_dir: str | os.PathLike[str], timeout: float = 300.0) -> dict:
+    """``python -m fresco_backend.probe`` in the environment (from its own folder): its JSON."""
+    env_dir = Path(env_dir)
+    try:
+        done = subprocess.run([str(env_python(env_dir)), "-m", PROBE_MODULE], cwd=env_dir, env=_child_env(),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                              creationflags=no_console_flags())
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise InstallError(f"the backend probe did not run: {exc}") from None
+    output = (done.stdout + done.stderr).decode("utf-8", "replace")
+    if done.returncode != 0:
+        raise InstallError(f"the backend probe failed: {(output.strip().splitlines() or ['no output'])[-1]}")
+    return _probe_json(done.stdout.decode("utf-8", "replace"))
+
+
+def describe_device(device: dict) -> str:
+    """One line for a device of the probe's JSON."""
+    text = device.get("id", "?")
+    if device.get("name"):
+        text += f" {device['name']}"
+    if device.get("memory_gib"):
+        text += f" ({device['memory_gib']:.1f} GiB)"
+    return text
+
+
+def _remove_env(env_dir: Path) -> None:
+    """Remove a folder of ours: the record first, so that a removal that stops half-way is broken."""
+    if not is_ours(env_dir):
+        raise InstallError(f"{env_dir} was not made by FRESCO's installer: it is left as it is")
+    (env_dir / RECORD).unlink(missing_ok=True)
+    try:
+        shutil.rmtree(env_dir)
+    except OSError as exc:
+        raise InstallError(f"could not remove {env_dir} ({exc.strerror or exc}): stop the backend (or close "
+                           "Blender) and try again") from None
+
+
+def uninstall(env_dir: str | os.PathLike[str]) -> None:
+    """Remove the backend environment if it is ours (MARKER); nothing else is touched."""
+    env_dir = Path(env_dir)
+    if env_dir.exists():
+        _remove_env(env_dir)
+
+
+# --- the installer ---------------------------------------------------------------------------
+
+STEP_WEIGHTS = (("Creating the Python environment", 0.05), ("Installing PyTorch", 0.60),
+                ("Installing the FRESCO backend", 0.25), ("Checking the backend", 0.08),
+                ("Saving the install record", 0.02))
+
+
+class Installer:
+    """One install (or, with ``repair``, a rebuild from scratch) of the backend into ``env_dir``.
+
+    ``run`` works synchronously (the UI calls it in a thread); ``cancel`` may be called from any
+    thread and kills the running pip at once; ``run`` then raises Cancelled. ``on_progress`` gets a
+    Progress at each step and pip line; pip's output goes to ``log_path`` (default: beside the
+    environment, ``<env>-install.log``).
+    """
+
+    def __init__(self, env_dir: str | os.PathLike[str], wheel: str | os.PathLike[str], *,
+                 base_python: str | os.PathLike[str] = sys.executable, torch_build: TorchBuild,
+                 repair: bool = False, log_path: str | os.PathLike[str] | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.env_dir = Path(env_dir).absolute()
+        self.wheel = Path(wheel).absolute()
+        self.base_python = str(base_python)
+        self.torch_build = torch_build
+        self.repair = repair
+        self.log_path = Path(log_path) if log_path else self.env_dir.with_name(self.env_dir.name + "-install.log")
+        self.on_progress = on_progress
+        self.ran_pip = False  # whether run() had anything to do
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._step = 0
+        self._log = None
+
+    # progress and cancel
+
+    def _report(self, title: str | None = None, log_line: str = "", done: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        index = max(self._step - 1, 0)
+        fraction = 1.0 if done else sum(w for _, w in STEP_WEIGHTS[:index])
+        step_title = title or STEP_WEIGHTS[index][0]
+        self.on_progress(Progress(self._step or 1, len(STEP_WEIGHTS), step_title, fraction, log_line))
+
+    def _begin(self, step: int, title: str | None = None) -> None:
+        self._check_cancel()
+        self._step = step
+        self._write_log(f"\n== step {step}/{len(STEP_WEIGHTS)}: {title or STEP_WEIGHTS[step - 1][0]}\n")
+        self._report(title)
+
+    def cancel(self) -> None:
+        """Stop the install as soon as possible (thread-safe): the running pip is killed."""
+        self._cancel.set()
+        with self._lock:
+            process = self._process
+        if process is not None:
+            _kill(process)
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled("the backend install was cancelled: press Install Backend to finish it")
+
+    def _write_log(self, text: str) -> None:
+        if self._log is not None:
+            self._log.write(text)
+            self._log.flush()
+
+    def _run(self, cmd: Sequence[str], title: str | None = None) -> str:
+        """Run ``cmd`` (output to the log, each line reported); its output. Raises InstallError/Cancelled."""
+        self._check_cancel()
+        self._write_log("$ " + subprocess.list2cmdline([str(c) for c in cmd]) + "\n")
+        posix = sys.platform != "win32"
+        try:
+            process = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, cwd=self.env_dir, env=_child_env(),
+                                       creationflags=no_console_flags(), start_new_session=posix)
+        except OSError as exc:
+            raise InstallError(f"could not run {cmd[0]}: {exc.strerror or exc}") from None
+        with self._lock:
+            self._process = process
+        if self._cancel.is_set():
+            _kill(process)
+        lines: list[str] = []
+        try:
+            assert process.stdout is not None
+            for raw in iter(process.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip()
+                self._write_log(line + "\n")
+                if line.strip():
+                    lines.append(line)
+                    self._report(title, line.strip())
+            code = process.wait()
+        finally:
+            with self._lock:
+                self._process = None
+            if process.poll() is None:
+                _kill(process)
+        self._check_cancel()
+        if code != 0:
+            last = lines[-1].strip() if lines else "no output"
+            raise InstallError(f"{title or STEP_WEIGHTS[self._step - 1][0]} failed (exit {code}): {last}. "
+                               f"Full log: {self.log_path}")
+        return "\n".join(lines)
+
+    # the steps
+
+    def _current_record(self) -> Record | None:
+        record = read_record(self.env_dir)
+        if (record is None or not is_ours(self.env_dir) or not env_python(self.env_dir).is_file()
+                or record.wheel_sha256 != wheel_sha256(self.wheel) or not self.torch_build.same_wheels(record.torch_build)):
+            return None
+        return record
+
+    def _prepare_folder(self) -> Record | None:
+        """Check the folder; remove the old record (an interrupted change is then never taken as good),
+        or the whole folder on repair. Returns the old record."""
+        env = self.env_dir
+        if not _is_empty_or_missing(env) and not is_ours(env):
+            raise InstallError(f"{env} is not empty and was not made by FRESCO's installer: choose an empty or "
+                               "new Environment Folder (nothing in it was changed)")
+        if env.exists() and not env.is_dir():
+            raise InstallError(f"{env} is a file, not a folder: choose another Environment Folder")
+        old = read_record(env)
+        if env.exists() and is_ours(env):
+            (env / RECORD).unlink(missing_ok=True)
+            if self.repair:
+                _remove_env(env)
+        return old
+
+    def _create_env(self) -> None:
+        self._begin(1)
+        env = self.env_dir
+        env.mkdir(parents=True, exist_ok=True)
+        if not is_ours(env):
+            marker = {"made_by": "FRESCO for Blender (blender_addon/installer.py)", "format": RECORD_FORMAT}
+            files.write_bytes_atomic(env / MARKER, json.dumps(marker).encode("utf-8"))
+        if not env_python(env).is_file():
+            self._run([self.base_python, "-m", "venv", str(env)])
+
+    def _install_torch(self, old: Record | None) -> None:
+        build = self.torch_build
+        self._begin(2, f"Installing PyTorch ({build.tag or build.kind})")
+        python = str(env_python(self.env_dir))
+        if old is not None and not build.same_wheels(old.torch_build):
+            self._run([python, "-m", "pip", "uninstall", "-y", "torch"])  # another build of the same version
+        cmd = [python, "-m", "pip", "install", "--progress-bar", "off", torch_requirement(self.wheel)]
+        if build.index_url:
+            cmd += ["--index-url", build.index_url]
+        self._run(cmd)
+
+    def _install_wheel(self) -> None:
+        self._begin(3)
+        pip = [str(env_python(self.env_dir)), "-m", "pip", "install", "--progress-bar", "off"]
+        self._run(pip + ["--force-reinstall", "--no-deps", str(self.wheel)])  # a rebuilt wheel of the same version
+        self._run(pip + [str(self.wheel)])  # then its dependencies
+
+    def _probe(self) -> dict:
+        self._begin(4)
+        output = self._run([str(env_python(self.env_dir)), "-m", PROBE_MODULE])
+        return _probe_json(output)
+
+    def _write_record(self, probe: dict) -> Record:
+        self._begin(5)
+        auto = probe.get("auto") or {}
+        record = Record(
+            version=str(probe.get("version", "")), wheel=self.wheel.name, wheel_sha256=wheel_sha256(self.wheel),
+            torch_build={"kind": self.torch_build.kind, "tag": self.torch_build.tag,
+                         "index_url": self.torch_build.index_url, "reason": self.torch_build.reason},
+            torch_version=str(probe.get("torch", "")), torch_accelerator=probe.get("torch_cuda") or probe.get("torch_hip"),
+            python=str(probe.get("python", "")), devices=tuple(describe_device(d) for d in probe.get("devices", ())),
+            auto_device=f"{auto.get('device', '?')} {auto.get('dtype', '')}".strip(),
+            installed_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        data = {"format": RECORD_FORMAT, **record.__dict__, "devices": list(record.devices)}
+        self._check_cancel()
+        files.write_bytes_atomic(self.env_dir / RECORD, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+        return record
+
+    def run(self) -> Record:
+        """Install (nothing to do when the record is current and not ``repair``); the new record."""
+        self._check_cancel()
+        if not self.wheel.is_file():
+            raise InstallError(f"the backend wheel {self.wheel} is missing: reinstall the add-on")
+        if not self.repair:
+            current = self._current_record()
+            if current is not None:
+                self._step = len(STEP_WEIGHTS)
+                self._report("Already installed", done=True)
+                return current
+        torch_requirement(self.wheel)  # a wheel that is not ours is refused before anything changes
+        old = self._prepare_folder()
+        self.ran_pip = True
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8", errors="replace") as self._log:
+            try:
+                self._write_log(f"FRESCO backend install into {self.env_dir} ({self.torch_build.reason})\n")
+                self._create_env()
+                self._install_torch(old)
+                self._install_wheel()
+                record = self._write_record(self._probe())
+            except InstallError as exc:
+                self._write_log(f"!! {exc}\n")
+                raise
+            finally:
+                self._log = None
+        self._report("Installed", done=True)
+        return record
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """Kill a child (its whole process group on POSIX: pip's own children too)."""
+    try:
+        if sys.platform != "win32":
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    except (OSError, ProcessLookupError):
+        pass
