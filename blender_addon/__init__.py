@@ -1,8 +1,10 @@
 """FRESCO for Blender: temporally coherent video translation of VSE strips.
 
 Importing this package does not import bpy, so its stdlib-only modules
-(``client``, ``launcher``, ``userdirs``) work without Blender; Blender calls
-``register``/``unregister``. A translation is ``translation.Translation``,
+(``client``, ``launcher``, ``installer``, ``downloads``, ``userdirs``) work
+without Blender; Blender calls ``register``/``unregister``. The preferences
+(``prefs``) install the backend (``backend_setup``) and download models
+(``model_ops``). A translation is ``translation.Translation``,
 driven by ``uijob`` (UI timer) or run at once (``operators``, ``farm``).
 """
 
@@ -20,9 +22,12 @@ bl_info = {
 def register() -> None:
     import bpy
 
-    from . import export, farm, operators, panels, props, uijob, unsaved
+    from . import backend_setup, export, farm, model_ops, operators, panels, prefs, props, uijob, unsaved
 
     props.register()
+    prefs.register()
+    backend_setup.register()
+    model_ops.register()
     export.register()
     uijob.register()
     unsaved.register()
@@ -34,13 +39,16 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import backend, export, farm, operators, panels, props, uijob, unsaved
+    from . import backend, backend_setup, export, farm, model_ops, operators, panels, prefs, props, uijob, unsaved
 
     farm.unregister()
     uijob.unregister()  # ends a running translation first
     backend.stop()
+    model_ops.unregister()
+    backend_setup.unregister()
     for cls in reversed(operators.CLASSES + panels.CLASSES):
         bpy.utils.unregister_class(cls)
     unsaved.unregister()
     export.unregister()
+    prefs.unregister()
     props.unregister()

@@ -7,6 +7,7 @@ interpreter exit. Safe to call from the worker thread.
 from __future__ import annotations
 
 import atexit
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ def remote_address(config: dict[str, str]) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # what the server's --device takes (fresco_backend/device.py)
 NOT_INSTALLED = ("the FRESCO backend is not installed: press Install Backend in Preferences > Add-ons > "
                  "FRESCO Video Translation")
 
@@ -50,6 +52,9 @@ def config_problem(config: dict[str, str]) -> str | None:
         return config.get("install_problem") or NOT_INSTALLED
     if not Path(python).exists():
         return f"backend Python not found: {python}"
+    device = config.get("device", "").strip()
+    if device and not _DEVICE.fullmatch(device):
+        return f"device {device!r} is not one of auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps"
     backend_dir = config.get("backend_dir", "")
     if backend_dir and not (Path(backend_dir) / "server").is_dir():
         return (f"backend folder {backend_dir!r} does not contain server/: fix the Backend Folder preference "

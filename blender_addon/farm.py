@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import bpy
 
 from . import backend, compat, props, translation
+from .config import backend_config
 
 
 def say(message: str) -> None:
@@ -67,7 +68,7 @@ def run(strip_names: list[str] | None = None) -> int:
     failures = [(name, "no such strip") for name in missing]
     for name in missing:
         say(f"FAILED {name}: no such strip")
-    config = props.backend_config()
+    config = backend_config()
     problem = backend.config_problem(config)
     if problem:
         say(f"FAILED: {problem}")

@@ -5,7 +5,8 @@ from typing import Any
 
 import bpy
 
-from . import backend, compat, props, translation, uijob
+from . import backend, compat, translation, uijob
+from .config import backend_config
 
 
 def _target_strip(context: Any, name: str) -> Any:
@@ -54,7 +55,7 @@ class FRESCO_OT_translate(bpy.types.Operator):
         report = translation.throttled(lambda stage, done, total: translation.log(
             f"{source.name}: {stage} {done}/{total}")) if sync else None
         try:
-            job = translation.prepare(context.scene, source, props.backend_config(context), report,
+            job = translation.prepare(context.scene, source, backend_config(context), report,
                                       warn=lambda note: self.report({"WARNING"}, f"FRESCO: {note}"))
         except translation.Refused as exc:
             self.report({"ERROR"}, f"FRESCO: {exc}")

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import bpy
 
 from . import compat, userdirs
-from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, SOURCE_SETTINGS_KEY, output_dir_setting
+from .config import output_dir_setting
+from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, SOURCE_SETTINGS_KEY
 
 MAX_CHANNEL = 128
 RESULT_SUFFIX = ".fresco"

@@ -18,7 +18,8 @@ from typing import Any
 import bpy
 
 from . import compat, place, userdirs
-from .props import DEFAULT_OUTPUT_DIR, RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, output_dir_setting
+from .config import DEFAULT_OUTPUT_DIR, output_dir_setting
+from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY
 
 
 def log(message: str) -> None:

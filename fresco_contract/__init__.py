@@ -1,7 +1,8 @@
 """The contract between the add-on, the server and the backend.
 
-``settings`` (the one job-settings schema) and ``wire`` (the one wire format),
-plus the product's version. Standard library only and importing nothing of the
+``settings`` (the one job-settings schema), ``wire`` (the one wire format),
+``files`` (the one atomic writer), ``hubcache`` (the default models and what the
+hub cache holds of them), plus the product's version. Standard library only and importing nothing of the
 project: the bottom of the import graph. ``build_addon.py`` copies this package
 into the add-on zip, so Blender's Python and the installed backend share it.
 """

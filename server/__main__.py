@@ -189,7 +189,8 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
     loader = functools.partial(load_pipeline, config=args.config, controlnet_config=args.controlnet_config)
     cache = ModelCache(loader, args.model, args.controlnet, device)
     clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
-    manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache))
+    manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache),
+                         prepare=cache.prepare)
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": choose_models(JobConfig(), args.model, args.controlnet).controlnet}
     app = create_app(manager, cache, token, info, loopback_only=is_loopback_host(args.host))

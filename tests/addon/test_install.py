@@ -14,9 +14,17 @@ def test_zip_contents(addon_zip):
         names = zf.namelist()
         manifest = zf.read(f"{PACKAGE}/blender_manifest.toml").decode()
     assert all(n.startswith(f"{PACKAGE}/") for n in names)
+    # the backend wheel is a plain file: Blender installs manifest-listed wheels into its own Python
+    wheels = [n for n in names if n.endswith(".whl")]
+    assert len(wheels) == 1 and wheels[0].startswith(f"{PACKAGE}/backend/fresco_for_blender-"), wheels
+    assert "wheels" not in manifest
+    with zipfile.ZipFile(addon_zip) as zf, zf.open(wheels[0]) as inner, zipfile.ZipFile(inner) as wheel:
+        packages = {n.split("/")[0] for n in wheel.namelist()}
+    assert {"fresco_contract", "fresco_backend", "server"} <= packages and "blender_addon" not in packages
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "test" in n.lower()]
     for module in ("__init__", "fresco_contract/settings", "fresco_contract/wire", "contract", "client", "launcher", "translation", "uijob",
-                   "operators", "panels", "preview", "farm", "unsaved", "userdirs", "props", "compat"):
+                   "operators", "panels", "preview", "farm", "unsaved", "userdirs", "props", "compat", "config",
+                   "prefs", "installer", "downloads", "backend_setup", "model_ops", "fresco_contract/hubcache"):
         assert f"{PACKAGE}/{module}.py" in names
     tree = ast.parse((REPO / "blender_addon" / "__init__.py").read_text())
     bl_info = next(ast.literal_eval(n.value) for n in tree.body

@@ -94,7 +94,7 @@ def test_model_config_preference_reaches_the_backend_command_line(backend, addon
     """A single-file model offline needs its diffusers config folder: FRESCO_MODEL_CONFIG (or the
     "Model Config" preference) becomes the server's --config."""
     launcher = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".launcher"]
-    props = sys.modules[addon.__name__ + ".props"]
+    config = sys.modules[addon.__name__ + ".config"]
     calls = []
 
     class Started:
@@ -105,11 +105,11 @@ def test_model_config_preference_reaches_the_backend_command_line(backend, addon
     monkeypatch.setattr(launcher, "launch", lambda *args, **kwargs: calls.append(kwargs) or Started())
     monkeypatch.setenv("FRESCO_MODEL_CONFIG", str(tmp_path))
     try:
-        assert backend.get_client(props.backend_config()) == "client"
+        assert backend.get_client(config.backend_config()) == "client"
     finally:
         backend._process = None
     assert calls[0]["extra_args"] == ["--config", str(tmp_path)]
-    assert props.preferences().bl_rna.properties["model_config"].subtype == "DIR_PATH"
+    assert config.preferences().bl_rna.properties["model_config"].subtype == "DIR_PATH"
 
 
 def test_job_error_is_reported(backend, movie_scene, compat, blend, monkeypatch, tmp_path):
@@ -150,7 +150,7 @@ def test_disable_stops_backend_and_removes_properties(backend, addon, compat, mo
     """Last: unregister stops the warm backend and removes the strip properties; enabling again works."""
     import addon_utils
 
-    client = backend.get_client(sys.modules[addon.__name__ + ".props"].backend_config())
+    client = backend.get_client(sys.modules[addon.__name__ + ".config"].backend_config())
     proc = backend._process.process
     assert proc.poll() is None
     addon_utils.disable(addon.__name__)

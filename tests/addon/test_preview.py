@@ -103,8 +103,7 @@ def test_preview_not_drawn_in_background(addon, ui, movie_scene, compat, monkeyp
 
 @pytest.mark.parametrize("how", ["env", "preference"])
 def test_output_folder_setting(addon, ui, movie_scene, compat, blend, monkeypatch, tmp_path, how):
-    props = sys.modules[addon.__name__ + ".props"]
-    prefs = props.preferences()
+    prefs = sys.modules[addon.__name__ + ".config"].preferences()
     assert prefs.output_dir == "//fresco/"  # the default
     root = tmp_path / "elsewhere" / "renders"
     monkeypatch.delenv("FRESCO_OUTPUT_DIR", raising=False)
@@ -131,9 +130,8 @@ def test_output_folder_setting(addon, ui, movie_scene, compat, blend, monkeypatc
 
 
 def test_relative_output_folder_preference(addon, ui, movie_scene, compat, blend, monkeypatch):
-    props = sys.modules[addon.__name__ + ".props"]
     monkeypatch.delenv("FRESCO_OUTPUT_DIR", raising=False)
-    prefs = props.preferences()
+    prefs = sys.modules[addon.__name__ + ".config"].preferences()
     prefs.output_dir = "//renders/fresco/"
     try:
         job = translate(addon, FakeClient(), monkeypatch)

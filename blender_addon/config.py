@@ -1,0 +1,114 @@
+"""The add-on's configuration as the rest of it reads it: preferences, environment overrides, folders.
+
+Environment variables override the preferences (tests, render farms). The backend's
+Python is, in this order: FRESCO_BACKEND_PYTHON, the *Backend Python* developer
+preference, the environment that *Install Backend* made (``installer.py``) when its
+install record is current.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from . import installer
+from .contract import hubcache
+
+ADDON_ID = __package__  # "fresco_vse", "bl_ext.<repo>.fresco_vse" or "blender_addon" in a checkout
+OUTPUT_DIR_ENV = "FRESCO_OUTPUT_DIR"  # overrides the "Output Folder" preference
+DEFAULT_OUTPUT_DIR = "//fresco/"
+WHEEL_DIR = Path(__file__).resolve().parent / "backend"  # build_addon.py puts the backend wheel there
+ENV_FOLDER = "backend-env"  # the backend environment's folder in the add-on's user folder
+
+# environment variables override the preferences (tests, render farm)
+ENV = {
+    "python": "FRESCO_BACKEND_PYTHON",
+    "backend_dir": "FRESCO_BACKEND_DIR",
+    "model": "FRESCO_MODEL",
+    "model_config": "FRESCO_MODEL_CONFIG",  # describes a single-file model offline
+    "controlnet": "FRESCO_CONTROLNET",
+    "device": "FRESCO_DEVICE",
+    "url": "FRESCO_BACKEND_URL",  # host:port of a running server: use it instead of starting one
+    "token": "FRESCO_TOKEN",  # that server's bearer token
+    "model_cache": "FRESCO_MODEL_CACHE",  # the models' download folder (a Hugging Face cache)
+}
+# backend_config key -> preference attribute
+PREF_ATTR = {"python": "backend_python", "backend_dir": "backend_dir", "model": "model",
+             "model_config": "model_config", "controlnet": "controlnet", "device": "device", "url": "backend_url",
+             "token": "token", "model_cache": "model_cache"}
+
+
+def preferences(context: Any = None) -> Any:
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ADDON_ID)
+    return addon.preferences if addon is not None else None
+
+
+def _setting(prefs: Any, key: str) -> str:
+    value = os.environ.get(ENV[key]) or (getattr(prefs, PREF_ATTR[key], "") if prefs is not None else "")
+    value = value.strip()
+    return bpy.path.abspath(value) if value.startswith("//") else value
+
+
+def output_dir_setting(context: Any = None) -> str:
+    """The output folder as set (env FRESCO_OUTPUT_DIR, then the preference, then "//fresco/"); not resolved."""
+    value = os.environ.get(OUTPUT_DIR_ENV)
+    if not value:
+        try:
+            prefs = preferences(context)
+        except Exception:  # no context (e.g. a restricted one): the default
+            prefs = None
+        value = getattr(prefs, "output_dir", "") if prefs is not None else ""
+    return value.strip() or DEFAULT_OUTPUT_DIR
+
+
+def user_dir() -> Path:
+    """The add-on's own folder for user data (kept across add-on updates), created if missing."""
+    try:
+        return Path(bpy.utils.extension_path_user(ADDON_ID, create=True))
+    except (ValueError, AttributeError):  # a legacy add-on (a checkout): no extension folder
+        return Path(bpy.utils.user_resource("DATAFILES", path="fresco_vse", create=True))
+
+
+def bundled_wheel() -> Path | None:
+    """The backend wheel shipped in this add-on's zip (None in a checkout: build_addon.py makes it)."""
+    wheels = sorted(WHEEL_DIR.glob("*.whl"))
+    return wheels[-1] if wheels else None
+
+
+def env_dir(context: Any = None) -> Path:
+    """The backend environment's folder: the *Environment Folder* preference, else the user folder's."""
+    prefs = preferences(context)
+    chosen = (getattr(prefs, "env_dir", "") or "").strip() if prefs is not None else ""
+    return Path(bpy.path.abspath(chosen)) if chosen else user_dir() / ENV_FOLDER
+
+
+def model_cache_dir(context: Any = None) -> Path:
+    """The models' download folder: FRESCO_MODEL_CACHE, the preference, else the Hugging Face cache."""
+    value = _setting(preferences(context), "model_cache")
+    return Path(value) if value else hubcache.default_cache_dir()
+
+
+def install_status(context: Any = None) -> installer.Status:
+    """The installed backend environment's state (cheap: no process is started)."""
+    return installer.status(env_dir(context), bundled_wheel())
+
+
+def backend_config(context: Any = None) -> dict[str, str]:
+    """Backend settings: environment variables first, then the preferences, then the installed backend."""
+    prefs = preferences(context)
+    config = {key: _setting(prefs, key) for key in ENV}
+    if not config["backend_dir"]:
+        # a development checkout: the add-on folder sits next to server/
+        here = Path(__file__).resolve().parent.parent
+        if (here / "server").is_dir():
+            config["backend_dir"] = str(here)
+    if not config["python"] and not config["url"]:
+        status = install_status(context)
+        if status.state == installer.INSTALLED:
+            config["python"] = str(installer.env_python(env_dir(context)))
+        else:
+            config["install_problem"] = f"{status.message} in Preferences > Add-ons > FRESCO Video Translation"
+    return config

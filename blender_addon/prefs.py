@@ -1,0 +1,151 @@
+"""The add-on preferences: Backend (install, device), Models, Remote Backend, Output, Developer.
+
+The properties live here; ``config.py`` reads them (with the environment overrides) and the
+Backend and Models sections are drawn by the modules whose operators they show
+(``backend_setup.py``, ``model_ops.py``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bpy
+
+from . import backend_setup, model_ops
+from .config import ADDON_ID, DEFAULT_OUTPUT_DIR, ENV, OUTPUT_DIR_ENV, PREF_ATTR
+
+TORCH_BUILDS = (
+    ("AUTO", "Automatic", "The build that fits this machine: NVIDIA CUDA (by the driver's CUDA version), AMD ROCm "
+                          "(Linux), Apple MPS, else CPU"),
+    ("CUDA", "NVIDIA CUDA", "PyTorch for NVIDIA GPUs, for the CUDA version the driver supports"),
+    ("ROCM", "AMD ROCm", "PyTorch for AMD GPUs (Linux only)"),
+    ("MPS", "Apple MPS", "PyTorch with Metal (Apple Silicon Macs)"),
+    ("CPU", "CPU only", "PyTorch without GPU support (slow: minutes per frame at 512 px)"),
+    ("PYPI", "Package index default", "Whatever torch build pip's configured index offers (PyPI or your mirror)"),
+)
+
+
+def _output_dir_property() -> Any:
+    """The "Output Folder" preference; "//" (blend-relative) is allowed where Blender can say so (4.5+)."""
+    kwargs = dict(name="Output Folder", subtype="DIR_PATH", default=DEFAULT_OUTPUT_DIR,
+                  description="Folder for the result frames, one new subfolder per job (// is the .blend's "
+                              "folder); env FRESCO_OUTPUT_DIR overrides")
+    try:
+        return bpy.props.StringProperty(**kwargs, options={"PATH_SUPPORTS_BLEND_RELATIVE"})
+    except TypeError:  # before 4.5: no such option (and no warning about "//")
+        return bpy.props.StringProperty(**kwargs)
+
+
+class FrescoModelEntry(bpy.types.PropertyGroup):
+    """A model the user added to the Models list: a hub id, a diffusers folder or a .safetensors file"""
+
+    ref: bpy.props.StringProperty(name="Model", description="Hub id (org/name), diffusers folder or .safetensors file")
+    kind: bpy.props.EnumProperty(name="Kind", items=(
+        ("MODEL", "Stable Diffusion 1.5", "A Stable Diffusion 1.5 checkpoint"),
+        ("CONTROLNET", "ControlNet", "A ControlNet for SD 1.5")))
+
+
+class FrescoPreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    # Backend: where Install Backend puts the environment and what it installs
+    env_dir: bpy.props.StringProperty(
+        name="Environment Folder", subtype="DIR_PATH",
+        description="Folder for the backend's own Python environment, about 2 GB with CPU PyTorch and 6 GB with "
+                    "CUDA (empty: the add-on's user folder)")
+    torch_build: bpy.props.EnumProperty(name="PyTorch Build", items=TORCH_BUILDS, default="AUTO",
+                                        description="Which PyTorch Install Backend installs")
+    installer_python: bpy.props.StringProperty(
+        name="Base Python", subtype="FILE_PATH",
+        description="Python 3.10+ that creates the backend environment (empty: Blender's own)")
+    device: bpy.props.StringProperty(
+        name="Device", description="auto (the best found), cpu, cuda, cuda:N or mps; env FRESCO_DEVICE overrides")
+    # Models
+    model: bpy.props.StringProperty(
+        name="Model", description="Stable Diffusion 1.5 hub id, diffusers folder or .safetensors file (empty: the "
+                                  "default SD 1.5); env FRESCO_MODEL overrides")
+    model_config: bpy.props.StringProperty(
+        name="Model Config", subtype="DIR_PATH",
+        description="For a single-file Model without internet: a diffusers SD 1.5 folder describing it; "
+                    "env FRESCO_MODEL_CONFIG overrides")
+    controlnet: bpy.props.StringProperty(
+        name="ControlNet", description="ControlNet of the canny control: hub id or diffusers folder (empty: the "
+                                       "default); env FRESCO_CONTROLNET overrides")
+    model_cache: bpy.props.StringProperty(
+        name="Download Folder", subtype="DIR_PATH",
+        description="Where hub models are downloaded, a Hugging Face cache shared with other tools (empty: "
+                    "the Hugging Face default); env FRESCO_MODEL_CACHE overrides")
+    models: bpy.props.CollectionProperty(type=FrescoModelEntry)
+    new_model: bpy.props.PointerProperty(type=FrescoModelEntry)
+    # A server that runs elsewhere
+    backend_url: bpy.props.StringProperty(
+        name="Remote Backend", description="host:port of an already running FRESCO server to use instead of "
+                                           "starting one (empty: start a local backend); env FRESCO_BACKEND_URL "
+                                           "overrides")
+    token: bpy.props.StringProperty(
+        name="Token", subtype="PASSWORD",
+        description="Bearer token of the remote backend; env FRESCO_TOKEN overrides")
+    output_dir: _output_dir_property()
+    # Developers: a backend from a checkout instead of the installed one
+    show_developer: bpy.props.BoolProperty(name="Developer Options", default=False)
+    backend_python: bpy.props.StringProperty(
+        name="Backend Python", subtype="FILE_PATH",
+        description="Python of a backend environment of your own (empty: the installed backend); "
+                    "env FRESCO_BACKEND_PYTHON overrides")
+    backend_dir: bpy.props.StringProperty(
+        name="Backend Folder", subtype="DIR_PATH",
+        description="A checkout containing server/ and fresco_backend/ to run instead of the installed package; "
+                    "env FRESCO_BACKEND_DIR overrides")
+
+    def _prop(self, layout: Any, key: str) -> None:
+        """A preference with the note that its environment variable overrides it."""
+        row = layout.row()
+        row.prop(self, PREF_ATTR[key])
+        if os.environ.get(ENV[key]):
+            row.enabled = False
+            shown = "***" if key == "token" else os.environ[ENV[key]]
+            layout.label(text=f"Overridden by {ENV[key]}={shown}", icon="INFO")
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        box = layout.box()
+        box.label(text="Backend", icon="CONSOLE")
+        backend_setup.draw(box, context, self)
+        self._prop(box, "device")
+        box = layout.box()
+        box.label(text="Models", icon="FILE_3D")
+        self._prop(box, "model")
+        self._prop(box, "controlnet")
+        self._prop(box, "model_cache")
+        model_ops.draw(box, context, self)
+        box = layout.box()
+        box.label(text="Output", icon="FILE_FOLDER")
+        row = box.row()
+        row.prop(self, "output_dir")
+        if os.environ.get(OUTPUT_DIR_ENV):
+            row.enabled = False
+            box.label(text=f"Overridden by {OUTPUT_DIR_ENV}={os.environ[OUTPUT_DIR_ENV]}", icon="INFO")
+        box = layout.box()
+        box.label(text="Remote Backend", icon="URL")
+        self._prop(box, "url")
+        self._prop(box, "token")
+        box = layout.box()
+        box.prop(self, "show_developer", icon="TRIA_DOWN" if self.show_developer else "TRIA_RIGHT", emboss=False)
+        if self.show_developer:
+            self._prop(box, "python")
+            self._prop(box, "backend_dir")
+            self._prop(box, "model_config")
+            box.prop(self, "installer_python")
+
+
+CLASSES = (FrescoModelEntry, FrescoPreferences)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,114 @@
+"""Install Backend from Blender, as an artist would: the operator builds the backend's own environment
+from the wheel inside the add-on zip (real installer, real pip; pip takes the packages from its
+configured index and cache), a strip is translated with no Backend Python or Backend Folder set,
+Repair restores a broken environment and Uninstall removes it and nothing else.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import bpy
+import pytest
+
+from conftest import VISIBLE, FakeLayout
+
+BACKEND_SETTINGS = ("FRESCO_BACKEND_PYTHON", "FRESCO_BACKEND_DIR")
+
+
+@pytest.fixture
+def modules(addon):
+    return {name: sys.modules[f"{addon.__name__}.{name}"]
+            for name in ("config", "installer", "backend", "backend_setup", "prefs")}
+
+
+class PrefsView:
+    """The preferences with a recording layout (headless Blender cannot draw)."""
+
+    def __init__(self, prefs, log):
+        self._prefs, self.layout = prefs, FakeLayout(log)
+
+    def __getattr__(self, name):
+        return getattr(self._prefs, name)
+
+
+def draw_preferences(modules) -> list:
+    log: list = []
+    prefs = modules["config"].preferences()
+    modules["prefs"].FrescoPreferences.draw(PrefsView(prefs, log), bpy.context)
+    return log
+
+
+def test_install_translate_repair_uninstall(modules, backend_env, movie_scene, compat, blend, monkeypatch,
+                                            tmp_path):
+    config, installer, backend = modules["config"], modules["installer"], modules["backend"]
+    for name in BACKEND_SETTINGS:  # what a user has: nothing but the add-on
+        monkeypatch.delenv(name, raising=False)
+    backend.stop()
+    prefs = config.preferences()
+    home = tmp_path / "Blender Benutzer ä"  # spaces and non-ASCII on the way
+    env_dir = home / "FRESCO Backend"
+    home.mkdir()
+    keep = home / "notes.txt"
+    keep.write_text("a user's file beside the environment")
+    prefs.env_dir, prefs.torch_build = str(env_dir), "PYPI"  # pip's configured index: no PyTorch index here
+    try:
+        assert config.install_status().state == installer.NOT_INSTALLED
+        with pytest.raises(RuntimeError, match="not installed.*Install Backend"):
+            bpy.ops.fresco.translate(strip="clip")
+        assert ("operator", "fresco.install_backend") in draw_preferences(modules)
+
+        started = time.monotonic()
+        assert bpy.ops.fresco.install_backend() == {"FINISHED"}
+        took = time.monotonic() - started
+        status = config.install_status()
+        assert status.state == installer.INSTALLED, status.message
+        record = installer.read_record(env_dir)
+        assert record.wheel_sha256 and record.torch_version.startswith("2.13.0")
+        assert any("cpu" in str(device) for device in record.devices)
+        python = installer.env_python(env_dir)
+        assert config.backend_config()["python"] == str(python) and not config.backend_config()["backend_dir"]
+        print(f"install: {took:.1f} s")
+
+        # Translate just works: the server runs from the installed package, not from a checkout
+        assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+        assert backend._process.process.args[0] == str(python)
+        result = compat.all_strips(movie_scene.sequence_editor)["clip.fresco"]
+        assert len(result.elements) == VISIBLE
+
+        # pressing Install again does nothing
+        started = time.monotonic()
+        assert bpy.ops.fresco.install_backend() == {"FINISHED"}
+        assert installer.read_record(env_dir) == record
+        print(f"second install (nothing to do): {time.monotonic() - started:.1f} s")
+
+        # a broken environment is reported and Repair rebuilds it
+        python.unlink()
+        status = config.install_status()
+        assert status.state == installer.BROKEN, status
+        with pytest.raises(RuntimeError, match="Repair"):
+            bpy.ops.fresco.translate(strip="clip")
+        started = time.monotonic()
+        assert bpy.ops.fresco.install_backend(repair=True) == {"FINISHED"}
+        print(f"repair: {time.monotonic() - started:.1f} s")
+        assert config.install_status().state == installer.INSTALLED
+        assert python.exists()
+
+        # Uninstall removes the environment and nothing else
+        assert bpy.ops.fresco.uninstall_backend() == {"FINISHED"}
+        assert not env_dir.exists() and not backend.running()
+        assert keep.read_text() == "a user's file beside the environment"
+        assert config.install_status().state == installer.NOT_INSTALLED
+    finally:
+        backend.stop()
+        prefs.env_dir, prefs.torch_build = "", "AUTO"
+
+
+def test_preferences_draw_every_section(modules, backend_env):
+    log = draw_preferences(modules)
+    operators = {name for kind, name in log if kind == "operator"}
+    assert {"fresco.install_backend", "fresco.uninstall_backend", "fresco.download_model",
+            "fresco.add_model"} <= operators
+    props = {name for kind, name in log if kind == "prop"}
+    assert {"device", "model", "controlnet", "model_cache", "torch_build", "env_dir", "output_dir"} <= props
