@@ -51,7 +51,7 @@ def _translate_one(scene_name: str, strip_name: str, config: dict, tag: str) -> 
         raise RuntimeError("the strip is gone")
 
     def report(stage: str, done: int, total: int) -> None:
-        say(f"{tag}{strip_name}: {stage} {done}/{total}")
+        say(f"{tag}{strip_name}: {stage} {translation.progress_text(stage, done, total)}")
 
     result = translation.prepare(scene, source, config, translation.throttled(report)).run()
     setattr(source, props.FARM_PROP, False)  # done: a re-run after a crash goes on with the rest

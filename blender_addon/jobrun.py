@@ -115,7 +115,7 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
     for index in range(out_count):
         _check(cancel, client, job_id)
         fetch(index)
-        emit({"kind": "progress", "stage": "download", "done": index + 1, "total": out_count, "eta": None})
+        emit({"kind": "progress", "stage": "receive", "done": index + 1, "total": out_count, "eta": None})
     _forget(client, job_id)
     return [written[i] for i in range(out_count)]
 

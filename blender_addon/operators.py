@@ -53,7 +53,7 @@ class FRESCO_OT_translate(bpy.types.Operator):
             self.report({"ERROR"}, "FRESCO: a job is already running")
             return {"CANCELLED"}
         report = translation.throttled(lambda stage, done, total: translation.log(
-            f"{source.name}: {stage} {done}/{total}")) if sync else None
+            f"{source.name}: {stage} {translation.progress_text(stage, done, total)}")) if sync else None
         try:
             job = translation.prepare(context.scene, source, backend_config(context), report,
                                       warn=lambda note: self.report({"WARNING"}, f"FRESCO: {note}"))

@@ -5,7 +5,7 @@ from typing import Any
 
 import bpy
 
-from . import operators, preview, props, uijob, userdirs
+from . import operators, preview, props, translation, uijob, userdirs
 from .contract import settings as schema
 
 
@@ -45,7 +45,8 @@ class FRESCO_PT_panel(bpy.types.Panel):
             box = layout.box()
             box.label(text=f"{job.source_name}: {job.stage}")
             if job.total:
-                text = f"{job.done}/{job.total}" + (f"  ETA {job.eta:.0f} s" if job.eta else "")
+                text = translation.progress_text(job.stage, job.done, job.total) + (
+                    f"  ETA {job.eta:.0f} s" if job.eta else "")
                 if hasattr(box, "progress"):
                     box.progress(factor=job.fraction, type="BAR", text=text)
                 else:

@@ -24,6 +24,7 @@ import bpy
 
 from . import backend, compat, export, jobrun, place, props, unsaved, userdirs
 from .contract import settings as schema
+from .contract import wire
 
 POLL_INTERVAL = 0.2
 EXPORT_FRAMES_PER_TICK = 1  # a frame takes tens of ms at HD; the UI handles events between ticks
@@ -210,6 +211,13 @@ class Translation:
         if self.stage != "done":
             raise RuntimeError(self.error or self.stage)
         return compat.all_strips(compat.editor(bpy.data.scenes[self.scene_name]))[self.result_name]
+
+
+def progress_text(stage: str, done: int, total: int) -> str:
+    """``done/total`` of a stage as shown: frames, or gigabytes for a model the backend downloads."""
+    if stage == wire.STAGE_DOWNLOAD:
+        return f"model {done / 1e9:.2f} of {total / 1e9:.2f} GB"
+    return f"{done}/{total}"
 
 
 def throttled(report: Report, every: float = 1.0) -> Report:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from fresco_contract import hubcache
+from fresco_contract import hubcache, wire
 from fresco_contract.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Progress:
     total: int
     speed: float  # bytes per second over the last few seconds
     files: int
-    stage: str = "download"
+    stage: str = wire.STAGE_DOWNLOAD
 
     @property
     def eta(self) -> float | None:

@@ -47,6 +47,7 @@ FINAL_STATES = (DONE, FAILED, CANCELLED)
 # event types; every event is {"seq": int, "type": str, ...}
 EV_STATE = "state"        # {"state": one of the job states}
 EV_PROGRESS = "progress"  # {"stage": str, "done": int, "total": int, "eta": float | None}
+STAGE_DOWNLOAD = "download"  # the progress stage of a hub model being downloaded: done/total in bytes
 EV_FRAME = "frame"        # {"index": int}: output frame index is ready to download
 EV_DONE = "done"          # {"frame_count": int}
 EV_ERROR = "error"        # {"message": str}

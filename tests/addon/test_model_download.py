@@ -1,0 +1,71 @@
+"""The Models section from Blender against a stand-in hub on 127.0.0.1 (tests/fake_hub.py, HF_ENDPOINT):
+add a hub id, Download it (synchronous in background mode), translate with hub ids where the
+ControlNet is fetched by the server's download stage, Remove, and the offline error."""
+from __future__ import annotations
+
+import os
+import sys
+
+import bpy
+import pytest
+
+from conftest import REPO, VISIBLE, FakeLayout
+
+sys.path.insert(0, str(REPO / "tests"))
+from fake_hub import FakeHub  # noqa: E402  (standard library only)
+
+sys.path.remove(str(REPO / "tests"))
+
+SD, CN = "tiny-org/tiny-sd", "tiny-org/tiny-canny"
+
+
+@pytest.fixture
+def hub(backend_env, monkeypatch, tmp_path):
+    with FakeHub({SD: os.environ["FRESCO_MODEL"], CN: os.environ["FRESCO_CONTROLNET"]}) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)  # passed on to the backend's processes
+        monkeypatch.setenv("FRESCO_MODEL_CACHE", str(tmp_path / "Modèles cache"))
+        yield fake
+
+
+def models_box(addon) -> list:
+    log: list = []
+    model_ops, config = (sys.modules[f"{addon.__name__}.{m}"] for m in ("model_ops", "config"))
+    model_ops.draw(FakeLayout(log), bpy.context, config.preferences())
+    return log
+
+
+def test_download_use_and_remove(addon, hub, movie_scene, compat, blend, monkeypatch):
+    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".backend"]
+    hubcache = sys.modules[addon.__name__ + ".fresco_contract.hubcache"]
+    prefs = config.preferences()
+    cache = config.model_cache_dir()
+    prefs.new_model.ref, prefs.new_model.kind = SD, "MODEL"
+    assert bpy.ops.fresco.add_model() == {"FINISHED"}
+    try:
+        assert ("label", SD) in models_box(addon) and ("label", "not downloaded") in models_box(addon)
+        assert bpy.ops.fresco.download_model(repo_id=SD) == {"FINISHED"}
+        record = hubcache.downloaded(cache, SD)
+        assert record is not None and record.bytes > 0
+        assert any(kind == "label" and text.startswith("downloaded, ") for kind, text in models_box(addon))
+
+        # hub ids for both: the model is downloaded, the ControlNet comes through the job's download stage
+        backend.stop()
+        monkeypatch.setenv("FRESCO_MODEL", SD)
+        monkeypatch.setenv("FRESCO_CONTROLNET", CN)
+        assert hubcache.downloaded(cache, CN) is None
+        assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+        assert hubcache.downloaded(cache, CN) is not None
+        assert len(compat.all_strips(movie_scene.sequence_editor)["clip.fresco"].elements) == VISIBLE
+        backend.stop()
+
+        assert bpy.ops.fresco.remove_model(repo_id=SD) == {"FINISHED"}
+        assert hubcache.downloaded(cache, SD) is None and not hubcache.repo_folder(cache, SD).exists()
+        assert hubcache.downloaded(cache, CN) is not None  # only that model
+
+        hub.offline = True
+        with pytest.raises(RuntimeError, match=f"download of {SD} failed.*{SD}"):
+            bpy.ops.fresco.download_model(repo_id=SD)
+        assert hubcache.downloaded(cache, SD) is None
+    finally:
+        backend.stop()
+        prefs.models.clear()
