@@ -56,9 +56,10 @@ def choose_models(settings: JobConfig | Mapping[str, Any], default_model: str = 
 
 
 def _hint(what: str) -> str:
-    return (f"pass --{what} a local diffusers folder, a .safetensors checkpoint or a hub id that is "
-            f"in the hub cache (download it once on a machine with internet, e.g. "
-            f"`huggingface-cli download {DEFAULT_MODEL if what == 'model' else DEFAULT_CONTROLNETS['canny']}`)")
+    example = DEFAULT_MODEL if what == "model" else DEFAULT_CONTROLNETS["canny"]
+    return (f"pass --{what} a local diffusers folder, a .safetensors checkpoint or a hub id (downloaded on "
+            f"first use; without internet, download it once on a machine with internet, e.g. "
+            f"`python -m fresco_backend.download {example}`, and copy the hub cache folder over)")
 
 
 def _resolve(ref: str, what: str, marker: str) -> tuple[str, str]:

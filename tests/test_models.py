@@ -46,7 +46,7 @@ def test_uncached_hub_id_offline(tiny_models, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError) as info:
         load_pipeline("nobody-here/no-such-model-xyz", str(tiny_models[1]), device="cpu")
-    assert "no-such-model-xyz" in str(info.value) and "huggingface-cli download" in str(info.value)
+    assert "no-such-model-xyz" in str(info.value) and "python -m fresco_backend.download" in str(info.value)
 
 
 def test_missing_controlnet_names_the_option(tiny_models):
