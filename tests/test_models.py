@@ -1,3 +1,4 @@
+import os
 import types
 
 import pytest
@@ -100,3 +101,18 @@ def test_release_cuda_memory_collects_and_empties_the_cache_only_with_cuda(monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     D.release_cuda_memory()
     assert calls == ["gc", "gc", "empty"]
+
+
+def test_mps_fallback_is_on_before_torch_loads():
+    """A backend process turns PyTorch's MPS CPU fallback on before torch is imported (unless the user
+    chose otherwise), so an operator missing on Apple GPUs does not fail the job."""
+    import subprocess
+    import sys
+
+    code = "import os, sys, fresco_backend.device; print(os.environ['PYTORCH_ENABLE_MPS_FALLBACK'])"
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_ENABLE_MPS_FALLBACK"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1"
+    env["PYTORCH_ENABLE_MPS_FALLBACK"] = "0"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "0"
