@@ -419,23 +419,27 @@ class Installer:
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._step = 0
+        self._title: str | None = None
+        self._lines = 0  # output lines of the step so far
         self._log = None
 
     # progress and cancel
 
-    def _report(self, title: str | None = None, log_line: str = "", done: bool = False) -> None:
+    def _report(self, log_line: str = "", title: str | None = None, done: bool = False) -> None:
+        """Tell ``on_progress``: within a step the fraction creeps towards the step's end with each line."""
         if self.on_progress is None:
             return
         index = max(self._step - 1, 0)
-        fraction = 1.0 if done else sum(w for _, w in STEP_WEIGHTS[:index])
-        step_title = title or STEP_WEIGHTS[index][0]
+        start = sum(w for _, w in STEP_WEIGHTS[:index])
+        fraction = 1.0 if done else start + STEP_WEIGHTS[index][1] * self._lines / (self._lines + 25)
+        step_title = title or self._title or STEP_WEIGHTS[index][0]
         self.on_progress(Progress(self._step or 1, len(STEP_WEIGHTS), step_title, fraction, log_line))
 
     def _begin(self, step: int, title: str | None = None) -> None:
         self._check_cancel()
-        self._step = step
-        self._write_log(f"\n== step {step}/{len(STEP_WEIGHTS)}: {title or STEP_WEIGHTS[step - 1][0]}\n")
-        self._report(title)
+        self._step, self._title, self._lines = step, title or STEP_WEIGHTS[step - 1][0], 0
+        self._write_log(f"\n== step {step}/{len(STEP_WEIGHTS)}: {self._title}\n")
+        self._report()
 
     def cancel(self) -> None:
         """Stop the install as soon as possible (thread-safe): the running pip is killed."""
@@ -454,7 +458,7 @@ class Installer:
             self._log.write(text)
             self._log.flush()
 
-    def _run(self, cmd: Sequence[str], title: str | None = None) -> str:
+    def _run(self, cmd: Sequence[str]) -> str:
         """Run ``cmd`` (output to the log, each line reported); its output. Raises InstallError/Cancelled."""
         self._check_cancel()
         self._write_log("$ " + subprocess.list2cmdline([str(c) for c in cmd]) + "\n")
@@ -477,7 +481,8 @@ class Installer:
                 self._write_log(line + "\n")
                 if line.strip():
                     lines.append(line)
-                    self._report(title, line.strip())
+                    self._lines += 1
+                    self._report(line.strip())
             code = process.wait()
         finally:
             with self._lock:
@@ -487,7 +492,7 @@ class Installer:
         self._check_cancel()
         if code != 0:
             last = lines[-1].strip() if lines else "no output"
-            raise InstallError(f"{title or STEP_WEIGHTS[self._step - 1][0]} failed (exit {code}): {last}. "
+            raise InstallError(f"{self._title} failed (exit {code}): {last}.{_hint(lines, self.torch_build)} "
                                f"Full log: {self.log_path}")
         return "\n".join(lines)
 
@@ -514,6 +519,7 @@ class Installer:
             (env / RECORD).unlink(missing_ok=True)
             if self.repair:
                 _remove_env(env)
+                return None
         return old
 
     def _create_env(self) -> None:
@@ -573,7 +579,7 @@ class Installer:
             current = self._current_record()
             if current is not None:
                 self._step = len(STEP_WEIGHTS)
-                self._report("Already installed", done=True)
+                self._report(title="Already installed", done=True)
                 return current
         torch_requirement(self.wheel)  # a wheel that is not ours is refused before anything changes
         old = self._prepare_folder()
@@ -591,8 +597,23 @@ class Installer:
                 raise
             finally:
                 self._log = None
-        self._report("Installed", done=True)
+        self._report(title="Installed", done=True)
         return record
+
+
+def _hint(lines: Sequence[str], build: TorchBuild) -> str:
+    """What to do about a pip failure that has a known cause ("" otherwise)."""
+    text = "\n".join(lines[-40:])
+    if "Long Path" in text or "Long path" in text:
+        return (" Windows cannot write such long paths here: choose a short Environment Folder (e.g. C:\\FRESCO) "
+                "or turn on Windows' long path support.")
+    if build.index_url and any(k in text for k in ("No matching distribution", "Could not find a version",
+                                                   "connection", "Connection", "ProxyError", "SSLError")):
+        return (f" pip could not get PyTorch from {build.index_url}: check the network, or choose the PyTorch "
+                "build PyPI to use pip's configured index (a mirror).")
+    if "No space left" in text:
+        return " The disk is full: free some space (PyTorch needs several GB)."
+    return ""
 
 
 def _kill(process: subprocess.Popen) -> None:

@@ -225,6 +225,8 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     fractions = [p.fraction for p in events]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert any("fresco" in p.log_line.lower() for p in events if p.step == 3)
+    assert all(len({p.title for p in events if p.step == step}) == 1 for step in (1, 2, 3, 4))
+    assert events[-1].title == "Installed" and "pypi" in events[len([p for p in events if p.step == 1])].title
     assert not any(record_seen[:-1]) and record_seen[-1]
     assert "torch" in installer.Installer(env_dir, wheels, torch_build=PYPI).log_path.read_text(encoding="utf-8")
 
@@ -246,7 +248,11 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     # an updated add-on (a rebuilt wheel of the same version) is outdated; Install replaces the package
     updated = backend_wheel(tmp_path / "new addon", marker="second")
     assert installer.status(env_dir, updated).state == installer.OUTDATED
-    new_record = new_installer(env_dir, updated).run()
+    record_seen.clear()
+    update = new_installer(env_dir, updated)
+    update.on_progress = lambda p: record_seen.append((env_dir / installer.RECORD).exists())
+    new_record = update.run()
+    assert not any(record_seen[:-1]) and record_seen[-1]  # the old record went first
     assert new_record.wheel_sha256 != record.wheel_sha256
     assert env_run(env_dir, "import fresco_backend; print(fresco_backend.BUILD)") == "second"
     assert installer.status(env_dir, updated).state == installer.INSTALLED
@@ -266,6 +272,22 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     installer.uninstall(env_dir)  # nothing there: nothing to do
 
 
+def test_a_failing_pip_step_says_why_and_a_new_install_goes_on(env_dir, wheels, tmp_path):
+    bad = make_wheel(tmp_path / "bad", "fresco-for-blender", "0.1.0", {"fresco_backend/__init__.py": ""},
+                     requires=("torch==2.13.0", "fresco-not-anywhere>=1"))
+    job = new_installer(env_dir, bad)
+    with pytest.raises(installer.InstallError, match=r"Installing the FRESCO backend failed \(exit 1\): .*"
+                                                     r"fresco-not-anywhere.*Full log: .*-install\.log"):
+        job.run()
+    assert not (env_dir / installer.RECORD).exists()
+    assert installer.status(env_dir, bad).state == installer.BROKEN
+    events: list = []
+    new_installer(env_dir, wheels, events).run()  # the environment is reused, not made again
+    assert job.log_path.read_text(encoding="utf-8").count(" -m venv ") == 1
+    assert not [p for p in events if p.step == 1 and p.log_line]
+    assert installer.status(env_dir, wheels).state == installer.INSTALLED
+
+
 class BlockingLinks(http.server.BaseHTTPRequestHandler):
     """A find-links page that answers only once ``release`` is set: pip hangs on it."""
 
@@ -274,7 +296,7 @@ class BlockingLinks(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         type(self).asked.set()
-        type(self).release.wait(WAIT)
+        type(self).release.wait(2 * WAIT)  # longer than the test waits for the cancel
         self.send_response(404)
         self.end_headers()
 
@@ -337,17 +359,13 @@ def test_a_wheel_without_torch_is_refused_before_anything_changes(env_dir, tmp_p
     assert not env_dir.exists()
 
 
-def test_the_real_backend_wheel_pins_torch():
+def test_the_real_backend_wheel_pins_torch(tmp_path):
     """The pin comes from the wheel's metadata, as build_addon.py builds it from pyproject.toml."""
     import build_addon
 
-    tmp = ROOT / "build" / "test-installer-wheel"
-    wheel = build_addon.build_wheel(tmp)
-    try:
-        pin = re.search(r'"(torch==[^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8")).group(1)
-        assert installer.torch_requirement(wheel) == pin
-    finally:
-        wheel.unlink()
+    wheel = build_addon.build_wheel(tmp_path)
+    pin = re.search(r'"(torch==[^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8")).group(1)
+    assert installer.torch_requirement(wheel) == pin
 
 
 def test_record_format(env_dir):
