@@ -13,7 +13,7 @@ from typing import Any
 
 import bpy
 
-from . import backend, config, installer, userdirs
+from . import backend, config, installer, uijob, userdirs
 
 _BUILD_OVERRIDE = {"AUTO": "auto", "CUDA": "cuda", "ROCM": "rocm", "MPS": "mps", "CPU": "cpu", "PYPI": "pypi"}
 
@@ -100,7 +100,7 @@ class FRESCO_OT_install_backend(bpy.types.Operator):
         except (RuntimeError, ValueError, OSError) as exc:
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
-        if bpy.app.background:  # no event loop: run it here, printing the steps
+        if not uijob.has_event_loop():  # no event loop: run it here, printing the steps
             last = [""]
 
             def say(progress: installer.Progress) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import bpy
 
-from . import backend, config, downloads
+from . import backend, config, downloads, uijob
 from .contract import hubcache
 
 _downloads: dict[str, downloads.Download] = {}  # repo id -> its download (running or the last one)
@@ -76,7 +76,7 @@ class FRESCO_OT_download_model(bpy.types.Operator):
             return {"CANCELLED"}
         job = downloads.Download(settings["python"], repo_id, config.model_cache_dir(context))
         _downloads[repo_id] = job
-        if bpy.app.background:  # no event loop: wait here, printing the progress
+        if not uijob.has_event_loop():  # no event loop: wait here, printing the progress
             last = 0.0
             while not job.wait(timeout=1.0):
                 if time.monotonic() - last >= 5.0:

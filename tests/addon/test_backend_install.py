@@ -33,6 +33,14 @@ class PrefsView:
         return getattr(self._prefs, name)
 
 
+def wait_for(condition, limit: float = 600.0) -> None:
+    """Wait until ``condition()`` holds; the limit is a generous bound, not an expected duration."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
+
+
 def draw_preferences(modules) -> list:
     log: list = []
     prefs = modules["config"].preferences()
@@ -59,6 +67,25 @@ def test_install_translate_repair_uninstall(modules, backend_env, movie_scene, c
             bpy.ops.fresco.translate(strip="clip")
         assert ("operator", "fresco.install_backend") in draw_preferences(modules)
 
+        # with a UI: the install runs in a thread, the preferences show its progress, Cancel stops it
+        setup = modules["backend_setup"]
+        with monkeypatch.context() as ui:
+            ui.setattr(sys.modules[setup.__name__.rsplit(".", 1)[0] + ".uijob"], "has_event_loop", lambda: True)
+            assert bpy.ops.fresco.install_backend() == {"FINISHED"}
+            run = setup._current
+            wait_for(lambda: run.progress is not None and run.progress.step >= 2 or run.finished)
+            assert not run.finished, run.error
+            drawn = draw_preferences(modules)
+            assert ("operator", "fresco.cancel_install") in drawn
+            assert any(kind == "progress" and "Installing" in (text or "") for kind, text in drawn)
+            assert bpy.ops.fresco.cancel_install() == {"FINISHED"}
+            wait_for(lambda: run.finished)
+            assert run.error == "cancelled"
+        status = config.install_status()
+        assert status.state == installer.BROKEN and "Repair" in status.message, status  # never taken as good
+        assert installer.read_record(env_dir) is None
+
+        # background mode: synchronous; it finishes the interrupted install
         started = time.monotonic()
         assert bpy.ops.fresco.install_backend() == {"FINISHED"}
         took = time.monotonic() - started
