@@ -507,7 +507,8 @@ class Installer:
 
     def _prepare_folder(self) -> Record | None:
         """Check the folder; remove the old record (an interrupted change is then never taken as good),
-        or the whole folder on repair. Returns the old record."""
+        or the whole folder on repair or when its Python is gone (e.g. the Blender that made it was
+        removed: venv cannot mend that in place). Returns the old record."""
         env = self.env_dir
         if not _is_empty_or_missing(env) and not is_ours(env):
             raise InstallError(f"{env} is not empty and was not made by FRESCO's installer: choose an empty or "
@@ -517,7 +518,7 @@ class Installer:
         old = read_record(env)
         if env.exists() and is_ours(env):
             (env / RECORD).unlink(missing_ok=True)
-            if self.repair:
+            if self.repair or not env_python(env).is_file():
                 _remove_env(env)
                 return None
         return old

@@ -257,9 +257,17 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     assert env_run(env_dir, "import fresco_backend; print(fresco_backend.BUILD)") == "second"
     assert installer.status(env_dir, updated).state == installer.INSTALLED
 
-    # a broken environment: reported, Repair rebuilds it from scratch
+    # a cheap status cannot see a broken package, the probe can
+    next(env_dir.glob("lib/python*/site-packages/torch/__init__.py")).write_text("raise ImportError('gone')\n")
+    assert installer.status(env_dir, updated).state == installer.INSTALLED
+    broken = installer.status(env_dir, updated, probe=True)
+    assert broken.state == installer.BROKEN and "gone" in broken.message and "Repair" in broken.message
+
+    # a broken environment: reported; Install makes a new one when its Python is gone, Repair always does
     installer.env_python(env_dir).unlink()
     assert installer.status(env_dir, updated).state == installer.BROKEN
+    new_installer(env_dir, updated).run()
+    assert installer.status(env_dir, updated, probe=True).state == installer.INSTALLED
     stray = env_dir / "stray.txt"
     stray.write_text("left by a broken install")
     new_installer(env_dir, updated, repair=True).run()
