@@ -168,7 +168,8 @@ def cuda_build_for(driver: tuple[int, int]) -> TorchBuild | None:
 
 
 def detect_torch_build(override: str = "auto", *, system: str | None = None, machine: str | None = None,
-                       nvidia_smi: ToolOutput | None = None, rocm: bool | Callable[[], bool] | None = None) -> TorchBuild:
+                       nvidia_smi: ToolOutput | None = None,
+                       rocm: bool | Callable[[], bool] | None = None) -> TorchBuild:
     """The PyTorch build to install on this machine, or the one ``override`` names.
 
     ``override``: auto, cuda (the best CUDA build for the driver), a CUDA tag of CUDA_BUILDS, rocm,
@@ -499,9 +500,11 @@ class Installer:
     # the steps
 
     def _current_record(self) -> Record | None:
+        """The environment's record when it is this install's already (same wheel, same PyTorch build)."""
         record = read_record(self.env_dir)
         if (record is None or not is_ours(self.env_dir) or not env_python(self.env_dir).is_file()
-                or record.wheel_sha256 != wheel_sha256(self.wheel) or not self.torch_build.same_wheels(record.torch_build)):
+                or record.wheel_sha256 != wheel_sha256(self.wheel)
+                or not self.torch_build.same_wheels(record.torch_build)):
             return None
         return record
 
@@ -562,7 +565,8 @@ class Installer:
             version=str(probe.get("version", "")), wheel=self.wheel.name, wheel_sha256=wheel_sha256(self.wheel),
             torch_build={"kind": self.torch_build.kind, "tag": self.torch_build.tag,
                          "index_url": self.torch_build.index_url, "reason": self.torch_build.reason},
-            torch_version=str(probe.get("torch", "")), torch_accelerator=probe.get("torch_cuda") or probe.get("torch_hip"),
+            torch_version=str(probe.get("torch", "")),
+            torch_accelerator=probe.get("torch_cuda") or probe.get("torch_hip"),
             python=str(probe.get("python", "")), devices=tuple(describe_device(d) for d in probe.get("devices", ())),
             auto_device=f"{auto.get('device', '?')} {auto.get('dtype', '')}".strip(),
             installed_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
