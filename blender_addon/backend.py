@@ -104,12 +104,14 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
         if _process is not None and (_key != key or not _alive(_process)):
             _stop_locked()
         if _process is None:
-            model_config = config.get("model_config")
+            extra_args = []
+            for key, option in (("model_config", "--config"), ("controlnet_config", "--controlnet-config")):
+                if config.get(key):
+                    extra_args += [option, config[key]]
             cache = config.get("model_cache")
             _process = launcher.launch(config["python"], config.get("backend_dir") or None, config.get("model", ""),
                                        config.get("controlnet", ""), device=config.get("device") or None,
-                                       extra_args=["--config", model_config] if model_config else [],
-                                       env={"HF_HUB_CACHE": cache} if cache else None)
+                                       extra_args=extra_args, env={"HF_HUB_CACHE": cache} if cache else None)
             _key = key
         return _process.client(timeout=timeout)
 

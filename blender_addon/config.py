@@ -29,6 +29,7 @@ ENV = {
     "model": "FRESCO_MODEL",
     "model_config": "FRESCO_MODEL_CONFIG",  # describes a single-file model offline
     "controlnet": "FRESCO_CONTROLNET",
+    "controlnet_config": "FRESCO_CONTROLNET_CONFIG",  # describes a single-file ControlNet offline
     "device": "FRESCO_DEVICE",
     "url": "FRESCO_BACKEND_URL",  # host:port of a running server: use it instead of starting one
     "token": "FRESCO_TOKEN",  # that server's bearer token
@@ -36,7 +37,8 @@ ENV = {
 }
 # backend_config key -> preference attribute
 PREF_ATTR = {"python": "backend_python", "backend_dir": "backend_dir", "model": "model",
-             "model_config": "model_config", "controlnet": "controlnet", "device": "device", "url": "backend_url",
+             "model_config": "model_config", "controlnet": "controlnet",
+             "controlnet_config": "controlnet_config", "device": "device", "url": "backend_url",
              "token": "token", "model_cache": "model_cache"}
 
 

@@ -186,11 +186,22 @@ class FRESCO_OT_use_model(bpy.types.Operator):
         prefs = config.preferences(context)
         builtin = self.ref in (hubcache.DEFAULT_MODEL, *hubcache.DEFAULT_CONTROLNETS.values())
         value = "" if builtin else self.ref  # the built-in defaults are what an empty field means
+        entry = _entry(prefs, self.ref)
+        described_by = entry.config.strip() if entry is not None and _single_file(self.ref) else ""
         if self.kind == "CONTROLNET":
-            prefs.controlnet = value
+            prefs.controlnet, prefs.controlnet_config = value, described_by
         else:
-            prefs.model = value
+            prefs.model, prefs.model_config = value, described_by
         return {"FINISHED"}
+
+
+def _entry(prefs: Any, ref: str) -> Any:
+    """The user's list entry of ``ref`` (None for the built-in models)."""
+    return next((entry for entry in prefs.models if entry.ref.strip() == ref), None)
+
+
+def _single_file(ref: str) -> bool:
+    return ref.lower().endswith(hubcache.SINGLE_FILE_SUFFIXES)
 
 
 def _state(ref: str, cache: Path) -> tuple[str, str, bool]:
@@ -234,6 +245,9 @@ def draw(layout: Any, context: Any, prefs: Any) -> None:
         op.ref, op.kind = ref, kind
         if not builtin:
             row.operator(FRESCO_OT_forget_model.bl_idname, text="", icon="X").ref = ref
+            entry = _entry(prefs, ref)
+            if entry is not None and _single_file(ref):
+                box.prop(entry, "config")
     row = layout.row()
     row.prop(prefs.new_model, "ref", text="")
     row.prop(prefs.new_model, "kind", text="")

@@ -43,6 +43,10 @@ class FrescoModelEntry(bpy.types.PropertyGroup):
     kind: bpy.props.EnumProperty(name="Kind", items=(
         ("MODEL", "Stable Diffusion 1.5", "A Stable Diffusion 1.5 checkpoint"),
         ("CONTROLNET", "ControlNet", "A ControlNet for SD 1.5")))
+    config: bpy.props.StringProperty(
+        name="Config", subtype="DIR_PATH",
+        description="For a single .safetensors file: a diffusers folder of the same architecture describing it "
+                    "(needed without internet)")
 
 
 class FrescoPreferences(bpy.types.AddonPreferences):
@@ -71,6 +75,10 @@ class FrescoPreferences(bpy.types.AddonPreferences):
     controlnet: bpy.props.StringProperty(
         name="ControlNet", description="ControlNet of the canny control: hub id or diffusers folder (empty: the "
                                        "default); env FRESCO_CONTROLNET overrides")
+    controlnet_config: bpy.props.StringProperty(
+        name="ControlNet Config", subtype="DIR_PATH",
+        description="For a single-file ControlNet without internet: a diffusers ControlNet folder describing it; "
+                    "env FRESCO_CONTROLNET_CONFIG overrides")
     model_cache: bpy.props.StringProperty(
         name="Download Folder", subtype="DIR_PATH",
         description="Where hub models are downloaded, a Hugging Face cache shared with other tools (empty: "
@@ -135,6 +143,7 @@ class FrescoPreferences(bpy.types.AddonPreferences):
             self._prop(box, "python")
             self._prop(box, "backend_dir")
             self._prop(box, "model_config")
+            self._prop(box, "controlnet_config")
             box.prop(self, "installer_python")
 
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping, NamedTuple
 
 import torch
 
-from fresco_contract.hubcache import DEFAULT_CONTROLNETS, DEFAULT_MODEL, is_hub_id
+from fresco_contract.hubcache import DEFAULT_CONTROLNETS, DEFAULT_MODEL, SINGLE_FILE_SUFFIXES, is_hub_id
 
 from .config import JobConfig
 from .device import Runtime, pick_runtime
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 __all__ = ["DEFAULT_CONTROLNETS", "DEFAULT_MODEL", "ModelChoice", "ModelNotFoundError", "choose_models",
            "load_controlnet", "load_pipeline", "runtime_of"]
 
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 class ModelChoice(NamedTuple):

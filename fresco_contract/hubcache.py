@@ -22,6 +22,7 @@ from .files import write_bytes_atomic
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_CONTROLNETS = {"canny": "lllyasviel/sd-controlnet-canny"}  # the ControlNet of each control kind
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # a whole model in one file (civitai-style checkpoints)
 
 RECORDS = "fresco-downloads"  # folder of the completion records inside the cache
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -69,3 +69,40 @@ def test_download_use_and_remove(addon, hub, movie_scene, compat, blend, monkeyp
     finally:
         backend.stop()
         prefs.models.clear()
+
+
+def test_single_file_entry_with_its_config(addon, backend_env, monkeypatch, tmp_path):
+    """A .safetensors ControlNet added to the list carries the folder describing it; Use sets both and
+    the backend gets them as --controlnet / --controlnet-config."""
+    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".backend"]
+    launcher = sys.modules[addon.__name__ + ".launcher"]
+    prefs = config.preferences()
+    weights, described_by = tmp_path / "my canny.safetensors", tmp_path / "canny config"
+    weights.write_bytes(b"not loaded here")
+    described_by.mkdir()
+    prefs.new_model.ref, prefs.new_model.kind = str(tmp_path / "missing.safetensors"), "CONTROLNET"
+    with pytest.raises(RuntimeError, match="neither a hub id"):
+        bpy.ops.fresco.add_model()
+    prefs.new_model.ref = str(weights)
+    assert bpy.ops.fresco.add_model() == {"FINISHED"}
+    try:
+        prefs.models[-1].config = str(described_by)
+        assert ("prop", "config") in models_box(addon)
+        assert bpy.ops.fresco.use_model(ref=str(weights), kind="CONTROLNET") == {"FINISHED"}
+        assert (prefs.controlnet, prefs.controlnet_config) == (str(weights), str(described_by))
+        monkeypatch.delenv("FRESCO_CONTROLNET", raising=False)
+        calls = []
+        backend.stop()
+        started = type("Started", (), {"client": lambda self, timeout: "client"})()
+        monkeypatch.setattr(launcher, "launch", lambda *args, **kwargs: calls.append((args, kwargs)) or started)
+        try:
+            assert backend.get_client(config.backend_config()) == "client"
+        finally:
+            backend._process = None
+        args, kwargs = calls[0]
+        assert args[3] == str(weights) and kwargs["extra_args"][-2:] == ["--controlnet-config", str(described_by)]
+        assert bpy.ops.fresco.use_model(ref="lllyasviel/sd-controlnet-canny", kind="CONTROLNET") == {"FINISHED"}
+        assert (prefs.controlnet, prefs.controlnet_config) == ("", "")  # the default again
+    finally:
+        prefs.models.clear()
+        prefs.controlnet = prefs.controlnet_config = ""
