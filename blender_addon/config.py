@@ -8,6 +8,7 @@ install record is current.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,19 @@ def bundled_wheel() -> Path | None:
 
 
 def env_dir(context: Any = None) -> Path:
-    """The backend environment's folder: the *Environment Folder* preference, else the user folder's."""
+    """The backend environment's folder: the *Environment Folder* preference, else the default.
+
+    The default is in the add-on's user folder, but on Windows in ``%LOCALAPPDATA%\\FRESCO``: the
+    user folder lies deep in ``%APPDATA%``, and PyTorch's deepest files would pass Windows' 260
+    character path limit below it where long paths are not enabled.
+    """
     prefs = preferences(context)
     chosen = (getattr(prefs, "env_dir", "") or "").strip() if prefs is not None else ""
-    return Path(bpy.path.abspath(chosen)) if chosen else user_dir() / ENV_FOLDER
+    if chosen:
+        return Path(bpy.path.abspath(chosen))
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "FRESCO" / ENV_FOLDER
+    return user_dir() / ENV_FOLDER
 
 
 def model_cache_dir(context: Any = None) -> Path:

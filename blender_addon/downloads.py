@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from . import userdirs
 from .contract import hubcache
-from .launcher import child_environment, no_console_flags
+from .childproc import child_environment, no_console_flags
 
 STOP_TIMEOUT = 10.0  # seconds a cancelled child gets to stop before it is killed
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .contract import files
-from .launcher import child_environment, no_console_flags
+from .childproc import child_environment, no_console_flags
 
 NOT_INSTALLED, INSTALLED, OUTDATED, BROKEN = "not_installed", "installed", "outdated", "broken"
 MARKER = "fresco-env.json"  # written into the folder before anything else: the folder is ours
@@ -326,7 +326,7 @@ def status(env_dir: str | os.PathLike[str], wheel: str | os.PathLike[str] | None
 
 
 def _child_env() -> dict[str, str]:
-    """Blender's Python settings removed (``launcher.child_environment``), the user's PIP_* kept."""
+    """Blender's Python settings removed (``childproc.child_environment``), the user's PIP_* kept."""
     env = child_environment({"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"})
     for name in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__", "PYTHONEXECUTABLE"):
         env.pop(name, None)  # another environment's Python would make venv copy the wrong one

@@ -13,7 +13,6 @@ import os
 import queue
 import secrets
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import IO, Mapping, Sequence
 
 from . import userdirs
+from .childproc import child_environment, no_console_flags
 from .client import Client
 from .contract import wire
 
@@ -92,24 +92,6 @@ def _read_stdout(stream: IO[bytes], lines: "queue.Queue[str | None]") -> None:
         pass
     finally:
         lines.put(None)
-
-
-def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a backend child process (server, installer, downloads).
-
-    Blender's own Python settings (PYTHONPATH, PYTHONHOME) would point another interpreter at the
-    wrong standard library, and the user's site-packages would leak into the isolated environment:
-    both are removed. Everything else (proxies, pip's and the hub's settings) is passed on.
-    """
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update({"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"})
-    env.update(extra or {})
-    return env
-
-
-def no_console_flags() -> int:
-    """Popen creationflags that keep a child from opening a console window on Windows (0 elsewhere)."""
-    return getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
 
 
 def launch(python: str | os.PathLike[str], backend_dir: str | os.PathLike[str] | None, model: str = "",
