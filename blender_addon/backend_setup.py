@@ -54,16 +54,8 @@ def busy() -> bool:
     return _current is not None and not _current.finished
 
 
-def _redraw() -> None:
-    wm = getattr(bpy.context, "window_manager", None)
-    for window in getattr(wm, "windows", ()):
-        for area in window.screen.areas:
-            if area.type == "PREFERENCES":
-                area.tag_redraw()
-
-
 def _tick() -> float | None:
-    _redraw()
+    uijob.redraw("PREFERENCES")
     return 0.25 if busy() else None
 
 

@@ -28,16 +28,8 @@ def downloading(repo_id: str) -> bool:
     return job is not None and not job.finished
 
 
-def _redraw() -> None:
-    wm = getattr(bpy.context, "window_manager", None)
-    for window in getattr(wm, "windows", ()):
-        for area in window.screen.areas:
-            if area.type == "PREFERENCES":
-                area.tag_redraw()
-
-
 def _tick() -> float | None:
-    _redraw()
+    uijob.redraw("PREFERENCES")
     return 0.25 if any(not job.finished for job in _downloads.values()) else None
 
 

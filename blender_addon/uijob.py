@@ -63,17 +63,16 @@ def tick() -> float | None:
         log(f"{job.source_name}: {exc}")
         job.finished, job.error, job.stage = True, str(exc), "failed"
         interval = None
-    _redraw()
+    redraw()
     return interval
 
 
-def _redraw() -> None:
+def redraw(area_type: str = "SEQUENCE_EDITOR") -> None:
+    """Ask Blender to redraw every area of ``area_type`` (a no-op without windows)."""
     wm = getattr(bpy.context, "window_manager", None)
-    if wm is None:
-        return
-    for window in wm.windows:
+    for window in getattr(wm, "windows", ()):
         for area in window.screen.areas:
-            if area.type == "SEQUENCE_EDITOR":
+            if area.type == area_type:
                 area.tag_redraw()
 
 
