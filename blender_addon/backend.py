@@ -105,9 +105,9 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
             _stop_locked()
         if _process is None:
             extra_args = []
-            for key, option in (("model_config", "--config"), ("controlnet_config", "--controlnet-config")):
-                if config.get(key):
-                    extra_args += [option, config[key]]
+            for setting, option in (("model_config", "--config"), ("controlnet_config", "--controlnet-config")):
+                if config.get(setting):
+                    extra_args += [option, config[setting]]
             cache = config.get("model_cache")
             _process = launcher.launch(config["python"], config.get("backend_dir") or None, config.get("model", ""),
                                        config.get("controlnet", ""), device=config.get("device") or None,
