@@ -219,6 +219,8 @@ def row_transport(model: str, controlnet: str, p: dict) -> list[dict]:
     import numpy as np
 
     from fresco_contract import wire
+    if str(REPO) not in sys.path:  # the add-on (its stdlib launcher) is in the checkout, not in the installed wheel
+        sys.path.insert(0, str(REPO))
     from blender_addon.launcher import launch
     from fresco_backend.synthetic import moving_square
     from fresco_backend.video_io import encode_png
