@@ -96,10 +96,13 @@ def test_install_translate_repair_uninstall(modules, backend_env, movie_scene, c
         assert any("cpu" in str(device) for device in record.devices)
         python = installer.env_python(env_dir)
         assert config.backend_config()["python"] == str(python) and not config.backend_config()["backend_dir"]
-        print(f"install: {took:.1f} s")
+        size = sum(f.stat().st_size for f in env_dir.rglob("*") if f.is_file() and not f.is_symlink())
+        print(f"install: {took:.1f} s, environment {size / 2**30:.2f} GiB")
 
         # Translate just works: the server runs from the installed package, not from a checkout
+        started = time.monotonic()
         assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+        print(f"first translation from the installed backend: {time.monotonic() - started:.1f} s")
         assert backend._process.process.args[0] == str(python)
         result = compat.all_strips(movie_scene.sequence_editor)["clip.fresco"]
         assert len(result.elements) == VISIBLE
