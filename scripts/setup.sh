@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the project's virtual environments. Idempotent: a venv is
 # (re)installed only when its requirements changed.
-#   .venv        backend, server and test runner (pyproject.toml, extra "test")
+#   .venv        backend, server and test runner (pyproject.toml, extras "test" and "ray")
 #   .venv-bpy5   Blender 5.0 as a module, to test the add-on
 #   .venv-bpy45  Blender 4.5 LTS as a module, to test the add-on
 set -euo pipefail
@@ -29,6 +29,6 @@ venv() {
     echo "$want" > "$stamp"
 }
 
-venv .venv -e ".[test]"
+venv .venv -e ".[test,ray]"
 venv .venv-bpy5 -r requirements/blender5.txt
 venv .venv-bpy45 -r requirements/blender45.txt
