@@ -86,6 +86,9 @@ class FRESCO_OT_install_backend(bpy.types.Operator):
         if busy():
             self.report({"ERROR"}, "FRESCO: the backend is being installed already")
             return {"CANCELLED"}
+        if uijob.busy():
+            self.report({"ERROR"}, "FRESCO: a translation is running: wait for it or cancel it first")
+            return {"CANCELLED"}
         backend.stop()  # it runs from the environment about to change
         try:
             run = InstallRun(context, self.repair)
@@ -141,6 +144,9 @@ class FRESCO_OT_uninstall_backend(bpy.types.Operator):
     def execute(self, context: Any) -> set[str]:
         if busy():
             self.report({"ERROR"}, "FRESCO: the backend is being installed: cancel that first")
+            return {"CANCELLED"}
+        if uijob.busy():
+            self.report({"ERROR"}, "FRESCO: a translation is running: wait for it or cancel it first")
             return {"CANCELLED"}
         backend.stop()
         try:

@@ -114,6 +114,9 @@ class FRESCO_OT_remove_model(bpy.types.Operator):
         if downloading(self.repo_id):
             self.report({"ERROR"}, f"FRESCO: {self.repo_id} is being downloaded: cancel that first")
             return {"CANCELLED"}
+        if uijob.busy():
+            self.report({"ERROR"}, "FRESCO: a translation is running: wait for it or cancel it first")
+            return {"CANCELLED"}
         backend.stop()  # a warm backend may hold the files open (Windows cannot delete them then)
         try:
             hubcache.remove(config.model_cache_dir(context), self.repo_id)

@@ -142,3 +142,21 @@ def test_preferences_draw_every_section(modules, backend_env):
             "fresco.add_model"} <= operators
     props = {name for kind, name in log if kind == "prop"}
     assert {"device", "model", "controlnet", "model_cache", "torch_build", "env_dir", "output_dir"} <= props
+
+
+def test_no_backend_change_while_a_translation_runs(modules, backend_env, monkeypatch, tmp_path):
+    """Install, Repair, Uninstall and Remove all stop the warm backend: refused while a job uses it."""
+    config = modules["config"]
+    uijob = sys.modules[modules["backend_setup"].__name__.rsplit(".", 1)[0] + ".uijob"]
+    prefs = config.preferences()
+    prefs.env_dir = str(tmp_path / "env")
+    monkeypatch.setattr(uijob, "busy", lambda: True)
+    try:
+        for call in (lambda: bpy.ops.fresco.install_backend(), lambda: bpy.ops.fresco.install_backend(repair=True),
+                     lambda: bpy.ops.fresco.uninstall_backend(),
+                     lambda: bpy.ops.fresco.remove_model(repo_id="some-org/some-model")):
+            with pytest.raises(RuntimeError, match="a translation is running"):
+                call()
+        assert not (tmp_path / "env").exists()
+    finally:
+        prefs.env_dir = ""
