@@ -15,9 +15,6 @@ import bpy
 
 from . import backend, config, installer, uijob, userdirs
 
-_BUILD_OVERRIDE = {"AUTO": "auto", "CUDA": "cuda", "ROCM": "rocm", "MPS": "mps", "CPU": "cpu", "PYPI": "pypi"}
-
-
 class InstallRun:
     """One install (or repair) and what the panel shows of it."""
 
@@ -66,7 +63,7 @@ def _make_installer(context: Any, repair: bool, on_progress: Any) -> installer.I
                            "that build_addon.py makes")
     prefs = config.preferences(context)
     base = (prefs.installer_python.strip() if prefs is not None else "") or sys.executable
-    build = installer.detect_torch_build(_BUILD_OVERRIDE[prefs.torch_build if prefs is not None else "AUTO"])
+    build = installer.detect_torch_build(prefs.torch_build.lower() if prefs is not None else "auto")
     log_path = userdirs.temp_dir("logs") / f"install-{time.strftime('%Y%m%d-%H%M%S')}.log"
     return installer.Installer(config.env_dir(context), wheel, base_python=bpy.path.abspath(base), torch_build=build,
                                repair=repair, log_path=log_path, on_progress=on_progress)
@@ -113,7 +110,8 @@ class FRESCO_OT_install_backend(bpy.types.Operator):
             return {"FINISHED"}
         _current = run
         run.start()
-        bpy.app.timers.register(_tick, first_interval=0.25)
+        if not bpy.app.timers.is_registered(_tick):
+            bpy.app.timers.register(_tick, first_interval=0.25)
         return {"FINISHED"}
 
 

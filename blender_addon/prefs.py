@@ -14,7 +14,7 @@ import bpy
 from . import backend_setup, model_ops
 from .config import ADDON_ID, DEFAULT_OUTPUT_DIR, ENV, OUTPUT_DIR_ENV, PREF_ATTR
 
-TORCH_BUILDS = (
+TORCH_BUILDS = (  # identifiers: installer.OVERRIDES in capitals
     ("AUTO", "Automatic", "The build that fits this machine: NVIDIA CUDA (by the driver's CUDA version), AMD ROCm "
                           "(Linux), Apple MPS, else CPU"),
     ("CUDA", "NVIDIA CUDA", "PyTorch for NVIDIA GPUs, for the CUDA version the driver supports"),

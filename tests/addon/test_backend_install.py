@@ -136,6 +136,8 @@ def test_install_translate_repair_uninstall(modules, backend_env, movie_scene, c
 
 
 def test_preferences_draw_every_section(modules, backend_env):
+    assert {ident.lower() for ident, _name, _text in modules["prefs"].TORCH_BUILDS} <= set(
+        modules["installer"].OVERRIDES)
     log = draw_preferences(modules)
     operators = {name for kind, name in log if kind == "operator"}
     assert {"fresco.install_backend", "fresco.uninstall_backend", "fresco.download_model",
