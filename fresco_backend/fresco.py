@@ -11,12 +11,13 @@ batch are overwritten at every step with the latents recorded for them when
 they were translated, so batches share one appearance.
 
 The frames given here are the keyframes; ``translate.py`` chooses them and
-propagates the frames between them.
+propagates the frames between them. ``segments.py`` hands in its own batch plan
+and the anchor latents of a skeleton pass, to split one chain into segments.
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -107,18 +108,27 @@ def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: t
 
 
 def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
-                  clock: StepClock, checkpoint: Checkpoint, cache: Cache) -> Iterator[tuple[int, np.ndarray]]:
-    """Translate ``frames`` (all keys) in anchored batches; yields (index, frame at the work size).
+                  clock: StepClock, checkpoint: Checkpoint, cache: Cache, *, batches: Sequence[Batch] | None = None,
+                  anchors: Anchors | None = None, keep: Collection[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
+    """Translate ``frames`` in anchored batches; yields (index, frame at the work size).
 
-    Batches before ``checkpoint.batches_done`` are skipped, their anchors restored from it.
+    ``batches`` index into ``frames``; by default every frame is a key, chained by ``plan_batches``.
+    ``anchors`` are latents recorded before this run (index -> one per executed step) that the first
+    batches are anchored to; ``keep`` are indices whose recorded latents stay in the memory handed to
+    ``checkpoint.on_batch_done`` until the end (``segments.py`` records a skeleton this way). Batches
+    before ``checkpoint.batches_done`` are skipped, their anchors restored from it.
     """
-    sampling, keys = config.sampling, list(range(len(frames)))
-    batches = plan_batches(keys, sampling.batch_size)
+    sampling = config.sampling
+    batches = list(batches) if batches is not None else plan_batches(range(len(frames)), sampling.batch_size)
+    if not batches:
+        return
     embeds = encode_prompt(pipe, sampling)
     timesteps = timesteps_for(pipe, sampling)
-    keep = {keys[0]} | {b.frames[-1] for b in batches}  # frames later batches anchor to
+    first = batches[0].frames[0]  # the global first key: every later batch's first anchor
+    kept = set(keep)
+    record = {first, *kept} | {b.frames[-1] for b in batches}  # frames later batches anchor to, and ``keep``
     memory: Anchors = {frame: [t.to(pipe.device, pipe.unet.dtype) for t in steps]
-                       for frame, steps in checkpoint.anchors.items()}
+                       for frame, steps in {**(anchors or {}), **checkpoint.anchors}.items()}
 
     attention, opt_ctx = FrescoAttention(config.attention), OptContext(mode="off")
     optimizer = FeatureOptimizer(config.optimisation)
@@ -140,13 +150,13 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
             if opt_ctx.saliency is not None and flow is not None:
                 smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,
                                     config=optimizer.config)
-            hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory, keep,
+            hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory, record,
                                   smooth_x0, x0_smoothing_steps(sampling.steps))
             out = denoise_batch(pipe, images, controls, embeds, sampling, clock, hooks)
             for frame, rgb in zip(batch.new, to_uint8(out[batch.anchors:])):
                 yield frame, rgb
-            for frame in [f for f in memory if f not in (keys[0], batch.frames[-1])]:
-                del memory[frame]  # only the global first key and this batch's last are anchors later
+            for frame in [f for f in memory if f not in (first, batch.frames[-1], *kept)]:
+                del memory[frame]  # only the global first key, this batch's last and ``keep`` are needed later
             optimizer.reference.clear()
             checkpoint.on_batch_done(number, memory)
     finally:

@@ -1,0 +1,174 @@
+"""Segmented FRESCO (fresco_backend/segments.py): the plan, byte-identity with one segment, the
+skeleton's latents shared by the segments, Pixel-MSE at the segment boundaries, cancel."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fresco_backend import fresco, segments
+from fresco_backend.config import JobConfig
+from fresco_backend.flow import BatchFlow, estimate_batch_flow
+from fresco_backend.frames import processed_size, resize
+from fresco_backend.metrics import pixel_mse
+from fresco_backend.segments import plan_segments, run_segment, translate_segmented
+from fresco_backend.synthetic import moving_square
+from fresco_backend.translate import Cancelled, translate_frames
+from fresco_backend.video_io import iter_frames
+from fresco_contract.settings import validate
+
+CARPHONE = Path(__file__).parent / "data" / "carphone_pristine.mp4"
+FAST = {"prompt": "a mosaic", "steps": 2, "size": 64, "opt_iterations": 1}
+
+
+def settings(**overrides) -> JobConfig:
+    return JobConfig.of(validate({**FAST, **overrides}))
+
+
+def blank(count: int) -> list[np.ndarray]:
+    return [np.zeros((64, 64, 3), np.uint8)] * count
+
+
+@pytest.mark.parametrize("count, interval, batch_size, wanted", [
+    (2, 1, 8, 4), (3, 1, 8, 5), (9, 1, 8, 2), (30, 1, 8, 3), (100, 3, 8, 8), (60, 2, 3, 4),
+    (21, 1, 2, 5), (21, 1, 2, 50), (13, 1, 1, 3), (50, 4, 3, 1), (200, 1, 8, 64),
+])
+def test_plan_covers_every_key_once_with_no_empty_segment(count, interval, batch_size, wanted):
+    config = settings(keyframes="interval", key_interval=interval, batch_size=batch_size)
+    plan = plan_segments(blank(count), config, wanted)
+    keys = plan.keys
+    owned = plan.skeleton + [k for s in plan.segments for k in s.keys]
+    assert sorted(owned) == keys and len(set(owned)) == len(keys)
+    assert 1 <= len(plan.segments) <= min(wanted, len(keys))
+    assert all(s.keys for s in plan.segments) and [s.index for s in plan.segments] == list(range(len(plan.segments)))
+    assert plan.segments[0].anchor is None
+    if len(plan.segments) == 1:
+        assert plan.skeleton == [] and plan.segments[0].keys == keys
+        assert plan.batches(0, config) == fresco.plan_batches(keys, batch_size)
+    else:
+        assert plan.skeleton == [keys[0]] + [s.anchor for s in plan.segments[1:]]
+        bounds = plan.skeleton[1:] + [keys[-1] + 1]
+        for segment, start, end in zip(plan.segments, [keys[0]] + plan.skeleton[1:], bounds):
+            assert segment.keys == sorted(segment.keys) and start < segment.keys[0] and segment.keys[-1] < end
+    for segment in plan.segments:  # whole batches, each new key once, anchored to K0 and its own skeleton key
+        batches = plan.batches(segment.index, config)
+        assert [k for b in batches for k in b.new] == segment.keys
+        assert all(len(b.frames) <= batch_size and b.frames[b.anchors:] == b.new for b in batches)
+        assert set(plan.needs(segment.index, config)) <= {keys[0], segment.anchor}
+    counts = [len(plan.batches(s.index, config)) for s in plan.segments]
+    assert max(counts) - min(counts) <= 1 or max(counts) <= -(-sum(counts) // len(counts)) + 1
+    spanned = [i for first, last in plan.spans() for i in range(first + 1, last)]
+    assert spanned == [i for i in range(count) if i not in keys]
+    skeleton_steps, segment_steps = plan.steps(config)
+    assert skeleton_steps == len(plan.skeleton_batches(config)) * config.sampling.executed_steps
+    assert sum(segment_steps) == sum(counts) * config.sampling.executed_steps
+
+
+def test_plan_caps_and_examples():
+    config = settings(keyframes="interval", key_interval=1, batch_size=8)
+    many = plan_segments(blank(7), config, 100)  # 6 keys after K0: at most 3 segments of >= 1 key + a skeleton key
+    assert many.skeleton == [0, 3, 5] and [s.keys for s in many.segments] == [[1, 2], [4], [6]]
+    assert plan_segments(blank(2), config, 4).skeleton == []
+    assert plan_segments([], config, 3).segments == []
+    with pytest.raises(ValueError, match="segments must be >= 1"):
+        plan_segments(blank(4), config, 0)
+    per_frame = plan_segments(blank(10), settings(mode="per_frame", batch_size=3), 3)
+    assert per_frame.skeleton == [] and [s.keys for s in per_frame.segments] == [[0, 1, 2], [3, 4, 5, 6, 7, 8], [9]]
+
+
+def test_one_segment_is_byte_identical_to_the_plain_run(pipe):
+    clip = moving_square(frames=9, width=64, height=64, velocity=(2, 1), square=24).frames
+    for config in (settings(keyframes="interval", key_interval=2, batch_size=3),
+                   settings(mode="per_frame", batch_size=2)):
+        plain = list(translate_frames(pipe, clip, config))
+        for count in (1, 3) if not config.fresco else (1,):  # per-frame: any split is the plain run
+            split = list(translate_segmented(pipe, clip, config, count))
+            assert [i for i, _ in split] == list(range(len(clip))) == [i for i, _ in plain]
+            assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(split, plain))
+
+
+def carphone(count: int) -> list[np.ndarray]:
+    frames = []
+    for rgb in iter_frames(CARPHONE):
+        frames.append(resize(rgb, *processed_size(rgb.shape[1], rgb.shape[0], 64)))
+        if len(frames) == count:
+            return frames
+    raise AssertionError("carphone_pristine.mp4 is shorter than expected")
+
+
+def pair_mse(outputs: list[np.ndarray], flow: BatchFlow, pairs: list[int]) -> float:
+    """Mean Pixel-MSE over the consecutive-frame pairs (i, i + 1) for i in ``pairs``."""
+    def one(i: int) -> float:
+        step = BatchFlow(flow.fwd[i:i + 1], flow.bwd[i:i + 1], flow.occ_fwd[i:i + 1], flow.occ_bwd[i:i + 1])
+        return pixel_mse([outputs[i], outputs[i + 1]], step)
+    return float(np.mean([one(i) for i in pairs]))
+
+
+def test_segments_share_the_skeleton_latents_and_stay_consistent_at_their_boundaries(pipe, monkeypatch):
+    clip = carphone(17)
+    config = settings(keyframes="interval", key_interval=2, batch_size=3)
+    plan = plan_segments(clip, config, 3)
+    assert len(plan.segments) == 3 and len(plan.skeleton) == 3
+    given: list[tuple[int, int, list]] = []  # (batch's first new key, anchor key, the latents it got)
+    original = fresco.AnchoredSteps.__init__
+
+    def spy(self, attention, opt_ctx, opt_config, skipped, batch, memory, *rest):
+        original(self, attention, opt_ctx, opt_config, skipped, batch, memory, *rest)
+        given.extend((batch.new[0], frame, memory[frame]) for frame in batch.frames[:batch.anchors])
+
+    recorded: dict[int, list] = {}
+    skeleton = segments._skeleton
+
+    def keep_skeleton(*args):
+        outputs, latents = skeleton(*args)
+        recorded.update(latents)
+        return outputs, latents
+
+    monkeypatch.setattr(fresco.AnchoredSteps, "__init__", spy)
+    monkeypatch.setattr(segments, "_skeleton", keep_skeleton)
+    out = list(translate_segmented(pipe, clip, config, 3))
+    assert [i for i, _ in out] == list(range(len(clip)))
+    assert sorted(recorded) == plan.skeleton
+    assert all(len(steps) == config.sampling.executed_steps for steps in recorded.values())
+    firsts = {plan.batches(s.index, config)[0].new[0]: s for s in plan.segments}
+    uses: dict[int, set[int]] = {}
+    for first, frame, latents in given:
+        if first in firsts and frame in recorded:  # a segment's first batch, anchored to the skeleton
+            assert len(latents) == len(recorded[frame])
+            assert all(a.numpy().tobytes() == b.numpy().tobytes() for a, b in zip(latents, recorded[frame]))
+            uses.setdefault(frame, set()).add(firsts[first].index)
+    assert uses[plan.keys[0]] == {0, 1, 2}  # every segment is anchored to K0's one recording
+    assert {k for k in uses if k != plan.keys[0]} == set(plan.skeleton[1:])
+
+    plain = [rgb for _, rgb in translate_frames(pipe, clip, config)]
+    split = [rgb for _, rgb in out]
+    flow = estimate_batch_flow(clip)
+    boundary = [i for s in plan.segments[1:] for i in range(plan.keys[plan.keys.index(s.anchor) - 1], s.anchor)]
+    inside = [i for i in range(len(clip) - 1) if i not in boundary]
+    figures = {name: (pair_mse(frames, flow, boundary), pair_mse(frames, flow, inside))
+               for name, frames in (("segmented", split), ("plain", plain))}
+    print("Pixel-MSE (boundary, inside):", figures)
+    assert all(np.isfinite(v) for pair in figures.values() for v in pair)
+    # a boundary between two segments is no worse than 1.5x the plain chain's own frames there
+    assert figures["segmented"][0] <= 1.5 * figures["plain"][0]
+
+
+def test_cancel_stops_within_a_step_and_a_segment_needs_its_anchors(pipe):
+    clip = moving_square(frames=7, width=64, height=64).frames
+    config = settings(keyframes="all", batch_size=3)
+    plan = plan_segments(clip, config, 2)
+    cancel, seen = threading.Event(), []
+
+    def progress(p):
+        seen.append((p.done, p.total))
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        list(translate_segmented(pipe, clip, config, 2, on_progress=progress, cancel=cancel))
+    assert seen == [(1, plan.steps(config)[0] + sum(plan.steps(config)[1]))]
+    with pytest.raises(ValueError, match="needs the skeleton's latents"):
+        list(run_segment(pipe, clip, config, plan, 1, {}))
+    with pytest.raises(ValueError, match="does not exist"):
+        list(run_segment(pipe, clip, config, plan, 5, {}))
