@@ -55,6 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${wire.TOKEN_ENV}, else random)")
     p.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin reaches EOF (parent died)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run jobs on a pool of Ray workers (pip install 'fresco-backend[ray]'): without ADDRESS a "
+                        "local Ray runtime started and stopped by the server, else the cluster at ADDRESS")
+    p.add_argument("--workers", type=positive, help="Ray workers (default: one per GPU Ray sees, else one per CPU)")
+    p.add_argument("--segments", type=positive, help="segments a Ray job is split into (default: one per worker)")
+    p.add_argument("--worker-threads", type=positive, help="torch threads of each CPU Ray worker")
     p.add_argument("--log-level", default="INFO", type=log_level,
                    help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)")
     return p.parse_args(argv)
@@ -81,6 +87,17 @@ def port_number(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port number from 0 to 65535")
     return port
+
+
+def positive(text: str) -> int:
+    """argparse type of counts: an integer from 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count from 1")
+    return value
 
 
 def log_level(text: str) -> str:
@@ -189,17 +206,25 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
     loader = functools.partial(load_pipeline, config=args.config, controlnet_config=args.controlnet_config)
     cache = ModelCache(loader, args.model, args.controlnet, device)
     clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
-    manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache),
-                         prepare=cache.prepare)
+    pool = start_pool(args, device, work_dir) if args.ray is not None else None
+    if pool is None:
+        manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache),
+                             prepare=cache.prepare)
+    else:
+        manager = JobManager(work_dir, lambda settings: None, pool.translate, prepare=cache.prepare,
+                             concurrency=2 * pool.size)
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": choose_models(JobConfig(), args.model, args.controlnet).controlnet}
-    app = create_app(manager, cache, token, info, loopback_only=is_loopback_host(args.host))
+    app = create_app(manager, cache, token, info, loopback_only=is_loopback_host(args.host),
+                     workers=None if pool is None else pool.describe)
 
     if args.exit_with_stdin:
         def on_eof() -> None:
             log.info("stdin closed: parent is gone, exiting")
             try:
                 manager.shutdown(timeout=3.0)
+                if pool is not None:
+                    pool.shutdown()
                 remove_work_dir()
             finally:
                 logging.shutdown()
@@ -232,6 +257,21 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
         server.run(sockets=[sock])
     finally:
         manager.shutdown(timeout=3.0)
+        if pool is not None:
+            pool.shutdown()
+
+
+def start_pool(args: argparse.Namespace, device: str, work_dir: Path) -> Any:
+    """The Ray pool of ``--ray`` (ray is imported only then), its workers loading the server's models."""
+    try:
+        from .ray_pool import RayPool
+    except ImportError as exc:
+        raise StartupError(f"--ray needs Ray: pip install 'ray>=2.40' ({exc})") from None
+    models = choose_models(JobConfig(), args.model, args.controlnet)
+    return RayPool(args.workers, (models.model, models.controlnet), None if device == "auto" else device,
+                   {"config": args.config, "controlnet_config": args.controlnet_config},
+                   segments=args.segments, address=args.ray or None, threads=args.worker_threads,
+                   cache_dir=work_dir / "cache")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(args, sock, token, device, given_work_dir or temp_work, remove_work_dir)
     except Stopped as stop:
         log.info("stopped by %s", stop)
+    except StartupError as exc:
+        print(f"python -m server: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     finally:
         sock.close()
         remove_work_dir()

@@ -11,7 +11,7 @@ import errno
 import hmac
 import ipaddress
 import json
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -166,9 +166,10 @@ FRAME_BODY = {"requestBody": {"required": True, "content": {"image/png": {"schem
 
 
 def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[str, Any],
-               loopback_only: bool = False) -> FastAPI:
+               loopback_only: bool = False, workers: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     """The FastAPI application serving ``manager``; ``info`` is merged into /v1/health for
-    clients with the token. ``loopback_only``: refuse Host headers that are not the loopback."""
+    clients with the token. ``loopback_only``: refuse Host headers that are not the loopback.
+    ``workers``: the Ray pool's workers (``RayPool.describe``), reported by /v1/health."""
     expected = f"{wire.AUTH_SCHEME} {token}".encode()
 
     def has_token(request: Request) -> bool:
@@ -227,7 +228,8 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
         public = {"api": wire.API_VERSION, "version": info.get("version")}
         if not has_token(request):  # anyone may ask whether it runs, but not where its files are
             return public
-        return {**public, **info, "load_count": cache.load_count, "last_load_seconds": cache.last_load_seconds}
+        answer = {**public, **info, "load_count": cache.load_count, "last_load_seconds": cache.last_load_seconds}
+        return answer if workers is None else {**answer, "workers": workers()}
 
     @app.post(wire.JOBS, dependencies=auth, status_code=201, openapi_extra=JOB_BODY)
     async def create_job(request: Request) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Job state, job folders, the event feed and the single worker thread.
 
 A job is created in the ``uploading`` state, receives its input PNGs, is
-queued by ``start`` and run by the one worker thread (one GPU), which writes
+queued by ``start`` and run by a worker thread (one; one per running job with ``--ray``), which writes
 every translated frame to ``output/`` and records events with increasing
 ``seq``.
 
@@ -192,11 +192,12 @@ class JobManager:
     """All jobs of the server process and the worker thread that runs them in order."""
 
     def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate,
-                 prepare: Prepare | None = None) -> None:
+                 prepare: Prepare | None = None, concurrency: int = 1) -> None:
         """``translate`` is called like ``fresco_backend.translate.translate_frames``, with a
         ``checkpoint=`` kept in each job's ``state/`` so interrupted jobs resume. ``prepare``
         (``ModelCache.prepare``) gets what a job needs ready before its pipeline is loaded (the
-        ``download`` stage), reporting progress and honouring the job's cancel."""
+        ``download`` stage), reporting progress and honouring the job's cancel. ``concurrency``:
+        how many jobs run at once (one worker thread each; more than one with ``--ray``)."""
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._get_pipeline = get_pipeline
@@ -206,10 +207,11 @@ class JobManager:
         self._lock = threading.RLock()
         self._waiters: set[Callable[[], None]] = set()  # long polls of wait_events, woken by _emit
         self._queue: queue.Queue[str | None] = queue.Queue()
-        self._running: Job | None = None
         self._reload()
-        self._worker = threading.Thread(target=self._work, name="fresco-worker", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, name=f"fresco-worker-{i}", daemon=True)
+                         for i in range(concurrency)]
+        for worker in self._workers:
+            worker.start()
 
     # ---- requests ---------------------------------------------------------------
 
@@ -367,13 +369,16 @@ class JobManager:
         log.info("job %s deleted", job_id)
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Cancel everything, stop the worker thread and write any record that could not be written."""
+        """Cancel everything, stop the worker threads and write any record that could not be written."""
         with self._lock:
             for job in self._jobs.values():
                 if job.state not in wire.FINAL_STATES:
                     job.cancel.set()
-        self._queue.put(None)
-        self._worker.join(timeout)
+        for _ in self._workers:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(deadline - time.monotonic(), 0.0))
         with self._lock:
             self._retry_stale_records()
             for job in self._jobs.values():
@@ -509,7 +514,6 @@ class JobManager:
                 if job.state != wire.QUEUED:  # cancelled while queued
                     continue
                 job.started = time.time()
-                self._running = job
                 self._set_state(job, wire.RUNNING)
             out_of_memory = False
             try:
@@ -536,9 +540,6 @@ class JobManager:
                     self._emit(job, wire.EV_DONE, frame_count=len(job.outputs))
                     self._set_state(job, wire.DONE)
                 log.info("job %s done in %.1f s", job.id, job.finished - (job.started or job.finished))
-            finally:
-                with self._lock:
-                    self._running = None
             if out_of_memory:  # after the handler: the traceback's tensors are released by now
                 from fresco_backend.device import release_cuda_memory  # torch: loaded, it ran out of memory
 

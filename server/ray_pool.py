@@ -1,0 +1,406 @@
+"""A pool of Ray worker actors running jobs split into segments (``python -m server --ray``).
+
+Each ``Worker`` actor keeps a warm pipeline on its device. A job (``RayPool.translate``, called by
+``server/jobs.py`` like ``translate_frames``) puts its input frames in the object store once, runs
+the skeleton pass (``fresco_backend/segments.py``) on one worker, puts its anchor latents in the
+object store and runs the segments in parallel on free workers; a propagation span runs as a CPU
+task as soon as the outputs of both its keys exist. Workers stream progress items and frames back
+(streaming generators); every frame is yielded once, frames the checkpoint already holds never.
+
+Fairness: a free worker goes to the waiting job holding the fewest workers (then the one waiting
+longest). Cancel: each actor takes two calls at once, so ``cancel`` reaches a running segment and
+stops it within a denoising step. A worker that dies is replaced and its segment runs again on a
+free worker. Resume: the skeleton's outputs are normal outputs and its anchors are the checkpoint's
+first batch (``fresco_backend/job.py`` CheckpointStore), a segment whose keys' outputs all exist and
+a span whose frames all exist are not run again.
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import os
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import ray
+from ray import exceptions as rex
+
+from fresco_backend.checkpoint import Checkpoint
+from fresco_backend.denoise import Cancelled, Progress
+from fresco_backend.models import choose_models
+
+log = logging.getLogger("fresco.server.ray")
+
+SEGMENTS = "fresco_backend.segments"
+ATTEMPTS = 4  # runs of one segment before a job fails because its workers keep dying
+POLL = 0.2  # seconds between checks of a job's cancel while it waits
+LOST = (rex.RayActorError, rex.ActorUnavailableError, rex.WorkerCrashedError, rex.NodeDiedError,
+        rex.OutOfMemoryError)  # a worker died or is unreachable: its segment runs again elsewhere
+
+
+@ray.remote(max_concurrency=2, max_restarts=0)
+class Worker:
+    """One warm pipeline; ``run`` streams a skeleton or segment pass, ``cancel`` stops it."""
+
+    def __init__(self, models: tuple[str, str], device: str | None, load_options: dict[str, Any],
+                 segments: str, threads: int | None, cache_dir: str | None) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from fresco_backend.cache import Cache
+
+        self.device, self.load_options = device, load_options
+        self.segments = importlib.import_module(segments)
+        self.cache = Cache(Path(cache_dir)) if cache_dir else None
+        self.cancels: dict[str, threading.Event] = {}
+        self.models: tuple[str, str] | None = None
+        self.pipe: Any = None
+        self._pipeline(models)
+
+    def _pipeline(self, models: tuple[str, str]) -> Any:
+        if self.models != models:
+            from fresco_backend.models import load_pipeline
+
+            self.pipe = None
+            self.pipe = load_pipeline(*models, device=self.device, **self.load_options)
+            self.models = models
+        return self.pipe
+
+    def describe(self) -> str:
+        return str(getattr(self.pipe, "device", self.device))
+
+    def cancel(self, run_id: str) -> None:
+        self.cancels.setdefault(run_id, threading.Event()).set()
+
+    def run(self, run_id: str, kind: str, models: tuple[str, str], frames: list[np.ndarray],
+            settings: Mapping[str, Any], plan: Any, index: int | None, anchors: Any) -> Iterator[tuple]:
+        """Streams ("progress", stage, done, total), ("frame", key, rgb) and, for the skeleton,
+        ("anchors", anchors) last."""
+        cancel = self.cancels.setdefault(run_id, threading.Event())
+        pipe = self._pipeline(models)
+        items: queue.Queue[tuple] = queue.Queue()
+
+        def on_progress(p: Progress) -> None:
+            items.put(("progress", str(p.stage), int(p.done), int(p.total)))
+
+        def body() -> None:
+            try:
+                if kind == "skeleton":
+                    outputs, found = self.segments.run_skeleton(pipe, frames, settings, plan, on_progress,
+                                                                cancel, self.cache)
+                    for key in sorted(outputs):
+                        items.put(("frame", key, outputs[key]))
+                    items.put(("anchors", found))
+                else:
+                    for key, rgb in self.segments.run_segment(pipe, frames, settings, plan, index, anchors,
+                                                              on_progress, cancel, self.cache):
+                        items.put(("frame", key, rgb))
+                items.put(("end",))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                items.put(("error", exc))
+
+        threading.Thread(target=body, name=f"{kind}-{index}", daemon=True).start()
+        try:
+            while True:
+                item = items.get()
+                if item[0] == "end":
+                    return
+                if item[0] == "error":
+                    raise item[1]
+                yield item
+        finally:
+            cancel.set()  # the caller stopped reading: stop the pass too
+            self.cancels.pop(run_id, None)
+
+
+@ray.remote
+def propagate_span(segments: str, frames: list[np.ndarray], first: int, last: int,
+                   out_first: np.ndarray, out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """The frames between two keys, from their outputs (a CPU task)."""
+    return importlib.import_module(segments).propagate(frames, first, last, out_first, out_last)
+
+
+@dataclass
+class Slot:
+    """One worker of the pool and the job run holding it (None: idle)."""
+
+    index: int
+    actor: Any
+    device: str
+    run: str | None = None
+
+
+class RayPool:
+    """The workers and the scheduler sharing them between job runs."""
+
+    def __init__(self, workers: int | None, models: tuple[str, str], device: str | None = None,
+                 load_options: Mapping[str, Any] | None = None, *, segments: int | None = None,
+                 address: str | None = None, threads: int | None = None, cache_dir: Path | None = None,
+                 segments_module: str = SEGMENTS, runtime_env: dict[str, Any] | None = None) -> None:
+        """``workers``: None for one per GPU Ray sees, else one per CPU; ``segments``: the segments of
+        a job (default: one per worker); ``address``: a Ray cluster (None: a local runtime started
+        here and stopped by ``shutdown``); ``threads``: torch threads of each CPU worker."""
+        self._started_ray = not ray.is_initialized()
+        if self._started_ray:
+            options: dict[str, Any] = {"address": address, "runtime_env": runtime_env, "include_dashboard": False,
+                                       "log_to_driver": True}
+            if address is None and workers:
+                options["num_cpus"] = max(os.cpu_count() or 1, workers + 1)
+            ray.init(**options)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        use_gpu = gpus > 0 and (device is None or not device.startswith("cpu"))
+        self.size = workers or gpus or int(ray.cluster_resources().get("CPU", 1))
+        self.segments = segments or self.size
+        self.segments_module = segments_module
+        self.default_models = models
+        self._args = (device if not use_gpu else None, dict(load_options or {}), segments_module,
+                      None if use_gpu else threads, None if cache_dir is None else str(cache_dir))
+        self._resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, str]] = []  # (ticket, run) of runs waiting for a worker
+        self._tickets = itertools.count()
+        self.history: list[tuple[str, str, int | None]] = []  # (run, kind, segment) of every task started
+        self._closed = False
+        actors = [self._new_actor() for _ in range(self.size)]
+        try:
+            devices = ray.get([a.describe.remote() for a in actors])
+        except rex.RayError as exc:
+            self.shutdown()
+            raise RuntimeError(f"the Ray workers could not load the model: {exc}") from None
+        self._slots = [Slot(i, a, d) for i, (a, d) in enumerate(zip(actors, devices))]
+        log.info("Ray pool: %d workers on %s, %d segments a job", self.size, ", ".join(devices), self.segments)
+
+    def _new_actor(self) -> Any:
+        return Worker.options(**self._resources).remote(self.default_models, *self._args)
+
+    # ---- scheduling ------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """The workers for /v1/health: count, and each one's device and state."""
+        with self._cond:
+            return {"count": len(self._slots), "segments": self.segments,
+                    "workers": [{"device": s.device, "state": "busy" if s.run else "idle"} for s in self._slots]}
+
+    def acquire(self, run: str, stop: threading.Event) -> Slot:
+        """A free worker for ``run``, once it is the waiting run holding the fewest workers (then the
+        one that waited longest); Cancelled when ``stop`` is set first."""
+        ticket = (next(self._tickets), run)
+        with self._cond:
+            self._waiting.append(ticket)
+            try:
+                while True:
+                    if stop.is_set() or self._closed:
+                        raise Cancelled("job cancelled")
+                    free = [s for s in self._slots if s.run is None]
+                    if free and min(self._waiting, key=self._priority) == ticket:
+                        free[0].run = run
+                        self._cond.notify_all()
+                        return free[0]
+                    self._cond.wait(POLL)
+            finally:
+                self._waiting.remove(ticket)
+
+    def _priority(self, ticket: tuple[int, str]) -> tuple[int, int]:
+        return sum(s.run == ticket[1] for s in self._slots), ticket[0]
+
+    def release(self, slot: Slot, lost: bool) -> None:
+        """Give a worker back; a lost one is replaced by a new actor (it loads the model first)."""
+        with self._cond:
+            if lost and not self._closed:
+                ray.kill(slot.actor, no_restart=True)
+                slot.actor = self._new_actor()
+            slot.run = None
+            self._cond.notify_all()
+
+    def cancel(self, run: str) -> None:
+        """Stop the passes of ``run`` running on workers, within a denoising step."""
+        with self._cond:
+            for slot in self._slots:
+                if slot.run == run:
+                    slot.actor.cancel.remote(run)
+
+    def kill_worker(self, index: int) -> None:
+        """Kill one worker's actor (tests of a lost worker)."""
+        ray.kill(self._slots[index].actor, no_restart=True)
+
+    def shutdown(self) -> None:
+        """Kill the workers; stop the Ray runtime if this pool started it."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            for slot in getattr(self, "_slots", []):
+                ray.kill(slot.actor, no_restart=True)
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    # ---- jobs --------------------------------------------------------------------
+
+    def translate(self, _pipe: Any, frames: Sequence[np.ndarray], settings: Mapping[str, Any],
+                  on_progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
+                  checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Like ``fresco_backend.translate.translate_frames`` (the pipeline argument is unused: the
+        workers hold theirs): yields every frame the checkpoint does not hold yet, once."""
+        return _Run(self, frames, settings, on_progress, cancel or threading.Event(),
+                    checkpoint or Checkpoint()).frames()
+
+
+class _Run:
+    """One job's translation over the pool."""
+
+    def __init__(self, pool: RayPool, frames: Sequence[np.ndarray], settings: Mapping[str, Any],
+                 on_progress: Callable[[Progress], None] | None, cancel: threading.Event,
+                 checkpoint: Checkpoint) -> None:
+        self.pool, self.settings, self.on_progress, self.cancel = pool, settings, on_progress, cancel
+        self.checkpoint = checkpoint
+        self.frames_list = [np.asarray(f) for f in frames]
+        self.id = uuid.uuid4().hex
+        self.models = tuple(choose_models(settings, *pool.default_models))
+        self.items: queue.Queue[tuple] = queue.Queue()
+        self.stop = threading.Event()
+        self.progress: dict[Any, tuple[str, int, int]] = {}
+
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        segments = importlib.import_module(self.pool.segments_module)
+        plan = segments.plan_segments(self.frames_list, self.settings, self.pool.segments)
+        count = len(self.frames_list)
+        written = {i for i in range(count) if self.checkpoint.has_output(i)}
+        keys: dict[int, np.ndarray] = {}  # outputs of keys, for propagation
+        frames_ref = ray.put(self.frames_list)
+        threads: list[threading.Thread] = []
+        try:
+            if self.checkpoint.batches_done and self.checkpoint.anchors:
+                anchors = self.checkpoint.anchors
+                log.info("run %s resumes after its skeleton pass", self.id)
+            else:
+                threads.append(self._start("skeleton", None, frames_ref, plan, None))
+                anchors = None
+                while anchors is None:
+                    item = self._next()
+                    if item[0] == "anchors":
+                        anchors = item[1]
+                    elif item[0] == "frame" and item[1] not in written:
+                        keys[item[1]] = item[2]
+                        written.add(item[1])
+                        yield item[1], item[2]
+                self.checkpoint.on_batch_done(0, anchors)
+            anchors_ref = ray.put(anchors)
+            todo = {s.index for s in plan.segments if not all(k in written for k in s.keys)}
+            threads += [self._start("segment", i, frames_ref, plan, anchors_ref) for i in sorted(todo)]
+            spans = [(a, b) for a, b in plan.spans() if not all(i in written for i in range(a + 1, b))]
+            running: dict[Any, tuple[int, int]] = {}
+            while todo or spans or running:
+                for a, b in [s for s in spans if all(k in keys or k in written for k in s)]:
+                    spans.remove((a, b))
+                    ref = propagate_span.remote(self.pool.segments_module, frames_ref, a, b,
+                                                self._key(keys, a), self._key(keys, b))
+                    running[ref] = (a, b)
+                if running:
+                    ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+                    for ref in ready:
+                        del running[ref]
+                        for index, rgb in ray.get(ref):
+                            if index not in written:
+                                written.add(index)
+                                yield index, rgb
+                if not todo:
+                    if not running and spans:
+                        raise RuntimeError(f"the segments left the keys of spans {spans} without outputs")
+                    if running:
+                        self._check_cancel()
+                        ray.wait(list(running), timeout=POLL)
+                    continue
+                item = self._next(running)
+                if item is None:
+                    continue
+                if item[0] == "frame" and item[1] not in written:
+                    keys[item[1]] = item[2]
+                    written.add(item[1])
+                    yield item[1], item[2]
+                elif item[0] == "done":
+                    todo.discard(item[1])
+        finally:
+            self.stop.set()
+            self.pool.cancel(self.id)
+            for thread in threads:
+                thread.join(60.0)
+
+    def _key(self, keys: dict[int, np.ndarray], index: int) -> np.ndarray:
+        return keys[index] if index in keys else self.checkpoint.output(index)
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("job cancelled")
+
+    def _next(self, waiting_on: Mapping[Any, Any] | None = None) -> tuple | None:
+        """The next item of the run's tasks (progress is reported here); None after a poll interval
+        when propagation tasks are also running."""
+        while True:
+            self._check_cancel()
+            try:
+                item = self.items.get(timeout=POLL)
+            except queue.Empty:
+                if waiting_on:
+                    return None
+                continue
+            if item[0] == "progress":
+                _, task, stage, done, total = item
+                self.progress[task] = (stage, done, total)
+                if self.on_progress is not None:
+                    self.on_progress(Progress(stage, sum(p[1] for p in self.progress.values()),
+                                              sum(p[2] for p in self.progress.values()), None))
+            elif item[0] == "failed":
+                raise item[1]
+            else:
+                return item
+
+    def _start(self, kind: str, index: int | None, frames_ref: Any, plan: Any, anchors_ref: Any) -> threading.Thread:
+        thread = threading.Thread(target=self._task, args=(kind, index, frames_ref, plan, anchors_ref),
+                                  name=f"ray-{kind}-{index}", daemon=True)
+        thread.start()
+        return thread
+
+    def _task(self, kind: str, index: int | None, frames_ref: Any, plan: Any, anchors_ref: Any) -> None:
+        """Run one pass on a worker, again on another when its worker is lost."""
+        task = (kind, index)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                slot = self.pool.acquire(self.id, self.stop)
+            except Cancelled:
+                return
+            lost = False
+            try:
+                self.pool.history.append((self.id, kind, index))
+                stream = slot.actor.run.options(num_returns="streaming").remote(
+                    self.id, kind, self.models, frames_ref, self.settings, plan, index, anchors_ref)
+                for ref in stream:
+                    item = ray.get(ref)
+                    if self.stop.is_set():
+                        return
+                    if item[0] == "progress":
+                        self.items.put(("progress", task, *item[1:]))
+                    else:
+                        self.items.put(item)
+                self.items.put(("done", index))
+                return
+            except LOST as exc:
+                lost = True
+                log.warning("run %s: worker %d lost during %s %s (attempt %d): %s", self.id, slot.index, kind,
+                            index, attempt, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            except rex.RayTaskError as exc:
+                if not self.stop.is_set():
+                    self.items.put(("failed", exc.as_instanceof_cause()))
+                return
+            except Exception as exc:  # noqa: BLE001 - the job fails with it
+                self.items.put(("failed", exc))
+                return
+            finally:
+                self.pool.release(slot, lost)
+        self.items.put(("failed", RuntimeError(f"the workers running {kind} {index} died {ATTEMPTS} times; "
+                                               f"see the server log")))
