@@ -153,6 +153,8 @@ class _Job:
     """What every part of one job shares: the settings, the clip and the sizes."""
 
     def __init__(self, frames: Sequence[np.ndarray], settings: Settings, cache: Cache | None):
+        if not frames:
+            raise ValueError("the clip has no frames")
         self.config = JobConfig.of(settings)
         self.clip = Frames(frames, range(len(frames)), frames[0].shape)
         self.height, self.width = frames[0].shape[:2]
@@ -194,7 +196,6 @@ def _check(plan: SegmentPlan, index: int, anchors: Mapping[int, list[torch.Tenso
 
 def _segment(pipe, job: _Job, plan: SegmentPlan, index: int, anchors: Mapping[int, list[torch.Tensor]],
              clock: StepClock) -> Iterator[tuple[int, np.ndarray]]:
-    _check(plan, index, anchors, job.config)
     needed = {key: anchors[key] for key in plan.needs(index, job.config)}
     return job.run(pipe, plan.batches(index, job.config), clock, anchors=needed)
 
@@ -213,12 +214,12 @@ def run_skeleton(pipe, frames: Sequence[np.ndarray], settings: Settings, plan: S
 def run_segment(pipe, frames: Sequence[np.ndarray], settings: Settings, plan: SegmentPlan, index: int,
                 anchors: Mapping[int, list[torch.Tensor]], on_progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None, cache: Cache | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields (key, uint8 RGB at the input size) for every key of segment ``index``, in order, as each
-    batch finishes. ``anchors``: the skeleton's latents (at least those of ``plan.needs(index, ...)``)."""
+    """(key, uint8 RGB at the input size) for every key of segment ``index``, in order, as each
+    batch finishes; a bad ``index`` or missing ``anchors`` (the skeleton's latents, at least those of
+    ``plan.needs(index, ...)``) raise ValueError on the call."""
     job = _Job(frames, settings, cache)
-    _check(plan, index, anchors, job.config)
-    yield from _segment(pipe, job, plan, index, anchors,
-                        StepClock(plan.steps(job.config)[1][index], on_progress, cancel))
+    _check(plan, index, anchors, job.config)  # on the call, not when the first frame is asked for
+    return _segment(pipe, job, plan, index, anchors, StepClock(plan.steps(job.config)[1][index], on_progress, cancel))
 
 
 def propagate(frames: Sequence[np.ndarray], first: int, last: int, out_first: np.ndarray,

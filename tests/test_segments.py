@@ -13,7 +13,7 @@ from fresco_backend.config import JobConfig
 from fresco_backend.flow import BatchFlow, estimate_batch_flow
 from fresco_backend.frames import processed_size, resize
 from fresco_backend.metrics import pixel_mse
-from fresco_backend.segments import plan_segments, run_segment, translate_segmented
+from fresco_backend.segments import plan_segments, propagate, run_segment, run_skeleton, translate_segmented
 from fresco_backend.synthetic import moving_square
 from fresco_backend.translate import Cancelled, translate_frames
 from fresco_backend.video_io import iter_frames
@@ -112,24 +112,20 @@ def test_segments_share_the_skeleton_latents_and_stay_consistent_at_their_bounda
     plan = plan_segments(clip, config, 3)
     assert len(plan.segments) == 3 and len(plan.skeleton) == 3
     given: list[tuple[int, int, list]] = []  # (batch's first new key, anchor key, the latents it got)
+    made: list[fresco.AnchoredSteps] = []
     original = fresco.AnchoredSteps.__init__
 
     def spy(self, attention, opt_ctx, opt_config, skipped, batch, memory, *rest):
         original(self, attention, opt_ctx, opt_config, skipped, batch, memory, *rest)
         given.extend((batch.new[0], frame, memory[frame]) for frame in batch.frames[:batch.anchors])
-
-    recorded: dict[int, list] = {}
-    skeleton = segments._skeleton
-
-    def keep_skeleton(*args):
-        outputs, latents = skeleton(*args)
-        recorded.update(latents)
-        return outputs, latents
+        made.append(self)
 
     monkeypatch.setattr(fresco.AnchoredSteps, "__init__", spy)
-    monkeypatch.setattr(segments, "_skeleton", keep_skeleton)
     out = list(translate_segmented(pipe, clip, config, 3))
     assert [i for i, _ in out] == list(range(len(clip)))
+    # what the skeleton pass's denoising loop recorded (its batches come first), as it recorded it
+    recorded = {frame: hooks.memory[frame] for hooks in made[:len(plan.skeleton_batches(config))]
+                for _, frame in hooks.recorded if frame in plan.skeleton}
     assert sorted(recorded) == plan.skeleton
     assert all(len(steps) == config.sampling.executed_steps for steps in recorded.values())
     firsts = {plan.batches(s.index, config)[0].new[0]: s for s in plan.segments}
@@ -141,6 +137,16 @@ def test_segments_share_the_skeleton_latents_and_stay_consistent_at_their_bounda
             uses.setdefault(frame, set()).add(firsts[first].index)
     assert uses[plan.keys[0]] == {0, 1, 2}  # every segment is anchored to K0's one recording
     assert {k for k in uses if k != plan.keys[0]} == set(plan.skeleton[1:])
+
+    # the parts on their own, as a distributed executor runs them: segments in any order, anchors copied
+    keys, latents = run_skeleton(pipe, clip, config, plan)
+    for segment in reversed(plan.segments):
+        copied = {k: [t.clone() for t in latents[k]] for k in plan.needs(segment.index, config)}
+        keys.update(run_segment(pipe, clip, config, plan, segment.index, copied))
+    parts = {**keys, **dict(p for first, last in plan.spans()
+                            for p in propagate(clip, first, last, keys[first], keys[last]))}
+    assert sorted(parts) == list(range(len(clip)))
+    assert all(np.array_equal(parts[i], rgb) for i, rgb in out)
 
     plain = [rgb for _, rgb in translate_frames(pipe, clip, config)]
     split = [rgb for _, rgb in out]
@@ -169,6 +175,6 @@ def test_cancel_stops_within_a_step_and_a_segment_needs_its_anchors(pipe):
         list(translate_segmented(pipe, clip, config, 2, on_progress=progress, cancel=cancel))
     assert seen == [(1, plan.steps(config)[0] + sum(plan.steps(config)[1]))]
     with pytest.raises(ValueError, match="needs the skeleton's latents"):
-        list(run_segment(pipe, clip, config, plan, 1, {}))
+        run_segment(pipe, clip, config, plan, 1, {})
     with pytest.raises(ValueError, match="does not exist"):
-        list(run_segment(pipe, clip, config, plan, 5, {}))
+        run_segment(pipe, clip, config, plan, 5, {})
