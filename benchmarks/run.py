@@ -18,6 +18,9 @@ Rows (tiny untrained model unless --model/--controlnet; it shows cost, not train
  6. Pixel-MSE of FRESCO (every frame a key) / baseline and default pipeline / baseline on real clips,
     with DIS flow estimated on the inputs.
  7. DIS flow: frames per second at 512x512 and end-point error on the synthetic ground-truth clip.
+ 8. Ray (python -m server --ray, server/ray_pool.py): time of the same segmented job on 2 workers / 1 worker
+    (CPU workers of one thread each, side by side in one Ray runtime), and Pixel-MSE of the consecutive
+    pairs crossing a segment boundary / of the pairs inside segments (the 2-worker run's outputs).
 
 Rows with a target the issue states carry it (target, met). Peak memory is peak CUDA memory when a
 GPU is there (RSS does not show it), else peak RSS. --quick uses the smallest sizes and counts (a smoke
@@ -48,11 +51,11 @@ FULL = dict(ablation=dict(size=128, frames=8, steps=20, repeats=3, large=dict(si
             memory=dict(size=64, steps=4, lengths=(30, 300)),
             attention=dict(frames=8, short=512, queries=1024), gram=dict(hw_side=32, channels=64, chunk=256),
             transport=dict(frames=100, size=512, steps=4), consistency=dict(frames=16, size=256, steps=10),
-            flow=dict(size=512, pairs=10))
+            flow=dict(size=512, pairs=10), ray=dict(frames=16, size=128, steps=10, segments=2))
 QUICK = dict(ablation=dict(size=64, frames=4, steps=2, parts=False), memory=dict(size=64, steps=1, lengths=(4, 16)),
              attention=dict(frames=4, short=128, queries=256), gram=dict(hw_side=16, channels=16, chunk=64),
              transport=dict(frames=8, size=64, steps=1), consistency=dict(frames=4, size=64, steps=2),
-             flow=dict(size=128, pairs=3))
+             flow=dict(size=128, pairs=3), ray=dict(frames=8, size=64, steps=2, segments=2))
 
 
 def _script(name: str):
@@ -375,10 +378,68 @@ def row_flow(model: str, controlnet: str, p: dict) -> list[dict]:
                  detail=f"{len(truth.frames)} frames 128x96, non-occluded pixels vs gt_flow")]
 
 
-ROWS = [row_ablation, row_attention, row_gram, row_transport, row_memory, row_consistency, row_flow]
+def child_ray(p: dict) -> dict:
+    import numpy as np
+    import ray
+    import torch
+
+    from fresco_contract.settings import validate
+    from fresco_backend.flow import estimate_batch_flow, warp
+    from fresco_backend.segments import plan_segments
+    from fresco_backend.synthetic import moving_square
+    from server.ray_pool import RayPool
+
+    frames = moving_square(frames=p["frames"], width=p["size"], height=p["size"], velocity=(3, 2),
+                           square=p["size"] // 3).frames
+    settings = validate({"prompt": "a watercolour painting", "steps": p["steps"], "size": p["size"], "seed": 7})
+    ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    seconds, outputs = {}, {}
+    for workers in (1, 2):
+        pool = RayPool(workers, (p["model"], p["controlnet"]), "cpu", segments=p["segments"], threads=1)
+        try:
+            started = time.perf_counter()
+            outputs[workers] = dict(pool.translate(None, frames, settings))
+            seconds[workers] = time.perf_counter() - started
+        finally:
+            pool.shutdown()
+    ray.shutdown()
+    out = [outputs[2][i] for i in range(len(frames))]
+    flow = estimate_batch_flow(list(frames))
+    video = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255.0
+    visible = 1.0 - flow.occ_bwd
+    squared = ((video[1:] - warp(video[:-1], flow.bwd)) ** 2).mean(dim=1, keepdim=True) * visible
+    pair_mse = (squared.sum(dim=(1, 2, 3)) / visible.sum(dim=(1, 2, 3)).clamp(min=1.0)).tolist()
+    plan = plan_segments(list(frames), settings, p["segments"])
+    ranges = [(min(s.keys), max(s.keys)) for s in plan.segments if s.keys]
+    boundary = {i for (_, end), (start, _) in zip(ranges, ranges[1:]) for i in range(end, start)}
+    inside = [m for i, m in enumerate(pair_mse) if i not in boundary]
+    crossing = [m for i, m in enumerate(pair_mse) if i in boundary]
+    return dict(seconds=seconds, boundary=float(np.mean(crossing)) if crossing else None,
+                inside=float(np.mean(inside)) if inside else None, pairs=[len(crossing), len(inside)])
+
+
+def row_ray(model: str, controlnet: str, p: dict) -> list[dict]:
+    if importlib.util.find_spec("ray") is None:
+        return [dict(row=8, name="Ray 2 workers / 1 worker: time", skipped="ray is not installed (the [ray] extra)")]
+    r = _child("ray", model=model, controlnet=controlnet, **p)
+    one, two = r["seconds"]["1"], r["seconds"]["2"]
+    job = f"{p['frames']} frames {p['size']}px {p['steps']} steps, {p['segments']} segments"
+    rows = [_target(dict(row=8, name="Ray 2 workers / 1 worker: time", value=two / one, unit="x",
+                         detail=f"{two:.1f} s vs {one:.1f} s, {job}, CPU workers of one thread"), "<=", 0.65)]
+    if r["boundary"] and r["inside"]:
+        rows.append(dict(row=8, name="Ray Pixel-MSE segment boundary / inside", value=r["boundary"] / r["inside"],
+                         unit="x", detail=f"{r['boundary']:.4f} over {r['pairs'][0]} pairs vs {r['inside']:.4f} "
+                                          f"over {r['pairs'][1]}, {job}; {model_note(model)}"))
+    else:
+        rows.append(dict(row=8, name="Ray Pixel-MSE segment boundary / inside",
+                         skipped=f"the plan has no pairs {'across' if not r['boundary'] else 'inside'} segments"))
+    return rows
+
+
+ROWS = [row_ablation, row_attention, row_gram, row_transport, row_memory, row_consistency, row_flow, row_ray]
 ROW_NAMES = {1: "FRESCO vs baseline", 2: "cross-frame attention", 3: "Gram loss memory", 4: "transport",
-             5: "memory vs length", 6: "consistency", 7: "flow"}
-CHILDREN = {"attention": child_attention, "gram": child_gram, "consistency": child_consistency}
+             5: "memory vs length", 6: "consistency", 7: "flow", 8: "Ray workers"}
+CHILDREN = {"attention": child_attention, "gram": child_gram, "consistency": child_consistency, "ray": child_ray}
 
 
 def print_table(results: list[dict]) -> None:
@@ -406,7 +467,8 @@ def main() -> None:
         plan = {**plan, "transport": {**plan["transport"], "steps": 20}}
     args.model, args.controlnet = models(parser, args)
     results, started, loads = [], time.perf_counter(), [os.getloadavg()[0]]
-    for fn, key in zip(ROWS, ("ablation", "attention", "gram", "transport", "memory", "consistency", "flow")):
+    for fn, key in zip(ROWS, ("ablation", "attention", "gram", "transport", "memory", "consistency", "flow",
+                                  "ray")):
         t0 = time.perf_counter()
         try:
             rows = fn(args.model, args.controlnet, plan[key])
