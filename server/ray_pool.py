@@ -39,6 +39,7 @@ log = logging.getLogger("fresco.server.ray")
 
 SEGMENTS = "fresco_backend.segments"
 ATTEMPTS = 4  # runs of one segment before a job fails because its workers keep dying
+STARTUP = 900.0  # seconds the workers may take to start and load the model (an outer limit)
 POLL = 0.2  # seconds between checks of a job's cancel while it waits
 LOST = (rex.RayActorError, rex.ActorUnavailableError, rex.WorkerCrashedError, rex.NodeDiedError,
         rex.OutOfMemoryError)  # a worker died or is unreachable: its segment runs again elsewhere
@@ -49,7 +50,7 @@ class Worker:
     """One warm pipeline; ``run`` streams a skeleton or segment pass, ``cancel`` stops it."""
 
     def __init__(self, models: tuple[str, str], device: str | None, load_options: dict[str, Any],
-                 segments: str, threads: int | None, cache_dir: str | None) -> None:
+                 threads: int | None, cache_dir: str | None) -> None:
         if threads:
             import torch
 
@@ -57,7 +58,6 @@ class Worker:
         from fresco_backend.cache import Cache
 
         self.device, self.load_options = device, load_options
-        self.segments = importlib.import_module(segments)
         self.cache = Cache(Path(cache_dir)) if cache_dir else None
         self.cancels: dict[str, threading.Event] = {}
         self.models: tuple[str, str] | None = None
@@ -79,10 +79,11 @@ class Worker:
     def cancel(self, run_id: str) -> None:
         self.cancels.setdefault(run_id, threading.Event()).set()
 
-    def run(self, run_id: str, kind: str, models: tuple[str, str], frames: list[np.ndarray],
+    def run(self, run_id: str, kind: str, module: str, models: tuple[str, str], frames: list[np.ndarray],
             settings: Mapping[str, Any], plan: Any, index: int | None, anchors: Any) -> Iterator[tuple]:
         """Streams ("progress", stage, done, total), ("frame", key, rgb) and, for the skeleton,
-        ("anchors", anchors) last."""
+        ("anchors", anchors) last; ``module``: where run_skeleton and run_segment are."""
+        segments = importlib.import_module(module)
         cancel = self.cancels.setdefault(run_id, threading.Event())
         pipe = self._pipeline(models)
         items: queue.Queue[tuple] = queue.Queue()
@@ -93,13 +94,13 @@ class Worker:
         def body() -> None:
             try:
                 if kind == "skeleton":
-                    outputs, found = self.segments.run_skeleton(pipe, frames, settings, plan, on_progress,
+                    outputs, found = segments.run_skeleton(pipe, frames, settings, plan, on_progress,
                                                                 cancel, self.cache)
                     for key in sorted(outputs):
                         items.put(("frame", key, outputs[key]))
                     items.put(("anchors", found))
                 else:
-                    for key, rgb in self.segments.run_segment(pipe, frames, settings, plan, index, anchors,
+                    for key, rgb in segments.run_segment(pipe, frames, settings, plan, index, anchors,
                                                               on_progress, cancel, self.cache):
                         items.put(("frame", key, rgb))
                 items.put(("end",))
@@ -160,8 +161,8 @@ class RayPool:
         self.segments = segments or self.size
         self.segments_module = segments_module
         self.default_models = models
-        self._args = (device if not use_gpu else None, dict(load_options or {}), segments_module,
-                      None if use_gpu else threads, None if cache_dir is None else str(cache_dir))
+        self._args = (None if use_gpu else device, dict(load_options or {}), None if use_gpu else threads,
+                      None if cache_dir is None else str(cache_dir))
         self._resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, str]] = []  # (ticket, run) of runs waiting for a worker
@@ -170,10 +171,15 @@ class RayPool:
         self._closed = False
         actors = [self._new_actor() for _ in range(self.size)]
         try:
-            devices = ray.get([a.describe.remote() for a in actors])
+            loaded, _ = ray.wait([a.describe.remote() for a in actors], num_returns=self.size, timeout=STARTUP)
+            devices = ray.get(loaded) if len(loaded) == self.size else None
         except rex.RayError as exc:
             self.shutdown()
             raise RuntimeError(f"the Ray workers could not load the model: {exc}") from None
+        if devices is None:
+            self.shutdown()
+            raise RuntimeError(f"only {len(loaded)} of {self.size} Ray workers started within {STARTUP:.0f} s: each "
+                               f"needs {self._resources} free in the cluster ({ray.available_resources()})")
         self._slots = [Slot(i, a, d) for i, (a, d) in enumerate(zip(actors, devices))]
         log.info("Ray pool: %d workers on %s, %d segments a job", self.size, ", ".join(devices), self.segments)
 
@@ -261,13 +267,14 @@ class _Run:
         self.checkpoint = checkpoint
         self.frames_list = [np.asarray(f) for f in frames]
         self.id = uuid.uuid4().hex
+        self.module = pool.segments_module
         self.models = tuple(choose_models(settings, *pool.default_models))
         self.items: queue.Queue[tuple] = queue.Queue()
         self.stop = threading.Event()
         self.progress: dict[Any, tuple[str, int, int]] = {}
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        segments = importlib.import_module(self.pool.segments_module)
+        segments = importlib.import_module(self.module)
         plan = segments.plan_segments(self.frames_list, self.settings, self.pool.segments)
         count = len(self.frames_list)
         written = {i for i in range(count) if self.checkpoint.has_output(i)}
@@ -275,7 +282,9 @@ class _Run:
         frames_ref = ray.put(self.frames_list)
         threads: list[threading.Thread] = []
         try:
-            if self.checkpoint.batches_done and self.checkpoint.anchors:
+            if not plan.skeleton:
+                anchors = {}
+            elif self.checkpoint.batches_done and self.checkpoint.anchors:
                 anchors = self.checkpoint.anchors
                 log.info("run %s resumes after its skeleton pass", self.id)
             else:
@@ -298,7 +307,7 @@ class _Run:
             while todo or spans or running:
                 for a, b in [s for s in spans if all(k in keys or k in written for k in s)]:
                     spans.remove((a, b))
-                    ref = propagate_span.remote(self.pool.segments_module, frames_ref, a, b,
+                    ref = propagate_span.remote(self.module, frames_ref, a, b,
                                                 self._key(keys, a), self._key(keys, b))
                     running[ref] = (a, b)
                 if running:
@@ -378,7 +387,7 @@ class _Run:
             try:
                 self.pool.history.append((self.id, kind, index))
                 stream = slot.actor.run.options(num_returns="streaming").remote(
-                    self.id, kind, self.models, frames_ref, self.settings, plan, index, anchors_ref)
+                    self.id, kind, self.module, self.models, frames_ref, self.settings, plan, index, anchors_ref)
                 for ref in stream:
                     item = ray.get(ref)
                     if self.stop.is_set():

@@ -111,16 +111,12 @@ def runtime(gate):
     ray.shutdown()
 
 
-def make_pool(tiny_models, tmp_path, segments: int, module: str = "test_server_ray"):
-    from server.ray_pool import RayPool
-
-    return RayPool(2, (str(tiny_models[0]), str(tiny_models[1])), "cpu", segments=segments, threads=1,
-                   cache_dir=tmp_path / "cache", segments_module=module)
-
-
 @pytest.fixture(scope="module")
 def pool(runtime, tiny_models, tmp_path_factory):
-    pool = make_pool(tiny_models, tmp_path_factory.mktemp("pool"), segments=3)
+    from server.ray_pool import RayPool
+
+    pool = RayPool(2, (str(tiny_models[0]), str(tiny_models[1])), "cpu", segments=3, threads=1,
+                   cache_dir=tmp_path_factory.mktemp("pool") / "cache", segments_module="test_server_ray")
     yield pool
     pool.shutdown()
 
@@ -307,20 +303,54 @@ def test_health_reports_the_workers(pool, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("fresco_backend.segments") is None,
                     reason="fresco_backend/segments.py is not there yet")
-def test_one_segment_is_byte_identical_to_the_plain_server(runtime, tiny_models, pipe, tmp_path):
+def test_one_segment_is_byte_identical_to_the_plain_server(pool, pipe, tmp_path, monkeypatch):
     from fresco_backend.translate import translate_frames
     from server.jobs import JobManager
 
+    monkeypatch.setattr(pool, "segments", 1)
+    monkeypatch.setattr(pool, "segments_module", "fresco_backend.segments")
+    import torch
+
     frames = clip(5)
     plain = JobManager(tmp_path / "plain", lambda settings: pipe, translate_frames)
-    real = make_pool(tiny_models, tmp_path, segments=1, module="fresco_backend.segments")
-    on_ray = manager_on(real, tmp_path / "ray")
+    on_ray = manager_on(pool, tmp_path / "ray")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: CPU reductions round alike only with the same thread count
     try:
         jobs = [(m, submit(m, frames)) for m in (plain, on_ray)]
         assert [finish(m, j)["state"] for m, j in jobs] == [wire.DONE, wire.DONE]
         for i in range(len(frames)):
             assert plain.read_output(jobs[0][1], i) == on_ray.read_output(jobs[1][1], i), f"frame {i}"
     finally:
+        torch.set_num_threads(threads)
         plain.shutdown()
         on_ray.shutdown()
-        real.shutdown()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fresco_backend.segments") is None,
+                    reason="fresco_backend/segments.py is not there yet")
+def test_real_segments_in_parallel_give_the_reference_frames(pool, pipe, tmp_path, monkeypatch):
+    import torch
+
+    from fresco_backend.segments import translate_segmented
+
+    monkeypatch.setattr(pool, "segments", 2)
+    monkeypatch.setattr(pool, "segments_module", "fresco_backend.segments")
+    frames = clip()
+    settings = {**SETTINGS, "keyframes": "interval", "key_interval": 2, "batch_size": 2}
+    manager = manager_on(pool, tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers
+    before = len(pool.history)
+    try:
+        job_id = submit(manager, frames, settings)
+        answer = finish(manager, job_id)
+        reference = dict(translate_segmented(pipe, frames, settings, 2))
+    finally:
+        torch.set_num_threads(threads)
+        manager.shutdown()
+    assert answer["state"] == wire.DONE, answer["events"][-3:]
+    assert sorted(frame_events(answer["events"])) == list(range(FRAMES))
+    assert sorted(h[2] for h in runs_of(pool, "segment", before)) == [0, 1]
+    for i in range(FRAMES):
+        assert np.array_equal(output(manager, job_id, i), reference[i]), f"frame {i}"
