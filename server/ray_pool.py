@@ -121,7 +121,7 @@ class Worker:
             self.cancels.pop(run_id, None)
 
 
-@ray.remote
+@ray.remote(num_cpus=0)  # light; and the workers may hold every CPU of the cluster
 def propagate_span(segments: str, frames: list[np.ndarray], first: int, last: int,
                    out_first: np.ndarray, out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """The frames between two keys, from their outputs (a CPU task)."""
@@ -150,10 +150,9 @@ class RayPool:
         here and stopped by ``shutdown``); ``threads``: torch threads of each CPU worker."""
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
-            options: dict[str, Any] = {"address": address, "runtime_env": runtime_env, "include_dashboard": False,
-                                       "log_to_driver": True}
-            if address is None and workers:
-                options["num_cpus"] = max(os.cpu_count() or 1, workers + 1)
+            options: dict[str, Any] = {"address": address, "runtime_env": runtime_env, "include_dashboard": False}
+            if address is None and workers:  # room for more CPU workers than CPUs, if asked for
+                options["num_cpus"] = max(os.cpu_count() or 1, workers)
             ray.init(**options)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = gpus > 0 and (device is None or not device.startswith("cpu"))
