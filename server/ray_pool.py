@@ -283,7 +283,7 @@ class _Run:
         try:
             if not plan.skeleton:
                 anchors = {}
-            elif self.checkpoint.batches_done and self.checkpoint.anchors:
+            elif self.checkpoint.batches_done and set(self.checkpoint.anchors) == set(plan.skeleton):
                 anchors = self.checkpoint.anchors
                 log.info("run %s resumes after its skeleton pass", self.id)
             else:
