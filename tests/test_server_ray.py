@@ -354,3 +354,36 @@ def test_real_segments_in_parallel_give_the_reference_frames(pool, pipe, tmp_pat
     assert sorted(h[2] for h in runs_of(pool, "segment", before)) == [0, 1]
     for i in range(FRAMES):
         assert np.array_equal(output(manager, job_id, i), reference[i]), f"frame {i}"
+
+
+def test_a_free_worker_goes_to_the_job_holding_fewest(pool):
+    """Job A holds both workers and waits for a third before job B asks: B gets the next free one."""
+    import queue
+    import threading
+
+    wait_idle(pool)
+    stop, got = threading.Event(), queue.Queue()
+    held = [pool.acquire("A", stop), pool.acquire("A", stop)]
+
+    def ask(run: str, waiting: int) -> None:
+        threading.Thread(target=lambda: got.put((run, pool.acquire(run, stop))), daemon=True).start()
+        deadline = time.monotonic() + OUTER_LIMIT
+        while len(pool._waiting) != waiting:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    try:
+        ask("A", 1)
+        ask("B", 2)
+        pool.release(held.pop(), lost=False)
+        run, slot = got.get(timeout=OUTER_LIMIT)
+        held.append(slot)
+        assert run == "B"
+        pool.release(held.pop(0), lost=False)
+        run, slot = got.get(timeout=OUTER_LIMIT)
+        held.append(slot)
+        assert run == "A"
+    finally:
+        stop.set()
+        for slot in held:
+            pool.release(slot, lost=False)
