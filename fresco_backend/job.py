@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import threading
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 FORMAT = 2  # the version of the layout and of job.json; folders of other versions are not resumed
 RECORD = "job.json"
+
+log = logging.getLogger(__name__)
 
 
 class JobMismatch(ValueError):
@@ -187,8 +190,8 @@ class JobFolder:
     def write_record(self, record: JobRecord) -> None:
         write_bytes_atomic(self.record_path, record.to_json())
 
-    def checkpoint_store(self) -> CheckpointStore:
-        return CheckpointStore(self.state_dir, self.output_path)
+    def checkpoint_store(self, plan: str = "") -> CheckpointStore:
+        return CheckpointStore(self.state_dir, self.output_path, plan)
 
     def discard(self, frame_count: int | None = None) -> None:
         """Remove the job: its folder, and the output frames it wrote into an outside output
@@ -206,11 +209,20 @@ class CheckpointStore:
     """The checkpoint of a resumable run kept in ``state_dir`` (progress.json, anchors.safetensors).
 
     ``output_path(i)`` is where the caller writes output frame ``i``; written outputs are read
-    back from there on resume.
+    back from there on resume. ``plan`` names how the run cuts the job into batches ("" for the
+    plain chain; the Ray pool's segmented plan has its own, ``server/ray_pool.py``): a checkpoint
+    recorded under another plan is not resumed (its batches and anchors mean something else), the
+    job starts over and its frames are written again.
     """
 
-    def __init__(self, state_dir: Path, output_path: Callable[[int], Path]):
-        self.state_dir, self.output_path = Path(state_dir), output_path
+    def __init__(self, state_dir: Path, output_path: Callable[[int], Path], plan: str = ""):
+        self.state_dir, self.output_path, self.plan = Path(state_dir), output_path, plan
+
+    def _recorded_plan(self) -> str:
+        try:
+            return str(json.loads((self.state_dir / "progress.json").read_text(encoding="utf-8")).get("plan", ""))
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return ""
 
     def batches_done(self) -> int:
         """Finished batches (0 if none); JobFolderError if progress.json is not ours."""
@@ -229,6 +241,10 @@ class CheckpointStore:
         """The checkpoint to pass to ``translate_frames``; it records every finished batch here."""
         from safetensors.torch import load_file  # torch: only where a job runs
 
+        if self.batches_done() and self._recorded_plan() != self.plan:
+            log.info("%s was recorded under plan %r, not %r: starting over", self.state_dir,
+                     self._recorded_plan(), self.plan)
+            return Checkpoint(on_batch_done=self.batch_done)
         batches_done = self.batches_done()
         anchors_file = self.state_dir / "anchors.safetensors"
         anchors: Anchors = {}
@@ -247,7 +263,8 @@ class CheckpointStore:
         tensors = {f"{frame}:{step}": latents.detach().cpu().float().contiguous()
                    for frame, steps in anchors.items() for step, latents in enumerate(steps)}
         write_bytes_atomic(self.state_dir / "anchors.safetensors", save(tensors))
-        write_bytes_atomic(self.state_dir / "progress.json", json.dumps({"batches_done": number + 1}).encode())
+        write_bytes_atomic(self.state_dir / "progress.json",
+                           json.dumps({"batches_done": number + 1, "plan": self.plan}).encode())
 
 
 class Job:

@@ -212,7 +212,7 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
                              prepare=cache.prepare)
     else:
         manager = JobManager(work_dir, lambda settings: None, pool.translate, prepare=cache.prepare,
-                             concurrency=2 * pool.size)
+                             concurrency=2 * pool.size, checkpoint_plan=pool.checkpoint_plan)
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": choose_models(JobConfig(), args.model, args.controlnet).controlnet}
     app = create_app(manager, cache, token, info, loopback_only=is_loopback_host(args.host),

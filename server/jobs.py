@@ -192,17 +192,20 @@ class JobManager:
     """All jobs of the server process and the worker thread that runs them in order."""
 
     def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate,
-                 prepare: Prepare | None = None, concurrency: int = 1) -> None:
+                 prepare: Prepare | None = None, concurrency: int = 1, checkpoint_plan: str = "") -> None:
         """``translate`` is called like ``fresco_backend.translate.translate_frames``, with a
         ``checkpoint=`` kept in each job's ``state/`` so interrupted jobs resume. ``prepare``
         (``ModelCache.prepare``) gets what a job needs ready before its pipeline is loaded (the
         ``download`` stage), reporting progress and honouring the job's cancel. ``concurrency``:
-        how many jobs run at once (one worker thread each; more than one with ``--ray``)."""
+        how many jobs run at once (one worker thread each; more than one with ``--ray``).
+        ``checkpoint_plan``: how ``translate`` cuts a job into batches (``CheckpointStore``): a job
+        interrupted under another plan starts over."""
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._get_pipeline = get_pipeline
         self._prepare = prepare
         self._translate = translate
+        self._checkpoint_plan = checkpoint_plan
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self._waiters: set[Callable[[], None]] = set()  # long polls of wait_events, woken by _emit
@@ -563,7 +566,7 @@ class JobManager:
             raise InterruptedError("cancelled")
         frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
 
-        checkpoint = job.layout.checkpoint_store().load()
+        checkpoint = job.layout.checkpoint_store(self._checkpoint_plan).load()
         if checkpoint.batches_done:
             log.info("job %s resumes after %d finished batches", job.id, checkpoint.batches_done)
         for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel, checkpoint=checkpoint):

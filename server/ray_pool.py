@@ -158,6 +158,8 @@ class RayPool:
         use_gpu = gpus > 0 and (device is None or not device.startswith("cpu"))
         self.size = workers or gpus or int(ray.cluster_resources().get("CPU", 1))
         self.segments = segments or self.size
+        # how jobs are cut into batches, for their checkpoints (fresco_backend/job.py CheckpointStore)
+        self.checkpoint_plan = f"segments:{self.segments}" if self.segments > 1 else ""
         self.segments_module = segments_module
         self.default_models = models
         self._args = (None if use_gpu else device, dict(load_options or {}), None if use_gpu else threads,

@@ -240,3 +240,20 @@ def test_new_prompt_on_the_same_clip_reuses_cached_flow_and_controls(pipe, clip_
     third = Job(tmp_path / "c", validate({**SETTINGS, "canny_low": 20}), clip_path, cache_dir=shared)
     list(third.run(pipe))
     assert calls == {"flow": 3, "control": 18}  # a control setting misses the controls only
+
+
+def test_a_checkpoint_of_another_plan_is_not_resumed(clip_path, tmp_path):
+    """Batches and anchors recorded by a segmented run (the Ray pool) mean something else to the plain
+    chain, and the other way round: such a checkpoint starts the job over instead of mixing the two."""
+    import torch
+
+    job = Job(tmp_path, validate(SETTINGS), clip_path)
+    job.layout.checkpoint_store("segments:2").batch_done(0, {0: [torch.zeros(4, 2, 2)]})
+    segmented = job.layout.checkpoint_store("segments:2").load()
+    assert segmented.batches_done == 1 and list(segmented.anchors) == [0]
+    for plan in ("", "segments:3"):
+        other = job.layout.checkpoint_store(plan).load()
+        assert other.batches_done == 0 and other.anchors == {} and not other.has_output(0)
+    job.layout.checkpoint_store().batch_done(0, {})
+    assert job.layout.checkpoint_store().load().batches_done == 1
+    assert job.layout.checkpoint_store("segments:2").load().batches_done == 0
