@@ -8,7 +8,9 @@ FRESCO_MODEL/FRESCO_CONTROLNET or are built once with ``make-tiny``.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ if importlib.util.find_spec("bpy") is None:
 else:
     # Blender reads its user folders when bpy is imported: keep the user's own untouched.
     _USER = Path(tempfile.mkdtemp(prefix="fresco-bpy-user-"))
+    atexit.register(shutil.rmtree, _USER, ignore_errors=True)  # the installed add-on and Blender's user files
     os.environ["BLENDER_USER_CONFIG"] = str(_USER / "config")
     os.environ["BLENDER_USER_SCRIPTS"] = str(_USER / "scripts")
     os.environ["BLENDER_USER_EXTENSIONS"] = str(_USER / "extensions")
