@@ -21,9 +21,20 @@ def setting(name: str) -> Any:
     return field(default=S.BY_NAME[name].default, metadata={"setting": name})
 
 
+def setting_list(name: str, item: type) -> Any:
+    """A dataclass field mirroring the list setting ``name`` as a tuple of frozen ``item``s."""
+    default = tuple(item(**value) for value in S.BY_NAME[name].default)
+    return field(default=default, metadata={"setting": name, "item": item})
+
+
+def _value(f: Any, settings: Mapping[str, Any]) -> Any:
+    value = settings[f.metadata["setting"]]
+    return tuple(f.metadata["item"](**v) for v in value) if "item" in f.metadata else value
+
+
 def from_settings(kind: type[G], settings: Mapping[str, Any]) -> G:
     """``kind`` with each setting-backed field taken from validated ``settings`` (nested groups too)."""
-    values = {f.name: settings[f.metadata["setting"]] for f in fields(kind) if "setting" in f.metadata}
+    values = {f.name: _value(f, settings) for f in fields(kind) if "setting" in f.metadata}
     nested = {f.name: from_settings(f.default_factory, settings) for f in fields(kind) if "group" in f.metadata}
     return kind(**values, **nested)
 
@@ -43,7 +54,6 @@ class Sampling:
     strength: float = setting("strength")
     steps: int = setting("steps")
     guidance_scale: float = setting("guidance_scale")
-    control_scale: float = setting("control_scale")
     size: int = setting("size")
     batch_size: int = setting("batch_size")
 
@@ -108,12 +118,28 @@ class FeatureOptConfig:
 
 
 @dataclass(frozen=True)
-class Control:
-    """The ControlNet condition computed from each input frame."""
+class ControlNetUse:
+    """One ControlNet of a job: its kind (``fresco_contract.settings.CONTROL_KINDS``) and scale."""
 
-    kind: str = setting("control")
+    kind: str
+    scale: float
+
+
+@dataclass(frozen=True)
+class Control:
+    """The ControlNet conditions computed from each input frame."""
+
+    nets: tuple[ControlNetUse, ...] = setting_list("controls", ControlNetUse)
     canny_low: int = setting("canny_low")
     canny_high: int = setting("canny_high")
+
+
+@dataclass(frozen=True)
+class Lora:
+    """One LoRA file applied to the model, with its weight."""
+
+    path: str
+    weight: float
 
 
 @dataclass(frozen=True)
@@ -122,7 +148,9 @@ class JobConfig:
 
     mode: str = setting("mode")       # "fresco" or "per_frame"
     flow: str = setting("flow")       # optical-flow estimator
+    flow_weights: str = setting("flow_weights")  # its weights file, for learned estimators
     model: str = setting("model")     # "" = the server's or command line's default
+    loras: tuple[Lora, ...] = setting_list("loras", Lora)
     sampling: Sampling = group(Sampling)
     keyframes: Keyframes = group(Keyframes)
     attention: AttentionConfig = group(AttentionConfig)

@@ -21,7 +21,22 @@ from typing import Any
 from .files import write_bytes_atomic
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-DEFAULT_CONTROLNETS = {"canny": "lllyasviel/sd-controlnet-canny"}  # the ControlNet of each control kind
+# the ControlNet of each control kind (``settings.CONTROL_KINDS``): v1.0 where one exists (DESIGN.md), v1.1 for
+# the kinds v1.0 lacks (tile, line art)
+DEFAULT_CONTROLNETS = {
+    "canny": "lllyasviel/sd-controlnet-canny",
+    "tile": "lllyasviel/control_v11f1e_sd15_tile",
+    "softedge": "lllyasviel/sd-controlnet-hed",
+    "depth": "lllyasviel/sd-controlnet-depth",
+    "lineart": "lllyasviel/control_v11p_sd15_lineart",
+}
+# the annotator network that computes a control kind's condition from a frame: (hub repo, weights file in it;
+# "" for a transformers model folder)
+ANNOTATORS = {
+    "softedge": ("lllyasviel/Annotators", "ControlNetHED.pth"),
+    "lineart": ("lllyasviel/Annotators", "sk_model.pth"),
+    "depth": ("Intel/dpt-hybrid-midas", ""),
+}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # a whole model in one file (civitai-style checkpoints)
 
 RECORDS = "fresco-downloads"  # folder of the completion records inside the cache

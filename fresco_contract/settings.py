@@ -21,7 +21,7 @@ class Setting:
     """One user-facing job setting."""
 
     name: str
-    kind: str  # "str", "int", "float", "bool" or "enum"
+    kind: str  # "str", "int", "float", "bool", "enum" or "list" (of objects whose fields are ``fields``)
     default: Any
     label: str
     description: str
@@ -30,9 +30,14 @@ class Setting:
     choices: tuple[str, ...] = field(default_factory=tuple)
     required: bool = False  # a str that must not be empty
     advanced: bool = False  # tuning knob: the add-on shows it folded away
+    fields: tuple[Setting, ...] = ()  # a "list": the fields of one item (the first one is the item's "key")
+    max_items: int = 0  # a "list": the most items it may hold
+    file: bool = False  # a "str" naming a file on the backend's machine (the add-on shows a file browser)
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """Return (normalised value, None) or (None, problem)."""
+        if self.kind == "list":
+            return self._check_list(value)
         expected = {"str": str, "enum": str, "bool": bool, "int": int, "float": (int, float)}[self.kind]
         # bool is an int subclass in Python; refuse it where a number is meant
         if not isinstance(value, expected) or (self.kind in ("int", "float") and isinstance(value, bool)):
@@ -57,6 +62,35 @@ class Setting:
             return None, f"{self.name}: {value} is above the maximum {self.maximum}"
         return value, None
 
+    def _check_list(self, value: Any) -> tuple[Any, str | None]:
+        """A list of objects: each one's fields checked and defaults filled in, unknown fields refused."""
+        if not isinstance(value, (list, tuple)):
+            return None, f"{self.name}: expected a list, got {type(value).__name__} {value!r}"
+        if len(value) > self.max_items:
+            return None, f"{self.name}: at most {self.max_items} items, got {len(value)}"
+        known = {f.name: f for f in self.fields}
+        items = []
+        for index, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                return None, f"{self.name}[{index}]: expected an object, got {type(item).__name__} {item!r}"
+            unknown = [k for k in item if k not in known]
+            if unknown:
+                return None, f"{self.name}[{index}]: unknown field {unknown[0]!r} (known: {', '.join(known)})"
+            checked = {}
+            for f in self.fields:
+                field_value, problem = f.check(item.get(f.name, f.default))
+                if problem:
+                    return None, f"{self.name}[{index}].{problem}"
+                checked[f.name] = field_value
+            items.append(checked)
+        return items, None
+
+    def default_value(self) -> Any:
+        """The default, as a fresh object (list defaults are never shared)."""
+        return [dict(item) for item in self.default] if self.kind == "list" else self.default
+
+
+CONTROL_KINDS = ("canny", "tile", "softedge", "depth", "lineart")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("prompt", "str", "", "Prompt", "Text describing the look of the result", required=True),
@@ -90,10 +124,15 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=200, advanced=True),
     Setting("key_max_gap", "int", 20, "Key Max Gap", "Adaptive keyframes: largest gap between keys (s_max)",
             minimum=1, maximum=200, advanced=True),
-    Setting("control", "enum", "canny", "Control", "ControlNet condition computed from each input frame",
-            choices=("canny",)),
-    Setting("control_scale", "float", 0.7, "Control Scale", "Strength of the ControlNet condition",
-            minimum=0.0, maximum=2.0),
+    Setting("controls", "list", ({"kind": "canny", "scale": 0.7},), "ControlNets",
+            "ControlNet conditions computed from each input frame, each with its own scale (several at once "
+            "add up). canny: edges; tile: the frame itself (keeps colours and detail); softedge: HED soft "
+            "edges; depth: MiDaS depth; lineart: line drawing (the last three need annotator weights)",
+            max_items=4, fields=(
+                Setting("kind", "enum", "canny", "Kind", "Which condition and ControlNet", choices=CONTROL_KINDS),
+                Setting("scale", "float", 0.7, "Scale", "Strength of this ControlNet's condition",
+                        minimum=0.0, maximum=2.0),
+            )),
     Setting("canny_low", "int", 50, "Canny Low", "Lower hysteresis threshold of the canny edges",
             minimum=0, maximum=255),
     Setting("canny_high", "int", 100, "Canny High", "Upper hysteresis threshold of the canny edges",
@@ -131,19 +170,42 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("spatial_loss_rows", "int", 1024, "Spatial Loss Rows",
             "Gram rows the spatial loss samples per frame and iteration on large feature maps "
             "(0: all rows, exact but several times slower at 512 px)", minimum=0, maximum=65536, advanced=True),
-    Setting("flow", "enum", "dis", "Optical Flow", "Optical-flow estimator (dis: OpenCV DIS, CPU, no weights)",
-            choices=("dis",), advanced=True),
+    Setting("flow", "enum", "dis", "Optical Flow",
+            "Optical-flow estimator (dis: OpenCV DIS, CPU, no weights; raft: the learned RAFT estimator, "
+            "weights from the file in Flow Weights)", choices=("dis", "raft"), advanced=True),
+    Setting("flow_weights", "str", "", "Flow Weights",
+            "RAFT weights (.pth) on the backend's machine, for Optical Flow = raft", advanced=True, file=True),
     Setting("model", "str", "", "Model",
             "Stable Diffusion 1.5 checkpoint: hub id, diffusers folder or .safetensors file "
             "(empty: the backend's default)"),
+    Setting("loras", "list", (), "LoRAs",
+            "LoRA files (.safetensors on the backend's machine) applied to the model, each with a weight "
+            "(0 leaves the model as it is)", max_items=8, fields=(
+                Setting("path", "str", "", "File", "LoRA weights (.safetensors)", required=True, file=True),
+                Setting("weight", "float", 1.0, "Weight", "How strongly the LoRA changes the model",
+                        minimum=-4.0, maximum=4.0),
+            )),
 )
+
+# Settings of earlier versions and how they map onto today's: a job record or .blend written before
+# ``controls`` held one ControlNet as ``control`` + ``control_scale``.
+LEGACY = ("control", "control_scale")
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 def defaults() -> dict[str, Any]:
     """Every setting at its default value."""
-    return {s.name: s.default for s in SETTINGS}
+    return {s.name: s.default_value() for s in SETTINGS}
+
+
+def upgrade(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with settings of earlier versions (``LEGACY``) turned into today's."""
+    values = dict(values)
+    if any(name in values for name in LEGACY):
+        kind, scale = values.pop("control", "canny"), values.pop("control_scale", 0.7)
+        values.setdefault("controls", [{"kind": kind, "scale": scale}])
+    return values
 
 
 def validate(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,11 +216,12 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(values, Mapping):
         raise SettingsError(f"settings must be an object, got {type(values).__name__}")
+    values = upgrade(values)
     problems = [f"{name}: unknown setting (known: {', '.join(BY_NAME)})"
                 for name in values if name not in BY_NAME]
     result = defaults()
     for setting in SETTINGS:
-        value = values.get(setting.name, setting.default)
+        value = values.get(setting.name, setting.default_value())
         checked, problem = setting.check(value)
         if problem:
             problems.append(problem)
@@ -168,6 +231,14 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
         problems.append("canny_low: must not exceed canny_high")
     if result["key_min_gap"] > result["key_max_gap"] and not problems:
         problems.append("key_min_gap: must not exceed key_max_gap")
+    if not problems:
+        kinds = [c["kind"] for c in result["controls"]]
+        if not kinds:
+            problems.append("controls: at least one ControlNet (e.g. canny, or tile to keep the picture's look)")
+        elif len(set(kinds)) < len(kinds):
+            problems.append(f"controls: each kind at most once, got {', '.join(kinds)}")
+        if result["flow"] == "raft" and not result["flow_weights"].strip():
+            problems.append("flow_weights: flow=raft needs a RAFT weights file (.pth)")
     if problems:
         raise SettingsError("invalid settings: " + "; ".join(problems))
     return result
