@@ -24,9 +24,31 @@ _TYPES = {"str": str, "enum": str, "int": int, "float": float}
 JOB_DIR = ".fresco-job"  # inside --out while a run is unfinished: re-running the command resumes it
 
 
+def _list_item(setting: S.Setting):
+    """argparse type of one item of a list setting: ``FIRST[@SECOND]`` (e.g. ``tile@0.5``), the fields in
+    the schema's order; without a number after the last ``@`` all of it is FIRST (a path may hold ``@``) and
+    SECOND takes its default. The contract checks the values."""
+    first, second = setting.fields
+
+    def parse(text: str) -> dict:
+        head, _, tail = text.rpartition("@")
+        try:
+            return {first.name: head, second.name: _TYPES[second.kind](tail)} if head else {first.name: text}
+        except ValueError:
+            return {first.name: text}
+    return parse
+
+
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     for setting in S.SETTINGS:
         flag = "--" + setting.name.replace("_", "-")
+        if setting.kind == "list":
+            first, second = setting.fields
+            parser.add_argument(flag, dest=setting.name, type=_list_item(setting), action="append", default=None,
+                                metavar=f"{first.name.upper()}[@{second.name.upper()}]",
+                                help=f"{setting.description}; repeat for several (default: "
+                                     f"{', '.join(f'{i[first.name]}@{i[second.name]}' for i in setting.default) or 'none'})")
+            continue
         if setting.kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=setting.description)
             continue
