@@ -16,9 +16,17 @@ def test_properties_follow_schema(addon, movie_scene, compat):
         prop = rna[s.name]
         assert prop.name == s.label
         assert prop.description == s.description
-        assert getattr(group, s.name) == (s.default if s.kind != "float" else approx(s.default))
-        kind = {"str": "STRING", "int": "INT", "float": "FLOAT", "bool": "BOOLEAN", "enum": "ENUM"}[s.kind]
+        kind = {"str": "STRING", "int": "INT", "float": "FLOAT", "bool": "BOOLEAN", "enum": "ENUM",
+                "list": "COLLECTION"}[s.kind]
         assert prop.type == kind
+        if s.kind == "list":
+            assert len(getattr(group, s.name)) == 0  # not edited yet: strip_settings gives the default
+            assert [f.identifier for f in prop.fixed_type.properties if f.identifier not in ("rna_type", "name")] == [
+                f.name for f in s.fields]
+            continue
+        assert getattr(group, s.name) == (s.default if s.kind != "float" else approx(s.default))
+        if s.kind == "str":
+            assert prop.subtype == ("FILE_PATH" if s.file else "NONE")
         if s.kind in ("int", "float") and s.minimum is not None:
             assert prop.hard_min == approx(s.minimum)
             assert prop.hard_max == approx(s.maximum)
@@ -57,3 +65,114 @@ def test_out_of_range_values_are_clamped(addon, movie_scene, compat):
     assert strip.fresco.steps == 150
     strip.fresco.strength = 0.0
     assert abs(strip.fresco.strength - 0.05) < 1e-6
+
+
+def _props(addon):
+    import sys
+
+    return sys.modules[addon.__name__ + ".props"]
+
+
+def _schema(addon):
+    import sys
+
+    return sys.modules[addon.__name__ + ".fresco_contract.settings"]
+
+
+EDITED = {"prompt": "a charcoal drawing", "seed": 77, "strength": 0.6, "mode": "per_frame",
+          "controls": [{"kind": "tile", "scale": 0.5}, {"kind": "depth", "scale": 1.25}],
+          "loras": [{"path": "/models/ink.safetensors", "weight": 0.75}], "flow_weights": "/models/raft.pth"}
+
+
+def test_settings_round_trip_with_lists(addon, movie_scene, compat, blend):
+    props = _props(addon)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    values = props.strip_settings(strip)
+    assert values["controls"] == [{"kind": "canny", "scale": approx(0.7)}]  # not edited: the default
+    assert values["loras"] == []
+    props.apply_settings(strip, EDITED)
+    expected = {**values, **EDITED}
+    assert props.strip_settings(strip) == approx_settings(expected)
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    strip = compat.all_strips(bpy.context.scene.sequence_editor)["clip"]
+    assert props.strip_settings(strip) == approx_settings(expected)
+    # plain data: changing the strip afterwards leaves a copied dict alone
+    copied = props.strip_settings(strip)
+    strip.fresco.controls[0].scale = 2.0
+    assert copied["controls"][0]["scale"] == approx(0.5)
+    assert _schema(addon).validate(copied)["controls"][1] == {"kind": "depth", "scale": 1.25}
+
+
+def approx_settings(values):
+    return {k: [approx_item(i) for i in v] if isinstance(v, list) else (approx(v) if isinstance(v, float) else v)
+            for k, v in values.items()}
+
+
+def approx_item(item):
+    return {k: approx(v) if isinstance(v, float) else v for k, v in item.items()}
+
+
+def test_old_files_single_control_becomes_controls(addon, movie_scene, compat):
+    props = _props(addon)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    strip.fresco["control"] = 0  # what an earlier version stored: the enum item's index, and the scale
+    strip.fresco["control_scale"] = 1.3
+    assert props.strip_settings(strip)["controls"] == [{"kind": "canny", "scale": approx(1.3)}]
+    props.edit_lists(strip)  # the panel's "Edit": the list becomes items, the old values go
+    assert [(c.kind, round(c.scale, 3)) for c in strip.fresco.controls] == [("canny", 1.3)]
+    assert "control_scale" not in strip.fresco.keys()
+
+
+def test_bad_lists_are_reported(addon, movie_scene, compat):
+    import pytest
+
+    props, schema = _props(addon), _schema(addon)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    with pytest.raises(schema.SettingsError, match=r"controls\[0\]\.kind: 'blur' is not one of canny"):
+        props.apply_settings(strip, {"controls": [{"kind": "blur", "scale": 1.0}]})
+    with pytest.raises(schema.SettingsError, match="controls: at most 4 items"):
+        props.apply_settings(strip, {"controls": [{"kind": k} for k in schema.CONTROL_KINDS]})
+    with pytest.raises(schema.SettingsError, match="colour: unknown setting"):
+        props.apply_settings(strip, {"colour": "red"})
+    assert len(strip.fresco.controls) == 0  # refused as a whole
+    for kind in ("canny", "canny"):
+        strip.fresco.controls.add().kind = kind
+    strip.fresco.loras.add()  # a LoRA row without a file
+    with pytest.raises(schema.SettingsError) as caught:
+        schema.validate(props.strip_settings(strip))
+    assert "loras[0].path: must not be empty" in str(caught.value)
+    strip.fresco.loras[0].path = "/m/a.safetensors"
+    with pytest.raises(schema.SettingsError, match="controls: each kind at most once, got canny, canny"):
+        schema.validate(props.strip_settings(strip))
+
+
+def test_random_seed(addon, movie_scene, compat, tmp_path):
+    props, schema = _props(addon), _schema(addon)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    strip.fresco.seed = 5
+    assert props.job_settings(strip)["seed"] == props.job_settings(strip)["seed"] == 5
+    strip.fresco.random_seed = True
+    seeds = {props.job_settings(strip)["seed"] for _ in range(3)}
+    assert len(seeds) == 3
+    seed = schema.BY_NAME["seed"]
+    assert all(seed.minimum <= s <= seed.maximum for s in seeds)
+    assert strip.fresco.seed == 5  # the strip keeps its own seed
+    # the result strip gets the seed used, with Random off, so the run can be repeated
+    used = schema.validate(props.job_settings(strip))
+    result = compat.all_strips(movie_scene.sequence_editor)["blocker"]
+    result.fresco.random_seed = True
+    props.apply_settings(result, used)
+    assert (result.fresco.seed, result.fresco.random_seed) == (used["seed"], False)
+    assert props.job_settings(result) == props.strip_settings(result) == approx_settings(used)
+
+
+def test_job_settings_make_blend_relative_files_absolute(addon, movie_scene, compat, tmp_path):
+    props = _props(addon)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    props.apply_settings(strip, {"loras": [{"path": "//loras/ink.safetensors", "weight": 0.5}],
+                                 "flow_weights": "//raft.pth"})
+    job = props.job_settings(strip)
+    assert job["loras"][0]["path"] == str(tmp_path / "loras" / "ink.safetensors")
+    assert job["flow_weights"] == str(tmp_path / "raft.pth")
+    assert props.strip_settings(strip)["flow_weights"] == "//raft.pth"
