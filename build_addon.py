@@ -96,8 +96,10 @@ def manifest(bl_info: dict) -> str:
 
 
 def package_files() -> list[tuple[str, Path]]:
-    """(name in the zip's folder, source) of every .py of the add-on and of the contract."""
+    """(name in the zip's folder, source) of every .py of the add-on, of its shipped presets (``presets.py``)
+    and of the contract."""
     files = [(p.name, p) for p in SOURCE.glob("*.py")]
+    files += [(p.relative_to(SOURCE).as_posix(), p) for p in SOURCE.glob("presets/*/*.py")]
     files += [(f"{CONTRACT.name}/{p.name}", p) for p in CONTRACT.glob("*.py")]
     return sorted((name, p) for name, p in files if p.is_file())
 

@@ -22,7 +22,8 @@ bl_info = {
 def register() -> None:
     import bpy
 
-    from . import backend_setup, export, farm, model_ops, operators, panels, prefs, props, uijob, unsaved
+    from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, props, settings_ops,
+                   uijob, unsaved)
 
     props.register()
     prefs.register()
@@ -31,7 +32,8 @@ def register() -> None:
     export.register()
     uijob.register()
     unsaved.register()
-    for cls in operators.CLASSES + panels.CLASSES:
+    presets.register()
+    for cls in operators.CLASSES + settings_ops.CLASSES + panels.CLASSES:
         bpy.utils.register_class(cls)
     farm.register()
 
@@ -39,15 +41,17 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import backend, backend_setup, export, farm, model_ops, operators, panels, prefs, props, uijob, unsaved
+    from . import (backend, backend_setup, export, farm, model_ops, operators, panels, prefs, presets, props,
+                   settings_ops, uijob, unsaved)
 
     farm.unregister()
     uijob.unregister()  # ends a running translation first
     backend.stop()
     model_ops.unregister()
     backend_setup.unregister()
-    for cls in reversed(operators.CLASSES + panels.CLASSES):
+    for cls in reversed(operators.CLASSES + settings_ops.CLASSES + panels.CLASSES):
         bpy.utils.unregister_class(cls)
+    presets.unregister()
     unsaved.unregister()
     export.unregister()
     prefs.unregister()

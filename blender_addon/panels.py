@@ -5,8 +5,53 @@ from typing import Any
 
 import bpy
 
-from . import operators, preview, props, translation, uijob, userdirs
+from . import operators, presets, preview, props, settings_ops, translation, uijob, userdirs
 from .contract import settings as schema
+
+
+def draw_setting(layout: Any, group: Any, setting: schema.Setting) -> None:
+    """One setting of the active strip: the seed with Random and New Seed, a list as rows, else the field."""
+    if setting.name == "seed":
+        row = layout.row(align=True)
+        seed = row.row(align=True)
+        seed.active = not getattr(group, props.RANDOM_SEED)  # Random: a new seed is drawn per translation
+        seed.prop(group, "seed")
+        row.prop(group, props.RANDOM_SEED, text="", icon="RNDCURVE", toggle=True)
+        row.operator(settings_ops.FRESCO_OT_new_seed.bl_idname, text="", icon="FILE_REFRESH")
+    elif setting.kind == "list":
+        draw_list(layout, group, setting)
+    else:
+        layout.prop(group, setting.name)
+
+
+def draw_list(layout: Any, group: Any, setting: schema.Setting) -> None:
+    """A list setting as rows of its fields with add/remove buttons (an unedited list: its default values)."""
+    items = getattr(group, setting.name)
+    box = layout.box()
+    header = box.row()
+    header.label(text=setting.label)
+    add = header.row()
+    add.enabled = len(items) < setting.max_items
+    add.operator(settings_ops.FRESCO_OT_list_add.bl_idname, text="", icon="ADD").setting = setting.name
+    if not len(items) and setting.name in props.MIN_ITEMS:  # not edited yet: what the strip uses
+        row = box.row()
+        row.label(text=", ".join(" ".join(_shown(v) for v in entry.values())
+                                 for entry in props.list_value(group, setting)))
+        row.operator(settings_ops.FRESCO_OT_list_edit.bl_idname, icon="GREASEPENCIL").setting = setting.name
+    removable = len(items) > props.MIN_ITEMS.get(setting.name, 0)
+    for index, item in enumerate(items):
+        row = box.row(align=True)
+        row.use_property_split = False
+        for field in setting.fields:
+            row.prop(item, field.name, text="")
+        remove = row.row(align=True)
+        remove.enabled = removable
+        op = remove.operator(settings_ops.FRESCO_OT_list_remove.bl_idname, text="", icon="REMOVE")
+        op.setting, op.index = setting.name, index
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 class FRESCO_PT_panel(bpy.types.Panel):
@@ -15,6 +60,11 @@ class FRESCO_PT_panel(bpy.types.Panel):
     bl_space_type = "SEQUENCE_EDITOR"
     bl_region_type = "UI"
     bl_category = "FRESCO"
+
+    def draw_header_preset(self, context: Any) -> None:
+        ed = context.scene.sequence_editor if context.scene else None
+        if ed is not None and ed.active_strip is not None:  # presets set the active strip's settings
+            presets.FRESCO_PT_presets.draw_panel_header(self.layout)
 
     def draw(self, context: Any) -> None:
         layout = self.layout
@@ -29,7 +79,7 @@ class FRESCO_PT_panel(bpy.types.Panel):
             group = getattr(strip, props.STRIP_PROP)
             for s in schema.SETTINGS:
                 if not s.advanced:
-                    layout.prop(group, s.name)
+                    draw_setting(layout, group, s)
             if props.RESULT_SETTINGS_KEY in strip.keys():
                 layout.label(text=f"Result of {strip.get(props.RESULT_SOURCE_KEY, '?')}", icon="CHECKMARK")
                 if strip.type == "IMAGE" and userdirs.is_temporary(bpy.path.abspath(strip.directory)):
@@ -88,7 +138,7 @@ class FRESCO_PT_advanced(ActiveStripSubPanel, bpy.types.Panel):
         group = getattr(context.scene.sequence_editor.active_strip, props.STRIP_PROP)
         for s in schema.SETTINGS:
             if s.advanced:
-                self.layout.prop(group, s.name)
+                draw_setting(self.layout, group, s)
 
 
 class FRESCO_PT_farm(ActiveStripSubPanel, bpy.types.Panel):

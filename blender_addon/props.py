@@ -85,7 +85,7 @@ FrescoStripSettings = type(
 )
 
 
-def _list_value(group: Any, setting: schema.Setting) -> list[dict[str, Any]]:
+def list_value(group: Any, setting: schema.Setting) -> list[dict[str, Any]]:
     """A list setting's items as plain dicts; an empty ``controls`` is the default or an old file's control."""
     items = [{f.name: getattr(item, f.name) for f in setting.fields} for item in getattr(group, setting.name)]
     if items or setting.name not in MIN_ITEMS:
@@ -102,7 +102,7 @@ def _list_value(group: Any, setting: schema.Setting) -> list[dict[str, Any]]:
 def strip_settings(strip: Any) -> dict[str, Any]:
     """The strip's settings as plain data (lists of dicts for list settings), not yet validated."""
     group = getattr(strip, STRIP_PROP)
-    return {s.name: _list_value(group, s) if s.kind == "list" else getattr(group, s.name) for s in schema.SETTINGS}
+    return {s.name: list_value(group, s) if s.kind == "list" else getattr(group, s.name) for s in schema.SETTINGS}
 
 
 def _absolute(path: str) -> str:
@@ -171,7 +171,7 @@ def edit_lists(strip: Any) -> None:
     group = getattr(strip, STRIP_PROP)
     for s in LIST_SETTINGS:
         if not len(getattr(group, s.name)):
-            apply_settings(strip, {s.name: _list_value(group, s)})
+            apply_settings(strip, {s.name: list_value(group, s)})
     for name in ("control", "control_scale"):  # an earlier version's single ControlNet, now in controls
         if name in group.keys():
             del group[name]

@@ -24,7 +24,9 @@ def test_zip_contents(addon_zip):
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "test" in n.lower()]
     for module in ("__init__", "fresco_contract/settings", "fresco_contract/wire", "contract", "client", "launcher", "translation", "uijob",
                    "operators", "panels", "preview", "farm", "unsaved", "userdirs", "props", "compat", "config",
-                   "prefs", "installer", "downloads", "backend_setup", "model_ops", "fresco_contract/hubcache"):
+                   "prefs", "installer", "downloads", "backend_setup", "model_ops", "fresco_contract/hubcache",
+                   "presets", "settings_ops", "presets/fresco/Faithful", "presets/fresco/Painterly",
+                   "presets/fresco/Strong_Restyle"):
         assert f"{PACKAGE}/{module}.py" in names
     tree = ast.parse((REPO / "blender_addon" / "__init__.py").read_text())
     bl_info = next(ast.literal_eval(n.value) for n in tree.body
@@ -102,7 +104,11 @@ def test_panel_draws_settings(addon, movie_scene, compat):
     log = []
     panel = type("P", (), {"layout": FakeLayout(log)})()
     bpy.types.FRESCO_PT_panel.draw(panel, bpy.context)
-    assert [name for kind, name in log if kind == "prop"] == [s.name for s in settings.SETTINGS if not s.advanced]
+    # the seed with its Random toggle; lists (no rows yet on this strip) as a box headed by their label
+    expected = [n for s in settings.SETTINGS if not s.advanced and s.kind != "list"
+                for n in ((s.name, "random_seed") if s.name == "seed" else (s.name,))]
+    assert [name for kind, name in log if kind == "prop"] == expected
+    assert all(("label", s.label) in log for s in settings.SETTINGS if s.kind == "list")
     assert ("operator", "fresco.translate") in log
     log.clear()
     assert bpy.types.FRESCO_PT_advanced.poll(bpy.context)

@@ -1,0 +1,96 @@
+"""Operators editing the active strip's settings in the panel: list rows (ControlNets, LoRAs) and New Seed."""
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+
+from . import props
+from .contract import settings as schema
+
+
+def _strip(context: Any) -> Any:
+    ed = context.scene.sequence_editor if context.scene else None
+    return ed.active_strip if ed else None
+
+
+class StripListOperator:
+    """Shared by the list operators: which list of the active strip."""
+
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+    setting: bpy.props.EnumProperty(items=[(s.name, s.label, "") for s in props.LIST_SETTINGS],
+                                    options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return _strip(context) is not None
+
+
+class FRESCO_OT_list_add(StripListOperator, bpy.types.Operator):
+    """Add a row to this list of the active strip"""
+
+    bl_idname = "fresco.list_add"
+    bl_label = "Add"
+
+    def execute(self, context: Any) -> set[str]:
+        strip = _strip(context)
+        props.edit_lists(strip)
+        setting = schema.BY_NAME[self.setting]
+        items = getattr(getattr(strip, props.STRIP_PROP), setting.name)
+        if len(items) >= setting.max_items:
+            self.report({"ERROR"}, f"{setting.label}: at most {setting.max_items}")
+            return {"CANCELLED"}
+        key = setting.fields[0]
+        used = {getattr(item, key.name) for item in items}
+        item = items.add()
+        if key.kind == "enum":  # a kind not in the list yet (each kind at most once)
+            setattr(item, key.name, next((c for c in key.choices if c not in used), key.default))
+        return {"FINISHED"}
+
+
+class FRESCO_OT_list_remove(StripListOperator, bpy.types.Operator):
+    """Remove this row from the list"""
+
+    bl_idname = "fresco.list_remove"
+    bl_label = "Remove"
+    index: bpy.props.IntProperty(options={"SKIP_SAVE"})
+
+    def execute(self, context: Any) -> set[str]:
+        strip = _strip(context)
+        props.edit_lists(strip)
+        items = getattr(getattr(strip, props.STRIP_PROP), self.setting)
+        if len(items) <= props.MIN_ITEMS.get(self.setting, 0) or not 0 <= self.index < len(items):
+            self.report({"ERROR"}, f"{schema.BY_NAME[self.setting].label}: this row cannot be removed")
+            return {"CANCELLED"}
+        items.remove(self.index)
+        return {"FINISHED"}
+
+
+class FRESCO_OT_list_edit(StripListOperator, bpy.types.Operator):
+    """Turn the default entries of this list into rows that can be edited"""
+
+    bl_idname = "fresco.list_edit"
+    bl_label = "Edit"
+
+    def execute(self, context: Any) -> set[str]:
+        props.edit_lists(_strip(context))
+        return {"FINISHED"}
+
+
+class FRESCO_OT_new_seed(bpy.types.Operator):
+    """Give the active strip a new random seed"""
+
+    bl_idname = "fresco.new_seed"
+    bl_label = "New Seed"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return _strip(context) is not None
+
+    def execute(self, context: Any) -> set[str]:
+        getattr(_strip(context), props.STRIP_PROP).seed = props.new_seed()
+        return {"FINISHED"}
+
+
+CLASSES = (FRESCO_OT_list_add, FRESCO_OT_list_remove, FRESCO_OT_list_edit, FRESCO_OT_new_seed)
