@@ -104,10 +104,7 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
         if _process is not None and (_key != key or not _alive(_process)):
             _stop_locked()
         if _process is None:
-            extra_args = []
-            for setting, option in (("model_config", "--config"), ("controlnet_config", "--controlnet-config")):
-                if config.get(setting):
-                    extra_args += [option, config[setting]]
+            extra_args = launcher.model_args(config)
             cache = config.get("model_cache")
             _process = launcher.launch(config["python"], config.get("backend_dir") or None, config.get("model", ""),
                                        config.get("controlnet", ""), device=config.get("device") or None,

@@ -16,6 +16,7 @@ import bpy
 
 from . import installer
 from .contract import hubcache
+from .launcher import CONTROLNET_KEYS
 
 ADDON_ID = __package__  # "fresco_vse", "bl_ext.<repo>.fresco_vse" or "blender_addon" in a checkout
 OUTPUT_DIR_ENV = "FRESCO_OUTPUT_DIR"  # overrides the "Output Folder" preference
@@ -35,12 +36,14 @@ ENV = {
     "url": "FRESCO_BACKEND_URL",  # host:port of a running server: use it instead of starting one
     "token": "FRESCO_TOKEN",  # that server's bearer token
     "model_cache": "FRESCO_MODEL_CACHE",  # the models' download folder (a Hugging Face cache)
+    "annotators": "FRESCO_ANNOTATORS",  # a folder of annotator weights (hubcache.ANNOTATORS files) given by the user
 }
-# backend_config key -> preference attribute
-PREF_ATTR = {"python": "backend_python", "backend_dir": "backend_dir", "model": "model",
-             "model_config": "model_config", "controlnet": "controlnet",
-             "controlnet_config": "controlnet_config", "device": "device", "url": "backend_url",
-             "token": "token", "model_cache": "model_cache"}
+# the ControlNet of every other control kind (launcher.CONTROLNET_KEYS), e.g. FRESCO_CONTROLNET_TILE(_CONFIG)
+for _key in CONTROLNET_KEYS.values():
+    ENV.setdefault(_key, f"FRESCO_{_key.upper()}")
+    ENV.setdefault(f"{_key}_config", f"FRESCO_{_key.upper()}_CONFIG")
+# backend_config key -> preference attribute (the same name where not listed)
+PREF_ATTR = {key: key for key in ENV} | {"python": "backend_python", "url": "backend_url"}
 
 
 def preferences(context: Any = None) -> Any:

@@ -1,8 +1,8 @@
 """Download a hub model from Blender: the backend's download command in a child process
 (standard library only, no bpy).
 
-``Download`` runs ``<backend python> -m fresco_backend.download REPO_ID --cache-dir DIR`` (see
-``fresco_backend/download.py``) from a neutral folder with Blender's Python settings removed and no
+``Download`` runs ``<backend python> -m fresco_backend.download REPO_ID --cache-dir DIR [--file FILE]`` (see
+``fresco_backend/download.py``; ``--file``: one file of the repo, e.g. an annotator's weights) from a neutral folder with Blender's Python settings removed and no
 console window, reads its JSON lines in a thread and exposes what the Models box shows. The
 operators poll it from a timer (``wait`` in background mode); ``cancel`` stops the child and keeps
 its partial files, so a later Download of the same repo resumes.
@@ -24,13 +24,13 @@ STOP_TIMEOUT = 10.0  # seconds a cancelled child gets to stop before it is kille
 
 
 class Download:
-    """One running (or finished) download of ``repo_id`` into ``cache_dir``.
+    """One running (or finished) download of ``repo_id`` (only ``file`` of it, when given) into ``cache_dir``.
 
     ``done``/``total`` are bytes, ``speed`` bytes per second; once ``finished``, ``path`` is the
     model's snapshot folder or ``error`` says what went wrong (None after a cancel)."""
 
     def __init__(self, python: str | os.PathLike[str], repo_id: str, cache_dir: str | os.PathLike[str] | None = None,
-                 cwd: str | os.PathLike[str] | None = None) -> None:
+                 cwd: str | os.PathLike[str] | None = None, file: str = "") -> None:
         if not hubcache.is_hub_id(repo_id):
             raise ValueError(f"{repo_id!r} is not a hub model id (org/name)")
         self.repo_id = repo_id
@@ -45,6 +45,8 @@ class Download:
         self._lock = threading.Lock()
         self._ended = threading.Event()
         argv = [str(python), "-m", "fresco_backend.download", repo_id, "--cache-dir", str(self.cache_dir)]
+        if file:
+            argv += ["--file", file]
         env = child_environment({"HF_HUB_CACHE": str(self.cache_dir)})
         try:
             self._process: subprocess.Popen | None = subprocess.Popen(

@@ -13,6 +13,8 @@ import bpy
 
 from . import backend_setup, model_ops
 from .config import ADDON_ID, DEFAULT_OUTPUT_DIR, ENV, OUTPUT_DIR_ENV, PREF_ATTR
+from .contract import settings
+from .launcher import CONTROLNET_KEYS
 
 TORCH_BUILDS = (  # identifiers: installer.OVERRIDES in capitals
     ("AUTO", "Automatic", "The build that fits this machine: NVIDIA CUDA (by the driver's CUDA version), AMD ROCm "
@@ -43,6 +45,9 @@ class FrescoModelEntry(bpy.types.PropertyGroup):
     kind: bpy.props.EnumProperty(name="Kind", items=(
         ("MODEL", "Stable Diffusion 1.5", "A Stable Diffusion 1.5 checkpoint"),
         ("CONTROLNET", "ControlNet", "A ControlNet for SD 1.5")))
+    control: bpy.props.EnumProperty(
+        name="Control", description="The control kind this ControlNet was trained for (its condition image)",
+        items=[(k, k.title(), f"A ControlNet conditioned on {k} images") for k in settings.CONTROL_KINDS])
     config: bpy.props.StringProperty(
         name="Config", subtype="DIR_PATH",
         description="For a single .safetensors file: a diffusers folder of the same architecture describing it "
@@ -73,12 +78,16 @@ class FrescoPreferences(bpy.types.AddonPreferences):
         description="For a single-file Model without internet: a diffusers SD 1.5 folder describing it; "
                     "env FRESCO_MODEL_CONFIG overrides")
     controlnet: bpy.props.StringProperty(
-        name="ControlNet", description="ControlNet of the canny control: hub id or diffusers folder (empty: the "
+        name="Canny ControlNet", description="ControlNet of the canny control: hub id or diffusers folder (empty: the "
                                        "default); env FRESCO_CONTROLNET overrides")
     controlnet_config: bpy.props.StringProperty(
         name="ControlNet Config", subtype="DIR_PATH",
         description="For a single-file ControlNet without internet: a diffusers ControlNet folder describing it; "
                     "env FRESCO_CONTROLNET_CONFIG overrides")
+    annotators: bpy.props.StringProperty(
+        name="Annotators Folder", subtype="DIR_PATH",
+        description="A folder holding annotator weights (ControlNetHED.pth, sk_model.pth, dpt-hybrid-midas/) for "
+                    "softedge, lineart and depth, instead of downloading them; env FRESCO_ANNOTATORS overrides")
     model_cache: bpy.props.StringProperty(
         name="Download Folder", subtype="DIR_PATH",
         description="Where hub models are downloaded, a Hugging Face cache shared with other tools (empty: "
@@ -125,6 +134,7 @@ class FrescoPreferences(bpy.types.AddonPreferences):
         self._prop(box, "model")
         self._prop(box, "controlnet")
         self._prop(box, "model_cache")
+        self._prop(box, "annotators")
         model_ops.draw(box, context, self)
         box = layout.box()
         box.label(text="Output", icon="FILE_FOLDER")
@@ -143,10 +153,27 @@ class FrescoPreferences(bpy.types.AddonPreferences):
             self._prop(box, "python")
             self._prop(box, "backend_dir")
             self._prop(box, "model_config")
-            self._prop(box, "controlnet_config")
+            for key in CONTROLNET_KEYS.values():
+                self._prop(box, f"{key}_config")
             box.prop(self, "installer_python")
 
 
+def _controlnet_properties() -> None:
+    """The ControlNet preferences of the control kinds other than canny (set by the Models box's Use)."""
+    for kind, key in CONTROLNET_KEYS.items():
+        if kind == "canny":
+            continue
+        FrescoPreferences.__annotations__[key] = bpy.props.StringProperty(
+            name=f"{kind.title()} ControlNet",
+            description=f"ControlNet of the {kind} control: hub id, diffusers folder or .safetensors file (empty: "
+                        f"the default); env {ENV[key]} overrides")
+        FrescoPreferences.__annotations__[f"{key}_config"] = bpy.props.StringProperty(
+            name=f"{kind.title()} ControlNet Config", subtype="DIR_PATH",
+            description=f"For a single-file {kind} ControlNet without internet: a diffusers ControlNet folder "
+                        f"describing it; env {ENV[key + '_config']} overrides")
+
+
+_controlnet_properties()
 CLASSES = (FrescoModelEntry, FrescoPreferences)
 
 

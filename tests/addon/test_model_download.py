@@ -106,3 +106,66 @@ def test_single_file_entry_with_its_config(addon, backend_env, monkeypatch, tmp_
     finally:
         prefs.models.clear()
         prefs.controlnet = prefs.controlnet_config = ""
+
+
+def test_controlnet_kinds_and_annotators_reach_the_server(addon, backend_env, monkeypatch, tmp_path):
+    """A ControlNet entry names its control kind; Use makes it that kind's ControlNet and the launcher passes it
+    as --controlnet KIND=REF; the annotators folder goes along as --annotators."""
+    config, backend, launcher = (sys.modules[f"{addon.__name__}.{m}"] for m in ("config", "backend", "launcher"))
+    prefs = config.preferences()
+    prefs.new_model.ref, prefs.new_model.kind, prefs.new_model.control = "me/tile-net", "CONTROLNET", "tile"
+    assert bpy.ops.fresco.add_model() == {"FINISHED"}
+    try:
+        assert ("label", "ControlNet: tile") in models_box(addon)
+        assert bpy.ops.fresco.use_model(ref="me/tile-net", kind="CONTROLNET", control="tile") == {"FINISHED"}
+        assert (prefs.controlnet_tile, prefs.controlnet) == ("me/tile-net", "")
+        monkeypatch.setenv("FRESCO_CONTROLNET_DEPTH", str(tmp_path / "depth net"))  # a farm's override
+        prefs.annotators = str(tmp_path)
+        settings = config.backend_config()
+        assert launcher.model_args(settings) == [
+            "--controlnet", "tile=me/tile-net", "--controlnet", f"depth={tmp_path / 'depth net'}",
+            "--annotators", str(tmp_path)]
+        calls = []
+        backend.stop()
+        started = type("Started", (), {"client": lambda self, timeout: "client"})()
+        monkeypatch.setattr(launcher, "launch", lambda *args, **kwargs: calls.append((args, kwargs)) or started)
+        try:
+            assert backend.get_client(settings) == "client"
+        finally:
+            backend._process = None
+        assert calls[0][1]["extra_args"] == launcher.model_args(settings)
+        assert bpy.ops.fresco.use_model(ref="lllyasviel/control_v11f1e_sd15_tile", kind="CONTROLNET",
+                                        control="tile") == {"FINISHED"}
+        assert prefs.controlnet_tile == ""  # the default again: nothing passed for tile
+        monkeypatch.delenv("FRESCO_CONTROLNET_DEPTH")
+        assert "--controlnet" not in launcher.model_args(config.backend_config())
+    finally:
+        prefs.models.clear()
+        prefs.annotators = prefs.controlnet_tile = ""
+
+
+def test_annotator_rows(addon, backend_env, monkeypatch, tmp_path):
+    config, downloads = (sys.modules[f"{addon.__name__}.{m}"] for m in ("config", "downloads"))
+    hubcache = sys.modules[addon.__name__ + ".fresco_contract.hubcache"]
+    monkeypatch.setenv("FRESCO_MODEL_CACHE", str(tmp_path))
+    repo, file = hubcache.ANNOTATORS["softedge"]
+    record = hubcache.write_record(tmp_path, repo, "0" * 40, {file: 5})  # as if downloaded with --file
+    record.path.mkdir(parents=True)
+    (record.path / file).write_bytes(b"12345")
+    log = models_box(addon)
+    rows = [text for kind, text in log if kind == "label"]
+    at = rows.index(f"softedge: {repo} {file}")
+    assert rows[at + 1].startswith("downloaded, ")
+    at = rows.index(f"lineart: {repo} {hubcache.ANNOTATORS['lineart'][1]}")
+    assert rows[at + 1] == "not downloaded"
+    assert "depth: Intel/dpt-hybrid-midas" in rows
+    started = []
+
+    def no_start(argv, **kwargs):
+        started.append(argv)
+        raise OSError(2, "not started in this test")
+
+    monkeypatch.setattr(downloads.subprocess, "Popen", no_start)
+    with pytest.raises(RuntimeError, match=f"download of {repo}/sk_model.pth failed: cannot start"):
+        bpy.ops.fresco.download_model(repo_id=repo, file="sk_model.pth")
+    assert started[0][3:] == [repo, "--cache-dir", str(tmp_path), "--file", "sk_model.pth"]
