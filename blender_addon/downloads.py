@@ -1,9 +1,9 @@
 """Download a hub model from Blender: the backend's download command in a child process
 (standard library only, no bpy).
 
-``Download`` runs ``<backend python> -m fresco_backend.download REPO_ID --cache-dir DIR [--file FILE]`` (see
-``fresco_backend/download.py``; ``--file``: one file of the repo, e.g. an annotator's weights) from a neutral folder with Blender's Python settings removed and no
-console window, reads its JSON lines in a thread and exposes what the Models box shows. The
+``Download`` runs ``<backend python> -m fresco_backend.download REPO_ID --cache-dir DIR [--file FILE]``
+(see ``fresco_backend/download.py``; ``--file``: one file of the repo, e.g. an annotator's weights) from a
+neutral folder with Blender's Python settings removed and no console window, reads its JSON lines in a thread and exposes what the Models box shows. The
 operators poll it from a timer (``wait`` in background mode); ``cancel`` stops the child and keeps
 its partial files, so a later Download of the same repo resumes.
 """
