@@ -30,6 +30,7 @@ Memory is proportional to one span: callers stream spans key pair by key pair.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import cv2
@@ -42,10 +43,27 @@ ERROR_SCALE = 0.03  # softmin temperature, in mean absolute RGB error (images in
 OCC_PENALTY = 0.3   # added to the error where a pixel is occluded in a key: a weight factor of e^-10
 OCC_WINDOW = 5      # side of the box window smoothing the occlusion masks
 MAX_GAIN = 2.0      # the contrast correction never scales a channel's spread by more than this (or 1 / this)
+MODEL_RADIUS = 4    # radius of the window over which a key's local input -> translation model is fitted
+MODEL_EPS = 1e-3    # ridge term of that fit (variance units, images in [0, 1]): flat input -> no transfer
+
+
+@dataclass(frozen=True)
+class Options:
+    """Techniques of ``propagate_span`` that can be switched off (benchmarks/propagation.py ablates them).
+
+    residual: correct each warped key by the key's local linear model (input -> translation) applied to
+    the difference between the input frame and the warped input key (see ``_local_models``).
+    """
+
+    residual: bool = True
+
+
+DEFAULT = Options()
+TECHNIQUES = tuple(f.name for f in fields(Options))
 
 
 def propagate_span(inputs: Sequence[np.ndarray], key_first: np.ndarray, key_last: np.ndarray | None = None,
-                   estimator: FlowEstimator | None = None) -> list[np.ndarray]:
+                   estimator: FlowEstimator | None = None, options: Options = DEFAULT) -> list[np.ndarray]:
     """Translated frames of one span, uint8 RGB (H, W, 3).
 
     Two-sided (``key_last`` given): ``inputs`` are the input frames k0..k1 (both keys included), the
@@ -60,15 +78,17 @@ def propagate_span(inputs: Sequence[np.ndarray], key_first: np.ndarray, key_last
     if len(frames) <= len(keys):
         return []
     flows = estimate_batch_flow(frames, estimator)
+    sources = [frames[0]] if key_last is None else [frames[0], frames[-1]]
+    models = _local_models(sources, keys) if options.residual else None
     if key_last is None:
         chain = _compose(flows.bwd, flows.occ_bwd)
-        return [_propagate_frame(frame, [frames[0]], keys, [link], np.ones(1))
+        return [_propagate_frame(frame, sources, keys, [link], np.ones(1), models)
                 for frame, link in zip(frames[1:], chain)]
     from_first = _compose(flows.bwd[:-1], flows.occ_bwd[:-1])
     from_last = _compose(flows.fwd[1:].flip(0), flows.occ_fwd[1:].flip(0))[::-1]
     span = len(frames) - 1
-    return [_propagate_frame(frames[t], [frames[0], frames[-1]], keys, [from_first[t - 1], from_last[t - 1]],
-                             np.array([1 - t / span, t / span]))
+    return [_propagate_frame(frames[t], sources, keys, [from_first[t - 1], from_last[t - 1]],
+                             np.array([1 - t / span, t / span]), models)
             for t in range(1, span)]
 
 
@@ -112,18 +132,49 @@ def _rgb01(images: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def _local_models(sources: list[np.ndarray], keys: list[np.ndarray]) -> torch.Tensor:
+    """Per key, the gain of a local linear model key ~= A @ source + b: (N, 9, H, W), A row-major.
+
+    A guided-filter fit (He et al. 2010) over (2 MODEL_RADIUS + 1)^2 windows with ridge MODEL_EPS, the
+    coefficients box-averaged again so they vary smoothly. Where the translation follows the input's
+    local variations (shading, texture, edges) A carries them over; where it ignores them A ~= 0.
+    """
+    window = (2 * MODEL_RADIUS + 1,) * 2
+    out = []
+    for source, key in zip(sources, keys):
+        i, p = source.astype(np.float32) / 255.0, key.astype(np.float32) / 255.0
+        box = lambda x: cv2.blur(x, window)  # noqa: E731
+        mean_i, mean_p = box(i), box(p)
+        cov_ii = np.stack([box(i[..., a] * i[..., b]) - mean_i[..., a] * mean_i[..., b]
+                           for a in range(3) for b in range(3)], -1).reshape(*i.shape[:2], 3, 3)
+        cov_ip = np.stack([box(i[..., a] * p[..., c]) - mean_i[..., a] * mean_p[..., c]
+                           for a in range(3) for c in range(3)], -1).reshape(*i.shape[:2], 3, 3)
+        gain = np.linalg.solve(cov_ii + MODEL_EPS * np.eye(3, dtype=np.float32), cov_ip)  # (H, W, in, out)
+        gain = box(np.ascontiguousarray(gain.transpose(0, 1, 3, 2).reshape(*i.shape[:2], 9)))
+        out.append(torch.from_numpy(gain).permute(2, 0, 1))
+    return torch.stack(out)
+
+
 def _propagate_frame(frame: np.ndarray, sources: list[np.ndarray], keys: list[np.ndarray],
-                     links: list[tuple[torch.Tensor, torch.Tensor]], temporal: np.ndarray) -> np.ndarray:
+                     links: list[tuple[torch.Tensor, torch.Tensor]], temporal: np.ndarray,
+                     models: torch.Tensor | None) -> np.ndarray:
     """Translate input ``frame`` from the key input frames ``sources`` and their translations ``keys``.
 
-    links: per key, the composed flow from ``frame`` to the key and its occlusion mask (see ``_compose``).
+    links: per key, the composed flow from ``frame`` to the key and its occlusion mask (see ``_compose``);
+    models: the keys' ``_local_models`` or None (no residual correction).
     """
     flow = torch.cat([f for f, _ in links])
     occluded = torch.cat([o for _, o in links])[:, 0].numpy() > 0.5
     target, source_rgb = _rgb01([frame]), _rgb01(sources)
-    warped = warp(torch.cat((source_rgb, _rgb01(keys)), 1), flow)
-    photo = (warped[:, :3] - target).abs().mean(1).numpy()
-    candidates = warped[:, 3:].permute(0, 2, 3, 1).numpy()
+    stacked = [source_rgb, _rgb01(keys)] + ([] if models is None else [models])
+    warped = warp(torch.cat(stacked, 1), flow)
+    residual = target - warped[:, :3]
+    photo = residual.abs().mean(1).numpy()
+    translated = warped[:, 3:6]
+    if models is not None:  # key + A (frame - warped source): the key's own response to what changed
+        gain = warped[:, 6:].reshape(len(keys), 3, 3, *residual.shape[-2:])
+        translated = (translated + torch.einsum("noihw,nihw->nohw", gain, residual)).clamp(0, 1)
+    candidates = translated.permute(0, 2, 3, 1).contiguous().numpy()
     lab = _blend([cv2.cvtColor(c, cv2.COLOR_RGB2Lab) for c in candidates], photo, occluded, temporal)
     rgb = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,259 @@
+"""Propagation against a ground truth: a deterministic stylisation applied to every input frame.
+
+    .venv/bin/python benchmarks/propagation.py [--quick] [--json out.json]
+
+Key frames get the stylised frame, the frames between are propagated from them (keys every 8 and 16
+frames; frames after the last key are propagated one-sided from it), and the propagated frames are
+compared with the stylised frames they stand for. Methods, measured side by side in one run:
+
+* nearest key: the nearest key's stylised frame, copied;
+* one-sided: warped from the previous key only (``propagate_span`` with one key);
+* before: ``fresco_backend/propagate.py`` as of commit ``BEFORE_REV`` (loaded from git);
+* after: today's ``propagate_span``, and one row per technique switched off (the ablation).
+
+Metrics over the in-between frames: PSNR (mean of per-frame PSNR) and SSIM (grey, 7x7 Gaussian), the
+absolute error (mean over RGB, 0..255) on moving edges (pixels whose input flow to the previous frame
+is at least ``MOVING_PX`` and that lie on an edge of the stylised frame: mean and mean of the worst 5 %),
+PSNR by distance to the nearest key, and milliseconds per propagated frame (flow included).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fresco_backend import propagate  # noqa: E402
+from fresco_backend.flow import OpenCVFlow  # noqa: E402
+from fresco_backend.frames import processed_size, resize  # noqa: E402
+from fresco_backend.video_io import iter_frames  # noqa: E402
+
+MEDIA = REPO / "tests" / "data"
+CLIPS = ("bikes.mp4", "carphone_pristine.mp4")
+BEFORE_REV = "ac5fdee"  # the last commit before the propagation changes measured here
+MOVING_PX = 1.0         # input flow magnitude (px per frame) from which a pixel counts as moving
+FULL = dict(frames=49, short=144, intervals=(8, 16))
+QUICK = dict(frames=9, short=48, intervals=(8,))
+
+
+# ---------------------------------------------------------------- stylisations (ground truth)
+
+def cartoon(rgb: np.ndarray) -> np.ndarray:
+    """Edge-preserving smoothing, colour quantised to 8 levels per channel, dark edges drawn on top."""
+    smooth = cv2.edgePreservingFilter(rgb, flags=cv2.RECURS_FILTER, sigma_s=40, sigma_r=0.4)
+    flat = (smooth // 32) * 32 + 16
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    edges = cv2.adaptiveThreshold(cv2.medianBlur(grey, 5), 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, 9, 4)
+    return np.where(edges[..., None] == 0, (flat // 4), flat).astype(np.uint8)
+
+
+def colour_map(rgb: np.ndarray) -> np.ndarray:
+    """A strong colour and texture mapping: luminance through a colour map, local detail boosted, hue rotated."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    mapped = cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_TWILIGHT_SHIFTED), cv2.COLOR_BGR2RGB)
+    detail = cv2.detailEnhance(rgb, sigma_s=10, sigma_r=0.15)
+    hsv = cv2.cvtColor(detail, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + 60) % 180
+    rotated = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return cv2.addWeighted(mapped, 0.55, rotated, 0.45, 0)
+
+
+STYLES = {"cartoon": cartoon, "colour": colour_map}
+
+
+# ---------------------------------------------------------------- methods
+
+def before_module():
+    """``propagate.py`` as of ``BEFORE_REV``, imported as a sibling of fresco_backend.propagate; None without git."""
+    try:
+        source = subprocess.run(["git", "show", f"{BEFORE_REV}:fresco_backend/propagate.py"], cwd=REPO,
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp()) / "propagate_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("fresco_backend._propagate_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def propagated(span_fn, frames: list, styled: list, interval: int) -> dict[int, np.ndarray]:
+    """Frame index -> propagated frame for every non-key frame, keys at 0, interval, ..."""
+    keys = list(range(0, len(frames), interval))
+    out = {}
+    for k0, k1 in zip(keys[:-1], keys[1:]):
+        out.update(enumerate(span_fn(frames[k0:k1 + 1], styled[k0], styled[k1]), k0 + 1))
+    if keys[-1] < len(frames) - 1:
+        out.update(enumerate(span_fn(frames[keys[-1]:], styled[keys[-1]]), keys[-1] + 1))
+    return out
+
+
+def nearest_key(frames: list, styled: list, interval: int) -> dict[int, np.ndarray]:
+    keys = np.arange(0, len(frames), interval)
+    return {t: styled[int(keys[np.abs(keys - t).argmin()])] for t in range(len(frames)) if t % interval}
+
+
+def one_sided(span_fn):
+    """A span function that ignores the far key: every frame warped from the previous key."""
+    return lambda inputs, first, last=None: span_fn(inputs, first)[:len(inputs) - (1 if last is None else 2)]
+
+
+# ---------------------------------------------------------------- metrics
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of the grey images (Wang et al. 2004, 7x7 Gaussian window, sigma 1.5)."""
+    x, y = (cv2.cvtColor(i, cv2.COLOR_RGB2GRAY).astype(np.float64) for i in (a, b))
+    blur = lambda z: cv2.GaussianBlur(z, (7, 7), 1.5)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    return float(np.mean((2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))))
+
+
+def moving_edges(frames: list, styled: list) -> dict[int, np.ndarray]:
+    """Frame index -> bool mask of moving edges (input flow to the previous frame >= MOVING_PX on a stylised edge)."""
+    estimator, out = OpenCVFlow(), {}
+    for t in range(1, len(frames)):
+        moving = np.linalg.norm(estimator(frames[t], frames[t - 1]), axis=-1) >= MOVING_PX
+        edges = cv2.dilate(cv2.Canny(cv2.cvtColor(styled[t], cv2.COLOR_RGB2GRAY), 60, 140), np.ones((3, 3), np.uint8))
+        out[t] = moving & (edges > 0)
+    return out
+
+
+def score(result: dict[int, np.ndarray], styled: list, edges: dict, interval: int) -> dict:
+    psnrs, ssims, edge_errors, by_distance, total_error = [], [], [], {}, 0.0
+    for t, frame in result.items():
+        p = psnr(frame, styled[t])
+        psnrs.append(p)
+        ssims.append(ssim(frame, styled[t]))
+        error = np.abs(frame.astype(np.float32) - styled[t]).mean(-1)
+        edge_errors.append(error[edges[t]])
+        total_error += float(error.sum())
+        distance = min(t % interval, interval - t % interval)
+        by_distance.setdefault(distance, []).append(p)
+    edge = np.sort(np.concatenate(edge_errors))
+    return dict(psnr=float(np.mean(psnrs)), ssim=float(np.mean(ssims)), edge_mean=float(edge.mean()),
+                edge_top5=float(edge[int(0.95 * len(edge)):].mean()),
+                edge_pixels=len(edge) / sum(edges[t].size for t in result), edge_error_share=float(edge.sum()) / total_error,
+                by_distance={d: float(np.mean(v)) for d, v in sorted(by_distance.items())})
+
+
+def read_clip(path: Path, frames: int, short: int) -> list[np.ndarray]:
+    out = []
+    for rgb in iter_frames(path):
+        width, height = processed_size(rgb.shape[1], rgb.shape[0], short)
+        out.append(resize(rgb, width, height))
+        if len(out) == frames:
+            break
+    return out
+
+
+def methods() -> dict:
+    """Method name -> (frames, styled, interval) -> {index: frame}."""
+    def span(options):
+        return lambda inputs, first, last=None: propagate.propagate_span(inputs, first, last, options=options)
+
+    table = {"nearest key": nearest_key}
+    old = before_module()
+    if old is not None:
+        table["one-sided"] = lambda f, s, i: propagated(one_sided(old.propagate_span), f, s, i)
+        table["before"] = lambda f, s, i: propagated(old.propagate_span, f, s, i)
+    table["after"] = lambda f, s, i: propagated(span(propagate.DEFAULT), f, s, i)
+    for technique in propagate.TECHNIQUES:
+        options = replace(propagate.DEFAULT, **{technique: False})
+        table[f"after without {technique}"] = lambda f, s, i, o=options: propagated(span(o), f, s, i)
+    return table
+
+
+def measure(plan: dict) -> list[dict]:
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    rows, table = [], methods()
+    for clip in CLIPS:
+        frames = read_clip(MEDIA / clip, plan["frames"], plan["short"])
+        for style, stylise in STYLES.items():
+            styled = [stylise(f) for f in frames]
+            edges = moving_edges(frames, styled)
+            for interval in plan["intervals"]:
+                for name, method in table.items():
+                    started = time.perf_counter()
+                    result = method(frames, styled, interval)
+                    ms = (time.perf_counter() - started) * 1e3 / len(result)
+                    rows.append(dict(clip=clip, style=style, interval=interval, method=name, ms_per_frame=ms,
+                                     frames=len(frames), size=f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+                                     **score(result, styled, edges, interval)))
+                    print(f"  {clip} {style} every {interval}: {name} {rows[-1]['psnr']:.2f} dB", file=sys.stderr,
+                          flush=True)
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per interval and method: means over clips and styles, with the gain over 'before'."""
+    out = []
+    for interval in sorted({r["interval"] for r in rows}):
+        subset = [r for r in rows if r["interval"] == interval]
+        base = {(r["clip"], r["style"]): r for r in subset if r["method"] == "before"}
+        for name in dict.fromkeys(r["method"] for r in subset):
+            mine = [r for r in subset if r["method"] == name]
+            row = dict(interval=interval, method=name, **{k: float(np.mean([r[k] for r in mine]))
+                                                         for k in ("psnr", "ssim", "edge_mean", "edge_top5", "ms_per_frame")})
+            if base:
+                row["psnr_gain"] = float(np.mean([r["psnr"] - base[(r["clip"], r["style"])]["psnr"] for r in mine]))
+                row["top5_ratio"] = float(np.mean([r["edge_top5"] / base[(r["clip"], r["style"])]["edge_top5"]
+                                                   for r in mine]))
+                row["time_ratio"] = float(np.mean([r["ms_per_frame"] / base[(r["clip"], r["style"])]["ms_per_frame"]
+                                                   for r in mine]))
+            out.append(row)
+    return out
+
+
+def print_tables(rows: list[dict], means: list[dict]) -> None:
+    print(f"{'clip':22s} {'style':8s} {'key':>3s} {'method':28s} {'PSNR':>6s} {'SSIM':>6s} {'edge':>6s} "
+          f"{'top5%':>6s} {'ms/f':>6s}  PSNR by distance to key")
+    for r in rows:
+        dist = " ".join(f"{d}:{p:.1f}" for d, p in r["by_distance"].items())
+        print(f"{r['clip']:22s} {r['style']:8s} {r['interval']:3d} {r['method']:28s} {r['psnr']:6.2f} {r['ssim']:6.3f} "
+              f"{r['edge_mean']:6.1f} {r['edge_top5']:6.1f} {r['ms_per_frame']:6.1f}  {dist}")
+    print(f"\nmeans over clips and styles{'':4s}{'PSNR':>6s} {'SSIM':>6s} {'edge':>6s} {'top5%':>6s} {'ms/f':>6s} "
+          f"{'dB vs before':>12s} {'top5 / before':>13s} {'time / before':>13s}")
+    for m in means:
+        extra = (f" {m['psnr_gain']:+12.2f} {m['top5_ratio']:13.2f} {m['time_ratio']:13.2f}" if "psnr_gain" in m else "")
+        print(f"every {m['interval']:2d}: {m['method']:22s} {m['psnr']:6.2f} {m['ssim']:6.3f} {m['edge_mean']:6.1f} "
+              f"{m['edge_top5']:6.1f} {m['ms_per_frame']:6.1f}{extra}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few small frames (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the rows and means here as JSON")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    plan = QUICK if args.quick else FULL
+    rows = measure(plan)
+    means = summary(rows)
+    print_tables(rows, means)
+    print(f"wall time {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"plan": plan, "rows": rows, "means": means}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
