@@ -54,19 +54,40 @@ class OpenCVFlow:
         return self._dis.calc(grey_a, grey_b, None).astype(np.float32, copy=False)
 
 
-# Name -> factory. A learned estimator (RAFT, GMFlow) goes here: a class that loads its weights
-# from a local path given as a keyword option and implements FlowEstimator.__call__.
-_ESTIMATORS: dict[str, Callable[..., FlowEstimator]] = {"dis": OpenCVFlow}
+class FarnebackFlow:
+    """OpenCV Farneback flow (polynomial expansion; Farneback 2003) on grey frames.
+
+    Not offered for jobs: it is the estimator that metrics.py uses to judge results independently of
+    the DIS flow that propagation used (an error measured with the flow that produced a result flatters it).
+    """
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        grey_a, grey_b = (cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY) for x in (a, b))
+        return cv2.calcOpticalFlowFarneback(grey_a, grey_b, None, 0.5, 4, 15, 5, 5, 1.1, 0).astype(np.float32)
 
 
-def load_estimator(name: str, **options) -> FlowEstimator:
-    """The flow estimator called ``name`` (currently only "dis"), built with ``options``."""
+def _raft(weights: str = "", device=None) -> FlowEstimator:
+    from .raft import RAFTFlow  # torch model code, imported only when asked for
+
+    return RAFTFlow(weights, device)
+
+
+# Name -> factory(weights, device); the names are the contract's ``flow`` choices.
+_ESTIMATORS: dict[str, Callable[..., FlowEstimator]] = {"dis": lambda weights="", device=None: OpenCVFlow(),
+                                                         "raft": _raft}
+
+
+def load_estimator(name: str, weights: str = "", device=None) -> FlowEstimator:
+    """The flow estimator called ``name``: "dis" (no weights) or "raft" (``weights``: a local RAFT .pth).
+
+    ``device`` is where a learned estimator runs (default: CUDA when available). Raises ValueError for
+    an unknown name or a missing/unsuitable weights file.
+    """
     try:
         factory = _ESTIMATORS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown flow estimator {name!r}; available: {', '.join(sorted(_ESTIMATORS))} "
-                         "(learned estimators such as RAFT or GMFlow are not bundled)") from None
-    return factory(**options)
+        raise ValueError(f"unknown flow estimator {name!r}; available: {', '.join(sorted(_ESTIMATORS))}") from None
+    return factory(weights, device)
 
 
 def _pixel_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fresco_backend.flow import (BatchFlow, OpenCVFlow, estimate_batch_flow, load_estimator, occlusion,
+from fresco_backend.flow import (BatchFlow, FarnebackFlow, OpenCVFlow, estimate_batch_flow, load_estimator, occlusion,
                                  warp)
 from fresco_backend.synthetic import SyntheticClip, appearing_square, moving_square
 
@@ -180,8 +180,22 @@ def test_estimate_batch_flow_uses_the_given_estimator_in_both_directions():
 
 def test_load_estimator():
     assert isinstance(load_estimator("dis"), OpenCVFlow)
-    with pytest.raises(ValueError, match="raft.*available: dis"):
+    assert isinstance(load_estimator("DIS", weights="/ignored.pth"), OpenCVFlow)
+    with pytest.raises(ValueError, match="'gmflow'.*available: dis, raft"):
+        load_estimator("gmflow")
+    with pytest.raises(ValueError, match="RAFT weights file not found: '/no/such/raft.pth'"):
+        load_estimator("raft", weights="/no/such/raft.pth")
+    with pytest.raises(ValueError, match="RAFT weights file not found"):
         load_estimator("raft")
+
+
+def test_farneback_recovers_the_moving_square():
+    clip = moving_square()
+    fwd, _, occ_fwd, _ = clip.gt_flow(0)
+    est = FarnebackFlow()(clip.frames[0], clip.frames[1])
+    square = (clip.square_mask(0) & (occ_fwd < 0.5))
+    error = np.linalg.norm(est - fwd, axis=-1)
+    assert error[occ_fwd < 0.5].mean() < 1.0 and error[square].mean() < 2.0
 
 
 # --- multi-scale --------------------------------------------------------------------------------
