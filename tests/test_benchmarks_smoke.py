@@ -10,14 +10,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {  # the rows with a target: row -> (name, target); row 5 says "peak CUDA memory" on a GPU
-    1: ("full FRESCO (every frame a key) / baseline: time", "<= 2.5 x"),
-    2: ("cross-frame / all-frame: keys attended", "< 1 x"),
-    5: ("16 / 4 frames", "<= 1.2 x"),
-}
+TARGETS = [  # the rows with a target, in order: (row, name, target); row 5 says "peak CUDA memory" on a GPU
+    (1, "full FRESCO (every frame a key) / baseline: time", "<= 2.5 x"),
+    (2, "cross-frame / all-frame: keys attended", "< 1 x"),
+    (5, "16 / 4 frames", "<= 1.2 x"),
+]
 RAY = all(importlib.util.find_spec(name) for name in ("ray", "fresco_backend.segments"))
 if RAY:  # row 8 needs the [ray] extra and the segment split
-    TARGETS[8] = ("Ray 2 workers / 1 worker: time", "<= 0.65 x")
+    TARGETS.append((8, "Ray 2 workers / 1 worker: time", "<= 0.65 x"))
+TARGETS += [(9, "propagation, keys every 16: PSNR after - before", ">= 1.5 dB"),
+            (9, "propagation, keys every 16: top-5% moving-edge error after / before", "<= 0.5 x"),
+            (9, "propagation, keys every 16: time per frame after / before", "<= 2 x")]
+OPS = {"<=": float.__le__, "<": float.__lt__, ">=": float.__ge__}
 MEASURED = [  # the starts of further rows that must hold a value in --quick
     "full FRESCO (every frame a key) / baseline: peak ",
     "default pipeline (adaptive keys + propagation) / baseline: time",
@@ -35,20 +39,20 @@ def test_quick_runner_writes_every_row(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wall time" in done.stdout and "target" in done.stdout.splitlines()[0]
     rows = json.loads(out.read_text())["rows"]
-    assert {r["row"] for r in rows} == set(range(1, 9))
+    assert {r["row"] for r in rows} == set(range(1, 10))
     for r in rows:
-        if "value" in r:
-            assert isinstance(r["value"], (int, float)) and math.isfinite(r["value"]) and r["value"] > 0, r
+        if "value" in r:  # ratios and rates are positive; a gain in dB may be negative
+            assert isinstance(r["value"], (int, float)) and math.isfinite(r["value"]), r
+            assert r["value"] > 0 or r["unit"] == "dB", r
         else:
             assert isinstance(r.get("skipped"), str) and r["skipped"], r
     by_name = {r["name"]: r for r in rows}
     targeted = [r for r in rows if "target" in r]
-    assert [r["row"] for r in targeted] == list(TARGETS)
-    for r in targeted:
-        name, target = TARGETS[r["row"]]
-        bound = float(target.split()[1])
+    assert [r["row"] for r in targeted] == [row for row, _, _ in TARGETS]
+    for r, (_, name, target) in zip(targeted, TARGETS):
+        op, bound = target.split()[:2]
         assert name in r["name"] and r["target"] == target, r
-        assert r["met"] is (r["value"] <= bound if target.startswith("<=") else r["value"] < bound), r
+        assert r["met"] is OPS[op](float(r["value"]), float(bound)), r
     for start in MEASURED:
         assert [r for r in rows if r["name"].startswith(start) and "value" in r], start
     assert by_name["server round trip / whole job: share of time"]["value"] <= 1
@@ -57,3 +61,6 @@ def test_quick_runner_writes_every_row(tmp_path):
     for clip in CLIPS:  # row 6: both FRESCO ways vs the baseline, per clip (the clips are in tests/data)
         for way in ("FRESCO (every frame a key)", "default pipeline"):
             assert "value" in by_name[f"Pixel-MSE {way} / baseline, {clip}"], clip
+            assert "value" in by_name[f"Pixel-MSE {way} / baseline, {clip}, Farneback flow"], clip
+    for measure in ("PSNR after - before", "time per frame after / before"):  # row 9: measured, not skipped
+        assert "value" in by_name[f"propagation, keys every 16: {measure}"], measure
