@@ -12,7 +12,8 @@ translated synchronously with its own settings; the .blend is saved after each
 finished strip so finished work is never lost. A failing strip is reported and
 the rest are still attempted. The backend is the remote server in
 FRESCO_BACKEND_URL/FRESCO_TOKEN (or the preferences) if set, else a local one.
-Each strip goes through the same ``translation.Translation`` steps as the UI.
+The strips go through the same queue (``jobqueue``) and ``translation.Translation``
+steps as the UI's, run synchronously.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Iterable
 
 import bpy
 
-from . import backend, compat, props, translation
+from . import backend, compat, jobqueue, props, translation
 from .config import backend_config
 
 
@@ -42,20 +43,10 @@ def farm_strips(strip_names: Iterable[str] | None = None) -> list[tuple[str, str
     return found
 
 
-def _translate_one(scene_name: str, strip_name: str, config: dict, tag: str) -> str:
-    """Translate one strip; returns the result strip's name, raises with the reason."""
+def _strip(scene_name: str, strip_name: str) -> Any:
     scene = bpy.data.scenes.get(scene_name)
     ed = compat.editor(scene) if scene is not None else None
-    source = compat.all_strips(ed).get(strip_name) if ed is not None else None
-    if source is None:
-        raise RuntimeError("the strip is gone")
-
-    def report(stage: str, done: int, total: int) -> None:
-        say(f"{tag}{strip_name}: {stage} {translation.progress_text(stage, done, total)}")
-
-    result = translation.prepare(scene, source, config, translation.throttled(report)).run()
-    setattr(source, props.FARM_PROP, False)  # done: a re-run after a crash goes on with the rest
-    return result.name
+    return compat.all_strips(ed).get(strip_name) if ed is not None else None
 
 
 def run(strip_names: list[str] | None = None) -> int:
@@ -76,19 +67,45 @@ def run(strip_names: list[str] | None = None) -> int:
     where = backend.remote_address(config)
     say(f"{len(todo)} strip(s) to translate in {bpy.data.filepath} with "
         + (f"the backend at {where[0]}:{where[1]}" if where else "a local backend"))
-    done = 0
+
+    tags: dict[int, str] = {}
+
+    def begin(entry: jobqueue.Entry) -> translation.Translation:
+        def report(stage: str, done: int, total: int) -> None:
+            say(f"{tags[entry.id]}{entry.strip_name}: {stage} {translation.progress_text(stage, done, total)}")
+
+        return translation.begin(entry, translation.throttled(report))
+
+    queue = jobqueue.JobQueue(begin)
     for index, (scene_name, strip_name) in enumerate(todo, 1):
-        tag = f"[{index}/{len(todo)}] {scene_name}/"
-        say(f"{tag}{strip_name}: start")
-        try:
-            result = _translate_one(scene_name, strip_name, config, tag)
-            bpy.ops.wm.save_mainfile()
-        except Exception as exc:  # report, go on with the next strip
-            failures.append((strip_name, str(exc)))
-            say(f"FAILED {tag}{strip_name}: {exc}")
-            continue
-        done += 1
-        say(f"{tag}{strip_name}: done -> {result!r}, saved ({done}/{len(todo)} done)")
+        settings = refused = None
+        try:  # the settings as they are now; a refused strip fails in its turn
+            settings = translation.check(_strip(scene_name, strip_name), config)
+        except translation.Refused as exc:
+            refused = str(exc)
+        entry = queue.add(scene_name, strip_name, settings, config, refused)
+        tags[entry.id] = f"[{index}/{len(todo)}] {scene_name}/"
+
+    def on_start(entry: jobqueue.Entry) -> None:
+        say(f"{tags[entry.id]}{entry.strip_name}: start")
+
+    def on_end(entry: jobqueue.Entry) -> None:
+        tag = f"{tags[entry.id]}{entry.strip_name}"
+        if entry.state == jobqueue.DONE:
+            try:
+                setattr(_strip(entry.scene_name, entry.strip_name), props.FARM_PROP, False)  # a re-run goes on
+                bpy.ops.wm.save_mainfile()                                                 # with the rest
+            except Exception as exc:
+                entry.state, entry.error = jobqueue.FAILED, str(exc)
+        if entry.state != jobqueue.DONE:
+            failures.append((entry.strip_name, entry.error))
+            say(f"FAILED {tag}: {entry.error}")
+            return
+        done = sum(e.state == jobqueue.DONE for e in queue.entries)
+        say(f"{tag}: done -> {entry.result_name!r}, saved ({done}/{len(todo)} done)")
+
+    queue.run(on_start, on_end)
+    done = sum(e.state == jobqueue.DONE for e in queue.entries)
     say(f"finished: {done} done, {len(failures)} failed")
     return 1 if failures else 0
 

@@ -1,12 +1,20 @@
-"""The add-on's sequencer operators: Translate, Cancel and Stop Backend (the farm's is in farm.py)."""
+"""The add-on's sequencer operators: Translate, Translate Selected, Cancel and Stop Backend (the farm's is in
+farm.py).
+
+Both translate operators put strips in the queue (``uijob``, ``jobqueue``) with their settings as they are
+now: with a UI its timer runs them one after the other; in background mode (or with Synchronous) the queue runs
+here, before the operator returns.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import bpy
 
-from . import backend, compat, translation, uijob
+from . import backend, compat, jobqueue, props, translation, uijob
 from .config import backend_config
+
+TRANSLATABLE = ("MOVIE", "IMAGE")
 
 
 def _target_strip(context: Any, name: str) -> Any:
@@ -18,18 +26,22 @@ def _target_strip(context: Any, name: str) -> Any:
     return ed.active_strip
 
 
-class FRESCO_OT_translate(bpy.types.Operator):
-    """Translate the active strip with FRESCO and add the result as a new image strip above it"""
+def selected_strips(context: Any) -> list:
+    """The selected strips: the context's, or the strips' select flags where the context has none (background
+    mode)."""
+    for name in ("selected_strips", "selected_sequences"):
+        value = getattr(context, name, None)
+        if value is not None:
+            return list(value)
+    ed = compat.editor(context.scene)
+    return [s for s in compat.all_strips(ed) if s.select] if ed is not None else []
 
-    bl_idname = "fresco.translate"
-    bl_label = "Translate"
-    bl_options = {"REGISTER"}
 
-    strip: bpy.props.StringProperty(
-        name="Strip", description="Name of the strip to translate (empty: the active strip)",
-        options={"SKIP_SAVE"})
+class QueueOperator:
+    """Shared by the translate operators: queue strips, then start the queue or run it here."""
+
     synchronous: bpy.props.BoolProperty(
-        name="Synchronous", description="Run the whole job before returning (always on in background mode)",
+        name="Synchronous", description="Run the queued jobs before returning (always on in background mode)",
         options={"SKIP_SAVE"})
 
     @classmethod
@@ -43,44 +55,106 @@ class FRESCO_OT_translate(bpy.types.Operator):
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
 
+    def queue_strips(self, context: Any, strips: list) -> set[str]:
+        """Queue ``strips`` (a refused one is reported, the rest still go); run them here when synchronous."""
+        sync = self.synchronous or not uijob.has_event_loop()
+        queue = uijob.queue()
+        if sync and queue.active():
+            self.report({"ERROR"}, "FRESCO: the queue is running: wait for it or cancel it")
+            return {"CANCELLED"}
+        config = backend_config(context)
+        notes: list[str] = []
+        entries, problems = [], []
+        for strip in strips:
+            try:
+                settings = translation.check(strip, config, warn=notes.append)
+                entries.append(queue.add(context.scene.name, strip.name, settings, config))
+            except (translation.Refused, jobqueue.AlreadyWaiting) as exc:
+                problems.append(f"{strip.name}: {exc}" if len(strips) > 1 else str(exc))
+        if notes:
+            self.report({"WARNING"}, f"FRESCO: {notes[0]}")
+        if problems:
+            self.report({"WARNING" if entries else "ERROR"}, "FRESCO: " + "; ".join(problems))
+        if not entries:
+            return {"CANCELLED"}
+        if not sync:
+            uijob.kick()
+            self.report({"INFO"}, f"FRESCO: queued {', '.join(e.strip_name for e in entries)} "
+                                  f"({len(queue.waiting())} waiting)")
+            return {"FINISHED"}
+        queue.run()
+        failed = [f"{e.strip_name}: {e.error}" for e in entries if e.state != jobqueue.DONE]
+        added = [e.result_name for e in entries if e.state == jobqueue.DONE]
+        if added:
+            self.report({"INFO"}, f"FRESCO: added {', '.join(added)}")
+        if failed:
+            self.report({"ERROR"}, "FRESCO: " + "; ".join(failed))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class FRESCO_OT_translate(QueueOperator, bpy.types.Operator):
+    """Translate the active strip with FRESCO and add the result as a new image strip above it (queued)"""
+
+    bl_idname = "fresco.translate"
+    bl_label = "Translate"
+    bl_options = {"REGISTER"}  # no UNDO: placing the result is its own undo step (place.push_undo)
+
+    strip: bpy.props.StringProperty(
+        name="Strip", description="Name of the strip to translate (empty: the active strip)",
+        options={"SKIP_SAVE"})
+
     def _execute(self, context: Any) -> set[str]:
         source = _target_strip(context, self.strip)
         if source is None:
             self.report({"ERROR"}, f"FRESCO: no strip {self.strip!r}" if self.strip else "FRESCO: no active strip")
             return {"CANCELLED"}
-        sync = self.synchronous or not uijob.has_event_loop()
-        if not sync and uijob.busy():
-            self.report({"ERROR"}, "FRESCO: a job is already running")
+        return self.queue_strips(context, [source])
+
+
+class FRESCO_OT_translate_selected(QueueOperator, bpy.types.Operator):
+    """Queue every selected movie and image strip for translation, each with its own settings (FRESCO results
+    are skipped)"""
+
+    bl_idname = "fresco.translate_selected"
+    bl_label = "Translate Selected"
+    bl_options = {"REGISTER"}
+
+    def _execute(self, context: Any) -> set[str]:
+        chosen = [s for s in selected_strips(context)
+                  if s.type in TRANSLATABLE and props.RESULT_SETTINGS_KEY not in s.keys()]
+        if not chosen:
+            self.report({"ERROR"}, "FRESCO: no movie or image strip selected (results of FRESCO are skipped)")
             return {"CANCELLED"}
-        report = translation.throttled(lambda stage, done, total: translation.log(
-            f"{source.name}: {stage} {translation.progress_text(stage, done, total)}")) if sync else None
-        try:
-            job = translation.prepare(context.scene, source, backend_config(context), report,
-                                      warn=lambda note: self.report({"WARNING"}, f"FRESCO: {note}"))
-        except translation.Refused as exc:
-            self.report({"ERROR"}, f"FRESCO: {exc}")
-            return {"CANCELLED"}
-        if not sync:
-            uijob.start(job)
-            self.report({"INFO"}, f"FRESCO: translating {source.name!r} ({job.total} frames)")
-            return {"FINISHED"}
-        result = job.run()
-        self.report({"INFO"}, f"FRESCO: added {result.name!r} on channel {result.channel} ({job.total} frames)")
-        return {"FINISHED"}
+        chosen.sort(key=lambda s: (compat.visible_start(s), s.channel))  # timeline order
+        return self.queue_strips(context, chosen)
 
 
 class FRESCO_OT_cancel(bpy.types.Operator):
-    """Cancel the running FRESCO job"""
+    """Cancel FRESCO translations: one queue entry, the entries of a strip, or all of them"""
 
     bl_idname = "fresco.cancel"
     bl_label = "Cancel"
+
+    entry: bpy.props.IntProperty(
+        name="Entry", description="Id of the queue entry to cancel (0: every waiting and running entry)",
+        min=0, options={"SKIP_SAVE"})
+    strip: bpy.props.StringProperty(
+        name="Strip", description="Cancel the waiting and running entries of this strip of the scene",
+        options={"SKIP_SAVE"})
 
     @classmethod
     def poll(cls, context: Any) -> bool:
         return uijob.busy()
 
     def execute(self, context: Any) -> set[str]:
-        uijob.cancel()
+        if self.strip:
+            queue = uijob.queue()
+            for entry in queue.entries:
+                if (entry.scene_name, entry.strip_name) == (context.scene.name, self.strip):
+                    queue.cancel(entry)
+        else:
+            uijob.cancel(self.entry)
         return {"FINISHED"}
 
 
@@ -92,10 +166,10 @@ class FRESCO_OT_stop_backend(bpy.types.Operator):
 
     def execute(self, context: Any) -> set[str]:
         if uijob.busy():
-            self.report({"ERROR"}, "FRESCO: a job is running")
+            self.report({"ERROR"}, "FRESCO: translations are queued or running")
             return {"CANCELLED"}
         backend.stop()
         return {"FINISHED"}
 
 
-CLASSES = (FRESCO_OT_translate, FRESCO_OT_cancel, FRESCO_OT_stop_backend)
+CLASSES = (FRESCO_OT_translate, FRESCO_OT_translate_selected, FRESCO_OT_cancel, FRESCO_OT_stop_backend)

@@ -5,7 +5,7 @@ from typing import Any
 
 import bpy
 
-from . import operators, presets, preview, props, settings_ops, translation, uijob, userdirs
+from . import operators, presets, props, settings_ops, uijob, userdirs
 from .contract import settings as schema
 
 
@@ -84,30 +84,12 @@ class FRESCO_PT_panel(bpy.types.Panel):
                 layout.label(text=f"Result of {strip.get(props.RESULT_SOURCE_KEY, '?')}", icon="CHECKMARK")
                 if strip.type == "IMAGE" and userdirs.is_temporary(bpy.path.abspath(strip.directory)):
                     layout.label(text="In a temporary folder until the .blend is saved", icon="ERROR")
-            busy = uijob.busy()
-            row = layout.row()
-            row.enabled = not busy
+            row = layout.row(align=True)
             row.scale_y = 1.4
             op = row.operator(operators.FRESCO_OT_translate.bl_idname, icon="PLAY")
             op.strip = strip.name
-        job = uijob.current()
-        if job is not None:
-            box = layout.box()
-            box.label(text=f"{job.source_name}: {job.stage}")
-            if job.total:
-                text = translation.progress_text(job.stage, job.done, job.total) + (
-                    f"  ETA {job.eta:.0f} s" if job.eta else "")
-                if hasattr(box, "progress"):
-                    box.progress(factor=job.fraction, type="BAR", text=text)
-                else:
-                    box.label(text=text)
-            if job.error:
-                box.label(text=job.error, icon="ERROR")
-            if job.result_name:
-                box.label(text=f"Added {job.result_name}", icon="CHECKMARK")
-            preview.draw(box, job, uijob.has_event_loop())
-            if not job.finished:
-                box.operator(operators.FRESCO_OT_cancel.bl_idname, icon="CANCEL")
+            row.operator(operators.FRESCO_OT_translate_selected.bl_idname, text="Selected", icon="SEQ_SEQUENCER")
+        uijob.draw(layout, context, operators.FRESCO_OT_cancel.bl_idname)  # the queue box
         layout.operator(operators.FRESCO_OT_stop_backend.bl_idname, icon="QUIT")
 
 

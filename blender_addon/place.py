@@ -1,8 +1,15 @@
-"""Where results go: the output folder next to the .blend and the new image strip."""
+"""Where results go: the output folder next to the .blend and the new image strip (one undo step).
+
+A result folder is only ever removed while no strip of any scene uses it
+(``remove_unused``): a duplicated result strip, or one that undo or redo
+brought back, keeps its frames.
+"""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -101,3 +108,31 @@ def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: d
     if job_id:
         strip["fresco_job"] = job_id
     return strip
+
+
+def push_undo(message: str) -> None:
+    """Make the change so far one undo step (timers push none of their own); a no-op where undo is off."""
+    if bpy.ops.ed.undo_push.poll():
+        bpy.ops.ed.undo_push(message=message)
+
+
+def strip_folder(strip: Any) -> str:
+    """The real path of an image strip's folder."""
+    return os.path.realpath(bpy.path.abspath(strip.directory))
+
+
+def folder_users(folder: Path | str) -> list[Any]:
+    """The image strips of every scene whose frames are in ``folder``."""
+    folder = os.path.realpath(folder)
+    return [strip for scene in bpy.data.scenes if compat.editor(scene) is not None
+            for strip in compat.all_strips(compat.editor(scene))
+            if strip.type == "IMAGE" and strip_folder(strip) == folder]
+
+
+def remove_unused(folder: Path) -> None:
+    """Delete a result folder unless a strip uses it (then it stays, and the log says so)."""
+    users = folder_users(folder)
+    if users:
+        print(f"FRESCO: kept {folder}: strip {users[0].name!r} uses it", flush=True)
+        return
+    shutil.rmtree(folder, ignore_errors=True)

@@ -3,12 +3,14 @@
     export   render the strip's frames, a few per call (main thread: bpy)
     submit   run the backend job (``jobrun.worker``): on a worker thread in the UI, inline when synchronous
     progress the job's messages (job id, progress, downloaded frames), handled on the main thread
-    place    the result strip beside the source (main thread), or clean up after a failure or cancel
+    place    the result strip beside the source as one undo step (main thread), or clean up after a
+             failure or cancel
 
-``prepare`` checks a strip (settings, picture, backend configuration) and
-starts a ``Translation``; with a UI ``uijob`` calls ``poll`` from a timer,
-headless (background mode, the farm) ``run`` does every step at once. Only
-the main thread touches bpy data.
+``check`` refuses a strip that cannot be translated and takes its job settings
+when it is queued (``jobqueue``); ``begin`` starts the ``Translation`` of a
+queue entry when its turn comes. With a UI ``uijob`` calls ``poll`` from a
+timer; headless (background mode, the farm) ``run`` does every step at once.
+Only the main thread touches bpy data.
 """
 from __future__ import annotations
 
@@ -146,10 +148,9 @@ class Translation:
         self.out_dir = unsaved.settle(self.out_dir, self.source_name)  # the file was saved meanwhile
         paths = [self.out_dir / Path(f).name for f in files]
         strip = place.add_result_strip(scene, source, paths, self.settings, self.job_id)
-        src, dst = getattr(source, props.STRIP_PROP), getattr(strip, props.STRIP_PROP)
-        for s in schema.SETTINGS:
-            setattr(dst, s.name, getattr(src, s.name))
+        props.apply_settings(strip, self.settings)  # with the seed used (Random Seed off)
         self.result_name = strip.name
+        place.push_undo(f"FRESCO: add {strip.name}")
 
     def _end(self, message: dict) -> None:
         kind = "cancelled" if self.cancel.is_set() else message["kind"]  # also a result after Cancel or a load
@@ -165,7 +166,7 @@ class Translation:
             else:
                 self.stage = "cancelled" if kind == "cancelled" else "failed"
                 self.error = message.get("message") if kind == "error" else None
-                shutil.rmtree(self.out_dir, ignore_errors=True)
+                place.remove_unused(self.out_dir)
         except Exception as exc:  # never raise into a timer; the frames stay for the user
             self.error, self.stage = str(exc), "failed"
         finally:
@@ -195,19 +196,27 @@ class Translation:
         return 0.0 if self.exporter is not None else POLL_INTERVAL
 
     def run(self) -> Any:
-        """Every step here, at once (background mode, the farm); returns the result strip, raises on failure."""
+        """Every step here, at once (background mode, the farm), logging the progress unless ``report`` is
+        given; returns the result strip, raises on failure."""
+        if self.report is None:
+            self.report = throttled(lambda stage, done, total: log(
+                f"{self.source_name}: {stage} {progress_text(stage, done, total)}"))
         try:
             while self.exporter is not None:
                 self.export_frames(export.BATCH)
             if not self.finished:
                 self.submit(threaded=False)
-        except BaseException:  # Ctrl-C: clean up, then stop
-            self.cancel.set()
+        except BaseException as exc:  # clean up; Ctrl-C then stops
+            interrupted = not isinstance(exc, Exception)
+            if interrupted:
+                self.cancel.set()
             if self.exporter is not None:
                 self.exporter.close()
                 self.exporter = None
-            self._end({"kind": "cancelled"})
-            raise
+            if not self.finished:
+                self._end({"kind": "error", "message": str(exc) or type(exc).__name__})
+            if interrupted:
+                raise
         if self.stage != "done":
             raise RuntimeError(self.error or self.stage)
         return compat.all_strips(compat.editor(bpy.data.scenes[self.scene_name]))[self.result_name]
@@ -232,9 +241,8 @@ def throttled(report: Report, every: float = 1.0) -> Report:
     return call
 
 
-def prepare(scene: Any, source: Any | None, config: dict[str, str], report: Report | None = None,
-            warn: Callable[[str], None] | None = None) -> Translation:
-    """Check ``source`` and start its translation (nothing is rendered or sent yet).
+def check(source: Any | None, config: dict[str, str], warn: Callable[[str], None] | None = None) -> dict:
+    """The job settings of ``source`` (``props.job_settings``: the seed drawn now if Random), validated.
 
     Raises ``Refused`` saying why the strip cannot be translated (no picture of its own, missing files,
     invalid settings, no usable backend configuration), before anything reaches the backend; ``warn`` gets
@@ -246,7 +254,7 @@ def prepare(scene: Any, source: Any | None, config: dict[str, str], report: Repo
     if problem:
         raise Refused(problem)
     try:
-        settings = schema.validate(props.strip_settings(source))
+        settings = schema.validate(props.job_settings(source))
     except schema.SettingsError as exc:
         raise Refused(str(exc)) from exc
     problem = backend.config_problem(config)
@@ -257,4 +265,18 @@ def prepare(scene: Any, source: Any | None, config: dict[str, str], report: Repo
         log(f"warning: {note}")
         if warn is not None:
             warn(note)
-    return Translation(scene, source, settings, config, report)
+    return settings
+
+
+def begin(entry: Any, report: Report | None = None) -> Translation:
+    """Start the translation of a queue entry (``jobqueue.Entry``) with the settings taken when it was queued;
+    raises ``Refused`` when its strip is gone or has lost its picture meanwhile."""
+    scene = bpy.data.scenes.get(entry.scene_name)
+    ed = compat.editor(scene) if scene is not None else None
+    source = compat.all_strips(ed).get(entry.strip_name) if ed is not None else None
+    if source is None:
+        raise Refused(f"strip {entry.strip_name!r} is gone")
+    problem = export.picture_problem(source)
+    if problem:
+        raise Refused(problem)
+    return Translation(scene, source, entry.settings, entry.config, report)

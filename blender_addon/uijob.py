@@ -1,10 +1,11 @@
-"""The one translation the UI runs and the panel shows: the only place that holds it.
+"""The UI's translation queue (``jobqueue``): the one place that holds it, the timer that runs it, its panel box.
 
 Background mode (``blender -b``, the bpy module) has no event loop: timers
-never fire, so there the operator runs a translation synchronously instead
-(``Translation.run``). With a UI, ``start`` hands it to a persistent
-``bpy.app.timers`` function (``tick``) that advances it a step at a time, keeps
-the panel's preview up to date and redraws the sequencer.
+never fire, so there the operators run the queue synchronously
+(``JobQueue.run``). With a UI, ``kick`` starts the first waiting entry and a
+persistent ``bpy.app.timers`` function (``tick``) advances the queue a step at
+a time, keeps the panel's preview up to date and redraws the sequencer.
+Opening another file cancels the queue.
 """
 from __future__ import annotations
 
@@ -12,56 +13,62 @@ from typing import Any
 
 import bpy
 
-from . import preview
-from .translation import Translation, log
+from . import jobqueue, preview, translation
 
-_current: Translation | None = None  # running, or the last one finished (shown in the panel)
+_queue = jobqueue.JobQueue(translation.begin)
+
+STATE_ICONS = {jobqueue.WAITING: "TIME", jobqueue.RUNNING: "PLAY", jobqueue.DONE: "CHECKMARK",
+               jobqueue.FAILED: "ERROR", jobqueue.CANCELLED: "CANCEL"}
 
 
 def has_event_loop() -> bool:
-    """Whether timers fire; without an event loop (background mode) translations run synchronously."""
+    """Whether timers fire; without an event loop (background mode) the queue runs synchronously."""
     return not bpy.app.background
 
 
-def current() -> Translation | None:
-    return _current
+def queue() -> jobqueue.JobQueue:
+    return _queue
+
+
+def current() -> translation.Translation | None:
+    """The running translation, or the last one that ran (its preview and result show in the panel)."""
+    return _queue.current_job()
 
 
 def busy() -> bool:
-    return _current is not None and not _current.finished
+    """Whether an entry waits or runs."""
+    return _queue.active()
 
 
-def start(translation: Translation) -> None:
-    """Show ``translation`` and advance it from a timer; refused while another one runs."""
-    global _current
-    if busy():
-        raise RuntimeError("a job is already running")
-    _current = translation
+def kick() -> None:
+    """Start the first waiting entry now (unless one runs) and let the timer advance the queue."""
+    _queue.start_next()
     if not bpy.app.timers.is_registered(tick):
         bpy.app.timers.register(tick, first_interval=0.0, persistent=True)
 
 
-def cancel() -> None:
-    """Ask the running translation to stop (the timer cleans up)."""
-    if busy():
-        _current.cancel.set()
-        _current.stage = "cancelling"
+def cancel(entry_id: int = 0) -> None:
+    """Cancel one entry (by id), or every entry (0); a running one is asked to stop and the timer cleans up."""
+    if entry_id:
+        entry = _queue.get(entry_id)
+        if entry is not None:
+            _queue.cancel(entry)
+    else:
+        _queue.cancel_all()
 
 
 def tick() -> float | None:
-    """The timer: one step of the current translation; returns the next interval, None when it is over."""
-    job = _current
-    if job is None:
-        return None
+    """The timer: one step of the queue; returns the next interval, None when the queue is idle."""
     try:
-        interval = job.poll()
-        if job.finished:
-            preview.remove(job)
-        else:
-            preview.update(job)
+        interval = _queue.tick()
+        job = current()
+        if job is not None:
+            if job.finished:
+                preview.remove(job)
+            else:
+                preview.update(job)
     except Exception as exc:  # never let a timer raise into Blender
-        log(f"{job.source_name}: {exc}")
-        job.finished, job.error, job.stage = True, str(exc), "failed"
+        translation.log(f"queue: {exc}")
         interval = None
     redraw()
     return interval
@@ -76,10 +83,44 @@ def redraw(area_type: str = "SEQUENCE_EDITOR") -> None:
                 area.tag_redraw()
 
 
+def draw(layout: Any, context: Any, cancel_op: str) -> None:
+    """The panel's queue box: each entry with its state (the running one's progress and preview), a cancel
+    button per waiting or running entry (``cancel_op``, the Cancel operator) and Cancel All."""
+    entries = _queue.entries
+    if not entries:
+        return
+    box = layout.box()
+    header = box.row()
+    header.label(text=f"Queue ({len(_queue.waiting())} waiting)")
+    if _queue.active():
+        header.operator(cancel_op, text="Cancel All", icon="CANCEL")
+    scene = context.scene.name if context.scene else None
+    for entry in entries:
+        name = entry.strip_name if entry.scene_name == scene else f"{entry.scene_name}/{entry.strip_name}"
+        row = box.row()
+        row.label(text=f"{name}: {entry.stage}", icon=STATE_ICONS[entry.state])
+        if entry.state in jobqueue.ACTIVE:
+            row.operator(cancel_op, text="", icon="X").entry = entry.id
+        job = entry.job
+        if entry.state == jobqueue.RUNNING and job.total:
+            text = translation.progress_text(job.stage, job.done, job.total) + (
+                f"  ETA {job.eta:.0f} s" if job.eta else "")
+            if hasattr(box, "progress"):
+                box.progress(factor=job.fraction, type="BAR", text=text)
+            else:
+                box.label(text=text)
+        if entry.error:
+            box.label(text=entry.error, icon="ERROR")
+        if entry.result_name:
+            box.label(text=f"Added {entry.result_name}", icon="CHECKMARK")
+        if entry.state == jobqueue.RUNNING:
+            preview.draw(box, job, has_event_loop())
+
+
 @bpy.app.handlers.persistent
 def _cancel_on_load(*_args: Any) -> None:
-    """Another file is being opened: cancel the job (the timer is persistent and cleans up)."""
-    cancel()
+    """Another file is being opened: cancel the queue (the timer is persistent and cleans up)."""
+    _queue.cancel_all()
 
 
 def register() -> None:
@@ -87,17 +128,16 @@ def register() -> None:
 
 
 def unregister() -> None:
-    """Stop the timer and end the current translation here (closing its exporter, removing its files)."""
-    global _current
+    """Stop the timer and end the running translation here (closing its exporter, removing its files)."""
     if bpy.app.timers.is_registered(tick):
         bpy.app.timers.unregister(tick)
-    job = _current
-    if job is not None and not job.finished:
-        job.cancel.set()
-        if job.thread is not None:
-            job.thread.join(timeout=5.0)
-        job.poll()
-    _current = None
+    _queue.cancel_all()
+    entry = _queue.running()
+    if entry is not None:
+        if entry.job.thread is not None:
+            entry.job.thread.join(timeout=5.0)
+        _queue.tick()
+    _queue.forget()
     try:
         preview.remove()
     except Exception:  # pragma: no cover - restricted data during shutdown

@@ -6,7 +6,10 @@ user is told so. A ``save_pre`` handler (it gets the path being written, so the
 file on disk already points at the new place) moves every result strip's
 folder that lies there into the blend-relative Output Folder (default
 ``//fresco/``) of the file being saved, under a new name when that one is
-taken (never onto an existing folder), and repoints the strips.
+taken (never onto an existing folder), and repoints every image strip that
+uses it (copies of a result strip too). Undo and redo can bring back a strip
+that still points at the old place: an ``undo_post``/``redo_post`` handler
+repoints it to where its folder went.
 """
 from __future__ import annotations
 
@@ -52,8 +55,24 @@ def move_folder(folder: Path, root: Path, strip_name: str) -> Path:
     return target
 
 
+_moved: dict[str, Path] = {}  # the real path of each folder moved this session -> where it went
+
+
+def repoint(moved: dict[str, Path]) -> None:
+    """Point every image strip whose folder was moved (a key of ``moved``) at its new place."""
+    for scene in bpy.data.scenes:
+        ed = compat.editor(scene)
+        if ed is None:
+            continue
+        for strip in compat.all_strips(ed):
+            if strip.type == "IMAGE":
+                target = moved.get(place.strip_folder(strip))
+                if target is not None:
+                    strip.directory = str(target) + os.sep
+
+
 def adopt(blend_path: str | os.PathLike[str]) -> None:
-    """Move every result folder in the temp folder next to ``blend_path`` and repoint its strips."""
+    """Move every result folder in the temp folder next to ``blend_path`` and repoint the strips using it."""
     moved: dict[str, Path] = {}
     for scene in bpy.data.scenes:
         ed = compat.editor(scene)
@@ -62,13 +81,13 @@ def adopt(blend_path: str | os.PathLike[str]) -> None:
         for strip in compat.all_strips(ed):
             if strip.type != "IMAGE" or RESULT_SETTINGS_KEY not in strip.keys():
                 continue
-            folder = os.path.realpath(bpy.path.abspath(strip.directory))
-            if not userdirs.is_temporary(folder) or not (folder in moved or os.path.isdir(folder)):
+            folder = place.strip_folder(strip)
+            if folder in moved or not userdirs.is_temporary(folder) or not os.path.isdir(folder):
                 continue
-            if folder not in moved:  # a copied strip shares its folder
-                moved[folder] = move_folder(Path(folder), root_beside(blend_path),
-                                            str(strip.get(RESULT_SOURCE_KEY, strip.name)))
-            strip.directory = str(moved[folder]) + os.sep
+            moved[folder] = move_folder(Path(folder), root_beside(blend_path),
+                                        str(strip.get(RESULT_SOURCE_KEY, strip.name)))
+    _moved.update(moved)
+    repoint(moved)
 
 
 def settle(out_dir: Path, strip_name: str) -> Path:
@@ -89,11 +108,23 @@ def _adopt_on_save(*args: Any) -> None:
         log(f"could not move the results of the unsaved file next to {path}: {exc}")
 
 
+@bpy.app.handlers.persistent
+def _repoint_after_undo(*_args: Any) -> None:
+    """Undo/redo restored strips as they were before a save moved their folder: point them at it again."""
+    if _moved:
+        repoint({old: new for old, new in _moved.items() if not os.path.isdir(old)})
+
+
+HANDLERS = (("save_pre", _adopt_on_save), ("undo_post", _repoint_after_undo), ("redo_post", _repoint_after_undo))
+
+
 def register() -> None:
-    if _adopt_on_save not in bpy.app.handlers.save_pre:
-        bpy.app.handlers.save_pre.append(_adopt_on_save)
+    for name, handler in HANDLERS:
+        if handler not in getattr(bpy.app.handlers, name):
+            getattr(bpy.app.handlers, name).append(handler)
 
 
 def unregister() -> None:
-    if _adopt_on_save in bpy.app.handlers.save_pre:
-        bpy.app.handlers.save_pre.remove(_adopt_on_save)
+    for name, handler in HANDLERS:
+        if handler in getattr(bpy.app.handlers, name):
+            getattr(bpy.app.handlers, name).remove(handler)

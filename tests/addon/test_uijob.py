@@ -69,9 +69,8 @@ def ui(addon, monkeypatch):
     module = sys.modules[addon.__name__ + ".uijob"]
     monkeypatch.setattr(module, "has_event_loop", lambda: True)
     yield module
-    job = module.current()
-    if job is not None and not job.finished:  # a failed test must not leave its job running
-        job.cancel.set()
+    if module.busy():  # a failed test must not leave its queue running
+        module.cancel()
         drive(module)
 
 
