@@ -30,5 +30,5 @@ def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cach
     flow = None
     if with_flow and len(small) > 1:
         flow = cache.batch_flow(digest, config.flow, size,
-                                lambda: estimate_batch_flow(list(small), load_estimator(config.flow)))
+                                lambda: estimate_batch_flow(list(small), load_estimator(config.flow, config.flow_weights)))
     return to_tensor(controls) * 0.5 + 0.5, flow
