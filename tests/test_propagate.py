@@ -180,3 +180,17 @@ def test_short_and_invalid_spans():
         propagate_span(frames, frames[0], frames[1][:, :-1])
     with pytest.raises(ValueError):
         propagate_span(frames, frames[0].astype(np.float32), frames[1])
+
+
+def test_residual_correction_repairs_background_no_key_sees():
+    # One key only: the background the square hides in it gets the warped square's colours unless the key's
+    # local input -> translation model corrects them by what the input frame shows there.
+    clip = CLIPS["v(8,0) span 4"]()
+    frames = clip.frames
+    errors = {}
+    for residual in (True, False):
+        out = propagate_span(frames, translate(frames[0]), None, options=Options(residual=residual))
+        hidden = [~clip.square_mask(t) & clip.square_mask(0) for t in range(1, 5)]
+        errors[residual] = [error_map(o, f)[h].mean() for o, f, h in zip(out, frames[1:], hidden)]
+    print("hidden in the key: with residual", np.round(errors[True], 1), "without", np.round(errors[False], 1))
+    assert max(errors[True]) < 0.4 * min(errors[False])
