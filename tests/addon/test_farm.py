@@ -33,9 +33,7 @@ def farm_scene(mods, movie_scene, compat, clip_path):
     clip2.frame_offset_end = CLIP2_OFFSET_END
     idle = compat.new_movie_strip(strips, "idle", str(clip_path), 8, 70)
     for strip, prompt in ((clip2, "an ink drawing"), (idle, "never used")):
-        for s in mods["props"].schema.SETTINGS:
-            setattr(strip.fresco, s.name, getattr(clip.fresco, s.name))
-        strip.fresco.prompt = prompt
+        mods["props"].apply_settings(strip, {**mods["props"].strip_settings(clip), "prompt": prompt})
     clip2.fresco_farm = True
     movie_scene.frame_end = 100
     bpy.ops.wm.save_mainfile()

@@ -165,3 +165,35 @@ def test_translate_selected_in_background_mode_on_the_real_backend(addon, backen
         source = compat.all_strips(three.sequence_editor)[name]
         assert len(found[name].elements) == compat.visible_duration(source)
     assert out.index("clip: upload") < out.index("clip_b: upload") < out.index("clip_c: upload")
+
+
+def test_translate_selected_in_background_mode(addon, three, compat, monkeypatch, capfd):
+    """No event loop: the operator runs the queue before returning; a failure is reported, the rest still run."""
+    client = QueueClient(fail_job=2)
+    use(addon, client, monkeypatch)
+    with pytest.raises(RuntimeError, match="clip_b: out of GPU memory"):
+        bpy.ops.fresco.translate_selected()
+    assert sorted(results(three, compat)) == ["clip", "clip_c"]
+    assert [job["prompt"] for job in client.jobs] == list(PROMPTS.values())
+    out = capfd.readouterr().out
+    assert "clip: upload" in out and "clip_c: result strip" in out
+
+
+def test_the_farm_runs_the_same_queue(addon, three, compat, monkeypatch, capfd, blend):
+    jobqueue = sys.modules[addon.__name__ + ".jobqueue"]
+    farm = __import__(addon.__name__ + ".farm", fromlist=["run"])
+    runs = []
+    real_run = jobqueue.JobQueue.run
+    monkeypatch.setattr(jobqueue.JobQueue, "run", lambda self, *a: runs.append(self) or real_run(self, *a))
+    client = QueueClient(fail_job=1)
+    use(addon, client, monkeypatch)
+    for name in PROMPTS:
+        compat.all_strips(three.sequence_editor)[name].fresco_farm = True
+    assert farm.run() == 1
+    assert len(runs) == 1 and [e.state for e in runs[0].entries] == ["failed", "done", "done"]
+    out = capfd.readouterr().out
+    assert "FAILED [1/3] Scene/clip: out of GPU memory" in out and "finished: 2 done, 1 failed" in out
+    bpy.ops.wm.open_mainfile(filepath=str(blend))  # saved after each finished strip
+    scene = bpy.context.scene
+    assert sorted(results(scene, compat)) == ["clip_b", "clip_c"]
+    assert [s.name for s in compat.all_strips(scene.sequence_editor) if s.fresco_farm] == ["clip"]
