@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import bpy
 
-from . import backend, compat, export, jobrun, place, props, unsaved, userdirs
+from . import backend, compat, export, jobrun, place, preview, props, unsaved, userdirs
 from .contract import settings as schema
 from .contract import wire
 
@@ -150,6 +150,7 @@ class Translation:
         strip = place.add_result_strip(scene, source, paths, self.settings, self.job_id)
         props.apply_settings(strip, self.settings)  # with the seed used (Random Seed off)
         self.result_name = strip.name
+        preview.remove(self)  # not kept in the undo step
         place.push_undo(f"FRESCO: add {strip.name}")
 
     def _end(self, message: dict) -> None:

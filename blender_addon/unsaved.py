@@ -115,7 +115,14 @@ def _repoint_after_undo(*_args: Any) -> None:
         repoint({old: new for old, new in _moved.items() if not os.path.isdir(old)})
 
 
-HANDLERS = (("save_pre", _adopt_on_save), ("undo_post", _repoint_after_undo), ("redo_post", _repoint_after_undo))
+@bpy.app.handlers.persistent
+def _forget_moves(*_args: Any) -> None:
+    """Another file: its undo history starts anew, no strip of it can point at a folder moved before."""
+    _moved.clear()
+
+
+HANDLERS = (("save_pre", _adopt_on_save), ("undo_post", _repoint_after_undo), ("redo_post", _repoint_after_undo),
+            ("load_post", _forget_moves))
 
 
 def register() -> None:
