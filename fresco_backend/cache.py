@@ -3,8 +3,12 @@
 An entry is keyed by a digest of the input frames' content plus exactly the settings the data
 depends on, so re-running a strip with a new prompt or seed reuses it while a changed threshold,
 estimator or processed size does not:
-- flow: the estimator name, the processed size and the occlusion thresholds of ``flow``;
-- control: the control kind, its own parameters (canny: low and high thresholds), the processed size.
+- flow: the estimator name, its weights file's identity (when it has one), the processed size and
+  the occlusion thresholds of ``flow``;
+- control (one entry per kind): the control kind, its own parameters (canny: low and high
+  thresholds), the identity of its annotator's weights (``annotators.py``), the processed size.
+
+A weights file's identity is its resolved path, size and modification time (``file_identity``).
 
 Entries are safetensors files ``<kind>-<key hash>.safetensors`` written atomically (temporary file
 and ``os.replace``); the full key is stored in the file's metadata and checked on load. A file that
@@ -36,9 +40,10 @@ from .flow import BatchFlow
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-# The settings (``config.Control`` fields) each control kind depends on, besides the processed size.
-# A new kind registers here.
-CONTROL_PARAMETERS: dict[str, tuple[str, ...]] = {"canny": ("canny_low", "canny_high")}
+# The settings (``config.Control`` fields) each control kind depends on, besides the processed size and
+# its annotator's weights. A new kind registers here.
+CONTROL_PARAMETERS: dict[str, tuple[str, ...]] = {"canny": ("canny_low", "canny_high"), "tile": (),
+                                                  "softedge": (), "lineart": (), "depth": ()}
 
 T = TypeVar("T")
 Tensors = dict[str, torch.Tensor]
@@ -94,18 +99,39 @@ def frames_digest(frames: Iterable[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def flow_key(estimator: str, size: tuple[int, int]) -> dict[str, Any]:
-    """What a batch's flow depends on: estimator, processed (width, height), occlusion thresholds."""
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What identifies a weights file (or a model folder: each file in it) without reading it: resolved
+    path, size and modification time in nanoseconds. Raises ValueError if it cannot be read."""
+    path = Path(path).expanduser().resolve()
+    try:
+        if path.is_dir():
+            return {"path": str(path), "files": [[p.name, *_stat(p)] for p in sorted(path.iterdir()) if p.is_file()]}
+        return {"path": str(path), "file": _stat(path)}
+    except OSError as exc:
+        raise ValueError(f"weights {path} cannot be read ({exc.strerror or exc})") from None
+
+
+def _stat(path: Path) -> list[int]:
+    info = os.stat(path)
+    return [info.st_size, info.st_mtime_ns]
+
+
+def flow_key(estimator: str, size: tuple[int, int], weights: str | os.PathLike = "") -> dict[str, Any]:
+    """What a batch's flow depends on: estimator, its weights file (if any), processed (width, height),
+    occlusion thresholds."""
     return {"estimator": estimator, "size": list(size), "fb_alpha": flow_module.FB_ALPHA,
-            "fb_beta": flow_module.FB_BETA, "photo_threshold": flow_module.PHOTO_THRESHOLD}
+            "fb_beta": flow_module.FB_BETA, "photo_threshold": flow_module.PHOTO_THRESHOLD,
+            "weights": file_identity(weights) if weights else None}
 
 
-def control_key(control: Control, size: tuple[int, int]) -> dict[str, Any]:
-    """What a batch's control images depend on: the kind, its parameters, processed (width, height)."""
-    if control.kind not in CONTROL_PARAMETERS:
-        raise ValueError(f"control {control.kind!r} has no cache key; add its parameters to CONTROL_PARAMETERS")
-    return {"control": control.kind, "size": list(size),
-            **{name: getattr(control, name) for name in CONTROL_PARAMETERS[control.kind]}}
+def control_key(kind: str, control: Control, size: tuple[int, int],
+                weights: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a batch's images of control ``kind`` depend on: the kind, its parameters, its annotator's
+    weights (if it has an annotator), processed (width, height)."""
+    if kind not in CONTROL_PARAMETERS:
+        raise ValueError(f"control {kind!r} has no cache key; add its parameters to CONTROL_PARAMETERS")
+    return {"control": kind, "size": list(size), "weights": file_identity(weights) if weights else None,
+            **{name: getattr(control, name) for name in CONTROL_PARAMETERS[kind]}}
 
 
 class Cache:
@@ -161,11 +187,15 @@ class Cache:
         return value
 
     def batch_flow(self, frames_digest: str, estimator: str, size: tuple[int, int],
-                   compute: Callable[[], BatchFlow]) -> BatchFlow:
-        """A batch's flows and occlusion masks by ``estimator``; ``size`` is the processed (width, height)."""
-        return self.get_or_compute("flow", flow_key(estimator, size), frames_digest, compute, BATCH_FLOW)
+                   compute: Callable[[], BatchFlow], weights: str | os.PathLike = "") -> BatchFlow:
+        """A batch's flows and occlusion masks by ``estimator`` (with its ``weights`` file, if any);
+        ``size`` is the processed (width, height)."""
+        return self.get_or_compute("flow", flow_key(estimator, size, weights), frames_digest, compute, BATCH_FLOW)
 
-    def control_images(self, frames_digest: str, control: Control, size: tuple[int, int],
-                       compute: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
-        """A batch's uint8 control images; ``size`` is the processed (width, height)."""
-        return self.get_or_compute("control", control_key(control, size), frames_digest, compute, IMAGES)
+    def control_images(self, frames_digest: str, kind: str, control: Control, size: tuple[int, int],
+                       compute: Callable[[], list[np.ndarray]],
+                       weights: str | os.PathLike | None = None) -> list[np.ndarray]:
+        """A batch's uint8 images of control ``kind`` (computed by an annotator with ``weights``, if
+        any); ``size`` is the processed (width, height)."""
+        return self.get_or_compute("control", control_key(kind, control, size, weights), frames_digest, compute,
+                                   IMAGES)

@@ -1,15 +1,18 @@
 """What a batch of frames is conditioned on: ControlNet images and, for FRESCO, optical flow.
 
 Both depend only on the frames and a few settings, so they are cached per clip
-(``cache.Cache``): a new prompt on the same strip reuses them.
+(``cache.Cache``): a new prompt on the same strip reuses them. Each control kind's images are a
+cache entry of their own.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from . import annotators
 from .cache import Cache, frames_digest
 from .config import JobConfig
 from .control import control_image
@@ -17,18 +20,34 @@ from .flow import BatchFlow, estimate_batch_flow, load_estimator
 from .frames import to_tensor
 
 
-def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cache,
-                     with_flow: bool) -> tuple[torch.Tensor, BatchFlow | None]:
-    """(control images (B, 3, H, W) in [0, 1], flows between consecutive frames or None).
+def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cache, with_flow: bool,
+                     device: torch.device | str | None = None) -> tuple[list[torch.Tensor], BatchFlow | None]:
+    """(one (B, 3, H, W) image tensor in [0, 1] per entry of ``config.control.nets``, in that order;
+    flows between consecutive frames or None).
 
-    ``small`` are the batch's frames at the processed size; a single frame has no flow.
+    ``small`` are the batch's frames at the processed size; a single frame has no flow. Annotator
+    networks run on ``device`` (default: CUDA, else MPS, else CPU). Raises
+    ``annotators.AnnotatorMissing`` (before computing anything) when a control's annotator weights are
+    not available.
     """
     size = (small[0].shape[1], small[0].shape[0])
+    kinds = list(dict.fromkeys(use.kind for use in config.control.nets))
+    weights = {kind: annotators.weights_path(kind) for kind in kinds if kind in annotators.KINDS}
     digest = frames_digest(small) if cache.folder is not None else ""
-    controls = cache.control_images(digest, config.control, size,
-                                    lambda: [control_image(f, config.control) for f in small])
+    images = {kind: to_tensor(_kind_images(kind, small, config, cache, digest, size, weights.get(kind), device))
+              * 0.5 + 0.5 for kind in kinds}
     flow = None
     if with_flow and len(small) > 1:
         flow = cache.batch_flow(digest, config.flow, size,
-                                lambda: estimate_batch_flow(list(small), load_estimator(config.flow, config.flow_weights)))
-    return to_tensor(controls) * 0.5 + 0.5, flow
+                                lambda: estimate_batch_flow(list(small), load_estimator(config.flow, config.flow_weights)),
+                                weights=config.flow_weights)
+    return [images[use.kind] for use in config.control.nets], flow
+
+
+def _kind_images(kind: str, small: Sequence[np.ndarray], config: JobConfig, cache: Cache, digest: str,
+                 size: tuple[int, int], weights: Path | None, device) -> list[np.ndarray]:
+    if weights is None:
+        compute = lambda: [control_image(frame, kind, config.control) for frame in small]  # noqa: E731
+    else:
+        compute = lambda: annotators.annotate(kind, small, weights, device)  # noqa: E731
+    return cache.control_images(digest, kind, config.control, size, compute, weights=weights)

@@ -1,10 +1,15 @@
-"""ControlNet conditions computed from the input frames."""
+"""ControlNet conditions computed from a frame without a network: canny edges and tile.
+
+The kinds that need an annotator network (softedge, lineart, depth) are in ``annotators.py``.
+"""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
 from .config import Control
+
+IMAGE_KINDS = ("canny", "tile")  # the control kinds computed here, one frame at a time
 
 
 def canny(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -13,8 +18,11 @@ def canny(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
     return np.repeat(edges[:, :, None], 3, axis=2)
 
 
-def control_image(rgb: np.ndarray, control: Control) -> np.ndarray:
-    """The condition ``control`` asks for, for one frame."""
-    if control.kind == "canny":
+def control_image(rgb: np.ndarray, kind: str, control: Control) -> np.ndarray:
+    """The uint8 (H, W, 3) condition of control ``kind`` for one RGB frame at the processed size:
+    canny edges with ``control``'s thresholds, or for tile the frame itself."""
+    if kind == "canny":
         return canny(rgb, control.canny_low, control.canny_high)
-    raise ValueError(f"unknown control {control.kind!r}")
+    if kind == "tile":
+        return np.ascontiguousarray(rgb[:, :, :3], dtype=np.uint8)
+    raise ValueError(f"control {kind!r} is not computed from the frame alone; kinds here: {', '.join(IMAGE_KINDS)}")

@@ -47,7 +47,7 @@ def flow_compute(frames) -> Counter:
 
 
 def control_compute(frames, settings) -> Counter:
-    return Counter(lambda: [control_image(f, control_of(settings)) for f in frames])
+    return Counter(lambda: [control_image(f, "canny", control_of(settings)) for f in frames])
 
 
 def files(folder) -> list[str]:
@@ -77,8 +77,8 @@ def test_batch_flow_hit_is_exact(tmp_path, frames, settings):
 
 def test_control_images_hit_is_exact(tmp_path, frames, settings):
     digest, compute = frames_digest(frames), control_compute(frames, settings)
-    first = Cache(tmp_path).control_images(digest, control_of(settings), SIZE, compute)
-    again = Cache(tmp_path).control_images(digest, control_of(settings), SIZE, compute)
+    first = Cache(tmp_path).control_images(digest, "canny", control_of(settings), SIZE, compute)
+    again = Cache(tmp_path).control_images(digest, "canny", control_of(settings), SIZE, compute)
     assert compute.calls == 1 and len(again) == len(first) == 4
     assert all(a.dtype == np.uint8 and np.array_equal(a, b) for a, b in zip(again, first))
 
@@ -90,7 +90,7 @@ def test_unrelated_settings_hit(tmp_path, frames, settings, change):
     flow, control = flow_compute(frames), control_compute(frames, settings)
     for values in (settings, {**settings, **change}):
         cache.batch_flow(digest, values["flow"], SIZE, flow)
-        cache.control_images(digest, control_of(values), SIZE, control)
+        cache.control_images(digest, "canny", control_of(values), SIZE, control)
     assert flow.calls == control.calls == 1
 
 
@@ -98,9 +98,9 @@ def test_unrelated_settings_hit(tmp_path, frames, settings, change):
 def test_changed_control_setting_misses(tmp_path, frames, settings, change):
     digest, cache = frames_digest(frames), Cache(tmp_path)
     changed = {**settings, **change}
-    before = cache.control_images(digest, control_of(settings), SIZE, control_compute(frames, settings))
+    before = cache.control_images(digest, "canny", control_of(settings), SIZE, control_compute(frames, settings))
     compute = control_compute(frames, changed)
-    after = cache.control_images(digest, control_of(changed), SIZE, compute)
+    after = cache.control_images(digest, "canny", control_of(changed), SIZE, compute)
     assert compute.calls == 1
     assert not all(np.array_equal(a, b) for a, b in zip(before, after))
     flow = flow_compute(frames)  # the flow does not depend on the control settings
@@ -115,7 +115,7 @@ def test_changed_size_or_estimator_misses(tmp_path, frames, settings):
     for values, size in ((settings, SIZE), (settings, (128, 96)), ({**settings, "flow": "raft"}, SIZE)):
         cache.batch_flow(digest, values["flow"], size, flow)
     for size in (SIZE, (128, 96)):
-        cache.control_images(digest, control_of(settings), size, control)
+        cache.control_images(digest, "canny", control_of(settings), size, control)
     assert flow.calls == 3 and control.calls == 2
 
 
@@ -163,7 +163,7 @@ def test_writes_leave_no_temporary_files(tmp_path, frames, settings, monkeypatch
     digest = frames_digest(frames)
     cache = Cache(tmp_path / "cache")
     cache.batch_flow(digest, settings["flow"], SIZE, flow_compute(frames))
-    cache.control_images(digest, control_of(settings), SIZE, control_compute(frames, settings))
+    cache.control_images(digest, "canny", control_of(settings), SIZE, control_compute(frames, settings))
     assert [name.split("-")[0] for name in files(tmp_path / "cache")] == ["control", "flow"]
 
     def fail(*args):
@@ -171,7 +171,7 @@ def test_writes_leave_no_temporary_files(tmp_path, frames, settings, monkeypatch
 
     monkeypatch.setattr(os, "replace", fail)  # the write fails at the final rename
     failing = Cache(tmp_path / "failing")
-    value = failing.control_images(digest, control_of(settings), SIZE, control_compute(frames, settings))
+    value = failing.control_images(digest, "canny", control_of(settings), SIZE, control_compute(frames, settings))
     assert len(value) == 4 and files(tmp_path / "failing") == []  # value returned, no partial file
 
     def broken():
@@ -180,3 +180,38 @@ def test_writes_leave_no_temporary_files(tmp_path, frames, settings, monkeypatch
     with pytest.raises(RuntimeError):
         Cache(tmp_path / "broken").batch_flow(digest, settings["flow"], SIZE, broken)
     assert files(tmp_path / "broken") == []
+
+
+def test_each_kind_is_an_entry_keyed_by_its_own_settings(tmp_path, frames, settings):
+    """tile ignores the canny thresholds; canny and tile of the same frames are separate entries."""
+    digest, cache = frames_digest(frames), Cache(tmp_path)
+    tile = Counter(lambda: [control_image(f, "tile", control_of(settings)) for f in frames])
+    canny = control_compute(frames, settings)
+    for values in (settings, {**settings, "canny_low": 60}):
+        got = cache.control_images(digest, "tile", control_of(values), SIZE, tile)
+        cache.control_images(digest, "canny", control_of(values), SIZE, canny)
+    assert tile.calls == 1 and canny.calls == 2
+    assert all(np.array_equal(image, frame) for image, frame in zip(got, frames))  # tile: the frame itself
+    with pytest.raises(ValueError, match="no cache key"):
+        cache.control_images(digest, "sketch", control_of(settings), SIZE, tile)
+
+
+def test_annotator_and_flow_weights_are_part_of_the_key(tmp_path, frames, settings):
+    """Another weights file, or the same file rewritten, misses; the same file hits."""
+    digest, cache = frames_digest(frames), Cache(tmp_path / "cache")
+    first, second = tmp_path / "a.pth", tmp_path / "b.pth"
+    first.write_bytes(b"weights one")
+    second.write_bytes(b"weights two")
+    images = Counter(lambda: [f.copy() for f in frames])
+    flow = flow_compute(frames)
+    for weights in (first, first, second):
+        cache.control_images(digest, "softedge", control_of(settings), SIZE, images, weights=weights)
+        cache.batch_flow(digest, "raft", SIZE, flow, weights=weights)
+    assert images.calls == flow.calls == 2
+    first.write_bytes(b"weights one, retrained")
+    os.utime(first, ns=(1, 1))  # a different size and time, as a new download has
+    cache.control_images(digest, "softedge", control_of(settings), SIZE, images, weights=first)
+    cache.batch_flow(digest, "raft", SIZE, flow, weights=first)
+    assert images.calls == flow.calls == 3
+    with pytest.raises(ValueError, match="cannot be read"):
+        cache.batch_flow(digest, "raft", SIZE, flow, weights=tmp_path / "missing.pth")
