@@ -12,6 +12,15 @@ optical flow, and the candidates are blended per pixel in Lab:
   composed, not images, and the accumulated flow is read at the nearest pixel so object and
   background motion do not mix on outlines); where the composed flow is wrong, the photometric
   guide below hands the pixel to the other key. It is also cheaper: 2 estimator calls per frame, not 4.
+* Re-alignment (``Options.realign``): the composed flow misplaces moving edges by a pixel or two; each
+  warped pixel may move by up to ``REALIGN_RADIUS`` px to where the warped input key's patch matches
+  the input frame best (a shift must beat staying put by ``REALIGN_PENALTY`` per pixel of length).
+* Residual (``Options.residual``): a key's translation is modelled locally as a linear function of its
+  input (``_local_models``); the warped key is corrected by that model applied to the difference between
+  the input frame and the warped input key. Where the warp is right the difference is ~0 and nothing
+  changes; where it is wrong or the pixel was hidden in the key, the key's own response to the input
+  (shading, texture, colour mapping) is applied to what the frame shows. On benchmarks/propagation.py
+  (keys every 16) this is most of the gain over warping alone.
 * Guide: the error of a candidate is the per-pixel photometric error between input frame t and the
   warped INPUT key, plus ``OCC_PENALTY`` times the key's occlusion mask box-smoothed over
   ``OCC_WINDOW`` (a soft margin around occlusion boundaries, where masks are least certain). The
@@ -36,6 +45,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .flow import FlowEstimator, estimate_batch_flow, warp
 
@@ -45,16 +55,22 @@ OCC_WINDOW = 5      # side of the box window smoothing the occlusion masks
 MAX_GAIN = 2.0      # the contrast correction never scales a channel's spread by more than this (or 1 / this)
 MODEL_RADIUS = 4    # radius of the window over which a key's local input -> translation model is fitted
 MODEL_EPS = 1e-3    # ridge term of that fit (variance units, images in [0, 1]): flat input -> no transfer
+REALIGN_RADIUS = 2  # the re-alignment tries integer shifts of up to this many pixels in x and y
+REALIGN_PATCH = 5   # side of the patch whose mean absolute input error scores a shift
+REALIGN_PENALTY = 0.004  # added per pixel of shift length: a shift must beat staying put by this much
 
 
 @dataclass(frozen=True)
 class Options:
     """Techniques of ``propagate_span`` that can be switched off (benchmarks/propagation.py ablates them).
 
+    realign: per pixel, shift the warped key by up to ``REALIGN_RADIUS`` px to where the warped input key
+    matches the input frame best (patch error), fixing the composed flow's misplacement of moving edges.
     residual: correct each warped key by the key's local linear model (input -> translation) applied to
     the difference between the input frame and the warped input key (see ``_local_models``).
     """
 
+    realign: bool = True
     residual: bool = True
 
 
@@ -82,13 +98,13 @@ def propagate_span(inputs: Sequence[np.ndarray], key_first: np.ndarray, key_last
     models = _local_models(sources, keys) if options.residual else None
     if key_last is None:
         chain = _compose(flows.bwd, flows.occ_bwd)
-        return [_propagate_frame(frame, sources, keys, [link], np.ones(1), models)
+        return [_propagate_frame(frame, sources, keys, [link], np.ones(1), models, options)
                 for frame, link in zip(frames[1:], chain)]
     from_first = _compose(flows.bwd[:-1], flows.occ_bwd[:-1])
     from_last = _compose(flows.fwd[1:].flip(0), flows.occ_fwd[1:].flip(0))[::-1]
     span = len(frames) - 1
     return [_propagate_frame(frames[t], sources, keys, [from_first[t - 1], from_last[t - 1]],
-                             np.array([1 - t / span, t / span]), models)
+                             np.array([1 - t / span, t / span]), models, options)
             for t in range(1, span)]
 
 
@@ -155,9 +171,24 @@ def _local_models(sources: list[np.ndarray], keys: list[np.ndarray]) -> torch.Te
     return torch.stack(out)
 
 
+def _realign(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Shift each pixel of ``warped`` (N, C, H, W; channels 0-2 the warped input key) by the integer offset
+    within ``REALIGN_RADIUS`` whose input patch best matches ``target`` (1, 3, H, W), with a length penalty.
+    """
+    radius, (height, width) = REALIGN_RADIUS, warped.shape[-2:]
+    padded = F.pad(warped[:, :3], (radius,) * 4, mode="replicate")
+    offsets = [(dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+    costs = torch.stack([F.avg_pool2d((padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+                                       - target).abs().mean(1, keepdim=True), REALIGN_PATCH, 1, REALIGN_PATCH // 2,
+                                      count_include_pad=False)[:, 0] + REALIGN_PENALTY * (dx * dx + dy * dy) ** 0.5
+                         for dx, dy in offsets])
+    best = torch.tensor(offsets, dtype=warped.dtype)[costs.argmin(0)]  # (N, H, W, 2)
+    return warp(warped, best.permute(0, 3, 1, 2))
+
+
 def _propagate_frame(frame: np.ndarray, sources: list[np.ndarray], keys: list[np.ndarray],
                      links: list[tuple[torch.Tensor, torch.Tensor]], temporal: np.ndarray,
-                     models: torch.Tensor | None) -> np.ndarray:
+                     models: torch.Tensor | None, options: Options) -> np.ndarray:
     """Translate input ``frame`` from the key input frames ``sources`` and their translations ``keys``.
 
     links: per key, the composed flow from ``frame`` to the key and its occlusion mask (see ``_compose``);
@@ -168,6 +199,8 @@ def _propagate_frame(frame: np.ndarray, sources: list[np.ndarray], keys: list[np
     target, source_rgb = _rgb01([frame]), _rgb01(sources)
     stacked = [source_rgb, _rgb01(keys)] + ([] if models is None else [models])
     warped = warp(torch.cat(stacked, 1), flow)
+    if options.realign:
+        warped = _realign(warped, target)
     residual = target - warped[:, :3]
     photo = residual.abs().mean(1).numpy()
     translated = warped[:, 3:6]
