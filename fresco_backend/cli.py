@@ -17,7 +17,9 @@ from fresco_contract import settings as S
 
 from .device import DeviceError
 from .job import RECORD, JobMismatch
-from .models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError, choose_models
+from .config import JobConfig
+from .models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_models,
+                     controlnet_configs, parse_kind_options)
 from .video_io import ClipError
 
 _TYPES = {"str": str, "enum": str, "int": int, "float": float}
@@ -63,6 +65,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fresco-for-blender"
 
 
+def job_models(settings: dict, choice: ModelChoice, configs: dict[str, str]) -> dict[str, str | None]:
+    """What a job's results depend on besides its settings, as its record names it: the ControlNet (and
+    single-file config) of each control kind, ``controlnet``/``controlnet_config`` for canny as before."""
+    models: dict[str, str | None] = {"controlnet": None, "controlnet_config": None}
+    for net, ref in zip(JobConfig.of(settings).control.nets, choice.controlnets):
+        suffix = "" if net.kind == "canny" else f"_{net.kind}"
+        models[f"controlnet{suffix}"], models[f"controlnet_config{suffix}"] = ref, configs.get(net.kind)
+    return models
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m fresco_backend",
                                      description="FRESCO video translation (Stable Diffusion 1.5 + ControlNet)")
@@ -72,13 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("input", type=Path, help="video file or folder of images")
     tr.add_argument("--out", type=Path, required=True, help="output folder for 0001.png, 0002.png, ...")
     _add_setting_options(tr)
-    tr.add_argument("--controlnet", default=None,
-                    help=f"ControlNet of the canny control: hub id, diffusers folder or .safetensors "
-                         f"(default {DEFAULT_CONTROLNETS['canny']})")
+    tr.add_argument("--controlnet", action="append", default=None, metavar="[KIND=]REF",
+                    help="ControlNet of a control kind: hub id, diffusers folder or .safetensors; repeat for "
+                         "several kinds (a bare REF is the canny one; defaults: "
+                         + ", ".join(f"{k}={v}" for k, v in DEFAULT_CONTROLNETS.items()) + ")")
     tr.add_argument("--config", default=None,
                     help="diffusers SD 1.5 folder describing a single-file --model checkpoint (needed offline)")
-    tr.add_argument("--controlnet-config", default=None,
-                    help="diffusers ControlNet folder describing a single-file --controlnet (needed offline)")
+    tr.add_argument("--controlnet-config", action="append", default=None, metavar="[KIND=]DIR",
+                    help="diffusers ControlNet folder describing the single-file --controlnet of a kind (needed "
+                         "offline); repeat for several kinds (a bare DIR is the canny one's)")
     tr.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cuda:1 or cpu")
     tr.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                     help="where control images and optical flow of clips are kept, so a new prompt on the same "
@@ -108,7 +122,7 @@ def _translate(args: argparse.Namespace) -> None:
 
     from .device import pick_runtime
     from .job import Job
-    from .models import load_pipeline
+    from .warm import WarmPipeline
     from .video_io import ShortClipError, check_length, read_png
 
     values = {s.name: getattr(args, s.name) for s in S.SETTINGS if getattr(args, s.name) is not None}
@@ -133,9 +147,11 @@ def _translate(args: argparse.Namespace) -> None:
             raise ClipError(f"{exc}; use a complete copy, or pass --allow-short-input to translate "
                             f"the {exc.decoded} frames that decode") from None
         print(f"warning: {exc}; translating the {exc.decoded} frames that decode", file=sys.stderr)
-    model, controlnet = choose_models(settings, DEFAULT_MODEL, args.controlnet)
-    models = {"controlnet": controlnet, "config": args.config, "controlnet_config": args.controlnet_config}
-    try:
+    controlnets = parse_kind_options(args.controlnet, "--controlnet")
+    configs = parse_kind_options(args.controlnet_config, "--controlnet-config")
+    choice = choose_models(settings, DEFAULT_MODEL, controlnets)
+    models = {"config": args.config, **job_models(settings, choice, configs)}
+try:
         job = Job(job_dir, settings, args.input, out_dir=args.out, cache_dir=args.cache_dir, models=models,
                   restart=args.restart)
     except JobMismatch as exc:
@@ -144,8 +160,8 @@ def _translate(args: argparse.Namespace) -> None:
                           f"models and input it was started with") from None
     if job.started_over:
         print(f"starting a new job in {job_dir}; the one there was discarded: {job.started_over}")
-    pipe = load_pipeline(model, controlnet, device=args.device,
-                         config=args.config, controlnet_config=args.controlnet_config)
+    warm = WarmPipeline(args.device, args.config, controlnet_configs(controlnets, configs))
+    pipe = warm.get(choice, JobConfig.of(settings).loras)
     done = job.checkpoint().batches_done
     if done:
         print(f"resuming the job in {job_dir}: {done} batch(es) already done")

@@ -2,7 +2,7 @@
 
 ``denoise_batch`` encodes a batch of frames, adds the same seeded noise to
 each at the step given by ``strength``, and denoises them jointly with
-classifier-free guidance and ControlNet. The per-frame baseline calls it on
+classifier-free guidance and the job's ControlNets. The per-frame baseline calls it on
 independent batches; FRESCO plugs its attention, feature optimisation and
 anchoring in through ``StepHooks``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -107,11 +107,14 @@ def start_latents(pipe, images: torch.Tensor, seed: int, t: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: torch.Tensor,
-                  sampling: Sampling, clock: StepClock, hooks: StepHooks | None = None) -> torch.Tensor:
+def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor] | torch.Tensor,
+                  scales: Sequence[float], embeds: torch.Tensor, sampling: Sampling, clock: StepClock,
+                  hooks: StepHooks | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
 
-    ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]).
+    ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]), one per ControlNet of
+    ``pipe.controlnet`` (a single ControlNetModel, or a MultiControlNetModel in the same order), with
+    the conditioning ``scales`` of each (``config.Control.nets``).
     """
     hooks = hooks or StepHooks()
     device, dtype = pipe.device, pipe.unet.dtype
@@ -120,17 +123,21 @@ def denoise_batch(pipe, images: torch.Tensor, controls: torch.Tensor, embeds: to
     timesteps = timesteps_for(pipe, sampling)
     latents = start_latents(pipe, images, sampling.seed, timesteps[0])
 
-    cond = controls.to(device, dtype)
+    conds = [c.to(device, dtype) for c in ([controls] if isinstance(controls, torch.Tensor) else controls)]
+    if len(conds) != len(scales):
+        raise ValueError(f"{len(conds)} ControlNet conditions for {len(scales)} scales")
     text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
     if guided:
-        cond = torch.cat([cond, cond])
+        conds = [torch.cat([c, c]) for c in conds]
+    # one ControlNet: its condition and scale as such; several (MultiControlNetModel): lists of them
+    cond, scale = (conds[0], float(scales[0])) if len(conds) == 1 else (conds, [float(s) for s in scales])
     for index, t in enumerate(timesteps):
         clock.check_cancel()
         hooks.before_step(index, t)
         model_in = torch.cat([latents, latents]) if guided else latents
         model_in = pipe.scheduler.scale_model_input(model_in, t)
         down, mid = pipe.controlnet(model_in, t, encoder_hidden_states=text, controlnet_cond=cond,
-                                    conditioning_scale=sampling.control_scale, return_dict=False)
+                                    conditioning_scale=scale, return_dict=False)
         noise_pred = pipe.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                mid_block_additional_residual=mid, return_dict=False)[0]
         if guided:

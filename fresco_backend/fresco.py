@@ -123,6 +123,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
     if not batches:
         return
     embeds = encode_prompt(pipe, sampling)
+    scales = [net.scale for net in config.control.nets]
     timesteps = timesteps_for(pipe, sampling)
     first = batches[0].frames[0]  # the global first key: every later batch's first anchor
     kept = set(keep)
@@ -152,7 +153,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
                                     config=optimizer.config)
             hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory, record,
                                   smooth_x0, x0_smoothing_steps(sampling.steps))
-            out = denoise_batch(pipe, images, controls, embeds, sampling, clock, hooks)
+            out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks)
             for frame, rgb in zip(batch.new, to_uint8(out[batch.anchors:])):
                 yield frame, rgb
             for frame in [f for f in memory if f not in (first, batch.frames[-1], *kept)]:

@@ -1,4 +1,4 @@
-"""Loading Stable Diffusion 1.5 + ControlNet: hub ids, diffusers folders, single files.
+"""Loading Stable Diffusion 1.5 + ControlNets: hub ids, diffusers folders, single files.
 
 A model reference is one of
 - a local diffusers folder (contains ``model_index.json``; for a ControlNet ``config.json``),
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 
 from fresco_contract.hubcache import DEFAULT_CONTROLNETS, DEFAULT_MODEL, SINGLE_FILE_SUFFIXES, is_hub_id
+from fresco_contract.settings import CONTROL_KINDS
 
 from .config import JobConfig
 from .device import Runtime, pick_runtime
@@ -26,32 +27,51 @@ from .download import ModelNotFoundError, ensure_model
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_CONTROLNETS", "DEFAULT_MODEL", "ModelChoice", "ModelNotFoundError", "choose_models",
-           "load_controlnet", "load_pipeline", "runtime_of"]
+           "controlnet_configs", "controlnet_module", "load_controlnet", "load_model", "load_pipeline",
+           "parse_kind_options", "runtime_of"]
 
 
 
 class ModelChoice(NamedTuple):
-    """The Stable Diffusion model and the ControlNet one job runs with."""
+    """The Stable Diffusion model and the ControlNets (one per control kind of the job, in its order)."""
 
     model: str
-    controlnet: str
+    controlnets: tuple[str, ...]
+
+
+def parse_kind_options(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    """``--controlnet``/``--controlnet-config`` values ``[KIND=]REF`` as {kind: ref}; a bare REF is the
+    canny one (what ``--controlnet REF`` always meant). Raises ModelNotFoundError for an unknown kind."""
+    chosen: dict[str, str] = {}
+    for value in values or ():
+        kind, sep, ref = value.partition("=")
+        if not sep or kind not in CONTROL_KINDS and not kind.isidentifier():
+            kind, ref = "canny", value  # a path or hub id may hold "=" too
+        if kind not in CONTROL_KINDS:
+            raise ModelNotFoundError(f"{option} {value}: unknown control kind {kind!r} "
+                                     f"(known: {', '.join(CONTROL_KINDS)}); pass {option} KIND=REF")
+        chosen[kind] = ref
+    return chosen
 
 
 def choose_models(settings: JobConfig | Mapping[str, Any], default_model: str = DEFAULT_MODEL,
-                  canny_controlnet: str | None = None) -> ModelChoice:
-    """The model and ControlNet for a job: the one place both are decided.
+                  controlnets: Mapping[str, str] | None = None) -> ModelChoice:
+    """The model and ControlNets for a job: the one place they are decided.
 
     The job's ``model`` setting, else ``default_model`` (the server's ``--model``, the command
-    line's default); the ControlNet that matches the job's ``control`` setting, where an explicit
-    ``canny_controlnet`` (the server's or command line's ``--controlnet``) replaces the default
-    ControlNet of the canny control.
+    line's default); for each entry of the job's ``controls`` the ControlNet of its kind:
+    ``controlnets`` (the server's or command line's ``--controlnet KIND=REF``) over
+    ``DEFAULT_CONTROLNETS``.
     """
     config = JobConfig.of(settings)
-    controlnets = {**DEFAULT_CONTROLNETS, **({"canny": canny_controlnet} if canny_controlnet else {})}
-    if config.control.kind not in controlnets:
-        raise ModelNotFoundError(f"no ControlNet is known for control {config.control.kind!r} "
-                                 f"(known: {', '.join(controlnets)})")
-    return ModelChoice(config.model.strip() or default_model, controlnets[config.control.kind])
+    known = {**DEFAULT_CONTROLNETS, **(controlnets or {})}
+    refs = []
+    for net in config.control.nets:
+        if not known.get(net.kind):
+            raise ModelNotFoundError(f"no ControlNet is known for control {net.kind!r}: start the backend with "
+                                     f"--controlnet {net.kind}=REF (a hub id, diffusers folder or .safetensors)")
+        refs.append(known[net.kind])
+    return ModelChoice(config.model.strip() or default_model, tuple(refs))
 
 
 def _hint(what: str) -> str:
@@ -103,20 +123,28 @@ def load_controlnet(ref: str, runtime: Runtime, config: str | None = None):
         raise ModelNotFoundError(f"could not load controlnet {ref!r}: {exc}.{extra} {_hint('controlnet')}") from exc
 
 
-def load_pipeline(model: str, controlnet: str, device: str | None = None, config: str | None = None,
-                  controlnet_config: str | None = None):
-    """Load an SD 1.5 ControlNet pipeline on the best device with DDIM, ready to run.
+def controlnet_configs(controlnets: Mapping[str, str] | None, configs: Mapping[str, str] | None) -> dict[str, str]:
+    """``--controlnet-config`` per kind ({kind: dir}) as {ControlNet ref: dir}, the form the loaders take."""
+    refs = {**DEFAULT_CONTROLNETS, **(controlnets or {})}
+    return {refs[kind]: folder for kind, folder in (configs or {}).items()}
 
-    ``config`` is only needed for a single-file checkpoint on a machine without
-    internet: a diffusers SD 1.5 folder (or hub id) whose component configs
-    describe the checkpoint; ``controlnet_config`` likewise for a single-file ControlNet.
-    """
+
+def controlnet_module(nets: Sequence[Any]) -> Any:
+    """What ``pipe.controlnet`` holds for ``nets``: the one ControlNetModel, or diffusers'
+    MultiControlNetModel, which adds up the residuals of several (each with its own condition and scale)."""
+    if len(nets) == 1:
+        return nets[0]
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    return MultiControlNetModel(list(nets))
+
+
+def load_model(model: str, controlnet: Any, runtime: Runtime, config: str | None = None):
+    """An SD 1.5 pipeline around loaded ControlNet module(s) ``controlnet``, on ``runtime``, with DDIM."""
     from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
 
-    runtime = pick_runtime(device)
-    net = load_controlnet(controlnet, runtime, controlnet_config)
     kind, ref = _resolve(model, "model", "model_index.json")
-    common = dict(controlnet=net, safety_checker=None, requires_safety_checker=False,
+    common = dict(controlnet=controlnet, safety_checker=None, requires_safety_checker=False,
                   dtype=runtime.dtype)
     try:
         if kind == "file":
@@ -131,8 +159,25 @@ def load_pipeline(model: str, controlnet: str, device: str | None = None, config
     pipe.set_progress_bar_config(disable=True)
     pipe.to(runtime.device)
     runtime.apply(pipe)
-    log.info("loaded %s (%s) + controlnet %s on %s/%s", ref, kind, controlnet, runtime.device, runtime.dtype)
+    log.info("loaded %s (%s) on %s/%s", ref, kind, runtime.device, runtime.dtype)
     return pipe
+
+
+def load_pipeline(model: str, controlnets: str | Sequence[str], device: str | None = None,
+                  config: str | None = None, controlnet_config: str | Mapping[str, str] | None = None):
+    """Load an SD 1.5 ControlNet pipeline on the best device with DDIM, ready to run.
+
+    ``controlnets``: one ControlNet ref or several (a MultiControlNetModel, in the job's order).
+    ``config`` is only needed for a single-file checkpoint on a machine without
+    internet: a diffusers SD 1.5 folder (or hub id) whose component configs
+    describe the checkpoint; ``controlnet_config`` likewise for single-file ControlNets (one folder
+    for all, or {ref: folder}).
+    """
+    runtime = pick_runtime(device)
+    refs = [controlnets] if isinstance(controlnets, str) else list(controlnets)
+    configs = controlnet_config if isinstance(controlnet_config, Mapping) else dict.fromkeys(refs, controlnet_config)
+    nets = [load_controlnet(ref, runtime, configs.get(ref)).to(runtime.device) for ref in refs]
+    return load_model(model, controlnet_module(nets), runtime, config)
 
 
 def runtime_of(pipe) -> Runtime:

@@ -29,6 +29,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
               clock: StepClock, checkpoint: Checkpoint, cache: Cache) -> Iterator[tuple[int, np.ndarray]]:
     """The baseline: frames translated independently (batched only for speed); yields at the work size."""
     embeds = encode_prompt(pipe, config.sampling)
+    scales = [net.scale for net in config.control.nets]
     size = config.sampling.batch_size
     for number, start in enumerate(range(0, len(frames), size)):
         if number < checkpoint.batches_done:
@@ -36,7 +37,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
         clock.check_cancel()
         small = [resize(f, *work_size) for f in frames[start:start + size]]
         controls, _ = batch_conditions(small, config, cache, with_flow=False)
-        out = denoise_batch(pipe, to_tensor(small), controls, embeds, config.sampling, clock)
+        out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
         yield from enumerate(to_uint8(out), start)
         checkpoint.on_batch_done(number, {})
 

@@ -1,4 +1,4 @@
-"""Command line of the backend server: ``python -m server --port 0 --model M --controlnet C``.
+"""Command line of the backend server: ``python -m server --port 0 --model M --controlnet [KIND=]C``.
 
 Binds the socket itself (so port 0 works), prints exactly one ready line
 (``wire.ready_line``) to stdout and logs everything else to stderr. A bad option
@@ -27,7 +27,8 @@ from fresco_contract import wire
 from fresco_backend.cache import Cache
 from fresco_backend.config import JobConfig
 from fresco_backend.device import DeviceError, pick_runtime
-from fresco_backend.models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, choose_models
+from fresco_backend.models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError, choose_models,
+                                   controlnet_configs, parse_kind_options)
 
 from . import __version__
 from .app import create_app, is_loopback_host
@@ -43,13 +44,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=port_number, default=0, help="port to bind; 0 picks a free one (default)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"default Stable Diffusion 1.5 model: hub id, folder or .safetensors (default {DEFAULT_MODEL})")
-    p.add_argument("--controlnet",
-                   help=f"ControlNet of the canny control: hub id, folder or .safetensors "
-                        f"(default {DEFAULT_CONTROLNETS['canny']})")
+    p.add_argument("--controlnet", action="append", metavar="[KIND=]REF",
+                   help="ControlNet of a control kind: hub id, folder or .safetensors; repeat for several kinds "
+                        "(a bare REF is the canny one; defaults: "
+                        + ", ".join(f"{k}={v}" for k, v in DEFAULT_CONTROLNETS.items()) + ")")
     p.add_argument("--config", help="diffusers SD 1.5 folder (or hub id) describing a single-file --model "
                                     "checkpoint; needed offline")
-    p.add_argument("--controlnet-config", help="diffusers ControlNet folder describing a single-file --controlnet; "
-                                               "needed offline")
+    p.add_argument("--controlnet-config", action="append", metavar="[KIND=]DIR",
+                   help="diffusers ControlNet folder describing the single-file --controlnet of a kind; needed "
+                        "offline; repeat for several kinds (a bare DIR is the canny one's)")
     p.add_argument("--work-dir", type=Path, help="folder for job inputs/outputs (default: a temp folder, removed at exit)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps")
@@ -177,12 +180,22 @@ def raise_stopped(signum: int, _frame: Any) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def backend_functions() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """(load_pipeline, translate_frames) of fresco_backend, imported here so startup fails early."""
-    from fresco_backend.models import load_pipeline
+def backend_functions() -> tuple[type, Callable[..., Any]]:
+    """(WarmPipeline, translate_frames) of fresco_backend, imported here so startup fails early."""
     from fresco_backend.translate import translate_frames
+    from fresco_backend.warm import WarmPipeline
 
-    return load_pipeline, translate_frames
+    return WarmPipeline, translate_frames
+
+
+def controlnet_options(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """({kind: ref} of --controlnet, {ref: folder} of --controlnet-config); StartupError for an unknown kind."""
+    try:
+        controlnets = parse_kind_options(args.controlnet, "--controlnet")
+        configs = parse_kind_options(args.controlnet_config, "--controlnet-config")
+    except ModelNotFoundError as exc:
+        raise StartupError(str(exc)) from None
+    return controlnets, controlnet_configs(controlnets, configs)
 
 
 def watch_stdin(on_eof: Callable[[], None]) -> None:
@@ -202,11 +215,11 @@ def watch_stdin(on_eof: Callable[[], None]) -> None:
 def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str, work_dir: Path,
           remove_work_dir: Callable[[], None]) -> None:
     """Serve the API on ``sock`` until uvicorn stops (a signal), or stdin closes with --exit-with-stdin."""
-    load_pipeline, translate_frames = backend_functions()
-    loader = functools.partial(load_pipeline, config=args.config, controlnet_config=args.controlnet_config)
-    cache = ModelCache(loader, args.model, args.controlnet, device)
+    warm_pipeline, translate_frames = backend_functions()
+    controlnets, configs = controlnet_options(args)
+    cache = ModelCache(warm_pipeline(device, args.config, configs), args.model, controlnets)
     clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
-    pool = start_pool(args, device, work_dir) if args.ray is not None else None
+    pool = start_pool(args, device, work_dir, controlnets, configs) if args.ray is not None else None
     if pool is None:
         manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache),
                              prepare=cache.prepare)
@@ -214,7 +227,8 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
         manager = JobManager(work_dir, lambda settings: None, pool.translate, prepare=cache.prepare,
                              concurrency=2 * pool.size, checkpoint_plan=pool.checkpoint_plan)
     info = {"version": __version__, "device": device, "default_model": args.model,
-            "controlnet": choose_models(JobConfig(), args.model, args.controlnet).controlnet}
+            "controlnet": choose_models(JobConfig(), args.model, controlnets).controlnets[0],
+            "controlnets": {**DEFAULT_CONTROLNETS, **controlnets}}
     app = create_app(manager, cache, token, info, loopback_only=is_loopback_host(args.host),
                      workers=None if pool is None else pool.describe)
 
@@ -261,15 +275,15 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
             pool.shutdown()
 
 
-def start_pool(args: argparse.Namespace, device: str, work_dir: Path) -> Any:
+def start_pool(args: argparse.Namespace, device: str, work_dir: Path, controlnets: dict[str, str],
+               configs: dict[str, str]) -> Any:
     """The Ray pool of ``--ray`` (ray is imported only then), its workers loading the server's models."""
     try:
         from .ray_pool import RayPool
     except ImportError as exc:
         raise StartupError(f"--ray needs Ray: pip install 'ray>=2.40' ({exc})") from None
-    models = choose_models(JobConfig(), args.model, args.controlnet)
-    return RayPool(args.workers, (models.model, models.controlnet), None if device == "auto" else device,
-                   {"config": args.config, "controlnet_config": args.controlnet_config},
+    return RayPool(args.workers, (args.model, controlnets), None if device == "auto" else device,
+                   {"config": args.config, "controlnet_config": configs},
                    segments=args.segments, address=args.ray or None, threads=args.worker_threads,
                    cache_dir=work_dir / "cache")
 

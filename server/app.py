@@ -128,7 +128,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def setting_schema(setting: Setting) -> dict[str, Any]:
-    """JSON schema of one job setting (the documentation of what ``validate`` accepts)."""
+    """JSON schema of one job setting (the documentation of what ``validate`` accepts); a "list" is an
+    array of objects with its fields' schemas."""
+    if setting.kind == "list":
+        item = {"type": "object", "additionalProperties": False,
+                "required": [f.name for f in setting.fields if f.required],
+                "properties": {f.name: setting_schema(f) for f in setting.fields}}
+        return {"description": setting.description, "default": [dict(i) for i in setting.default],
+                "type": "array", "maxItems": setting.max_items, "items": item}
     schema: dict[str, Any] = {"description": setting.description, "default": setting.default}
     if setting.kind == "enum":
         schema["enum"] = list(setting.choices)

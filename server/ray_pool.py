@@ -1,6 +1,7 @@
 """A pool of Ray worker actors running jobs split into segments (``python -m server --ray``).
 
-Each ``Worker`` actor keeps a warm pipeline on its device. A job (``RayPool.translate``, called by
+Each ``Worker`` actor keeps a warm pipeline on its device (``fresco_backend.warm.WarmPipeline``, as the
+plain server: a job's ControlNets and LoRAs are swapped in without reloading the SD model). A job (``RayPool.translate``, called by
 ``server/jobs.py`` like ``translate_frames``) puts its input frames in the object store once, runs
 the skeleton pass (``fresco_backend/segments.py``) on one worker, puts its anchor latents in the
 object store and runs the segments in parallel on free workers; a propagation span runs as a CPU
@@ -33,7 +34,8 @@ from ray import exceptions as rex
 
 from fresco_backend.checkpoint import Checkpoint
 from fresco_backend.denoise import Cancelled, Progress
-from fresco_backend.models import choose_models
+from fresco_backend.config import JobConfig
+from fresco_backend.models import ModelChoice, choose_models
 
 log = logging.getLogger("fresco.server.ray")
 
@@ -49,43 +51,35 @@ LOST = (rex.RayActorError, rex.ActorUnavailableError, rex.WorkerCrashedError, re
 class Worker:
     """One warm pipeline; ``run`` streams a skeleton or segment pass, ``cancel`` stops it."""
 
-    def __init__(self, models: tuple[str, str], device: str | None, load_options: dict[str, Any],
+    def __init__(self, models: ModelChoice, device: str | None, load_options: dict[str, Any],
                  threads: int | None, cache_dir: str | None) -> None:
+        """``load_options``: ``WarmPipeline``'s config and controlnet_config."""
         if threads:
             import torch
 
             torch.set_num_threads(threads)
         from fresco_backend.cache import Cache
+        from fresco_backend.warm import WarmPipeline
 
-        self.device, self.load_options = device, load_options
+        self.device = device
+        self.warm = WarmPipeline(device, **load_options)
         self.cache = Cache(Path(cache_dir)) if cache_dir else None
         self.cancels: dict[str, threading.Event] = {}
-        self.models: tuple[str, str] | None = None
-        self.pipe: Any = None
-        self._pipeline(models)
-
-    def _pipeline(self, models: tuple[str, str]) -> Any:
-        if self.models != models:
-            from fresco_backend.models import load_pipeline
-
-            self.pipe = None
-            self.pipe = load_pipeline(*models, device=self.device, **self.load_options)
-            self.models = models
-        return self.pipe
+        self.warm.get(models)
 
     def describe(self) -> str:
-        return str(getattr(self.pipe, "device", self.device))
+        return str(getattr(self.warm.pipe, "device", self.device))
 
     def cancel(self, run_id: str) -> None:
         self.cancels.setdefault(run_id, threading.Event()).set()
 
-    def run(self, run_id: str, kind: str, module: str, models: tuple[str, str], frames: list[np.ndarray],
+    def run(self, run_id: str, kind: str, module: str, models: ModelChoice, frames: list[np.ndarray],
             settings: Mapping[str, Any], plan: Any, index: int | None, anchors: Any) -> Iterator[tuple]:
         """Streams ("progress", stage, done, total), ("frame", key, rgb) and, for the skeleton,
         ("anchors", anchors) last; ``module``: where run_skeleton and run_segment are."""
         segments = importlib.import_module(module)
         cancel = self.cancels.setdefault(run_id, threading.Event())
-        pipe = self._pipeline(models)
+        pipe = self.warm.get(models, JobConfig.of(settings).loras)  # the same warm swap as the server's
         items: queue.Queue[tuple] = queue.Queue()
 
         def on_progress(p: Progress) -> None:
@@ -141,13 +135,14 @@ class Slot:
 class RayPool:
     """The workers and the scheduler sharing them between job runs."""
 
-    def __init__(self, workers: int | None, models: tuple[str, str], device: str | None = None,
+    def __init__(self, workers: int | None, models: tuple[str, Mapping[str, str]], device: str | None = None,
                  load_options: Mapping[str, Any] | None = None, *, segments: int | None = None,
                  address: str | None = None, threads: int | None = None, cache_dir: Path | None = None,
                  segments_module: str = SEGMENTS, runtime_env: dict[str, Any] | None = None) -> None:
         """``workers``: None for one per GPU Ray sees, else one per CPU; ``segments``: the segments of
         a job (default: one per worker); ``address``: a Ray cluster (None: a local runtime started
-        here and stopped by ``shutdown``); ``threads``: torch threads of each CPU worker."""
+        here and stopped by ``shutdown``); ``threads``: torch threads of each CPU worker; ``models``: the
+        default model and the ControlNet of each control kind ({kind: ref}, over the defaults)."""
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             options: dict[str, Any] = {"address": address, "runtime_env": runtime_env, "include_dashboard": False}
@@ -185,7 +180,8 @@ class RayPool:
         log.info("Ray pool: %d workers on %s, %d segments a job", self.size, ", ".join(devices), self.segments)
 
     def _new_actor(self) -> Any:
-        return Worker.options(**self._resources).remote(self.default_models, *self._args)
+        return Worker.options(**self._resources).remote(choose_models(JobConfig(), *self.default_models),
+                                                        *self._args)
 
     # ---- scheduling ------------------------------------------------------------
 
@@ -269,7 +265,7 @@ class _Run:
         self.frames_list = [np.asarray(f) for f in frames]
         self.id = uuid.uuid4().hex
         self.module = pool.segments_module
-        self.models = tuple(choose_models(settings, *pool.default_models))
+        self.models = choose_models(settings, *pool.default_models)
         self.items: queue.Queue[tuple] = queue.Queue()
         self.stop = threading.Event()
         self.progress: dict[Any, tuple[str, int, int]] = {}

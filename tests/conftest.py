@@ -59,3 +59,45 @@ def backend(tiny_models, backend_python, tmp_path_factory):
     yield proc
     proc.stop()
     print(proc.log_tail(80))
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnets(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """{"canny": dir, "tile": dir}: two different tiny ControlNets that act on the result.
+
+    tiny.py's ControlNet has diffusers' zero-initialised output convolutions, so any condition adds
+    nothing; these two get random ones (seeded 1 and 2), so each condition and scale shows in the output.
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    root = tmp_path_factory.mktemp("controlnets")
+    folders = {}
+    for seed, kind in enumerate(("canny", "tile"), 1):
+        net = ControlNetModel.from_pretrained(tiny_models[1])
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+                conv.weight.normal_(0.0, 0.2)
+        net.save_pretrained(root / kind)
+        folders[kind] = root / kind
+    return folders
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_models, tmp_path_factory) -> Path:
+    """A LoRA file (diffusers' format) for the tiny U-Net's attention projections, random (seeded) weights."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models[0] / "unet")
+    torch.manual_seed(3)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    folder = tmp_path_factory.mktemp("lora")
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name="tiny-lora.safetensors")
+    return folder / "tiny-lora.safetensors"

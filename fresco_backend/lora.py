@@ -1,0 +1,104 @@
+"""LoRA files on a loaded pipeline: fused in for speed, and taken out again exactly.
+
+``fuse_loras`` loads each file with diffusers' LoRA loader (peft adapters), weights them, fuses them
+into the U-Net's and text encoder's layers and drops the adapters, so a job runs at the speed of the
+plain model. Unfusing in half precision does not give the old weights back bit for bit, so before
+fusing it keeps a copy (on the CPU) of every layer the LoRAs touch; ``restore`` writes them back, and
+the warm model (``warm.WarmPipeline``) is exactly the loaded one again for the next job. A LoRA of
+weight 0 is not loaded at all: the model stays as it is.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .config import Lora
+from .download import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("unet", "text_encoder")  # what SD 1.5 LoRAs change
+SUFFIX = ".safetensors"
+
+
+@dataclass
+class Fused:
+    """The LoRAs fused into a pipeline and the original weights of the layers they changed."""
+
+    key: tuple = ()
+    originals: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+
+
+def lora_key(loras: Sequence[Lora]) -> tuple:
+    """What a pipeline's LoRA state depends on: each applied file (its path, size and modification
+    time, so an edited file is loaded again) and weight. Raises ModelNotFoundError for a missing file."""
+    key = []
+    for lora in loras:
+        path = Path(lora.path).expanduser()
+        if path.suffix.lower() != SUFFIX:
+            raise ModelNotFoundError(f"LoRA {lora.path}: expected a {SUFFIX} file of LoRA weights")
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ModelNotFoundError(f"LoRA file {lora.path} cannot be read: {exc.strerror or exc}") from None
+        if lora.weight != 0:
+            key.append((str(path.resolve()), float(lora.weight), stat.st_size, stat.st_mtime_ns))
+    return tuple(key)
+
+
+def _lora_layers(pipe) -> dict[tuple[str, str], Any]:
+    """The layers peft wrapped with LoRA adapters, by (component, module path)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {(name, path): module for name in COMPONENTS if getattr(pipe, name, None) is not None
+            for path, module in getattr(pipe, name).named_modules() if isinstance(module, BaseTunerLayer)}
+
+
+def _load(pipe, path: str, adapter: str) -> None:
+    """Load one file as ``adapter``; a file that is no LoRA of this model is refused by name."""
+    try:
+        pipe.load_lora_weights(path, adapter_name=adapter)
+    except Exception as exc:  # noqa: BLE001 - diffusers, peft and safetensors raise many kinds for a bad file
+        raise ModelNotFoundError(f"LoRA file {path} could not be loaded: {exc}") from None
+    touched = [layer for layer in _lora_layers(pipe).values() if adapter in getattr(layer, "lora_A", {})]
+    if not touched:
+        raise ModelNotFoundError(f"LoRA file {path} holds no LoRA weights for this Stable Diffusion 1.5 model")
+
+
+def fuse_loras(pipe, loras: Sequence[Lora]) -> Fused:
+    """Fuse ``loras`` (those of weight 0 are skipped) into ``pipe``, which must hold none now."""
+    key = lora_key(loras)
+    if not key:
+        return Fused()
+    names = [f"fresco_{i}" for i in range(len(key))]
+    try:
+        for (path, *_), name in zip(key, names):
+            _load(pipe, path, name)
+        layers = _lora_layers(pipe)
+        originals = {where: (layer.get_base_layer().weight.detach().to("cpu", copy=True),
+                             None if layer.get_base_layer().bias is None
+                             else layer.get_base_layer().bias.detach().to("cpu", copy=True))
+                     for where, layer in layers.items()}
+        pipe.set_adapters(names, adapter_weights=[weight for _, weight, *_ in key])
+        pipe.fuse_lora(components=[c for c in COMPONENTS if any(w[0] == c for w in layers)],
+                       adapter_names=names, lora_scale=1.0)
+    except BaseException:
+        pipe.unload_lora_weights()
+        raise
+    pipe.unload_lora_weights()  # the fused weights stay; the adapters' layers go
+    log.info("fused LoRAs %s into %d layers", ", ".join(f"{p}@{w:g}" for p, w, *_ in key), len(originals))
+    return Fused(key, originals)
+
+
+@torch.no_grad()
+def restore(pipe, fused: Fused) -> None:
+    """Write back the original weights of the layers ``fused`` changed: the model as it was loaded."""
+    for (component, path), (weight, bias) in fused.originals.items():
+        layer = getattr(pipe, component).get_submodule(path)
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
