@@ -4,8 +4,9 @@ Importing this package does not import bpy, so its stdlib-only modules
 (``client``, ``launcher``, ``installer``, ``downloads``, ``userdirs``) work
 without Blender; Blender calls ``register``/``unregister``. The preferences
 (``prefs``) install the backend (``backend_setup``) and download models
-(``model_ops``). A translation is ``translation.Translation``,
-driven by ``uijob`` (UI timer) or run at once (``operators``, ``farm``).
+(``model_ops``). A translation is ``translation.Translation``; the queue
+(``jobqueue``) runs them one at a time, driven by ``uijob`` (UI timer) or at
+once (background mode: ``operators``, ``farm``).
 """
 
 bl_info = {

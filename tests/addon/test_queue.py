@@ -197,3 +197,14 @@ def test_the_farm_runs_the_same_queue(addon, three, compat, monkeypatch, capfd, 
     scene = bpy.context.scene
     assert sorted(results(scene, compat)) == ["clip_b", "clip_c"]
     assert [s.name for s in compat.all_strips(scene.sequence_editor) if s.fresco_farm] == ["clip"]
+
+
+def test_opening_a_file_cancels_the_queue(addon, ui, three, compat, monkeypatch, blend):
+    client = QueueClient()
+    use(addon, client, monkeypatch)
+    assert bpy.ops.fresco.translate_selected() == {"FINISHED"}
+    ui.tick()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    drive(ui)
+    assert [state for _name, state in states(ui)] == ["cancelled"] * 3
+    assert client.jobs == [] and results(bpy.context.scene, compat) == {}
