@@ -151,7 +151,7 @@ def _translate(args: argparse.Namespace) -> None:
     configs = parse_kind_options(args.controlnet_config, "--controlnet-config")
     choice = choose_models(settings, DEFAULT_MODEL, controlnets)
     models = {"config": args.config, **job_models(settings, choice, configs)}
-try:
+    try:
         job = Job(job_dir, settings, args.input, out_dir=args.out, cache_dir=args.cache_dir, models=models,
                   restart=args.restart)
     except JobMismatch as exc:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Callable
+
+import torch
 
 from fresco_contract import wire
 from blender_addon.client import Client
+from fresco_backend.warm import WarmPipeline
 from server.jobs import JobManager
+from server.model_cache import ModelCache
 
 OUTER_LIMIT = 600.0  # seconds: a job that takes longer is stuck, not slow
 
@@ -59,3 +64,27 @@ def follow(events: Callable[..., dict], job_id: str, match: Callable[[dict], boo
             return seen, answer["state"]
     raise AssertionError(f"job {job_id}: no {'matching event' if match else 'end'} within the outer limit of "
                          f"{timeout} s; last events: {seen[-3:]}")
+
+
+class FakeWarm(WarmPipeline):
+    """A WarmPipeline whose loads only record what they load (no weights): ``calls`` holds
+    ("model", ref) and ("controlnet", ref) in order."""
+
+    def __init__(self, device: str | None = "cpu") -> None:
+        super().__init__(device)
+        self.calls: list[tuple[str, str]] = []
+
+    def _load_controlnet(self, ref: str, runtime) -> torch.nn.Module:
+        self.calls.append(("controlnet", ref))
+        net = torch.nn.Module()
+        net.ref = ref
+        return net
+
+    def _load_model(self, model: str, controlnet, runtime) -> SimpleNamespace:
+        self.calls.append(("model", model))
+        return SimpleNamespace(model=model, controlnet=controlnet)
+
+
+def fake_cache(default_model: str = "model", controlnets: dict | None = None) -> ModelCache:
+    """A ModelCache over a FakeWarm."""
+    return ModelCache(FakeWarm(), default_model, controlnets)

@@ -1,64 +1,104 @@
-"""One decision of model + ControlNet per job (fresco_backend.models.choose_models), honoured by the
-server's ModelCache (keyed by model, ControlNet and device) and by the command line."""
+"""One decision of model + ControlNets per job (fresco_backend.models.choose_models), honoured by the
+server's ModelCache (the warm pipeline swaps ControlNets without reloading the model; keyed by model,
+ControlNets, LoRAs and device), by the server's and the command line's --controlnet [KIND=]REF."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
+import torch
 
-from fresco_backend import cli, models
+from fresco_backend import cli
 from fresco_backend.config import JobConfig
-from fresco_backend.models import DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_models
+from fresco_backend.models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_models,
+                                   controlnet_configs, parse_kind_options)
 from fresco_backend.synthetic import moving_square, write_video
+from fresco_backend.warm import WarmPipeline
+from server.__main__ import controlnet_options, parse_args
 from server.model_cache import ModelCache
+from server_support import fake_cache
 
 SETTINGS = {"prompt": "a fox"}
+TILE = {**SETTINGS, "controls": [{"kind": "tile", "scale": 0.5}]}
+BOTH = {**SETTINGS, "controls": [{"kind": "tile"}, {"kind": "canny"}]}
 
 
-@pytest.fixture
-def depth(monkeypatch):
-    """A second control kind with its own ControlNet (the schema offers only canny today)."""
-    monkeypatch.setitem(DEFAULT_CONTROLNETS, "depth", "lllyasviel/sd-controlnet-depth")
-    return replace(JobConfig.of(SETTINGS), control=replace(JobConfig.of(SETTINGS).control, kind="depth"))
+def test_choose_models_from_the_job_and_the_defaults(monkeypatch):
+    assert choose_models(SETTINGS) == ModelChoice(DEFAULT_MODEL, (DEFAULT_CONTROLNETS["canny"],))
+    assert choose_models({**SETTINGS, "model": " mine "}, "server-default") == ("mine", (DEFAULT_CONTROLNETS["canny"],))
+    assert choose_models(SETTINGS, "server-default", {"canny": "my-canny"}) == ("server-default", ("my-canny",))
+    # every listed kind, in the job's order; an explicit ref only stands for its own kind
+    assert choose_models(BOTH, "m", {"canny": "my-canny"}).controlnets == (DEFAULT_CONTROLNETS["tile"], "my-canny")
+    assert choose_models(JobConfig.of(TILE), "m", {"tile": "my-tile"}).controlnets == ("my-tile",)
+    monkeypatch.delitem(DEFAULT_CONTROLNETS, "tile")
+    with pytest.raises(ModelNotFoundError, match="no ControlNet is known for control 'tile'.*--controlnet tile=REF"):
+        choose_models(TILE)
 
 
-def test_choose_models_from_the_job_and_the_defaults(depth):
-    assert choose_models(SETTINGS) == ModelChoice(DEFAULT_MODEL, DEFAULT_CONTROLNETS["canny"])
-    assert choose_models({**SETTINGS, "model": " mine "}, "server-default") == ("mine", DEFAULT_CONTROLNETS["canny"])
-    assert choose_models(SETTINGS, "server-default", "my-canny") == ("server-default", "my-canny")
-    # the job's control picks its ControlNet; an explicit --controlnet only stands for canny
-    assert choose_models(depth, "server-default", "my-canny").controlnet == "lllyasviel/sd-controlnet-depth"
-    with pytest.raises(ModelNotFoundError, match="no ControlNet is known for control 'edges'"):
-        choose_models(replace(depth, control=replace(depth.control, kind="edges")))
+def test_kind_options():
+    assert parse_kind_options(None, "--controlnet") == {}
+    assert parse_kind_options(["bare/ref", "tile=/models/tile", "depth=org/depth"], "--controlnet") == {
+        "canny": "bare/ref", "tile": "/models/tile", "depth": "org/depth"}
+    assert parse_kind_options(["/odd/a=b.safetensors"], "--controlnet") == {"canny": "/odd/a=b.safetensors"}
+    with pytest.raises(ModelNotFoundError, match="unknown control kind 'dpth' .*known: canny, tile"):
+        parse_kind_options(["dpth=x"], "--controlnet")
+    assert controlnet_configs({"canny": "c.safetensors"}, {"canny": "cfg", "tile": "tcfg"}) == {
+        "c.safetensors": "cfg", DEFAULT_CONTROLNETS["tile"]: "tcfg"}
 
 
-def test_model_cache_honours_the_jobs_model_and_control_keyed_by_both(depth):
-    calls = []
-    cache = ModelCache(lambda m, c, d: calls.append((m, c, d)) or object(), "default", "my-canny", "cpu")
+def test_model_cache_swaps_controlnets_without_reloading_the_model():
+    cache = fake_cache("default", {"canny": "my-canny"})
     canny = cache.for_settings(SETTINGS)
-    assert cache.for_settings(JobConfig.of(SETTINGS)) is canny and calls == [("default", "my-canny", "cpu")]
-    other = cache.for_settings(depth)
-    assert other is not canny and calls[-1] == ("default", "lllyasviel/sd-controlnet-depth", "cpu")
-    cache.for_settings(replace(depth, model="strip-model"))
-    assert calls[-1] == ("strip-model", "lllyasviel/sd-controlnet-depth", "cpu") and cache.load_count == 3
-    without = ModelCache(lambda m, c, d: calls.append((m, c, d)) or object(), "default", None, "cpu")
-    without.for_settings(SETTINGS)
-    assert calls[-1] == ("default", DEFAULT_CONTROLNETS["canny"], "cpu")
+    assert cache.for_settings(JobConfig.of(SETTINGS)) is canny and cache.load_count == 1
+    assert canny.controlnet.ref == "my-canny"
+    tile = cache.for_settings(TILE)
+    assert tile is canny and tile.controlnet.ref == DEFAULT_CONTROLNETS["tile"] and cache.load_count == 1
+    both = cache.for_settings(BOTH)
+    assert [n.ref for n in both.controlnet.nets] == [DEFAULT_CONTROLNETS["tile"], "my-canny"]
+    cache.for_settings(SETTINGS)
+    assert cache.load_count == 1 and cache.warm.calls == [
+        ("controlnet", "my-canny"), ("model", "default"), ("controlnet", DEFAULT_CONTROLNETS["tile"])]
+    other = cache.for_settings({**TILE, "model": "strip-model"})
+    assert other.model == "strip-model" and cache.load_count == 2 and cache.warm.calls[-1] == ("model", "strip-model")
+
+
+def test_the_jobs_control_selects_the_controlnet_the_server_loads(tiny_models, tiny_controlnets):
+    """A job with controls=[tile] runs the ControlNet of --controlnet tile=DIR, not the canny one."""
+    args = parse_args(["--model", str(tiny_models[0]), "--controlnet", str(tiny_controlnets["canny"]),
+                       "--controlnet", f"tile={tiny_controlnets['tile']}"])
+    controlnets, configs = controlnet_options(args)
+    cache = ModelCache(WarmPipeline("cpu", args.config, configs), args.model, controlnets)
+    pipe = cache.for_settings(TILE)
+    loaded = pipe.controlnet.controlnet_down_blocks[0].weight
+    tile = WarmPipeline("cpu").get(ModelChoice(str(tiny_models[0]), (str(tiny_controlnets["tile"]),)))
+    canny = WarmPipeline("cpu").get(ModelChoice(str(tiny_models[0]), (str(tiny_controlnets["canny"]),)))
+    assert torch.equal(loaded, tile.controlnet.controlnet_down_blocks[0].weight)
+    assert not torch.equal(loaded, canny.controlnet.controlnet_down_blocks[0].weight)
+    assert cache.warm.controlnets == (str(tiny_controlnets["tile"]),)
+    assert cache.for_settings(SETTINGS).controlnet.controlnet_down_blocks[0].weight.equal(
+        canny.controlnet.controlnet_down_blocks[0].weight) and cache.load_count == 1
+
+
+def test_server_refuses_an_unknown_controlnet_kind(capsys):
+    from server.__main__ import main
+
+    assert main(["--controlnet", "dpth=x", "--device", "cpu", "--port", "0"]) == 2
+    assert "unknown control kind 'dpth'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("options, expected", [
-    ([], (DEFAULT_MODEL, DEFAULT_CONTROLNETS["canny"])),
-    (["--controlnet", "my-canny", "--model", "my-model"], ("my-model", "my-canny")),
+    ([], (DEFAULT_MODEL, (DEFAULT_CONTROLNETS["canny"],))),
+    (["--controlnet", "my-canny", "--model", "my-model"], ("my-model", ("my-canny",))),
+    (["--controls", "tile@0.4", "--controls", "canny", "--controlnet", "tile=my-tile"],
+     (DEFAULT_MODEL, ("my-tile", DEFAULT_CONTROLNETS["canny"]))),
 ])
-def test_cli_loads_the_chosen_model_and_controlnet(tmp_path, monkeypatch, capsys, options, expected):
+def test_cli_loads_the_chosen_model_and_controlnets(tmp_path, monkeypatch, capsys, options, expected):
     clip = write_video(tmp_path / "clip.mp4", moving_square(frames=3, width=64, height=64).frames)
     loaded = []
 
-    def fake_load(model, controlnet, **kwargs):
-        loaded.append((model, controlnet))
+    def fake_get(self, choice, loras=()):
+        loaded.append(choice)
         raise ModelNotFoundError("stop here: the choice is what this test checks")
 
-    monkeypatch.setattr(models, "load_pipeline", fake_load)
+    monkeypatch.setattr(WarmPipeline, "get", fake_get)
     code = cli.main(["translate", str(clip), "--out", str(tmp_path / "out"), "--prompt", "x", *options])
     assert code == 2 and "stop here" in capsys.readouterr().err
     assert loaded == [expected]

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fake_hub import FakeHub
-from fresco_backend.models import load_pipeline
 from fresco_backend.translate import translate_frames
+from fresco_backend.warm import WarmPipeline
 from fresco_contract import hubcache, wire
 from fresco_contract.settings import validate
 from server.app import create_app
@@ -35,7 +35,7 @@ def hub(tiny_models, monkeypatch, tmp_path):
 @pytest.fixture
 def server(hub, tmp_path):
     """(manager, HTTP client) of a server whose default model and ControlNet are hub ids."""
-    cache = ModelCache(load_pipeline, SD, CN, "cpu")
+    cache = ModelCache(WarmPipeline("cpu"), SD, {"canny": CN})
     manager = JobManager(tmp_path / "work", cache.for_settings, translate_frames, prepare=cache.prepare)
     app = create_app(manager, cache, TOKEN, {"version": "test", "device": "cpu"})
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -22,8 +22,7 @@ from fresco_contract import wire
 from blender_addon.launcher import BackendProcess
 from server.app import create_app
 from server.jobs import JobManager
-from server.model_cache import ModelCache
-from server_support import finish
+from server_support import fake_cache, finish
 
 TOKEN = "fuzz-token"
 FAST = {"prompt": "x", "steps": 2, "size": 64}
@@ -68,7 +67,7 @@ def fuzz_app(tmp_path_factory):
     """(app, ids): a real JobManager with a fake translate; ids of an uploading and a done job."""
     fake = FakeBackend()
     manager = JobManager(tmp_path_factory.mktemp("fuzz-work"), fake.pipeline, fake.translate)
-    cache = ModelCache(lambda m, c, d: object(), "model", "controlnet", "cpu")
+    cache = fake_cache()
     app = create_app(manager, cache, TOKEN, {"version": "test", "device": "cpu"})
     done = make(manager, {"prompt": "done"})
     assert finish(manager, done)["state"] == wire.DONE

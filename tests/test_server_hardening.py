@@ -25,8 +25,7 @@ from fresco_contract.settings import validate
 from server import jobs as server_jobs
 from server.app import create_app
 from server.jobs import JobManager
-from server.model_cache import ModelCache
-from server_support import finish
+from server_support import fake_cache, finish
 
 TOKEN = "hardening-token-0123456789"
 AUTH = {wire.AUTH_HEADER: f"{wire.AUTH_SCHEME} {TOKEN}"}
@@ -75,7 +74,7 @@ def manager(tmp_path):
 
 
 def make_app(manager: JobManager, loopback_only: bool = False):
-    cache = ModelCache(lambda m, c, d: object(), "model", "controlnet", "cpu")
+    cache = fake_cache()
     return create_app(manager, cache, TOKEN, SECRET_INFO, loopback_only=loopback_only)
 
 

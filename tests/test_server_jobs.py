@@ -17,8 +17,7 @@ import server.jobs as server_jobs
 from fresco_contract import wire
 from fresco_backend.job import FORMAT, JobFolder
 from server.jobs import JobConflict, JobError, JobManager, JobNotFound
-from server.model_cache import ModelCache
-from server_support import events, finish, wait_for
+from server_support import events, fake_cache, finish, wait_for
 
 
 @dataclass
@@ -168,12 +167,13 @@ def test_request_errors(manager):
 
 
 def test_model_cache_loads_once_per_key():
-    calls = []
-    cache = ModelCache(lambda m, c, d: calls.append((m, c, d)) or object(), "default", "cn", "cpu")
+    cache = fake_cache("default", {"canny": "cn"})
     a = cache.for_settings({"prompt": "p", "model": ""})
-    assert cache.for_settings({"prompt": "p", "model": "  "}) is a and calls == [("default", "cn", "cpu")]
+    assert cache.for_settings({"prompt": "p", "model": "  "}) is a
+    assert cache.warm.calls == [("controlnet", "cn"), ("model", "default")]
     b = cache.for_settings({"prompt": "p", "model": "other"})
-    assert b is not a and cache.load_count == 2 and calls[-1] == ("other", "cn", "cpu")
+    assert b is not a and cache.load_count == 2 and cache.warm.calls[-1] == ("model", "other")
+    assert b.controlnet is a.controlnet  # the loaded ControlNet is kept across models
 
 
 # ---- job folders: the backend's format, reload checks, stale records, deletes (issue 10) ----

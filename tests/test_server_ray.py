@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 
 from fresco_contract import wire  # noqa: E402
 from fresco_backend.denoise import StepClock  # noqa: E402
-from server_support import OUTER_LIMIT, finish, wait_for  # noqa: E402
+from server_support import OUTER_LIMIT, fake_cache, finish, wait_for  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 GATE_ENV = "FRESCO_TEST_RAY_GATE"
@@ -115,7 +115,7 @@ def runtime(gate):
 def pool(runtime, tiny_models, tmp_path_factory):
     from server.ray_pool import RayPool
 
-    pool = RayPool(2, (str(tiny_models[0]), str(tiny_models[1])), "cpu", segments=3, threads=1,
+    pool = RayPool(2, (str(tiny_models[0]), {"canny": str(tiny_models[1])}), "cpu", segments=3, threads=1,
                    cache_dir=tmp_path_factory.mktemp("pool") / "cache", segments_module="test_server_ray")
     yield pool
     pool.shutdown()
@@ -286,10 +286,9 @@ def test_health_reports_the_workers(pool, tmp_path):
     from fastapi.testclient import TestClient
 
     from server.app import create_app
-    from server.model_cache import ModelCache
 
     manager = manager_on(pool, tmp_path)
-    app = create_app(manager, ModelCache(lambda *a: None, "m", None, "cpu"), "t" * 20, {"version": "test"},
+    app = create_app(manager, fake_cache("m"), "t" * 20, {"version": "test"},
                      workers=pool.describe)
     try:
         with TestClient(app) as client:
