@@ -12,7 +12,11 @@ Only then is the completion record of ``fresco_contract/hubcache.py`` written; a
 needs no network. Offline, a repo complete in the cache without a record (another tool's) is used
 through huggingface_hub's local-files-only snapshot.
 
-``python -m fresco_backend.download REPO_ID`` prints one JSON object per line (``main``).
+``ensure_file(repo_id, filename)`` downloads one file of a repo the same way (an annotator's weights
+in lllyasviel/Annotators, a repo of many GB); the repo's completion record then lists the files of
+it downloaded so far.
+
+``python -m fresco_backend.download REPO_ID [--file FILE]`` prints one JSON object per line (``main``).
 """
 from __future__ import annotations
 
@@ -249,8 +253,11 @@ class _Download:
     """The files of one repo at one commit, downloaded into the cache with progress."""
 
     def __init__(self, repo_id: str, cache: Path, commit: str, remote: dict[str, RemoteFile],
-                 on_progress: Callable[[Progress], None] | None, cancel: threading.Event) -> None:
+                 on_progress: Callable[[Progress], None] | None, cancel: threading.Event,
+                 only: Sequence[str] | None = None) -> None:
+        """``only``: exactly these files of the repo, else the files diffusers loads (``select_files``)."""
         self.repo_id, self.commit, self.remote, self.cancel = repo_id, commit, remote, cancel
+        self.only = None if only is None else list(only)
         self.storage = hubcache.repo_folder(cache, repo_id)
         self.snapshot = self.storage / "snapshots" / commit
         self.cache = cache
@@ -269,26 +276,30 @@ class _Download:
         return sum(f.size for f in self.files) + self.extra
 
     def run(self) -> hubcache.Downloaded:
+        names = self.only if self.only is not None else self._select()
+        self.files = [self.remote[n] for n in names]
+        self._check_space()
+        self.listed = True
+        self._report(force=True)
+        for file in self.files:
+            if file.path != "model_index.json" or self.only is not None:
+                self._ensure(file)
+        write_bytes_atomic(self.storage / "refs" / "main", self.commit.encode("ascii"))
+        record = hubcache.write_record(self.cache, self.repo_id, self.commit, {f.path: f.size for f in self.files})
+        self._report(force=True)
+        return record
+
+    def _select(self) -> list[str]:
+        """The files diffusers loads; a pipeline's ``model_index.json`` is downloaded first to choose them."""
         index = None
         if "model_index.json" in self.remote:
             self.files = [self.remote["model_index.json"]]
             self._ensure(self.files[0])
             index = json.loads((self.snapshot / "model_index.json").read_text(encoding="utf-8"))
         try:
-            names = select_files(self.remote, index)
+            return select_files(self.remote, index)
         except DownloadError as exc:
             raise DownloadError(f"{self.repo_id}: {exc}") from None
-        self.files = [self.remote[n] for n in names]
-        self._check_space()
-        self.listed = True
-        self._report(force=True)
-        for file in self.files:
-            if file.path != "model_index.json":
-                self._ensure(file)
-        write_bytes_atomic(self.storage / "refs" / "main", self.commit.encode("ascii"))
-        record = hubcache.write_record(self.cache, self.repo_id, self.commit, {f.path: f.size for f in self.files})
-        self._report(force=True)
-        return record
 
     def _check_space(self) -> None:
         self.storage.mkdir(parents=True, exist_ok=True)
@@ -462,6 +473,46 @@ def ensure_model(repo_id: str, cache_dir: str | os.PathLike | None = None,
         return _Download(repo_id, cache, commit, remote, on_progress, cancel).run().path
 
 
+def ensure_file(repo_id: str, filename: str, cache_dir: str | os.PathLike | None = None,
+                on_progress: Callable[[Progress], None] | None = None,
+                cancel: threading.Event | None = None) -> Path:
+    """The local path of file ``filename`` of hub repo ``repo_id``, downloaded and verified if need be.
+
+    Only that file is downloaded (with progress and cancel as ``ensure_model``); the repo's completion
+    record keeps the files of the repo recorded before that the hub still has unchanged, so each
+    annotator's file counts as downloaded on its own. A recorded file returns at once without network.
+    Raises ModelNotFoundError for a file the repo lacks, DownloadError when the hub is unreachable.
+    """
+    if not hubcache.is_hub_id(repo_id):
+        raise ModelNotFoundError(f"{repo_id!r} is not a hub model id (org/name)")
+    cache = Path(cache_dir).expanduser() if cache_dir else hubcache.default_cache_dir()
+
+    def recorded() -> tuple[Path | None, hubcache.Downloaded | None]:
+        record = hubcache.downloaded(cache, repo_id)
+        return (record.path / filename if record is not None and filename in record.files else None), record
+
+    found, record = recorded()
+    if found is not None:
+        return found
+    cancel = cancel or threading.Event()
+    with _repo_lock(cache, repo_id, cancel):
+        found, record = recorded()
+        if found is not None:
+            return found
+        try:
+            commit, remote = _listing(repo_id)
+        except _Unreachable as exc:
+            raise DownloadError(f"{filename} of {repo_id} is not downloaded and the hub cannot be reached ({exc}). "
+                                + HOW_TO_GET.format(repo=f"{repo_id} --file {filename}")) from None
+        if filename not in remote:
+            raise ModelNotFoundError(f"{repo_id} has no file {filename!r}")
+        storage = hubcache.repo_folder(cache, repo_id) / "blobs"
+        kept = [name for name in (record.files if record is not None else ())
+                if name != filename and name in remote and (storage / remote[name].etag).is_file()]
+        run = _Download(repo_id, cache, commit, remote, on_progress, cancel, only=[*kept, filename]).run()
+        return run.path / filename
+
+
 @contextlib.contextmanager
 def _repo_lock(cache: Path, repo_id: str, cancel: threading.Event) -> Iterator[None]:
     """Hold the repo's download lock (a file lock beside huggingface_hub's), waiting as long as
@@ -501,14 +552,18 @@ def _emit(**fields: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fresco_backend.download REPO_ID [--cache-dir DIR] [--remove]``: JSON lines on stdout,
+    """``python -m fresco_backend.download REPO_ID [--file FILE] [--cache-dir DIR] [--remove]``: JSON lines on stdout,
     exit 0 (done), 1 (error) or 130 (stopped by SIGINT/SIGTERM; partial files kept for resume)."""
     parser = argparse.ArgumentParser(prog="python -m fresco_backend.download",
                                      description="download a hub model (SD 1.5 pipeline or ControlNet) into the hub cache")
     parser.add_argument("repo_id", help=f"hub model id, e.g. {hubcache.DEFAULT_MODEL}")
+    parser.add_argument("--file", default="", help="only this file of the repo (an annotator's weights, e.g. "
+                        "ControlNetHED.pth of lllyasviel/Annotators)")
     parser.add_argument("--cache-dir", type=Path, help="hub cache folder (default: HF_HUB_CACHE, else the hub's default)")
     parser.add_argument("--remove", action="store_true", help="delete the model from the cache instead")
     args = parser.parse_args(argv)
+    if args.remove and args.file:
+        parser.error("--remove deletes the whole repo from the cache; it takes no --file")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise_stopped)
@@ -528,6 +583,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _emit(event="start", repo_id=args.repo_id, total=p.total, files=p.files)
             _emit(event="progress", done=p.done, total=p.total, speed=round(p.speed, 1))
 
+        if args.file:
+            path = ensure_file(args.repo_id, args.file, cache, progress)
+            _emit(event="done", path=str(path), bytes=path.stat().st_size)
+            return 0
         path = ensure_model(args.repo_id, cache, progress)
         record = hubcache.downloaded(cache, args.repo_id)
         _emit(event="done", path=str(path), bytes=record.bytes if record else hubcache.size_on_disk(cache, args.repo_id))

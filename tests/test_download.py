@@ -332,3 +332,54 @@ def test_two_downloads_of_one_repo_at_once_fetch_it_once(hub, cache, tiny_models
     assert first_outcome["path"] == second_outcome["path"]
     assert hub.served == sum(sizes(tiny_models[0]).values())
     assert len([r for r in hub.requests if r.startswith("GET /api/models/")]) == 1
+
+
+ANNOTATORS = "tiny/annotators"
+
+
+@pytest.fixture
+def annotator_hub(tmp_path, monkeypatch):
+    """A repo of two weights files and a large one a single-file download must not touch."""
+    folder = tmp_path / "annotators-repo"
+    folder.mkdir()
+    (folder / "ControlNetHED.pth").write_bytes(b"hed weights " * 1000)
+    (folder / "sk_model.pth").write_bytes(b"line art weights " * 700)
+    (folder / "huge.safetensors").write_bytes(b"\x01" * 3_000_000)
+    with FakeHub({ANNOTATORS: folder}) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield fake, folder
+
+
+def test_one_file_of_a_repo_is_downloaded_verified_and_recorded(annotator_hub, cache):
+    hub, folder = annotator_hub
+    reports: list[D.Progress] = []
+    hed = D.ensure_file(ANNOTATORS, "ControlNetHED.pth", cache, on_progress=reports.append)
+    assert hed.read_bytes() == (folder / "ControlNetHED.pth").read_bytes()
+    assert not any("huge" in request or "sk_model" in request for request in hub.requests)
+    assert reports[-1].done == reports[-1].total == hed.stat().st_size and reports[-1].files == 1
+    assert hubcache.downloaded(cache, ANNOTATORS).files == {"ControlNetHED.pth": 12000}
+
+    lineart = D.ensure_file(ANNOTATORS, "sk_model.pth", cache)  # the record grows; the first file stays
+    assert hubcache.downloaded(cache, ANNOTATORS).files == {"ControlNetHED.pth": 12000, "sk_model.pth": 11900}
+    hub.offline = True
+    asked = len(hub.requests)
+    assert D.ensure_file(ANNOTATORS, "ControlNetHED.pth", cache) == hed and hed.is_file() and lineart.is_file()
+    assert len(hub.requests) == asked  # recorded: no network
+
+
+def test_a_single_file_download_names_what_is_missing(annotator_hub, cache):
+    hub, _ = annotator_hub
+    with pytest.raises(D.ModelNotFoundError, match="no file 'absent.pth'"):
+        D.ensure_file(ANNOTATORS, "absent.pth", cache)
+    hub.offline = True
+    with pytest.raises(D.DownloadError, match="fresco_backend.download tiny/annotators --file sk_model.pth"):
+        D.ensure_file(ANNOTATORS, "sk_model.pth", cache)
+    assert hubcache.downloaded(cache, ANNOTATORS) is None
+
+
+def test_cli_downloads_one_file(annotator_hub, cache):
+    code, events = cli(ANNOTATORS, "--file", "sk_model.pth", "--cache-dir", str(cache))
+    assert code == 0 and events[0]["event"] == "start" and events[0]["files"] == 1
+    assert events[-1]["event"] == "done" and Path(events[-1]["path"]).name == "sk_model.pth"
+    assert events[-1]["bytes"] == events[0]["total"] == 11900
