@@ -59,7 +59,9 @@ def states(ui):
 
 
 def results(scene, compat):
-    return {s.get("fresco_source"): s for s in compat.all_strips(scene.sequence_editor) if "fresco_settings" in s.keys()}
+    """The result strips by the name of their source."""
+    return {s.get("fresco_source"): s for s in compat.all_strips(scene.sequence_editor)
+            if "fresco_settings" in s.keys()}
 
 
 def test_queue_runs_in_order_with_each_strips_settings(addon, ui, three, compat, monkeypatch):
