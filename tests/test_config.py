@@ -6,7 +6,7 @@ from dataclasses import fields
 import pytest
 
 from fresco_contract import settings as S
-from fresco_backend.config import AttentionConfig, FeatureOptConfig, JobConfig, Sampling
+from fresco_backend.config import AttentionConfig, ControlNetUse, FeatureOptConfig, JobConfig, Lora, Sampling
 
 
 def setting_fields(kind=JobConfig, path=""):
@@ -15,13 +15,24 @@ def setting_fields(kind=JobConfig, path=""):
         if "group" in f.metadata:
             yield from setting_fields(f.default_factory, f"{path}{f.name}.")
         elif "setting" in f.metadata:
-            yield f"{path}{f.name}", f.metadata["setting"], f.default
+            default = f.default
+            if "item" in f.metadata:  # a list setting: a tuple of frozen items, compared as the schema's dicts
+                default = tuple(vars(item) for item in default)
+            yield f"{path}{f.name}", f.metadata["setting"], default
 
 
 def test_every_setting_has_one_typed_field_with_the_schema_default():
     mapped = [name for _, name, _ in setting_fields()]
     assert sorted(mapped) == sorted(S.BY_NAME)                      # none lost, none twice
     assert all(default == S.BY_NAME[name].default for _, name, default in setting_fields())
+
+
+def test_list_settings_become_tuples_of_typed_items():
+    config = JobConfig.of({"prompt": "x", "controls": [{"kind": "tile", "scale": 0.5}, {"kind": "canny"}],
+                           "loras": [{"path": "/a.safetensors", "weight": 0.8}]})
+    assert config.control.nets == (ControlNetUse("tile", 0.5), ControlNetUse("canny", 0.7))
+    assert config.loras == (Lora("/a.safetensors", 0.8),)
+    assert JobConfig().control.nets == (ControlNetUse("canny", 0.7),) and JobConfig().loras == ()
 
 
 def test_of_converts_validated_settings_and_passes_a_config_through():

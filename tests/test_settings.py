@@ -18,7 +18,14 @@ def test_defaults_validate_once_prompt_is_given():
     ({"prompt": "x", "steps": 3.5}, "steps: expected int"),
     ({"prompt": "x", "seed": True}, "seed: expected int, got bool"),
     ({"prompt": "x", "guidance_scale": math.nan}, "guidance_scale: must be a number"),
-    ({"prompt": "x", "control": "hed2"}, "control: 'hed2' is not one of"),
+    ({"prompt": "x", "control": "hed2"}, "controls[0].kind: 'hed2' is not one of"),  # an old record's setting
+    ({"prompt": "x", "controls": [{"kind": "tile", "scale": 3}]}, "controls[0].scale: 3.0 is above the maximum 2.0"),
+    ({"prompt": "x", "controls": [{"kind": "tile", "bogus": 1}]}, "controls[0]: unknown field 'bogus'"),
+    ({"prompt": "x", "controls": []}, "controls: at least one ControlNet"),
+    ({"prompt": "x", "controls": [{"kind": "tile"}, {"kind": "tile", "scale": 0.2}]}, "each kind at most once"),
+    ({"prompt": "x", "controls": [{"kind": "canny"}] * 5}, "controls: at most 4 items"),
+    ({"prompt": "x", "loras": [{"weight": 1.0}]}, "loras[0].path: must not be empty"),
+    ({"prompt": "x", "loras": "a.safetensors"}, "loras: expected a list"),
     ({"prompt": "x", "colour": 1}, "colour: unknown setting"),
     ({"prompt": "x", "canny_low": 200, "canny_high": 100}, "canny_low: must not exceed canny_high"),
 ])
@@ -48,4 +55,13 @@ def test_schema_is_self_consistent():
     for setting in S.SETTINGS:
         if setting.required:
             continue
-        assert setting.check(setting.default) == (setting.default, None), setting.name
+        assert setting.check(setting.default_value()) == (setting.default_value(), None), setting.name
+
+
+def test_list_settings_fill_in_defaults_and_old_records_upgrade():
+    values = S.validate({"prompt": "x", "controls": [{"kind": "tile"}, {"kind": "canny", "scale": 1}],
+                         "loras": [{"path": "/l.safetensors"}]})
+    assert values["controls"] == [{"kind": "tile", "scale": 0.7}, {"kind": "canny", "scale": 1}]
+    assert values["loras"] == [{"path": "/l.safetensors", "weight": 1.0}]
+    old = S.validate({"prompt": "x", "control": "canny", "control_scale": 0.4})
+    assert old["controls"] == [{"kind": "canny", "scale": 0.4}] and "control" not in old
