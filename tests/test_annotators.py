@@ -174,3 +174,30 @@ def test_the_folder_comes_from_the_environment(tmp_path):
     env = {**os.environ, A.ENV_FOLDER: str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == str(tmp_path)
+
+
+def test_tiny_jobs_with_tile_and_softedge_controls_run(tiny_models, tiny_controlnets, weights_folder, tmp_path):
+    """The conditions reach the ControlNet: the same net and seed give another result for another control."""
+    from diffusers import ControlNetModel
+
+    from fresco_backend.models import load_pipeline
+    from fresco_backend.translate import translate_frames
+
+    net = ControlNetModel.from_pretrained(tiny_controlnets["tile"])
+    torch.manual_seed(4)
+    with torch.no_grad():  # diffusers zero-initialises the condition's embedding: make the condition count
+        net.controlnet_cond_embedding.conv_out.weight.normal_(0.0, 0.2)
+    net.save_pretrained(tmp_path / "controlnet")
+    pipe = load_pipeline(str(tiny_models[0]), str(tmp_path / "controlnet"), device="cpu")
+    clip = moving_square(frames=2, width=SIZE, height=SIZE, velocity=(4, 2), square=24).frames
+    A.set_annotators_folder(weights_folder)
+
+    def run(kind: str) -> list[np.ndarray]:
+        settings = {"prompt": "a mosaic", "steps": 2, "size": SIZE, "opt_iterations": 1, "keyframes": "all",
+                    "controls": [{"kind": kind, "scale": 1.0}]}
+        return [rgb for _, rgb in translate_frames(pipe, clip, settings)]
+
+    tile, canny, softedge = run("tile"), run("canny"), run("softedge")
+    assert len(tile) == len(softedge) == 2 and tile[0].shape == clip[0].shape
+    assert np.abs(tile[0].astype(int) - canny[0]).mean() > 0.05  # 0 when the condition is ignored
+    assert np.abs(softedge[0].astype(int) - canny[0]).mean() > 0.05
