@@ -17,6 +17,7 @@ from fresco_contract import settings as S
 
 from .device import DeviceError
 from .job import RECORD, JobMismatch
+from .annotators import ENV_FOLDER, set_annotators_folder
 from .config import JobConfig
 from .models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_models,
                      controlnet_configs, parse_kind_options)
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--controlnet-config", action="append", default=None, metavar="[KIND=]DIR",
                     help="diffusers ControlNet folder describing the single-file --controlnet of a kind (needed "
                          "offline); repeat for several kinds (a bare DIR is the canny one's)")
+    tr.add_argument("--annotators", type=Path, default=None,
+                    help=f"folder holding the annotators' weights of the softedge, depth and lineart controls "
+                         f"(else ${ENV_FOLDER}, else the hub cache)")
     tr.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cuda:1 or cpu")
     tr.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                     help="where control images and optical flow of clips are kept, so a new prompt on the same "
@@ -147,6 +151,8 @@ def _translate(args: argparse.Namespace) -> None:
             raise ClipError(f"{exc}; use a complete copy, or pass --allow-short-input to translate "
                             f"the {exc.decoded} frames that decode") from None
         print(f"warning: {exc}; translating the {exc.decoded} frames that decode", file=sys.stderr)
+    if args.annotators is not None:
+        set_annotators_folder(args.annotators)
     controlnets = parse_kind_options(args.controlnet, "--controlnet")
     configs = parse_kind_options(args.controlnet_config, "--controlnet-config")
     choice = choose_models(settings, DEFAULT_MODEL, controlnets)

@@ -107,7 +107,7 @@ def start_latents(pipe, images: torch.Tensor, seed: int, t: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor] | torch.Tensor,
+def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
                   scales: Sequence[float], embeds: torch.Tensor, sampling: Sampling, clock: StepClock,
                   hooks: StepHooks | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
@@ -123,7 +123,7 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor] |
     timesteps = timesteps_for(pipe, sampling)
     latents = start_latents(pipe, images, sampling.seed, timesteps[0])
 
-    conds = [c.to(device, dtype) for c in ([controls] if isinstance(controls, torch.Tensor) else controls)]
+    conds = [c.to(device, dtype) for c in controls]
     if len(conds) != len(scales):
         raise ValueError(f"{len(conds)} ControlNet conditions for {len(scales)} scales")
     text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]

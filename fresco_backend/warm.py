@@ -3,8 +3,9 @@
 The server (``server/model_cache.py``), its Ray workers (``server/ray_pool.py``) and the command line
 all get their pipeline from a ``WarmPipeline``. A job's ``ModelChoice`` names the SD model and its
 ControlNets: another model loads the pipeline anew (counted in ``load_count``); other ControlNets are
-loaded once each (kept by ref: at most one per control kind the backend knows) and set as ``pipe.controlnet`` (one model, or a MultiControlNetModel in
-the job's order) without touching the SD model. LoRAs (``lora.py``) are fused for the job and the
+loaded once each (kept by ref: at most one per control kind the backend knows) and set as
+``pipe.controlnet`` (one model, or a MultiControlNetModel in the job's order) without touching the SD
+model. LoRAs (``lora.py``) are fused for the job and the
 original weights written back before a job with other LoRAs.
 """
 from __future__ import annotations

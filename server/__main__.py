@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fresco_contract import wire
+from fresco_backend.annotators import ENV_FOLDER, set_annotators_folder
 from fresco_backend.cache import Cache
 from fresco_backend.config import JobConfig
 from fresco_backend.device import DeviceError, pick_runtime
@@ -53,6 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--controlnet-config", action="append", metavar="[KIND=]DIR",
                    help="diffusers ControlNet folder describing the single-file --controlnet of a kind; needed "
                         "offline; repeat for several kinds (a bare DIR is the canny one's)")
+    p.add_argument("--annotators", type=Path,
+                   help=f"folder holding the annotators' weights of the softedge, depth and lineart controls "
+                        f"(else ${ENV_FOLDER}, else the hub cache)")
     p.add_argument("--work-dir", type=Path, help="folder for job inputs/outputs (default: a temp folder, removed at exit)")
     p.add_argument("--device", default="auto",
                    help="auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps")
@@ -217,6 +221,8 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
     """Serve the API on ``sock`` until uvicorn stops (a signal), or stdin closes with --exit-with-stdin."""
     warm_pipeline, translate_frames = backend_functions()
     controlnets, configs = controlnet_options(args)
+    if args.annotators is not None:
+        set_annotators_folder(args.annotators)
     cache = ModelCache(warm_pipeline(device, args.config, configs), args.model, controlnets)
     clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
     pool = start_pool(args, device, work_dir, controlnets, configs) if args.ray is not None else None
@@ -285,7 +291,7 @@ def start_pool(args: argparse.Namespace, device: str, work_dir: Path, controlnet
     return RayPool(args.workers, (args.model, controlnets), None if device == "auto" else device,
                    {"config": args.config, "controlnet_config": configs},
                    segments=args.segments, address=args.ray or None, threads=args.worker_threads,
-                   cache_dir=work_dir / "cache")
+                   cache_dir=work_dir / "cache", annotators=args.annotators and str(args.annotators))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

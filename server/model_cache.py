@@ -15,8 +15,9 @@ import logging
 import threading
 from typing import Any, Callable, Mapping
 
+from fresco_backend.annotators import annotator_downloads
 from fresco_backend.config import JobConfig
-from fresco_backend.download import Progress, ensure_model, needs_download
+from fresco_backend.download import Progress, ensure_file, ensure_model, needs_download
 from fresco_backend.models import choose_models
 from fresco_backend.warm import WarmPipeline
 
@@ -51,11 +52,19 @@ class ModelCache:
 
     def prepare(self, settings: Mapping[str, Any], on_progress: Callable[[Progress], None],
                 cancel: threading.Event) -> None:
-        """Download the job's model and ControlNets where they are hub ids not downloaded yet.
+        """Download the job's model and ControlNets where they are hub ids not downloaded yet, and the
+        weights of its controls' annotators that are not there (``fresco_backend/annotators.py``).
 
         Raises ModelNotFoundError (the hub unreachable: what to do) or DownloadCancelled."""
-        model, controlnets = choose_models(settings, self.default_model, self.controlnets)
+        config = JobConfig.of(settings)
+        model, controlnets = choose_models(config, self.default_model, self.controlnets)
         for ref in dict.fromkeys((model, *controlnets)):
             if needs_download(ref):
                 log.info("downloading %s", ref)
                 ensure_model(ref, on_progress=on_progress, cancel=cancel)
+        for repo, filename in annotator_downloads(config):
+            log.info("downloading %s of %s", filename or "the model", repo)
+            if filename:
+                ensure_file(repo, filename, on_progress=on_progress, cancel=cancel)
+            else:
+                ensure_model(repo, on_progress=on_progress, cancel=cancel)

@@ -1,11 +1,11 @@
 """A pool of Ray worker actors running jobs split into segments (``python -m server --ray``).
 
 Each ``Worker`` actor keeps a warm pipeline on its device (``fresco_backend.warm.WarmPipeline``, as the
-plain server: a job's ControlNets and LoRAs are swapped in without reloading the SD model). A job (``RayPool.translate``, called by
-``server/jobs.py`` like ``translate_frames``) puts its input frames in the object store once, runs
-the skeleton pass (``fresco_backend/segments.py``) on one worker, puts its anchor latents in the
-object store and runs the segments in parallel on free workers; a propagation span runs as a CPU
-task as soon as the outputs of both its keys exist. Workers stream progress items and frames back
+plain server: a job's ControlNets and LoRAs are swapped in without reloading the SD model). A job
+(``RayPool.translate``, called by ``server/jobs.py`` like ``translate_frames``) puts its input frames
+in the object store once, runs the skeleton pass (``fresco_backend/segments.py``) on one worker, puts
+its anchor latents in the object store and runs the segments in parallel on free workers; a
+propagation span runs as a CPU task as soon as the outputs of both its keys exist. Workers stream progress items and frames back
 (streaming generators); every frame is yielded once, frames the checkpoint already holds never.
 
 Fairness: a free worker goes to the waiting job holding the fewest workers (then the one waiting
@@ -52,15 +52,19 @@ class Worker:
     """One warm pipeline; ``run`` streams a skeleton or segment pass, ``cancel`` stops it."""
 
     def __init__(self, models: ModelChoice, device: str | None, load_options: dict[str, Any],
-                 threads: int | None, cache_dir: str | None) -> None:
-        """``load_options``: ``WarmPipeline``'s config and controlnet_config."""
+                 threads: int | None, cache_dir: str | None, annotators: str | None) -> None:
+        """``load_options``: ``WarmPipeline``'s config and controlnet_config; ``annotators``: the
+        server's ``--annotators`` folder."""
         if threads:
             import torch
 
             torch.set_num_threads(threads)
+        from fresco_backend.annotators import set_annotators_folder
         from fresco_backend.cache import Cache
         from fresco_backend.warm import WarmPipeline
 
+        if annotators:
+            set_annotators_folder(annotators)
         self.device = device
         self.warm = WarmPipeline(device, **load_options)
         self.cache = Cache(Path(cache_dir)) if cache_dir else None
@@ -138,7 +142,8 @@ class RayPool:
     def __init__(self, workers: int | None, models: tuple[str, Mapping[str, str]], device: str | None = None,
                  load_options: Mapping[str, Any] | None = None, *, segments: int | None = None,
                  address: str | None = None, threads: int | None = None, cache_dir: Path | None = None,
-                 segments_module: str = SEGMENTS, runtime_env: dict[str, Any] | None = None) -> None:
+                 segments_module: str = SEGMENTS, runtime_env: dict[str, Any] | None = None,
+                 annotators: str | None = None) -> None:
         """``workers``: None for one per GPU Ray sees, else one per CPU; ``segments``: the segments of
         a job (default: one per worker); ``address``: a Ray cluster (None: a local runtime started
         here and stopped by ``shutdown``); ``threads``: torch threads of each CPU worker; ``models``: the
@@ -158,7 +163,7 @@ class RayPool:
         self.segments_module = segments_module
         self.default_models = models
         self._args = (None if use_gpu else device, dict(load_options or {}), None if use_gpu else threads,
-                      None if cache_dir is None else str(cache_dir))
+                      None if cache_dir is None else str(cache_dir), annotators)
         self._resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, str]] = []  # (ticket, run) of runs waiting for a worker
