@@ -65,7 +65,7 @@ def find_weights(kind: str, cache_dir: str | os.PathLike | None = None) -> Path 
     repo, file = hubcache.ANNOTATORS[kind]
     if _folder is not None:
         local = _folder / _local_name(kind)
-        if (local / "config.json").is_file() if not file else local.is_file():
+        if local.is_file() if file else (local / "config.json").is_file():
             return local
     cache = Path(cache_dir).expanduser() if cache_dir else hubcache.default_cache_dir()
     record = hubcache.downloaded(cache, repo)

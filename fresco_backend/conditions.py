@@ -38,16 +38,18 @@ def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cach
               * 0.5 + 0.5 for kind in kinds}
     flow = None
     if with_flow and len(small) > 1:
-        flow = cache.batch_flow(digest, config.flow, size,
-                                lambda: estimate_batch_flow(list(small), load_estimator(config.flow, config.flow_weights)),
-                                weights=config.flow_weights)
+        def estimate() -> BatchFlow:
+            return estimate_batch_flow(list(small), load_estimator(config.flow, config.flow_weights))
+
+        flow = cache.batch_flow(digest, config.flow, size, estimate, weights=config.flow_weights)
     return [images[use.kind] for use in config.control.nets], flow
 
 
 def _kind_images(kind: str, small: Sequence[np.ndarray], config: JobConfig, cache: Cache, digest: str,
                  size: tuple[int, int], weights: Path | None, device) -> list[np.ndarray]:
-    if weights is None:
-        compute = lambda: [control_image(frame, kind, config.control) for frame in small]  # noqa: E731
-    else:
-        compute = lambda: annotators.annotate(kind, small, weights, device)  # noqa: E731
+    def compute() -> list[np.ndarray]:
+        if weights is None:
+            return [control_image(frame, kind, config.control) for frame in small]
+        return annotators.annotate(kind, small, weights, device)
+
     return cache.control_images(digest, kind, config.control, size, compute, weights=weights)

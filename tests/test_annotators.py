@@ -133,7 +133,8 @@ def test_weights_from_the_hub_cache_record(weights_folder, tmp_path, frames):
     snapshot = hubcache.repo_folder(cache, "lllyasviel/Annotators") / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (snapshot / "sk_model.pth").write_bytes((weights_folder / "sk_model.pth").read_bytes())
-    hubcache.write_record(cache, "lllyasviel/Annotators", commit, {"sk_model.pth": (snapshot / "sk_model.pth").stat().st_size})
+    size = (snapshot / "sk_model.pth").stat().st_size
+    hubcache.write_record(cache, "lllyasviel/Annotators", commit, {"sk_model.pth": size})
     assert A.weights_path("lineart") == snapshot / "sk_model.pth"
     assert A.annotator_downloads(job("canny", "lineart", "softedge", "depth")) == [
         ("lllyasviel/Annotators", "ControlNetHED.pth"), ("Intel/dpt-hybrid-midas", "")]
@@ -142,10 +143,13 @@ def test_weights_from_the_hub_cache_record(weights_folder, tmp_path, frames):
     assert A.annotator_downloads(job("lineart", "softedge", "depth", "tile")) == []
 
 
+COMMAND = "python -m fresco_backend.download "
+
+
 @pytest.mark.parametrize("kind, names", [
-    ("softedge", ["ControlNetHED.pth", "python -m fresco_backend.download lllyasviel/Annotators --file ControlNetHED.pth"]),
-    ("lineart", ["sk_model.pth", "python -m fresco_backend.download lllyasviel/Annotators --file sk_model.pth"]),
-    ("depth", ["Intel/dpt-hybrid-midas", "python -m fresco_backend.download Intel/dpt-hybrid-midas`", "dpt-hybrid-midas"]),
+    ("softedge", ["ControlNetHED.pth", COMMAND + "lllyasviel/Annotators --file ControlNetHED.pth"]),
+    ("lineart", ["sk_model.pth", COMMAND + "lllyasviel/Annotators --file sk_model.pth"]),
+    ("depth", ["Intel/dpt-hybrid-midas", COMMAND + "Intel/dpt-hybrid-midas`", "dpt-hybrid-midas"]),
 ])
 def test_missing_weights_name_what_to_download(kind, names, frames, tmp_path):
     A.set_annotators_folder(tmp_path / "empty")
