@@ -408,7 +408,7 @@ def child_ray(p: dict) -> dict:
     ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     seconds, outputs = {}, {}
     for workers in (1, 2):
-        pool = RayPool(workers, (p["model"], p["controlnet"]), "cpu", segments=p["segments"], threads=1)
+        pool = RayPool(workers, (p["model"], {"canny": p["controlnet"]}), "cpu", segments=p["segments"], threads=1)
         try:
             list(pool.translate(None, frames, settings))  # warm-up: each worker's first calls
             started = time.perf_counter()
