@@ -161,6 +161,7 @@ def test_missing_weights_name_what_to_download(kind, names, frames, tmp_path):
     assert all(name in message for name in names), message
     assert not (tmp_path / "cache").exists()  # nothing computed before the error
     assert A.annotator_downloads(job("canny", kind)) == [hubcache.ANNOTATORS[kind]]
+    assert A.annotator_downloads({"prompt": "x", "controls": [{"kind": kind, "scale": 0.5}]}) == [hubcache.ANNOTATORS[kind]]
 
 
 def test_a_file_of_another_network_is_refused(tmp_path, frames):
