@@ -152,6 +152,30 @@ def test_validation_errors_are_our_format(fuzz_app):
     assert response.status_code == 422 and "steps: expected int" in response.json()["error"]
 
 
+
+def test_list_settings_are_arrays_of_objects_in_the_schema_and_the_api(fuzz_app):
+    from starlette.testclient import TestClient
+
+    client = TestClient(fuzz_app[0], raise_server_exceptions=True)
+    token = {wire.AUTH_HEADER: f"{wire.AUTH_SCHEME} {TOKEN}"}
+    body = client.get("/openapi.json").json()["paths"][wire.JOBS]["post"]["requestBody"]
+    settings = body["content"]["application/json"]["schema"]["properties"]["settings"]["properties"]
+    controls, loras = settings["controls"], settings["loras"]
+    assert (controls["type"], controls["maxItems"], controls["default"]) == ("array", 4, [{"kind": "canny", "scale": 0.7}])
+    assert controls["items"]["properties"]["kind"]["enum"] == ["canny", "tile", "softedge", "depth", "lineart"]
+    assert controls["items"]["properties"]["scale"] == {**controls["items"]["properties"]["scale"],
+                                                        "type": "number", "minimum": 0.0, "maximum": 2.0}
+    assert controls["items"]["additionalProperties"] is False and loras["items"]["required"] == ["path"]
+    response = client.post(wire.JOBS, headers=token, json={"frame_count": 1, "settings": {
+        "prompt": "p", "controls": [{"kind": "tile", "scale": 0.5}, {"kind": "canny"}],
+        "loras": [{"path": "/models/style.safetensors"}]}})
+    assert response.status_code == 201, response.text
+    assert response.json()["settings"]["controls"] == [{"kind": "tile", "scale": 0.5}, {"kind": "canny", "scale": 0.7}]
+    assert response.json()["settings"]["loras"] == [{"path": "/models/style.safetensors", "weight": 1.0}]
+    response = client.post(wire.JOBS, headers=token, json={"frame_count": 1, "settings": {
+        "prompt": "p", "controls": [{"kind": "tile"}, {"kind": "tile"}]}})
+    assert response.status_code == 422 and "controls: each kind at most once" in response.json()["error"]
+
 # ---- 3. GPU out of memory -------------------------------------------------------------------
 
 def test_cuda_out_of_memory_names_the_settings_and_the_next_job_runs(tmp_path, monkeypatch):

@@ -336,3 +336,26 @@ def test_reloaded_settings_are_validated_and_complete(tmp_path):
         assert fake.settings[-1]["size"] == 512 and fake.settings[-1]["prompt"] == "p"
     finally:
         manager.shutdown()
+
+
+def test_a_job_recorded_with_the_old_control_settings_resumes(tmp_path):
+    """A record written before ``controls`` (``control`` + ``control_scale``) is upgraded when reloaded
+    and the job runs on with the ControlNet and scale it asked for."""
+    fake = FakeBackend()
+    first = JobManager(tmp_path, fake.pipeline, fake.translate)
+    job_id = make(first, "p", start=False)
+    first.shutdown()
+    path = tmp_path / job_id / "job.json"
+    data = json.loads(path.read_text())
+    data["settings"].pop("controls", None)
+    data["settings"].update(control="canny", control_scale=0.4)
+    data["job"]["state"] = wire.QUEUED
+    path.write_text(json.dumps(data))
+    cache = fake_cache("default", {"canny": "my-canny"})
+    second = JobManager(tmp_path, cache.for_settings, fake.translate)
+    try:
+        assert finish(second, job_id)["state"] == wire.DONE
+        assert fake.settings[-1]["controls"] == [{"kind": "canny", "scale": 0.4}]
+        assert "control" not in fake.settings[-1] and cache.warm.controlnets == ("my-canny",)
+    finally:
+        second.shutdown()
