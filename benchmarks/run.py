@@ -57,7 +57,7 @@ FULL = dict(ablation=dict(size=128, frames=8, steps=20, repeats=3, large=dict(si
             attention=dict(frames=8, short=512, queries=1024), gram=dict(hw_side=32, channels=64, chunk=256),
             transport=dict(frames=100, size=512, steps=4), consistency=dict(frames=16, size=256, steps=10),
             flow=dict(size=512, pairs=10), ray=dict(frames=24, size=128, steps=10, segments=2),
-            propagation=dict(frames=49, short=144, intervals=(8, 16)))
+            propagation=dict(frames=49, short=128, intervals=(8, 16)))
 QUICK = dict(ablation=dict(size=64, frames=4, steps=2, parts=False), memory=dict(size=64, steps=1, lengths=(4, 16)),
              attention=dict(frames=4, short=128, queries=256), gram=dict(hw_side=16, channels=16, chunk=64),
              transport=dict(frames=8, size=64, steps=1), consistency=dict(frames=4, size=64, steps=2),
