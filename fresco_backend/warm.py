@@ -39,10 +39,6 @@ class WarmPipeline:
         self.load_count = 0  # SD model loads
         self.last_load_seconds: float | None = None
 
-    def key(self, choice: ModelChoice, loras: Sequence[Lora]) -> tuple:
-        """What the pipeline of a job depends on (raises ModelNotFoundError for a LoRA file that is missing)."""
-        return choice.model, choice.controlnets, lora_key(loras), self.device
-
     def get(self, choice: ModelChoice, loras: Sequence[Lora] = ()) -> Any:
         """The pipeline with ``choice``'s model and ControlNets and ``loras`` fused in."""
         wanted = lora_key(loras)

@@ -111,11 +111,16 @@ def runtime(gate):
     ray.shutdown()
 
 
+def pool_controlnets(tiny_models, tiny_controlnets) -> dict[str, str]:
+    """The pool's --controlnet: tiny.py's for canny, a second tiny one for tile."""
+    return {"canny": str(tiny_models[1]), "tile": str(tiny_controlnets["tile"])}
+
+
 @pytest.fixture(scope="module")
-def pool(runtime, tiny_models, tmp_path_factory):
+def pool(runtime, tiny_models, tiny_controlnets, tmp_path_factory):
     from server.ray_pool import RayPool
 
-    pool = RayPool(2, (str(tiny_models[0]), {"canny": str(tiny_models[1])}), "cpu", segments=3, threads=1,
+    pool = RayPool(2, (str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets)), "cpu", segments=3, threads=1,
                    cache_dir=tmp_path_factory.mktemp("pool") / "cache", segments_module="test_server_ray")
     yield pool
     pool.shutdown()
@@ -353,6 +358,45 @@ def test_real_segments_in_parallel_give_the_reference_frames(pool, pipe, tmp_pat
     assert sorted(h[2] for h in runs_of(pool, "segment", before)) == [0, 1]
     for i in range(FRAMES):
         assert np.array_equal(output(manager, job_id, i), reference[i]), f"frame {i}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fresco_backend.segments") is None,
+                    reason="fresco_backend/segments.py is not there yet")
+def test_a_jobs_controlnets_and_loras_reach_the_workers(pool, tiny_models, tiny_controlnets, tiny_lora, tmp_path,
+                                                        monkeypatch):
+    """Two ControlNets and a LoRA on the workers give the plain server's frames (one warm-pipeline code
+    path), and a job without them afterwards the plain base frames again."""
+    import torch
+
+    from fresco_backend.translate import translate_frames
+    from fresco_backend.warm import WarmPipeline
+    from server.jobs import JobManager
+    from server.model_cache import ModelCache
+
+    monkeypatch.setattr(pool, "segments", 1)
+    monkeypatch.setattr(pool, "segments_module", "fresco_backend.segments")
+    cache = ModelCache(WarmPipeline("cpu"), str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets))
+    plain = JobManager(tmp_path / "plain", cache.for_settings, translate_frames)
+    on_ray = manager_on(pool, tmp_path / "ray")
+    styled = {**SETTINGS, "controls": [{"kind": "canny"}, {"kind": "tile", "scale": 0.9}],
+              "loras": [{"path": str(tiny_lora), "weight": 1.5}]}
+    frames = clip(3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers
+    try:
+        outputs = {}
+        for name, settings in (("styled", styled), ("base", SETTINGS)):
+            jobs = [(m, submit(m, frames, settings)) for m in (plain, on_ray)]
+            assert [finish(m, j)["state"] for m, j in jobs] == [wire.DONE, wire.DONE]
+            outputs[name] = [[m.read_output(j, i) for i in range(len(frames))] for m, j in jobs]
+    finally:
+        torch.set_num_threads(threads)
+        plain.shutdown()
+        on_ray.shutdown()
+    for name in ("styled", "base"):
+        assert outputs[name][0] == outputs[name][1], name
+    assert all(a != b for a, b in zip(outputs["styled"][0], outputs["base"][0]))
+    assert cache.load_count == 1
 
 
 def test_a_free_worker_goes_to_the_job_holding_fewest(pool):
