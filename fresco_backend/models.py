@@ -41,7 +41,8 @@ class ModelChoice(NamedTuple):
 
 def parse_kind_options(values: Sequence[str] | None, option: str) -> dict[str, str]:
     """``--controlnet``/``--controlnet-config`` values ``[KIND=]REF`` as {kind: ref}; a bare REF is the
-    canny one (what ``--controlnet REF`` always meant). Raises ModelNotFoundError for an unknown kind."""
+    canny one (what ``--controlnet REF`` always meant); an empty REF leaves the kind's default. Raises
+    ModelNotFoundError for an unknown kind."""
     chosen: dict[str, str] = {}
     for value in values or ():
         kind, sep, ref = value.partition("=")
@@ -50,7 +51,8 @@ def parse_kind_options(values: Sequence[str] | None, option: str) -> dict[str, s
         if kind not in CONTROL_KINDS:
             raise ModelNotFoundError(f"{option} {value}: unknown control kind {kind!r} "
                                      f"(known: {', '.join(CONTROL_KINDS)}); pass {option} KIND=REF")
-        chosen[kind] = ref
+        if ref:
+            chosen[kind] = ref
     return chosen
 
 

@@ -38,6 +38,7 @@ def test_kind_options():
     assert parse_kind_options(["bare/ref", "tile=/models/tile", "depth=org/depth"], "--controlnet") == {
         "canny": "bare/ref", "tile": "/models/tile", "depth": "org/depth"}
     assert parse_kind_options(["/odd/a=b.safetensors"], "--controlnet") == {"canny": "/odd/a=b.safetensors"}
+    assert parse_kind_options(["tile=", ""], "--controlnet") == {}  # empty: the kind's default
     with pytest.raises(ModelNotFoundError, match="unknown control kind 'dpth' .*known: canny, tile"):
         parse_kind_options(["dpth=x"], "--controlnet")
     assert controlnet_configs({"canny": "c.safetensors"}, {"canny": "cfg", "tile": "tcfg"}) == {
