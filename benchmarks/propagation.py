@@ -8,7 +8,8 @@ compared with the stylised frames they stand for. Methods, measured side by side
 
 * nearest key: the nearest key's stylised frame, copied;
 * one-sided: warped from the previous key only (``propagate_span`` with one key);
-* before: ``fresco_backend/propagate.py`` as of commit ``BEFORE_REV`` (loaded from git);
+* before: ``propagate_span`` with every technique of ``propagate.Options`` off, which is the
+  propagation as it was before they were added (byte-identical frames to commit ac5fdee's);
 * after: today's ``propagate_span``, and one row per technique switched off (the ablation).
 
 Metrics over the in-between frames: PSNR (mean of per-frame PSNR) and SSIM (grey, 7x7 Gaussian), the
@@ -19,11 +20,8 @@ PSNR by distance to the nearest key, and milliseconds per propagated frame (flow
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -42,7 +40,6 @@ from fresco_backend.video_io import iter_frames  # noqa: E402
 
 MEDIA = REPO / "tests" / "data"
 CLIPS = ("bikes.mp4", "carphone_pristine.mp4")
-BEFORE_REV = "ac5fdee"  # the last commit before the propagation changes measured here
 MOVING_PX = 1.0         # input flow magnitude (px per frame) from which a pixel counts as moving
 FULL = dict(frames=49, short=128, intervals=(8, 16))  # 320x128 (bikes), 192x128 (carphone)
 QUICK = dict(frames=9, short=48, intervals=(8,))
@@ -74,21 +71,6 @@ STYLES = {"cartoon": cartoon, "colour": colour_map}
 
 
 # ---------------------------------------------------------------- methods
-
-def before_module():
-    """``propagate.py`` as of ``BEFORE_REV``, imported as a sibling of fresco_backend.propagate; None without git."""
-    try:
-        source = subprocess.run(["git", "show", f"{BEFORE_REV}:fresco_backend/propagate.py"], cwd=REPO,
-                                capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    path = Path(tempfile.mkdtemp()) / "propagate_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("fresco_backend._propagate_before", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def propagated(span_fn, frames: list, styled: list, interval: int) -> dict[int, np.ndarray]:
     """Frame index -> propagated frame for every non-key frame, keys at 0, interval, ..."""
@@ -171,11 +153,10 @@ def methods() -> dict:
     def span(options):
         return lambda inputs, first, last=None: propagate.propagate_span(inputs, first, last, options=options)
 
-    table = {"nearest key": nearest_key}
-    old = before_module()
-    if old is not None:
-        table["one-sided"] = lambda f, s, i: propagated(one_sided(old.propagate_span), f, s, i)
-        table["before"] = lambda f, s, i: propagated(old.propagate_span, f, s, i)
+    before = span(replace(propagate.DEFAULT, **{t: False for t in propagate.TECHNIQUES}))
+    table = {"nearest key": nearest_key,
+             "one-sided": lambda f, s, i: propagated(one_sided(before), f, s, i),
+             "before": lambda f, s, i: propagated(before, f, s, i)}
     table["after"] = lambda f, s, i: propagated(span(propagate.DEFAULT), f, s, i)
     for technique in propagate.TECHNIQUES:
         options = replace(propagate.DEFAULT, **{technique: False})
