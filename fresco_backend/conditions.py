@@ -39,7 +39,7 @@ def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cach
     flow = None
     if with_flow and len(small) > 1:
         def estimate() -> BatchFlow:
-            return estimate_batch_flow(list(small), load_estimator(config.flow, config.flow_weights))
+            return estimate_batch_flow(list(small), load_estimator(config.flow, config.flow_weights, device))
 
         flow = cache.batch_flow(digest, config.flow, size, estimate, weights=config.flow_weights)
     return [images[use.kind] for use in config.control.nets], flow

@@ -39,6 +39,7 @@ from .cache import Cache
 from .checkpoint import Anchors, Checkpoint
 from .config import JobConfig
 from .denoise import ProgressFn, StepClock
+from .flow import load_estimator
 from .frames import processed_size, resize
 from .fresco import fresco_frames
 from .keyframes import Batch, plan_batches
@@ -223,10 +224,13 @@ def run_segment(pipe, frames: Sequence[np.ndarray], settings: Settings, plan: Se
 
 
 def propagate(frames: Sequence[np.ndarray], first: int, last: int, out_first: np.ndarray,
-              out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(index, uint8 RGB) of the frames strictly between keys ``first`` and ``last`` (``propagate_span``)."""
+              out_last: np.ndarray, settings: Settings) -> list[tuple[int, np.ndarray]]:
+    """(index, uint8 RGB) of the frames strictly between keys ``first`` and ``last`` (``propagate_span``,
+    with the job's flow estimator)."""
+    config = JobConfig.of(settings)
     inputs = [frames[i] for i in range(first, last + 1)]
-    return list(enumerate(propagate_span(inputs, out_first, out_last), first + 1))
+    estimator = load_estimator(config.flow, config.flow_weights)
+    return list(enumerate(propagate_span(inputs, out_first, out_last, estimator), first + 1))
 
 
 def translate_segmented(pipe, frames: Sequence[np.ndarray], settings: Settings, segments: int,
@@ -251,6 +255,6 @@ def translate_segmented(pipe, frames: Sequence[np.ndarray], settings: Settings, 
             out = pending.pop(key)
             if previous is not None and key - previous[0] > 1:
                 clock.check_cancel()
-                yield from propagate(job.clip, previous[0], key, previous[1], out)
+                yield from propagate(job.clip, previous[0], key, previous[1], out, job.config)
             yield key, out
             position, previous = position + 1, (key, out)

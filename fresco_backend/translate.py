@@ -17,6 +17,7 @@ from .checkpoint import Checkpoint
 from .conditions import batch_conditions
 from .config import JobConfig
 from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt
+from .flow import load_estimator
 from .frames import processed_size, resize, to_tensor, to_uint8
 from .fresco import fresco_batches, fresco_frames
 from .keyframes import adaptive_keys, fixed_keys
@@ -36,7 +37,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
             continue
         clock.check_cancel()
         small = [resize(f, *work_size) for f in frames[start:start + size]]
-        controls, _ = batch_conditions(small, config, cache, with_flow=False)
+        controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device)
         out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
         yield from enumerate(to_uint8(out), start)
         checkpoint.on_batch_done(number, {})
@@ -105,13 +106,15 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
     run, batches = (fresco_frames, fresco_batches) if config.fresco else (per_frame, per_frame_batches)
     remaining = batches(len(keys), config) - checkpoint.batches_done
     clock = StepClock(remaining * config.sampling.executed_steps, on_progress, cancel)
+    estimator = load_estimator(config.flow, config.flow_weights, pipe.device)
 
     def spans_from_disk(limit: int) -> Iterator[tuple[int, np.ndarray]]:
         """Propagate the unfinished spans between the first ``limit`` keys, whose outputs are written."""
         for first, last in zip(keys[:limit], keys[1:limit]):
             if not all(checkpoint.has_output(i) for i in range(first + 1, last)):
                 clock.check_cancel()
-                span = propagate_span(clip[first:last + 1], checkpoint.output(first), checkpoint.output(last))
+                span = propagate_span(clip[first:last + 1], checkpoint.output(first), checkpoint.output(last),
+                                      estimator)
                 yield from enumerate(span, first + 1)
 
     previous: tuple[int, np.ndarray] | None = None
@@ -123,7 +126,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
         if previous is not None and key - previous[0] > 1:
             clock.check_cancel()
             span = clip[previous[0]:key + 1]
-            yield from enumerate(propagate_span(span, previous[1], out), previous[0] + 1)
+            yield from enumerate(propagate_span(span, previous[1], out, estimator), previous[0] + 1)
         yield key, out
         previous = key, out
     if previous is None:  # every batch was done before: only propagation can be left

@@ -121,9 +121,10 @@ class Worker:
 
 @ray.remote(num_cpus=0)  # light; and the workers may hold every CPU of the cluster
 def propagate_span(segments: str, frames: list[np.ndarray], first: int, last: int,
-                   out_first: np.ndarray, out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
+                   out_first: np.ndarray, out_last: np.ndarray,
+                   settings: Mapping[str, Any]) -> list[tuple[int, np.ndarray]]:
     """The frames between two keys, from their outputs (a CPU task)."""
-    return importlib.import_module(segments).propagate(frames, first, last, out_first, out_last)
+    return importlib.import_module(segments).propagate(frames, first, last, out_first, out_last, settings)
 
 
 @dataclass
@@ -310,7 +311,7 @@ class _Run:
                 for a, b in [s for s in spans if all(k in keys or k in written for k in s)]:
                     spans.remove((a, b))
                     ref = propagate_span.remote(self.module, frames_ref, a, b,
-                                                self._key(keys, a), self._key(keys, b))
+                                                self._key(keys, a), self._key(keys, b), self.settings)
                     running[ref] = (a, b)
                 if running:
                     ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)

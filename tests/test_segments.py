@@ -144,7 +144,7 @@ def test_segments_share_the_skeleton_latents_and_stay_consistent_at_their_bounda
         copied = {k: [t.clone() for t in latents[k]] for k in plan.needs(segment.index, config)}
         keys.update(run_segment(pipe, clip, config, plan, segment.index, copied))
     parts = {**keys, **dict(p for first, last in plan.spans()
-                            for p in propagate(clip, first, last, keys[first], keys[last]))}
+                            for p in propagate(clip, first, last, keys[first], keys[last], config))}
     assert sorted(parts) == list(range(len(clip)))
     assert all(np.array_equal(parts[i], rgb) for i, rgb in out)
 
