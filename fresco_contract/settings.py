@@ -174,7 +174,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Optical-flow estimator (dis: OpenCV DIS, CPU, no weights; raft: the learned RAFT estimator, "
             "weights from the file in Flow Weights)", choices=("dis", "raft"), advanced=True),
     Setting("flow_weights", "str", "", "Flow Weights",
-            "RAFT weights (.pth, the authors' raft-things.pth layout) on the backend's machine, for Optical Flow = raft", advanced=True, file=True),
+            "RAFT weights (.pth, the authors' raft-things.pth layout) on the backend's machine, for "
+            "Optical Flow = raft", advanced=True, file=True),
     Setting("model", "str", "", "Model",
             "Stable Diffusion 1.5 checkpoint: hub id, diffusers folder or .safetensors file "
             "(empty: the backend's default)"),
