@@ -21,8 +21,8 @@ from typing import Any
 from .files import write_bytes_atomic
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-# the ControlNet of each control kind (``settings.CONTROL_KINDS``): v1.0 where one exists (as the paper used), v1.1 for
-# the kinds v1.0 lacks (tile, line art)
+# the ControlNet of each control kind (``settings.CONTROL_KINDS``): v1.0 where one exists (as the official
+# FRESCO code uses), v1.1 for the kinds v1.0 lacks (tile, line art)
 DEFAULT_CONTROLNETS = {
     "canny": "lllyasviel/sd-controlnet-canny",
     "tile": "lllyasviel/control_v11f1e_sd15_tile",
