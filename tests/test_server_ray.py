@@ -89,7 +89,7 @@ def run_segment(pipe, frames, settings, plan, index, anchors, on_progress=None, 
         yield key, _key_output(frames, key, clock, settings["steps"])[0]
 
 
-def propagate(frames, first, last, out_first, out_last):
+def propagate(frames, first, last, out_first, out_last, settings):
     return [(i, 255 - np.asarray(frames[i])) for i in range(first + 1, last)]
 
 
