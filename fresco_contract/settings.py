@@ -33,6 +33,29 @@ class Setting:
     fields: tuple[Setting, ...] = ()  # a "list": the fields of one item (the first one is the item's "key")
     max_items: int = 0  # a "list": the most items it may hold
     file: bool = False  # a "str" naming a file on the backend's machine (the add-on shows a file browser)
+    # where a user interface shows it: one of GROUPS ("" for a list item's field); advanced=True means "advanced"
+    group: str = ""
+    # when it is used: (setting, values) pairs that must all hold (the named setting has one of the values; a
+    # list setting: one of its items' keys has); a setting that does not apply is still valid, only unused
+    applies_when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.advanced and not self.group:
+            object.__setattr__(self, "group", "advanced")
+
+    def applies(self, values: Mapping[str, Any]) -> bool:
+        """Whether this setting is used by a job with ``values`` (settings as ``validate`` returns them;
+        missing ones are taken at their defaults)."""
+        for name, accepted in self.applies_when:
+            other = BY_NAME[name]
+            value = values.get(name, other.default_value())
+            if other.kind == "list":
+                key = other.fields[0].name
+                if not any(isinstance(item, Mapping) and item.get(key) in accepted for item in value):
+                    return False
+            elif value not in accepted:
+                return False
+        return True
 
     def check(self, value: Any) -> tuple[Any, str | None]:
         """Return (normalised value, None) or (None, problem)."""
@@ -91,97 +114,121 @@ class Setting:
 
 
 CONTROL_KINDS = ("canny", "tile", "softedge", "depth", "lineart")
+# the groups a user interface shows the settings in (``Setting.group``: id, title), by what an artist decides:
+# the look of the result, what guides it, which frames are keys, its quality and cost, and research switches
+GROUPS = (("look", "Look"), ("guidance", "Guidance"), ("timing", "Keyframes"), ("quality", "Quality"),
+          ("advanced", "Advanced"))
+_FRESCO = ("mode", ("fresco",))  # only FRESCO mode: per_frame translates every frame on its own
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("prompt", "str", "", "Prompt", "Text describing the look of the result", required=True),
-    Setting("negative_prompt", "str", "", "Negative Prompt", "Text describing what the result should not show"),
+    Setting("prompt", "str", "", "Prompt", "Text describing the look of the result", required=True,
+            group="look"),
+    Setting("negative_prompt", "str", "", "Negative Prompt", "Text describing what the result should not show",
+            group="look"),
     Setting("mode", "enum", "fresco", "Mode",
             "fresco: keyframes translated jointly with FRESCO's flow-guided attention and feature "
             "optimisation (temporally coherent); per_frame: every frame on its own (baseline, flickers)",
-            choices=("fresco", "per_frame")),
+            choices=("fresco", "per_frame"), advanced=True),
     Setting("seed", "int", 0, "Seed", "Seed of the initial noise; the same seed gives the same result",
-            minimum=0, maximum=2**31 - 1),
+            minimum=0, maximum=2**31 - 1, group="look"),
     Setting("strength", "float", 0.75, "Strength",
             "How far the result may depart from the input: 0 keeps the input, 1 ignores its colours",
-            minimum=0.05, maximum=1.0),
+            minimum=0.05, maximum=1.0, group="look"),
     Setting("steps", "int", 20, "Steps", "Denoising steps of the scheduler (before strength shortens them)",
-            minimum=1, maximum=150),
+            minimum=1, maximum=150, group="quality"),
     Setting("guidance_scale", "float", 7.5, "Guidance", "Classifier-free guidance scale (1 = off)",
-            minimum=1.0, maximum=30.0),
+            minimum=1.0, maximum=30.0, group="quality"),
     Setting("size", "int", 512, "Size", "Short side of the processed frames in pixels, rounded to a multiple of 64",
-            minimum=64, maximum=2048),
+            minimum=64, maximum=2048, group="quality"),
     Setting("batch_size", "int", 8, "Batch Size",
             "Frames denoised together (FRESCO: keyframes per batch, two of them anchors after the first "
             "batch); more is more coherent but needs more memory",
-            minimum=1, maximum=16),
+            minimum=1, maximum=16, group="quality"),
     Setting("keyframes", "enum", "adaptive", "Keyframes",
             "FRESCO: which frames are translated; the others are propagated from the two nearest "
             "(adaptive: where the picture changes most, interval: every N frames, all: every frame)",
-            choices=("adaptive", "interval", "all")),
+            choices=("adaptive", "interval", "all"), group="timing", applies_when=(_FRESCO,)),
     Setting("key_interval", "int", 10, "Key Interval", "Frames between keyframes for keyframes=interval",
-            minimum=1, maximum=200, advanced=True),
+            minimum=1, maximum=200, group="timing", applies_when=(_FRESCO, ("keyframes", ("interval",)))),
     Setting("key_min_gap", "int", 5, "Key Min Gap", "Adaptive keyframes: smallest gap between keys (s_min)",
-            minimum=1, maximum=200, advanced=True),
+            minimum=1, maximum=200, group="timing", applies_when=(_FRESCO, ("keyframes", ("adaptive",)))),
     Setting("key_max_gap", "int", 20, "Key Max Gap", "Adaptive keyframes: largest gap between keys (s_max)",
-            minimum=1, maximum=200, advanced=True),
+            minimum=1, maximum=200, group="timing", applies_when=(_FRESCO, ("keyframes", ("adaptive",)))),
     Setting("controls", "list", ({"kind": "canny", "scale": 0.7},), "ControlNets",
             "ControlNet conditions computed from each input frame, each with its own scale (several at once "
             "add up). canny: edges; tile: the frame itself (keeps colours and detail); softedge: HED soft "
             "edges; depth: MiDaS depth; lineart: line drawing (the last three need annotator weights)",
-            max_items=4, fields=(
+            max_items=4, group="guidance", fields=(
                 Setting("kind", "enum", "canny", "Kind", "Which condition and ControlNet", choices=CONTROL_KINDS),
                 Setting("scale", "float", 0.7, "Scale", "Strength of this ControlNet's condition",
                         minimum=0.0, maximum=2.0),
             )),
     Setting("canny_low", "int", 50, "Canny Low", "Lower hysteresis threshold of the canny edges",
-            minimum=0, maximum=255),
+            minimum=0, maximum=255, group="guidance", applies_when=(("controls", ("canny",)),)),
     Setting("canny_high", "int", 100, "Canny High", "Upper hysteresis threshold of the canny edges",
-            minimum=0, maximum=255),
+            minimum=0, maximum=255, group="guidance", applies_when=(("controls", ("canny",)),)),
     Setting("cross_frame_attention", "bool", True, "Cross-Frame Attention",
-            "FRESCO: all frames attend to frame 0 plus the regions each later frame reveals", advanced=True),
+            "FRESCO: all frames attend to frame 0 plus the regions each later frame reveals", advanced=True,
+            applies_when=(_FRESCO,)),
     Setting("spatial_guidance", "bool", True, "Spatial Guidance",
-            "FRESCO: at the first step, queries follow the self-similarity of the input frame", advanced=True),
+            "FRESCO: at the first step, queries follow the self-similarity of the input frame", advanced=True,
+            applies_when=(_FRESCO,)),
     Setting("temporal_guidance", "bool", True, "Temporal Guidance",
-            "FRESCO: tokens on one optical-flow track attend to each other", advanced=True),
+            "FRESCO: tokens on one optical-flow track attend to each other", advanced=True,
+            applies_when=(_FRESCO,)),
     Setting("feature_optimization", "bool", True, "Feature Optimisation",
-            "FRESCO: decoder features optimised for flow consistency and input structure", advanced=True),
+            "FRESCO: decoder features optimised for flow consistency and input structure", advanced=True,
+            applies_when=(_FRESCO,)),
     Setting("temporal_loss", "bool", True, "Temporal Loss",
-            "Feature optimisation: the flow-warped consistency term", advanced=True),
+            "Feature optimisation: the flow-warped consistency term", advanced=True,
+            applies_when=(_FRESCO, ("feature_optimization", (True,)))),
     Setting("spatial_loss", "bool", True, "Spatial Loss",
-            "Feature optimisation: the Gram (self-similarity) term", advanced=True),
+            "Feature optimisation: the Gram (self-similarity) term", advanced=True,
+            applies_when=(_FRESCO, ("feature_optimization", (True,)))),
     Setting("background_smoothing", "bool", False, "Background Smoothing",
             "Blend each frame's background with the previous frame's, warped by flow: in the decoder "
-            "features and in the predicted image at two late steps", advanced=True),
+            "features and in the predicted image at two late steps", advanced=True,
+            applies_when=(_FRESCO,)),
     Setting("lambda_spatial", "float", 5.0, "Spatial Temperature",
-            "Spatial-guided attention temperature lambda_s", minimum=0.1, maximum=100.0, advanced=True),
+            "Spatial-guided attention temperature lambda_s", minimum=0.1, maximum=100.0, advanced=True,
+            applies_when=(_FRESCO, ("spatial_guidance", (True,)))),
     Setting("lambda_temporal", "float", 5.0, "Temporal Temperature",
-            "Temporal-guided attention temperature lambda_t", minimum=0.1, maximum=100.0, advanced=True),
+            "Temporal-guided attention temperature lambda_t", minimum=0.1, maximum=100.0, advanced=True,
+            applies_when=(_FRESCO, ("temporal_guidance", (True,)))),
     Setting("temporal_min_t", "int", 350, "Temporal Until t",
             "Temporal-guided attention runs while the timestep is at least this", minimum=0, maximum=1000,
-            advanced=True),
+            advanced=True,
+            applies_when=(_FRESCO, ("temporal_guidance", (True,)))),
     Setting("opt_end_step", "int", 15, "Optimise Until Step",
-            "Feature optimisation at scheduled steps before this one", minimum=0, maximum=150, advanced=True),
+            "Feature optimisation at scheduled steps before this one", minimum=0, maximum=150, advanced=True,
+            applies_when=(_FRESCO, ("feature_optimization", (True,)))),
     Setting("opt_iterations", "int", 20, "Optimiser Iterations", "Adam iterations per optimised step",
-            minimum=1, maximum=200, advanced=True),
+            minimum=1, maximum=200, advanced=True,
+            applies_when=(_FRESCO, ("feature_optimization", (True,)))),
     Setting("opt_lr", "float", 0.2, "Optimiser Rate", "Adam learning rate of the feature optimisation",
-            minimum=0.001, maximum=10.0, advanced=True),
+            minimum=0.001, maximum=10.0, advanced=True,
+            applies_when=(_FRESCO, ("feature_optimization", (True,)))),
     Setting("spatial_loss_weight", "float", 100.0, "Spatial Loss Weight", "lambda_spat of the Gram loss",
-            minimum=0.0, maximum=10000.0, advanced=True),
+            minimum=0.0, maximum=10000.0, advanced=True,
+            applies_when=(_FRESCO, ("feature_optimization", (True,)), ("spatial_loss", (True,)))),
     Setting("spatial_loss_rows", "int", 1024, "Spatial Loss Rows",
             "Gram rows the spatial loss samples per frame and iteration on large feature maps "
-            "(0: all rows, exact but several times slower at 512 px)", minimum=0, maximum=65536, advanced=True),
+            "(0: all rows, exact but several times slower at 512 px)", minimum=0, maximum=65536, advanced=True,
+            applies_when=(_FRESCO, ("feature_optimization", (True,)), ("spatial_loss", (True,)))),
     Setting("flow", "enum", "dis", "Optical Flow",
             "Optical-flow estimator (dis: OpenCV DIS, CPU, no weights; raft: the learned RAFT estimator, "
-            "weights from the file in Flow Weights)", choices=("dis", "raft"), advanced=True),
+            "weights from the file in Flow Weights)", choices=("dis", "raft"), advanced=True,
+            applies_when=(_FRESCO,)),
     Setting("flow_weights", "str", "", "Flow Weights",
             "RAFT weights (.pth, the authors' raft-things.pth layout) on the backend's machine, for "
-            "Optical Flow = raft", advanced=True, file=True),
+            "Optical Flow = raft", advanced=True, file=True,
+            applies_when=(_FRESCO, ("flow", ("raft",)))),
     Setting("model", "str", "", "Model",
             "Stable Diffusion 1.5 checkpoint: hub id, diffusers folder or .safetensors file "
-            "(empty: the backend's default)"),
+            "(empty: the backend's default)", group="guidance"),
     Setting("loras", "list", (), "LoRAs",
             "LoRA files (.safetensors on the backend's machine) applied to the model, each with a weight "
-            "(0 leaves the model as it is)", max_items=8, fields=(
+            "(0 leaves the model as it is)", max_items=8, group="guidance", fields=(
                 Setting("path", "str", "", "File", "LoRA weights (.safetensors)", required=True, file=True),
                 Setting("weight", "float", 1.0, "Weight", "How strongly the LoRA changes the model",
                         minimum=-4.0, maximum=4.0),
