@@ -13,15 +13,20 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, NamedTuple
 
 import bpy
 
-from . import backend, config, downloads, uijob
+from . import backend, config, downloads, props, uijob
 from .contract import hubcache
 from .launcher import CONTROLNET_KEYS
 
 _downloads: dict[str, downloads.Download] = {}  # download_key -> its download (running or the last one)
+# about how much a download of each built-in model fetches (``fresco_backend/download.py`` selects one weight set,
+# full precision; a ControlNet 1.45 GB), shown before it starts; the figure a download reports replaces it
+DOWNLOAD_SIZES = {hubcache.DEFAULT_MODEL: 4.27e9, **{ref: 1.45e9 for ref in hubcache.DEFAULT_CONTROLNETS.values()},
+                  "lllyasviel/Annotators/ControlNetHED.pth": 29.4e6, "lllyasviel/Annotators/sk_model.pth": 17.2e6,
+                  "Intel/dpt-hybrid-midas": 0.49e9}
 
 
 def _gb(size: float) -> str:
@@ -43,25 +48,46 @@ def _tick() -> float | None:
     return 0.25 if any(not job.finished for job in _downloads.values()) else None
 
 
-def model_list(prefs: Any) -> list[tuple[str, str, str, bool]]:
-    """(reference, kind "MODEL"/"CONTROLNET", control kind of a ControlNet else "", built in) of every model the
-    section shows."""
-    entries = [(hubcache.DEFAULT_MODEL, "MODEL", "", True)]
-    entries += [(ref, "CONTROLNET", control, True) for control, ref in hubcache.DEFAULT_CONTROLNETS.items()]
-    seen = {entry[0] for entry in entries}
+class Row(NamedTuple):
+    """One model of the Models box: ``origin`` "builtin" (a default), "list" (added by the user) or the backend
+    configuration key that names it (``config.ENV``: set by a preference or an environment variable)."""
+
+    ref: str
+    kind: str  # "MODEL" or "CONTROLNET"
+    control: str  # a ControlNet's control kind, else ""
+    origin: str
+
+
+def _key(kind: str, control: str) -> str:
+    """The backend configuration key of the model (``"model"``) or of a control kind's ControlNet."""
+    return CONTROLNET_KEYS[control] if kind == "CONTROLNET" else "model"
+
+
+def model_list(prefs: Any, configured: Mapping[str, str]) -> list[Row]:
+    """Every model the Models box shows: the defaults, the user's list, and what the configuration
+    (``config.backend_config``: preferences and environment) names that neither lists, e.g. a folder."""
+    rows = [Row(hubcache.DEFAULT_MODEL, "MODEL", "", "builtin")]
+    rows += [Row(ref, "CONTROLNET", control, "builtin") for control, ref in hubcache.DEFAULT_CONTROLNETS.items()]
+    seen = {row.ref for row in rows}
     for entry in prefs.models:
-        if entry.ref.strip() and entry.ref.strip() not in seen:
-            entries.append((entry.ref.strip(), entry.kind, entry.control if entry.kind == "CONTROLNET" else "",
-                            False))
-            seen.add(entry.ref.strip())
-    return entries
+        ref = entry.ref.strip()
+        if ref and ref not in seen:
+            rows.append(Row(ref, entry.kind, entry.control if entry.kind == "CONTROLNET" else "", "list"))
+            seen.add(ref)
+    for kind, control in [("MODEL", "")] + [("CONTROLNET", control) for control in CONTROLNET_KEYS]:
+        ref = configured.get(_key(kind, control), "")
+        if ref and ref not in seen:
+            rows.append(Row(ref, kind, control, _key(kind, control)))
+            seen.add(ref)
+    return rows
 
 
-def in_use(prefs: Any) -> dict[str, str]:
-    """The model ("MODEL") and the ControlNet of each control kind that translations use (as set here)."""
-    used = {"MODEL": prefs.model.strip() or hubcache.DEFAULT_MODEL}
+def in_use(configured: Mapping[str, str]) -> dict[str, str]:
+    """The model ("MODEL") and the ControlNet of each control kind that translations use, as configured
+    (``config.backend_config``); a strip's own Model comes first for that strip (``strip_model``)."""
+    used = {"MODEL": configured.get("model") or hubcache.DEFAULT_MODEL}
     for control, key in CONTROLNET_KEYS.items():
-        used[control] = getattr(prefs, key).strip() or hubcache.DEFAULT_CONTROLNETS[control]
+        used[control] = configured.get(key) or hubcache.DEFAULT_CONTROLNETS[control]
     return used
 
 
@@ -203,18 +229,22 @@ class FRESCO_OT_use_model(bpy.types.Operator):
     control: bpy.props.StringProperty(options={"SKIP_SAVE"}, default="canny")
 
     def execute(self, context: Any) -> set[str]:
-        prefs = config.preferences(context)
         if self.kind == "CONTROLNET" and self.control not in CONTROLNET_KEYS:
             self.report({"ERROR"}, f"FRESCO: {self.control!r} is not a control kind ({', '.join(CONTROLNET_KEYS)})")
             return {"CANCELLED"}
-        default = hubcache.DEFAULT_CONTROLNETS[self.control] if self.kind == "CONTROLNET" else hubcache.DEFAULT_MODEL
-        value = "" if self.ref == default else self.ref  # the built-in default is what an empty field means
-        entry = _entry(prefs, self.ref)
-        described_by = entry.config.strip() if entry is not None and _single_file(self.ref) else ""
-        key = CONTROLNET_KEYS[self.control] if self.kind == "CONTROLNET" else "model"
-        setattr(prefs, key, value)
-        setattr(prefs, f"{key}_config", described_by)
+        use(config.preferences(context), self.ref, self.kind, self.control)
         return {"FINISHED"}
+
+
+def use(prefs: Any, ref: str, kind: str, control: str = "canny") -> None:
+    """Make ``ref`` the preferences' model, or their ControlNet of ``control`` (with the folder that describes
+    a single-file entry); the built-in default is stored as an empty field, which means it."""
+    default = hubcache.DEFAULT_CONTROLNETS[control] if kind == "CONTROLNET" else hubcache.DEFAULT_MODEL
+    entry = _entry(prefs, ref)
+    described_by = entry.config.strip() if entry is not None and _single_file(ref) else ""
+    key = _key(kind, control)
+    setattr(prefs, key, "" if ref == default else ref)
+    setattr(prefs, f"{key}_config", described_by)
 
 
 def _entry(prefs: Any, ref: str) -> Any:
@@ -227,21 +257,34 @@ def _single_file(ref: str) -> bool:
 
 
 def _state(ref: str, cache: Path, file: str = "") -> tuple[str, str, bool]:
-    """(text, icon, downloaded) of one model's row (``file``: only that file of the repo)."""
+    """(words, icon, usable) of one model's row (``file``: only that file of the repo): downloading, downloaded
+    with its size on disk, partly downloaded, not downloaded with the download's size where known, a local
+    folder or file, or missing; usable: downloaded, or a local model that exists."""
     job = _downloads.get(download_key(ref, file))
     if job is not None and not job.finished:
         speed = f", {job.speed / 1e6:.1f} MB/s" if job.speed else ""
-        return f"downloading {_gb(job.done)} of {_gb(job.total)}{speed}", "SORTTIME", False
+        return f"Downloading, {_gb(job.done)} of {_gb(job.total)}{speed}", "SORTTIME", False
     if not hubcache.is_hub_id(ref):
-        return ("local" if os.path.exists(ref) else "missing"), ("FILE" if os.path.exists(ref) else "ERROR"), False
+        path = Path(bpy.path.abspath(ref)).expanduser()
+        if path.is_dir():
+            return "Local folder", "FILE_FOLDER", True
+        if path.is_file():
+            return f"Local file, {_gb(path.stat().st_size)}", "FILE", True
+        return "Missing: no such folder or file", "ERROR", False
     record = hubcache.downloaded(cache, ref)
     if record is not None and file and file in record.files:
-        return f"downloaded, {_gb(record.files[file])}", "CHECKMARK", True
+        return f"Downloaded, {_gb(record.files[file])} on disk", "CHECKMARK", True
     if record is not None and not file:
-        return f"downloaded, {_gb(hubcache.size_on_disk(cache, ref))}", "CHECKMARK", True
+        return f"Downloaded, {_gb(hubcache.size_on_disk(cache, ref))} on disk", "CHECKMARK", True
     if job is not None and job.error:
-        return f"download failed: {job.error}"[:160], "ERROR", False
-    return "not downloaded", "IMPORT", False
+        return f"Download failed: {job.error}"[:160], "ERROR", False
+    size = job.total if job is not None and job.total else DOWNLOAD_SIZES.get(download_key(ref, file))
+    to_download = f"{'' if job is not None and job.total else 'about '}{_gb(size)} to download" if size else (
+        "size known once the download starts")
+    on_disk = hubcache.size_on_disk(cache, ref) if not file else 0
+    if on_disk:
+        return f"Partly downloaded, {_gb(on_disk)} on disk, {to_download}", "IMPORT", False
+    return f"Not downloaded, {to_download}", "IMPORT", False
 
 
 def _download_buttons(row: Any, ref: str, file: str, complete: bool) -> None:
@@ -259,24 +302,45 @@ def _download_buttons(row: Any, ref: str, file: str, complete: bool) -> None:
             op.repo_id, op.file = ref, file
 
 
+def _use_words(row: Row, usable: bool) -> str:
+    """What the chosen model's row says instead of a Use button."""
+    purpose = f" for {row.control}" if row.kind == "CONTROLNET" else ""
+    variable = config.ENV[_key(row.kind, row.control)]
+    set_by = f" (set by {variable})" if os.environ.get(variable) else ""
+    if usable:
+        return f"In use{purpose}{set_by}"
+    if hubcache.is_hub_id(row.ref):
+        when = f"a strip using {row.control}" if row.kind == "CONTROLNET" else "a translation"
+        return f"Chosen{purpose}{set_by}: downloaded by {when} first"
+    return f"Chosen{purpose}{set_by}, but missing"
+
+
 def draw(layout: Any, context: Any, prefs: Any) -> None:
-    """One row per model: name, state, Download/Cancel/Remove and Use; then the annotators' weights."""
+    """One box per model: its name and kind, its state in words, Download/Cancel/Remove, and "In use" or
+    Use; then the annotators' weights."""
     cache = config.model_cache_dir(context)
-    used = in_use(prefs)
-    for ref, kind, control, builtin in model_list(prefs):
+    configured = config.backend_config(context)
+    used = in_use(configured)
+    for row_ in model_list(prefs, configured):
+        ref, kind, control = row_.ref, row_.kind, row_.control
         box = layout.box()
         row = box.row()
-        row.label(text=ref, icon="CHECKBOX_HLT" if used[control or kind] == ref else "CHECKBOX_DEHLT")
-        row.label(text=f"ControlNet: {control}" if kind == "CONTROLNET" else "SD 1.5")
-        text, icon, complete = _state(ref, cache)
+        row.label(text=ref, icon="NODE_COMPOSITING" if kind == "CONTROLNET" else "FILE_3D")
+        row.label(text=f"ControlNet: {control}" if kind == "CONTROLNET" else "SD 1.5 model")
+        text, icon, usable = _state(ref, cache)
         row = box.row()
         row.label(text=text, icon=icon)
-        _download_buttons(row, ref, "", complete)
-        op = row.operator(FRESCO_OT_use_model.bl_idname)
-        op.ref, op.kind = ref, kind
-        if control:
-            op.control = control
-        if not builtin:
+        _download_buttons(row, ref, "", usable)
+        if used[control or kind] == ref:
+            box.label(text=_use_words(row_, usable))
+        else:
+            use_row = row.row()
+            use_row.enabled = not os.environ.get(config.ENV[_key(kind, control)])  # the variable wins
+            op = use_row.operator(FRESCO_OT_use_model.bl_idname)
+            op.ref, op.kind = ref, kind
+            if control:
+                op.control = control
+        if row_.origin == "list":
             row.operator(FRESCO_OT_forget_model.bl_idname, text="", icon="X").ref = ref
             entry = _entry(prefs, ref)
             if entry is not None and _single_file(ref):
@@ -297,6 +361,124 @@ def draw(layout: Any, context: Any, prefs: Any) -> None:
         _download_buttons(row, ref, file, complete)
 
 
+# ---- the Model picker: an enum over the "model" string, of a strip (its setting) and of the preferences ----
+
+MODEL_CHOICE = "model_choice"  # the picker
+MODEL_OTHER = "model_other"  # "Other..." chosen: the Model field holds a hub id, folder or file of the user's
+DEFAULT, OTHER = "DEFAULT", "OTHER"  # a strip's "As in Preferences"; "Other..."
+_items: dict[bool, list[tuple[str, str, str, str, int]]] = {}  # the last items, strip's and preferences' (Blender
+# keeps no copy of their strings)
+
+
+def _is_prefs(owner: Any) -> bool:
+    return isinstance(owner, bpy.types.AddonPreferences)
+
+
+def _sd_models(prefs: Any, configured: Mapping[str, str]) -> list[str]:
+    return [row.ref for row in model_list(prefs, configured) if row.kind == "MODEL"]
+
+
+def _short(ref: str) -> str:
+    return ref if hubcache.is_hub_id(ref) else (Path(ref.rstrip("/\\")).name or ref)
+
+
+def _choices(owner: Any) -> list[str]:
+    """The picker's references in order: a strip's first is "" (the preferences' model), the last is
+    OTHER."""
+    prefs = config.preferences()
+    refs = _sd_models(prefs, config.backend_config()) if prefs is not None else [hubcache.DEFAULT_MODEL]
+    return ([] if _is_prefs(owner) else [""]) + refs + [OTHER]
+
+
+def choice_items(owner: Any, context: Any) -> list[tuple[str, str, str, str, int]]:
+    """The picker's items (Blender's callback): a strip's "As in Preferences", the SD models of the Models box
+    with their state where they are not usable yet, Other..."""
+    cache = config.model_cache_dir(context)
+    items = []
+    for number, ref in enumerate(_choices(owner)):
+        if ref == OTHER:
+            items.append((OTHER, "Other...", "A hub id (organisation/name), a diffusers folder or a .safetensors "
+                                             "file, typed below", "GREASEPENCIL", number))
+        elif not ref:
+            items.append((DEFAULT, "As in Preferences", "The model chosen in the add-on's preferences (Models)",
+                          "PREFERENCES", number))
+        else:
+            text, icon, usable = _state(ref, cache)
+            items.append((f"M{number}", _short(ref) + ("" if usable else f" ({text.split(',')[0].lower()})"),
+                          f"{ref}: {text}", icon, number))
+    _items[_is_prefs(owner)] = items
+    return items
+
+
+def _get_choice(owner: Any) -> int:
+    choices = _choices(owner)
+    value = owner.model.strip()
+    if _is_prefs(owner) and not value:
+        value = hubcache.DEFAULT_MODEL  # the preferences' empty field is the default
+    if getattr(owner, MODEL_OTHER) or value not in choices:
+        return len(choices) - 1
+    return choices.index(value)
+
+
+def _set_choice(owner: Any, number: int) -> None:
+    choices = _choices(owner)
+    ref = choices[number] if 0 <= number < len(choices) else OTHER
+    if ref == OTHER:  # the field below takes over, starting from what is set
+        setattr(owner, MODEL_OTHER, True)
+        return
+    setattr(owner, MODEL_OTHER, False)
+    if _is_prefs(owner):
+        use(owner, ref, "MODEL")
+    else:
+        owner.model = ref
+
+
+def choice_property() -> Any:
+    """The Model picker: the downloaded and local models of the Models box, else Other..."""
+    return bpy.props.EnumProperty(
+        name="Model", items=choice_items, get=_get_choice, set=_set_choice,
+        description="The Stable Diffusion 1.5 model to translate with: one of the Models box in the add-on's "
+                    "preferences, or Other... for a hub id, folder or .safetensors file")
+
+
+def other_property() -> Any:
+    return bpy.props.BoolProperty(name="Other Model", default=False,
+                                  description="The model is typed in (a hub id, folder or .safetensors file)")
+
+
+def strip_model(group: Any, configured: Mapping[str, str]) -> tuple[str, str]:
+    """(model, where it is chosen) that a translation of the strip with settings ``group`` uses: the strip's
+    own, else the configured one (env FRESCO_MODEL, else the preferences), else the default. A remote backend
+    with no model of the strip's: ("", "remote backend")."""
+    if group.model.strip():
+        return group.model.strip(), "this strip"
+    if configured.get("url"):
+        return "", "remote backend"
+    if os.environ.get(config.ENV["model"]):
+        return configured["model"], config.ENV["model"]
+    if configured.get("model"):
+        return configured["model"], "Preferences"
+    return hubcache.DEFAULT_MODEL, "default"
+
+
+def draw_picker(layout: Any, owner: Any, context: Any, configured: Mapping[str, str] | None = None) -> None:
+    """The Model picker of a strip's settings or of the preferences, the field for Other..., and for a
+    strip the model its translation really uses with that model's state."""
+    layout.prop(owner, MODEL_CHOICE)
+    if getattr(owner, MODEL_CHOICE) == OTHER:
+        layout.prop(owner, "model", text="Hub Id or Path")
+    if _is_prefs(owner):
+        return
+    ref, origin = strip_model(owner, configured if configured is not None else config.backend_config(context))
+    if not ref:
+        layout.label(text="Uses the remote backend's model", icon="URL")
+        return
+    text, icon, usable = _state(ref, config.model_cache_dir(context))
+    layout.label(text=f"Uses {_short(ref)} ({origin})", icon=icon)
+    if not usable:
+        layout.label(text=text)
+
+
 CLASSES = (FRESCO_OT_download_model, FRESCO_OT_cancel_download, FRESCO_OT_remove_model, FRESCO_OT_add_model,
            FRESCO_OT_forget_model, FRESCO_OT_use_model)
 
@@ -304,6 +486,9 @@ CLASSES = (FRESCO_OT_download_model, FRESCO_OT_cancel_download, FRESCO_OT_remove
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
+    # the strip's picker and its Other flag, beside its "model" setting (props.py builds the settings)
+    setattr(props.FrescoStripSettings, MODEL_CHOICE, choice_property())
+    setattr(props.FrescoStripSettings, MODEL_OTHER, other_property())
 
 
 def unregister() -> None:
@@ -313,5 +498,9 @@ def unregister() -> None:
     _downloads.clear()
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
+    for name in (MODEL_CHOICE, MODEL_OTHER):
+        if hasattr(props.FrescoStripSettings, name):
+            delattr(props.FrescoStripSettings, name)
+    _items.clear()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -1,12 +1,83 @@
-"""The sequencer sidebar's FRESCO panels: the active strip's settings, the job box and the farm flag."""
+"""The sequencer sidebar's FRESCO panels: the backend's state, the active strip's settings in the groups an artist
+decides by (``settings.GROUPS``; a setting only where it applies, ``Setting.applies``), Translate, the queue box,
+the farm flag and the research switches (Advanced)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import bpy
 
-from . import operators, presets, props, settings_ops, uijob, userdirs
+from . import backend, backend_setup, config, installer, model_ops, operators, presets, props, settings_ops, uijob
+from . import userdirs
 from .contract import settings as schema
+
+GROUP_ICONS = {"look": "COLOR", "guidance": "MODIFIER", "timing": "KEYFRAME_HLT", "quality": "RENDER_RESULT"}
+STARTING_STAGE = "starting backend"  # the queue entry's stage while the backend starts (jobrun.worker)
+SETUP, STOP = "setup", "stop"  # what the backend line offers: the add-on's preferences, or Stop Backend
+
+
+def backend_state(context: Any, configured: Mapping[str, str]) -> tuple[str, str, str]:
+    """(words, icon, action) of the backend for the sidebar: not installed (or what else is missing; action
+    SETUP), installing, starting, busy, ready on its device (action STOP), or not started yet."""
+    if backend_setup.busy():
+        return "Backend being installed", "SORTTIME", SETUP
+    problem = backend.config_problem(dict(configured))
+    if problem and not configured.get("python") and not configured.get("url"):
+        status = config.install_status(context)
+        words = {installer.NOT_INSTALLED: "Backend not installed", installer.OUTDATED: "Backend needs an update",
+                 installer.BROKEN: "Backend needs a repair"}.get(status.state, problem)
+        return words, "ERROR", SETUP
+    if problem:
+        return problem, "ERROR", SETUP
+    job = uijob.current()
+    busy = uijob.busy()
+    if configured.get("url"):
+        return ("Remote backend busy" if busy else f"Remote backend {configured['url']}"), "URL", ""
+    if busy and job is not None and not job.finished and job.stage == STARTING_STAGE:
+        return "Backend starting", "SORTTIME", ""
+    device = _device(context, configured)
+    if backend.running():
+        return (f"Backend busy on {device}", "PLAY", "") if busy else (f"Backend ready on {device}", "CHECKMARK",
+                                                                       STOP)
+    return f"Backend starts with Translate, on {device}", "INFO", ""
+
+
+def _device(context: Any, configured: Mapping[str, str]) -> str:
+    """The device the local backend runs on: the Device preference (or FRESCO_DEVICE), else what "auto"
+    found when it was installed."""
+    device = (configured.get("device") or "").strip()
+    if device and device != "auto":
+        return device
+    record = config.install_status(context).record
+    return record.auto_device.split()[0] if record is not None and record.auto_device else "the best device found"
+
+
+def draw_backend(layout: Any, context: Any, configured: Mapping[str, str]) -> None:
+    """The backend's state in one line, with a button to the preferences when something is missing and Stop
+    (frees the memory it holds) while it is ready."""
+    words, icon, action = backend_state(context, configured)
+    row = layout.row(align=True)
+    row.label(text=words, icon=icon)
+    if action == SETUP:
+        row.operator("preferences.addon_show", text="Set Up", icon="PREFERENCES").module = config.ADDON_ID
+    elif action == STOP:
+        row.operator(operators.FRESCO_OT_stop_backend.bl_idname, text="", icon="QUIT")
+
+
+def draw_group(layout: Any, group: Any, group_id: str, values: Mapping[str, Any], context: Any,
+               configured: Mapping[str, str]) -> None:
+    """The settings of one group (``settings.GROUPS``) that apply to the strip's ``values``, under its title."""
+    shown = [s for s in schema.SETTINGS if s.group == group_id and s.applies(values)]
+    column = layout.column()
+    if group_id != "advanced":
+        column.label(text=dict(schema.GROUPS)[group_id], icon=GROUP_ICONS[group_id])
+    if group_id == "timing" and values["mode"] != "fresco":
+        column.label(text="Mode Per Frame (Advanced): every frame on its own", icon="INFO")
+    for setting in shown:
+        if setting.name == "model":
+            model_ops.draw_picker(column, group, context, configured)
+        else:
+            draw_setting(column, group, setting)
 
 
 def draw_setting(layout: Any, group: Any, setting: schema.Setting) -> None:
@@ -70,6 +141,8 @@ class FRESCO_PT_panel(bpy.types.Panel):
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
+        configured = config.backend_config(context)
+        draw_backend(layout, context, configured)
         ed = context.scene.sequence_editor if context.scene else None
         strip = ed.active_strip if ed else None
         if strip is None:
@@ -77,9 +150,10 @@ class FRESCO_PT_panel(bpy.types.Panel):
         else:
             layout.label(text=strip.name, icon="SEQUENCE")
             group = getattr(strip, props.STRIP_PROP)
-            for s in schema.SETTINGS:
-                if not s.advanced:
-                    draw_setting(layout, group, s)
+            values = props.strip_settings(strip)
+            for group_id, _title in schema.GROUPS:
+                if group_id != "advanced":  # the research switches: the folded sub-panel
+                    draw_group(layout, group, group_id, values, context, configured)
             if props.RESULT_SETTINGS_KEY in strip.keys():
                 layout.label(text=f"Result of {strip.get(props.RESULT_SOURCE_KEY, '?')}", icon="CHECKMARK")
                 if strip.type == "IMAGE" and userdirs.is_temporary(bpy.path.abspath(strip.directory)):
@@ -90,7 +164,6 @@ class FRESCO_PT_panel(bpy.types.Panel):
             op.strip = strip.name
             row.operator(operators.FRESCO_OT_translate_selected.bl_idname, text="Selected", icon="SEQ_SEQUENCER")
         uijob.draw(layout, context, operators.FRESCO_OT_cancel.bl_idname)  # the queue box
-        layout.operator(operators.FRESCO_OT_stop_backend.bl_idname, icon="QUIT")
 
 
 class ActiveStripSubPanel:
@@ -109,7 +182,7 @@ class ActiveStripSubPanel:
 
 
 class FRESCO_PT_advanced(ActiveStripSubPanel, bpy.types.Panel):
-    """The FRESCO tuning settings of the active strip, folded by default."""
+    """The research switches of the active strip (Mode, FRESCO's mechanisms, the flow), folded by default."""
 
     bl_label = "Advanced"
     bl_idname = "FRESCO_PT_advanced"
@@ -117,10 +190,9 @@ class FRESCO_PT_advanced(ActiveStripSubPanel, bpy.types.Panel):
     def draw(self, context: Any) -> None:
         self.layout.use_property_split = True
         self.layout.use_property_decorate = False
-        group = getattr(context.scene.sequence_editor.active_strip, props.STRIP_PROP)
-        for s in schema.SETTINGS:
-            if s.advanced:
-                draw_setting(self.layout, group, s)
+        strip = context.scene.sequence_editor.active_strip
+        draw_group(self.layout, getattr(strip, props.STRIP_PROP), "advanced", props.strip_settings(strip), context,
+                   {})
 
 
 class FRESCO_PT_farm(ActiveStripSubPanel, bpy.types.Panel):

@@ -73,6 +73,8 @@ class FrescoPreferences(bpy.types.AddonPreferences):
     model: bpy.props.StringProperty(
         name="Model", description="Stable Diffusion 1.5 hub id, diffusers folder or .safetensors file (empty: the "
                                   "default SD 1.5); env FRESCO_MODEL overrides")
+    model_choice: model_ops.choice_property()  # the picker over "model" (model_ops.draw_picker)
+    model_other: model_ops.other_property()
     model_config: bpy.props.StringProperty(
         name="Model Config", subtype="DIR_PATH",
         description="For a single-file Model without internet: a diffusers SD 1.5 folder describing it; "
@@ -123,6 +125,14 @@ class FrescoPreferences(bpy.types.AddonPreferences):
             shown = "***" if key == "token" else os.environ[ENV[key]]
             layout.label(text=f"Overridden by {ENV[key]}={shown}", icon="INFO")
 
+    def _model_picker(self, layout: Any, context: Any) -> None:
+        """The Model picker (``model_ops.draw_picker``), with the note when FRESCO_MODEL overrides it."""
+        column = layout.column()
+        model_ops.draw_picker(column, self, context)
+        if os.environ.get(ENV["model"]):
+            column.enabled = False
+            layout.label(text=f"Overridden by {ENV['model']}={os.environ[ENV['model']]}", icon="INFO")
+
     def draw(self, context: Any) -> None:
         layout = self.layout
         box = layout.box()
@@ -131,8 +141,7 @@ class FrescoPreferences(bpy.types.AddonPreferences):
         self._prop(box, "device")
         box = layout.box()
         box.label(text="Models", icon="FILE_3D")
-        self._prop(box, "model")
-        self._prop(box, "controlnet")
+        self._model_picker(box, context)
         self._prop(box, "model_cache")
         self._prop(box, "annotators")
         model_ops.draw(box, context, self)
@@ -152,6 +161,7 @@ class FrescoPreferences(bpy.types.AddonPreferences):
         if self.show_developer:
             self._prop(box, "python")
             self._prop(box, "backend_dir")
+            self._prop(box, "controlnet")
             self._prop(box, "model_config")
             for key in CONTROLNET_KEYS.values():
                 self._prop(box, f"{key}_config")

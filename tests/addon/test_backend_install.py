@@ -143,7 +143,7 @@ def test_preferences_draw_every_section(modules, backend_env):
     assert {"fresco.install_backend", "fresco.uninstall_backend", "fresco.download_model",
             "fresco.add_model"} <= operators
     props = {name for kind, name in log if kind == "prop"}
-    assert {"device", "model", "controlnet", "model_cache", "torch_build", "env_dir", "output_dir"} <= props
+    assert {"device", "model_choice", "model_cache", "torch_build", "env_dir", "output_dir"} <= props
 
 
 def test_no_backend_change_while_a_translation_runs(modules, backend_env, monkeypatch, tmp_path):

@@ -104,14 +104,18 @@ def test_panel_draws_settings(addon, movie_scene, compat):
     log = []
     panel = type("P", (), {"layout": FakeLayout(log)})()
     bpy.types.FRESCO_PT_panel.draw(panel, bpy.context)
-    # the seed with its Random toggle; lists (no rows yet on this strip) as a box headed by their label
-    expected = [n for s in settings.SETTINGS if not s.advanced and s.kind != "list"
-                for n in ((s.name, "random_seed") if s.name == "seed" else (s.name,))]
+    # by group, where they apply; the seed with its Random toggle, the model as its picker; lists (no rows yet
+    # on this strip) as a box headed by their label
+    values = sys.modules[addon.__name__ + ".props"].strip_settings(movie_scene.sequence_editor.active_strip)
+    expected = [n for group, _title in settings.GROUPS if group != "advanced" for s in settings.SETTINGS
+                if s.group == group and s.kind != "list" and s.applies(values)
+                for n in {"seed": ("seed", "random_seed"), "model": ("model_choice",)}.get(s.name, (s.name,))]
     assert [name for kind, name in log if kind == "prop"] == expected
     assert all(("label", s.label) in log for s in settings.SETTINGS if s.kind == "list")
     assert ("operator", "fresco.translate") in log
     log.clear()
     assert bpy.types.FRESCO_PT_advanced.poll(bpy.context)
     bpy.types.FRESCO_PT_advanced.draw(panel, bpy.context)  # the folded sub-panel holds the rest
-    assert [name for kind, name in log if kind == "prop"] == [s.name for s in settings.SETTINGS if s.advanced]
+    assert [name for kind, name in log if kind == "prop"] == [s.name for s in settings.SETTINGS
+                                                              if s.advanced and s.applies(values)]
     assert "DEFAULT_CLOSED" in bpy.types.FRESCO_PT_advanced.bl_options

@@ -42,11 +42,12 @@ def test_download_use_and_remove(addon, hub, movie_scene, compat, blend, monkeyp
     prefs.new_model.ref, prefs.new_model.kind = SD, "MODEL"
     assert bpy.ops.fresco.add_model() == {"FINISHED"}
     try:
-        assert ("label", SD) in models_box(addon) and ("label", "not downloaded") in models_box(addon)
+        assert ("label", SD) in models_box(addon) and (
+            "label", "Not downloaded, size known once the download starts") in models_box(addon)
         assert bpy.ops.fresco.download_model(repo_id=SD) == {"FINISHED"}
         record = hubcache.downloaded(cache, SD)
         assert record is not None and record.bytes > 0
-        assert any(kind == "label" and text.startswith("downloaded, ") for kind, text in models_box(addon))
+        assert any(kind == "label" and text.startswith("Downloaded, ") for kind, text in models_box(addon))
 
         # hub ids for both: the model is downloaded, the ControlNet comes through the job's download stage
         backend.stop()
@@ -155,9 +156,9 @@ def test_annotator_rows(addon, backend_env, monkeypatch, tmp_path):
     log = models_box(addon)
     rows = [text for kind, text in log if kind == "label"]
     at = rows.index(f"softedge: {repo} {file}")
-    assert rows[at + 1].startswith("downloaded, ")
+    assert rows[at + 1].startswith("Downloaded, ")
     at = rows.index(f"lineart: {repo} {hubcache.ANNOTATORS['lineart'][1]}")
-    assert rows[at + 1] == "not downloaded"
+    assert rows[at + 1] == "Not downloaded, about 17.2 MB to download"
     assert "depth: Intel/dpt-hybrid-midas" in rows
     started = []
 

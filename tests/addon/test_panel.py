@@ -1,0 +1,304 @@
+"""The sidebar panel and the preferences' Models box as an artist reads them, through a layout that records
+what the draw code shows (headless Blender draws nothing): settings grouped and shown only where they apply,
+the backend's state, the Model picker and the Models' state in words."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import bpy
+import pytest
+
+from conftest import FakeLayout
+
+
+class Layout(FakeLayout):
+    """Records ("prop", name), ("label", text, icon), ("operator", idname, text, icon, its properties);
+    a box records its content as ("box", [...]) so a model's row can be read on its own."""
+
+    def _child(self, *args, **kwargs):
+        return Layout(self.log)
+
+    row = column = split = _child
+
+    def box(self):
+        inner: list = []
+        self.log.append(("box", inner))
+        return Layout(inner)
+
+    def label(self, text="", icon="NONE", **kwargs):
+        self.log.append(("label", text, icon))
+
+    def operator(self, idname, text=None, icon="NONE", **kwargs):
+        properties = type("Props", (), {})()
+        self.log.append(("operator", idname, text, icon, properties))
+        return properties
+
+
+def flat(log):
+    """The log with boxes opened."""
+    out = []
+    for entry in log:
+        out.extend(flat(entry[1]) if entry[0] == "box" else [entry])
+    return out
+
+
+def shown(log, kind="prop"):
+    return [entry[1] for entry in flat(log) if entry[0] == kind]
+
+
+def panel(cls="FRESCO_PT_panel"):
+    log: list = []
+    getattr(bpy.types, cls).draw(type("P", (), {"layout": Layout(log)})(), bpy.context)
+    return log
+
+
+def module(addon, name):
+    return sys.modules[f"{addon.__name__}.{name}"]
+
+
+@pytest.fixture
+def strip(movie_scene, compat):
+    return compat.all_strips(movie_scene.sequence_editor)["clip"]
+
+
+def test_settings_grouped_and_shown_where_they_apply(addon, strip):
+    props = module(addon, "props")
+    main = shown(panel())
+    labels = shown(panel(), "label")
+    titles = [labels.index(title) for title in ("Look", "Guidance", "Keyframes", "Quality")]
+    assert titles == sorted(titles)  # look, guidance, keys, then quality next to Translate
+    assert main.index("prompt") < main.index("controls" if "controls" in main else "canny_low") < main.index(
+        "keyframes") < main.index("steps")
+    assert "mode" not in main  # a research switch: Advanced
+    assert "mode" in shown(panel("FRESCO_PT_advanced"))
+    # canny in the ControlNets (the default): its thresholds; adaptive keys: the gaps, not the interval
+    assert {"canny_low", "canny_high", "key_min_gap", "key_max_gap"} <= set(main)
+    assert "key_interval" not in main and "key_interval" not in shown(panel("FRESCO_PT_advanced"))
+
+    props.apply_settings(strip, {"controls": [{"kind": "tile", "scale": 0.5}], "keyframes": "interval"})
+    main = shown(panel())
+    assert "canny_low" not in main and "canny_high" not in main
+    assert "key_interval" in main and "key_min_gap" not in main  # next to Keyframes, not under Advanced
+
+    props.apply_settings(strip, {"controls": [{"kind": "depth", "scale": 1.0}, {"kind": "canny", "scale": 0.5}]})
+    assert "canny_low" in shown(panel())
+
+    assert "flow_weights" not in shown(panel("FRESCO_PT_advanced"))
+    strip.fresco.flow = "raft"
+    assert "flow_weights" in shown(panel("FRESCO_PT_advanced"))
+    strip.fresco.feature_optimization = False
+    advanced = shown(panel("FRESCO_PT_advanced"))
+    assert "feature_optimization" in advanced and "opt_lr" not in advanced and "temporal_loss" not in advanced
+
+    strip.fresco.mode = "per_frame"
+    log = panel()
+    assert not {"keyframes", "key_interval"} & set(shown(log))
+    assert any(text.startswith("Mode Per Frame (Advanced)") for text in shown(log, "label"))
+    advanced = shown(panel("FRESCO_PT_advanced"))
+    assert "mode" in advanced and "cross_frame_attention" not in advanced and "flow" not in advanced
+
+
+def backend_line(log):
+    """(words, icon, operators on the line) of the panel's first row: the backend's state."""
+    assert log[0][0] == "label", log[:3]
+    ops = []
+    for entry in log[1:]:
+        if entry[0] != "operator":
+            break
+        ops.append(entry)
+    return log[0][1], log[0][2], ops
+
+
+def test_backend_not_installed_points_to_preferences(addon, strip, monkeypatch, tmp_path):
+    config = module(addon, "config")
+    prefs = config.preferences()
+    monkeypatch.delenv("FRESCO_BACKEND_PYTHON", raising=False)
+    prefs.env_dir = str(tmp_path / "no env")
+    try:
+        words, icon, ops = backend_line(panel())
+        assert (words, icon) == ("Backend not installed", "ERROR")
+        assert [(op[1], op[4].module) for op in ops] == [("preferences.addon_show", config.ADDON_ID)]
+        assert "fresco.stop_backend" not in [e[1] for e in flat(panel()) if e[0] == "operator"]
+        monkeypatch.setenv("FRESCO_BACKEND_PYTHON", str(tmp_path / "nowhere" / "python"))
+        words, icon, ops = backend_line(panel())
+        assert words.startswith("backend Python not found") and ops[0][1] == "preferences.addon_show"
+    finally:
+        prefs.env_dir = ""
+
+
+def test_backend_starting_ready_busy_and_stop(addon, backend_env, strip, monkeypatch):
+    """The real backend for ready and Stop; a translation whose backend start is held for starting, and
+    the same with the real backend warm for busy."""
+    backend, uijob, config = module(addon, "backend"), module(addon, "uijob"), module(addon, "config")
+    monkeypatch.setattr(uijob, "has_event_loop", lambda: True)
+    backend.stop()
+    words, _icon, ops = backend_line(panel())
+    assert words == "Backend starts with Translate, on cpu" and not ops
+
+    release, reached = threading.Event(), threading.Event()
+    from test_uijob import FakeClient, drive
+
+    def held_start(config, timeout=60.0):  # a backend that takes its time to start
+        reached.set()
+        assert release.wait(30.0)
+        return FakeClient()
+
+    monkeypatch.setattr(backend, "get_client", held_start)
+    try:
+        assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+        deadline = time.monotonic() + 60.0
+        while not reached.is_set():  # export on the timer's ticks, then the worker asks for the backend
+            uijob.tick()
+            assert time.monotonic() < deadline
+        uijob.tick()
+        assert backend_line(panel())[:2] == ("Backend starting", "SORTTIME")
+    finally:
+        release.set()
+        drive(uijob)
+    monkeypatch.undo()
+    monkeypatch.setattr(uijob, "has_event_loop", lambda: True)
+
+    backend.get_client(config.backend_config())  # the real one, warm
+    try:
+        words, icon, ops = backend_line(panel())
+        assert (words, icon) == ("Backend ready on cpu", "CHECKMARK")
+        assert [(op[1], op[2], op[3]) for op in ops] == [("fresco.stop_backend", "", "QUIT")]
+        hold = threading.Event()
+        monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: FakeClient(hold=hold))
+        assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+        try:
+            assert backend_line(panel())[:2] == ("Backend busy on cpu", "PLAY")  # no Stop while it works
+            assert not backend_line(panel())[2]
+        finally:
+            hold.set()
+            drive(uijob)
+        assert bpy.ops.fresco.stop_backend() == {"FINISHED"}
+        assert backend_line(panel())[0] == "Backend starts with Translate, on cpu"
+    finally:
+        backend.stop()
+
+
+def models_box(addon):
+    log: list = []
+    model_ops, config = module(addon, "model_ops"), module(addon, "config")
+    model_ops.draw(Layout(log), bpy.context, config.preferences())
+    return log
+
+
+def model_rows(log):
+    """{reference: the words and operators of its box} of the Models box."""
+    rows = {}
+    for entry in log:
+        if entry[0] == "box" and entry[1][0][0] == "label":
+            rows[entry[1][0][1]] = [e[1] if e[0] != "operator" else ("operator", e[1]) for e in flat(entry[1])[1:]]
+    return rows
+
+
+def icons(log):
+    return {entry[2] for entry in flat(log) if entry[0] == "label"}
+
+
+@pytest.fixture
+def cache(addon, monkeypatch, tmp_path):
+    monkeypatch.setenv("FRESCO_MODEL_CACHE", str(tmp_path / "cache"))
+    for name in ("FRESCO_MODEL", "FRESCO_CONTROLNET"):
+        monkeypatch.delenv(name, raising=False)
+    prefs = module(addon, "config").preferences()
+    yield tmp_path / "cache"
+    prefs.models.clear()
+    prefs.model = prefs.controlnet = prefs.model_config = ""
+    prefs.model_other = False
+
+
+def fake_download(hubcache, cache, ref, size=1000):
+    """What a finished download leaves: the file in the snapshot and the completion record."""
+    record = hubcache.write_record(cache, ref, "0" * 40, {"config.json": size})
+    record.path.mkdir(parents=True)
+    (record.path / "config.json").write_bytes(b"x" * size)
+
+
+def test_models_box_in_words(addon, cache, tmp_path):
+    hubcache = module(addon, "fresco_contract.hubcache")
+    canny = hubcache.DEFAULT_CONTROLNETS["canny"]
+    log = models_box(addon)
+    assert not {"CHECKBOX_HLT", "CHECKBOX_DEHLT"} & icons(log)  # state in words, not ticks
+    rows = model_rows(log)
+    assert "Not downloaded, about 1.45 GB to download" in rows[canny]
+    assert "Not downloaded, about 4.27 GB to download" in rows[hubcache.DEFAULT_MODEL]
+    # chosen (the default for canny) but not there: not "in use"
+    assert "Chosen for canny: downloaded by a strip using canny first" in rows[canny]
+    assert not any(isinstance(w, str) and w.startswith("In use") for row in rows.values() for w in row)
+    prefs = module(addon, "config").preferences()
+    other = prefs.models.add()
+    other.ref, other.kind, other.control = "someone/canny-2", "CONTROLNET", "canny"
+    assert ("operator", "fresco.use_model") in model_rows(models_box(addon))["someone/canny-2"]
+
+    fake_download(hubcache, cache, canny, 2_500_000)
+    rows = model_rows(models_box(addon))
+    assert "Downloaded, 2.5 MB on disk" in rows[canny] and "In use for canny" in rows[canny]
+    assert ("operator", "fresco.remove_model") in rows[canny]
+
+    folder = tmp_path / "my model"
+    folder.mkdir()
+    prefs.model = str(folder)  # set by path, never added to the list: listed all the same
+    prefs.models.add().ref = "someone/own-model"
+    rows = model_rows(models_box(addon))
+    assert rows[str(folder)][:2] == ["SD 1.5 model", "Local folder"] and "In use" in rows[str(folder)]
+    assert ("operator", "fresco.use_model") in rows[hubcache.DEFAULT_MODEL]
+    assert "Not downloaded, size known once the download starts" in rows["someone/own-model"]
+    prefs.model = str(tmp_path / "gone")
+    assert "Chosen, but missing" in model_rows(models_box(addon))[str(tmp_path / "gone")]
+
+
+def picker_items(addon, owner):
+    return [(identifier, name) for identifier, name, *_rest in module(addon, "model_ops").choice_items(
+        owner, bpy.context)]
+
+
+def uses(log):
+    return next(entry[1] for entry in flat(log) if entry[0] == "label" and entry[1].startswith("Uses"))
+
+
+def test_model_picker_of_strip_and_preferences(addon, cache, strip, monkeypatch, tmp_path):
+    hubcache = module(addon, "fresco_contract.hubcache")
+    prefs = module(addon, "config").preferences()
+    group = strip.fresco
+    assert "model" not in shown(panel()) and "model_choice" in shown(panel())  # a picker, not a text field
+    assert group.model_choice == "DEFAULT"
+    assert uses(panel()) == f"Uses {hubcache.DEFAULT_MODEL} (default)"
+
+    fake_download(hubcache, cache, "someone/own-model")
+    prefs.models.add().ref = "someone/own-model"
+    items = picker_items(addon, group)
+    assert items[0] == ("DEFAULT", "As in Preferences") and items[-1] == ("OTHER", "Other...")
+    names = dict(items)
+    assert names["M1"] == f"{hubcache.DEFAULT_MODEL} (not downloaded)" and names["M2"] == "someone/own-model"
+    assert [i for i, _n in picker_items(addon, prefs)] == ["M0", "M1", "OTHER"]  # no "As in Preferences"
+
+    prefs.model_choice = "M1"  # the preferences choose the downloaded one: the strip follows
+    assert prefs.model == "someone/own-model" and prefs.model_choice == "M1"
+    assert uses(panel()) == "Uses someone/own-model (Preferences)"
+    prefs.model_choice = "M0"
+    assert prefs.model == ""  # the default is the empty field
+
+    group.model_choice = "M2"
+    assert group.model == "someone/own-model"
+    assert uses(panel()) == "Uses someone/own-model (this strip)"
+    monkeypatch.setenv("FRESCO_MODEL", str(tmp_path))
+    assert uses(panel()) == "Uses someone/own-model (this strip)"  # the strip's own comes first
+    group.model_choice = "DEFAULT"
+    assert group.model == "" and uses(panel()) == f"Uses {tmp_path.name} (FRESCO_MODEL)"
+    monkeypatch.delenv("FRESCO_MODEL")
+
+    group.model_choice = "OTHER"  # the field appears, for a path or a hub id
+    assert group.model_other and "model" in shown(panel())
+    group.model = str(tmp_path / "mine.safetensors")
+    log = panel()
+    assert group.model_choice == "OTHER" and uses(log) == "Uses mine.safetensors (this strip)"
+    assert "Missing: no such folder or file" in shown(log, "label")
+    group.model_other = False
+    assert group.model_choice == "OTHER"  # a reference the list does not hold is Other... too
+    assert module(addon, "props").job_settings(strip)["model"] == str(tmp_path / "mine.safetensors")
