@@ -18,7 +18,7 @@ SETUP, STOP = "setup", "stop"  # what the backend line offers: the add-on's pref
 
 def backend_state(context: Any, configured: Mapping[str, str]) -> tuple[str, str, str]:
     """(words, icon, action) of the backend for the sidebar: not installed (or what else is missing; action
-    SETUP), installing, starting, busy, ready on its device (action STOP), or not started yet."""
+    SETUP), being installed, starting, busy, ready on its device (action STOP), or not started yet."""
     if backend_setup.busy():
         return "Backend being installed", "SORTTIME", SETUP
     problem = backend.config_problem(dict(configured))
@@ -39,6 +39,8 @@ def backend_state(context: Any, configured: Mapping[str, str]) -> tuple[str, str
     if backend.running():
         return (f"Backend busy on {device}", "PLAY", "") if busy else (f"Backend ready on {device}", "CHECKMARK",
                                                                        STOP)
+    if busy and job is not None and job.stage == "export":
+        return f"Backend starts after the export, on {device}", "INFO", ""
     return f"Backend starts with Translate, on {device}", "INFO", ""
 
 

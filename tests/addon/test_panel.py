@@ -149,6 +149,7 @@ def test_backend_starting_ready_busy_and_stop(addon, backend_env, strip, monkeyp
     monkeypatch.setattr(backend, "get_client", held_start)
     try:
         assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+        assert backend_line(panel())[0] == "Backend starts after the export, on cpu"
         deadline = time.monotonic() + 60.0
         while not reached.is_set():  # export on the timer's ticks, then the worker asks for the backend
             uijob.tick()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import bpy
 
@@ -176,3 +177,48 @@ def test_job_settings_make_blend_relative_files_absolute(addon, movie_scene, com
     assert job["loras"][0]["path"] == str(tmp_path / "loras" / "ink.safetensors")
     assert job["flow_weights"] == str(tmp_path / "raft.pth")
     assert props.strip_settings(strip)["flow_weights"] == "//raft.pth"
+
+
+def test_settings_say_where_they_are_shown(addon):
+    """Each setting names its group (settings.GROUPS) and when it applies, in terms of other settings' values."""
+    schema = _schema(addon)
+    groups = [group for group, _title in schema.GROUPS]
+    assert groups == ["look", "guidance", "timing", "quality", "advanced"]
+    for s in schema.SETTINGS:
+        assert s.group in groups, s.name
+        assert s.advanced == (s.group == "advanced"), s.name
+        assert all(f.group == "" and not f.applies_when for f in s.fields), s.name
+        for name, values in s.applies_when:
+            other = schema.BY_NAME[name]
+            for value in values:  # values the named setting can take (a list: its items' keys)
+                checked = other.fields[0] if other.kind == "list" else other
+                assert checked.check(value)[1] is None, (s.name, name, value)
+    assert [s.name for s in schema.SETTINGS if s.group == "look"] == ["prompt", "negative_prompt", "seed", "strength"]
+    assert schema.BY_NAME["mode"].advanced and not schema.BY_NAME["key_interval"].advanced
+    values = schema.defaults()
+    assert [s.name for s in schema.SETTINGS if not s.applies(values)] == ["key_interval", "flow_weights"]
+    values.update(controls=[{"kind": "tile", "scale": 1.0}], keyframes="interval")
+    assert not schema.BY_NAME["canny_low"].applies(values) and schema.BY_NAME["key_interval"].applies(values)
+    values["mode"] = "per_frame"
+    assert not schema.BY_NAME["keyframes"].applies(values) and not schema.BY_NAME["flow"].applies(values)
+    assert schema.BY_NAME["batch_size"].applies(values)  # per_frame batches too
+
+
+def test_model_picker_follows_the_saved_model(addon, movie_scene, compat, blend, tmp_path):
+    """The picker stores nothing of its own: the strip's model string is saved, and a file of an earlier
+    version (the string only) opens with the picker on the model it names."""
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    hubcache = _schema(addon).__name__.rsplit(".", 1)[0] + ".hubcache"
+    default = sys.modules[hubcache].DEFAULT_MODEL
+    strip.fresco.model = default
+    other = compat.all_strips(movie_scene.sequence_editor)["blocker"]
+    other.fresco.model = str(tmp_path / "not listed.safetensors")
+    assert (strip.fresco.model_choice, other.fresco.model_choice) == ("M1", "OTHER")
+    assert "model_choice" not in strip.fresco.keys()  # derived, never stored
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    strips = compat.all_strips(bpy.context.scene.sequence_editor)
+    assert (strips["clip"].fresco.model, strips["clip"].fresco.model_choice) == (default, "M1")
+    assert strips["blocker"].fresco.model_choice == "OTHER"
+    strips["clip"].fresco.model_choice = "DEFAULT"
+    assert _props(addon).strip_settings(strips["clip"])["model"] == ""
