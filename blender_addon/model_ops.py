@@ -1,5 +1,9 @@
-"""The Models section of the preferences and its operators: Download (byte progress, Cancel), Remove, Add, Use.
+"""The Models section of the preferences and its operators: Download (byte progress, Cancel), Remove, Add, Use;
+and the Model picker of the preferences and of each strip (``draw_picker``).
 
+Each row says its state in words: downloaded (size on disk), not downloaded (the download's size where it is
+known), partly downloaded, a local folder or file, missing; and whether it is in use. The rows are the
+defaults, the user's list and whatever the preferences or environment name besides (a model set by path).
 A ControlNet row names its control kind: Use makes it the ControlNet of that kind (the launcher passes it on as
 ``--controlnet KIND=REF``, ``launcher.model_args``). The annotators (``hubcache.ANNOTATORS``: the networks that
 compute the softedge, lineart and depth conditions) have rows of their own, downloaded like the models.
@@ -310,8 +314,8 @@ def _use_words(row: Row, usable: bool) -> str:
     if usable:
         return f"In use{purpose}{set_by}"
     if hubcache.is_hub_id(row.ref):
-        when = f"a strip using {row.control}" if row.kind == "CONTROLNET" else "a translation"
-        return f"Chosen{purpose}{set_by}: downloaded by {when} first"
+        who = f"a strip using {row.control}" if row.kind == "CONTROLNET" else "a translation"
+        return f"Chosen{purpose}{set_by}: {who} downloads it first"
     return f"Chosen{purpose}{set_by}, but missing"
 
 

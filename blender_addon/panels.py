@@ -70,7 +70,7 @@ def draw_group(layout: Any, group: Any, group_id: str, values: Mapping[str, Any]
                configured: Mapping[str, str]) -> None:
     """The settings of one group (``settings.GROUPS``) that apply to the strip's ``values``, under its title."""
     shown = [s for s in schema.SETTINGS if s.group == group_id and s.applies(values)]
-    column = layout.column()
+    column = layout.column() if group_id == "advanced" else layout.box()  # Advanced: a sub-panel of its own
     if group_id != "advanced":
         column.label(text=dict(schema.GROUPS)[group_id], icon=GROUP_ICONS[group_id])
     if group_id == "timing" and values["mode"] != "fresco":

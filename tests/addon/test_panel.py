@@ -230,7 +230,7 @@ def test_models_box_in_words(addon, cache, tmp_path):
     assert "Not downloaded, about 1.45 GB to download" in rows[canny]
     assert "Not downloaded, about 4.27 GB to download" in rows[hubcache.DEFAULT_MODEL]
     # chosen (the default for canny) but not there: not "in use"
-    assert "Chosen for canny: downloaded by a strip using canny first" in rows[canny]
+    assert "Chosen for canny: a strip using canny downloads it first" in rows[canny]
     assert not any(isinstance(w, str) and w.startswith("In use") for row in rows.values() for w in row)
     prefs = module(addon, "config").preferences()
     other = prefs.models.add()
