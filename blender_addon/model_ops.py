@@ -473,9 +473,10 @@ def draw_picker(layout: Any, owner: Any, context: Any, configured: Mapping[str, 
         layout.prop(owner, "model", text="Hub Id or Path")
     if _is_prefs(owner):
         return
-    ref, origin = strip_model(owner, configured if configured is not None else config.backend_config(context))
-    if not ref:
-        layout.label(text="Uses the remote backend's model", icon="URL")
+    configured = configured if configured is not None else config.backend_config(context)
+    ref, origin = strip_model(owner, configured)
+    if configured.get("url"):  # the remote backend has its own models and cache
+        layout.label(text=f"Uses {_short(ref)} ({origin})" if ref else "Uses the remote backend's model", icon="URL")
         return
     text, icon, usable = _state(ref, config.model_cache_dir(context))
     layout.label(text=f"Uses {_short(ref)} ({origin})", icon=icon)

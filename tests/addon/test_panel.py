@@ -303,3 +303,18 @@ def test_model_picker_of_strip_and_preferences(addon, cache, strip, monkeypatch,
     group.model_other = False
     assert group.model_choice == "OTHER"  # a reference the list does not hold is Other... too
     assert module(addon, "props").job_settings(strip)["model"] == str(tmp_path / "mine.safetensors")
+
+
+def test_remote_backend(addon, cache, strip, monkeypatch):
+    """A server someone else runs: no local state to show, its own model unless the strip names one."""
+    monkeypatch.setenv("FRESCO_BACKEND_URL", "127.0.0.1:9")
+    monkeypatch.delenv("FRESCO_TOKEN", raising=False)
+    words, _icon, ops = backend_line(panel())
+    assert words.startswith("a remote backend needs its token") and ops[0][1] == "preferences.addon_show"
+    monkeypatch.setenv("FRESCO_TOKEN", "secret")
+    assert backend_line(panel()) == ("Remote backend 127.0.0.1:9", "URL", [])
+    assert uses(panel()) == "Uses the remote backend's model"
+    strip.fresco.model = "someone/own-model"
+    log = panel()
+    assert uses(log) == "Uses someone/own-model (this strip)"
+    assert not any(text.startswith("Not downloaded") for text in shown(log, "label"))  # its cache, not ours
