@@ -237,6 +237,12 @@ def test_models_box_in_words(addon, cache, tmp_path):
     other.ref, other.kind, other.control = "someone/canny-2", "CONTROLNET", "canny"
     assert ("operator", "fresco.use_model") in model_rows(models_box(addon))["someone/canny-2"]
 
+    partial = hubcache.repo_folder(cache, hubcache.DEFAULT_MODEL) / "blobs" / "0123.incomplete"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"x" * 300_000)  # an interrupted download: no completion record
+    assert ("Partly downloaded, 0.3 MB on disk, about 4.27 GB to download"
+            in model_rows(models_box(addon))[hubcache.DEFAULT_MODEL])
+
     fake_download(hubcache, cache, canny, 2_500_000)
     rows = model_rows(models_box(addon))
     assert "Downloaded, 2.5 MB on disk" in rows[canny] and "In use for canny" in rows[canny]
