@@ -10,12 +10,17 @@ compared with the stylised frames they stand for. Methods, measured side by side
 * one-sided: warped from the previous key only (``propagate_span`` with one key);
 * before: ``propagate_span`` with every technique of ``propagate.Options`` off, which is the
   propagation as it was before they were added (byte-identical frames to commit ac5fdee's);
-* after: today's ``propagate_span``, and one row per technique switched off (the ablation).
+* after: today's ``propagate_span``, and one row per technique switched from its default (the ablation).
 
 Metrics over the in-between frames: PSNR (mean of per-frame PSNR) and SSIM (grey, 7x7 Gaussian), the
 absolute error (mean over RGB, 0..255) on moving edges (pixels whose input flow to the previous frame
 is at least ``MOVING_PX`` and that lie on an edge of the stylised frame: mean and mean of the worst 5 %),
-PSNR by distance to the nearest key, and milliseconds per propagated frame (flow included).
+PSNR by distance to the nearest key, and milliseconds per propagated frame (flow included). Temporal
+consistency: the Pixel-MSE of consecutive frames of the whole output (keys and propagated frames), the
+previous frame warped to the next with OpenCV's Farneback flow of the input, over its non-occluded
+pixels (``metrics.pixel_mse``; Farneback is independent of the DIS flow that propagation warps with, so
+it does not flatter the propagated frames); the stylised frames' own temporal error is the reference.
+``--clip``, ``--start``, ``--frames`` and ``--short`` measure other clips or sections than the default ones.
 """
 from __future__ import annotations
 
@@ -34,8 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fresco_backend import propagate  # noqa: E402
-from fresco_backend.flow import OpenCVFlow  # noqa: E402
+from fresco_backend.flow import FarnebackFlow, OpenCVFlow, estimate_batch_flow  # noqa: E402
 from fresco_backend.frames import processed_size, resize  # noqa: E402
+from fresco_backend.metrics import pixel_mse  # noqa: E402
 from fresco_backend.video_io import iter_frames  # noqa: E402
 
 MEDIA = REPO / "tests" / "data"
@@ -43,6 +49,7 @@ CLIPS = ("bikes.mp4", "carphone_pristine.mp4")
 MOVING_PX = 1.0         # input flow magnitude (px per frame) from which a pixel counts as moving
 FULL = dict(frames=49, short=128, intervals=(8, 16))  # 320x128 (bikes), 192x128 (carphone)
 QUICK = dict(frames=9, short=48, intervals=(8,))
+REFERENCE = "ground truth"  # the method name of the stylised frames themselves (temporal error only)
 
 
 # ---------------------------------------------------------------- stylisations (ground truth)
@@ -120,6 +127,11 @@ def moving_edges(frames: list, styled: list) -> dict[int, np.ndarray]:
     return out
 
 
+def temporal(result: dict[int, np.ndarray], styled: list, flow) -> float:
+    """Pixel-MSE (x 1000, images in [0, 1]) of the whole output, keys included, warped with ``flow``."""
+    return 1e3 * pixel_mse([result.get(t, styled[t]) for t in range(len(styled))], flow)
+
+
 def score(result: dict[int, np.ndarray], styled: list, edges: dict, interval: int) -> dict:
     psnrs, ssims, edge_errors, by_distance, total_error = [], [], [], {}, 0.0
     for t, frame in result.items():
@@ -138,9 +150,12 @@ def score(result: dict[int, np.ndarray], styled: list, edges: dict, interval: in
                 by_distance={d: float(np.mean(v)) for d, v in sorted(by_distance.items())})
 
 
-def read_clip(path: Path, frames: int, short: int) -> list[np.ndarray]:
+def read_clip(path: Path, frames: int, short: int, start: int = 0) -> list[np.ndarray]:
+    """``frames`` frames from frame ``start`` on, short side ``short`` (rounded as jobs round it)."""
     out = []
-    for rgb in iter_frames(path):
+    for index, rgb in enumerate(iter_frames(path)):
+        if index < start:
+            continue
         width, height = processed_size(rgb.shape[1], rgb.shape[0], short)
         out.append(resize(rgb, width, height))
         if len(out) == frames:
@@ -158,9 +173,10 @@ def methods() -> dict:
              "one-sided": lambda f, s, i: propagated(one_sided(before), f, s, i),
              "before": lambda f, s, i: propagated(before, f, s, i)}
     table["after"] = lambda f, s, i: propagated(span(propagate.DEFAULT), f, s, i)
-    for technique in propagate.TECHNIQUES:
-        options = replace(propagate.DEFAULT, **{technique: False})
-        table[f"after without {technique}"] = lambda f, s, i, o=options: propagated(span(o), f, s, i)
+    for technique in propagate.TECHNIQUES:  # each switched from its default
+        on = getattr(propagate.DEFAULT, technique)
+        options = replace(propagate.DEFAULT, **{technique: not on})
+        table[f"after {'without' if on else 'with'} {technique}"] = lambda f, s, i, o=options: propagated(span(o), f, s, i)
     return table
 
 
@@ -168,18 +184,26 @@ def measure(plan: dict) -> list[dict]:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     rows, table = [], methods()
-    for clip in CLIPS:
-        frames = read_clip(MEDIA / clip, plan["frames"], plan["short"])
+    for clip in plan.get("clips", CLIPS):
+        frames = read_clip(MEDIA / clip, plan["frames"], plan["short"], plan.get("start", 0))
+        if len(frames) < plan["frames"]:
+            raise SystemExit(f"{clip} has {len(frames)} frames from frame {plan.get('start', 0)}, "
+                             f"{plan['frames']} asked for")
+        farneback = estimate_batch_flow(frames, FarnebackFlow())
         for style, stylise in STYLES.items():
             styled = [stylise(f) for f in frames]
             edges = moving_edges(frames, styled)
+            reference = 1e3 * pixel_mse(styled, farneback)
             for interval in plan["intervals"]:
+                rows.append(dict(clip=clip, style=style, interval=interval, method=REFERENCE, temporal=reference,
+                                 frames=len(frames), size=f"{frames[0].shape[1]}x{frames[0].shape[0]}"))
                 for name, method in table.items():
                     started = time.perf_counter()
                     result = method(frames, styled, interval)
                     ms = (time.perf_counter() - started) * 1e3 / len(result)
                     rows.append(dict(clip=clip, style=style, interval=interval, method=name, ms_per_frame=ms,
                                      frames=len(frames), size=f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+                                     temporal=temporal(result, styled, farneback),
                                      **score(result, styled, edges, interval)))
                     print(f"  {clip} {style} every {interval}: {name} {rows[-1]['psnr']:.2f} dB", file=sys.stderr,
                           flush=True)
@@ -187,47 +211,66 @@ def measure(plan: dict) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    """Per interval and method: means over clips and styles, with the gain over 'before'."""
+    """Per interval and method: means over clips and styles, with the gain over 'before' and the temporal
+    error relative to the ground truth's (the reference row carries its temporal error only)."""
     out = []
     for interval in sorted({r["interval"] for r in rows}):
         subset = [r for r in rows if r["interval"] == interval]
         base = {(r["clip"], r["style"]): r for r in subset if r["method"] == "before"}
+        truth = {(r["clip"], r["style"]): r["temporal"] for r in subset if r["method"] == REFERENCE}
         for name in dict.fromkeys(r["method"] for r in subset):
             mine = [r for r in subset if r["method"] == name]
-            row = dict(interval=interval, method=name, **{k: float(np.mean([r[k] for r in mine]))
-                                                         for k in ("psnr", "ssim", "edge_mean", "edge_top5", "ms_per_frame")})
-            if base:
+            keys = [k for k in ("psnr", "ssim", "edge_mean", "edge_top5", "ms_per_frame", "temporal") if k in mine[0]]
+            row = dict(interval=interval, method=name, **{k: float(np.mean([r[k] for r in mine])) for k in keys})
+            row["temporal_vs_truth"] = float(np.mean([r["temporal"] / truth[(r["clip"], r["style"])] for r in mine]))
+            if base and name != REFERENCE:
+                def ratio(key):
+                    return float(np.mean([r[key] / base[(r["clip"], r["style"])][key] for r in mine]))
+
                 row["psnr_gain"] = float(np.mean([r["psnr"] - base[(r["clip"], r["style"])]["psnr"] for r in mine]))
-                row["top5_ratio"] = float(np.mean([r["edge_top5"] / base[(r["clip"], r["style"])]["edge_top5"]
-                                                   for r in mine]))
-                row["time_ratio"] = float(np.mean([r["ms_per_frame"] / base[(r["clip"], r["style"])]["ms_per_frame"]
-                                                   for r in mine]))
+                row.update(top5_ratio=ratio("edge_top5"), time_ratio=ratio("ms_per_frame"),
+                           temporal_ratio=ratio("temporal"))
             out.append(row)
     return out
 
 
 def print_tables(rows: list[dict], means: list[dict]) -> None:
     print(f"{'clip':22s} {'style':8s} {'key':>3s} {'method':28s} {'PSNR':>6s} {'SSIM':>6s} {'edge':>6s} "
-          f"{'top5%':>6s} {'ms/f':>6s}  PSNR by distance to key")
+          f"{'top5%':>6s} {'ms/f':>6s} {'tMSE':>6s}  PSNR by distance to key")
     for r in rows:
+        if r["method"] == REFERENCE:
+            print(f"{r['clip']:22s} {r['style']:8s} {r['interval']:3d} {r['method']:28s} {'':34s} {r['temporal']:6.2f}")
+            continue
         dist = " ".join(f"{d}:{p:.1f}" for d, p in r["by_distance"].items())
         print(f"{r['clip']:22s} {r['style']:8s} {r['interval']:3d} {r['method']:28s} {r['psnr']:6.2f} {r['ssim']:6.3f} "
-              f"{r['edge_mean']:6.1f} {r['edge_top5']:6.1f} {r['ms_per_frame']:6.1f}  {dist}")
-    print(f"\nmeans over clips and styles{'':4s}{'PSNR':>6s} {'SSIM':>6s} {'edge':>6s} {'top5%':>6s} {'ms/f':>6s} "
-          f"{'dB vs before':>12s} {'top5 / before':>13s} {'time / before':>13s}")
+              f"{r['edge_mean']:6.1f} {r['edge_top5']:6.1f} {r['ms_per_frame']:6.1f} {r['temporal']:6.2f}  {dist}")
+    print("\ntMSE: temporal Pixel-MSE x 1000 (Farneback flow of the input, keys included)")
+    print(f"means over clips and styles{'':4s}{'PSNR':>6s} {'SSIM':>6s} {'edge':>6s} {'top5%':>6s} {'ms/f':>6s} "
+          f"{'tMSE':>6s} {'tMSE / truth':>12s} {'dB vs before':>12s} {'top5 / before':>13s} {'time / before':>13s} "
+          f"{'tMSE / before':>13s}")
     for m in means:
-        extra = (f" {m['psnr_gain']:+12.2f} {m['top5_ratio']:13.2f} {m['time_ratio']:13.2f}" if "psnr_gain" in m else "")
+        if m["method"] == REFERENCE:
+            print(f"every {m['interval']:2d}: {m['method']:22s} {'':34s} {m['temporal']:6.2f} {1:12.2f}")
+            continue
+        extra = (f" {m['psnr_gain']:+12.2f} {m['top5_ratio']:13.2f} {m['time_ratio']:13.2f} {m['temporal_ratio']:13.2f}"
+                 if "psnr_gain" in m else "")
         print(f"every {m['interval']:2d}: {m['method']:22s} {m['psnr']:6.2f} {m['ssim']:6.3f} {m['edge_mean']:6.1f} "
-              f"{m['edge_top5']:6.1f} {m['ms_per_frame']:6.1f}{extra}")
+              f"{m['edge_top5']:6.1f} {m['ms_per_frame']:6.1f} {m['temporal']:6.2f} {m['temporal_vs_truth']:12.2f}{extra}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few small frames (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the rows and means here as JSON")
+    parser.add_argument("--clip", action="append", help=f"a clip in {MEDIA.relative_to(REPO)} (repeatable; "
+                                                        f"default {', '.join(CLIPS)})")
+    parser.add_argument("--start", type=int, default=0, help="first frame of each clip (default 0)")
+    parser.add_argument("--frames", type=int, help="frames per clip")
+    parser.add_argument("--short", type=int, help="short side in pixels")
     args = parser.parse_args()
     started = time.perf_counter()
-    plan = QUICK if args.quick else FULL
+    plan = dict(QUICK if args.quick else FULL, start=args.start)
+    plan.update({k: v for k, v in (("clips", args.clip), ("frames", args.frames), ("short", args.short)) if v})
     rows = measure(plan)
     means = summary(rows)
     print_tables(rows, means)

@@ -97,15 +97,27 @@ def propagate_span(inputs: Sequence[np.ndarray], key_first: np.ndarray, key_last
     sources = [frames[0]] if key_last is None else [frames[0], frames[-1]]
     models = _local_models(sources, keys) if options.residual else None
     if key_last is None:
-        chain = _compose(flows.bwd, flows.occ_bwd)
-        return [_propagate_frame(frame, sources, keys, [link], np.ones(1), models, options)
-                for frame, link in zip(frames[1:], chain)]
-    from_first = _compose(flows.bwd[:-1], flows.occ_bwd[:-1])
-    from_last = _compose(flows.fwd[1:].flip(0), flows.occ_fwd[1:].flip(0))[::-1]
-    span = len(frames) - 1
-    return [_propagate_frame(frames[t], sources, keys, [from_first[t - 1], from_last[t - 1]],
-                             np.array([1 - t / span, t / span]), models, options)
-            for t in range(1, span)]
+        links = [_compose(flows.bwd, flows.occ_bwd)]  # links[key][t - 1]: frame t to the key
+        steps = [list(zip(flows.bwd.split(1), flows.occ_bwd.split(1)))]  # steps[key][t - 1]: t one step nearer
+        between, temporal = range(1, len(frames)), lambda t: np.ones(1)
+    else:
+        span = len(frames) - 1
+        links = [_compose(flows.bwd[:-1], flows.occ_bwd[:-1]),
+                 _compose(flows.fwd[1:].flip(0), flows.occ_fwd[1:].flip(0))[::-1]]
+        steps = [list(zip(flows.bwd[:-1].split(1), flows.occ_bwd[:-1].split(1))),
+                 list(zip(flows.fwd[1:].split(1), flows.occ_fwd[1:].split(1)))]
+        between, temporal = range(1, span), lambda t: np.array([1 - t / span, t / span])
+    shifts = None
+    if options.realign:  # each key's chain is walked from the key outwards
+        per_key = []
+        for source, link, step, order in zip(sources, links, steps, (list(between), list(between)[::-1])):
+            walked = _realign_shifts(_rgb01([source]), [frames[t] for t in order], [link[t - 1] for t in order],
+                                     [step[t - 1] for t in order])
+            per_key.append(dict(zip(order, walked)))
+        shifts = {t: torch.cat([shift[t] for shift in per_key]) for t in between}
+    return [_propagate_frame(frames[t], sources, keys, [link[t - 1] for link in links], temporal(t), models,
+                             None if shifts is None else shifts[t])
+            for t in between]
 
 
 def _compose(steps: torch.Tensor, step_occluded: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -171,36 +183,55 @@ def _local_models(sources: list[np.ndarray], keys: list[np.ndarray]) -> torch.Te
     return torch.stack(out)
 
 
-def _realign(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Shift each pixel of ``warped`` (N, C, H, W; channels 0-2 the warped input key) by the integer offset
-    within ``REALIGN_RADIUS`` whose input patch best matches ``target`` (1, 3, H, W), with a length penalty.
-    """
+_OFFSETS = [(dx, dy) for dy in range(-REALIGN_RADIUS, REALIGN_RADIUS + 1) for dx in range(-REALIGN_RADIUS, REALIGN_RADIUS + 1)]
+
+
+def _shift_costs(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(1, len(_OFFSETS), H, W): per offset, the patch error of the warped input key (1, 3, H, W) shifted by
+    it against ``target`` (1, 3, H, W), plus the length penalty."""
     radius, (height, width) = REALIGN_RADIUS, warped.shape[-2:]
-    padded = F.pad(warped[:, :3], (radius,) * 4, mode="replicate")
-    offsets = [(dx, dy) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
-    costs = torch.stack([F.avg_pool2d((padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width]
-                                       - target).abs().mean(1, keepdim=True), REALIGN_PATCH, 1, REALIGN_PATCH // 2,
-                                      count_include_pad=False)[:, 0] + REALIGN_PENALTY * (dx * dx + dy * dy) ** 0.5
-                         for dx, dy in offsets])
-    best = torch.tensor(offsets, dtype=warped.dtype)[costs.argmin(0)]  # (N, H, W, 2)
-    return warp(warped, best.permute(0, 3, 1, 2))
+    padded = F.pad(warped, (radius,) * 4, mode="replicate")
+    return torch.cat([F.avg_pool2d((padded[:, :, radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+                                    - target).abs().mean(1, keepdim=True), REALIGN_PATCH, 1, REALIGN_PATCH // 2,
+                                   count_include_pad=False) + REALIGN_PENALTY * (dx * dx + dy * dy) ** 0.5
+                      for dx, dy in _OFFSETS], 1)
+
+
+def _realign_shifts(source: torch.Tensor, frames: list[np.ndarray], links: list[tuple[torch.Tensor, torch.Tensor]],
+                    steps: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """Re-alignment offsets (1, 2, H, W) of one key's warped pixels, per frame of its chain (nearest the key first).
+
+    source: the key's input frame (1, 3, H, W); links: per frame its composed flow to the key (``_compose``);
+    steps: per frame its flow one step towards the key and that step's occlusion. A pixel's shift costs are
+    summed along its track from the key (read along each step; the sum restarts where a step is occluded), so
+    a tracked point keeps one shift instead of one chosen afresh in every frame from noisy patch errors.
+    """
+    offsets, summed, out = torch.tensor(_OFFSETS, dtype=source.dtype), None, []
+    for frame, (flow, _), (step, step_occluded) in zip(frames, links, steps):
+        costs = _shift_costs(warp(source, flow), _rgb01([frame]))
+        if summed is not None:
+            costs = costs + _nearest(summed, step) * (1 - step_occluded)
+        summed = costs
+        out.append(offsets[costs.argmin(1)].permute(0, 3, 1, 2))
+    return out
 
 
 def _propagate_frame(frame: np.ndarray, sources: list[np.ndarray], keys: list[np.ndarray],
                      links: list[tuple[torch.Tensor, torch.Tensor]], temporal: np.ndarray,
-                     models: torch.Tensor | None, options: Options) -> np.ndarray:
+                     models: torch.Tensor | None, shifts: torch.Tensor | None) -> np.ndarray:
     """Translate input ``frame`` from the key input frames ``sources`` and their translations ``keys``.
 
     links: per key, the composed flow from ``frame`` to the key and its occlusion mask (see ``_compose``);
-    models: the keys' ``_local_models`` or None (no residual correction).
+    models: the keys' ``_local_models`` or None (no residual correction); shifts: the keys' re-alignment
+    offsets (N, 2, H, W) or None.
     """
     flow = torch.cat([f for f, _ in links])
     occluded = torch.cat([o for _, o in links])[:, 0].numpy() > 0.5
     target, source_rgb = _rgb01([frame]), _rgb01(sources)
     stacked = [source_rgb, _rgb01(keys)] + ([] if models is None else [models])
     warped = warp(torch.cat(stacked, 1), flow)
-    if options.realign:
-        warped = _realign(warped, target)
+    if shifts is not None:
+        warped = warp(warped, shifts)
     residual = target - warped[:, :3]
     photo = residual.abs().mean(1).numpy()
     translated = warped[:, 3:6]
