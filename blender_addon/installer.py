@@ -9,6 +9,7 @@ never taken as good. ``status`` tells the preferences what state the environment
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -36,6 +37,11 @@ RECORD_FORMAT = 1
 PROBE_MODULE = "fresco_backend.probe"
 OVERRIDES = ("auto", "cuda", "rocm", "mps", "cpu", "pypi")  # plus every CUDA tag of CUDA_BUILDS
 TORCH_INDEX = "https://download.pytorch.org/whl/"
+BUILD_ENV = "FRESCO_TORCH_BUILD"  # the PyTorch build (an override) for headless installs
+INDEX_ENV = "FRESCO_TORCH_INDEX_URL"  # an index (a mirror) to take PyTorch from instead of the build's
+# One name per choice, the same in the preferences' menu and in every message.
+BUILD_NAMES = {"auto": "Automatic", "cuda": "NVIDIA CUDA", "rocm": "AMD ROCm", "mps": "Apple MPS",
+               "cpu": "CPU only", "pypi": "PyPI"}
 
 # The PyTorch wheel indexes for the torch that pyproject.toml pins (its major.minor is
 # TORCH_TABLE_VERSION; tests/test_installer.py fails when the pin moves on): the CUDA and ROCm
@@ -46,6 +52,9 @@ TORCH_INDEX = "https://download.pytorch.org/whl/"
 TORCH_TABLE_VERSION = "2.13"
 CUDA_BUILDS: tuple[tuple[str, tuple[int, int]], ...] = (("cu126", (12, 6)), ("cu128", (12, 8)), ("cu130", (13, 0)))
 ROCM_BUILD = "rocm7.1"
+# The Pythons the pinned torch has wheels for on PyPI (cp310 to cp314): Blender 4.2 to 5.0 ship 3.11,
+# 5.1 to 5.3 ship 3.13.
+TORCH_PYTHONS = ((3, 10), (3, 14))
 CPU_BUILD = "cpu"
 
 ToolOutput = Callable[[], "str | None"]  # a tool's output, None when it is not there
@@ -68,6 +77,7 @@ class TorchBuild:
     tag: str | None
     index_url: str | None
     reason: str
+    nvidia_gpu: bool = field(default=False, compare=False)  # whether nvidia-smi found a GPU
 
     def same_wheels(self, other: "TorchBuild | dict | None") -> bool:
         """Whether ``other`` (a build or a record's dict of one) installs the same PyTorch."""
@@ -167,17 +177,31 @@ def cuda_build_for(driver: tuple[int, int]) -> TorchBuild | None:
     return None
 
 
-def detect_torch_build(override: str = "auto", *, system: str | None = None, machine: str | None = None,
-                       nvidia_smi: ToolOutput | None = None,
+def detect_torch_build(override: str = "auto", *, index_url: str | None = None, system: str | None = None,
+                       machine: str | None = None, nvidia_smi: ToolOutput | None = None,
                        rocm: bool | Callable[[], bool] | None = None) -> TorchBuild:
     """The PyTorch build to install on this machine, or the one ``override`` names.
 
     ``override``: auto, cuda (the best CUDA build for the driver), a CUDA tag of CUDA_BUILDS, rocm,
-    mps, cpu or pypi (pip's configured index as it is). ``system``/``machine`` (``sys.platform``
-    and ``platform.machine()`` by default), ``nvidia_smi`` (returns its output, None without one)
-    and ``rocm`` stand in for the machine in tests. Raises InstallError for an override that is
-    unknown and for a Mac with an Intel CPU (PyTorch has no build for it any more).
+    mps, cpu or pypi (pip's configured index as it is). ``index_url`` replaces the build's index (a
+    mirror). ``system``/``machine`` (``sys.platform`` and ``platform.machine()`` by default),
+    ``nvidia_smi`` (returns its output, None without one) and ``rocm`` stand in for the machine in
+    tests. Raises InstallError for an override that is unknown and for a Mac with an Intel CPU
+    (PyTorch has no build for it any more).
     """
+    smi = (nvidia_smi or _nvidia_smi)() if (system or sys.platform) != "darwin" else None
+    build = _detect(override, system, machine, smi, rocm)
+    build = dataclasses.replace(build, nvidia_gpu=driver_cuda_version(smi) is not None)
+    url = (index_url or "").strip()
+    if url:
+        if not re.match(r"(https?|file)://", url):
+            raise InstallError(f"the PyTorch index URL {url!r} is not an http(s):// or file:// address")
+        build = dataclasses.replace(build, index_url=url, reason=f"{build.reason}; from the index {url} (as chosen)")
+    return build
+
+
+def _detect(override: str, system: str | None, machine: str | None, smi: str | None,
+            rocm: bool | Callable[[], bool] | None) -> TorchBuild:
     system = system or sys.platform
     machine = (machine or platform.machine()).lower()
     override = (override or "auto").strip().lower()
@@ -203,7 +227,6 @@ def detect_torch_build(override: str = "auto", *, system: str | None = None, mac
         if not system.startswith("linux"):
             raise InstallError("PyTorch's ROCm builds (AMD GPUs) exist for Linux only: use auto or cpu")
         return TorchBuild("rocm", ROCM_BUILD, TORCH_INDEX + ROCM_BUILD, f"PyTorch's {ROCM_BUILD} build (as chosen)")
-    smi = (nvidia_smi or _nvidia_smi)()
     driver = driver_cuda_version(smi)
     if driver is not None:
         build = cuda_build_for(driver)
@@ -230,6 +253,14 @@ def detect_torch_build(override: str = "auto", *, system: str | None = None, mac
 
 
 # --- the environment and its records ---------------------------------------------------------
+
+
+PIP_PID = "fresco-pip.pid"  # the running pip's process id, while one runs (a killed Blender leaves pip running)
+
+
+def resolve_env_dir(env_dir: str | os.PathLike[str]) -> Path:
+    """The folder the environment really is in: ``~`` expanded, links resolved once, absolute."""
+    return Path(os.path.realpath(Path(env_dir).expanduser()))
 
 
 def env_python(env_dir: str | os.PathLike[str]) -> Path:
@@ -294,7 +325,7 @@ def _record_problem(env_dir: Path) -> str | None:
     if not is_ours(env_dir):
         return f"{env_dir} is not a FRESCO backend environment: choose another Environment Folder"
     if not (env_dir / RECORD).exists():
-        return "The backend install did not finish: press Repair"
+        return "The backend install did not finish: press Install Backend to finish it"
     if read_record(env_dir) is None:
         return "The backend's install record cannot be read: press Repair"
     if not env_python(env_dir).is_file():
@@ -302,10 +333,65 @@ def _record_problem(env_dir: Path) -> str | None:
     return None
 
 
-def status(env_dir: str | os.PathLike[str], wheel: str | os.PathLike[str] | None, *, probe: bool = False) -> Status:
-    """The environment's state for the UI. Cheap (no process) unless ``probe``, which also runs the
-    environment's Python once. ``wheel`` None (a checkout has none) skips the version check."""
-    env_dir = Path(env_dir)
+VERIFY_CODE = "import torch; torch.Tensor; torch.zeros(1); import fresco_backend, server; print('ok')"
+_VERIFIED: dict[tuple, str | None] = {}  # key (``_verify_key``) -> the problem found, None: sound
+_verifying: dict[tuple, threading.Thread] = {}
+
+
+def _verify_key(env_dir: Path) -> tuple:
+    """What a verification's answer depends on: the record and the packages' top files (stat only)."""
+    key: list = [str(env_dir)]
+    lib = env_dir / "Lib" if sys.platform == "win32" else next(iter(sorted((env_dir / "lib").glob("python3*"))),
+                                                                env_dir / "lib")
+    for path in (env_dir / RECORD, lib / "site-packages", lib / "site-packages" / "torch" / "__init__.py",
+                 lib / "site-packages" / "fresco_backend" / "__init__.py"):
+        try:
+            info = path.stat()
+            key.append((info.st_mtime_ns, info.st_size))
+        except OSError:
+            key.append(None)
+    return tuple(key)
+
+
+def _verify_now(env_dir: Path, key: tuple) -> None:
+    try:
+        done = subprocess.run([str(env_python(env_dir)), "-c", VERIFY_CODE], cwd=env_dir, env=_child_env(),
+                              stdin=subprocess.DEVNULL, capture_output=True, timeout=300,
+                              creationflags=no_console_flags())
+        output = (done.stdout + done.stderr).decode("utf-8", "replace").strip().splitlines()
+        ok = done.returncode == 0 and output[-1:] == ["ok"]
+        _VERIFIED[key] = None if ok else (output[-1] if output else f"exit {done.returncode}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        _VERIFIED[key] = str(exc)
+    finally:
+        _verifying.pop(key, None)
+
+
+def verify(env_dir: str | os.PathLike[str], wait: bool = True) -> str | None | bool:
+    """Whether the environment's torch and backend import (in its Python, cached until its files
+    change): None when they do, the error when not; with ``wait`` False, True while the check still
+    runs in a thread."""
+    env_dir = resolve_env_dir(env_dir)
+    key = _verify_key(env_dir)
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    if wait:
+        _verify_now(env_dir, key)
+        return _VERIFIED[key]
+    if key not in _verifying:
+        thread = threading.Thread(target=_verify_now, args=(env_dir, key), name="fresco-verify", daemon=True)
+        _verifying[key] = thread
+        thread.start()
+    return True
+
+
+def status(env_dir: str | os.PathLike[str], wheel: str | os.PathLike[str] | None, *, probe: bool = False,
+           wait: bool = False) -> Status:
+    """The environment's state for the UI. A file check, then (``verify``, cached) whether torch and
+    the backend import; that check runs in a thread unless ``wait``, and the status says it is being
+    checked meanwhile. ``probe`` also runs the backend's probe. ``wheel`` None (a checkout has none)
+    skips the version check."""
+    env_dir = resolve_env_dir(env_dir)
     if _is_empty_or_missing(env_dir):
         return Status(NOT_INSTALLED, "The backend is not installed: press Install Backend")
     problem = _record_problem(env_dir)
@@ -316,13 +402,17 @@ def status(env_dir: str | os.PathLike[str], wheel: str | os.PathLike[str] | None
     if wheel is not None and Path(wheel).is_file() and wheel_sha256(wheel) != record.wheel_sha256:
         return Status(OUTDATED, f"The add-on was updated (backend {record.version} installed): press Update Backend",
                       record)
+    damage = verify(env_dir, wait=wait or probe)
+    if isinstance(damage, str):
+        return Status(BROKEN, f"The backend environment is damaged ({damage[-160:]}): press Repair", record)
     if probe:
         try:
             run_probe(env_dir)
         except InstallError as exc:
             return Status(BROKEN, f"The backend does not start ({exc}): press Repair", record)
+    checking = " (checking the environment)" if damage is True else ""
     return Status(INSTALLED, f"Backend {record.version} installed: PyTorch {record.torch_version}, "
-                             f"auto runs on {record.auto_device}", record)
+                             f"auto runs on {record.auto_device}{checking}", record)
 
 
 def _child_env() -> dict[str, str]:
@@ -369,23 +459,117 @@ def describe_device(device: dict) -> str:
     return text
 
 
-def _remove_env(env_dir: Path) -> None:
-    """Remove a folder of ours: the record first, so that a removal that stops half-way is broken."""
+def _command_line(pid: int) -> str | None:
+    """A process's command line (Linux: /proc, macOS: ps), None where it cannot be read or it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        out = _run_quiet(["ps", "-p", str(pid), "-o", "command="], timeout=10.0)
+        return out.strip() or None if out is not None else None
+    return None
+
+
+def stop_stale_pip(env_dir: Path) -> None:
+    """Stop a pip that an earlier install left running (Blender was killed while it ran): its process
+    group is killed when its command line names this environment. Raises InstallError when one may
+    still run and cannot be checked (Windows)."""
+    pid_file = env_dir / PIP_PID
+    try:
+        pid = int(pid_file.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return
+    command = _command_line(pid)
+    if command is None and sys.platform == "win32":
+        running = _run_quiet(["tasklist", "/FI", f"PID eq {pid}", "/NH"], timeout=10.0) or ""
+        if re.search(rf"\b{pid}\b", running):
+            raise InstallError(f"a pip of an earlier install may still run (process {pid}): end it in the Task "
+                               "Manager (or restart Windows), then try again")
+    if command is not None and str(env_dir) in command:
+        try:
+            os.killpg(pid, signal.SIGKILL)  # pip runs in a session of its own (Installer._run)
+        except OSError:
+            pass
+        for _ in range(200):  # bounded: a killed process is gone (or a zombie) within moments
+            state = _proc_state(pid)
+            if state is None or state == "Z":
+                break
+            threading.Event().wait(0.05)
+    pid_file.unlink(missing_ok=True)
+
+
+def _proc_state(pid: int) -> str | None:
+    """A process's state letter (Linux), "?" where it exists but cannot be read, None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return "?"
+
+
+def _remove_env(env_dir: Path, on_removed: Callable[[int, int], None] | None = None,
+                cancelled: Callable[[], bool] | None = None) -> None:
+    """Remove a folder of ours: the record first (a removal that stops half-way is broken, never
+    installed), the marker last (until the folder is gone it stays ours, so Repair and Uninstall can
+    finish it). ``on_removed(done, total)`` is told every few hundred files."""
     if not is_ours(env_dir):
         raise InstallError(f"{env_dir} was not made by FRESCO's installer: it is left as it is")
+    stop_stale_pip(env_dir)
     (env_dir / RECORD).unlink(missing_ok=True)
+    _VERIFIED.clear()
+    entries = [env_dir / name for name in sorted(os.listdir(env_dir)) if name not in (MARKER, PIP_PID)]
+    total = sum(len(f) + len(d) for e in entries if e.is_dir() and not e.is_symlink()
+                for _, d, f in os.walk(e)) + len(entries)
+    done = 0
+
+    def removed(_path: str) -> None:
+        nonlocal done
+        done += 1
+        if on_removed is not None and done % 250 == 0:
+            on_removed(done, total)
+
     try:
-        shutil.rmtree(env_dir)
+        for entry in entries:
+            if cancelled is not None and cancelled():
+                raise Cancelled("the removal was cancelled: the folder is partly removed; press Uninstall or "
+                                "Repair to finish")
+            if entry.is_dir() and not entry.is_symlink():
+                for root, dirs, names in os.walk(entry, topdown=False):
+                    for name in names:
+                        os.unlink(os.path.join(root, name))
+                        removed(name)
+                    for name in dirs:
+                        path = os.path.join(root, name)
+                        os.unlink(path) if os.path.islink(path) else os.rmdir(path)
+                        removed(name)
+                os.rmdir(entry)
+            else:
+                entry.unlink()
+            removed(str(entry))
+        (env_dir / PIP_PID).unlink(missing_ok=True)
+        (env_dir / MARKER).unlink()
+        env_dir.rmdir()
+    except Cancelled:
+        raise
     except OSError as exc:
-        raise InstallError(f"could not remove {env_dir} ({exc.strerror or exc}): stop the backend (or close "
-                           "Blender) and try again") from None
+        raise InstallError(f"could not remove {env_dir} ({exc.strerror or exc}: {exc.filename}): stop the backend "
+                           "(or close Blender) and press Uninstall or Repair again") from None
+    if on_removed is not None:
+        on_removed(total, total)
 
 
-def uninstall(env_dir: str | os.PathLike[str]) -> None:
-    """Remove the backend environment if it is ours (MARKER); nothing else is touched."""
-    env_dir = Path(env_dir)
+def uninstall(env_dir: str | os.PathLike[str], on_removed: Callable[[int, int], None] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> None:
+    """Remove the backend environment if it is ours (MARKER); nothing else is touched (a link to it
+    is the user's and stays)."""
+    env_dir = resolve_env_dir(env_dir)
     if env_dir.exists():
-        _remove_env(env_dir)
+        _remove_env(env_dir, on_removed, cancelled)
 
 
 # --- the installer ---------------------------------------------------------------------------
@@ -408,7 +592,7 @@ class Installer:
                  base_python: str | os.PathLike[str] = sys.executable, torch_build: TorchBuild,
                  repair: bool = False, log_path: str | os.PathLike[str] | None = None,
                  on_progress: Callable[[Progress], None] | None = None) -> None:
-        self.env_dir = Path(env_dir).absolute()
+        self.env_dir = resolve_env_dir(env_dir)
         self.wheel = Path(wheel).absolute()
         self.base_python = str(base_python)
         self.torch_build = torch_build
@@ -423,6 +607,7 @@ class Installer:
         self._title: str | None = None
         self._lines = 0  # output lines of the step so far
         self._log = None
+        self.plan: DownloadPlan | None = None  # what the PyTorch step downloads, once known
 
     # progress and cancel
 
@@ -472,6 +657,9 @@ class Installer:
             raise InstallError(f"could not run {cmd[0]}: {exc.strerror or exc}") from None
         with self._lock:
             self._process = process
+        pid_file = self.env_dir / PIP_PID
+        if self.env_dir.is_dir():
+            files.write_bytes_atomic(pid_file, str(process.pid).encode("ascii"))
         if self._cancel.is_set():
             _kill(process)
         lines: list[str] = []
@@ -490,11 +678,11 @@ class Installer:
                 self._process = None
             if process.poll() is None:
                 _kill(process)
+            pid_file.unlink(missing_ok=True)
         self._check_cancel()
         if code != 0:
             last = lines[-1].strip() if lines else "no output"
-            raise InstallError(f"{self._title} failed (exit {code}): {last}.{_hint(lines, self.torch_build)} "
-                               f"Full log: {self.log_path}")
+            raise InstallError(f"{self._title} failed (exit {code}): {last}.{_hint(lines, self.torch_build)}")
         return "\n".join(lines)
 
     # the steps
@@ -520,9 +708,12 @@ class Installer:
             raise InstallError(f"{env} is a file, not a folder: choose another Environment Folder")
         old = read_record(env)
         if env.exists() and is_ours(env):
+            stop_stale_pip(env)
             (env / RECORD).unlink(missing_ok=True)
             if self.repair or not env_python(env).is_file():
-                _remove_env(env)
+                self._begin(1, "Removing the old environment")
+                _remove_env(env, lambda done, total: self._report(f"removed {done} of {total} files"),
+                            self._cancel.is_set)
                 return None
         return old
 
@@ -545,6 +736,25 @@ class Installer:
         cmd = [python, "-m", "pip", "install", "--progress-bar", "off", torch_requirement(self.wheel)]
         if build.index_url:
             cmd += ["--index-url", build.index_url]
+        report = self.env_dir / "fresco-plan.json"
+        # first ask the index what it would download, failing fast (one retry) where it cannot be reached
+        self._run(cmd[:4] + ["--dry-run", "--ignore-installed", "--report", str(report), "--retries", "1",
+                             "--timeout", "20"] + cmd[4:])
+        try:
+            self.plan = plan_from_report(json.loads(report.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InstallError(f"pip's install report cannot be read ({exc})") from None
+        finally:
+            report.unlink(missing_ok=True)
+        if self.plan.cuda and build.kind != "cuda" and not (build.kind == "pypi" and build.nvidia_gpu):
+            where = f"the index {build.index_url}" if build.index_url else f"pip's configured index ({BUILD_NAMES['pypi']})"
+            raise InstallError(f"{where} offers PyTorch built for NVIDIA CUDA here ({self.plan.describe()}), but "
+                               f"{'no NVIDIA GPU was found' if not build.nvidia_gpu else 'CPU only was chosen'}: "
+                               f"choose the PyTorch Build \"{BUILD_NAMES['cpu']}\", or \"{BUILD_NAMES['cuda']}\" to "
+                               "install the CUDA build anyway")
+        self._title = f"Installing PyTorch ({build.tag or build.kind}, {format_size(self.plan.known_bytes)})"
+        self._write_log(f"plan: {self.plan.describe()}\n")
+        self._report(f"to download: {self.plan.describe()}")
         self._run(cmd)
 
     def _install_wheel(self) -> None:
@@ -587,38 +797,130 @@ class Installer:
                 self._report(title="Already installed", done=True)
                 return current
         torch_requirement(self.wheel)  # a wheel that is not ours is refused before anything changes
-        old = self._prepare_folder()
-        self.ran_pip = True
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8", errors="replace") as self._log:
             try:
                 self._write_log(f"FRESCO backend install into {self.env_dir} ({self.torch_build.reason})\n")
+                check_python(self.base_python)
+                old = self._prepare_folder()
+                self.ran_pip = True
                 self._create_env()
                 self._install_torch(old)
                 self._install_wheel()
                 record = self._write_record(self._probe())
-            except InstallError as exc:
+            except Cancelled as exc:
                 self._write_log(f"!! {exc}\n")
                 raise
+            except InstallError as exc:
+                self._write_log(f"!! {exc}\n")
+                raise InstallError(f"{exc} Full log: {self.log_path}") from None
             finally:
                 self._log = None
         self._report(title="Installed", done=True)
         return record
 
 
+UNREACHABLE = ("NewConnectionError", "Failed to establish a new connection", "Connection refused", "ConnectTimeout",
+               "Read timed out", "ProxyError", "SSLError", "Name or service not known", "Temporary failure in name "
+               "resolution", "getaddrinfo failed", "nodename nor servname")
+
+
 def _hint(lines: Sequence[str], build: TorchBuild) -> str:
     """What to do about a pip failure that has a known cause ("" otherwise)."""
-    text = "\n".join(lines[-40:])
+    text = "\n".join(lines[-60:])
     if "Long Path" in text or "Long path" in text:
         return (" Windows cannot write such long paths here: choose a short Environment Folder (e.g. C:\\FRESCO) "
                 "or turn on Windows' long path support.")
-    if build.index_url and any(k in text for k in ("No matching distribution", "Could not find a version",
-                                                   "connection", "Connection", "ProxyError", "SSLError")):
-        return (f" pip could not get PyTorch from {build.index_url}: check the network, or choose the PyTorch "
-                "build PyPI to use pip's configured index (a mirror).")
     if "No space left" in text:
         return " The disk is full: free some space (PyTorch needs several GB)."
+    if any(k in text for k in UNREACHABLE):
+        if build.index_url:
+            return (f" The index {build.index_url} cannot be reached: check the network, or choose the PyTorch Build "
+                    f"\"{BUILD_NAMES['pypi']}\" (pip's configured index or your mirror; on Linux its PyTorch is "
+                    f"the CUDA build, several GB), or set a mirror of it as the PyTorch Index URL ({INDEX_ENV}).")
+        return (f" pip's configured index cannot be reached: check the network and pip's settings (pip config "
+                f"list), or choose the PyTorch Build \"{BUILD_NAMES['auto']}\" to use PyTorch's own index.")
+    if any(k in text for k in ("No matching distribution", "Could not find a version")):
+        where = f"the index {build.index_url}" if build.index_url else "pip's configured index"
+        return (f" {where} has no such PyTorch for this Python ({platform.python_version()} in Blender) and "
+                f"machine: choose another PyTorch Build.")
     return ""
+
+
+def check_python(python: str) -> None:
+    """Refuse a Python the pinned torch has no wheels for, before anything is made."""
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        version = sys.version_info[:2]
+    else:
+        out = _run_quiet([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]) or ""
+        found = re.search(r"^(\d+)\.(\d+)$", out.strip(), re.M)
+        if not found:
+            raise InstallError(f"{python} does not run as a Python: set Base Python to a Python 3 (or leave it empty)")
+        version = (int(found.group(1)), int(found.group(2)))
+    low, high = TORCH_PYTHONS
+    if not low <= version <= high:
+        raise InstallError(f"PyTorch {TORCH_TABLE_VERSION} has wheels for Python {low[0]}.{low[1]} to {high[0]}."
+                           f"{high[1]}, not for this Python {version[0]}.{version[1]}: use a Blender of 4.2 to 5.3, "
+                           "or set Base Python to a Python in that range")
+
+
+# --- what pip would download -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """What pip's dry run would install: (name, version, size in bytes or None) per package, the
+    sizes as the index's server states them (HTTP Content-Length; a file's size for file://)."""
+
+    packages: tuple[tuple[str, str, "int | None"], ...]
+
+    @property
+    def known_bytes(self) -> int:
+        return sum(size or 0 for _, _, size in self.packages)
+
+    @property
+    def cuda(self) -> bool:
+        """Whether it is PyTorch for NVIDIA CUDA (NVIDIA's CUDA wheels, or a +cu build)."""
+        return any(n.startswith(("nvidia-", "cuda-")) or (n == "torch" and "+cu" in v) for n, v, _ in self.packages)
+
+    def describe(self) -> str:
+        torch = next((f"PyTorch {v}" for n, v, _ in self.packages if n == "torch"), "PyTorch")
+        unknown = sum(size is None for _, _, size in self.packages)
+        size = format_size(self.known_bytes) + (f" and {unknown} of unknown size" if unknown else "")
+        return (f"{torch} and {len(self.packages) - 1} more packages, {size} to download (sizes as the index "
+                "server states them; less what pip has cached)")
+
+
+def format_size(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+
+def remote_size(url: str, timeout: float = 20.0) -> int | None:
+    """A file's size: its length on disk for file://, the server's Content-Length (HEAD) otherwise."""
+    import urllib.parse
+    import urllib.request
+
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        if parsed.scheme == "file":
+            return os.path.getsize(urllib.request.url2pathname(parsed.path))
+        request = urllib.request.Request(urllib.parse.urlunsplit(parsed._replace(fragment="")), method="HEAD")
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the index's own URL)
+            length = response.headers.get("Content-Length")
+            return int(length) if length and length.isdigit() else None
+    except (OSError, ValueError):
+        return None
+
+
+def plan_from_report(report: dict) -> DownloadPlan:
+    """The DownloadPlan of pip's ``--report`` JSON (its ``install`` list), sizes asked in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = [(str(i["metadata"]["name"]).lower(), str(i["metadata"]["version"]), str(i["download_info"]["url"]))
+             for i in report["install"]]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sizes = list(pool.map(remote_size, [url for _, _, url in items]))
+    return DownloadPlan(tuple((name, version, size) for (name, version, _), size in zip(items, sizes)))
 
 
 def _kill(process: subprocess.Popen) -> None:

@@ -1,7 +1,8 @@
 """The backend installer (``blender_addon/installer.py``): the PyTorch build chosen from recorded
 ``nvidia-smi`` outputs, platforms and overrides; the install flow with real venv and pip on tiny wheels
-built here (no index: ``PIP_NO_INDEX`` and ``PIP_FIND_LINKS``) into a folder whose path has spaces and
-non-ASCII; cancel, repair, update, uninstall and the refusal of a folder that is not ours.
+built here and served by a local package index that holds only them (``tests/support/pkgindex.py``)
+into a folder whose path has spaces and non-ASCII; the PyTorch build's download plan and size, an unreachable
+index, CUDA wheels where no NVIDIA GPU was found, a Python 3.13 host with stand-in wheels; stuck folders; cancel, repair, update, uninstall and the refusal of a folder that is not ours.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from blender_addon import installer
+from support.pkgindex import PackageIndex, isolate_pip, unreachable_url
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 600.0  # outer limit of every wait on an event
@@ -147,6 +149,9 @@ print(json.dumps({"version": "0.1.0", "python": sys.version.split()[0], "torch":
 """
 
 
+FAKE_TORCH = "__version__ = '2.13.0+fake'\nclass Tensor: pass\ndef zeros(*shape): return Tensor()\n"
+
+
 def make_wheel(folder: Path, name: str, version: str, modules: dict[str, str], requires: tuple[str, ...] = ()) -> Path:
     """A pure-Python wheel of ``modules`` (path in the wheel -> source)."""
     dist = name.replace("-", "_")
@@ -172,19 +177,25 @@ def make_wheel(folder: Path, name: str, version: str, modules: dict[str, str], r
 
 def backend_wheel(folder: Path, marker: str = "first") -> Path:
     return make_wheel(folder, "fresco-for-blender", "0.1.0",
-                      {"fresco_backend/__init__.py": f"BUILD = {marker!r}\n", "fresco_backend/probe.py": FAKE_PROBE},
+                      {"fresco_backend/__init__.py": f"BUILD = {marker!r}\n", "fresco_backend/probe.py": FAKE_PROBE,
+                       "server/__init__.py": ""},
                       requires=("torch==2.13.0", "fresco-fake-dep>=1", "pytest; extra == 'test'"))
 
 
 @pytest.fixture
-def wheels(tmp_path, monkeypatch):
-    """The find-links folder (fake torch and a dependency) and the backend wheel (shipped apart)."""
+def index(tmp_path, monkeypatch):
+    """A local package index holding only what the tests put there; pip uses nothing else."""
+    with PackageIndex(tmp_path / "index") as served:
+        isolate_pip(monkeypatch, served.url("pypi"))
+        yield served
+
+
+@pytest.fixture
+def wheels(tmp_path, index):
+    """The index's fake torch and a dependency, and the backend wheel (shipped apart)."""
     links = tmp_path / "links"
-    make_wheel(links, "torch", "2.13.0", {"torch/__init__.py": "__version__ = '2.13.0+fake'\n"})
-    make_wheel(links, "fresco-fake-dep", "1.0", {"fresco_fake_dep.py": "OK = True\n"})
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
-    monkeypatch.delenv("PIP_CONSTRAINT", raising=False)
+    index.add("pypi", make_wheel(links, "torch", "2.13.0", {"torch/__init__.py": FAKE_TORCH}))
+    index.add("pypi", make_wheel(links, "fresco-fake-dep", "1.0", {"fresco_fake_dep.py": "OK = True\n"}))
     return backend_wheel(tmp_path / "addon wheel")
 
 
@@ -225,8 +236,12 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     fractions = [p.fraction for p in events]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert any("fresco" in p.log_line.lower() for p in events if p.step == 3)
-    assert all(len({p.title for p in events if p.step == step}) == 1 for step in (1, 2, 3, 4))
-    assert events[-1].title == "Installed" and "pypi" in events[len([p for p in events if p.step == 1])].title
+    assert all(len({p.title for p in events if p.step == step}) == 1 for step in (1, 3, 4))
+    torch_titles = list(dict.fromkeys(p.title for p in events if p.step == 2))  # the size once it is known
+    assert torch_titles[0] == "Installing PyTorch (pypi)" and re.fullmatch(r"Installing PyTorch \(pypi, \d+ MB\)",
+                                                                           torch_titles[1]), torch_titles
+    assert any("to download: PyTorch 2.13.0 and 0 more packages" in p.log_line for p in events)
+    assert events[-1].title == "Installed"
     assert not any(record_seen[:-1]) and record_seen[-1]
     assert "torch" in installer.Installer(env_dir, wheels, torch_build=PYPI).log_path.read_text(encoding="utf-8")
 
@@ -257,9 +272,10 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     assert env_run(env_dir, "import fresco_backend; print(fresco_backend.BUILD)") == "second"
     assert installer.status(env_dir, updated).state == installer.INSTALLED
 
-    # a cheap status cannot see a broken package, the probe can
+    # a damaged torch: the status's check (torch and the backend imported in the environment) sees it
     next(env_dir.glob("lib/python*/site-packages/torch/__init__.py")).write_text("raise ImportError('gone')\n")
-    assert installer.status(env_dir, updated).state == installer.INSTALLED
+    damaged = installer.status(env_dir, updated, wait=True)
+    assert damaged.state == installer.BROKEN and "damaged (ImportError: gone): press Repair" in damaged.message
     broken = installer.status(env_dir, updated, probe=True)
     assert broken.state == installer.BROKEN and "gone" in broken.message and "Repair" in broken.message
 
@@ -317,7 +333,7 @@ def test_cancel_during_pip_kills_it_and_leaves_no_record(env_dir, wheels, monkey
     threading.Thread(target=server.serve_forever, daemon=True).start()
     BlockingLinks.asked.clear()
     BlockingLinks.release.clear()
-    monkeypatch.setenv("PIP_FIND_LINKS", f"http://127.0.0.1:{server.server_address[1]}/links/")
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_address[1]}/links/")
     job = new_installer(env_dir, wheels)
     outcome: list = []
     thread = threading.Thread(target=lambda: outcome.append(_run_catching(job)))
@@ -334,7 +350,7 @@ def test_cancel_during_pip_kills_it_and_leaves_no_record(env_dir, wheels, monkey
     assert isinstance(outcome[0], installer.Cancelled), outcome
     assert installer.is_ours(env_dir) and not (env_dir / installer.RECORD).exists()
     status = installer.status(env_dir, wheels)
-    assert status.state == installer.BROKEN and "Repair" in status.message
+    assert status.state == installer.BROKEN and "press Install Backend to finish it" in status.message
     assert "!! " in job.log_path.read_text(encoding="utf-8")
     with pytest.raises(installer.Cancelled):
         job.run()  # a cancelled installer stays cancelled
