@@ -1,8 +1,10 @@
 """One set of names for the sequencer API across Blender 4.2 LTS .. 5.x.
 
 Blender 4.4 added ``Strip`` type names and ``SequenceEditor.strips`` next to
-the old ``Sequence``/``sequences`` names; 5.0 removed the old ones. The rest of
-the add-on only uses the functions here.
+the old ``Sequence``/``sequences`` names; 5.0 removed the old ones. 5.2 added
+``left_handle``/``right_handle``/``duration``/``content_start`` for a strip's
+timing and deprecated ``frame_final_*``, ``frame_start`` and ``frame_offset_*``.
+The rest of the add-on only uses the functions here.
 """
 from __future__ import annotations
 
@@ -85,19 +87,24 @@ def holding_collection(ed: Any, strip: Any) -> Any:
     return meta_children(chain[-1]) if chain else top_strips(ed)
 
 
+def _handles(strip: Any) -> bool:
+    """Whether ``strip`` has 5.2's timing names (``left_handle``...); 5.2 deprecates ``frame_final_*``, 6.0 drops them."""
+    return "left_handle" in strip.bl_rna.properties
+
+
 def visible_start(strip: Any) -> int:
     """First frame at which the strip shows (after trimming)."""
-    return int(strip.frame_final_start)
+    return int(strip.left_handle if _handles(strip) else strip.frame_final_start)
 
 
 def visible_duration(strip: Any) -> int:
     """Number of frames the strip shows (after trimming)."""
-    return int(strip.frame_final_duration)
+    return int(strip.duration if _handles(strip) else strip.frame_final_duration)
 
 
 def visible_end(strip: Any) -> int:
     """One past the last frame at which the strip shows."""
-    return int(strip.frame_final_end)
+    return int(strip.right_handle if _handles(strip) else strip.frame_final_end)
 
 
 def new_image_strip(coll: Any, name: str, first_file: str, channel: int, frame_start: int,

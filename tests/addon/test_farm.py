@@ -8,7 +8,7 @@ import os
 import bpy
 import pytest
 
-from conftest import CLIP_FRAMES, VISIBLE, snapshot
+from conftest import CLIP_FRAMES, VISIBLE, snapshot, trim
 
 # 'clip' (from movie_scene) shows VISIBLE frames; 'clip2' shows CLIP2 frames
 CLIP2_START, CLIP2_OFFSET_END = 40, 20
@@ -30,7 +30,7 @@ def farm_scene(mods, movie_scene, compat, clip_path):
     clip.fresco_farm = True
     clip.fresco.keyframes = "all"
     clip2 = compat.new_movie_strip(strips, "clip2", str(clip_path), 2, CLIP2_START)
-    clip2.frame_offset_end = CLIP2_OFFSET_END
+    trim(clip2, end=CLIP2_OFFSET_END)
     idle = compat.new_movie_strip(strips, "idle", str(clip_path), 8, 70)
     for strip, prompt in ((clip2, "an ink drawing"), (idle, "never used")):
         mods["props"].apply_settings(strip, {**mods["props"].strip_settings(clip), "prompt": prompt})

@@ -9,7 +9,7 @@ import sys
 import bpy
 import pytest
 
-from conftest import TINY
+from conftest import TINY, trim
 from test_uijob import FakeClient, drive, panel_log, ui  # noqa: F401  (ui is a fixture)
 
 PROMPTS = {"clip": "a watercolour painting", "clip_b": "an ink drawing", "clip_c": "a charcoal sketch"}
@@ -38,7 +38,7 @@ def three(addon, movie_scene, compat, clip_path):
     strips = compat.top_strips(movie_scene.sequence_editor)
     for index, name in enumerate(("clip_b", "clip_c")):
         strip = compat.new_movie_strip(strips, name, str(clip_path), 5 + index, 30 + 10 * index)
-        strip.frame_offset_end = 22
+        trim(strip, end=22)
     for index, name in enumerate(PROMPTS):
         strip = strips[name]
         props.apply_settings(strip, {**TINY, "batch_size": 2, "prompt": PROMPTS[name], "seed": 100 + index})

@@ -10,7 +10,7 @@ import zlib
 import bpy
 import pytest
 
-from conftest import CLIP_SIZE, OFFSET_START, STRIP_START, TINY
+from conftest import CLIP_SIZE, OFFSET_START, STRIP_START, TINY, set_duration
 from test_uijob import FakeClient
 
 GREEN = (0, 255, 0)
@@ -73,7 +73,7 @@ def test_result_of_a_strip_in_a_meta_shows_in_the_render(addon, movie_scene, com
     inner = compat.meta_children(meta)
     inner["clip"].channel = 1
     compat.new_effect_strip(inner, "inner blocker", "COLOR", 2, STRIP_START, 1)  # inner 2 busy at frame 10 only
-    meta.frame_final_duration = 30  # a new meta does not grow to fit what is moved into it
+    set_duration(meta, 30)  # a new meta does not grow to fit what is moved into it
     frame = STRIP_START + OFFSET_START + 1
     before = render_pixels(movie_scene, compat, frame, tmp_path / "before.png")
     assert mean_green(before) < 0.9

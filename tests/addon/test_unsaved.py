@@ -10,7 +10,7 @@ from pathlib import Path
 import bpy
 import pytest
 
-from conftest import OFFSET_END, OFFSET_START, STRIP_START, TINY, VISIBLE
+from conftest import OFFSET_END, OFFSET_START, STRIP_START, TINY, VISIBLE, trim
 from test_strip_kinds import translate_sync
 from test_uijob import FakeClient, drive, translate, ui  # noqa: F401  (ui is a fixture)
 
@@ -33,7 +33,7 @@ def unsaved_scene(addon, clip_path, compat, temp_root):
     scene = bpy.context.scene
     strip = compat.new_movie_strip(compat.top_strips(compat.editor(scene, create=True)), "clip", str(clip_path), 2,
                                    STRIP_START)
-    strip.frame_offset_start, strip.frame_offset_end = OFFSET_START, OFFSET_END
+    trim(strip, OFFSET_START, OFFSET_END)
     for name, value in TINY.items():
         setattr(strip.fresco, name, value)
     return scene
