@@ -2,8 +2,9 @@
 
 ``ensure_model(repo_id)`` returns the local snapshot folder of a Stable Diffusion 1.5 pipeline repo
 (``model_index.json``) or a ControlNet repo (``config.json``), downloading only the files diffusers
-loads (``select_files``). The listing (sizes, LFS sha256, git blob ids) comes from huggingface_hub's
-``HfApi.model_info``; each file is streamed through huggingface_hub's HTTP session into
+loads (``select_files``). The listing (sizes, LFS sha256, git blob ids) is the hub's model info, asked
+for as huggingface_hub's ``HfApi.model_info`` does, size-capped and checked field by field (a commit
+is 40 hex digits, a hash a hex digest of its length, a path relative without ``..``); each file is streamed through huggingface_hub's HTTP session into
 ``blobs/<etag>.incomplete`` in huggingface_hub's cache layout, resumed with a Range request after an
 interruption (huggingface_hub 2.x itself discards partial files), verified (sha256 for LFS files,
 the git blob sha1 for the others), moved to ``blobs/<etag>`` and linked from
@@ -42,8 +43,13 @@ from fresco_contract.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
+# Limits; each may be set through the environment (FRESCO_DOWNLOAD_<NAME>, read at each download).
 TIMEOUT = 10.0  # seconds without a byte before a request is retried (resumed)
 RETRIES = 5  # failed requests in a row (no byte received in between) before a download gives up
+STALL = 30.0  # seconds over which a body must average MIN_RATE, else the request is retried (resumed)
+MIN_RATE = 1024.0  # bytes per second
+LISTING_BYTES = 16 * 1024 * 1024  # the most bytes of a repo listing (SD 1.5's is ~40 kB)
+LISTING_FILES = 50_000  # the most files a repo listing may name
 PROGRESS_EVERY = 0.2  # seconds between two progress reports
 SPEED_WINDOW = 5.0  # seconds of transfer the speed is measured over
 CHUNK = 1024 * 1024  # bytes hashed per read
@@ -60,6 +66,10 @@ class ModelNotFoundError(RuntimeError):
 
 class DownloadError(ModelNotFoundError):
     """A hub model could not be downloaded (hub unreachable, failed verification, no disk space)."""
+
+
+class _Stalled(Exception):
+    """A body arriving slower than the minimum rate."""
 
 
 class DownloadCancelled(Exception):
@@ -92,6 +102,41 @@ class RemoteFile:
     def etag(self) -> str:
         """The blob's name in the cache: what the hub sends as (X-Linked-)ETag."""
         return self.sha256 or self.git_sha1 or ""
+
+
+def _setting(name: str, default: float) -> float:
+    """Limit ``name`` from FRESCO_DOWNLOAD_<NAME>, else ``default``; a bad value is an error."""
+    raw = os.environ.get(f"FRESCO_DOWNLOAD_{name}", "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise DownloadError(f"FRESCO_DOWNLOAD_{name}={raw!r} is not a number >= 0")
+    return value
+
+
+_HEX40, _HEX64 = re.compile(r"[0-9a-f]{40}"), re.compile(r"[0-9a-f]{64}")
+
+
+def safe_repo_path(path: object) -> bool:
+    """Whether ``path`` is a relative POSIX path inside a repo: no ``..``/``.``/empty segment, no
+    backslash, drive letter, control character or leading ``/``."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or ":" in path:
+        return False
+    if any(ord(c) < 32 for c in path):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def _inside(path: Path, folder: Path) -> Path:
+    """``path``, after checking that it (its folder resolved, links followed) lies inside ``folder``."""
+    real = Path(os.path.realpath(path.parent)) / path.name
+    if path.name in ("", ".", "..") or not real.is_relative_to(os.path.realpath(folder)):
+        raise DownloadError(f"refusing to write {path}: it lies outside the hub cache folder {folder}")
+    return path
 
 
 # ---- which files ------------------------------------------------------------------------------
@@ -141,6 +186,8 @@ def select_files(paths: Iterable[str], model_index: dict[str, Any] | None) -> li
     for name, value in sorted(model_index.items()):
         if name.startswith("_") or not (isinstance(value, list) and len(value) == 2 and value[0]):
             continue
+        if not safe_repo_path(name) or "/" in name:
+            raise DownloadError(f"model_index.json names a component {name[:80]!r} that is not a folder name")
         inside = [p for p in paths if p.startswith(name + "/") and p.count("/") == 1]
         chosen += _configs(inside)
         if name in NO_WEIGHTS:
@@ -172,31 +219,74 @@ def _offline() -> bool:
 
 
 def _listing(repo_id: str) -> tuple[str, dict[str, RemoteFile]]:
-    """(commit, files by path) of the repo's main branch."""
+    """(commit, files by path) of the repo's main branch, as huggingface_hub's ``model_info`` asks
+    for it, read with limits on its size (LISTING_BYTES, LISTING_FILES) and every field checked."""
     import httpx2
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
     if _offline():
         raise _Unreachable("HF_HUB_OFFLINE is set")
     endpoint = _endpoint()
+    url = f"{endpoint}/api/models/{repo_id}/revision/main"
+    limit = int(_setting("LISTING_BYTES", LISTING_BYTES))
     try:
-        info = HfApi(endpoint=endpoint).model_info(repo_id, files_metadata=True, timeout=TIMEOUT)
+        with get_session().stream("GET", url, params={"blobs": "True"}, headers=build_hf_headers(),
+                                  timeout=_setting("TIMEOUT", TIMEOUT), follow_redirects=True) as response:
+            if response.status_code >= 400:
+                response.read()
+                hf_raise_for_status(response)
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise DownloadError(f"{endpoint} sent a listing of {repo_id} over {limit} bytes: refused "
+                                        f"(FRESCO_DOWNLOAD_LISTING_BYTES sets the limit)")
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"there is no model {repo_id!r} on {endpoint} (or it is private or gated: log in "
                                  f"with `hf auth login` on the backend machine)") from None
-    except (httpx2.TransportError, OfflineModeIsEnabled) as exc:
+    except httpx2.TransportError as exc:
         raise _Unreachable(str(exc) or type(exc).__name__) from None
+    except httpx2.HTTPError as exc:  # too many redirects, a body that does not decode
+        raise DownloadError(f"{endpoint} gave no usable listing of {repo_id}: {exc or type(exc).__name__}") from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else 0
         if status >= 500 or status in (408, 429):
             raise _Unreachable(f"{endpoint} answered {status}") from None
         raise DownloadError(f"could not list the files of {repo_id}: {exc}") from None
-    if not info.sha or info.siblings is None:
-        raise DownloadError(f"{endpoint} did not say which commit and files {repo_id} has")
-    files = {s.rfilename: RemoteFile(s.rfilename, int(s.lfs.size if s.lfs else s.size or 0),
-                                     s.lfs.sha256 if s.lfs else None, s.blob_id) for s in info.siblings}
-    return info.sha, files
+    try:
+        return _parse_listing(json.loads(bytes(body)), int(_setting("LISTING_FILES", LISTING_FILES)))
+    except (ValueError, RecursionError) as exc:
+        raise DownloadError(f"{endpoint} gave a broken listing of {repo_id} ({str(exc)[:200]}): refused") from None
+
+
+def _parse_listing(info: object, most: int) -> tuple[str, dict[str, RemoteFile]]:
+    """Commit and files of a model info answer; ValueError for anything not of the hub's shape."""
+    if not isinstance(info, dict) or not isinstance(info.get("siblings"), list):
+        raise ValueError("no list of files")
+    commit = info.get("sha")
+    if not isinstance(commit, str) or not _HEX40.fullmatch(commit):
+        raise ValueError(f"the commit {str(commit)[:80]!r} is not 40 hex digits")
+    if len(info["siblings"]) > most:
+        raise ValueError(f"{len(info['siblings'])} files, more than {most} (FRESCO_DOWNLOAD_LISTING_FILES)")
+    files: dict[str, RemoteFile] = {}
+    for entry in info["siblings"]:
+        if not isinstance(entry, dict):
+            raise ValueError("a file entry that is not an object")
+        path, lfs, blob = entry.get("rfilename"), entry.get("lfs"), entry.get("blobId")
+        if not safe_repo_path(path):
+            raise ValueError(f"the file path {str(path)[:200]!r} is not a relative path inside the repo")
+        if lfs is not None and not isinstance(lfs, dict):
+            raise ValueError(f"{path}: lfs is not an object")
+        size = (lfs or entry).get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"{path}: size {str(size)[:40]!r} is not a byte count")
+        sha256 = lfs.get("sha256") if lfs else None
+        for name, value, shape in (("lfs.sha256", sha256, _HEX64), ("blobId", blob, _HEX40)):
+            if value is not None and not (isinstance(value, str) and shape.fullmatch(value)):
+                raise ValueError(f"{path}: {name} {str(value)[:80]!r} is not a hex digest of its length")
+        files[path] = RemoteFile(path, size, sha256, blob)
+    return commit, files
 
 
 def _cached_snapshot(repo_id: str, cache: Path) -> Path | None:
@@ -224,7 +314,7 @@ def _digest(path: Path, file: RemoteFile, cancel: threading.Event) -> bool:
         elif file.git_sha1:
             hasher, expected = hashlib.sha1(f"blob {file.size}\0".encode()), file.git_sha1
         else:
-            return True
+            return False  # no hash, no completion
         with open(path, "rb") as handle:
             while chunk := handle.read(CHUNK):
                 if cancel.is_set():
@@ -276,8 +366,13 @@ class _Download:
         return sum(f.size for f in self.files) + self.extra
 
     def run(self) -> hubcache.Downloaded:
+        self._drop_stale_partials()
         names = self.only if self.only is not None else self._select()
         self.files = [self.remote[n] for n in names]
+        unverifiable = [f.path for f in self.files if not f.etag]
+        if unverifiable:
+            raise DownloadError(f"the hub gives no checksum for {', '.join(unverifiable[:5])} of {self.repo_id}: "
+                                f"refusing to take it unverified")
         self._check_space()
         self.listed = True
         self._report(force=True)
@@ -289,13 +384,31 @@ class _Download:
         self._report(force=True)
         return record
 
+    def _drop_stale_partials(self) -> None:
+        """Delete partial files no listed file is named after: left by a download interrupted
+        while the file changed upstream (the repo's lock is held, so none is being written)."""
+        blobs = self.storage / "blobs"
+        if not blobs.is_dir() or blobs.is_symlink():
+            return
+        current = {f.etag for f in self.remote.values()}
+        for partial in blobs.glob("*.incomplete"):
+            if partial.name[: -len(".incomplete")] not in current and not partial.is_symlink():
+                log.info("%s of %s is a partial file of a version the hub no longer has: deleted", partial.name,
+                         self.repo_id)
+                partial.unlink(missing_ok=True)
+
     def _select(self) -> list[str]:
         """The files diffusers loads; a pipeline's ``model_index.json`` is downloaded first to choose them."""
         index = None
         if "model_index.json" in self.remote:
             self.files = [self.remote["model_index.json"]]
             self._ensure(self.files[0])
-            index = json.loads((self.snapshot / "model_index.json").read_text(encoding="utf-8"))
+            try:
+                index = json.loads((self.snapshot / "model_index.json").read_text(encoding="utf-8"))
+            except (ValueError, RecursionError):
+                index = None
+            if not isinstance(index, dict):
+                raise DownloadError(f"{self.repo_id}: model_index.json is not a JSON object of components")
         try:
             return select_files(self.remote, index)
         except DownloadError as exc:
@@ -312,8 +425,10 @@ class _Download:
     def _ensure(self, file: RemoteFile) -> None:
         """Make ``file`` present and verified in the snapshot: reuse, resume or download it, and
         download it once more if it fails verification."""
-        blob = self.storage / "blobs" / file.etag
-        pointer = self.snapshot / file.path
+        if not (_HEX40.fullmatch(self.commit) and safe_repo_path(file.path) and file.etag):
+            raise DownloadError(f"{self.repo_id}: refusing {file.path!r} at commit {self.commit!r}")
+        blob = _inside(self.storage / "blobs" / file.etag, self.storage)
+        pointer = _inside(self.snapshot / file.path, self.storage)
         for attempt in (1, 2):
             for present in (pointer, blob):
                 if not present.exists():
@@ -327,7 +442,7 @@ class _Download:
                             self.repo_id)
                 for stale in (pointer, blob):
                     stale.unlink(missing_ok=True)
-            partial = blob.with_name(blob.name + ".incomplete")
+            partial = _inside(blob.with_name(blob.name + ".incomplete"), self.storage)
             blob.parent.mkdir(parents=True, exist_ok=True)
             self._fetch(file, partial)
             if _digest(partial, file, self.cancel):
@@ -360,6 +475,8 @@ class _Download:
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         url = hf_hub_url(self.repo_id, file.path, revision=self.commit, endpoint=_endpoint())
+        timeout, retries = _setting("TIMEOUT", TIMEOUT), int(_setting("RETRIES", RETRIES))
+        stall, min_rate = _setting("STALL", STALL), _setting("MIN_RATE", MIN_RATE)
         failures = 0
         while True:
             have = partial.stat().st_size if partial.exists() else 0
@@ -373,7 +490,7 @@ class _Download:
             if have:
                 headers["Range"] = f"bytes={have}-"
             try:
-                with get_session().stream("GET", url, headers=headers, timeout=TIMEOUT,
+                with get_session().stream("GET", url, headers=headers, timeout=timeout,
                                           follow_redirects=True) as response:
                     if response.status_code == 416:  # the partial file is not a prefix of this file
                         self._discard(partial)
@@ -381,25 +498,40 @@ class _Download:
                     if response.status_code >= 400:
                         response.read()
                         hf_raise_for_status(response)
+                    sent = (response.headers.get("X-Linked-Etag") or response.headers.get("ETag") or "")
+                    sent = sent.removeprefix("W/").strip('"')
+                    if sent and sent != file.etag:
+                        self._discard(partial)
+                        raise DownloadError(f"{file.path} of {self.repo_id} changed on the hub during the download "
+                                            f"(its hash is now {sent[:64]!r}): run the download again")
                     if have and response.status_code != 206:  # the range was ignored: start again
                         self._discard(partial)
                         have = 0
+                    window, window_have = time.monotonic(), have
                     with open(partial, "ab") as out:
                         for chunk in response.iter_bytes():
                             if self.cancel.is_set():
                                 raise DownloadCancelled()
+                            now = time.monotonic()
+                            if now - window >= stall:  # too slow over the last window: retry (resume)
+                                if have + len(chunk) - window_have < min_rate * (now - window):
+                                    out.write(chunk)
+                                    raise _Stalled(f"the hub sent under {min_rate:.0f} bytes/s for "
+                                                   f"{now - window:.1f} s")
+                                window, window_have, failures = now, have, 0
                             out.write(chunk)
                             have += len(chunk)
                             self.partial = have
                             self._count(len(chunk))
-                            failures = 0
+                            if have - window_have >= CHUNK:
+                                failures = 0
                             if have >= file.size:
                                 break
                 if have >= file.size:
                     return
-            except httpx2.TransportError as exc:
+            except (httpx2.TransportError, _Stalled) as exc:
                 failures += 1
-                if failures > RETRIES:
+                if failures > retries:
                     raise DownloadError(f"downloading {file.path} of {self.repo_id} failed {failures} times in a "
                                         f"row ({exc or type(exc).__name__}); run the download again to resume "
                                         f"it") from None
@@ -485,6 +617,8 @@ def ensure_file(repo_id: str, filename: str, cache_dir: str | os.PathLike | None
     """
     if not hubcache.is_hub_id(repo_id):
         raise ModelNotFoundError(f"{repo_id!r} is not a hub model id (org/name)")
+    if not safe_repo_path(filename):
+        raise ModelNotFoundError(f"{filename!r} is not a file path inside a repo (relative, '/'-separated, no '..')")
     cache = Path(cache_dir).expanduser() if cache_dir else hubcache.default_cache_dir()
 
     def recorded() -> tuple[Path | None, hubcache.Downloaded | None]:

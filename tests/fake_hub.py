@@ -7,8 +7,10 @@ X-Linked-Size, Content-Length and Range. Test controls: ``served`` (body bytes s
 (the Range starts asked for), ``pause_after`` (stop sending after that many body bytes until
 ``release`` is set), ``drop_after`` (close the connection once after that many body bytes) and
 ``offline`` (close every connection without an answer). A paused transfer ends, once released, with
-the connection dropped. Point huggingface_hub at ``url`` with
-HF_ENDPOINT.
+the connection dropped. A hostile hub: ``listings`` ({repo: bytes} answered as the model info
+instead of the real one), ``redirect_loop`` (the model info redirects to itself) and ``trickle``
+(seconds between the single bytes a body is sent in). ``reload`` serves the folders' current files.
+Point huggingface_hub at ``url`` with HF_ENDPOINT.
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ class FakeHub:
         self.release = threading.Event()
         self.drop_after: int | None = None
         self.offline = False
+        self.listings: dict[str, bytes] = {}
+        self.redirect_loop = False
+        self.trickle: float | None = None
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -56,6 +61,10 @@ class FakeHub:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+    def reload(self) -> None:
+        """Serve what the folders hold now (the files changed upstream)."""
+        FakeHub.info.cache_clear()
 
     def files(self, repo: str) -> dict[str, Path]:
         root = self.repos[repo]
@@ -115,8 +124,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             repo = (info or resolve).group(1) if (info or resolve) else None
             if repo not in hub.repos:
                 return self.fail(404, "RepoNotFound")
+            if info and hub.redirect_loop:
+                self.send_response(302)
+                self.send_header("Location", self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if info:
-                data = json.dumps(hub.info(repo)).encode()
+                data = hub.listings.get(repo) or json.dumps(hub.info(repo)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -153,6 +168,16 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.send_body(data[start:])
 
         def send_body(self, data: bytes) -> None:
+            if hub.trickle is not None:
+                for offset in range(len(data)):
+                    self.wfile.write(data[offset:offset + 1])
+                    self.wfile.flush()
+                    with hub.lock:
+                        hub.served += 1
+                    if hub.release.wait(hub.trickle):
+                        self.close_connection = True
+                        return
+                return
             step = 16 * 1024
             for offset in range(0, len(data), step):
                 piece = data[offset:offset + step]

@@ -383,3 +383,196 @@ def test_cli_downloads_one_file(annotator_hub, cache):
     assert code == 0 and events[0]["event"] == "start" and events[0]["files"] == 1
     assert events[-1]["event"] == "done" and Path(events[-1]["path"]).name == "sk_model.pth"
     assert events[-1]["bytes"] == events[0]["total"] == 11900
+
+
+# ---- a hostile or broken hub ----------------------------------------------------------------------
+
+def hostile(hub: FakeHub, repo: str, **changes) -> dict:
+    """Serve ``repo``'s real listing with ``changes``: ``sha`` and ``siblings`` (a function of the real
+    siblings) replaced."""
+    info = json.loads(json.dumps(hub.info(repo)))
+    if "siblings" in changes:
+        info["siblings"] = changes.pop("siblings")(info["siblings"])
+    info.update(changes)
+    hub.listings[repo] = json.dumps(info).encode()
+    return info
+
+
+@pytest.fixture
+def victims(tmp_path) -> dict[Path, bytes]:
+    """Files of the user outside the cache a hostile listing aims at."""
+    folder = tmp_path / "x"
+    folder.mkdir()
+    files = {folder / "commitdir": b"user data", folder / "victim.json": b'{"mine": 1}'}
+    for path, data in files.items():
+        path.write_bytes(data)
+    return files
+
+
+def untouched(victims: dict[Path, bytes]) -> bool:
+    folder = next(iter(victims)).parent
+    return (all(not p.is_symlink() and p.read_bytes() == data for p, data in victims.items())
+            and sorted(folder.iterdir()) == sorted(victims))
+
+
+def with_entry(name: str, **fields):
+    return lambda siblings: [{**s, **fields} if s["rfilename"] == name else s for s in siblings]
+
+
+HOSTILE = {
+    "a commit that climbs out": dict(sha="../../x/commitdir"),
+    "a blob id that climbs out": dict(siblings=with_entry("config.json", blobId="../../x/victim.json")),
+    "an lfs hash that climbs out": dict(siblings=lambda ss: [
+        {**s, "lfs": {**s["lfs"], "sha256": "../../x/victim.json"}} if "lfs" in s else s for s in ss]),
+    "an absolute path": dict(siblings=lambda ss: ss + [{"rfilename": "/fresco_probe_abs.json", "size": 2,
+                                                         "blobId": "0" * 40}]),
+    "a path with ..": dict(siblings=with_entry("config.json", rfilename="../config.json")),
+    "a backslash": dict(siblings=with_entry("config.json", rfilename="a\\config.json")),
+    "a drive letter": dict(siblings=with_entry("config.json", rfilename="C:/config.json")),
+    "an empty segment": dict(siblings=with_entry("config.json", rfilename="a//config.json")),
+    "a size that is text": dict(siblings=with_entry("config.json", size="12")),
+    "a path that is a number": dict(siblings=with_entry("config.json", rfilename=7)),
+    "files that are not a list": dict(siblings=lambda ss: {"config.json": 1}),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_hostile_listing_is_refused_and_nothing_outside_the_cache_changes(hub, cache, victims, case):
+    hostile(hub, CN, **HOSTILE[case])
+    code, events = cli(CN, "--cache-dir", str(cache))
+    assert code == 1 and events[-1]["event"] == "error" and CN in events[-1]["message"], events
+    assert untouched(victims)
+    assert hubcache.downloaded(cache, CN) is None
+    assert not any("resolve" in r for r in hub.requests)  # nothing downloaded on a listing refused
+
+
+def test_a_component_named_empty_selects_nothing_outside_the_repo(hub, cache, tmp_path, monkeypatch):
+    index = json.dumps({"_class_name": "StableDiffusionPipeline", "": ["x", "y"]}).encode()
+    folder = tmp_path / "evil-repo"
+    folder.mkdir()
+    (folder / "model_index.json").write_bytes(index)
+    with FakeHub({"evil/sd": folder}) as evil:
+        monkeypatch.setenv("HF_ENDPOINT", evil.url)
+        with pytest.raises(D.DownloadError, match="not a folder name"):
+            D.ensure_model("evil/sd", cache)
+    assert hubcache.downloaded(cache, "evil/sd") is None
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../victim.json", "a\\b.pth", "a//b.pth", "C:/x.pth"])
+def test_cli_file_outside_the_repo_is_refused(annotator_hub, cache, name):
+    code, events = cli(ANNOTATORS, "--file", name, "--cache-dir", str(cache))
+    assert code == 1 and events == [{"event": "error", "message": events[-1]["message"]}]
+    assert "not a file path inside a repo" in events[-1]["message"]
+    assert not annotator_hub[0].requests
+
+
+def test_a_file_without_a_hash_is_not_recorded_as_complete(hub, cache):
+    hostile(hub, CN, siblings=lambda ss: [{k: v for k, v in s.items() if k not in ("blobId", "lfs")}
+                                          if s["rfilename"] == "config.json" else s for s in ss])
+    with pytest.raises(D.DownloadError, match="no checksum for config.json"):
+        D.ensure_model(CN, cache)
+    assert hubcache.downloaded(cache, CN) is None
+    blobs = hubcache.repo_folder(cache, CN) / "blobs"
+    assert not blobs.exists() or blobs.is_dir()
+
+
+@pytest.mark.parametrize("body", [b"null", b"[]", b'{"sha": 5, "siblings": []}', b"[" * 100_000 + b"]" * 100_000,
+                                  b"{not json", b'{"sha": "' + b"a" * 40 + b'", "siblings": [1]}'])
+def test_a_malformed_listing_gives_a_json_error_line(hub, cache, body):
+    hub.listings[CN] = body
+    code, events = cli(CN, "--cache-dir", str(cache))
+    assert code == 1 and events[-1]["event"] == "error" and CN in events[-1]["message"], events
+
+
+@pytest.mark.parametrize("index", [b"[1, 2]", b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"])
+def test_a_malformed_model_index_gives_a_json_error_line(hub, cache, tmp_path, index, monkeypatch):
+    folder = tmp_path / "bad-index"
+    folder.mkdir()
+    (folder / "model_index.json").write_bytes(index)
+    with FakeHub({"bad/index": folder}) as bad:
+        monkeypatch.setenv("HF_ENDPOINT", bad.url)
+        code, events = cli("bad/index", "--cache-dir", str(cache))
+    assert code == 1 and events[-1]["event"] == "error" and "model_index.json" in events[-1]["message"], events
+
+
+def test_a_redirect_loop_gives_a_json_error_line(hub, cache):
+    hub.redirect_loop = True
+    code, events = cli(CN, "--cache-dir", str(cache))
+    assert code == 1 and events[-1]["event"] == "error" and "redirect" in events[-1]["message"].lower(), events
+
+
+def test_the_listing_size_is_capped(hub, cache, monkeypatch):
+    hostile(hub, CN, siblings=lambda ss: ss + [{"rfilename": f"extra/{i}.txt", "size": 1, "blobId": "0" * 40}
+                                               for i in range(200)])
+    monkeypatch.setenv("FRESCO_DOWNLOAD_LISTING_FILES", "100")
+    with pytest.raises(D.DownloadError, match="more than 100"):
+        D.ensure_model(CN, cache)
+    monkeypatch.delenv("FRESCO_DOWNLOAD_LISTING_FILES")
+    monkeypatch.setenv("FRESCO_DOWNLOAD_LISTING_BYTES", "1000")
+    with pytest.raises(D.DownloadError, match="over 1000 bytes"):
+        D.ensure_model(CN, cache)
+
+
+def test_a_trickling_body_fails_with_a_clear_message(hub, cache, monkeypatch):
+    hub.trickle = 0.01
+    monkeypatch.setenv("FRESCO_DOWNLOAD_STALL", "0.3")
+    monkeypatch.setenv("FRESCO_DOWNLOAD_MIN_RATE", "10000")
+    monkeypatch.setenv("FRESCO_DOWNLOAD_RETRIES", "1")
+    with pytest.raises(D.DownloadError, match=r"under 10000 bytes/s .*run the download again to resume"):
+        D.ensure_model(CN, cache)
+    assert hubcache.downloaded(cache, CN) is None
+
+
+def test_a_partial_file_of_a_version_changed_upstream_is_discarded(hub, cache, tiny_models):
+    hub.pause_after = 2_000_000
+    cancel = threading.Event()
+    thread, outcome = run_in_thread(cache_dir=cache, cancel=cancel)
+    assert hub.paused.wait(OUTER_LIMIT)
+    wait_for_partial(cache)
+    cancel.set()
+    hub.release.set()
+    thread.join(OUTER_LIMIT)
+    assert isinstance(outcome.get("error"), D.DownloadCancelled)
+    blobs = hubcache.repo_folder(cache, SD) / "blobs"
+    (stale,) = blobs.glob("*.incomplete")
+    name = next(s["rfilename"] for s in hub.info(SD)["siblings"]  # the file being downloaded changes upstream
+                if stale.name == s.get("lfs", {}).get("sha256", s["blobId"]) + ".incomplete")
+    changed = tiny_models[0] / name
+    original = changed.read_bytes()
+    try:
+        changed.write_bytes(original[:-4] + b"\0\0\0\0")
+        hub.reload()
+        path = D.ensure_model(SD, cache)
+        assert (path / name).read_bytes() == changed.read_bytes()
+        assert not stale.exists() and not any(blobs.glob("*.incomplete"))
+    finally:
+        changed.write_bytes(original)
+        hub.reload()
+
+
+def test_a_file_that_changes_during_the_download_is_discarded(hub, cache):
+    info = hostile(hub, CN)  # the listing as it was; the files served say another hash
+    hub.listings[CN] = json.dumps({**info, "siblings": with_entry("config.json", blobId="1" * 40)(
+        info["siblings"])}).encode()
+    with pytest.raises(D.DownloadError, match="changed on the hub during the download"):
+        D.ensure_model(CN, cache)
+    blobs = hubcache.repo_folder(cache, CN) / "blobs"
+    assert not any(blobs.glob("*.incomplete"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_cli_stops_promptly_on_sigterm_during_a_trickling_body(hub, cache):
+    hub.trickle = 9.0  # a byte every 9 s, under the read timeout: only the signal ends it
+    child = subprocess.Popen([sys.executable, "-m", "fresco_backend.download", CN, "--cache-dir", str(cache)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: hub.served > 0, "first byte")
+        served = hub.served
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=OUTER_LIMIT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130 and json.loads(out.decode().splitlines()[-1]) == {"event": "cancelled"}
+    assert hub.served == served  # it stopped before the next byte came
+    assert any((hubcache.repo_folder(cache, CN) / "blobs").glob("*.incomplete"))
