@@ -396,3 +396,92 @@ def test_record_format(env_dir):
     env_dir.mkdir()
     (env_dir / installer.RECORD).write_text(json.dumps({"format": 999}), encoding="utf-8")
     assert installer.read_record(env_dir) is None
+
+
+def test_an_unreachable_index_fails_fast_naming_it_and_the_way_around(env_dir, wheels):
+    url = unreachable_url()
+    build = installer.detect_torch_build("cpu", index_url=url, nvidia_smi=lambda: None, rocm=False)
+    job = new_installer(env_dir, wheels, torch_build=build)
+    with pytest.raises(installer.InstallError) as caught:
+        job.run()
+    message = str(caught.value)
+    assert f"The index {url} cannot be reached" in message and '"PyPI"' in message
+    assert message.endswith(f"Full log: {job.log_path}")
+    log = job.log_path.read_text(encoding="utf-8")
+    assert log.count("Retrying") <= 1 and "--dry-run" in log  # one retry of the plan, not pip's 5 per package
+    assert not (env_dir / installer.RECORD).exists()
+
+
+def test_cuda_wheels_are_refused_where_no_nvidia_gpu_was_found(env_dir, wheels, index, tmp_path):
+    links = tmp_path / "cuda"
+    index.add("pypi", make_wheel(links, "nvidia-cublas", "13.0.0", {"nvidia_cublas.py": ""}))
+    (tmp_path / "index" / "pypi" / "torch-2.13.0-py3-none-any.whl").unlink()  # the CUDA torch replaces it
+    index.add("pypi", make_wheel(links, "torch", "2.13.0", {"torch/__init__.py": FAKE_TORCH},
+                                 requires=("nvidia-cublas==13.0.0",)))
+    no_gpu = installer.detect_torch_build("pypi", nvidia_smi=lambda: None)
+    with pytest.raises(installer.InstallError, match=r"pip's configured index \(PyPI\) offers PyTorch built for "
+                                                     r"NVIDIA CUDA.*no NVIDIA GPU was found.*\"CPU only\".*Full log"):
+        new_installer(env_dir, wheels, torch_build=no_gpu).run()
+    with_gpu = installer.detect_torch_build("pypi", nvidia_smi=lambda: SMI_LINUX_580)
+    job = new_installer(env_dir, wheels, torch_build=with_gpu)
+    job.run()
+    assert job.plan.cuda and "and 1 more packages" in job.plan.describe()
+
+
+def test_a_removal_that_stops_half_way_keeps_the_folder_ours(env_dir, wheels, monkeypatch):
+    new_installer(env_dir, wheels).run()
+    real_rmdir = installer.os.rmdir
+    calls = []
+
+    def failing_rmdir(path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(39, "Directory not empty", str(path))
+        real_rmdir(path)
+
+    monkeypatch.setattr(installer.os, "rmdir", failing_rmdir)
+    with pytest.raises(installer.InstallError, match="Directory not empty.*press Uninstall or Repair again"):
+        installer.uninstall(env_dir)
+    monkeypatch.undo()
+    assert installer.is_ours(env_dir)  # not "not a FRESCO environment": Uninstall and Repair go on
+    assert installer.status(env_dir, wheels).state == installer.BROKEN
+    installer.uninstall(env_dir)
+    assert not env_dir.exists()
+
+
+def test_home_and_links_are_resolved_once(tmp_path, monkeypatch, wheels):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert installer.resolve_env_dir("~/env") == (tmp_path / "env").resolve()
+    real = tmp_path / "real env"
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    new_installer(link, wheels).run()
+    assert installer.is_ours(real) and installer.status(link, wheels).state == installer.INSTALLED
+    installer.uninstall(link)
+    assert not real.exists() and link.is_symlink()  # the environment went, the user's link stays
+    assert installer.status(link, wheels).state == installer.NOT_INSTALLED
+
+
+PY313 = Path.home() / ".pyenv/versions/3.13.0/bin/python3.13"
+
+
+@pytest.mark.skipif(not PY313.is_file(), reason=f"no Python 3.13 at {PY313}")
+def test_a_python_3_13_host_gets_the_cp313_torch(env_dir, wheels, index, tmp_path):
+    """Blender 5.1+ (Python 3.13). No CPU torch for 3.13 is reachable here: the torch is a stand-in wheel
+    tagged cp313 only, next to one tagged cp311, so the choice of build by Python is what is tested."""
+    links = tmp_path / "cp"
+    for tag, marker in (("cp311", "311"), ("cp313", "313")):
+        wheel = make_wheel(links / tag, "torch", "2.13.0", {"torch/__init__.py": FAKE_TORCH + f"TAG = {marker!r}\n"})
+        tagged = wheel.with_name(f"torch-2.13.0-{tag}-none-any.whl")
+        with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tagged, "w") as dst:
+            for item in src.namelist():
+                data = src.read(item)
+                if item.endswith("/WHEEL"):
+                    data = data.replace(b"py3-none-any", f"{tag}-none-any".encode())
+                dst.writestr(item, data)
+        index.add("cpu", tagged)
+    build = installer.detect_torch_build("cpu", index_url=index.url("cpu"), nvidia_smi=lambda: None)
+    job = new_installer(env_dir, wheels, torch_build=build, base_python=PY313)
+    record = job.run()
+    assert record.python.startswith("3.13") and env_run(env_dir, "import torch; print(torch.TAG)") == "313"
+    assert "torch-2.13.0-cp313-none-any.whl" in " ".join(index.requests)
