@@ -1,30 +1,55 @@
 """Install Backend, Repair, Uninstall: the operators and the Backend section of the preferences.
 
-The work is ``installer.Installer``'s. With a UI it runs in a thread while a timer redraws the
-preferences (progress bar, the step, pip's last line, Cancel); in background mode (``blender -b``,
-a render farm) the operator runs it synchronously and prints its progress.
+The work is ``installer.Installer``'s (Uninstall: ``Removal``). With a UI it runs in a thread while a
+timer redraws the preferences (progress bar, the step, pip's last line, Cancel); in background mode
+(``blender -b``, a render farm) the operator runs it synchronously and prints its progress. The
+PyTorch build and index come from the operator's arguments, else FRESCO_TORCH_BUILD and
+FRESCO_TORCH_INDEX_URL, else the preferences. With Blender's online access off nothing goes online.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import bpy
 
 from . import backend, config, installer, uijob, userdirs
 
-class InstallRun:
-    """One install (or repair) and what the panel shows of it."""
+class Removal:
+    """Uninstall as a job like ``installer.Installer``: ``run``, ``cancel``, ``on_progress``."""
 
-    def __init__(self, context: Any, repair: bool) -> None:
-        self.action = "Repairing" if repair else "Installing"
+    def __init__(self, env_dir: Path, on_progress: Any = None) -> None:
+        self.env_dir, self.on_progress, self.log_path = env_dir, on_progress, None
+        self._cancel = threading.Event()
+
+    def _removed(self, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(installer.Progress(1, 1, "Removing the environment", done / max(total, 1),
+                                                f"removed {done} of {total} files"))
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def run(self) -> None:
+        installer.uninstall(self.env_dir, self._removed, self._cancel.is_set)
+
+
+class InstallRun:
+    """One install, repair or uninstall and what the panel shows of it."""
+
+    def __init__(self, context: Any, repair: bool, torch_build: str = "", index_url: str = "",
+                 uninstall: bool = False) -> None:
+        self.action = "Uninstalling" if uninstall else "Repairing" if repair else "Installing"
         self.progress: installer.Progress | None = None
         self.error: str | None = None
         self.finished = False
         self.thread: threading.Thread | None = None
-        self.job = _make_installer(context, repair, self.on_progress)
+        self.job = (Removal(config.env_dir(context), self.on_progress) if uninstall
+                    else _make_installer(context, repair, self.on_progress, torch_build, index_url))
 
     def on_progress(self, progress: installer.Progress) -> None:
         self.progress = progress
@@ -56,17 +81,85 @@ def _tick() -> float | None:
     return 0.25 if busy() else None
 
 
-def _make_installer(context: Any, repair: bool, on_progress: Any) -> installer.Installer:
+def online_access() -> bool:
+    """Whether Blender allows add-ons to go online (Preferences > System > Network; 4.2+)."""
+    return bool(getattr(bpy.app, "online_access", True))
+
+
+OFFLINE = ("Blender's online access is off (Preferences > System > Network > Allow Online Access; headless: "
+           "blender --online-mode): {what} needs to download packages and does not go online without it")
+
+
+def chosen_build(prefs: Any, torch_build: str = "", index_url: str = "") -> tuple[str, str]:
+    """The PyTorch build and index URL: the operator's arguments, else FRESCO_TORCH_BUILD and
+    FRESCO_TORCH_INDEX_URL, else the preferences."""
+    build = (torch_build or os.environ.get(installer.BUILD_ENV, "")
+             or (prefs.torch_build if prefs is not None else "") or "auto")
+    url = (index_url or os.environ.get(installer.INDEX_ENV, "")
+           or (getattr(prefs, "torch_index_url", "") if prefs is not None else ""))
+    return build.strip().lower(), url.strip()
+
+
+def _make_installer(context: Any, repair: bool, on_progress: Any, torch_build: str = "",
+                    index_url: str = "") -> installer.Installer:
     wheel = config.bundled_wheel()
     if wheel is None:
         raise RuntimeError(f"this add-on has no backend wheel in {config.WHEEL_DIR}: install the add-on from the zip "
                            "that build_addon.py makes")
     prefs = config.preferences(context)
     base = (prefs.installer_python.strip() if prefs is not None else "") or sys.executable
-    build = installer.detect_torch_build(prefs.torch_build.lower() if prefs is not None else "auto")
-    log_path = userdirs.temp_dir("logs") / f"install-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    build_name, url = chosen_build(prefs, torch_build, index_url)
+    build = installer.detect_torch_build(build_name, index_url=url or None)
     return installer.Installer(config.env_dir(context), wheel, base_python=bpy.path.abspath(base), torch_build=build,
-                               repair=repair, log_path=log_path, on_progress=on_progress)
+                               repair=repair, log_path=new_log_path(), on_progress=on_progress)
+
+
+def new_log_path() -> Path:
+    return userdirs.temp_dir("logs") / f"install-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+def last_log() -> Path | None:
+    """The newest install log, None before the first install."""
+    logs = sorted(userdirs.temp_dir("logs").glob("install-*.log"))
+    return logs[-1] if logs else None
+
+
+def _start(operator: Any, context: Any, run: "InstallRun", what: str) -> set[str]:
+    """Run ``run`` in a thread with a UI (the preferences show it), here without one (printing its steps)."""
+    global _current
+    if not uijob.has_event_loop():  # no event loop: timers never fire, so run it here, printing the steps
+        last = [""]
+
+        def say(progress: installer.Progress) -> None:
+            line = f"FRESCO: {what} [{progress.step}/{progress.steps}] {progress.title}"
+            if line != last[0]:
+                print(line, flush=True)
+                last[0] = line
+            if progress.log_line.startswith("to download:"):
+                print(f"FRESCO: {progress.log_line}", flush=True)
+
+        run.job.on_progress = say
+        run.run()
+        if run.error:
+            operator.report({"ERROR"}, f"FRESCO: {what} failed: {run.error}")
+            return {"CANCELLED"}
+        operator.report({"INFO"}, f"FRESCO: {config.install_status(context).message}")
+        return {"FINISHED"}
+    _current = run
+    run.start()
+    if not bpy.app.timers.is_registered(_tick):
+        bpy.app.timers.register(_tick, first_interval=0.25)
+    return {"FINISHED"}
+
+
+def _refused(operator: Any) -> bool:
+    if busy():
+        operator.report({"ERROR"}, "FRESCO: the backend is being installed or removed already: wait or cancel it")
+        return True
+    if uijob.busy():
+        operator.report({"ERROR"}, "FRESCO: a translation is running: wait for it or cancel it first")
+        return True
+    return False
 
 
 class FRESCO_OT_install_backend(bpy.types.Operator):
@@ -77,42 +170,28 @@ class FRESCO_OT_install_backend(bpy.types.Operator):
 
     repair: bpy.props.BoolProperty(name="Repair", description="Rebuild the environment from scratch",
                                    options={"SKIP_SAVE"})
+    torch_build: bpy.props.StringProperty(
+        name="PyTorch Build", options={"SKIP_SAVE"},
+        description="auto, cuda, cu126/cu128/cu130, rocm, mps, cpu or pypi (empty: FRESCO_TORCH_BUILD, else the "
+                    "preference)")
+    index_url: bpy.props.StringProperty(
+        name="PyTorch Index URL", options={"SKIP_SAVE"},
+        description="An index (a mirror) to take PyTorch from (empty: FRESCO_TORCH_INDEX_URL, else the preference, "
+                    "else the build's own)")
 
     def execute(self, context: Any) -> set[str]:
-        global _current
-        if busy():
-            self.report({"ERROR"}, "FRESCO: the backend is being installed already")
+        if _refused(self):
             return {"CANCELLED"}
-        if uijob.busy():
-            self.report({"ERROR"}, "FRESCO: a translation is running: wait for it or cancel it first")
+        if not online_access():
+            self.report({"ERROR"}, "FRESCO: " + OFFLINE.format(what="Repair" if self.repair else "Install Backend"))
             return {"CANCELLED"}
         backend.stop()  # it runs from the environment about to change
         try:
-            run = InstallRun(context, self.repair)
+            run = InstallRun(context, self.repair, self.torch_build, self.index_url)
         except (RuntimeError, ValueError, OSError) as exc:
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
-        if not uijob.has_event_loop():  # no event loop: run it here, printing the steps
-            last = [""]
-
-            def say(progress: installer.Progress) -> None:
-                line = f"FRESCO: install [{progress.step}/{progress.steps}] {progress.title}"
-                if line != last[0]:
-                    print(line, flush=True)
-                    last[0] = line
-
-            run.job.on_progress = say
-            run.run()
-            if run.error:
-                self.report({"ERROR"}, f"FRESCO: install failed: {run.error}")
-                return {"CANCELLED"}
-            self.report({"INFO"}, f"FRESCO: {config.install_status(context).message}")
-            return {"FINISHED"}
-        _current = run
-        run.start()
-        if not bpy.app.timers.is_registered(_tick):
-            bpy.app.timers.register(_tick, first_interval=0.25)
-        return {"FINISHED"}
+        return _start(self, context, run, "repair" if self.repair else "install")
 
 
 class FRESCO_OT_cancel_install(bpy.types.Operator):
@@ -140,26 +219,32 @@ class FRESCO_OT_uninstall_backend(bpy.types.Operator):
         return context.window_manager.invoke_confirm(self, event)
 
     def execute(self, context: Any) -> set[str]:
-        if busy():
-            self.report({"ERROR"}, "FRESCO: the backend is being installed: cancel that first")
-            return {"CANCELLED"}
-        if uijob.busy():
-            self.report({"ERROR"}, "FRESCO: a translation is running: wait for it or cancel it first")
+        if _refused(self):
             return {"CANCELLED"}
         backend.stop()
-        try:
-            installer.uninstall(config.env_dir(context))
-        except (RuntimeError, OSError) as exc:
-            self.report({"ERROR"}, f"FRESCO: {exc}")
-            return {"CANCELLED"}
-        self.report({"INFO"}, "FRESCO: backend uninstalled")
-        return {"FINISHED"}
+        return _start(self, context, InstallRun(context, False, uninstall=True), "uninstall")
+
+
+class FRESCO_OT_open_install_log(bpy.types.Operator):
+    """Open the last install's log (pip's full output) in the system's text viewer"""
+
+    bl_idname = "fresco.open_install_log"
+    bl_label = "Open Log"
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return last_log() is not None
+
+    def execute(self, context: Any) -> set[str]:
+        return bpy.ops.wm.path_open(filepath=str(last_log()))
 
 
 def draw(layout: Any, context: Any, prefs: Any) -> None:
-    """The Backend section: status line, progress, Install / Repair / Uninstall, devices found."""
+    """The Backend section: status line (or progress), Install / Repair / Uninstall (always there, greyed
+    while one runs), Open Log, the devices found, and the folded advanced part (build, index, folder)."""
     run = _current
-    if run is not None and not run.finished:
+    running = run is not None and not run.finished
+    if running:
         progress = run.progress
         fraction = progress.fraction if progress is not None else 0.0
         title = progress.title if progress is not None else "starting"
@@ -168,28 +253,49 @@ def draw(layout: Any, context: Any, prefs: Any) -> None:
         row.operator(FRESCO_OT_cancel_install.bl_idname, icon="CANCEL")
         if progress is not None and progress.log_line:
             layout.label(text=progress.log_line[-120:])
-        return
-    if run is not None and run.error:
-        layout.label(text=f"Last install failed: {run.error}"[:200], icon="ERROR")
-    status = config.install_status(context)
-    icon = {installer.INSTALLED: "CHECKMARK", installer.NOT_INSTALLED: "INFO"}.get(status.state, "ERROR")
-    layout.label(text=status.message, icon=icon)
-    record = status.record
-    if record is not None:
-        for device in record.devices:
+        status = None
+    else:
+        if run is not None and run.error:
+            layout.label(text=f"Last {run.action.lower()[:-3]} failed: {run.error}"[:200], icon="ERROR")
+        status = config.install_status(context)
+        if status.message.endswith("(checking the environment)") and not bpy.app.timers.is_registered(_check_tick):
+            bpy.app.timers.register(_check_tick, first_interval=0.5)
+        icon = {installer.INSTALLED: "CHECKMARK", installer.NOT_INSTALLED: "INFO"}.get(status.state, "ERROR")
+        layout.label(text=status.message, icon=icon)
+        for device in (status.record.devices if status.record is not None else ()):
             layout.label(text=f"    {device}", icon="BLANK1")
     row = layout.row()
+    row.enabled = not running
     row.operator(FRESCO_OT_install_backend.bl_idname,
-                 text="Update Backend" if status.state == installer.OUTDATED else "Install Backend",
-                 icon="IMPORT").repair = False
+                 text="Update Backend" if status is not None and status.state == installer.OUTDATED
+                 else "Install Backend", icon="IMPORT").repair = False
     row.operator(FRESCO_OT_install_backend.bl_idname, text="Repair", icon="TOOL_SETTINGS").repair = True
     row.operator(FRESCO_OT_uninstall_backend.bl_idname, text="Uninstall", icon="TRASH")
-    layout.prop(prefs, "torch_build")
-    layout.prop(prefs, "env_dir")
-    layout.label(text=f"Environment: {config.env_dir(context)}", icon="FILE_FOLDER")
+    row.operator(FRESCO_OT_open_install_log.bl_idname, text="", icon="TEXT")
+    if not online_access():
+        layout.label(text=OFFLINE.format(what="Install Backend")[:200], icon="INFO")
+    box = layout.box()
+    box.prop(prefs, "show_backend_advanced", emboss=False,
+             icon="TRIA_DOWN" if prefs.show_backend_advanced else "TRIA_RIGHT")
+    if prefs.show_backend_advanced:
+        for prop, env in (("torch_build", installer.BUILD_ENV), ("torch_index_url", installer.INDEX_ENV)):
+            line = box.row()
+            line.prop(prefs, prop)
+            if os.environ.get(env):
+                line.enabled = False
+                box.label(text=f"Overridden by {env}={os.environ[env]}", icon="INFO")
+        box.prop(prefs, "env_dir")
+        box.label(text=f"Environment: {installer.resolve_env_dir(config.env_dir(context))}", icon="FILE_FOLDER")
 
 
-CLASSES = (FRESCO_OT_install_backend, FRESCO_OT_cancel_install, FRESCO_OT_uninstall_backend)
+def _check_tick() -> float | None:
+    """Redraw the preferences until the environment's check (``installer.verify``) has answered."""
+    uijob.redraw("PREFERENCES")
+    return 0.5 if installer.checking() else None
+
+
+CLASSES = (FRESCO_OT_install_backend, FRESCO_OT_cancel_install, FRESCO_OT_uninstall_backend,
+           FRESCO_OT_open_install_log)
 
 
 def register() -> None:
@@ -202,7 +308,8 @@ def unregister() -> None:
         _current.job.cancel()
         if _current.thread is not None:
             _current.thread.join(timeout=10.0)
-    if bpy.app.timers.is_registered(_tick):
-        bpy.app.timers.unregister(_tick)
+    for timer in (_tick, _check_tick):
+        if bpy.app.timers.is_registered(timer):
+            bpy.app.timers.unregister(timer)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -385,6 +385,11 @@ def verify(env_dir: str | os.PathLike[str], wait: bool = True) -> str | None | b
     return True
 
 
+def checking() -> bool:
+    """Whether a ``verify`` runs in a thread."""
+    return bool(_verifying)
+
+
 def status(env_dir: str | os.PathLike[str], wheel: str | os.PathLike[str] | None, *, probe: bool = False,
            wait: bool = False) -> Status:
     """The environment's state for the UI. A file check, then (``verify``, cached) whether torch and

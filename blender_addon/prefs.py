@@ -14,16 +14,19 @@ import bpy
 from . import backend_setup, model_ops
 from .config import ADDON_ID, DEFAULT_OUTPUT_DIR, ENV, OUTPUT_DIR_ENV, PREF_ATTR
 from .contract import settings
+from .installer import BUILD_NAMES
 from .launcher import CONTROLNET_KEYS
 
-TORCH_BUILDS = (  # identifiers: installer.OVERRIDES in capitals
-    ("AUTO", "Automatic", "The build that fits this machine: NVIDIA CUDA (by the driver's CUDA version), AMD ROCm "
-                          "(Linux), Apple MPS, else CPU"),
-    ("CUDA", "NVIDIA CUDA", "PyTorch for NVIDIA GPUs, for the CUDA version the driver supports"),
-    ("ROCM", "AMD ROCm", "PyTorch for AMD GPUs (Linux only)"),
-    ("MPS", "Apple MPS", "PyTorch with Metal (Apple Silicon Macs)"),
-    ("CPU", "CPU only", "PyTorch without GPU support (slow: minutes per frame at 512 px)"),
-    ("PYPI", "Package index default", "Whatever torch build pip's configured index offers (PyPI or your mirror)"),
+TORCH_BUILDS = (  # identifiers: installer.OVERRIDES in capitals; one name per build, as in every message
+    ("AUTO", BUILD_NAMES["auto"], "The build that fits this machine and its Python: NVIDIA CUDA (by the driver's "
+                                  "CUDA version), AMD ROCm (Linux), Apple MPS, else CPU only"),
+    ("CUDA", BUILD_NAMES["cuda"], "PyTorch for NVIDIA GPUs, for the CUDA version the driver supports (several GB)"),
+    ("ROCM", BUILD_NAMES["rocm"], "PyTorch for AMD GPUs (Linux only)"),
+    ("MPS", BUILD_NAMES["mps"], "PyTorch with Metal (Apple Silicon Macs)"),
+    ("CPU", BUILD_NAMES["cpu"], "PyTorch without GPU support, from PyTorch's CPU index (slow: minutes per frame "
+                                "at 512 px)"),
+    ("PYPI", BUILD_NAMES["pypi"], "PyTorch as pip's configured index offers it (PyPI or your mirror); on Linux "
+                                  "that is the CUDA build, refused where no NVIDIA GPU was found"),
 )
 
 
@@ -63,7 +66,13 @@ class FrescoPreferences(bpy.types.AddonPreferences):
         description="Folder for the backend's own Python environment, about 2 GB with CPU PyTorch and 6 GB with "
                     "CUDA (empty: the add-on's user folder)")
     torch_build: bpy.props.EnumProperty(name="PyTorch Build", items=TORCH_BUILDS, default="AUTO",
-                                        description="Which PyTorch Install Backend installs")
+                                        description="Which PyTorch Install Backend installs; env "
+                                                    "FRESCO_TORCH_BUILD overrides")
+    torch_index_url: bpy.props.StringProperty(
+        name="PyTorch Index URL",
+        description="An index (e.g. a mirror of PyTorch's) to take PyTorch from instead of the build's own "
+                    "(empty: the build's); env FRESCO_TORCH_INDEX_URL overrides")
+    show_backend_advanced: bpy.props.BoolProperty(name="Advanced", default=False)
     installer_python: bpy.props.StringProperty(
         name="Base Python", subtype="FILE_PATH",
         description="Python 3.10+ that creates the backend environment (empty: Blender's own)")

@@ -61,7 +61,14 @@ def test_install_translate_repair_uninstall(modules, backend_env, movie_scene, c
     keep = home / "notes.txt"
     keep.write_text("a user's file beside the environment")
     prefs.env_dir, prefs.torch_build = str(env_dir), "PYPI"  # pip's configured index: no PyTorch index here
+    system = bpy.context.preferences.system
     try:
+        # Blender's online access off: Install does not go online and says why
+        system.use_online_access = False
+        with pytest.raises(RuntimeError, match="online access is off.*--online-mode"):
+            bpy.ops.fresco.install_backend()
+        assert not env_dir.exists()
+        system.use_online_access = True
         assert config.install_status().state == installer.NOT_INSTALLED
         with pytest.raises(RuntimeError, match="not installed.*Install Backend"):
             bpy.ops.fresco.translate(strip="clip")
@@ -77,17 +84,19 @@ def test_install_translate_repair_uninstall(modules, backend_env, movie_scene, c
             assert not run.finished, run.error
             drawn = draw_preferences(modules)
             assert ("operator", "fresco.cancel_install") in drawn
+            assert {("operator", "fresco.install_backend"), ("operator", "fresco.uninstall_backend")} <= set(drawn)
             assert any(kind == "progress" and "Installing" in (text or "") for kind, text in drawn)
             assert bpy.ops.fresco.cancel_install() == {"FINISHED"}
             wait_for(lambda: run.finished)
             assert run.error == "cancelled"
         status = config.install_status()
-        assert status.state == installer.BROKEN and "Repair" in status.message, status  # never taken as good
+        assert status.state == installer.BROKEN and "press Install Backend to finish it" in status.message, status
         assert installer.read_record(env_dir) is None
 
-        # background mode: synchronous; it finishes the interrupted install
+        # background mode: synchronous; it finishes the interrupted install; the build as the operator's argument
         started = time.monotonic()
-        assert bpy.ops.fresco.install_backend() == {"FINISHED"}
+        prefs.torch_build = "CPU"
+        assert bpy.ops.fresco.install_backend(torch_build="pypi") == {"FINISHED"}
         took = time.monotonic() - started
         status = config.install_status()
         assert status.state == installer.INSTALLED, status.message
@@ -133,6 +142,7 @@ def test_install_translate_repair_uninstall(modules, backend_env, movie_scene, c
     finally:
         backend.stop()
         prefs.env_dir, prefs.torch_build = "", "AUTO"
+        system.use_online_access = False
 
 
 def test_preferences_draw_every_section(modules, backend_env):
@@ -143,7 +153,15 @@ def test_preferences_draw_every_section(modules, backend_env):
     assert {"fresco.install_backend", "fresco.uninstall_backend", "fresco.download_model",
             "fresco.add_model"} <= operators
     props = {name for kind, name in log if kind == "prop"}
-    assert {"device", "model_choice", "model_cache", "torch_build", "env_dir", "output_dir"} <= props
+    assert {"device", "model_choice", "model_cache", "show_backend_advanced", "output_dir"} <= props
+    assert not {"torch_build", "env_dir"} & props  # folded away
+    prefs = modules["config"].preferences()
+    prefs.show_backend_advanced = True
+    try:
+        props = {name for kind, name in draw_preferences(modules) if kind == "prop"}
+    finally:
+        prefs.show_backend_advanced = False
+    assert {"torch_build", "torch_index_url", "env_dir"} <= props
 
 
 def test_no_backend_change_while_a_translation_runs(modules, backend_env, monkeypatch, tmp_path):
