@@ -18,4 +18,4 @@ ZIP=$(.venv/bin/python build_addon.py --out "$CACHE")
 
 export FRESCO_BACKEND_PYTHON=$PWD/.venv/bin/python FRESCO_BACKEND_DIR=$PWD \
        FRESCO_MODEL=$PWD/$MODEL FRESCO_CONTROLNET=$PWD/$CONTROLNET
-time .venv-bpy5/bin/python scripts/demo_blend.py --addon "$ZIP" --clip "$CLIP" --out demo_output
+time .venv-bpy53/bin/python scripts/demo_blend.py --addon "$ZIP" --clip "$CLIP" --out demo_output
