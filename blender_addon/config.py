@@ -106,9 +106,10 @@ def model_cache_dir(context: Any = None) -> Path:
     return Path(value) if value else hubcache.default_cache_dir()
 
 
-def install_status(context: Any = None) -> installer.Status:
-    """The installed backend environment's state (cheap: no process is started)."""
-    return installer.status(env_dir(context), bundled_wheel())
+def install_status(context: Any = None, wait: bool = False) -> installer.Status:
+    """The installed backend environment's state; its check that torch and the backend import runs
+    in a thread (cached) unless ``wait`` (``installer.status``)."""
+    return installer.status(env_dir(context), bundled_wheel(), wait=wait)
 
 
 def backend_config(context: Any = None) -> dict[str, str]:
@@ -121,7 +122,7 @@ def backend_config(context: Any = None) -> dict[str, str]:
         if (here / "server").is_dir():
             config["backend_dir"] = str(here)
     if not config["python"] and not config["url"]:
-        status = install_status(context)
+        status = install_status(context, wait=True)  # a damaged environment says "press Repair"
         if status.state == installer.INSTALLED:
             config["python"] = str(installer.env_python(env_dir(context)))
         else:

@@ -485,3 +485,42 @@ def test_a_python_3_13_host_gets_the_cp313_torch(env_dir, wheels, index, tmp_pat
     record = job.run()
     assert record.python.startswith("3.13") and env_run(env_dir, "import torch; print(torch.TAG)") == "313"
     assert "torch-2.13.0-cp313-none-any.whl" in " ".join(index.requests)
+
+
+KILLED_BLENDER = """\
+import sys
+sys.path.insert(0, sys.argv[3])
+from blender_addon import installer
+installer.Installer(sys.argv[1], sys.argv[2], torch_build=installer.TorchBuild("pypi", None, None, "test")).run()
+"""
+
+
+def test_repair_stops_the_pip_that_a_killed_blender_left_running(env_dir, wheels, monkeypatch):
+    """Blender killed during "Installing PyTorch": its pip runs on (a session of its own); Repair stops it
+    (the pid the installer recorded) and rebuilds the folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BlockingLinks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    BlockingLinks.asked.clear()
+    BlockingLinks.release.clear()
+    env = dict(os.environ, PIP_INDEX_URL=f"http://127.0.0.1:{server.server_address[1]}/links/")
+    blender = subprocess.Popen([sys.executable, "-c", KILLED_BLENDER, str(env_dir), str(wheels), str(ROOT)], env=env)
+    try:
+        assert BlockingLinks.asked.wait(WAIT), "pip never asked the index"
+        pid = int((env_dir / installer.PIP_PID).read_text())
+        blender.kill()
+        blender.wait(WAIT)
+        assert installer._proc_state(pid) not in (None, "Z")  # pip outlived its Blender
+        new_installer(env_dir, wheels, repair=True).run()
+        assert installer._proc_state(pid) in (None, "Z")
+        assert installer.status(env_dir, wheels, wait=True).state == installer.INSTALLED
+    finally:
+        BlockingLinks.release.set()
+        if installer._proc_state(pid if "pid" in locals() else -1) not in (None, "Z"):
+            os.killpg(pid, signal.SIGKILL)
+        server.shutdown()
+        server.server_close()

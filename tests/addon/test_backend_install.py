@@ -122,6 +122,16 @@ def test_install_translate_repair_uninstall(modules, backend_env, movie_scene, c
         assert installer.read_record(env_dir) == record
         print(f"second install (nothing to do): {time.monotonic() - started:.1f} s")
 
+        # a damaged torch: Translate says the environment is damaged and to press Repair (not torch's error)
+        backend.stop()
+        torch_init = next(env_dir.glob("lib/python*/site-packages/torch/__init__.py"))
+        intact = torch_init.read_bytes()
+        torch_init.write_text("")  # "module 'torch' has no attribute 'Tensor'"
+        with pytest.raises(RuntimeError, match=r"damaged \(AttributeError: module 'torch' has no attribute "
+                                               r"'Tensor'\): press Repair"):
+            bpy.ops.fresco.translate(strip="clip")
+        torch_init.write_bytes(intact)
+
         # a broken environment is reported and Repair rebuilds it
         python.unlink()
         status = config.install_status()
