@@ -87,6 +87,14 @@ def holding_collection(ed: Any, strip: Any) -> Any:
     return meta_children(chain[-1]) if chain else top_strips(ed)
 
 
+def blend_relative_path_options() -> dict:
+    """Keyword arguments that let a FILE_PATH StringProperty hold a "//" path: 4.5's option, nothing before
+    (4.2 refuses the option only when the class is registered)."""
+    if "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties:
+        return {"options": {"PATH_SUPPORTS_BLEND_RELATIVE"}}
+    return {}
+
+
 def _handles(strip: Any) -> bool:
     """Whether ``strip`` has 5.2's timing names (``left_handle``...); 5.2 deprecates ``frame_final_*``, 6.0 drops them."""
     return "left_handle" in strip.bl_rna.properties

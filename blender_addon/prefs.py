@@ -11,7 +11,7 @@ from typing import Any
 
 import bpy
 
-from . import backend_setup, model_ops
+from . import backend_setup, compat, model_ops
 from .config import ADDON_ID, DEFAULT_OUTPUT_DIR, ENV, OUTPUT_DIR_ENV, PREF_ATTR
 from .contract import settings
 from .installer import BUILD_NAMES
@@ -35,10 +35,7 @@ def _output_dir_property() -> Any:
     kwargs = dict(name="Output Folder", subtype="DIR_PATH", default=DEFAULT_OUTPUT_DIR,
                   description="Folder for the result frames, one new subfolder per job (// is the .blend's "
                               "folder); env FRESCO_OUTPUT_DIR overrides")
-    try:
-        return bpy.props.StringProperty(**kwargs, options={"PATH_SUPPORTS_BLEND_RELATIVE"})
-    except TypeError:  # before 4.5: no such option (and no warning about "//")
-        return bpy.props.StringProperty(**kwargs)
+    return bpy.props.StringProperty(**kwargs, **compat.blend_relative_path_options())
 
 
 class FrescoModelEntry(bpy.types.PropertyGroup):

@@ -34,10 +34,8 @@ def _bpy_property(setting: schema.Setting) -> Any:
                                             description=setting.description)
     common = {"name": setting.label, "description": setting.description, "default": setting.default}
     if setting.kind == "str" and setting.file:
-        try:  # "//" (blend-relative; job_settings makes it absolute) allowed where Blender can say so (4.5+)
-            return bpy.props.StringProperty(**common, subtype="FILE_PATH", options={"PATH_SUPPORTS_BLEND_RELATIVE"})
-        except TypeError:  # before 4.5: no such option (and no warning about "//")
-            return bpy.props.StringProperty(**common, subtype="FILE_PATH")
+        # "//" (blend-relative; job_settings makes it absolute) allowed where Blender can say so (4.5+)
+        return bpy.props.StringProperty(**common, subtype="FILE_PATH", **compat.blend_relative_path_options())
     if setting.kind == "str":
         return bpy.props.StringProperty(**common)
     if setting.kind == "bool":

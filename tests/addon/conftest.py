@@ -1,4 +1,4 @@
-"""Fixtures for the add-on tests, which run inside a bpy venv (``.venv-bpy5``, ``.venv-bpy45``).
+"""Fixtures for the add-on tests, which run inside a bpy venv (``.venv-bpy42`` .. ``.venv-bpy53``).
 
 The add-on is built with ``build_addon.py`` and installed from the zip through
 Blender's extension system into a throw-away user folder, exactly as a user
