@@ -455,6 +455,10 @@ class JobManager:
             if folder.name.startswith(DELETED):
                 self._remove(folder)
             elif folder.is_dir() and not folder.name.startswith(".") and JobFolder(folder).record_path.exists():
+                record = JobFolder(folder).record_path
+                if not stat.S_ISREG(record.lstat().st_mode):  # a FIFO would block start-up on open
+                    log.error("job folder %s skipped: %s is not a regular file", folder, record.name)
+                    continue
                 try:
                     loaded.append(self._load(folder))
                 except (JobFolderError, OSError) as exc:

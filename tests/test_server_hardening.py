@@ -311,3 +311,24 @@ def test_many_long_polls_leave_health_answering(live_server, monkeypatch):
         for s in sockets:
             s.close()
 
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+def test_fifo_record_is_skipped_not_blocking(tmp_path):
+    """A FIFO named job.json in a job folder is logged and skipped; start-up does not block on it."""
+    work = tmp_path / "work"
+    (work / "fifojob").mkdir(parents=True)
+    os.mkfifo(work / "fifojob" / "job.json")
+    fake = FakeBackend()
+    done: list[JobManager] = []
+    starter = threading.Thread(target=lambda: done.append(JobManager(work, fake.pipeline, fake.translate)),
+                               daemon=True)
+    starter.start()
+    starter.join(60)  # outer limit: without the fix the open blocks for ever
+    blocked = not done
+    if blocked:  # unblock the stuck open so the thread can end
+        os.close(os.open(work / "fifojob" / "job.json", os.O_WRONLY | os.O_NONBLOCK))
+        starter.join(60)
+    assert not blocked, "start-up blocked on a FIFO job.json"
+    assert "fifojob" not in done[0]._jobs
+    done[0].shutdown()
