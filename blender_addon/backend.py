@@ -83,6 +83,15 @@ def _stop_locked() -> None:
             print(f"FRESCO: stopping the backend failed: {exc}")
 
 
+def _environment(config: dict[str, str]) -> dict[str, str] | None:
+    """What a local backend's environment gets from the configuration: its download folder, and offline
+    mode while Blender's online access is off (``config.backend_config``)."""
+    env = {"HF_HUB_CACHE": config["model_cache"]} if config.get("model_cache") else {}
+    if config.get("offline"):
+        env["HF_HUB_OFFLINE"] = "1"
+    return env or None
+
+
 def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
     """A client of the warm backend for ``config``, starting (or restarting) it when needed.
 
@@ -105,10 +114,9 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
             _stop_locked()
         if _process is None:
             extra_args = launcher.model_args(config)
-            cache = config.get("model_cache")
             _process = launcher.launch(config["python"], config.get("backend_dir") or None, config.get("model", ""),
                                        config.get("controlnet", ""), device=config.get("device") or None,
-                                       extra_args=extra_args, env={"HF_HUB_CACHE": cache} if cache else None)
+                                       extra_args=extra_args, env=_environment(config))
             _key = key
         return _process.client(timeout=timeout)
 

@@ -81,15 +81,6 @@ def _tick() -> float | None:
     return 0.25 if busy() else None
 
 
-def online_access() -> bool:
-    """Whether Blender allows add-ons to go online (Preferences > System > Network; 4.2+)."""
-    return bool(getattr(bpy.app, "online_access", True))
-
-
-OFFLINE = ("Blender's online access is off (Preferences > System > Network > Allow Online Access; headless: "
-           "blender --online-mode): {what} needs to download packages and does not go online without it")
-
-
 def chosen_build(prefs: Any, torch_build: str = "", index_url: str = "") -> tuple[str, str]:
     """The PyTorch build and index URL: the operator's arguments, else FRESCO_TORCH_BUILD and
     FRESCO_TORCH_INDEX_URL, else the preferences."""
@@ -182,8 +173,8 @@ class FRESCO_OT_install_backend(bpy.types.Operator):
     def execute(self, context: Any) -> set[str]:
         if _refused(self):
             return {"CANCELLED"}
-        if not online_access():
-            self.report({"ERROR"}, "FRESCO: " + OFFLINE.format(what="Repair" if self.repair else "Install Backend"))
+        if not config.online_access():
+            self.report({"ERROR"}, "FRESCO: " + config.OFFLINE.format(what="Repair" if self.repair else "Install Backend"))
             return {"CANCELLED"}
         backend.stop()  # it runs from the environment about to change
         try:
@@ -272,8 +263,8 @@ def draw(layout: Any, context: Any, prefs: Any) -> None:
     row.operator(FRESCO_OT_install_backend.bl_idname, text="Repair", icon="TOOL_SETTINGS").repair = True
     row.operator(FRESCO_OT_uninstall_backend.bl_idname, text="Uninstall", icon="TRASH")
     row.operator(FRESCO_OT_open_install_log.bl_idname, text="", icon="TEXT")
-    if not online_access():
-        layout.label(text=OFFLINE.format(what="Install Backend")[:200], icon="INFO")
+    if not config.online_access():
+        layout.label(text=config.OFFLINE.format(what="Install Backend")[:200], icon="INFO")
     box = layout.box()
     box.prop(prefs, "show_backend_advanced", emboss=False,
              icon="TRIA_DOWN" if prefs.show_backend_advanced else "TRIA_RIGHT")

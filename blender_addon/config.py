@@ -112,6 +112,15 @@ def install_status(context: Any = None, wait: bool = False) -> installer.Status:
     return installer.status(env_dir(context), bundled_wheel(), wait=wait)
 
 
+def online_access() -> bool:
+    """Whether Blender lets add-ons go online (Preferences > System > Network; headless: --online-mode)."""
+    return bool(getattr(bpy.app, "online_access", True))
+
+
+OFFLINE = ("Blender's online access is off (Preferences > System > Network > Allow Online Access; headless: "
+           "blender --online-mode): {what} does not go online without it")
+
+
 def backend_config(context: Any = None) -> dict[str, str]:
     """Backend settings: environment variables first, then the preferences, then the installed backend."""
     prefs = preferences(context)
@@ -127,4 +136,6 @@ def backend_config(context: Any = None) -> dict[str, str]:
             config["python"] = str(installer.env_python(env_dir(context)))
         else:
             config["install_problem"] = f"{status.message} in Preferences > Add-ons > FRESCO Video Translation"
+    if not online_access():
+        config["offline"] = "1"  # a local backend then downloads nothing (HF_HUB_OFFLINE)
     return config

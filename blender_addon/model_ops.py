@@ -110,6 +110,9 @@ class FRESCO_OT_download_model(bpy.types.Operator):
         if not hubcache.is_hub_id(repo_id):
             self.report({"ERROR"}, f"FRESCO: {repo_id!r} is not a hub id (organisation/name)")
             return {"CANCELLED"}
+        if not config.online_access():
+            self.report({"ERROR"}, "FRESCO: " + config.OFFLINE.format(what=f"Download of {repo_id}"))
+            return {"CANCELLED"}
         name = download_key(repo_id, file)
         if downloading(repo_id, file):
             self.report({"ERROR"}, f"FRESCO: {name} is being downloaded already")

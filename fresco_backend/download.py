@@ -226,7 +226,8 @@ def _listing(repo_id: str) -> tuple[str, dict[str, RemoteFile]]:
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
     if _offline():
-        raise _Unreachable("HF_HUB_OFFLINE is set")
+        raise _Unreachable("HF_HUB_OFFLINE is set: offline mode, as the add-on sets it while Blender's online "
+                           "access is off")
     endpoint = _endpoint()
     url = f"{endpoint}/api/models/{repo_id}/revision/main"
     limit = int(_setting("LISTING_BYTES", LISTING_BYTES))

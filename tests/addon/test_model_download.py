@@ -20,7 +20,18 @@ SD, CN = "tiny-org/tiny-sd", "tiny-org/tiny-canny"
 
 
 @pytest.fixture
-def hub(backend_env, monkeypatch, tmp_path):
+def online():
+    """Blender's online access on for the test (the bpy module starts with it off)."""
+    system = bpy.context.preferences.system
+    system.use_online_access = True
+    try:
+        yield
+    finally:
+        system.use_online_access = False
+
+
+@pytest.fixture
+def hub(backend_env, online, monkeypatch, tmp_path):
     with FakeHub({SD: os.environ["FRESCO_MODEL"], CN: os.environ["FRESCO_CONTROLNET"]}) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)  # passed on to the backend's processes
         monkeypatch.setenv("FRESCO_MODEL_CACHE", str(tmp_path / "Modèles cache"))
@@ -70,6 +81,25 @@ def test_download_use_and_remove(addon, hub, movie_scene, compat, blend, monkeyp
     finally:
         backend.stop()
         prefs.models.clear()
+
+
+def test_online_access_off_downloads_nothing(addon, hub, movie_scene, monkeypatch):
+    """With Blender's online access off, Download is refused and a job's download stage does not go online:
+    the local backend runs with HF_HUB_OFFLINE and the job fails naming the model and the reason."""
+    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".backend"]
+    hubcache = sys.modules[addon.__name__ + ".fresco_contract.hubcache"]
+    cache = config.model_cache_dir()
+    bpy.context.preferences.system.use_online_access = False
+    try:
+        with pytest.raises(RuntimeError, match="online access is off.*--online-mode.*Download of"):
+            bpy.ops.fresco.download_model(repo_id=SD)
+        backend.stop()
+        monkeypatch.setenv("FRESCO_CONTROLNET", CN)  # not downloaded: the job's download stage would fetch it
+        with pytest.raises(RuntimeError, match=f"{CN}.*HF_HUB_OFFLINE.*online access is off"):
+            bpy.ops.fresco.translate(strip="clip")
+        assert hub.requests == [] and not hubcache.repo_folder(cache, CN).exists()
+    finally:
+        backend.stop()
 
 
 def test_single_file_entry_with_its_config(addon, backend_env, monkeypatch, tmp_path):
@@ -145,7 +175,7 @@ def test_controlnet_kinds_and_annotators_reach_the_server(addon, backend_env, mo
         prefs.annotators = prefs.controlnet_tile = ""
 
 
-def test_annotator_rows(addon, backend_env, monkeypatch, tmp_path):
+def test_annotator_rows(addon, backend_env, online, monkeypatch, tmp_path):
     config, downloads = (sys.modules[f"{addon.__name__}.{m}"] for m in ("config", "downloads"))
     hubcache = sys.modules[addon.__name__ + ".fresco_contract.hubcache"]
     monkeypatch.setenv("FRESCO_MODEL_CACHE", str(tmp_path))
