@@ -39,6 +39,10 @@ from .model_cache import ModelCache
 log = logging.getLogger("fresco.server")
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+"""The signals that stop the server cleanly (SIGHUP: its terminal was closed)."""
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m server", description="FRESCO backend HTTP server")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -271,7 +275,7 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
             log.info("stopped by %s", signal.Signals(signum).name)
         server.should_exit = True
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, stop_server)
     try:
         server.run(sockets=[sock])
@@ -313,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not explicit:
         print(f"fresco server: generated token {token}", file=sys.stderr, flush=True)
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, raise_stopped)
     temp_work: Path | None = None
 

@@ -91,7 +91,8 @@ def read_ready_line(proc: subprocess.Popen) -> dict:
     return parsed
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []),
+                         ids=lambda s: s.name)
 def test_stopping_by_signal_removes_the_temporary_work_dir(stop, tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()
