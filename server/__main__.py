@@ -3,7 +3,7 @@
 Binds the socket itself (so port 0 works), prints exactly one ready line
 (``wire.ready_line``) to stdout and logs everything else to stderr. A bad option
 or an unusable port, work dir or token file is one message on stderr and exit
-code 2. However it stops (stdin closed, SIGTERM, SIGINT), it removes its
+code 2. However it stops (stdin closed, SIGTERM, SIGINT, SIGHUP), it removes its
 temporary work dir.
 """
 from __future__ import annotations
