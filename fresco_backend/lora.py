@@ -10,6 +10,7 @@ weight 0 is not loaded at all: the model stays as it is.
 from __future__ import annotations
 
 import logging
+import stat as stat_mode
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,9 +36,13 @@ class Fused:
 
 def lora_key(loras: Sequence[Lora]) -> tuple:
     """What a pipeline's LoRA state depends on: each applied file (its path, size and modification
-    time, so an edited file is loaded again) and weight. Raises ModelNotFoundError for a missing file."""
+    time, so an edited file is loaded again) and weight. Raises ModelNotFoundError for a file that is
+    missing or not a regular file (a folder, FIFO or device is never opened)."""
     key = []
     for lora in loras:
+        if "\0" in lora.path:
+            raise ModelNotFoundError(f"LoRA path {lora.path!r} holds a NUL character, which no file name can: "
+                                     f"choose the {SUFFIX} file again")
         path = Path(lora.path).expanduser()
         if path.suffix.lower() != SUFFIX:
             raise ModelNotFoundError(f"LoRA {lora.path}: expected a {SUFFIX} file of LoRA weights")
@@ -45,6 +50,9 @@ def lora_key(loras: Sequence[Lora]) -> tuple:
             stat = path.stat()
         except OSError as exc:
             raise ModelNotFoundError(f"LoRA file {lora.path} cannot be read: {exc.strerror or exc}") from None
+        if not stat_mode.S_ISREG(stat.st_mode):
+            raise ModelNotFoundError(f"LoRA {lora.path} is not a regular file (a folder, FIFO or device): "
+                                     f"choose the {SUFFIX} file of LoRA weights itself")
         if lora.weight != 0:
             key.append((str(path.resolve()), float(lora.weight), stat.st_size, stat.st_mtime_ns))
     return tuple(key)
@@ -58,12 +66,28 @@ def _lora_layers(pipe) -> dict[tuple[str, str], Any]:
             for path, module in getattr(pipe, name).named_modules() if isinstance(module, BaseTunerLayer)}
 
 
+def _non_finite(path: str) -> list[str]:
+    """The names of the tensors in the safetensors file ``path`` that hold NaN or infinite values."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as weights:
+        return [name for name in weights.keys()
+                if not torch.isfinite(weights.get_tensor(name)).all()]
+
+
 def _load(pipe, path: str, adapter: str) -> None:
-    """Load one file as ``adapter``; a file that is no LoRA of this model is refused by name."""
+    """Load one file as ``adapter``; a file that is no LoRA of this model, or holds non-finite weights
+    (which would turn every frame black), is refused by name."""
     try:
-        pipe.load_lora_weights(path, adapter_name=adapter)
+        bad = _non_finite(path)
+        if not bad:
+            pipe.load_lora_weights(path, adapter_name=adapter)
     except Exception as exc:  # noqa: BLE001 - diffusers, peft and safetensors raise many kinds for a bad file
         raise ModelNotFoundError(f"LoRA file {path} could not be loaded: {exc}") from None
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ModelNotFoundError(f"LoRA file {path} holds NaN or infinite weights ({bad[0]}{more}): the file is "
+                                 f"damaged; download or export it again")
     touched = [layer for layer in _lora_layers(pipe).values() if adapter in getattr(layer, "lora_A", {})]
     if not touched:
         raise ModelNotFoundError(f"LoRA file {path} holds no LoRA weights for this Stable Diffusion 1.5 model")

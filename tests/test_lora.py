@@ -87,3 +87,39 @@ def test_a_bad_lora_file_is_refused_by_name_and_leaves_the_model_as_it_was(choic
         assert str(path) in str(err.value)
         assert_same_weights(weights(pipe), base)
     assert torch.equal(translate(warm.get(choice, [])), translate(WarmPipeline("cpu").get(choice)))
+
+
+def test_a_lora_with_nan_weights_is_refused_by_name_before_it_changes_the_model(choice, tiny_lora, tmp_path):
+    """NaN weights would turn every frame black; the file is refused when it is loaded."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tiny_lora))
+    poisoned_key = sorted(state)[0]
+    state[poisoned_key] = torch.full_like(state[poisoned_key], float("nan"))
+    poisoned = tmp_path / "nan.safetensors"
+    save_file(state, str(poisoned))
+    warm = WarmPipeline("cpu")
+    pipe = warm.get(choice)
+    base = weights(pipe)
+    with pytest.raises(ModelNotFoundError, match="NaN or infinite weights") as err:
+        warm.get(choice, [Lora(str(poisoned), 0.8)])
+    assert str(poisoned) in str(err.value) and poisoned_key in str(err.value)
+    assert_same_weights(weights(pipe), base)
+
+
+def test_lora_paths_that_are_no_regular_file_are_refused_with_the_reason(tmp_path):
+    """A NUL byte, a FIFO or a folder never reach the loader (which took a FIFO for a hub repo id)."""
+    import os
+
+    from fresco_backend.lora import lora_key
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    cases = [(f"{tmp_path}/a\0b.safetensors", "holds a NUL character"), (str(fifo), "not a regular file"),
+             (str(folder), "not a regular file")]
+    for path, message in cases:
+        with pytest.raises(ModelNotFoundError, match=message) as err:
+            lora_key([Lora(path, 0.5)])
+        assert repr(path) in str(err.value) or path in str(err.value)
