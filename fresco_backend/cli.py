@@ -22,6 +22,8 @@ from .config import JobConfig
 from .models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_models,
                      controlnet_configs, parse_kind_options)
 from .video_io import ClipError
+from .denoise import NonFiniteError
+from .job_files import check_job_files
 
 _TYPES = {"str": str, "enum": str, "int": int, "float": float}
 JOB_DIR = ".fresco-job"  # inside --out while a run is unfinished: re-running the command resumes it
@@ -131,6 +133,7 @@ def _translate(args: argparse.Namespace) -> None:
 
     values = {s.name: getattr(args, s.name) for s in S.SETTINGS if getattr(args, s.name) is not None}
     settings = S.validate(values)
+    check_job_files(settings)  # LoRA and RAFT weights usable: before any folder is made or model loaded
     if args.out.exists() and not args.out.is_dir():
         raise FileExistsError(f"--out {args.out} is a file; --out names the folder for the PNG frames "
                               f"(a new or empty one; nothing was overwritten)")
@@ -211,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
             clip = moving_square(frames=args.frames, width=args.width, height=args.height)
             print(write_video(args.path, clip.frames))
-    except (S.SettingsError, ModelNotFoundError, ClipError, FileExistsError, JobMismatch, DeviceError) as exc:
+    except (S.SettingsError, ModelNotFoundError, ClipError, FileExistsError, JobMismatch, DeviceError,
+            NonFiniteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

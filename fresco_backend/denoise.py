@@ -149,5 +149,20 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
             latents = with_x0(pipe.scheduler, t, latents, x0, new_x0)
         latents = hooks.after_step(index, t, latents)
         clock.step()
-    return pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    check_finite(latents, "the denoised latents")
+    return check_finite(pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0],
+                        "the decoded frames")
+
+
+class NonFiniteError(RuntimeError):
+    """A batch came out with NaN or infinite values: its frames would be black, so none is written."""
+
+
+def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """``values``, or NonFiniteError when they hold NaN or infinity (``what`` names them in the message)."""
+    if not torch.isfinite(values).all():
+        raise NonFiniteError(f"{what} of a batch hold NaN or infinite values, so its frames would be black; "
+                             "nothing of it was written. The model, a ControlNet or a LoRA file holds bad "
+                             "weights, or half precision overflowed: check those files, or run on the CPU (float32)")
+    return values
 

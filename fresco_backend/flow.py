@@ -83,11 +83,24 @@ def load_estimator(name: str, weights: str = "", device=None) -> FlowEstimator:
     ``device`` is where a learned estimator runs (default: CUDA when available). Raises ValueError for
     an unknown name or a missing/unsuitable weights file.
     """
+    return _factory(name)(weights, device)
+
+
+def _factory(name: str) -> Callable[..., FlowEstimator]:
     try:
-        factory = _ESTIMATORS[name.lower()]
+        return _ESTIMATORS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown flow estimator {name!r}; available: {', '.join(sorted(_ESTIMATORS))}") from None
-    return factory(weights, device)
+
+
+def check_estimator(name: str, weights: str = "") -> None:
+    """Raise ValueError where ``load_estimator(name, weights)`` would, without building the estimator:
+    an unknown name, or RAFT weights that are missing, no regular file, unreadable or not the full RAFT's
+    (read memory-mapped where the file allows: its keys and shapes, not the network)."""
+    if _factory(name) is _raft:
+        from .raft import read_weights
+
+        read_weights(weights)
 
 
 def _pixel_grid(height: int, width: int, like: torch.Tensor) -> torch.Tensor:

@@ -191,35 +191,65 @@ class RAFT(nn.Module):
         return convex_upsample(coords1 - coords0, mask)
 
 
-def load_raft(weights: str | Path, device: str | torch.device = "cpu") -> RAFT:
-    """A RAFT model with the weights of the local checkpoint ``weights``, in eval mode on ``device``.
+def _expected_shapes() -> dict[str, tuple[int, ...]]:
+    """The full RAFT's parameter names and shapes (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in RAFT().state_dict().items()}
 
-    Raises ValueError naming what was expected when the file is missing or its keys do not match.
-    """
-    path = Path(weights).expanduser() if weights else None
-    if path is None or not path.is_file():
-        raise ValueError(f"RAFT weights file not found: {str(weights)!r}; set flow_weights to a local RAFT "
-                         "checkpoint such as raft-things.pth (Teed & Deng's release)")
+
+def _read(path: Path):
+    """The object saved in ``path``, memory-mapped where the file's format allows (no tensor data read)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # the pre-zip format of torch < 1.6
+
+
+def read_weights(weights: str | Path) -> dict[str, torch.Tensor]:
+    """The full RAFT's parameters in the local checkpoint ``weights`` ("module." prefixes dropped), checked
+    by name and shape against the model. Raises ValueError naming what was expected when the path is
+    empty, holds a NUL byte, is missing or no regular file, is not a PyTorch checkpoint, or holds another
+    network (raft-small among them)."""
+    hint = "set flow_weights to a local RAFT checkpoint such as raft-things.pth (Teed & Deng's release)"
+    if weights and "\0" in str(weights):
+        raise ValueError(f"RAFT weights path {str(weights)!r} holds a NUL character, which no file name can; {hint}")
+    path = Path(weights).expanduser() if weights else None
+    if path is None or not path.exists():
+        raise ValueError(f"RAFT weights file not found: {str(weights)!r}; {hint}")
+    if not path.is_file():
+        raise ValueError(f"RAFT weights {path} is not a regular file (a folder, FIFO or device); {hint}")
+    try:
+        state = _read(path)
     except Exception as exc:  # a corrupt or non-torch file: say which and why
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of RAFT parameters, got {type(state).__name__}")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    model = RAFT()
-    expected = model.state_dict()
+    expected = _expected_shapes()
     missing = sorted(set(expected) - set(state))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
     if missing or wrong:
         detail = ("missing " + ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")) if missing else \
-            "wrong shape for " + ", ".join(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                                           for k in wrong[:3])
-        raise ValueError(f"{path} does not hold the full RAFT model's parameters (raft-things.pth / "
+            "wrong shape for " + ", ".join(f"{k} {tuple(state[k].shape)} (expected {expected[k]})" for k in wrong[:3])
+        fnet_out = state.get("fnet.conv2.weight")
+        small = fnet_out is not None and fnet_out.ndim == 4 and fnet_out.shape[0] == 128  # raft-small's encoder
+        kind = "a raft-small checkpoint, which is not supported; " if small else ""
+        raise ValueError(f"{path} is {kind}not the full RAFT model's parameters (raft-things.pth / "
                          f"raft-sintel.pth / raft-kitti.pth layout, keys like 'module.fnet.conv1.weight'): {detail}")
-    model.load_state_dict({k: state[k] for k in expected})
+    return {k: state[k] for k in expected}
+
+
+def load_raft(weights: str | Path, device: str | torch.device = "cpu") -> RAFT:
+    """A RAFT model with the weights of the local checkpoint ``weights``, in eval mode on ``device``.
+
+    Raises ValueError as ``read_weights`` does.
+    """
+    model = RAFT()
+    model.load_state_dict(read_weights(weights))
     return model.eval().to(device)
 
 

@@ -128,3 +128,89 @@ def test_a_job_with_flow_raft_propagates_with_raft(pipe, checkpoint, monkeypatch
     assert sorted(frames) == list(range(5))
     # the key batch (keys 0 and 4): one pair, both directions; the span 0..4: four pairs, both directions
     assert len(pairs) == 2 + 8
+
+
+def raft_small_like(path):
+    """A checkpoint with the layout of the authors' raft-small.pth (a smaller encoder and update block)."""
+    shapes = {"fnet.conv1.weight": (32, 3, 7, 7), "fnet.conv2.weight": (128, 96, 1, 1),
+              "cnet.conv2.weight": (160, 96, 1, 1), "update_block.encoder.convc1.weight": (96, 324, 1, 1),
+              "update_block.gru.convz.weight": (96, 242, 3, 3), "update_block.flow_head.conv1.weight": (128, 96, 3, 3)}
+    torch.save({f"module.{k}": torch.zeros(shape) for k, shape in shapes.items()}, path)
+    return path
+
+
+def test_weights_that_are_no_usable_file_are_named_before_loading(tmp_path):
+    import os
+
+    from fresco_backend.flow import check_estimator
+
+    fifo = tmp_path / "raft.pth"
+    os.mkfifo(fifo)  # never opened: reading it would block
+    (tmp_path / "folder.pth").mkdir()
+    cases = [(f"{tmp_path}/a\0b.pth", "holds a NUL character"), (fifo, "not a regular file"),
+             (tmp_path / "folder.pth", "not a regular file"),
+             (raft_small_like(tmp_path / "raft-small.pth"), "raft-small checkpoint, which is not supported")]
+    for path, message in cases:
+        with pytest.raises(ValueError, match=message):
+            check_estimator("raft", str(path))
+        with pytest.raises(ValueError, match=message):
+            load_raft(path)
+    check_estimator("dis", str(fifo))  # DIS needs no weights
+    with pytest.raises(ValueError, match="'gmflow'"):
+        check_estimator("gmflow")
+
+
+def test_a_legacy_format_checkpoint_is_read(tmp_path, checkpoint):
+    """Checkpoints saved before torch 1.6 (no zip: no memory map) are read all the same."""
+    path = tmp_path / "old.pth"
+    torch.save(torch.load(checkpoint[0], weights_only=True), path, _use_new_zipfile_serialization=False)
+    loaded = load_raft(path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in checkpoint[1].state_dict().items())
+
+
+@pytest.mark.parametrize("case", ["missing", "raft-small"])
+def test_cli_checks_the_flow_weights_before_anything_is_loaded(case, tiny_models, tmp_path, capsys, monkeypatch):
+    from fresco_backend import cli
+    from fresco_backend.synthetic import moving_square, write_video
+    from fresco_backend.warm import WarmPipeline
+
+    loads = []
+    monkeypatch.setattr(WarmPipeline, "get", lambda self, *a, **k: loads.append(a))
+    weights = tmp_path / "missing.pth" if case == "missing" else raft_small_like(tmp_path / "raft-small.pth")
+    clip = write_video(tmp_path / "clip.mp4", moving_square(frames=3, width=64, height=64).frames)
+    out = tmp_path / "out"
+    code = cli.main(["translate", str(clip), "--out", str(out), "--prompt", "x", "--model", str(tiny_models[0]),
+                     "--controlnet", str(tiny_models[1]), "--device", "cpu", "--flow", "raft",
+                     "--flow-weights", str(weights)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(weights) in err and "Traceback" not in err
+    assert ("not found" if case == "missing" else "raft-small") in err
+    assert not loads and not (out / cli.JOB_DIR).exists()
+
+
+def test_server_fails_the_job_before_downloads_and_loads(tmp_path):
+    from server.jobs import JobManager
+    from server_support import fake_cache, finish
+
+    from fresco_contract import settings as S, wire
+
+    cache = fake_cache()
+    manager = JobManager(tmp_path / "work", cache.for_settings, lambda *a, **k: iter(()), prepare=cache.prepare)
+    weights = raft_small_like(tmp_path / "raft-small.pth")
+    try:
+        job = manager.create(S.validate({"prompt": "x", "flow": "raft", "flow_weights": str(weights)}), 1)
+        manager.put_input(job.id, 0, cv2_png())
+        manager.start(job.id)
+        answer = finish(manager, job.id)
+    finally:
+        manager.shutdown()
+    assert answer["state"] == wire.FAILED
+    errors = [e["message"] for e in answer["events"] if e["type"] == wire.EV_ERROR]
+    assert len(errors) == 1 and "raft-small checkpoint" in errors[0] and str(weights) in errors[0]
+    assert cache.warm.calls == []  # nothing loaded
+
+
+def cv2_png() -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))[1].tobytes()

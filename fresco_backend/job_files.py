@@ -1,0 +1,26 @@
+"""The local files a job's settings name, checked before anything is loaded or downloaded.
+
+The command line (cli.py) calls ``check_job_files`` before it creates its job folder, the server
+(server/model_cache.py, ``ModelCache.prepare``) before a job's downloads and model load: a job whose
+LoRA or RAFT weights cannot be used fails at once with the reason, not after minutes of loading.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .config import JobConfig
+from .download import ModelNotFoundError
+from .flow import check_estimator
+from .lora import lora_key
+
+
+def check_job_files(settings: JobConfig | Mapping[str, Any]) -> None:
+    """Raise ModelNotFoundError naming the file and what is wrong with it: a LoRA file that is missing
+    or no regular file (``lora.lora_key``), or flow weights that are not a full RAFT checkpoint
+    (``flow.check_estimator``)."""
+    config = JobConfig.of(settings)
+    lora_key(config.loras)
+    try:
+        check_estimator(config.flow, config.flow_weights)
+    except ValueError as exc:
+        raise ModelNotFoundError(f"flow_weights: {exc}") from None
