@@ -29,6 +29,20 @@ def finish(manager: JobManager, job_id: str, timeout: float = OUTER_LIMIT) -> di
     return {"events": seen, "state": state}
 
 
+def run_job(manager: JobManager, settings: dict, pngs: list[bytes]) -> dict:
+    """Create a job of ``settings`` with the PNG frames ``pngs``, start it and follow it to its end (``finish``)."""
+    job = manager.create(settings, len(pngs))
+    for i, png in enumerate(pngs):
+        manager.put_input(job.id, i, png)
+    manager.start(job.id)
+    return finish(manager, job.id)
+
+
+def error_messages(answer: dict) -> list[str]:
+    """The messages of the error events of a ``finish`` answer."""
+    return [e["message"] for e in answer["events"] if e["type"] == wire.EV_ERROR]
+
+
 def wait_for(manager: JobManager, job_id: str, match: Callable[[dict], bool], timeout: float = OUTER_LIMIT) -> dict:
     """The first event of a job (in-process) that ``match`` accepts."""
     return follow(lambda *args, **kw: events(manager, *args, **kw), job_id, match, timeout)[0][-1]

@@ -62,18 +62,15 @@ def test_cli_exits_2_with_the_reason_and_writes_no_frame(tiny_models, tmp_path, 
 
 def test_a_server_job_with_nan_fails_with_the_reason(poisoned_pipe, tmp_path):
     from server.jobs import JobManager
-    from server_support import finish
+    from server_support import error_messages, run_job
 
     manager = JobManager(tmp_path, lambda settings: poisoned_pipe, translate_frames)
+    pngs = [cv2.imencode(".png", np.ascontiguousarray(frame[..., ::-1]))[1].tobytes() for frame in FRAMES]
     try:
-        job = manager.create(S.validate({**FAST, "mode": "per_frame"}), len(FRAMES))
-        for i, frame in enumerate(FRAMES):
-            manager.put_input(job.id, i, cv2.imencode(".png", np.ascontiguousarray(frame[..., ::-1]))[1].tobytes())
-        manager.start(job.id)
-        answer = finish(manager, job.id)
+        answer = run_job(manager, S.validate({**FAST, "mode": "per_frame"}), pngs)
     finally:
         manager.shutdown()
     assert answer["state"] == wire.FAILED
-    errors = [e["message"] for e in answer["events"] if e["type"] == wire.EV_ERROR]
+    errors = error_messages(answer)
     assert len(errors) == 1 and "NaN or infinite values" in errors[0]
     assert not [e for e in answer["events"] if e["type"] == wire.EV_FRAME]

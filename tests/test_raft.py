@@ -190,7 +190,7 @@ def test_cli_checks_the_flow_weights_before_anything_is_loaded(case, tiny_models
 
 def test_server_fails_the_job_before_downloads_and_loads(tmp_path):
     from server.jobs import JobManager
-    from server_support import fake_cache, finish
+    from server_support import error_messages, fake_cache, run_job
 
     from fresco_contract import settings as S, wire
 
@@ -198,14 +198,11 @@ def test_server_fails_the_job_before_downloads_and_loads(tmp_path):
     manager = JobManager(tmp_path / "work", cache.for_settings, lambda *a, **k: iter(()), prepare=cache.prepare)
     weights = raft_small_like(tmp_path / "raft-small.pth")
     try:
-        job = manager.create(S.validate({"prompt": "x", "flow": "raft", "flow_weights": str(weights)}), 1)
-        manager.put_input(job.id, 0, cv2_png())
-        manager.start(job.id)
-        answer = finish(manager, job.id)
+        answer = run_job(manager, S.validate({"prompt": "x", "flow": "raft", "flow_weights": str(weights)}), [cv2_png()])
     finally:
         manager.shutdown()
     assert answer["state"] == wire.FAILED
-    errors = [e["message"] for e in answer["events"] if e["type"] == wire.EV_ERROR]
+    errors = error_messages(answer)
     assert len(errors) == 1 and "raft-small checkpoint" in errors[0] and str(weights) in errors[0]
     assert cache.warm.calls == []  # nothing loaded
 
