@@ -17,9 +17,13 @@ ended.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import bpy
 
@@ -118,6 +122,38 @@ def picture_problem(strip: Any) -> str | None:
     return None
 
 
+# what Blender's render prints per written frame: "Saved: '...'", " Time: ... (Saving: ...)" and an empty line
+# (4.x), or the render log's "00:04.190  render  | Saved: '...'" (5.x)
+RENDER_LOG = re.compile(r"\s*$|(?:[\d:.]+\s+render\s+\|\s*)?Saved: '|\s*Time: \d")
+
+
+@contextlib.contextmanager
+def quiet_render_log() -> Iterator[None]:
+    """Drop the lines a render prints per saved frame; pass every other line through afterwards.
+
+    Blender's C code prints them on the process's standard output (file descriptor 1), which a
+    ``sys.stdout`` replacement does not catch: fd 1 itself goes to a temporary file meanwhile.
+    """
+    sys.stdout.flush()
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(1)
+        try:
+            os.dup2(capture.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()  # what Python printed meanwhile goes to the capture, and is kept
+                os.dup2(saved, 1)
+        finally:
+            os.close(saved)
+        capture.seek(0)
+        kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if not RENDER_LOG.match(line)]
+    if kept:
+        sys.stdout.write("".join(kept))
+        sys.stdout.flush()
+
+
 def _setup(temp: Any, keep_names: set[str], width: int, height: int, out_dir: Path) -> None:
     """Make the scene copy ``temp`` render only ``keep_names`` at ``width`` x ``height`` to ``out_dir``."""
     ted = compat.editor(temp)
@@ -210,7 +246,8 @@ class StripExporter:
         temp.frame_end = last
         had = {i.name for i in bpy.data.images if i.type == "RENDER_RESULT"}
         try:
-            result = bpy.ops.render.render(animation=True, scene=temp.name)
+            with quiet_render_log():
+                result = bpy.ops.render.render(animation=True, scene=temp.name)
         finally:  # the render buffer image this render made must not outlive the step (save, undo)
             for image in [i for i in bpy.data.images if i.type == "RENDER_RESULT" and i.name not in had]:
                 bpy.data.images.remove(image)

@@ -72,7 +72,7 @@ def run(strip_names: list[str] | None = None) -> int:
 
     def begin(entry: jobqueue.Entry) -> translation.Translation:
         def report(stage: str, done: int, total: int) -> None:
-            say(f"{tags[entry.id]}{entry.strip_name}: {stage} {translation.progress_text(stage, done, total)}")
+            say(f"{tags[entry.id]}{entry.strip_name}: {translation.stage_text(stage, done, total)}")
 
         return translation.begin(entry, translation.throttled(report))
 

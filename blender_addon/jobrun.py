@@ -7,6 +7,7 @@ message dict) and never touches bpy data, so it is safe on any thread.
 Messages:
   {"kind": "job", "job_id": str}
   {"kind": "progress", "stage": str, "done": int, "total": int, "eta": float | None}
+                                                 (``STAGE_STARTING``, total 0: the backend is being started)
   {"kind": "frame", "index": int, "path": str}   (an output frame was downloaded to ``path``)
   {"kind": "finished", "files": [str, ...]}      (put by ``worker`` only)
   {"kind": "error", "message": str}              (put by ``worker`` only)
@@ -32,6 +33,7 @@ class JobCancelled(RuntimeError):
 
 
 Emit = Callable[[dict], None]
+STAGE_STARTING = "starting backend"  # ``worker``'s first stage, while ``get_client`` starts the backend
 
 
 def _check(cancel: threading.Event | None, client: Any = None, job_id: str | None = None) -> None:
@@ -135,7 +137,7 @@ def worker(get_client: Callable[[], Any], settings: dict, frame_paths: Sequence[
            put: Emit, cancel: threading.Event) -> None:
     """Thread body for the UI: run the job and put exactly one final message."""
     try:
-        put({"kind": "progress", "stage": "starting backend", "done": 0, "total": 0, "eta": None})
+        put({"kind": "progress", "stage": STAGE_STARTING, "done": 0, "total": 0, "eta": None})
         client = get_client()
         files = run_job(client, settings, frame_paths, out_dir, emit=put, cancel=cancel)
         put({"kind": "finished", "files": [str(f) for f in files]})

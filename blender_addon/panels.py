@@ -7,12 +7,12 @@ from typing import Any, Mapping
 
 import bpy
 
-from . import backend, backend_setup, config, installer, model_ops, operators, presets, props, settings_ops, uijob
-from . import userdirs
+from . import backend, backend_setup, config, installer, jobrun, model_ops, operators, presets, props, settings_ops
+from . import uijob, userdirs
 from .contract import settings as schema
 
 GROUP_ICONS = {"look": "COLOR", "guidance": "MODIFIER", "timing": "KEYFRAME_HLT", "quality": "RENDER_RESULT"}
-STARTING_STAGE = "starting backend"  # the queue entry's stage while the backend starts (jobrun.worker)
+STARTING_STAGE = jobrun.STAGE_STARTING  # the queue entry's stage while the backend starts (jobrun.worker)
 SETUP, STOP = "setup", "stop"  # what the backend line offers: the add-on's preferences, or Stop Backend
 
 

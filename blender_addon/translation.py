@@ -201,7 +201,7 @@ class Translation:
         given; returns the result strip, raises on failure."""
         if self.report is None:
             self.report = throttled(lambda stage, done, total: log(
-                f"{self.source_name}: {stage} {progress_text(stage, done, total)}"))
+                f"{self.source_name}: {stage_text(stage, done, total)}"))
         try:
             while self.exporter is not None:
                 self.export_frames(export.BATCH)
@@ -228,6 +228,13 @@ def progress_text(stage: str, done: int, total: int) -> str:
     if stage == wire.STAGE_DOWNLOAD:
         return f"model {done / 1e9:.2f} of {total / 1e9:.2f} GB"
     return f"{done}/{total}"
+
+
+def stage_text(stage: str, done: int, total: int) -> str:
+    """A stage as a log line shows it: its name and ``progress_text``; the backend's start in words."""
+    if stage == jobrun.STAGE_STARTING:
+        return "starting the backend..."
+    return f"{stage} {progress_text(stage, done, total)}"
 
 
 def throttled(report: Report, every: float = 1.0) -> Report:

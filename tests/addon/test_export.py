@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -130,3 +131,21 @@ def test_save_and_undo_mid_export(addon, movie_scene, compat, blend, tmp_path):
     assert bpy.ops.ed.undo() == {"FINISHED"}
     assert marked_scenes(export) == []
     assert scene_state(bpy.data.scenes["Scene"], compat) == before
+
+
+def test_render_log_of_saved_frames_dropped(addon, movie_scene, compat, tmp_path, capfd):
+    """Blender prints "Saved: '...render_000001.png'" per rendered frame on file descriptor 1 (its C code): the
+    export drops those lines, and keeps whatever else was printed meanwhile."""
+    export = sys.modules[addon.__name__ + ".export"]
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    capfd.readouterr()
+    export.render_strip(movie_scene, strip, tmp_path / "frames")
+    out = capfd.readouterr().out
+    assert "Saved:" not in out and "render_0000" not in out, out
+
+    with export.quiet_render_log():
+        os.write(1, b"Saved: '/x/render_000001.png' Time: 00:00.01 (Saving: 00:00.00)\n\n")
+        os.write(1, b"Error: the real trouble\n")
+        print("a Python line")
+    out = capfd.readouterr().out  # (pytest's sys.stdout writes to its capture directly, not through fd 1)
+    assert sorted(out.splitlines()) == ["Error: the real trouble", "a Python line"]

@@ -70,6 +70,19 @@ def test_translate_adds_result_strip(backend, movie_scene, compat, blend):
     assert json.loads(source[SOURCE_SETTINGS_KEY]) == settings
 
 
+def test_headless_log_in_words(backend, movie_scene, compat, blend, capfd):
+    """A headless translation's console: each stage's progress, the backend's start in words (no "0/0"),
+    and none of the "Saved: ...render_000001.png" lines Blender prints per exported frame."""
+    backend.stop()
+    capfd.readouterr()
+    assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+    out = capfd.readouterr().out
+    lines = out.splitlines()
+    assert f"FRESCO: clip: export {VISIBLE}/{VISIBLE}" in lines and f"FRESCO: clip: upload {VISIBLE}/{VISIBLE}" in lines
+    assert "FRESCO: clip: starting the backend..." in lines
+    assert "0/0" not in out and "Saved:" not in out and "render_0000" not in out, out
+
+
 def test_empty_prompt_is_a_clean_error(backend, movie_scene, compat, blend):
     source = compat.all_strips(movie_scene.sequence_editor)["clip"]
     source.fresco.prompt = "   "
