@@ -40,7 +40,8 @@ sys.path.insert(0, str(REPO))
 
 from fresco_backend import propagate  # noqa: E402
 from fresco_backend.flow import FarnebackFlow, OpenCVFlow, estimate_batch_flow  # noqa: E402
-from fresco_backend.frames import processed_size, resize  # noqa: E402
+from fresco_contract.estimate import working_size  # noqa: E402
+from fresco_backend.frames import resize  # noqa: E402
 from fresco_backend.metrics import pixel_mse  # noqa: E402
 from fresco_backend.video_io import iter_frames  # noqa: E402
 
@@ -156,7 +157,7 @@ def read_clip(path: Path, frames: int, short: int, start: int = 0) -> list[np.nd
     for index, rgb in enumerate(iter_frames(path)):
         if index < start:
             continue
-        width, height = processed_size(rgb.shape[1], rgb.shape[0], short)
+        width, height = working_size(rgb.shape[1], rgb.shape[0], short, upscale=True)
         out.append(resize(rgb, width, height))
         if len(out) == frames:
             break

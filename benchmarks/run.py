@@ -89,12 +89,13 @@ def _target(row: dict, op: str, bound: float) -> dict:
 
 
 def _read_clip(path: Path, frames: int, short: int) -> list:
-    from fresco_backend.frames import processed_size, resize
+    from fresco_contract.estimate import working_size
+    from fresco_backend.frames import resize
     from fresco_backend.video_io import iter_frames
 
     out = []
     for rgb in iter_frames(path):
-        width, height = processed_size(rgb.shape[1], rgb.shape[0], short)
+        width, height = working_size(rgb.shape[1], rgb.shape[0], short, upscale=True)
         out.append(resize(rgb, width, height))
         if len(out) == frames:
             break

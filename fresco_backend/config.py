@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, TypeVar
 
 from fresco_contract import settings as S
+from fresco_contract.estimate import executed_steps, working_size
 
 G = TypeVar("G")
 
@@ -55,12 +56,17 @@ class Sampling:
     steps: int = setting("steps")
     guidance_scale: float = setting("guidance_scale")
     size: int = setting("size")
+    upscale: bool = setting("upscale")
     batch_size: int = setting("batch_size")
 
     @property
     def executed_steps(self) -> int:
         """Steps the loop runs: the last ``strength`` part of the schedule, at least one."""
-        return max(1, min(self.steps, int(round(self.steps * self.strength))))
+        return executed_steps(self.steps, self.strength)
+
+    def work_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) a ``width`` x ``height`` clip is processed at (``estimate.working_size``)."""
+        return working_size(width, height, self.size, self.upscale)
 
     @property
     def skipped_steps(self) -> int:

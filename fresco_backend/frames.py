@@ -7,14 +7,6 @@ import cv2
 import numpy as np
 import torch
 
-MULTIPLE = 64  # SD's VAE (x8) and UNet (x8) need sides divisible by 64
-
-
-def processed_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) with the short side scaled to ``short_side``, both rounded to a multiple of 64."""
-    scale = short_side / min(width, height)
-    return tuple(max(MULTIPLE, int(side * scale / MULTIPLE + 0.5) * MULTIPLE) for side in (width, height))
-
 
 def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize with area filtering when shrinking, Lanczos when enlarging."""

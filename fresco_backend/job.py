@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from fresco_contract.files import write_bytes_atomic
-from fresco_contract.settings import SettingsError, validate
+from fresco_contract.settings import SettingsError, from_record
 from fresco_contract.wire import frame_filename
 
 from .checkpoint import Anchors, Checkpoint
@@ -178,7 +178,7 @@ class JobFolder:
             raise JobFolderError(f"{self.folder} was written in job format {data.get('format')!r}, which this "
                                  f"version (job format {FORMAT}) cannot resume")
         try:
-            settings = validate(data.get("settings"))
+            settings = from_record(data.get("settings"))
         except SettingsError as exc:
             raise JobFolderError(f"{self.record_path}: {exc}") from None
         job = data.get("job", {})

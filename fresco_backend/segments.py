@@ -40,7 +40,7 @@ from .checkpoint import Anchors, Checkpoint
 from .config import JobConfig
 from .denoise import ProgressFn, StepClock
 from .flow import load_estimator
-from .frames import processed_size, resize
+from .frames import resize
 from .fresco import fresco_frames
 from .keyframes import Batch, plan_batches
 from .propagate import propagate_span
@@ -159,7 +159,7 @@ class _Job:
         self.config = JobConfig.of(settings)
         self.clip = Frames(frames, range(len(frames)), frames[0].shape)
         self.height, self.width = frames[0].shape[:2]
-        self.work_size = processed_size(self.width, self.height, self.config.sampling.size)
+        self.work_size = self.config.sampling.work_size(self.width, self.height)
         self.cache = cache or Cache(None)
 
     def run(self, pipe, batches: list[Batch], clock: StepClock, anchors: Anchors | None = None,

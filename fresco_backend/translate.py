@@ -18,7 +18,7 @@ from .conditions import batch_conditions
 from .config import JobConfig
 from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt
 from .flow import load_estimator
-from .frames import processed_size, resize, to_tensor, to_uint8
+from .frames import resize, to_tensor, to_uint8
 from .fresco import fresco_batches, fresco_frames
 from .keyframes import adaptive_keys, fixed_keys
 from .propagate import propagate_span
@@ -90,8 +90,8 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
     validated here, or a ``JobConfig``).
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
-    input's size. Frames are processed at the ``size`` setting (short side,
-    multiple of 64) and scaled back; only one span between two keyframes is
+    input's size. Frames are processed at the working size (``Sampling.work_size``:
+    the ``size`` setting's short side, never above the input's unless ``upscale``) and scaled back; only one span between two keyframes is
     held at a time. Raises Cancelled as soon as ``cancel`` is set. With a
     ``checkpoint`` of an interrupted run it yields only what is still missing.
     """
@@ -100,7 +100,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
     config = JobConfig.of(settings)
     checkpoint, cache = checkpoint or Checkpoint(), cache or Cache(None)
     height, width = frames[0].shape[:2]
-    work_size = processed_size(width, height, config.sampling.size)
+    work_size = config.sampling.work_size(width, height)
     clip = Frames(frames, range(len(frames)), frames[0].shape)
     keys = keyframes_for(clip, config)
     run, batches = (fresco_frames, fresco_batches) if config.fresco else (per_frame, per_frame_batches)

@@ -2,8 +2,8 @@
 
 ``settings`` (the one job-settings schema), ``wire`` (the one wire format),
 ``files`` (the one atomic writer), ``hubcache`` (the default models and what the
-hub cache holds of them), plus the product's version. Standard library only and importing nothing of the
-project: the bottom of the import graph. ``build_addon.py`` copies this package
+hub cache holds of them), ``estimate`` (a job's working size and cost before it runs),
+plus the product's version. Standard library only and importing nothing of the project: the bottom of the import graph. ``build_addon.py`` copies this package
 into the add-on zip, so Blender's Python and the installed backend share it.
 """
 

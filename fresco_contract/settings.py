@@ -138,8 +138,12 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1, maximum=150, group="quality"),
     Setting("guidance_scale", "float", 7.5, "Guidance", "Classifier-free guidance scale (1 = off)",
             minimum=1.0, maximum=30.0, group="quality"),
-    Setting("size", "int", 512, "Size", "Short side of the processed frames in pixels, rounded to a multiple of 64",
-            minimum=64, maximum=2048, group="quality"),
+    Setting("size", "int", 512, "Size",
+            "Short side of the processed frames in pixels, rounded to a multiple of 64; a smaller source keeps "
+            "its own size unless Allow Upscale is on", minimum=64, maximum=2048, group="quality"),
+    Setting("upscale", "bool", False, "Allow Upscale",
+            "Process a source whose short side is below Size at Size (slower, and the model invents the "
+            "detail); off: it keeps its own size, rounded to a multiple of 64", group="quality"),
     Setting("batch_size", "int", 8, "Batch Size",
             "Frames denoised together (FRESCO: keyframes per batch, two of them anchors after the first "
             "batch); more is more coherent but needs more memory",
@@ -239,6 +243,10 @@ SETTINGS: tuple[Setting, ...] = (
 # ``controls`` held one ControlNet as ``control`` + ``control_scale``.
 LEGACY = ("control", "control_scale")
 
+# Settings added since job records were first written, with the value a record that lacks them meant:
+# before ``upscale`` existed, the short side was always scaled to ``size``.
+ADDED = {"upscale": True}
+
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
 
@@ -290,3 +298,9 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
     if problems:
         raise SettingsError("invalid settings: " + "; ".join(problems))
     return result
+
+
+def from_record(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a stored job record, validated (``validate``); settings the record predates
+    (``ADDED``) take the value its job ran with, so an old job is never resumed as a different one."""
+    return validate({**ADDED, **values} if isinstance(values, Mapping) else values)

@@ -11,12 +11,13 @@ import pytest
 from fresco_backend import fresco, segments
 from fresco_backend.config import JobConfig
 from fresco_backend.flow import BatchFlow, estimate_batch_flow
-from fresco_backend.frames import processed_size, resize
+from fresco_backend.frames import resize
 from fresco_backend.metrics import pixel_mse
 from fresco_backend.segments import plan_segments, propagate, run_segment, run_skeleton, translate_segmented
 from fresco_backend.synthetic import moving_square
 from fresco_backend.translate import Cancelled, translate_frames
 from fresco_backend.video_io import iter_frames
+from fresco_contract.estimate import working_size
 from fresco_contract.settings import validate
 
 CARPHONE = Path(__file__).parent / "data" / "carphone_pristine.mp4"
@@ -92,7 +93,7 @@ def test_one_segment_is_byte_identical_to_the_plain_run(pipe):
 def carphone(count: int) -> list[np.ndarray]:
     frames = []
     for rgb in iter_frames(CARPHONE):
-        frames.append(resize(rgb, *processed_size(rgb.shape[1], rgb.shape[0], 64)))
+        frames.append(resize(rgb, *working_size(rgb.shape[1], rgb.shape[0], 64)))
         if len(frames) == count:
             return frames
     raise AssertionError("carphone_pristine.mp4 is shorter than expected")

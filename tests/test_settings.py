@@ -65,3 +65,12 @@ def test_list_settings_fill_in_defaults_and_old_records_upgrade():
     assert values["loras"] == [{"path": "/l.safetensors", "weight": 1.0}]
     old = S.validate({"prompt": "x", "control": "canny", "control_scale": 0.4})
     assert old["controls"] == [{"kind": "canny", "scale": 0.4}] and "control" not in old
+
+
+def test_a_record_written_before_upscale_existed_keeps_upscaling():
+    old = {k: v for k, v in S.validate({"prompt": "x"}).items() if k != "upscale"}
+    assert S.from_record(old)["upscale"] is True
+    assert S.from_record({**old, "upscale": False})["upscale"] is False
+    assert S.validate(old)["upscale"] is False  # a new job's settings: off by default
+    with pytest.raises(S.SettingsError, match="must be an object"):
+        S.from_record(["x"])

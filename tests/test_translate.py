@@ -5,7 +5,7 @@ import pytest
 
 from fresco_contract.settings import validate
 from fresco_backend.config import JobConfig
-from fresco_backend.frames import processed_size
+from fresco_backend import translate
 from fresco_backend.synthetic import moving_square
 from fresco_backend.translate import Cancelled, translate_frames
 
@@ -20,16 +20,22 @@ def run(pipe, frames, **overrides):
     return [rgb for _, rgb in translate_frames(pipe, frames, settings)]
 
 
-@pytest.mark.parametrize("size, expected", [
-    ((1920, 1080, 512), (896, 512)),
-    ((640, 272, 512), (1216, 512)),
-    ((176, 144, 512), (640, 512)),
-    ((96, 64, 64), (128, 64)),  # 1.5 multiples: halves round up
-    ((160, 64, 64), (192, 64)),  # 2.5 multiples round up too (no banker's rounding)
-    ((100, 100, 70), (64, 64)),
+@pytest.mark.parametrize("overrides, expected", [
+    ({"size": 128}, (128, 64)),                   # the 96x64 clip keeps its size (it was 192x128)
+    ({"size": 128, "upscale": True}, (192, 128)),  # asked for: the short side becomes 128
+    ({"size": 64}, (128, 64)),
 ])
-def test_processed_size(size, expected):
-    assert processed_size(*size) == expected
+def test_frames_are_processed_at_the_working_size(pipe, clip, monkeypatch, overrides, expected):
+    seen = []
+    real = translate.per_frame
+
+    def spy(pipe, frames, config, work_size, *rest):
+        seen.append(work_size)
+        return real(pipe, frames, config, work_size, *rest)
+
+    monkeypatch.setattr(translate, "per_frame", spy)
+    frames = run(pipe, clip.frames, steps=1, **overrides)
+    assert seen == [expected] and frames[0].shape == clip.frames[0].shape
 
 
 def test_output_matches_input_count_size_and_is_deterministic(pipe, clip):

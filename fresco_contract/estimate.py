@@ -1,0 +1,110 @@
+"""What a job will do and cost, before anything is loaded: its working size, keys, batches and steps.
+
+Standard library only, so the add-on can show it in the panel before Translate, and the backend's
+command line can print it. The counts follow the backend's plan (``fresco_backend.keyframes``:
+``fixed_keys`` and ``plan_batches``; ``fresco_backend.config.Sampling.executed_steps``); tests check
+that they agree on real jobs.
+
+    from fresco_contract.estimate import estimate_job, working_size
+    working_size(640, 272, 512)                       # (640, 256): never upscaled by default
+    cost = estimate_job({"keyframes": "interval"}, 120, 1920, 1080)
+    cost.keys, cost.batches, cost.work_size           # 13, 2, (896, 512)
+    minutes = cost.seconds(seconds_per_step=0.1) / 60
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .settings import defaults, upgrade
+
+MULTIPLE = 64  # SD's VAE (x8) and UNet (x8) need sides divisible by 64
+REFERENCE_PIXELS = 512 * 512  # ``seconds_per_step`` is per frame-step at this many pixels
+
+
+def working_size(width: int, height: int, size: int, upscale: bool = False) -> tuple[int, int]:
+    """(width, height) a ``width`` x ``height`` source is processed at: the short side becomes ``size``,
+    or stays the source's own when that is smaller and ``upscale`` is off (a source under 64 pixels is
+    enlarged to 64, the least the model takes); the aspect ratio is kept and both sides are rounded to
+    the nearest multiple of 64 (halves up, at least 64), so rounding may still move a side by up to 32
+    pixels either way."""
+    if width < 1 or height < 1 or size < 1:
+        raise ValueError(f"sizes must be positive, got {width}x{height} at size {size}")
+    short = min(width, height)
+    scale = max(MULTIPLE, size if upscale else min(size, short)) / short
+    return tuple(max(MULTIPLE, int(side * scale / MULTIPLE + 0.5) * MULTIPLE) for side in (width, height))
+
+
+def executed_steps(steps: int, strength: float) -> int:
+    """Denoising steps a batch runs: the last ``strength`` part of ``steps``, at least one."""
+    return max(1, min(steps, int(round(steps * strength))))
+
+
+def key_count(values: Mapping[str, Any], frame_count: int) -> tuple[int, bool]:
+    """(number of keys the job translates, whether that number is exact).
+
+    Exact for ``keyframes`` = interval (0, N, 2N, ... and the last frame) and all, and in the
+    per-frame mode (every frame). Adaptive keys depend on the pictures: every gap between keys is at
+    most ``key_max_gap`` and, unless forced, at least ``key_min_gap``; the estimate assumes gaps of
+    three quarters of ``key_max_gap`` (a static clip halves its gaps until they fit, which leaves gaps
+    between half and all of it), never fewer keys than the gaps allow.
+    """
+    if frame_count <= 1:
+        return max(frame_count, 0), True
+    if values["mode"] != "fresco" or values["keyframes"] == "all":
+        return frame_count, True
+    if values["keyframes"] == "interval":
+        interval = values["key_interval"]
+        return -(-frame_count // interval) + ((frame_count - 1) % interval != 0), True
+    most, least = values["key_max_gap"], values["key_min_gap"]
+    fewest = -(-(frame_count - 1) // most) + 1
+    typical = math.ceil((frame_count - 1) / max(least, 0.75 * most)) + 1
+    return min(frame_count, max(fewest, typical)), False
+
+
+def batch_frames(keys: int, batch_size: int, fresco: bool) -> list[int]:
+    """Frames in each batch (anchors included) of ``keys`` keys: FRESCO's first batch holds the first
+    ``batch_size`` keys, every later one two anchors (one at batch size 2, none at 1) and new keys; the
+    per-frame mode cuts the keys into plain batches."""
+    if keys <= 0:
+        return []
+    if not fresco:
+        return [min(batch_size, keys - start) for start in range(0, keys, batch_size)]
+    sizes = [min(batch_size, keys)]
+    anchors, left = min(2, batch_size - 1), keys - sizes[0]
+    while left > 0:
+        new = min(batch_size - anchors, left)
+        sizes.append(anchors + new)
+        left -= new
+    return sizes
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """What a job will run (``estimate_job``)."""
+
+    work_size: tuple[int, int]  # (width, height) the frames are processed at
+    frames: int                 # input (and output) frames
+    keys: int                   # frames translated; the others are propagated
+    batches: int                # denoising batches
+    steps: int                  # denoising steps per batch
+    denoise_steps: int          # U-Net frame-steps: frames per batch (anchors included) x steps, summed
+    exact: bool                 # False where the keys are an estimate (adaptive keyframes)
+
+    def seconds(self, seconds_per_step: float) -> float:
+        """Time the denoising takes at ``seconds_per_step`` per frame-step at 512x512 (the server's
+        ``/v1/health`` ``speed.seconds_per_step``), scaled by the working size's pixel count."""
+        width, height = self.work_size
+        return self.denoise_steps * seconds_per_step * width * height / REFERENCE_PIXELS
+
+
+def estimate_job(settings: Mapping[str, Any], frame_count: int, width: int, height: int) -> JobEstimate:
+    """What a job of ``settings`` (missing ones at their defaults; not validated) over ``frame_count``
+    frames of ``width`` x ``height`` will run."""
+    values = {**defaults(), **upgrade(settings)}
+    keys, exact = key_count(values, frame_count)
+    sizes = batch_frames(keys, values["batch_size"], values["mode"] == "fresco")
+    steps = executed_steps(values["steps"], values["strength"])
+    return JobEstimate(working_size(width, height, values["size"], values["upscale"]), frame_count, keys,
+                       len(sizes), steps, sum(sizes) * steps, exact)
