@@ -6,19 +6,17 @@ index, CUDA wheels where no NVIDIA GPU was found, a Python 3.13 host with stand-
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.server
 import json
 import re
 import threading
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from blender_addon import installer
-from support.pkgindex import PackageIndex, isolate_pip, unreachable_url
+from support.pkgindex import PackageIndex, isolate_pip, make_wheel, unreachable_url
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 600.0  # outer limit of every wait on an event
@@ -150,29 +148,6 @@ print(json.dumps({"version": "0.1.0", "python": sys.version.split()[0], "torch":
 
 
 FAKE_TORCH = "__version__ = '2.13.0+fake'\nclass Tensor: pass\ndef zeros(*shape): return Tensor()\n"
-
-
-def make_wheel(folder: Path, name: str, version: str, modules: dict[str, str], requires: tuple[str, ...] = ()) -> Path:
-    """A pure-Python wheel of ``modules`` (path in the wheel -> source)."""
-    dist = name.replace("-", "_")
-    info = f"{dist}-{version}.dist-info"
-    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    metadata += "".join(f"Requires-Dist: {r}\n" for r in requires)
-    contents = dict(modules)
-    contents[f"{info}/METADATA"] = metadata
-    contents[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    record = []
-    for path, text in contents.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(text.encode())}")
-    record.append(f"{info}/RECORD,,")
-    contents[f"{info}/RECORD"] = "\n".join(record) + "\n"
-    folder.mkdir(parents=True, exist_ok=True)
-    wheel = folder / f"{dist}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        for path, text in contents.items():
-            zf.writestr(path, text)
-    return wheel
 
 
 def backend_wheel(folder: Path, marker: str = "first") -> Path:
@@ -471,14 +446,8 @@ def test_a_python_3_13_host_gets_the_cp313_torch(env_dir, wheels, index, tmp_pat
     tagged cp313 only, next to one tagged cp311, so the choice of build by Python is what is tested."""
     links = tmp_path / "cp"
     for tag, marker in (("cp311", "311"), ("cp313", "313")):
-        wheel = make_wheel(links / tag, "torch", "2.13.0", {"torch/__init__.py": FAKE_TORCH + f"TAG = {marker!r}\n"})
-        tagged = wheel.with_name(f"torch-2.13.0-{tag}-none-any.whl")
-        with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tagged, "w") as dst:
-            for item in src.namelist():
-                data = src.read(item)
-                if item.endswith("/WHEEL"):
-                    data = data.replace(b"py3-none-any", f"{tag}-none-any".encode())
-                dst.writestr(item, data)
+        tagged = make_wheel(links / tag, "torch", "2.13.0", {"torch/__init__.py": FAKE_TORCH + f"TAG = {marker!r}\n"},
+                            tag=f"{tag}-none-any")
         index.add("cpu", tagged)
     build = installer.detect_torch_build("cpu", index_url=index.url("cpu"), nvidia_smi=lambda: None)
     job = new_installer(env_dir, wheels, torch_build=build, base_python=PY313)
