@@ -3,8 +3,10 @@
 A "list" setting (``controls``, ``loras``) is a collection of items whose fields are the setting's
 ``fields``. An empty ``controls`` collection means "not edited yet": the strip uses the contract's
 default, or the single ControlNet (``control``/``control_scale``) a .blend of an earlier version
-stored on the strip. ``strip_settings``, ``job_settings`` and ``apply_settings`` are how the rest of
-the add-on reads and writes a strip's settings as plain data.
+stored on the strip; a translation refuses such values when they cannot be read (``legacy_problem``),
+and editing the list drops them. ``strip_settings``, ``job_settings`` and ``apply_settings`` are how the
+rest of the add-on reads and writes a strip's settings as plain data; ``snapshot``/``restore`` keep them
+as stored, to undo a change that failed half-way.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ RESULT_SOURCE_KEY = "fresco_source"
 SOURCE_SETTINGS_KEY = "fresco_job_settings"
 MIN_ITEMS = {"controls": 1}  # list settings the contract refuses empty (validate: at least one ControlNet)
 LEGACY_CONTROL_CHOICES = ("canny",)  # the items of the old ``control`` enum (stored as their index)
+LEGACY_SCALE = schema.BY_NAME["controls"].fields[1]  # what ``control_scale`` became: a controls item's scale
 
 
 def _bpy_property(setting: schema.Setting) -> Any:
@@ -65,7 +68,7 @@ def _item_type(setting: schema.Setting) -> type:
     name = "Fresco" + setting.name.title().replace("_", "") + "Item"
     return type(name, (bpy.types.PropertyGroup,), {
         "__annotations__": {f.name: _bpy_property(f) for f in setting.fields},
-        "__doc__": f"One entry of a strip's FRESCO {setting.label}"})
+        "__doc__": f"One entry of a strip's FRESCO {setting.label}", "__slots__": ()})
 
 
 LIST_SETTINGS = tuple(s for s in schema.SETTINGS if s.kind == "list")
@@ -79,22 +82,75 @@ FrescoStripSettings = type(
         RANDOM_SEED: bpy.props.BoolProperty(
             name="Random Seed", default=False,
             description="Draw a new seed for every translation (the result strip keeps the seed it used)"),
-    }, "__doc__": "FRESCO translation settings of one strip"},
+    }, "__doc__": "FRESCO translation settings of one strip",
+    # no attributes of its own: setting a misspelt name (a preset's ``fresco.strenght = 0.3``) raises
+    "__slots__": ()},
 )
 
 
+def _shown(value: Any) -> str:
+    """A stored custom property's value as a message shows it (long text shortened, arrays and groups by size)."""
+    if isinstance(value, (str, bytes)):
+        return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} long)"
+    if hasattr(value, "keys"):
+        return f"a group of {len(value.keys())} properties"
+    if hasattr(value, "__len__"):
+        return f"a list of {len(value)} value{'' if len(value) == 1 else 's'}"
+    return repr(value)
+
+
+def _legacy_control(group: Any) -> tuple[dict[str, Any], list[str]]:
+    """The single ControlNet an earlier version stored on the strip (``control``: the index of the old enum's
+    item, ``control_scale``), as ``schema.upgrade`` reads it, and what is wrong with the values left out."""
+    values, problems = {}, []
+    if "control" in group.keys():
+        index = group["control"]
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(LEGACY_CONTROL_CHOICES):
+            values["control"] = LEGACY_CONTROL_CHOICES[index]
+        elif isinstance(index, str) and index in LEGACY_CONTROL_CHOICES:
+            values["control"] = index
+        else:
+            choices = ", ".join(f"{i}: {c}" for i, c in enumerate(LEGACY_CONTROL_CHOICES))
+            problems.append(f"fresco['control'] is {_shown(index)}, not a ControlNet that version had ({choices})")
+    if "control_scale" in group.keys():
+        scale = group["control_scale"]
+        number = isinstance(scale, (int, float)) and not isinstance(scale, bool)
+        if number and LEGACY_SCALE.check(float(scale))[1] is None:
+            values["control_scale"] = float(scale)
+        else:
+            problems.append(f"fresco['control_scale'] is {_shown(scale)}, not a ControlNet scale from "
+                            f"{LEGACY_SCALE.minimum:g} to {LEGACY_SCALE.maximum:g}")
+    return values, problems
+
+
 def list_value(group: Any, setting: schema.Setting) -> list[dict[str, Any]]:
-    """A list setting's items as plain dicts; an empty ``controls`` is the default or an old file's control."""
+    """A list setting's items as plain dicts; an empty ``controls`` is the default or an old file's control
+    (its values that cannot be read left at their defaults: ``legacy_problem`` says which)."""
     items = [{f.name: getattr(item, f.name) for f in setting.fields} for item in getattr(group, setting.name)]
     if items or setting.name not in MIN_ITEMS:
         return items
-    legacy = {}
-    if "control" in group.keys():  # an enum stored by an earlier version: the index of its item
-        index = group["control"]
-        legacy["control"] = LEGACY_CONTROL_CHOICES[index] if 0 <= index < len(LEGACY_CONTROL_CHOICES) else "canny"
-    if "control_scale" in group.keys():
-        legacy["control_scale"] = float(group["control_scale"])
-    return schema.upgrade(legacy).get(setting.name, setting.default_value())
+    return schema.upgrade(_legacy_control(group)[0]).get(setting.name, setting.default_value())
+
+
+def _legacy_problems(group: Any) -> list[str]:
+    """What cannot be read of an earlier version's ControlNet, while the strip still uses it (controls unedited)."""
+    return [] if len(group.controls) else _legacy_control(group)[1]
+
+
+def _controls_shown(group: Any) -> str:
+    return ", ".join(f"{c['kind']} {c['scale']:.2f}" for c in list_value(group, schema.BY_NAME["controls"]))
+
+
+def legacy_problem(strip: Any) -> str | None:
+    """Why a translation of ``strip`` is refused: the ControlNet an earlier version stored on it cannot be read
+    (None when it can, or when the strip's ControlNets were edited since)."""
+    group = getattr(strip, STRIP_PROP)
+    problems = _legacy_problems(group)
+    if not problems:
+        return None
+    return (f"strip {strip.name!r}: the ControlNet an earlier FRESCO version saved on it cannot be read: "
+            f"{'; '.join(problems)}. Press Edit beside ControlNets in the FRESCO panel (fresco.list_edit): the "
+            f"strip then uses {_controls_shown(group)}, which you can change there")
 
 
 def strip_settings(strip: Any) -> dict[str, Any]:
@@ -110,7 +166,11 @@ def _absolute(path: str) -> str:
 
 def job_settings(strip: Any) -> dict[str, Any]:
     """The settings a translation of ``strip`` starts with: ``strip_settings`` with file paths made absolute
-    and, when the strip's Random Seed is on, a seed drawn now (the dict holds the seed actually used)."""
+    and, when the strip's Random Seed is on, a seed drawn now (the dict holds the seed actually used).
+    Raises SettingsError when an earlier version's ControlNet on the strip cannot be read (``legacy_problem``)."""
+    problem = legacy_problem(strip)
+    if problem:
+        raise schema.SettingsError(problem)
     values = strip_settings(strip)
     for s in schema.SETTINGS:
         if s.file:
@@ -164,14 +224,69 @@ def apply_settings(strip: Any, values: Mapping[str, Any]) -> None:
             setattr(group, name, value)
 
 
-def edit_lists(strip: Any) -> None:
-    """Store the lists the strip uses by default (``controls``) as items, so they can be edited."""
+def edit_lists(strip: Any) -> str | None:
+    """Store the lists the strip uses by default (``controls``) as items, so they can be edited; an earlier
+    version's single ControlNet becomes their first item. Returns what was dropped of it, if anything (values
+    that could not be read), for the user to see."""
     group = getattr(strip, STRIP_PROP)
+    dropped = _legacy_problems(group)
     for s in LIST_SETTINGS:
         if not len(getattr(group, s.name)):
             apply_settings(strip, {s.name: list_value(group, s)})
-    for name in ("control", "control_scale"):  # an earlier version's single ControlNet, now in controls
+    for name in schema.LEGACY:  # an earlier version's single ControlNet, now in controls
         if name in group.keys():
+            del group[name]
+    if not dropped:
+        return None
+    return (f"strip {strip.name!r}: dropped the ControlNet an earlier FRESCO version saved on it "
+            f"({'; '.join(dropped)}); "
+            f"its ControlNets are now {_controls_shown(group)}")
+
+
+def _stored(group: Any) -> dict[str, Any]:
+    values = {s.name: [{f.name: getattr(item, f.name) for f in s.fields} for item in getattr(group, s.name)]
+              if s.kind == "list" else getattr(group, s.name) for s in schema.SETTINGS}
+    values[RANDOM_SEED] = getattr(group, RANDOM_SEED)
+    return values
+
+
+def _plain(value: Any) -> Any:
+    """A custom property's value as a copy (an IDProperty group or array otherwise follows later changes)."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "to_list"):
+        return value.to_list()
+    return [_plain(v) for v in value] if isinstance(value, list) else value
+
+
+def snapshot(strip: Any) -> dict[str, Any]:
+    """The strip's settings exactly as stored (unedited lists empty, an earlier version's values kept), for
+    ``restore``."""
+    group = getattr(strip, STRIP_PROP)
+    return {"settings": _stored(group), "legacy": {k: _plain(group[k]) for k in schema.LEGACY if k in group.keys()}}
+
+
+def restore(strip: Any, saved: Mapping[str, Any]) -> None:
+    """Put back the strip's settings of a ``snapshot``, setting only what changed since."""
+    group = getattr(strip, STRIP_PROP)
+    now = _stored(group)
+    for name, value in saved["settings"].items():
+        if now[name] == value:
+            continue
+        setting = schema.BY_NAME.get(name)
+        if setting is not None and setting.kind == "list":
+            collection = getattr(group, name)
+            collection.clear()
+            for entry in value:
+                item = collection.add()
+                for field_name, field_value in entry.items():
+                    setattr(item, field_name, field_value)
+        else:
+            setattr(group, name, value)
+    for name in schema.LEGACY:
+        if name in saved["legacy"]:
+            group[name] = saved["legacy"][name]
+        elif name in group.keys():
             del group[name]
 
 

@@ -222,3 +222,86 @@ def test_model_picker_follows_the_saved_model(addon, movie_scene, compat, blend,
     assert strips["blocker"].fresco.model_choice == "OTHER"
     strips["clip"].fresco.model_choice = "DEFAULT"
     assert _props(addon).strip_settings(strips["clip"])["model"] == ""
+
+
+MALFORMED_OLD_CONTROL = [  # (property, value) an earlier version never stored: wrong types, shapes, ranges
+    *[("control", v) for v in (5, -1, 0.5, True, "depth", "x" * 100_000, b"canny", [1, 2], [0.5, 1.5],
+                                {"kind": "canny"}, {"a": {"b": [1]}}, [{"kind": "canny"}])],
+    *[("control_scale", v) for v in ("1.3", "abc", b"\x00\x01", True, float("nan"), float("inf"), 5.0, -1,
+                                      [1.0, 2.0], {"scale": 1.0}, [{"scale": 1.0}])],
+]
+
+
+def test_malformed_old_control_refuses_the_job_and_edit_drops_it(addon, movie_scene, compat):
+    """An old file's single ControlNet that cannot be read: the panel still draws (showing what Edit gives), a
+    translation is refused naming the strip, the property and what to do, and Edit drops the value saying so."""
+    import math
+
+    import pytest
+
+    props, schema = _props(addon), _schema(addon)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    for name, value in MALFORMED_OLD_CONTROL:
+        for key in list(strip.fresco.keys()):
+            if key in ("control", "control_scale"):
+                del strip.fresco[key]
+        strip.fresco.controls.clear()
+        strip.fresco[name] = value
+        other = {"control": ("control_scale", 1.25), "control_scale": ("control", 0)}[name]
+        strip.fresco[other[0]] = other[1]  # readable: kept
+        kept = [{"kind": "canny", "scale": approx(1.25 if name == "control" else 0.7)}]
+        assert props.strip_settings(strip)["controls"] == kept, (name, value)  # what the panel shows
+        with pytest.raises(schema.SettingsError) as caught:
+            props.job_settings(strip)
+        message = str(caught.value)
+        assert message.startswith("strip 'clip': the ControlNet an earlier FRESCO version saved on it cannot be read: "
+                                  f"fresco['{name}'] is "), (name, value, message)
+        assert "Press Edit beside ControlNets" in message and len(message) < 400, (name, value, message)
+        assert f"then uses canny {kept[0]['scale'].expected:.2f}" in message
+        note = props.edit_lists(strip)
+        assert note.startswith(f"strip 'clip': dropped the ControlNet an earlier FRESCO version saved on it "
+                               f"(fresco['{name}'] is "), note
+        assert props.strip_settings(strip)["controls"] == kept
+        assert not {"control", "control_scale"} & set(strip.fresco.keys())
+        assert props.job_settings(strip)["controls"] == kept
+    shown = props.legacy_problem  # how values are named in the message
+    strip.fresco.controls.clear()
+    for value, text in (("x" * 100_000, "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (100000 long)"),
+                        ([1, 2], "a list of 2 values"), ({"a": {"b": [1]}}, "a group of 1 properties"),
+                        (float("nan"), "nan"), (True, "True")):
+        strip.fresco["control_scale"] = value
+        assert f"fresco['control_scale'] is {text}, not a ControlNet scale from 0 to 2" in shown(strip)
+        del strip.fresco["control_scale"]
+    assert math.isfinite(props.strip_settings(strip)["controls"][0]["scale"])
+
+
+def test_readable_old_control_is_used(addon, movie_scene, compat):
+    props = _props(addon)
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    for control, scale in ((0, 2), ("canny", 0.0), (0, 1.5)):
+        strip.fresco["control"], strip.fresco["control_scale"] = control, scale
+        assert props.legacy_problem(strip) is None
+        assert props.job_settings(strip)["controls"] == [{"kind": "canny", "scale": approx(float(scale))}]
+    strip.fresco["control_scale"] = "abc"
+    strip.fresco.controls.add().kind = "tile"  # edited since: the old values are not used
+    assert props.legacy_problem(strip) is None and props.job_settings(strip)["controls"][0]["kind"] == "tile"
+
+
+def test_translate_names_the_unreadable_old_control(addon, movie_scene, compat):
+    import pytest
+
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    strip.fresco["control"] = [0.5, 1.5]
+    with pytest.raises(RuntimeError, match=r"strip 'clip': .* fresco\['control'\] is a list of 2 values"):
+        bpy.ops.fresco.translate(strip="clip")
+
+
+def test_settings_have_no_attributes_of_their_own(addon, movie_scene, compat):
+    """A misspelt setting (in a preset file, a script) raises instead of being kept on the Python object only."""
+    import pytest
+
+    strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    with pytest.raises(AttributeError, match="strenght"):
+        strip.fresco.strenght = 0.3
+    with pytest.raises(AttributeError, match="wieght"):
+        strip.fresco.loras.add().wieght = 0.3
