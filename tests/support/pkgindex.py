@@ -1,5 +1,6 @@
 """A package index on 127.0.0.1 that serves only the wheels a test put in it (PEP 503 pages with
-sha256 fragments and PEP 658 metadata files, GET and HEAD with Content-Length), pip's environment
+sha256 fragments and PEP 658 metadata files, GET and HEAD with Content-Length, files cacheable as
+PyPI's are), pip's environment
 that uses nothing else, and the wheels to fill it: tiny ones built here (``make_wheel``), a real one
 from this machine's local wheel folders (``local_wheel``) and the installed dependencies of a Python
 environment packed again as wheels (``environment_wheels``). Standard library only: Blender's Python
@@ -60,11 +61,13 @@ class PackageIndex:
                     self.send_response(200 if data is not None else 404)
                     self.send_header("Content-Type", kind)
                     self.send_header("Content-Length", str(len(data or b"")))
+                    if kind == "application/octet-stream":  # as PyPI's file host: pip's cache keeps it
+                        self.send_header("Cache-Control", "max-age=365000000, immutable, public")
                     self.end_headers()
                     if body and data:
                         self.wfile.write(data)
                         if parts[-1].endswith(".whl"):
-                            index.sent.append((self.path, len(data)))
+                            index.sent.append((urllib.parse.unquote(self.path), len(data)))
                 except OSError:  # the client went away (a killed pip)
                     pass
 
@@ -112,9 +115,9 @@ class PackageIndex:
         """The wheel files the index ``name`` holds."""
         return sorted(w.name for w in (self.folder / name).glob("*.whl"))
 
-    def fetched(self, name: str) -> list[str]:
-        """The wheel files downloaded in full from the index ``name``, in order."""
-        return [path.rsplit("/", 1)[1] for path, _ in self.sent if path.startswith(f"/{name}/files/")]
+    def fetched(self, name: str, start: int = 0) -> list[str]:
+        """The wheel files downloaded in full from the index ``name``, in order (from ``sent[start]`` on)."""
+        return [path.rsplit("/", 1)[1] for path, _ in self.sent[start:] if path.startswith(f"/{name}/files/")]
 
     def hold(self, name: str) -> None:
         self._hold.add(name)
@@ -158,8 +161,9 @@ def isolate_pip(monkeypatch, index_url: str, cache_dir: Path | None = None) -> N
     monkeypatch.setenv("PIP_INDEX_URL", index_url)
     if cache_dir is None:
         monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
-    else:
+    else:  # pip caches files of https and trusted hosts only, so this http one is trusted
         monkeypatch.setenv("PIP_CACHE_DIR", str(cache_dir))
+        monkeypatch.setenv("PIP_TRUSTED_HOST", "127.0.0.1")
 
 
 def make_wheel(folder: Path, name: str, version: str, modules: dict[str, str], requires: tuple[str, ...] = (),
