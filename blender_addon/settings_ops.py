@@ -25,6 +25,12 @@ class StripListOperator:
     def poll(cls, context: Any) -> bool:
         return _strip(context) is not None
 
+    def edit_lists(self, strip: Any) -> None:
+        """``props.edit_lists``, reporting what it dropped of an earlier version's ControlNet."""
+        dropped = props.edit_lists(strip)
+        if dropped:
+            self.report({"WARNING"}, dropped)
+
 
 class FRESCO_OT_list_add(StripListOperator, bpy.types.Operator):
     """Add a row to this list of the active strip"""
@@ -34,7 +40,7 @@ class FRESCO_OT_list_add(StripListOperator, bpy.types.Operator):
 
     def execute(self, context: Any) -> set[str]:
         strip = _strip(context)
-        props.edit_lists(strip)
+        self.edit_lists(strip)
         setting = schema.BY_NAME[self.setting]
         items = getattr(getattr(strip, props.STRIP_PROP), setting.name)
         if len(items) >= setting.max_items:
@@ -57,7 +63,7 @@ class FRESCO_OT_list_remove(StripListOperator, bpy.types.Operator):
 
     def execute(self, context: Any) -> set[str]:
         strip = _strip(context)
-        props.edit_lists(strip)
+        self.edit_lists(strip)
         items = getattr(getattr(strip, props.STRIP_PROP), self.setting)
         if len(items) <= props.MIN_ITEMS.get(self.setting, 0) or not 0 <= self.index < len(items):
             self.report({"ERROR"}, f"{schema.BY_NAME[self.setting].label}: this row cannot be removed")
@@ -73,7 +79,7 @@ class FRESCO_OT_list_edit(StripListOperator, bpy.types.Operator):
     bl_label = "Edit"
 
     def execute(self, context: Any) -> set[str]:
-        props.edit_lists(_strip(context))
+        self.edit_lists(_strip(context))
         return {"FINISHED"}
 
 

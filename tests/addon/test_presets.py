@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import types
 
 import bpy
 import pytest
@@ -33,8 +35,39 @@ def rounded(values):
     return round(values, 4) if isinstance(values, float) else values
 
 
+class PopoverLayout(FakeLayout):
+    """FakeLayout that keeps each button's operator properties, to press it as a click does."""
+
+    def _child(self, *args, **kwargs):
+        return PopoverLayout(self.log)
+
+    row = column = box = split = _child
+
+    def separator(self, **kwargs):
+        pass
+
+    def operator(self, idname, **kwargs):
+        props = types.SimpleNamespace()
+        self.log.append((idname, props))
+        return props
+
+
+def press(path):
+    """Choose the preset at ``path`` in the header's popover (FRESCO_PT_presets): its button's operator, run
+    with an undo step as a click runs it. Returns what the operator returns."""
+    menu = getattr(bpy.types, MENU)
+    log = []
+    fake = type("Popover", (), {"layout": PopoverLayout(log), "bl_idname": MENU, "path_menu": menu.path_menu,
+                                **{k: getattr(menu, k) for k in ("preset_subdir", "preset_operator",
+                                                                 "preset_add_operator")}})()
+    menu.draw(fake, bpy.context)
+    [(idname, props)] = [(i, p) for i, p in log if getattr(p, "filepath", None) == str(path)]
+    module, name = idname.split(".")
+    return getattr(getattr(bpy.ops, module), name)("EXEC_DEFAULT", True, **vars(props))
+
+
 def apply_preset(path):
-    assert bpy.ops.script.execute_preset(filepath=str(path), menu_idname=MENU) == {"FINISHED"}
+    assert press(path) == {"FINISHED"}
 
 
 @pytest.fixture
@@ -138,3 +171,97 @@ def test_panel_draws_presets_seed_and_lists(addon, strip):
     before = strip.fresco.seed
     bpy.ops.fresco.new_seed()
     assert strip.fresco.seed != before
+
+
+DEFINES = "import bpy\nfresco = bpy.context.scene.sequence_editor.active_strip.fresco\n"
+HALF_WAY = ("fresco.strength = 0.3\nfresco.steps = 40\nfresco.controls.clear()\nitem = fresco.controls.add()\n"
+            "item.kind = 'depth'\nfresco.loras.clear()\ndel fresco['control_scale']\nfresco.random_seed = True\n")
+FAILING = {  # the line after HALF_WAY (line 11 of the file) and what it raises
+    "misspelt": ("fresco.strenght = 0.9", "AttributeError: 'FrescoStripSettings' object has no attribute 'strenght'"),
+    "out_of_range": ("fresco.seed = 2**31", "ValueError: .*seed value not in 'int' range"),
+    "wrong_kind": ("item.kind = 'blur'", "TypeError: .*enum \"blur\" not found"),
+    "wrong_type": ("fresco.steps = 2.5", "TypeError: .*expected an int type, not float"),
+    "missing_item": ("fresco.loras[3].weight = 1.0", "IndexError"),
+    "raises": ("raise RuntimeError('half-way')", "RuntimeError: half-way"),
+    "undefined": ("fresco.steps = undefined_name", "NameError: name 'undefined_name' is not defined"),
+    "syntax": ("fresco.steps = (", "SyntaxError: '\\(' was never closed\\. Correct"),
+    "exits": ("import sys; sys.exit(3)", "SystemExit: 3"),
+}
+
+
+def stored(strip):
+    """Everything a preset may change on the strip, as stored (an unedited list and old values included)."""
+    group = strip.fresco
+    return (rounded(module_props().strip_settings(strip)), len(group.controls), group.random_seed,
+            {k: round(group[k], 4) for k in ("control", "control_scale") if k in group.keys()})
+
+
+def module_props():
+    return next(m for n, m in sys.modules.items() if n.endswith(".fresco_vse.props"))
+
+
+@pytest.fixture
+def user_preset(addon):
+    """Writes a preset file into the user's preset folder (listed in the popover); removed afterwards."""
+    folder = bpy.utils.user_resource("SCRIPTS", path=os.path.join("presets", "fresco"), create=True)
+    written = []
+
+    def write(name, text):
+        path = os.path.join(folder, name + ".py")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        written.append(path)
+        return path
+
+    yield write
+    for path in written:
+        os.remove(path)
+
+
+@pytest.mark.parametrize("case", FAILING)
+def test_failing_preset_changes_nothing(addon, strip, user_preset, case):
+    """A preset file that fails half-way leaves the strip as it was and says where and why."""
+    props = module(addon, "props")
+    props.apply_settings(strip, {"prompt": "ink", "strength": 0.55, "loras": [{"path": "/l/a.safetensors"}]})
+    strip.fresco["control_scale"] = 1.3  # an old file's ControlNet: the strip's controls are not edited
+    before = stored(strip)
+    line, error = FAILING[case]
+    path = user_preset(f"Bad_{case}", DEFINES + HALF_WAY + line + "\n")
+    with pytest.raises(RuntimeError) as caught:
+        press(path)
+    message = str(caught.value)
+    assert message.startswith(f"Error: Preset 'Bad {case.replace('_', ' ')}' not applied, strip 'clip' left as "
+                              f"it was: {path} line 11: "), message
+    assert re.search(error, message) and message.rstrip().endswith("Correct or remove the preset file"), message
+    assert stored(strip) == before
+    assert props.strip_settings(strip)["controls"] == [{"kind": "canny", "scale": pytest.approx(1.3)}]
+
+
+def test_no_preset_file(addon, strip, tmp_path):
+    before = stored(strip)
+    for path in (tmp_path / "gone.py", tmp_path):
+        with pytest.raises(RuntimeError, match=f"no preset file '{re.escape(str(path))}' \\(a .py file\\)"):
+            bpy.ops.fresco.preset_apply(filepath=str(path))
+    assert stored(strip) == before
+
+
+def test_preset_is_one_undo_step(addon, strip, compat, user_preset):
+    def clip():
+        return compat.all_strips(bpy.context.scene.sequence_editor)["clip"].fresco
+
+    bpy.ops.ed.undo_push(message="before")
+    clip().prompt = "a knight"
+    bpy.ops.ed.undo_push(message="prompt")
+    failing = user_preset("Bad", DEFINES + "fresco.steps = 40\nfresco.strenght = 0.9\n")
+    with pytest.raises(RuntimeError, match="line 4: AttributeError"):
+        press(failing)  # no undo step
+    assert clip().steps == 2
+    apply_preset(bpy.utils.preset_find("Faithful", "fresco"))
+    assert (clip().steps, len(clip().controls)) == (30, 2)
+    assert bpy.ops.ed.undo() == {"FINISHED"}  # the preset, as one step
+    assert (clip().prompt, clip().steps, len(clip().controls)) == ("a knight", 2, 0)
+    assert bpy.ops.ed.undo() == {"FINISHED"}  # then the prompt
+    assert clip().prompt == "a watercolour painting"
+    assert bpy.ops.ed.redo() == {"FINISHED"} and bpy.ops.ed.redo() == {"FINISHED"}
+    assert (clip().prompt, clip().steps, len(clip().controls)) == ("a knight", 30, 2)
+
