@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from fresco_contract import settings as S
+from fresco_contract.estimate import DRAFT, LONG_JOB, PRIOR_SECONDS_PER_STEP, device_kind, estimate_job
 
 from .device import DeviceError
 from .job import RECORD, JobMismatch
@@ -123,6 +124,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _duration(seconds: float) -> str:
+    """``seconds`` in the unit an artist reads: s, min or h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+def _flags(values: dict) -> str:
+    """Command-line flags setting ``values`` (``--no-...`` for a bool that is off)."""
+    flags = []
+    for name, value in values.items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            flags.append(f"--{flag} {value}")
+    return " ".join(flags)
+
+
+def estimate_lines(settings: dict, frame_count: int, width: int, height: int, device: str) -> list[str]:
+    """What the job will cost (``fresco_contract.estimate``), with the Draft settings suggested where a
+    CPU would take longer than ``LONG_JOB``; the time is from the device kind's rough prior."""
+    cost = estimate_job(settings, frame_count, width, height)
+    kind = device_kind(device)
+    seconds = cost.seconds(PRIOR_SECONDS_PER_STEP[kind])
+    keys = f"{cost.keys} keys" if cost.exact else f"about {cost.keys} keys (adaptive: chosen from the pictures)"
+    lines = [f"estimate: {cost.frames} frames of {width}x{height}, processed at {cost.work_size[0]}x"
+             f"{cost.work_size[1]}; {keys} in {cost.batches} batch(es) of {cost.steps} denoising steps "
+             f"({cost.denoise_steps} frame-steps); about {_duration(seconds)} of denoising on {kind} (a rough "
+             f"prior of {PRIOR_SECONDS_PER_STEP[kind]:g} s per 512x512 frame-step, not measured here)"]
+    if kind == "cpu" and seconds > LONG_JOB:
+        draft = estimate_job({**settings, **DRAFT}, frame_count, width, height)
+        lines.append(f"hint: a long job on the CPU; try the look first with Draft settings, {_flags(DRAFT)} "
+                     f"(smaller size, fewer steps, a key every {DRAFT['key_interval']} frames, no feature "
+                     f"optimisation): about {_duration(draft.seconds(PRIOR_SECONDS_PER_STEP[kind]))}")
+    return lines
+
+
 def _translate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -146,7 +185,7 @@ def _translate(args: argparse.Namespace) -> None:
         raise FileExistsError(f"{args.mp4} already exists; choose another --mp4 path (nothing was overwritten)")
     if not args.input.exists():
         raise ClipError(f"input {args.input} does not exist")
-    pick_runtime(args.device)  # an unknown or absent device is refused before any work
+    runtime = pick_runtime(args.device)  # an unknown or absent device is refused before any work
     try:
         check_length(args.input)
     except ShortClipError as exc:
@@ -169,6 +208,10 @@ def _translate(args: argparse.Namespace) -> None:
                           f"models and input it was started with") from None
     if job.started_over:
         print(f"starting a new job in {job_dir}; the one there was discarded: {job.started_over}")
+    height, width = job.frames[0].shape[:2]
+    for line in estimate_lines(settings, len(job.frames), width, height, str(runtime.device)):
+        print(line)
+    print("load model", flush=True)
     warm = WarmPipeline(args.device, args.config, controlnet_configs(controlnets, configs))
     pipe = warm.get(choice, JobConfig.of(settings).loras)
     done = job.checkpoint().batches_done
@@ -178,8 +221,9 @@ def _translate(args: argparse.Namespace) -> None:
 
     def on_progress(progress) -> None:
         bar.total = progress.total
-        bar.set_postfix_str(progress.stage)
+        bar.set_description_str(progress.stage, refresh=False)
         bar.update(progress.done - bar.n)
+        bar.refresh()
 
     for _ in job.run(pipe, on_progress=on_progress):
         pass

@@ -7,7 +7,7 @@ cache entry of their own.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,23 +21,28 @@ from .frames import to_tensor
 
 
 def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cache, with_flow: bool,
-                     device: torch.device | str | None = None) -> tuple[list[torch.Tensor], BatchFlow | None]:
+                     device: torch.device | str | None = None,
+                     on_stage: Callable[[str], None] | None = None) -> tuple[list[torch.Tensor], BatchFlow | None]:
     """(one (B, 3, H, W) image tensor in [0, 1] per entry of ``config.control.nets``, in that order;
     flows between consecutive frames or None).
 
     ``small`` are the batch's frames at the processed size; a single frame has no flow. Annotator
     networks run on ``device`` (default: CUDA, else MPS, else CPU). Raises
     ``annotators.AnnotatorMissing`` (before computing anything) when a control's annotator weights are
-    not available.
+    not available. ``on_stage`` is told "conditions" and "flow" as each starts (``denoise.StepClock.stage``).
     """
+    on_stage = on_stage or (lambda _: None)
     size = (small[0].shape[1], small[0].shape[0])
     kinds = list(dict.fromkeys(use.kind for use in config.control.nets))
     weights = {kind: annotators.weights_path(kind) for kind in kinds if kind in annotators.KINDS}
     digest = frames_digest(small) if cache.folder is not None else ""
+    on_stage("conditions")
     images = {kind: to_tensor(_kind_images(kind, small, config, cache, digest, size, weights.get(kind), device))
               * 0.5 + 0.5 for kind in kinds}
     flow = None
     if with_flow and len(small) > 1:
+        on_stage("flow")
+
         def estimate() -> BatchFlow:
             return estimate_batch_flow(list(small), load_estimator(config.flow, config.flow_weights, device))
 

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from fresco_contract.estimate import REFERENCE_PIXELS
+
 from .config import Sampling
 
 
@@ -24,34 +26,78 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class Progress:
+    """A stage of a job starting: ``stage`` in words (``StepClock``), ``done`` of ``total`` denoising
+    steps finished before it."""
+
     stage: str
     done: int
     total: int
-    eta: float | None  # seconds left, None until there is a rate to extrapolate
+    eta: float | None  # seconds left, None until a step has been timed
+    seconds_per_step: float | None = None  # measured per U-Net frame-step at 512x512 (REFERENCE_PIXELS)
 
 
 ProgressFn = Callable[[Progress], None]
 
 
 class StepClock:
-    """Counts finished steps over a whole job, reports progress with an ETA and honours cancel."""
+    """Counts a job's denoising steps, reports each stage as it starts and honours cancel.
 
-    def __init__(self, total: int, on_progress: ProgressFn | None, cancel: threading.Event | None):
+    Stages: "conditions" and "flow" of a batch, "denoise step k/n, batch b/B" as each step starts, "write"
+    once a batch's last step is done (decoding and handing its frames on), and what callers announce with
+    ``stage`` ("propagate ..."). The ETA is the measured time per step since the first step began, times
+    the steps left; ``seconds_per_step`` is the time of the steps themselves per frame-step at 512x512.
+    ``batches_done`` batches of the job were finished before (a resumed job): batch numbers count on.
+    """
+
+    def __init__(self, total: int, on_progress: ProgressFn | None, cancel: threading.Event | None,
+                 batches_done: int = 0, steps_per_batch: int = 0):
         self.total, self.done = total, 0
         self.on_progress, self.cancel = on_progress, cancel
-        self.started = time.monotonic()
+        self.batch, self.batches = batches_done, batches_done + (total // steps_per_batch if steps_per_batch else 0)
+        self.first_step: float | None = None  # when the first step began
+        self.step_began: float | None = None  # when the step under way began
+        self.step_size = 0.0  # its frame-steps at 512x512
+        self.timed, self.sized = 0.0, 0.0  # seconds of the finished steps; their frame-steps at 512x512
+        self.last_stage: str | None = None
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("job cancelled")
 
-    def step(self, stage: str = "denoise") -> None:
+    def stage(self, name: str) -> None:
+        """Report that stage ``name`` starts (once: a repeat of the stage just reported is not)."""
+        self.check_cancel()
+        if name == self.last_stage:
+            return
+        self.last_stage = name
+        if self.on_progress:
+            eta = None
+            if self.done and self.first_step is not None:
+                eta = (time.monotonic() - self.first_step) / self.done * (self.total - self.done)
+            self.on_progress(Progress(name, self.done, self.total, eta,
+                                      self.timed / self.sized if self.sized else None))
+
+    def begin_step(self, index: int, count: int, frames: int, pixels: int) -> None:
+        """Step ``index`` (0-based) of ``count`` of a batch of ``frames`` frames of ``pixels`` pixels starts."""
+        if index == 0:
+            self.batch += 1
+            self.batches = max(self.batches, self.batch)
+        self.step_began, self.step_size = time.monotonic(), frames * pixels / REFERENCE_PIXELS
+        if self.first_step is None:
+            self.first_step = self.step_began
+        self.stage(f"denoise step {index + 1}/{count}, batch {self.batch}/{self.batches}")
+
+    def step(self) -> None:
+        """The step begun last (``begin_step``; one not begun there is counted, not timed) is done; after
+        the job's last one, "write" starts."""
         self.check_cancel()
         self.done += 1
-        if self.on_progress:
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / self.done * (self.total - self.done)
-            self.on_progress(Progress(stage, self.done, self.total, eta))
+        if self.step_began is not None:
+            self.timed += time.monotonic() - self.step_began
+            self.sized += self.step_size
+            self.step_began = None
+        if self.done == self.total:
+            self.stage("write")
 
 
 def timesteps_for(pipe, sampling: Sampling) -> torch.Tensor:
@@ -132,7 +178,7 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
     # one ControlNet: its condition and scale as such; several (MultiControlNetModel): lists of them
     cond, scale = (conds[0], float(scales[0])) if len(conds) == 1 else (conds, [float(s) for s in scales])
     for index, t in enumerate(timesteps):
-        clock.check_cancel()
+        clock.begin_step(index, len(timesteps), batch, images.shape[-2] * images.shape[-1])
         hooks.before_step(index, t)
         model_in = torch.cat([latents, latents]) if guided else latents
         model_in = pipe.scheduler.scale_model_input(model_in, t)
@@ -149,6 +195,7 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
             latents = with_x0(pipe.scheduler, t, latents, x0, new_x0)
         latents = hooks.after_step(index, t, latents)
         clock.step()
+    clock.stage("write")
     check_finite(latents, "the denoised latents")
     return check_finite(pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0],
                         "the decoded frames")

@@ -142,7 +142,8 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
             clock.check_cancel()
             small = [resize(frames[i], *work_size) for i in batch.frames]
             images = to_tensor(small)
-            controls, flow = batch_conditions(small, config, cache, with_flow=True, device=pipe.device)
+            controls, flow = batch_conditions(small, config, cache, with_flow=True, device=pipe.device,
+                                             on_stage=clock.stage)
             attention.new_batch(images, flow)
             opt_ctx.flow = flow
             opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None

@@ -44,7 +44,7 @@ from .frames import resize
 from .fresco import fresco_frames
 from .keyframes import Batch, plan_batches
 from .propagate import propagate_span
-from .translate import Frames, keyframes_for, per_frame
+from .translate import Frames, keyframes_for, per_frame, propagate_stage
 
 Settings = JobConfig | Mapping[str, Any]
 
@@ -177,6 +177,11 @@ class _Job:
             yield key, resize(rgb, self.width, self.height)
 
 
+def _clock(steps: int, job: _Job, on_progress: ProgressFn | None, cancel: threading.Event | None) -> StepClock:
+    """The clock of ``steps`` denoising steps of ``job``, in batches of its executed steps."""
+    return StepClock(steps, on_progress, cancel, steps_per_batch=job.config.sampling.executed_steps)
+
+
 def _skeleton(pipe, job: _Job, plan: SegmentPlan, clock: StepClock) -> tuple[dict[int, np.ndarray], Anchors]:
     memory: Anchors = {}
     checkpoint = Checkpoint(on_batch_done=lambda _, anchors: memory.update(anchors))
@@ -209,7 +214,7 @@ def run_skeleton(pipe, frames: Sequence[np.ndarray], settings: Settings, plan: S
     if not plan.skeleton:
         return {}, {}
     job = _Job(frames, settings, cache)
-    return _skeleton(pipe, job, plan, StepClock(plan.steps(job.config)[0], on_progress, cancel))
+    return _skeleton(pipe, job, plan, _clock(plan.steps(job.config)[0], job, on_progress, cancel))
 
 
 def run_segment(pipe, frames: Sequence[np.ndarray], settings: Settings, plan: SegmentPlan, index: int,
@@ -220,7 +225,7 @@ def run_segment(pipe, frames: Sequence[np.ndarray], settings: Settings, plan: Se
     ``plan.needs(index, ...)``) raise ValueError on the call."""
     job = _Job(frames, settings, cache)
     _check(plan, index, anchors, job.config)  # on the call, not when the first frame is asked for
-    return _segment(pipe, job, plan, index, anchors, StepClock(plan.steps(job.config)[1][index], on_progress, cancel))
+    return _segment(pipe, job, plan, index, anchors, _clock(plan.steps(job.config)[1][index], job, on_progress, cancel))
 
 
 def propagate(frames: Sequence[np.ndarray], first: int, last: int, out_first: np.ndarray,
@@ -243,7 +248,7 @@ def translate_segmented(pipe, frames: Sequence[np.ndarray], settings: Settings, 
     job = _Job(frames, settings, cache)
     plan = plan_segments(job.clip, job.config, segments)
     skeleton_steps, segment_steps = plan.steps(job.config)
-    clock = StepClock(skeleton_steps + sum(segment_steps), on_progress, cancel)
+    clock = _clock(skeleton_steps + sum(segment_steps), job, on_progress, cancel)
     outputs, latents = _skeleton(pipe, job, plan, clock) if plan.skeleton else ({}, {})
     parts = chain(outputs.items(), *(_segment(pipe, job, plan, s.index, latents, clock) for s in plan.segments))
     pending: dict[int, np.ndarray] = {}
@@ -254,7 +259,7 @@ def translate_segmented(pipe, frames: Sequence[np.ndarray], settings: Settings, 
             key = plan.keys[position]
             out = pending.pop(key)
             if previous is not None and key - previous[0] > 1:
-                clock.check_cancel()
+                clock.stage(propagate_stage(previous[0], key))
                 yield from propagate(job.clip, previous[0], key, previous[1], out, job.config)
             yield key, out
             position, previous = position + 1, (key, out)

@@ -37,7 +37,8 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
             continue
         clock.check_cancel()
         small = [resize(f, *work_size) for f in frames[start:start + size]]
-        controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device)
+        controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
+                                       on_stage=clock.stage)
         out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
         yield from enumerate(to_uint8(out), start)
         checkpoint.on_batch_done(number, {})
@@ -71,6 +72,12 @@ class Frames(Sequence[np.ndarray]):
         return self._read(self.indices[item])
 
 
+def propagate_stage(first: int, last: int) -> str:
+    """The progress stage of propagating the frames between keys ``first`` and ``last`` (0-based indices;
+    the words count frames from 1, as an artist does)."""
+    return f"propagate frame {last}" if last - first == 2 else f"propagate frames {first + 2}-{last}"
+
+
 def keyframes_for(frames: Sequence[np.ndarray], settings: JobConfig | Mapping[str, Any]) -> list[int]:
     """The frames translated (the first and the last are always among them), for the job's settings."""
     config, count = JobConfig.of(settings), len(frames)
@@ -91,9 +98,11 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
     input's size. Frames are processed at the working size (``Sampling.work_size``:
-    the ``size`` setting's short side, never above the input's unless ``upscale``) and scaled back; only one span between two keyframes is
-    held at a time. Raises Cancelled as soon as ``cancel`` is set. With a
-    ``checkpoint`` of an interrupted run it yields only what is still missing.
+    the ``size`` setting's short side, never above the input's unless ``upscale``)
+    and scaled back; only one span between two keyframes is held at a time. Raises
+    Cancelled as soon as ``cancel`` is set. With a ``checkpoint`` of an interrupted
+    run it yields only what is still missing. ``on_progress`` hears each stage as it
+    starts (``denoise.StepClock``).
     """
     if not frames:
         return
@@ -105,14 +114,15 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
     keys = keyframes_for(clip, config)
     run, batches = (fresco_frames, fresco_batches) if config.fresco else (per_frame, per_frame_batches)
     remaining = batches(len(keys), config) - checkpoint.batches_done
-    clock = StepClock(remaining * config.sampling.executed_steps, on_progress, cancel)
+    steps = config.sampling.executed_steps
+    clock = StepClock(remaining * steps, on_progress, cancel, checkpoint.batches_done, steps)
     estimator = load_estimator(config.flow, config.flow_weights, pipe.device)
 
     def spans_from_disk(limit: int) -> Iterator[tuple[int, np.ndarray]]:
         """Propagate the unfinished spans between the first ``limit`` keys, whose outputs are written."""
         for first, last in zip(keys[:limit], keys[1:limit]):
             if not all(checkpoint.has_output(i) for i in range(first + 1, last)):
-                clock.check_cancel()
+                clock.stage(propagate_stage(first, last))
                 span = propagate_span(clip[first:last + 1], checkpoint.output(first), checkpoint.output(last),
                                       estimator)
                 yield from enumerate(span, first + 1)
@@ -124,7 +134,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
             yield from spans_from_disk(position)
             previous = keys[position - 1], checkpoint.output(keys[position - 1])
         if previous is not None and key - previous[0] > 1:
-            clock.check_cancel()
+            clock.stage(propagate_stage(previous[0], key))
             span = clip[previous[0]:key + 1]
             yield from enumerate(propagate_span(span, previous[1], out, estimator), previous[0] + 1)
         yield key, out

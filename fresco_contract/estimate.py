@@ -22,6 +22,23 @@ from .settings import defaults, upgrade
 MULTIPLE = 64  # SD's VAE (x8) and UNet (x8) need sides divisible by 64
 REFERENCE_PIXELS = 512 * 512  # ``seconds_per_step`` is per frame-step at this many pixels
 
+# Seconds per U-Net frame-step at 512x512 before a backend has timed a job: ROUGH PRIORS per device kind,
+# not measured by this project (its test machines hold no real SD 1.5 weights, and the tiny test model
+# says nothing about them). From SD 1.5 + ControlNet speeds as commonly reported, with two U-Net passes
+# per step (classifier-free guidance), times about 2.5 for FRESCO's attention and feature optimisation
+# (the README's FRESCO/baseline time target): a desktop CPU in float32 tens of seconds, a recent CUDA GPU
+# in float16 about 0.1 s, Apple MPS about 1 s. A server replaces them by what its jobs measure.
+PRIOR_SECONDS_PER_STEP = {"cpu": 20.0, "cuda": 0.1, "mps": 1.0}
+LONG_JOB = 30 * 60  # seconds of denoising from which a CPU job gets the hint to try DRAFT first
+# a quick, cheaper run to try a look: what it costs changes, the look settings stay
+DRAFT = {"size": 384, "steps": 10, "keyframes": "interval", "key_interval": 20, "feature_optimization": False}
+
+
+def device_kind(device: str) -> str:
+    """"cpu", "cuda" or "mps" of a torch device name ("cuda:1" -> "cuda"); anything else counts as cpu."""
+    kind = str(device).split(":")[0]
+    return kind if kind in PRIOR_SECONDS_PER_STEP else "cpu"
+
 
 def working_size(width: int, height: int, size: int, upscale: bool = False) -> tuple[int, int]:
     """(width, height) a ``width`` x ``height`` source is processed at: the short side becomes ``size``,

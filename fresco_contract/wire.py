@@ -23,6 +23,9 @@ from typing import Any
 API_VERSION = "v1"
 PREFIX = "/" + API_VERSION
 
+# {"api", "version"}; with the token also the device, models, load figures and "speed":
+# {"seconds_per_step": float (per U-Net frame-step at 512x512, for ``estimate.JobEstimate.seconds``),
+#  "measured": bool (false: a rough prior for the device kind), "device": "cpu" | "cuda" | "mps"}
 HEALTH = PREFIX + "/health"
 JOBS = PREFIX + "/jobs"
 
@@ -46,8 +49,16 @@ FINAL_STATES = (DONE, FAILED, CANCELLED)
 
 # event types; every event is {"seq": int, "type": str, ...}
 EV_STATE = "state"        # {"state": one of the job states}
-EV_PROGRESS = "progress"  # {"stage": str, "done": int, "total": int, "eta": float | None}
+# {"stage": str, "done": int, "total": int, "eta": float | None}, sent as each stage STARTS. The stages
+# in order: "download" (STAGE_DOWNLOAD), "load model", then per batch "conditions" (ControlNet images),
+# "flow" (FRESCO: optical flow), "denoise step k/n, batch b/B" (each step), "write" (decoding and
+# writing its frames), and "propagate frame(s) ..." (frames between two keys, counted from 1). Outside
+# "download", done/total count the job's denoising steps (total from the estimate at "load model",
+# exact from the first batch on; a resumed job counts the steps it has left); eta is seconds left, null until a step has been timed, then measured
+# from the steps so far. Match the stage by its first words: more may follow.
+EV_PROGRESS = "progress"
 STAGE_DOWNLOAD = "download"  # the progress stage of a hub model being downloaded: done/total in bytes
+STAGES = ("load model", "conditions", "flow", "denoise step", "write", "propagate")  # the others' first words
 EV_FRAME = "frame"        # {"index": int}: output frame index is ready to download
 EV_DONE = "done"          # {"frame_count": int}
 EV_ERROR = "error"        # {"message": str}

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fresco_contract import wire
+from fresco_contract.estimate import PRIOR_SECONDS_PER_STEP, device_kind
 from fresco_contract.settings import SETTINGS, Setting, SettingsError, validate
 
 from .jobs import JobError, JobManager
@@ -172,6 +173,15 @@ FRAME_BODY = {"requestBody": {"required": True, "content": {"image/png": {"schem
     "type": "string", "format": "binary", "maxLength": wire.MAX_FRAME_BYTES}}}}}
 
 
+def speed(device: str, measured: float | None) -> dict[str, Any]:
+    """/v1/health's ``speed``: seconds per U-Net frame-step at 512x512, measured on this server's jobs
+    (``measured``) or else the prior of the device's kind (cpu, cuda, mps; anything else counts as cpu)."""
+    kind = device_kind(device)
+    if measured is not None:
+        return {"seconds_per_step": measured, "measured": True, "device": kind}
+    return {"seconds_per_step": PRIOR_SECONDS_PER_STEP[kind], "measured": False, "device": kind}
+
+
 def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[str, Any],
                loopback_only: bool = False, workers: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     """The FastAPI application serving ``manager``; ``info`` is merged into /v1/health for
@@ -235,7 +245,8 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
         public = {"api": wire.API_VERSION, "version": info.get("version")}
         if not has_token(request):  # anyone may ask whether it runs, but not where its files are
             return public
-        answer = {**public, **info, "load_count": cache.load_count, "last_load_seconds": cache.last_load_seconds}
+        answer = {**public, **info, "load_count": cache.load_count, "last_load_seconds": cache.last_load_seconds,
+                  "speed": speed(info.get("device", "cpu"), manager.seconds_per_step)}
         return answer if workers is None else {**answer, "workers": workers()}
 
     @app.post(wire.JOBS, dependencies=auth, status_code=201, openapi_extra=JOB_BODY)

@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from fresco_contract import wire
+from fresco_contract.estimate import estimate_job
 from fresco_contract.files import write_bytes_atomic
 
 from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
@@ -206,6 +207,8 @@ class JobManager:
         self._prepare = prepare
         self._translate = translate
         self._checkpoint_plan = checkpoint_plan
+        # seconds per U-Net frame-step at 512x512, as the last job's denoising measured it (None before any)
+        self.seconds_per_step: float | None = None
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self._waiters: set[Callable[[], None]] = set()  # long polls of wait_events, woken by _emit
@@ -556,7 +559,9 @@ class JobManager:
         self._check_inputs(job)
 
         def on_progress(p: Any) -> None:
-            eta = getattr(p, "eta", None)
+            eta, measured = getattr(p, "eta", None), getattr(p, "seconds_per_step", None)
+            if measured is not None and math.isfinite(measured) and measured > 0:
+                self.seconds_per_step = float(measured)
             self._emit(job, wire.EV_PROGRESS, stage=str(p.stage), done=int(p.done), total=int(p.total),
                        eta=None if eta is None else float(eta))
 
@@ -564,7 +569,8 @@ class JobManager:
             self._prepare(job.settings, on_progress, job.cancel)
         if job.cancel.is_set():
             raise InterruptedError("cancelled")
-        self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=1, eta=None)
+        cost = estimate_job(job.settings, job.frame_count, *(job.frame_size or (512, 512)))
+        self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=cost.batches * cost.steps, eta=None)
         pipe = self._get_pipeline(job.settings)
         if job.cancel.is_set():
             raise InterruptedError("cancelled")

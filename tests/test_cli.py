@@ -33,7 +33,12 @@ def test_cli_translates_a_clip_deterministically(clip_path, tiny_models, tmp_pat
     files = sorted((tmp_path / "a").iterdir())
     assert [f.name for f in files] == [f"{i:04d}.png" for i in range(1, 7)]
     assert read_png(files[0]).shape == (64, 96, 3)
-    assert "translate" in first.stderr  # the progress bar
+    # the estimate, before the model loads: 6 frames, adaptive keys 0 and 5 (gaps of at most 20), one batch
+    assert first.stdout.index("estimate: 6 frames of 96x64, processed at 128x64; about 2 keys") \
+        < first.stdout.index("load model")
+    assert "in 1 batch(es) of 2 denoising steps (4 frame-steps)" in first.stdout and "on cpu" in first.stdout
+    assert "hint:" not in first.stdout  # a second's work
+    assert "denoise step 2/2, batch 1/1" in first.stderr and "propagate frames 2-5" in first.stderr  # the bar
     second = translate(clip_path, tmp_path / "b", tiny_models)
     assert second.returncode == 0, second.stderr
     for name in ("0001.png", "0006.png"):
@@ -94,3 +99,18 @@ def test_cli_bad_input_is_a_clear_error(case, needle, clip_path, tiny_models, tm
     result = translate(clip, tmp_path / "out", tiny_models, *extra)
     assert result.returncode == 2
     assert needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_long_cpu_job_gets_the_draft_hint_with_real_flags():
+    from fresco_backend.cli import build_parser, estimate_lines
+    from fresco_contract.estimate import DRAFT
+    from fresco_contract.settings import validate
+
+    settings = validate({"prompt": "x"})
+    long, hint = estimate_lines(settings, 240, 1920, 1080, "cpu")
+    assert "240 frames of 1920x1080, processed at 896x512" in long and "h of denoising on cpu" in long
+    flags = hint.split("Draft settings, ")[1].split(" (")[0]
+    assert flags == "--size 384 --steps 10 --keyframes interval --key-interval 20 --no-feature-optimization"
+    args = build_parser().parse_args(["translate", "in.mp4", "--out", "o", *flags.split()])
+    assert {name: getattr(args, name) for name in DRAFT} == DRAFT  # the flags the CLI really takes
+    assert len(estimate_lines(settings, 240, 1920, 1080, "cuda:0")) == 1  # no hint on a GPU

@@ -60,7 +60,7 @@ def test_round_trip_three_frames(backend, client):
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(len(events)))
     assert sorted(e["index"] for e in events if e["type"] == wire.EV_FRAME) == [0, 1, 2]
-    assert any(e["type"] == wire.EV_PROGRESS and e["stage"] == "denoise" for e in events)
+    assert any(e["type"] == wire.EV_PROGRESS and e["stage"].startswith("denoise step") for e in events)
     assert [e for e in events if e["type"] == wire.EV_DONE][0]["frame_count"] == 3
     for i in range(3):
         data = client.download_frame(job_id, i)
@@ -237,7 +237,8 @@ def test_cancel_running_and_queued_jobs(client):
         answer = client.events(running, after, wait=5)
         if answer["events"]:
             after = answer["events"][-1]["seq"]
-        if any(e["type"] == wire.EV_PROGRESS and e["stage"] == "denoise" for e in answer["events"]):
+        if any(e["type"] == wire.EV_PROGRESS and e["stage"].startswith("denoise step")
+               for e in answer["events"]):
             break
     assert client.status(queued)["state"] == wire.QUEUED
     assert client.cancel(queued)["state"] == wire.CANCELLED

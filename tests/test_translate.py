@@ -6,6 +6,7 @@ import pytest
 from fresco_contract.settings import validate
 from fresco_backend.config import JobConfig
 from fresco_backend import translate
+from fresco_backend.checkpoint import Checkpoint
 from fresco_backend.synthetic import moving_square
 from fresco_backend.translate import Cancelled, translate_frames
 
@@ -64,14 +65,40 @@ def test_prompt_and_strength_matter(pipe, clip):
     assert np.abs(weak - clip.frames[0]).mean() < np.abs(base - clip.frames[0]).mean()
 
 
-def test_progress_counts_every_step_and_ends_at_total(pipe, clip):
+def test_progress_reports_each_stage_as_it_starts(pipe, clip):
     settings = validate({"prompt": "x", "steps": 8, "strength": 0.5, "size": 64, "batch_size": 2,
                          "mode": "per_frame"})
     seen = []
     list(translate_frames(pipe, clip.frames, settings, on_progress=seen.append))
     assert JobConfig.of(settings).sampling.executed_steps == 4
-    assert [p.done for p in seen] == list(range(1, 3 * 4 + 1))  # 5 frames -> 3 batches of <= 2
-    assert seen[-1].total == 12 and seen[-1].eta == 0.0 and seen[0].stage == "denoise"
+    batch = lambda b: ["conditions", *(f"denoise step {k}/4, batch {b}/3" for k in range(1, 5)), "write"]  # noqa: E731
+    assert [p.stage for p in seen] == batch(1) + batch(2) + batch(3)  # 5 frames -> 3 batches of <= 2
+    assert [p.done for p in seen] == [d for b in range(3) for d in [4 * b, *range(4 * b, 4 * b + 4), 4 * b + 4]]
+    assert {p.total for p in seen} == {12} and seen[-1].eta == 0.0
+    timed = seen.index(next(p for p in seen if p.done))  # from the first event after a finished step on
+    assert all(p.eta is None and p.seconds_per_step is None for p in seen[:timed])
+    assert all(p.eta >= 0 and p.seconds_per_step > 0 for p in seen[timed:])
+
+
+def test_fresco_progress_names_flow_and_propagation_and_counts_batches_on_after_a_resume(pipe):
+    frames = moving_square(frames=7, width=96, height=64).frames
+    settings = validate({"prompt": "x", "steps": 4, "strength": 0.5, "size": 64, "batch_size": 3,
+                         "keyframes": "interval", "key_interval": 2, "opt_iterations": 1})
+    after_first = {}  # the anchors after batch 0, as a checkpoint store keeps them
+    record = Checkpoint(on_batch_done=lambda n, anchors: n or after_first.update(
+        {key: list(latents) for key, latents in anchors.items()}))
+    seen = []  # keys 0 2 4 | 0 4 6: two batches of two steps
+    outputs = dict(translate_frames(pipe, frames, settings, on_progress=seen.append, checkpoint=record))
+    batch = lambda b: ["conditions", "flow", f"denoise step 1/2, batch {b}/2", f"denoise step 2/2, batch {b}/2",  # noqa: E731
+                       "write"]
+    assert [p.stage for p in seen] == [*batch(1), "propagate frame 2", "propagate frame 4", *batch(2),
+                                       "propagate frame 6"]
+    resumed = []
+    resume = Checkpoint(1, after_first, has_output=lambda i: i <= 4, output=outputs.__getitem__)
+    assert [i for i, _ in translate_frames(pipe, frames, settings, on_progress=resumed.append,
+                                           checkpoint=resume)] == [5, 6]
+    assert [p.stage for p in resumed][:3] == ["conditions", "flow", "denoise step 1/2, batch 2/2"]
+    assert {p.total for p in resumed} == {2}
 
 
 @pytest.mark.parametrize("mode", ["per_frame", "fresco"])
@@ -87,7 +114,7 @@ def test_cancel_stops_between_steps(pipe, clip, mode):
 
     with pytest.raises(Cancelled):
         list(translate_frames(pipe, clip.frames, settings, on_progress=on_progress, cancel=cancel))
-    assert steps == [1, 2]
+    assert steps[-1] == 2 and steps.count(2) == 1  # no step after the one whose start saw the cancel
 
 
 def test_mixed_frame_sizes_are_refused(pipe, clip):
