@@ -2,7 +2,9 @@
 
 Started on the first job, reused while its configuration is unchanged and it
 is alive, stopped by ``stop`` (unregister, the Stop Backend button) and at
-interpreter exit. Safe to call from the worker thread.
+interpreter exit. Safe to call from the worker thread. The server's last
+``/v1/health`` answer (its device and speed) is kept for the panel, which
+never asks the network while it draws (``health``).
 """
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from typing import Any
 _lock = threading.Lock()
 _process: Any = None  # launcher.BackendProcess
 _key: tuple | None = None
+_health: dict[tuple, dict] = {}  # configuration key -> that backend's last /v1/health answer
+
+
+def _config_key(config: dict[str, str]) -> tuple:
+    return tuple(sorted(config.items()))
 
 
 def remote_address(config: dict[str, str]) -> tuple[str, int] | None:
@@ -62,20 +69,44 @@ def config_problem(config: dict[str, str]) -> str | None:
     return None
 
 
-def _alive(process: Any) -> bool:
+def _alive(process: Any, key: tuple) -> bool:
     alive = getattr(process, "alive", None)
     if alive is not None and not alive():
         return False
     try:
-        process.client(timeout=5.0).health()
+        _health[key] = process.client(timeout=5.0).health()
     except Exception:
         return False
     return True
 
 
+def _ask_health(key: tuple, client: Any) -> None:
+    """Keep the server's /v1/health answer; a failure is left to the job's own requests to report."""
+    try:
+        _health[key] = client.health()
+    except Exception:
+        pass
+
+
+def note_health(config: dict[str, str], answer: dict) -> None:
+    """Keep ``answer``, a /v1/health answer of the backend for ``config`` (asked after a job: its speed)."""
+    _health[_config_key(config)] = answer
+
+
+def health(config: dict[str, str]) -> dict | None:
+    """The last /v1/health answer of the backend for ``config`` while it runs (a remote one: once a job was
+    sent there), else None. No network: safe in a panel's draw."""
+    key = _config_key(config)
+    # no lock: get_client holds it while a backend starts, and a draw must not wait for that
+    if not config.get("url") and (_process is None or _key != key):
+        return None
+    return _health.get(key)
+
+
 def _stop_locked() -> None:
     global _process, _key
     process, _process, _key = _process, None, None
+    _health.clear()
     if process is not None:
         try:
             process.stop()
@@ -107,10 +138,11 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
     if remote is not None:  # a server someone else runs: never launch or stop one
         from .client import Client
 
+        _ask_health(_config_key(config), Client(remote[0], remote[1], config["token"], 5.0))
         return Client(remote[0], remote[1], config["token"], timeout)
-    key = tuple(sorted(config.items()))
+    key = _config_key(config)
     with _lock:
-        if _process is not None and (_key != key or not _alive(_process)):
+        if _process is not None and (_key != key or not _alive(_process, key)):
             _stop_locked()
         if _process is None:
             extra_args = launcher.model_args(config)
@@ -118,6 +150,7 @@ def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
                                        config.get("controlnet", ""), device=config.get("device") or None,
                                        extra_args=extra_args, env=_environment(config))
             _key = key
+            _ask_health(key, _process.client(timeout=5.0))
         return _process.client(timeout=timeout)
 
 

@@ -39,11 +39,28 @@ class ExportError(RuntimeError):
     pass
 
 
-def source_size(scene: Any, strip: Any) -> tuple[int, int]:
-    """Pixel size of the strip's media; the scene's render size when it has none."""
+def _scene_size(scene: Any) -> tuple[int, int]:
+    render = scene.render
+    scale = render.resolution_percentage / 100.0
+    return max(1, int(render.resolution_x * scale)), max(1, int(render.resolution_y * scale))
+
+
+def known_size(scene: Any, strip: Any) -> tuple[int, int] | None:
+    """``source_size`` where it is known without reading a file (the size Blender recorded of a movie or
+    image strip's media; the scene's render size for a strip without media of its own), else None. Changes
+    nothing: safe in a panel's draw."""
     elements = getattr(strip, "elements", None)
     if elements and len(elements) and elements[0].orig_width > 0 and elements[0].orig_height > 0:
         return int(elements[0].orig_width), int(elements[0].orig_height)
+    return None if strip.type in ("MOVIE", "IMAGE") else _scene_size(scene)
+
+
+def source_size(scene: Any, strip: Any) -> tuple[int, int]:
+    """Pixel size of the strip's media; the scene's render size when it has none."""
+    known = known_size(scene, strip)
+    if known is not None:
+        return known
+    elements = getattr(strip, "elements", None)
     path = None
     if strip.type == "MOVIE":
         path = strip.filepath
@@ -61,9 +78,7 @@ def source_size(scene: Any, strip: Any) -> tuple[int, int]:
                 bpy.data.images.remove(image)
             if width > 0 and height > 0:
                 return int(width), int(height)
-    render = scene.render
-    scale = render.resolution_percentage / 100.0
-    return max(1, int(render.resolution_x * scale)), max(1, int(render.resolution_y * scale))
+    return _scene_size(scene)
 
 
 # strip types that show no picture of their own, and what to do instead

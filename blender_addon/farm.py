@@ -13,7 +13,9 @@ finished strip so finished work is never lost. A failing strip is reported and
 the rest are still attempted. The backend is the remote server in
 FRESCO_BACKEND_URL/FRESCO_TOKEN (or the preferences) if set, else a local one.
 The strips go through the same queue (``jobqueue``) and ``translation.Translation``
-steps as the UI's, run synchronously.
+steps as the UI's, run synchronously; before each strip's export, the backend is started and what the job
+will cost is printed (frames, keys, batches, denoising time on the backend's device, the Draft preset
+suggested for a long one).
 """
 from __future__ import annotations
 
@@ -71,10 +73,11 @@ def run(strip_names: list[str] | None = None) -> int:
     tags: dict[int, str] = {}
 
     def begin(entry: jobqueue.Entry) -> translation.Translation:
-        def report(stage: str, done: int, total: int) -> None:
-            say(f"{tags[entry.id]}{entry.strip_name}: {translation.stage_text(stage, done, total)}")
+        def note(text: str) -> None:
+            say(f"{tags[entry.id]}{entry.strip_name}: {text}")
 
-        return translation.begin(entry, translation.throttled(report))
+        return translation.begin(entry, translation.throttled(
+            lambda stage, done, total: note(translation.stage_text(stage, done, total))), note)
 
     queue = jobqueue.JobQueue(begin)
     for index, (scene_name, strip_name) in enumerate(todo, 1):

@@ -9,6 +9,7 @@ Messages:
   {"kind": "progress", "stage": str, "done": int, "total": int, "eta": float | None}
                                                  (``STAGE_STARTING``, total 0: the backend is being started)
   {"kind": "frame", "index": int, "path": str}   (an output frame was downloaded to ``path``)
+  {"kind": "health", "health": dict}             (the backend's /v1/health after the job: its measured speed)
   {"kind": "finished", "files": [str, ...]}      (put by ``worker`` only)
   {"kind": "error", "message": str}              (put by ``worker`` only)
   {"kind": "cancelled"}                          (put by ``worker`` only)
@@ -134,12 +135,18 @@ def _forget(client: Any, job_id: str) -> None:
 
 
 def worker(get_client: Callable[[], Any], settings: dict, frame_paths: Sequence[Path], out_dir: Path,
-           put: Emit, cancel: threading.Event) -> None:
-    """Thread body for the UI: run the job and put exactly one final message."""
+           put: Emit, cancel: threading.Event, starting: bool = True) -> None:
+    """Thread body for the UI: run the job and put exactly one final message. ``starting``: put a
+    ``STAGE_STARTING`` message first (False where the backend was started before)."""
     try:
-        put({"kind": "progress", "stage": STAGE_STARTING, "done": 0, "total": 0, "eta": None})
+        if starting:
+            put({"kind": "progress", "stage": STAGE_STARTING, "done": 0, "total": 0, "eta": None})
         client = get_client()
         files = run_job(client, settings, frame_paths, out_dir, emit=put, cancel=cancel)
+        try:
+            put({"kind": "health", "health": client.health()})
+        except Exception:  # only the next estimate misses the speed this job measured
+            pass
         put({"kind": "finished", "files": [str(f) for f in files]})
     except JobCancelled:
         put({"kind": "cancelled"})

@@ -1,19 +1,21 @@
 """The sequencer sidebar's FRESCO panels: the backend's state, the active strip's settings in the groups an artist
-decides by (``settings.GROUPS``; a setting only where it applies, ``Setting.applies``), Translate, the queue box,
-the farm flag and the research switches (Advanced)."""
+decides by (``settings.GROUPS``; a setting only where it applies, ``Setting.applies``), what Translate will cost,
+Translate, the queue box, the farm flag and the research switches (Advanced)."""
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import bpy
 
-from . import backend, backend_setup, config, installer, jobrun, model_ops, operators, presets, props, settings_ops
-from . import uijob, userdirs
+from . import backend, backend_setup, config, export, installer, jobrun, model_ops, operators, presets, props
+from . import settings_ops, translation, uijob, userdirs
 from .contract import settings as schema
 
 GROUP_ICONS = {"look": "COLOR", "guidance": "MODIFIER", "timing": "KEYFRAME_HLT", "quality": "RENDER_RESULT"}
 STARTING_STAGE = jobrun.STAGE_STARTING  # the queue entry's stage while the backend starts (jobrun.worker)
 SETUP, STOP = "setup", "stop"  # what the backend line offers: the add-on's preferences, or Stop Backend
+DRAFT_PRESET = os.path.join(presets.SHIPPED_ROOT, "presets", presets.SUBDIR, "Draft.py")  # a quick look first
 
 
 def backend_state(context: Any, configured: Mapping[str, str]) -> tuple[str, str, str]:
@@ -64,6 +66,24 @@ def draw_backend(layout: Any, context: Any, configured: Mapping[str, str]) -> No
         row.operator("preferences.addon_show", text="Set Up", icon="PREFERENCES").module = config.ADDON_ID
     elif action == STOP:
         row.operator(operators.FRESCO_OT_stop_backend.bl_idname, text="", icon="QUIT")
+
+
+def draw_cost(layout: Any, context: Any, strip: Any, values: Mapping[str, Any],
+              configured: Mapping[str, str]) -> None:
+    """What translating ``strip`` will cost (``translation.cost``): the working size, the frames, keys and
+    batches, and the time on the backend's device while it runs (its last health answer: no network here); a
+    long job gets a warning and a button that applies the Draft preset."""
+    if strip.type in export.NO_PICTURE:
+        return
+    cost = translation.cost(context.scene, strip, values, backend.health(dict(configured)))
+    column = layout.column(align=True)
+    column.label(text=cost.size, icon="FULLSCREEN_ENTER")
+    column.label(text=cost.counts, icon="KEYFRAME")
+    column.label(text=cost.time, icon="TIME")
+    if cost.long:
+        column.label(text="A long job: try the look with the Draft preset first", icon="ERROR")
+        column.operator(presets.FRESCO_OT_preset_apply.bl_idname,
+                        text="Apply Draft (smaller, fewer steps and keys)", icon="PRESET").filepath = DRAFT_PRESET
 
 
 def draw_group(layout: Any, group: Any, group_id: str, values: Mapping[str, Any], context: Any,
@@ -160,6 +180,7 @@ class FRESCO_PT_panel(bpy.types.Panel):
                 layout.label(text=f"Result of {strip.get(props.RESULT_SOURCE_KEY, '?')}", icon="CHECKMARK")
                 if strip.type == "IMAGE" and userdirs.is_temporary(bpy.path.abspath(strip.directory)):
                     layout.label(text="In a temporary folder until the .blend is saved", icon="ERROR")
+            draw_cost(layout, context, strip, values, configured)
             row = layout.row(align=True)
             row.scale_y = 1.4
             op = row.operator(operators.FRESCO_OT_translate.bl_idname, icon="PLAY")

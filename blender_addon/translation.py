@@ -9,8 +9,9 @@
 ``check`` refuses a strip that cannot be translated and takes its job settings
 when it is queued (``jobqueue``); ``begin`` starts the ``Translation`` of a
 queue entry when its turn comes. With a UI ``uijob`` calls ``poll`` from a
-timer; headless (background mode, the farm) ``run`` does every step at once.
-Only the main thread touches bpy data.
+timer; headless (background mode, the farm) ``run`` does every step at once,
+after starting the backend and printing what the job will cost (``cost``, which
+the panel shows before Translate). Only the main thread touches bpy data.
 """
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import bpy
 
 from . import backend, compat, export, jobrun, place, preview, props, unsaved, userdirs
+from .contract import estimate
 from .contract import settings as schema
 from .contract import wire
 
@@ -33,6 +36,7 @@ EXPORT_FRAMES_PER_TICK = 1  # a frame takes tens of ms at HD; the UI handles eve
 FINAL = ("finished", "error", "cancelled")  # jobrun.worker's last message
 
 Report = Callable[[str, int, int], None]  # (stage, done, total)
+LONG_JOB = 30 * 60  # seconds of denoising from which the panel and the log suggest the Draft preset
 
 
 def log(message: str) -> None:
@@ -51,10 +55,11 @@ class Translation:
     """
 
     def __init__(self, scene: Any, source: Any, settings: dict, config: dict[str, str],
-                 report: Report | None = None) -> None:
-        self.scene_name, self.source_name, self.settings = scene.name, source.name, settings
+                 report: Report | None = None, note: Callable[[str], None] | None = None) -> None:
+        self.scene_name, self.source_name, self.settings, self.config = scene.name, source.name, settings, config
         self.get_client = lambda: backend.get_client(config)
-        self.report = report
+        self.backend_started = False  # by ``run``, before the export
+        self.report, self.note = report, note
         self.export_dir = Path(tempfile.mkdtemp(prefix="export-", dir=userdirs.temp_dir()))
         self.exporter: export.StripExporter | None = None  # None once the export has ended
         self.frames: list[Path] = []  # the exported frames, once all are there
@@ -117,7 +122,8 @@ class Translation:
                 args=(self.get_client, self.settings, files, self.out_dir, self.queue.put, self.cancel))
             self.thread.start()
         else:
-            jobrun.worker(self.get_client, self.settings, files, self.out_dir, self.handle, self.cancel)
+            jobrun.worker(self.get_client, self.settings, files, self.out_dir, self.handle, self.cancel,
+                          starting=not self.backend_started)
 
     # -- step 3: progress ----------------------------------------------------------------------------------
     def handle(self, message: dict) -> None:
@@ -134,6 +140,8 @@ class Translation:
                 self.report(self.stage, self.done, self.total)
         elif kind == "frame":
             self.preview_path = message["path"]
+        elif kind == "health":
+            backend.note_health(self.config, message["health"])
         elif kind in FINAL:
             self._end(message)
 
@@ -176,6 +184,20 @@ class Translation:
             log(f"{self.source_name}: job failed: {self.error}")
 
     # -- the two drivers -----------------------------------------------------------------------------------
+    def note_cost(self) -> None:
+        """Headless, before the export: start the backend (its speed on its device gives the time) and say what
+        the job will cost, with the Draft preset suggested for a long one."""
+        if backend.health(self.config) is None and not self.config.get("url"):
+            self.report(jobrun.STAGE_STARTING, 0, 0)
+        client = self.get_client()
+        self.get_client, self.backend_started = (lambda: client), True
+        scene = bpy.data.scenes[self.scene_name]
+        source = compat.all_strips(compat.editor(scene))[self.source_name]
+        job = cost(scene, source, self.settings, backend.health(self.config))
+        self.note(job.line())
+        if job.long:
+            self.note(DRAFT_HINT)
+
     def poll(self) -> float | None:
         """One UI timer tick: export the next frames, start the worker, take its messages.
 
@@ -198,11 +220,14 @@ class Translation:
 
     def run(self) -> Any:
         """Every step here, at once (background mode, the farm), logging the progress unless ``report`` is
-        given; returns the result strip, raises on failure."""
+        given and what the job will cost (``note``, once, first); returns the result strip, raises on failure."""
         if self.report is None:
             self.report = throttled(lambda stage, done, total: log(
                 f"{self.source_name}: {stage_text(stage, done, total)}"))
+        if self.note is None:
+            self.note = lambda text: log(f"{self.source_name}: {text}")
         try:
+            self.note_cost()
             while self.exporter is not None:
                 self.export_frames(export.BATCH)
             if not self.finished:
@@ -228,6 +253,74 @@ def progress_text(stage: str, done: int, total: int) -> str:
     if stage == wire.STAGE_DOWNLOAD:
         return f"model {done / 1e9:.2f} of {total / 1e9:.2f} GB"
     return f"{done}/{total}"
+
+
+DRAFT_HINT = ("a long job: try the look first with the Draft preset (smaller size, fewer steps and keys, no "
+              "feature optimisation)")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What translating a strip will cost, in words (``cost``)."""
+
+    size: str    # the working size
+    counts: str  # frames, keys, batches, steps
+    time: str    # the denoising time on the backend's device, or when it will be known
+    long: bool   # over LONG_JOB: suggest the Draft preset
+
+    def line(self) -> str:
+        """The cost in one line, for a log."""
+        return f"{self.size}; {self.counts}; {self.time[:1].lower()}{self.time[1:]}"
+
+
+def _count(number: int, word: str, plural: str = "") -> str:
+    return f"{number} {word if number == 1 else plural or word + 's'}"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration in words: "about 40 s", "about 12 min", "about 2 h 10 min"."""
+    if seconds < 60:
+        return f"about {max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min"
+    return f"about {minutes // 60} h" + (f" {minutes % 60} min" if minutes % 60 else "")
+
+
+def speed_of(health: Mapping[str, Any] | None) -> tuple[float, bool, str] | None:
+    """(seconds per frame-step at 512 x 512, measured, device) from a /v1/health answer, or None."""
+    speed = health.get("speed") if isinstance(health, Mapping) else None
+    if not isinstance(speed, Mapping):
+        return None
+    seconds = speed.get("seconds_per_step")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < float("inf"):
+        return None
+    return float(seconds), speed.get("measured") is True, str(health.get("device") or speed.get("device") or "")
+
+
+def cost(scene: Any, strip: Any, settings: Mapping[str, Any], health: Mapping[str, Any] | None) -> Cost:
+    """What translating ``strip`` with ``settings`` costs (``estimate.estimate_job`` on its visible frames and
+    source size), with the time from the backend's ``health`` answer (None: the backend does not run).
+    No network and no change to bpy data: safe in a panel's draw."""
+    frames = compat.visible_duration(strip)
+    source = export.known_size(scene, strip)
+    job = estimate.estimate_job(settings, frames, *(source or (settings["size"],) * 2))
+    size = (f"Working size {job.work_size[0]} x {job.work_size[1]}" if source is not None
+            else "Working size known once the source's file is found")
+    keys = _count(job.keys, "key") if job.exact else f"about {_count(job.keys, 'key')} (adaptive)"
+    counts = (f"{_count(frames, 'frame')}, {keys}, {_count(job.batches, 'batch', 'batches')} of "
+              f"{_count(job.steps, 'step')}")
+    speed = speed_of(health)
+    if source is None:
+        return Cost(size, counts, "Time known once the source's file is found", False)
+    if speed is None:
+        return Cost(size, counts, "Time known once the backend runs" if health is None
+                    else "Time not known: the backend does not report its speed", False)
+    seconds_per_step, measured, device = speed
+    seconds = job.seconds(seconds_per_step)
+    time_text = (f"Denoising {duration_text(seconds)}" + (f" on {device}" if device else "")
+                 + (" (measured)" if measured else " (estimate, not measured yet)"))
+    return Cost(size, counts, time_text, seconds > LONG_JOB)
 
 
 def stage_text(stage: str, done: int, total: int) -> str:
@@ -276,9 +369,10 @@ def check(source: Any | None, config: dict[str, str], warn: Callable[[str], None
     return settings
 
 
-def begin(entry: Any, report: Report | None = None) -> Translation:
+def begin(entry: Any, report: Report | None = None, note: Callable[[str], None] | None = None) -> Translation:
     """Start the translation of a queue entry (``jobqueue.Entry``) with the settings taken when it was queued;
-    raises ``Refused`` when its strip is gone or has lost its picture meanwhile."""
+    raises ``Refused`` when its strip is gone or has lost its picture meanwhile. ``report``, ``note``: see
+    ``Translation.run``."""
     scene = bpy.data.scenes.get(entry.scene_name)
     ed = compat.editor(scene) if scene is not None else None
     source = compat.all_strips(ed).get(entry.strip_name) if ed is not None else None
@@ -287,4 +381,4 @@ def begin(entry: Any, report: Report | None = None) -> Translation:
     problem = export.picture_problem(source)
     if problem:
         raise Refused(problem)
-    return Translation(scene, source, entry.settings, entry.config, report)
+    return Translation(scene, source, entry.settings, entry.config, report, note)

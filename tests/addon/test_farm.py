@@ -50,6 +50,12 @@ def test_farm_translates_flagged_strips_and_saves(mods, farm_scene, compat, blen
     out = capfd.readouterr().out
     assert "[1/2] Scene/clip: start" in out and "[2/2] Scene/clip2: done" in out
     assert "upload" in out and "finished: 2 done, 0 failed" in out
+    # what each job costs, once, before its export (the backend's device gives the time)
+    lines = out.splitlines()
+    for tag in ("[1/2] Scene/clip", "[2/2] Scene/clip2"):
+        cost = [i for i, line in enumerate(lines) if line.startswith(f"FRESCO farm: {tag}: Working size")]
+        export = next(i for i, line in enumerate(lines) if line.startswith(f"FRESCO farm: {tag}: export "))
+        assert len(cost) == 1 and cost[0] < export and "; denoising about " in lines[cost[0]], out
 
     bpy.ops.wm.open_mainfile(filepath=str(blend))  # what is on disk
     scene = bpy.context.scene

@@ -70,17 +70,31 @@ def test_translate_adds_result_strip(backend, movie_scene, compat, blend):
     assert json.loads(source[SOURCE_SETTINGS_KEY]) == settings
 
 
-def test_headless_log_in_words(backend, movie_scene, compat, blend, capfd):
-    """A headless translation's console: each stage's progress, the backend's start in words (no "0/0"),
-    and none of the "Saved: ...render_000001.png" lines Blender prints per exported frame."""
+def test_headless_log_in_words(backend, movie_scene, compat, blend, capfd, monkeypatch):
+    """A headless translation's console: the backend's start in words (no "0/0"), then what the job will cost
+    (once, before the export: the working size, frames, keys, batches and the time on the backend's device),
+    each stage's progress, and none of the "Saved: ...render_000001.png" lines Blender prints per exported
+    frame. A long job (here: any) is told to try the Draft preset first."""
+    translation = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".translation"]
     backend.stop()
     capfd.readouterr()
     assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
     out = capfd.readouterr().out
-    lines = out.splitlines()
+    lines = [line for line in out.splitlines() if line.startswith("FRESCO: clip: ")]
+    assert lines[0] == "FRESCO: clip: starting the backend..."
+    assert lines[1].startswith(f"FRESCO: clip: Working size 128 x 64; {VISIBLE} frames, about ")  # not upscaled
+    assert ", 1 batch of 1 step; denoising about " in lines[1] and " on cpu (" in lines[1], lines[1]
+    assert lines[2].startswith("FRESCO: clip: export ")  # the first progress line
     assert f"FRESCO: clip: export {VISIBLE}/{VISIBLE}" in lines and f"FRESCO: clip: upload {VISIBLE}/{VISIBLE}" in lines
-    assert "FRESCO: clip: starting the backend..." in lines
+    assert sum("Working size" in line for line in lines) == 1 and translation.DRAFT_HINT not in out
     assert "0/0" not in out and "Saved:" not in out and "render_0000" not in out, out
+
+    monkeypatch.setattr(translation, "LONG_JOB", 0.0)
+    assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("FRESCO: clip: ")]
+    assert lines[0].startswith("FRESCO: clip: Working size")  # the backend runs already
+    assert lines[0].endswith(" on cpu (measured)"), lines[0]  # its health after the first job: speed measured
+    assert lines[1] == f"FRESCO: clip: {translation.DRAFT_HINT}" and lines[2].startswith("FRESCO: clip: export ")
 
 
 def test_empty_prompt_is_a_clean_error(backend, movie_scene, compat, blend):
@@ -139,9 +153,12 @@ def test_job_error_is_reported(backend, movie_scene, compat, blend, monkeypatch,
 
 def test_active_strip_and_ui_path(backend, movie_scene, compat, blend, monkeypatch):
     """No strip name: the active strip. With a UI the operator only sets up the export and the timer
-    function does the rest (driven by hand here: no timers fire headless) against the real backend."""
+    function does the rest (driven by hand here: no timers fire headless) against the real backend, whose
+    health (the speed it measured) is kept for the panel after the job."""
     ui = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".uijob"]
+    config = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".config"]
     monkeypatch.setattr(ui, "has_event_loop", lambda: True)
+    backend.stop()  # started by the job: its speed is not measured yet
     assert movie_scene.sequence_editor.active_strip.name == "clip"
     assert bpy.ops.fresco.translate() == {"FINISHED"}
     job = ui.current()
@@ -157,6 +174,8 @@ def test_active_strip_and_ui_path(backend, movie_scene, compat, blend, monkeypat
     assert "export" in stages and ("upload" in stages or "starting backend" in stages)
     result = compat.all_strips(movie_scene.sequence_editor)["clip.fresco"]
     assert compat.visible_duration(result) == VISIBLE
+    # the panel's next estimate: the backend's health, asked after the job, with the speed it measured
+    assert backend.health(config.backend_config())["speed"]["measured"] is True
 
 
 def test_disable_stops_backend_and_removes_properties(backend, addon, compat, movie_scene):

@@ -324,3 +324,62 @@ def test_remote_backend(addon, cache, strip, monkeypatch):
     log = panel()
     assert uses(log) == "Uses someone/own-model (this strip)"
     assert not any(text.startswith("Not downloaded") for text in shown(log, "label"))  # its cache, not ours
+
+
+def cost_lines(log):
+    """The labels of the panel's cost lines (between the settings and Translate) and its operators there."""
+    entries = flat(log)
+    start = next(i for i, e in enumerate(entries) if e[0] == "label" and e[1].startswith("Working size"))
+    end = next(i for i, e in enumerate(entries) if e[0] == "operator" and e[1] == "fresco.translate")
+    return [e[1] if e[0] == "label" else e for e in entries[start:end]]
+
+
+def speed(seconds_per_step, measured=False):
+    return {"device": "cpu", "speed": {"seconds_per_step": seconds_per_step, "measured": measured, "device": "cpu"}}
+
+
+def test_cost_before_translate(addon, strip, monkeypatch):
+    """Before Translate: the working size (a small clip is not upscaled), the frames, keys and batches of the
+    contract's estimate, and the time once the backend runs (its last health answer, never asked while
+    drawing); a long estimate warns and offers the Draft preset, which makes it short."""
+    from conftest import CLIP_SIZE, VISIBLE
+
+    backend, props = module(addon, "backend"), module(addon, "props")
+    estimate = module(addon, "fresco_contract.estimate")
+    backend.stop()
+    strip.fresco.size, strip.fresco.keyframes, strip.fresco.key_interval = 512, "interval", 2
+    lines = cost_lines(panel())
+    assert lines[0] == "Working size 128 x 64"  # 96 x 64 at its own height (rounded to 64), not 768 x 512
+    job = estimate.estimate_job(props.strip_settings(strip), VISIBLE, *CLIP_SIZE)
+    assert (job.work_size, job.keys, job.batches, job.steps) == ((128, 64), 4, 1, 1)  # keys 0, 2, 4 and 5
+    assert lines[1:] == [f"{VISIBLE} frames, 4 keys, 1 batch of 1 step", "Time known once the backend runs"]
+    strip.fresco.upscale = True
+    assert cost_lines(panel())[0] == "Working size 768 x 512"
+    strip.fresco.keyframes = "adaptive"
+    job = estimate.estimate_job(props.strip_settings(strip), VISIBLE, *CLIP_SIZE)
+    assert cost_lines(panel())[1] == f"{VISIBLE} frames, about {job.keys} keys (adaptive), 1 batch of 1 step"
+
+    # a long job on a CPU: 6 frames x 50 steps x 30 s at 768 x 512 (1.5 x 512 x 512)
+    answer = speed(30.0)
+    monkeypatch.setattr(backend, "health", lambda config: answer)
+    props.apply_settings(strip, {"keyframes": "all", "steps": 50, "strength": 1.0})
+    lines = cost_lines(panel())
+    assert lines[2] == "Denoising about 3 h 45 min on cpu (estimate, not measured yet)"
+    assert lines[3] == "A long job: try the look with the Draft preset first"
+    button = lines[4]
+    assert button[1] == "fresco.preset_apply" and button[2].startswith("Apply Draft")  # the presets' own
+    assert button[4].filepath.endswith("Draft.py")
+    assert bpy.ops.fresco.preset_apply(filepath=button[4].filepath) == {"FINISHED"}
+    values = props.strip_settings(strip)
+    assert (values["size"], values["steps"], values["keyframes"], values["key_interval"],
+            values["feature_optimization"], values["upscale"]) == (384, 10, "interval", 20, False, False)
+    assert values["prompt"] == "a watercolour painting" and values["strength"] == 1.0  # the look stays
+    lines = cost_lines(panel())
+    assert lines == ["Working size 128 x 64", f"{VISIBLE} frames, 2 keys, 1 batch of 10 steps",
+                     "Denoising about 19 s on cpu (estimate, not measured yet)"]  # 2 x 10 x 30 s / 32: no warning
+
+    answer = speed(0.05, measured=True)  # a short job measured: no warning either
+    props.apply_settings(strip, {"keyframes": "all", "steps": 50, "upscale": True})  # 576 x 384
+    assert cost_lines(panel())[2:] == ["Denoising about 13 s on cpu (measured)"]  # 6 x 50 x 0.05 s x 0.84
+    answer = {"device": "cpu"}  # an older server: no speed
+    assert cost_lines(panel())[2:] == ["Time not known: the backend does not report its speed"]
