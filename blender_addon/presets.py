@@ -95,10 +95,11 @@ class FRESCO_OT_preset_apply(bpy.types.Operator):
         try:
             bpy.utils.execfile(filepath)
         except (Exception, SystemExit) as exc:  # the file is a user's script: whatever it raises
-            props.restore(strip, saved)
-            self.report({"ERROR"}, f"Preset {name!r} not applied, strip {strip.name!r} left as it was: "
-                                   f"{_failure(exc, filepath)}. "
-                                   f"Correct or remove the preset file")
+            unknown = props.restore(strip, saved)
+            but = (f" except {', '.join(unknown)} (values this FRESCO version does not know, now at their "
+                   f"defaults)") if unknown else ""
+            self.report({"ERROR"}, f"Preset {name!r} not applied, strip {strip.name!r} left as it was{but}: "
+                                   f"{_failure(exc, filepath)}. Correct or remove the preset file")
             return {"CANCELLED"}
         return {"FINISHED"}
 

@@ -266,10 +266,17 @@ def snapshot(strip: Any) -> dict[str, Any]:
     return {"settings": _stored(group), "legacy": {k: _plain(group[k]) for k in schema.LEGACY if k in group.keys()}}
 
 
-def restore(strip: Any, saved: Mapping[str, Any]) -> None:
-    """Put back the strip's settings of a ``snapshot``, setting only what changed since."""
+def _known(setting: schema.Setting, value: Any) -> bool:
+    """Whether ``value`` can be set: an enum item this version does not know (a newer one's) reads as ""."""
+    return setting.kind != "enum" or value in setting.choices
+
+
+def restore(strip: Any, saved: Mapping[str, Any]) -> list[str]:
+    """Put back the strip's settings of a ``snapshot``, setting only what changed since. Returns the settings
+    (list fields as ``controls[1].kind``) that held a choice this version does not know, which cannot be set
+    back: they are left at their defaults."""
     group = getattr(strip, STRIP_PROP)
-    now = _stored(group)
+    now, unknown = _stored(group), []
     for name, value in saved["settings"].items():
         if now[name] == value:
             continue
@@ -277,17 +284,24 @@ def restore(strip: Any, saved: Mapping[str, Any]) -> None:
         if setting is not None and setting.kind == "list":
             collection = getattr(group, name)
             collection.clear()
-            for entry in value:
+            for index, entry in enumerate(value):
                 item = collection.add()
-                for field_name, field_value in entry.items():
-                    setattr(item, field_name, field_value)
-        else:
+                for field in setting.fields:
+                    if _known(field, entry[field.name]):
+                        setattr(item, field.name, entry[field.name])
+                    else:
+                        unknown.append(f"{name}[{index}].{field.name}")
+        elif setting is None or _known(setting, value):
             setattr(group, name, value)
+        else:
+            setattr(group, name, setting.default)
+            unknown.append(name)
     for name in schema.LEGACY:
         if name in saved["legacy"]:
             group[name] = saved["legacy"][name]
         elif name in group.keys():
             del group[name]
+    return unknown
 
 
 CLASSES = (*ITEM_TYPES.values(), FrescoStripSettings)

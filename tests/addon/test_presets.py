@@ -265,3 +265,22 @@ def test_preset_is_one_undo_step(addon, strip, compat, user_preset):
     assert bpy.ops.ed.redo() == {"FINISHED"} and bpy.ops.ed.redo() == {"FINISHED"}
     assert (clip().prompt, clip().steps, len(clip().controls)) == ("a knight", 30, 2)
 
+
+
+def test_failing_preset_on_values_of_a_newer_version(addon, strip, user_preset):
+    """Choices this version does not know (a newer version's mode or ControlNet kind) read as "" and cannot be
+    set back: the report says which ones the failed preset changed, now at their defaults."""
+    props = module(addon, "props")
+    props.apply_settings(strip, {"controls": [{"kind": "tile", "scale": 0.4}, {"kind": "depth", "scale": 0.6}]})
+    strip.fresco["mode"] = 7
+    strip.fresco.controls[1]["kind"] = 9
+    assert (strip.fresco.mode, strip.fresco.controls[1].kind) == ("", "")
+    path = user_preset("Bad", DEFINES + HALF_WAY.replace("del fresco['control_scale']\n", "") +
+                       "fresco.mode = 'per_frame'\nfresco.strenght = 1\n")
+    with pytest.raises(RuntimeError) as caught:
+        press(path)
+    assert ("not applied, strip 'clip' left as it was except mode, controls[1].kind (values this FRESCO version "
+            "does not know, now at their defaults): ") in str(caught.value), caught.value
+    assert rounded(props.strip_settings(strip)["controls"]) == [{"kind": "tile", "scale": 0.4},
+                                                               {"kind": "canny", "scale": 0.6}]
+    assert strip.fresco.mode == "fresco" and strip.fresco.steps == 2
