@@ -93,7 +93,7 @@ def _shown(value: Any) -> str:
     if isinstance(value, (str, bytes)):
         return repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} long)"
     if hasattr(value, "keys"):
-        return f"a group of {len(value.keys())} properties"
+        return f"a group of {len(value.keys())} propert{'y' if len(value.keys()) == 1 else 'ies'}"
     if hasattr(value, "__len__"):
         return f"a list of {len(value)} value{'' if len(value) == 1 else 's'}"
     return repr(value)

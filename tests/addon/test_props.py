@@ -267,7 +267,7 @@ def test_malformed_old_control_refuses_the_job_and_edit_drops_it(addon, movie_sc
     shown = props.legacy_problem  # how values are named in the message
     strip.fresco.controls.clear()
     for value, text in (("x" * 100_000, "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (100000 long)"),
-                        ([1, 2], "a list of 2 values"), ({"a": {"b": [1]}}, "a group of 1 properties"),
+                        ([1, 2], "a list of 2 values"), ({"a": {"b": [1]}}, "a group of 1 property"),
                         (float("nan"), "nan"), (True, "True")):
         strip.fresco["control_scale"] = value
         assert f"fresco['control_scale'] is {text}, not a ControlNet scale from 0 to 2" in shown(strip)
