@@ -77,7 +77,7 @@ def run(strip_names: list[str] | None = None) -> int:
             say(f"{tags[entry.id]}{entry.strip_name}: {text}")
 
         return translation.begin(entry, translation.throttled(
-            lambda stage, done, total: note(translation.stage_text(stage, done, total))), note)
+            lambda stage, done, total, eta: note(translation.stage_text(stage, done, total, eta))), note)
 
     queue = jobqueue.JobQueue(begin)
     for index, (scene_name, strip_name) in enumerate(todo, 1):

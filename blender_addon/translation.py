@@ -16,6 +16,7 @@ the panel shows before Translate). Only the main thread touches bpy data.
 from __future__ import annotations
 
 import queue
+import re
 import shutil
 import tempfile
 import threading
@@ -35,7 +36,8 @@ POLL_INTERVAL = 0.2
 EXPORT_FRAMES_PER_TICK = 1  # a frame takes tens of ms at HD; the UI handles events between ticks
 FINAL = ("finished", "error", "cancelled")  # jobrun.worker's last message
 
-Report = Callable[[str, int, int], None]  # (stage, done, total)
+Report = Callable[[str, int, int, "float | None"], None]  # (stage, done, total, eta in seconds or None)
+FRAME_STAGES = ("export", "upload", "receive")  # the add-on's own stages: done/total count frames
 LONG_JOB = 30 * 60  # seconds of denoising from which the panel and the log suggest the Draft preset
 
 
@@ -137,7 +139,7 @@ class Translation:
             self.stage, self.done, self.total = message["stage"], message["done"], message["total"]
             self.eta = message.get("eta")
             if self.report is not None:
-                self.report(self.stage, self.done, self.total)
+                self.report(self.stage, self.done, self.total, self.eta)
         elif kind == "frame":
             self.preview_path = message["path"]
         elif kind == "health":
@@ -188,7 +190,7 @@ class Translation:
         """Headless, before the export: start the backend (its speed on its device gives the time) and say what
         the job will cost, with the Draft preset suggested for a long one."""
         if backend.health(self.config) is None and not self.config.get("url"):
-            self.report(jobrun.STAGE_STARTING, 0, 0)
+            self.report(jobrun.STAGE_STARTING, 0, 0, None)
         client = self.get_client()
         self.get_client, self.backend_started = (lambda: client), True
         scene = bpy.data.scenes[self.scene_name]
@@ -222,8 +224,8 @@ class Translation:
         """Every step here, at once (background mode, the farm), logging the progress unless ``report`` is
         given and what the job will cost (``note``, once, first); returns the result strip, raises on failure."""
         if self.report is None:
-            self.report = throttled(lambda stage, done, total: log(
-                f"{self.source_name}: {stage_text(stage, done, total)}"))
+            self.report = throttled(lambda stage, done, total, eta: log(
+                f"{self.source_name}: {stage_text(stage, done, total, eta)}"))
         if self.note is None:
             self.note = lambda text: log(f"{self.source_name}: {text}")
         try:
@@ -248,11 +250,15 @@ class Translation:
         return compat.all_strips(compat.editor(bpy.data.scenes[self.scene_name]))[self.result_name]
 
 
-def progress_text(stage: str, done: int, total: int) -> str:
-    """``done/total`` of a stage as shown: frames, or gigabytes for a model the backend downloads."""
+def progress_text(stage: str, done: int, total: int, eta: float | None = None) -> str:
+    """``done/total`` of a stage as shown: frames (the add-on's stages), gigabytes for a model the backend
+    downloads, else the job's denoising steps, with the time left once the backend has timed a step."""
     if stage == wire.STAGE_DOWNLOAD:
         return f"model {done / 1e9:.2f} of {total / 1e9:.2f} GB"
-    return f"{done}/{total}"
+    if stage in FRAME_STAGES:
+        return f"{done}/{total}"
+    timed = isinstance(eta, (int, float)) and eta >= 0 and done < total
+    return f"{done}/{total} steps done" + (f", {duration_text(eta)} left" if timed else "")
 
 
 DRAFT_HINT = ("a long job: try the look first with the Draft preset (smaller size, fewer steps and keys, no "
@@ -323,21 +329,34 @@ def cost(scene: Any, strip: Any, settings: Mapping[str, Any], health: Mapping[st
     return Cost(size, counts, time_text, seconds > LONG_JOB)
 
 
-def stage_text(stage: str, done: int, total: int) -> str:
-    """A stage as a log line shows it: its name and ``progress_text``; the backend's start in words."""
-    if stage == jobrun.STAGE_STARTING:
-        return "starting the backend..."
-    return f"{stage} {progress_text(stage, done, total)}"
+def stage_name(stage: str) -> str:
+    """A stage in words (the backend's start)."""
+    return "starting the backend..." if stage == jobrun.STAGE_STARTING else stage
+
+
+def stage_text(stage: str, done: int, total: int, eta: float | None = None) -> str:
+    """A stage as a log line shows it: ``stage_name`` and, once there is a total, ``progress_text``."""
+    if not total:
+        return stage_name(stage)
+    if stage in FRAME_STAGES or stage == wire.STAGE_DOWNLOAD:
+        return f"{stage} {progress_text(stage, done, total)}"
+    return f"{stage} ({progress_text(stage, done, total, eta)})"
+
+
+def _kind(stage: str) -> str:
+    """A stage without its counts ("denoise step 3/7, batch 1/2" -> "denoise step")."""
+    return re.match(r"\D*", stage).group().strip()
 
 
 def throttled(report: Report, every: float = 1.0) -> Report:
-    """``report`` at most every ``every`` seconds, and always at the end of a stage."""
-    last = [0.0]
+    """``report`` at most every ``every`` seconds, and always as a new kind of stage starts and at the end of a
+    stage."""
+    last = [0.0, ""]
 
-    def call(stage: str, done: int, total: int) -> None:
-        if time.monotonic() - last[0] > every or done == total:
-            last[0] = time.monotonic()
-            report(stage, done, total)
+    def call(stage: str, done: int, total: int, eta: float | None) -> None:
+        if time.monotonic() - last[0] > every or done == total or _kind(stage) != last[1]:
+            last[0], last[1] = time.monotonic(), _kind(stage)
+            report(stage, done, total, eta)
 
     return call
 

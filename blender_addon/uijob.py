@@ -98,13 +98,12 @@ def draw(layout: Any, context: Any, cancel_op: str) -> None:
     for entry in entries:
         name = entry.strip_name if entry.scene_name == scene else f"{entry.scene_name}/{entry.strip_name}"
         row = box.row()
-        row.label(text=f"{name}: {entry.stage}", icon=STATE_ICONS[entry.state])
+        row.label(text=f"{name}: {translation.stage_name(entry.stage)}", icon=STATE_ICONS[entry.state])
         if entry.state in jobqueue.ACTIVE:
             row.operator(cancel_op, text="", icon="X").entry = entry.id
         job = entry.job
         if entry.state == jobqueue.RUNNING and job.total:
-            text = translation.progress_text(job.stage, job.done, job.total) + (
-                f"  ETA {job.eta:.0f} s" if job.eta else "")
+            text = translation.progress_text(job.stage, job.done, job.total, job.eta)
             if hasattr(box, "progress"):
                 box.progress(factor=job.fraction, type="BAR", text=text)
             else:

@@ -87,6 +87,13 @@ def test_headless_log_in_words(backend, movie_scene, compat, blend, capfd, monke
     assert lines[2].startswith("FRESCO: clip: export ")  # the first progress line
     assert f"FRESCO: clip: export {VISIBLE}/{VISIBLE}" in lines and f"FRESCO: clip: upload {VISIBLE}/{VISIBLE}" in lines
     assert sum("Working size" in line for line in lines) == 1 and translation.DRAFT_HINT not in out
+    # each of the backend's stages as it starts, with the job's denoising steps done (no more "load model 0/1"
+    # through the whole start)
+    stages = [line.removeprefix("FRESCO: clip: ") for line in lines]
+    for stage in ("load model (0/1 steps done)", "conditions (0/1 steps done)", "flow (0/1 steps done)",
+                  "denoise step 1/1, batch 1/1 (0/1 steps done)", "write (1/1 steps done)"):
+        assert stage in stages, stages
+    assert stages.index("load model (0/1 steps done)") < stages.index("write (1/1 steps done)")
     assert "0/0" not in out and "Saved:" not in out and "render_0000" not in out, out
 
     monkeypatch.setattr(translation, "LONG_JOB", 0.0)
