@@ -7,7 +7,9 @@ backend, this checkout as its folder, and the session's tiny models.
 
 The whole add-on suite runs on the newest Blender; the oldest and the LTS releases
 run it without its slowest files (HEAVY), which keeps ``make test`` within CI's
-time. Inside Blender a DeprecationWarning is an error (tests/addon/conftest.py).
+time, but the oldest also runs the install test: on Python 3.11 it installs the real
+torch wheel (on 5.3, Python 3.13, it checks the choice of build with stand-in wheels).
+Inside Blender a DeprecationWarning is an error (tests/addon/conftest.py).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ HEAVY = ("test_farm.py", "test_queue.py", "test_backend_install.py", "test_model
 SMOKE = ("tests/addon", *(f"--ignore=tests/addon/{name}" for name in HEAVY))
 # host: (venv, Blender version its bpy must report, tests run there)
 HOSTS = {
-    "bpy42": (".venv-bpy42", "4.2", SMOKE),  # 4.2 LTS, the oldest supported (Python 3.11)
+    # 4.2 LTS, the oldest supported (Python 3.11): the smoke and the real install of the backend with torch
+    "bpy42": (".venv-bpy42", "4.2", tuple(a for a in SMOKE if a != "--ignore=tests/addon/test_backend_install.py")),
     "bpy45": (".venv-bpy45", "4.5", SMOKE),  # 4.5 LTS, the last 4.x (Python 3.11)
     "bpy52": (".venv-bpy52", "5.2", SMOKE),  # 5.2 LTS (Python 3.13), new strip timing names
     "bpy53": (".venv-bpy53", "5.3", FULL),   # 5.3, the newest supported (Python 3.13)
