@@ -47,13 +47,20 @@ def backend_state(context: Any, configured: Mapping[str, str]) -> tuple[str, str
 
 
 def _device(context: Any, configured: Mapping[str, str]) -> str:
+    """The device the local backend runs on (``known_device``), else "the best device found"."""
+    return known_device(context, configured) or "the best device found"
+
+
+def known_device(context: Any, configured: Mapping[str, str]) -> str | None:
     """The device the local backend runs on: the Device preference (or FRESCO_DEVICE), else what "auto"
-    found when it was installed."""
+    found when it was installed; None where that is not known (or the backend is remote)."""
+    if configured.get("url"):
+        return None
     device = (configured.get("device") or "").strip()
     if device and device != "auto":
         return device
     record = config.install_status(context).record
-    return record.auto_device.split()[0] if record is not None and record.auto_device else "the best device found"
+    return record.auto_device.split()[0] if record is not None and record.auto_device else None
 
 
 def draw_backend(layout: Any, context: Any, configured: Mapping[str, str]) -> None:
@@ -71,11 +78,13 @@ def draw_backend(layout: Any, context: Any, configured: Mapping[str, str]) -> No
 def draw_cost(layout: Any, context: Any, strip: Any, values: Mapping[str, Any],
               configured: Mapping[str, str]) -> None:
     """What translating ``strip`` will cost (``translation.cost``): the working size, the frames, keys and
-    batches, and the time on the backend's device while it runs (its last health answer: no network here); a
-    long job gets a warning and a button that applies the Draft preset."""
+    batches, and the time on the backend's device (its last health answer while it runs: no network here;
+    else the prior of the device it will run on); a long job gets a warning and a button that applies the
+    Draft preset."""
     if strip.type in export.NO_PICTURE:
         return
-    cost = translation.cost(context.scene, strip, values, backend.health(dict(configured)))
+    cost = translation.cost(context.scene, strip, values, backend.health(dict(configured)),
+                            known_device(context, configured))
     column = layout.column(align=True)
     column.label(text=cost.size, icon="FULLSCREEN_ENTER")
     column.label(text=cost.counts, icon="KEYFRAME")

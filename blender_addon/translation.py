@@ -38,7 +38,6 @@ FINAL = ("finished", "error", "cancelled")  # jobrun.worker's last message
 
 Report = Callable[[str, int, int, "float | None"], None]  # (stage, done, total, eta in seconds or None)
 FRAME_STAGES = ("export", "upload", "receive")  # the add-on's own stages: done/total count frames
-LONG_JOB = 30 * 60  # seconds of denoising from which the panel and the log suggest the Draft preset
 
 
 def log(message: str) -> None:
@@ -272,7 +271,7 @@ class Cost:
     size: str    # the working size
     counts: str  # frames, keys, batches, steps
     time: str    # the denoising time on the backend's device, or when it will be known
-    long: bool   # over LONG_JOB: suggest the Draft preset
+    long: bool   # over estimate.LONG_JOB: suggest the Draft preset
 
     def line(self) -> str:
         """The cost in one line, for a log."""
@@ -304,10 +303,12 @@ def speed_of(health: Mapping[str, Any] | None) -> tuple[float, bool, str] | None
     return float(seconds), speed.get("measured") is True, str(health.get("device") or speed.get("device") or "")
 
 
-def cost(scene: Any, strip: Any, settings: Mapping[str, Any], health: Mapping[str, Any] | None) -> Cost:
+def cost(scene: Any, strip: Any, settings: Mapping[str, Any], health: Mapping[str, Any] | None,
+         device: str | None = None) -> Cost:
     """What translating ``strip`` with ``settings`` costs (``estimate.estimate_job`` on its visible frames and
-    source size), with the time from the backend's ``health`` answer (None: the backend does not run).
-    No network and no change to bpy data: safe in a panel's draw."""
+    source size), with the time from the backend's ``health`` answer, or where the backend does not run (None)
+    from the rough prior of the ``device`` it will run on (None: not known). No network and no change to bpy
+    data: safe in a panel's draw."""
     frames = compat.visible_duration(strip)
     source = export.known_size(scene, strip)
     job = estimate.estimate_job(settings, frames, *(source or (settings["size"],) * 2))
@@ -317,6 +318,8 @@ def cost(scene: Any, strip: Any, settings: Mapping[str, Any], health: Mapping[st
     counts = (f"{_count(frames, 'frame')}, {keys}, {_count(job.batches, 'batch', 'batches')} of "
               f"{_count(job.steps, 'step')}")
     speed = speed_of(health)
+    if health is None and device:
+        speed = estimate.PRIOR_SECONDS_PER_STEP[estimate.device_kind(device)], False, device
     if source is None:
         return Cost(size, counts, "Time known once the source's file is found", False)
     if speed is None:
@@ -326,7 +329,7 @@ def cost(scene: Any, strip: Any, settings: Mapping[str, Any], health: Mapping[st
     seconds = job.seconds(seconds_per_step)
     time_text = (f"Denoising {duration_text(seconds)}" + (f" on {device}" if device else "")
                  + (" (measured)" if measured else " (estimate, not measured yet)"))
-    return Cost(size, counts, time_text, seconds > LONG_JOB)
+    return Cost(size, counts, time_text, seconds > estimate.LONG_JOB)
 
 
 def stage_name(stage: str) -> str:

@@ -96,7 +96,7 @@ def test_headless_log_in_words(backend, movie_scene, compat, blend, capfd, monke
     assert stages.index("load model (0/1 steps done)") < stages.index("write (1/1 steps done)")
     assert "0/0" not in out and "Saved:" not in out and "render_0000" not in out, out
 
-    monkeypatch.setattr(translation, "LONG_JOB", 0.0)
+    monkeypatch.setattr(translation.estimate, "LONG_JOB", 0.0)
     assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
     lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("FRESCO: clip: ")]
     assert lines[0].startswith("FRESCO: clip: Working size")  # the backend runs already

@@ -166,6 +166,9 @@ def test_backend_starting_ready_busy_and_stop(addon, backend_env, strip, monkeyp
     try:
         words, icon, ops = backend_line(panel())
         assert (words, icon) == ("Backend ready on cpu", "CHECKMARK")
+        # its health, asked once it was ready: the time from the speed it reports (nothing timed yet)
+        assert backend.health(config.backend_config())["speed"]["measured"] is False
+        assert cost_lines(panel())[2].endswith(" on cpu (estimate, not measured yet)")
         assert [(op[1], op[2], op[3]) for op in ops] == [("fresco.stop_backend", "", "QUIT")]
         hold = threading.Event()
         monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: FakeClient(hold=hold))
@@ -347,12 +350,16 @@ def test_cost_before_translate(addon, strip, monkeypatch):
     backend, props = module(addon, "backend"), module(addon, "props")
     estimate = module(addon, "fresco_contract.estimate")
     backend.stop()
+    monkeypatch.setenv("FRESCO_DEVICE", "auto")  # and no installed environment whose record names the device
     strip.fresco.size, strip.fresco.keyframes, strip.fresco.key_interval = 512, "interval", 2
     lines = cost_lines(panel())
     assert lines[0] == "Working size 128 x 64"  # 96 x 64 at its own height (rounded to 64), not 768 x 512
     job = estimate.estimate_job(props.strip_settings(strip), VISIBLE, *CLIP_SIZE)
     assert (job.work_size, job.keys, job.batches, job.steps) == ((128, 64), 4, 1, 1)  # keys 0, 2, 4 and 5
     assert lines[1:] == [f"{VISIBLE} frames, 4 keys, 1 batch of 1 step", "Time known once the backend runs"]
+    assert not backend.running()  # drawing never starts it
+    monkeypatch.setenv("FRESCO_DEVICE", "cpu")  # the device it will run on: its prior until it has measured
+    assert cost_lines(panel())[2] == "Denoising about 2 s on cpu (estimate, not measured yet)"  # 4 x 20 s / 32
     strip.fresco.upscale = True
     assert cost_lines(panel())[0] == "Working size 768 x 512"
     strip.fresco.keyframes = "adaptive"
@@ -371,6 +378,7 @@ def test_cost_before_translate(addon, strip, monkeypatch):
     assert button[4].filepath.endswith("Draft.py")
     assert bpy.ops.fresco.preset_apply(filepath=button[4].filepath) == {"FINISHED"}
     values = props.strip_settings(strip)
+    assert {name: values[name] for name in estimate.DRAFT} == estimate.DRAFT  # what the backend's hint names
     assert (values["size"], values["steps"], values["keyframes"], values["key_interval"],
             values["feature_optimization"], values["upscale"]) == (384, 10, "interval", 20, False, False)
     assert values["prompt"] == "a watercolour painting" and values["strength"] == 1.0  # the look stays
