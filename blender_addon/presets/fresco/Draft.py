@@ -7,7 +7,7 @@ fresco = bpy.context.scene.sequence_editor.active_strip.fresco
 fresco.size = 384
 # a small source processed at its own size, never enlarged
 fresco.upscale = False
-# 10 steps instead of 20: with the default strength 0.75, 7 denoising steps instead of 15
+# 10 steps instead of 20: with the default strength 0.75, 8 denoising steps instead of 15
 fresco.steps = 10
 # a keyframe every 20 frames instead of adaptive keys 5 to 20 frames apart: fewer frames are denoised, the
 # others are propagated from them
