@@ -1,10 +1,9 @@
 """A package index on 127.0.0.1 that serves only the wheels a test put in it (PEP 503 pages with
 sha256 fragments and PEP 658 metadata files, GET and HEAD with Content-Length, files cacheable as
-PyPI's are), pip's environment
-that uses nothing else, and the wheels to fill it: tiny ones built here (``make_wheel``), a real one
-from this machine's local wheel folders (``local_wheel``) and the installed dependencies of a Python
-environment packed again as wheels (``environment_wheels``). Standard library only: Blender's Python
-imports it too."""
+PyPI's are), pip's environment that uses nothing else, and the wheels to fill it: tiny ones built
+here (``make_wheel``), a real one from this machine's local wheel folders (``local_wheel``) and the
+installed dependencies of a Python environment packed again as wheels (``environment_wheels``).
+Standard library only: Blender's Python imports it too."""
 from __future__ import annotations
 
 import base64
@@ -210,7 +209,7 @@ def local_wheel(python: str, requirement: str, dest: Path) -> Path:
 
 # runs in the environment whose packages are packed (it has ``packaging``, as the backend's has)
 _PACK = r'''
-import base64, hashlib, json, re, sys, zipfile
+import json, re, sys
 from importlib import metadata
 from pathlib import Path
 from packaging.requirements import Requirement
