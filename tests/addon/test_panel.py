@@ -391,3 +391,19 @@ def test_cost_before_translate(addon, strip, monkeypatch):
     assert cost_lines(panel())[2:] == ["Denoising about 13 s on cpu (measured)"]  # 6 x 50 x 0.05 s x 0.84
     answer = {"device": "cpu"}  # an older server: no speed
     assert cost_lines(panel())[2:] == ["Time not known: the backend does not report its speed"]
+
+
+def test_cost_of_a_scene_strip(addon, movie_scene, compat):
+    """A strip without media of its own is exported at the scene's render size: a 640 x 272 scene is worked on
+    at 640 x 256 (not 1216 x 512); a strip with no picture has no cost lines."""
+    shot = bpy.data.scenes.new("Shot")
+    movie_scene.render.resolution_x, movie_scene.render.resolution_y = 640, 272
+    movie_scene.render.resolution_percentage = 100
+    ed = movie_scene.sequence_editor
+    strip = compat.top_strips(ed).new_scene("shot", shot, 6, 1)
+    ed.active_strip = strip
+    assert cost_lines(panel())[0] == "Working size 640 x 256"
+    movie_scene.render.resolution_percentage = 50  # the render size Blender exports at
+    assert cost_lines(panel())[0] == "Working size 320 x 128"
+    ed.active_strip = compat.new_effect_strip(compat.top_strips(ed), "colour", "COLOR", 7, 1, 5)
+    assert not any(e[0] == "label" and e[1].startswith("Working size") for e in flat(panel()))
