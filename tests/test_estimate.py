@@ -105,3 +105,17 @@ def test_a_tiny_job_runs_the_steps_and_batches_estimated(pipe):
     cost = estimate_job(settings, len(clip), 96, 64)
     assert len(frames) == cost.frames == 9 and cost.keys == 5 and cost.batches == 3
     assert seen[-1].total == cost.batches * cost.steps
+
+
+@pytest.mark.parametrize("name", ["carphone_pristine.mp4", "bikes.mp4"])
+def test_adaptive_estimate_on_real_clips_gets_the_batches_right(name):
+    from pathlib import Path
+
+    from fresco_backend.video_io import read_frames
+
+    clip = read_frames(Path(__file__).parent / "data" / name)
+    settings = validate({"prompt": "x"})
+    keys = keyframes_for(clip, settings)
+    cost = estimate_job(settings, len(clip), clip[0].shape[1], clip[0].shape[0])
+    assert abs(cost.keys - len(keys)) <= 0.25 * len(keys)  # 11 for 11 (carphone), 21 for 26 (bikes)
+    assert cost.batches == len(plan_batches(keys, 8))

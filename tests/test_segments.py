@@ -169,12 +169,13 @@ def test_cancel_stops_within_a_step_and_a_segment_needs_its_anchors(pipe):
     cancel, seen = threading.Event(), []
 
     def progress(p):
-        seen.append((p.done, p.total))
+        seen.append((p.stage, p.done, p.total))
         cancel.set()
 
     with pytest.raises(Cancelled):
         list(translate_segmented(pipe, clip, config, 2, on_progress=progress, cancel=cancel))
-    assert seen == [(1, plan.steps(config)[0] + sum(plan.steps(config)[1]))]
+    # the skeleton's first stage is reported, then the cancel stops the job before the next one
+    assert seen == [("conditions", 0, plan.steps(config)[0] + sum(plan.steps(config)[1]))]
     with pytest.raises(ValueError, match="needs the skeleton's latents"):
         run_segment(pipe, clip, config, plan, 1, {})
     with pytest.raises(ValueError, match="does not exist"):
