@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .settings import defaults, upgrade
+from .settings import BY_NAME, SettingsError, defaults, upgrade
 
 MULTIPLE = 64  # SD's VAE (x8) and UNet (x8) need sides divisible by 64
 REFERENCE_PIXELS = 512 * 512  # ``seconds_per_step`` is per frame-step at this many pixels
@@ -38,6 +38,11 @@ def device_kind(device: str) -> str:
     """"cpu", "cuda" or "mps" of a torch device name ("cuda:1" -> "cuda"); anything else counts as cpu."""
     kind = str(device).split(":")[0]
     return kind if kind in PRIOR_SECONDS_PER_STEP else "cpu"
+
+
+# the settings ``estimate_job`` reads
+USED = ("mode", "keyframes", "key_interval", "key_min_gap", "key_max_gap", "batch_size", "steps", "strength", "size",
+        "upscale")
 
 
 def working_size(width: int, height: int, size: int, upscale: bool = False) -> tuple[int, int]:
@@ -117,9 +122,13 @@ class JobEstimate:
 
 
 def estimate_job(settings: Mapping[str, Any], frame_count: int, width: int, height: int) -> JobEstimate:
-    """What a job of ``settings`` (missing ones at their defaults; not validated) over ``frame_count``
-    frames of ``width`` x ``height`` will run."""
+    """What a job of ``settings`` over ``frame_count`` frames of ``width`` x ``height`` will run. Missing
+    settings take their defaults; only those the estimate reads are checked (SettingsError), so a job
+    still being set up (an empty prompt, say) can be estimated."""
     values = {**defaults(), **upgrade(settings)}
+    problems = [problem for name in USED for _, problem in [BY_NAME[name].check(values[name])] if problem]
+    if problems:
+        raise SettingsError("invalid settings: " + "; ".join(problems))
     keys, exact = key_count(values, frame_count)
     sizes = batch_frames(keys, values["batch_size"], values["mode"] == "fresco")
     steps = executed_steps(values["steps"], values["strength"])

@@ -119,3 +119,11 @@ def test_adaptive_estimate_on_real_clips_gets_the_batches_right(name):
     cost = estimate_job(settings, len(clip), clip[0].shape[1], clip[0].shape[0])
     assert abs(cost.keys - len(keys)) <= 0.25 * len(keys)  # 11 for 11 (carphone), 21 for 26 (bikes)
     assert cost.batches == len(plan_batches(keys, 8))
+
+
+def test_an_unfinished_job_can_be_estimated_but_not_one_with_impossible_counts():
+    from fresco_contract.settings import SettingsError
+
+    assert estimate_job({"prompt": ""}, 10, 64, 64).frames == 10  # no prompt yet: still estimated
+    with pytest.raises(SettingsError, match="key_interval: 0 is below the minimum"):
+        estimate_job({"keyframes": "interval", "key_interval": 0}, 10, 64, 64)
