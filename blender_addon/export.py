@@ -149,23 +149,32 @@ def quiet_render_log() -> Iterator[None]:
     Blender's C code prints them on the process's standard output (file descriptor 1), which a
     ``sys.stdout`` replacement does not catch: fd 1 itself goes to a temporary file meanwhile.
     """
-    sys.stdout.flush()
-    with tempfile.TemporaryFile() as capture:
+    _flush_stdout()
+    try:
         saved = os.dup(1)
-        try:
+    except OSError:  # no standard output at all (a process without a console): nothing to filter
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as capture:
             os.dup2(capture.fileno(), 1)
             try:
                 yield
-            finally:
-                sys.stdout.flush()  # what Python printed meanwhile goes to the capture, and is kept
+            finally:  # also when the render failed: its messages are kept
+                _flush_stdout()  # what Python printed meanwhile went to the capture too
                 os.dup2(saved, 1)
-        finally:
-            os.close(saved)
-        capture.seek(0)
-        kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
-                if not RENDER_LOG.match(line)]
-    if kept:
-        sys.stdout.write("".join(kept))
+                capture.seek(0)
+                kept = [line for line in capture.read().decode("utf-8", "replace").splitlines(keepends=True)
+                        if not RENDER_LOG.match(line)]
+                if kept and sys.stdout is not None:
+                    sys.stdout.write("".join(kept))
+                    sys.stdout.flush()
+    finally:
+        os.close(saved)
+
+
+def _flush_stdout() -> None:
+    if sys.stdout is not None:
         sys.stdout.flush()
 
 

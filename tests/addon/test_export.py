@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import bpy
+import pytest
 
 from conftest import CLIP_SIZE, OFFSET_START, VISIBLE, backend_python, scene_state
 
@@ -149,3 +150,7 @@ def test_render_log_of_saved_frames_dropped(addon, movie_scene, compat, tmp_path
         print("a Python line")
     out = capfd.readouterr().out  # (pytest's sys.stdout writes to its capture directly, not through fd 1)
     assert sorted(out.splitlines()) == ["Error: the real trouble", "a Python line"]
+    with pytest.raises(RuntimeError), export.quiet_render_log():  # a render that fails: what it printed stays
+        os.write(1, b"00:04.190  render           | Saved: '/x/render_000001.png'\nError: out of memory\n")
+        raise RuntimeError("the render failed")
+    assert capfd.readouterr().out == "Error: out of memory\n"
