@@ -86,9 +86,9 @@ def draw_cost(layout: Any, context: Any, strip: Any, values: Mapping[str, Any],
     cost = translation.cost(context.scene, strip, values, backend.health(dict(configured)),
                             known_device(context, configured))
     column = layout.column(align=True)
-    column.label(text=cost.size, icon="FULLSCREEN_ENTER")
-    column.label(text=cost.counts, icon="KEYFRAME")
-    column.label(text=cost.time, icon="TIME")
+    for text, icon in ((cost.size, "FULLSCREEN_ENTER"), (cost.counts, "KEYFRAME"), (cost.time, "TIME")):
+        if text:  # the counts and time are empty where the settings cannot be estimated
+            column.label(text=text, icon=icon)
     if cost.long:
         column.label(text="A long job: try the look with the Draft preset first", icon="ERROR")
         column.operator(presets.FRESCO_OT_preset_apply.bl_idname,

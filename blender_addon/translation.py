@@ -311,7 +311,10 @@ def cost(scene: Any, strip: Any, settings: Mapping[str, Any], health: Mapping[st
     data: safe in a panel's draw."""
     frames = compat.visible_duration(strip)
     source = export.known_size(scene, strip)
-    job = estimate.estimate_job(settings, frames, *(source or (settings["size"],) * 2))
+    try:
+        job = estimate.estimate_job(settings, frames, *(source or (settings["size"],) * 2))
+    except schema.SettingsError as exc:  # e.g. a newer version's choice this one does not know
+        return Cost(f"Cost not known: {exc}", "", "", False)
     size = (f"Working size {job.work_size[0]} x {job.work_size[1]}" if source is not None
             else "Working size known once the source's file is found")
     keys = _count(job.keys, "key") if job.exact else f"about {_count(job.keys, 'key')} (adaptive)"

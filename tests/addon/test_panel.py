@@ -332,7 +332,7 @@ def test_remote_backend(addon, cache, strip, monkeypatch):
 def cost_lines(log):
     """The labels of the panel's cost lines (between the settings and Translate) and its operators there."""
     entries = flat(log)
-    start = next(i for i, e in enumerate(entries) if e[0] == "label" and e[1].startswith("Working size"))
+    start = next(i for i, e in enumerate(entries) if e[0] == "label" and e[1].startswith(("Working size", "Cost")))
     end = next(i for i, e in enumerate(entries) if e[0] == "operator" and e[1] == "fresco.translate")
     return [e[1] if e[0] == "label" else e for e in entries[start:end]]
 
@@ -391,6 +391,10 @@ def test_cost_before_translate(addon, strip, monkeypatch):
     assert cost_lines(panel())[2:] == ["Denoising about 13 s on cpu (measured)"]  # 6 x 50 x 0.05 s x 0.84
     answer = {"device": "cpu"}  # an older server: no speed
     assert cost_lines(panel())[2:] == ["Time not known: the backend does not report its speed"]
+    strip.fresco["mode"] = 7  # a choice of a newer version, read as "" here: the rest of the panel still draws
+    assert strip.fresco.mode == ""
+    lines = cost_lines(panel())
+    assert lines == ["Cost not known: invalid settings: mode: '' is not one of fresco, per_frame"], lines
 
 
 def test_cost_of_a_scene_strip(addon, movie_scene, compat):
