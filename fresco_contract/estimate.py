@@ -41,8 +41,8 @@ def device_kind(device: str) -> str:
 
 
 # the settings ``estimate_job`` reads
-USED = ("mode", "keyframes", "key_interval", "key_min_gap", "key_max_gap", "batch_size", "steps", "strength", "size",
-        "upscale")
+USED = ("mode", "keyframes", "key_interval", "key_min_gap", "key_max_gap", "batch_size", "steps", "strength",
+        "size", "upscale")
 
 
 def working_size(width: int, height: int, size: int, upscale: bool = False) -> tuple[int, int]:

@@ -54,8 +54,9 @@ EV_STATE = "state"        # {"state": one of the job states}
 # "flow" (FRESCO: optical flow), "denoise step k/n, batch b/B" (each step), "write" (decoding and
 # writing its frames), and "propagate frame(s) ..." (frames between two keys, counted from 1). Outside
 # "download", done/total count the job's denoising steps (total from the estimate at "load model",
-# exact from the first batch on; a resumed job counts the steps it has left); eta is seconds left, null until a step has been timed, then measured
-# from the steps so far. Match the stage by its first words: more may follow.
+# exact from the first batch on; a resumed job counts the steps it has left); eta is seconds left,
+# null until a step has been timed, then measured from the steps so far. Match a stage by its first
+# words (STAGES): more may follow.
 EV_PROGRESS = "progress"
 STAGE_DOWNLOAD = "download"  # the progress stage of a hub model being downloaded: done/total in bytes
 STAGES = ("load model", "conditions", "flow", "denoise step", "write", "propagate")  # the others' first words

@@ -71,7 +71,9 @@ def test_progress_reports_each_stage_as_it_starts(pipe, clip):
     seen = []
     list(translate_frames(pipe, clip.frames, settings, on_progress=seen.append))
     assert JobConfig.of(settings).sampling.executed_steps == 4
-    batch = lambda b: ["conditions", *(f"denoise step {k}/4, batch {b}/3" for k in range(1, 5)), "write"]  # noqa: E731
+    def batch(b):
+        return ["conditions", *(f"denoise step {k}/4, batch {b}/3" for k in range(1, 5)), "write"]
+
     assert [p.stage for p in seen] == batch(1) + batch(2) + batch(3)  # 5 frames -> 3 batches of <= 2
     assert [p.done for p in seen] == [d for b in range(3) for d in [4 * b, *range(4 * b, 4 * b + 4), 4 * b + 4]]
     assert {p.total for p in seen} == {12} and seen[-1].eta == 0.0
@@ -89,8 +91,9 @@ def test_fresco_progress_names_flow_and_propagation_and_counts_batches_on_after_
         {key: list(latents) for key, latents in anchors.items()}))
     seen = []  # keys 0 2 4 | 0 4 6: two batches of two steps
     outputs = dict(translate_frames(pipe, frames, settings, on_progress=seen.append, checkpoint=record))
-    batch = lambda b: ["conditions", "flow", f"denoise step 1/2, batch {b}/2", f"denoise step 2/2, batch {b}/2",  # noqa: E731
-                       "write"]
+    def batch(b):
+        return ["conditions", "flow", f"denoise step 1/2, batch {b}/2", f"denoise step 2/2, batch {b}/2", "write"]
+
     assert [p.stage for p in seen] == [*batch(1), "propagate frame 2", "propagate frame 4", *batch(2),
                                        "propagate frame 6"]
     resumed = []
