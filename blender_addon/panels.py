@@ -80,7 +80,7 @@ def draw_cost(layout: Any, context: Any, strip: Any, values: Mapping[str, Any],
     """What translating ``strip`` will cost (``translation.cost``): the working size, the frames, keys and
     batches, and the time on the backend's device (its last health answer while it runs: no network here;
     else the prior of the device it will run on); a long job gets a warning and a button that applies the
-    Draft preset."""
+    Draft preset (or, at Draft settings already, the warning alone)."""
     if strip.type in export.NO_PICTURE:
         return
     cost = translation.cost(context.scene, strip, values, backend.health(dict(configured)),
@@ -89,7 +89,9 @@ def draw_cost(layout: Any, context: Any, strip: Any, values: Mapping[str, Any],
     for text, icon in ((cost.size, "FULLSCREEN_ENTER"), (cost.counts, "KEYFRAME"), (cost.time, "TIME")):
         if text:  # the counts and time are empty where the settings cannot be estimated
             column.label(text=text, icon=icon)
-    if cost.long:
+    if cost.long and translation.at_draft(values):
+        column.label(text="A long job even at Draft settings: a shorter strip is faster", icon="ERROR")
+    elif cost.long:
         column.label(text="A long job: try the look with the Draft preset first", icon="ERROR")
         column.operator(presets.FRESCO_OT_preset_apply.bl_idname,
                         text="Apply Draft (smaller, fewer steps and keys)", icon="PRESET").filepath = DRAFT_PRESET

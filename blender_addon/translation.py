@@ -197,7 +197,7 @@ class Translation:
         job = cost(scene, source, self.settings, backend.health(self.config))
         self.note(job.line())
         if job.long:
-            self.note(DRAFT_HINT)
+            self.note(LONG_AT_DRAFT if at_draft(self.settings) else DRAFT_HINT)
 
     def poll(self) -> float | None:
         """One UI timer tick: export the next frames, start the worker, take its messages.
@@ -262,6 +262,12 @@ def progress_text(stage: str, done: int, total: int, eta: float | None = None) -
 
 DRAFT_HINT = ("a long job: try the look first with the Draft preset (smaller size, fewer steps and keys, no "
               "feature optimisation)")
+LONG_AT_DRAFT = "a long job even at the Draft preset's settings: a shorter strip, or a GPU, takes less time"
+
+
+def at_draft(settings: Mapping[str, Any]) -> bool:
+    """Whether ``settings`` already cost no more than the Draft preset's (``estimate.DRAFT``)."""
+    return all(settings.get(name) == value for name, value in estimate.DRAFT.items())
 
 
 @dataclass(frozen=True)

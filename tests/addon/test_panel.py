@@ -385,6 +385,9 @@ def test_cost_before_translate(addon, strip, monkeypatch):
     lines = cost_lines(panel())
     assert lines == ["Working size 128 x 64", f"{VISIBLE} frames, 2 keys, 1 batch of 10 steps",
                      "Denoising about 19 s on cpu (estimate, not measured yet)"]  # 2 x 10 x 30 s / 32: no warning
+    answer = speed(3000.0)  # still long at Draft settings: the warning, no button that would change nothing
+    assert cost_lines(panel())[3:] == ["A long job even at Draft settings: a shorter strip is faster"]
+    answer = speed(30.0)
 
     answer = speed(0.05, measured=True)  # a short job measured: no warning either
     props.apply_settings(strip, {"keyframes": "all", "steps": 50, "upscale": True})  # 576 x 384
