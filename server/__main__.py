@@ -4,19 +4,23 @@ Binds the socket itself (so port 0 works), prints exactly one ready line
 (``wire.ready_line``) to stdout and logs everything else to stderr. A bad option
 or an unusable port, work dir or token file is one message on stderr and exit
 code 2. However it stops (stdin closed, SIGTERM, SIGINT, SIGHUP), it removes its
-temporary work dir.
+temporary work dir. A temporary work dir holds ``owner.json`` (the server's pid and start time): at
+start-up the server removes the ``fresco-server-*`` temp dirs of this user whose owner is gone (a
+server killed with -9), where the platform can tell (Linux /proc, else psutil).
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import functools
+import json
 import logging
 import os
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fresco_contract import wire
+from fresco_contract.files import write_bytes_atomic
 from fresco_backend.annotators import ENV_FOLDER, set_annotators_folder
 from fresco_backend.cache import Cache
 from fresco_backend.config import JobConfig
@@ -79,6 +84,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_REMOTE_TOKEN = 16  # characters of a token that guards a server reachable from other machines
+TEMP_PREFIX = "fresco-server-"  # of the temporary work dirs (and of a Ray temp dir outside the work dir)
+OWNER_FILE = "owner.json"  # in a temporary dir: {"pid": ..., "start": ...} of the server that made it
+RAY_TEMP_MAX = 40  # characters of the Ray temp dir's path: its sockets' paths are ~64 longer, of 107 at most
 
 
 class StartupError(Exception):
@@ -184,6 +192,112 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class CannotTell(Exception):
+    """This platform cannot say when a process started (no /proc, no psutil)."""
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as an opaque string (/proc's start time in clock ticks on Linux,
+    psutil's elsewhere); None where no process ``pid`` exists; CannotTell where this cannot be known."""
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                return f.read().rsplit(")", 1)[1].split()[19]  # field 22: the name in (...) may hold spaces
+        except FileNotFoundError:
+            return None
+        except (OSError, IndexError):
+            raise CannotTell(f"/proc/{pid}/stat cannot be read") from None
+    try:
+        import psutil
+    except ImportError:
+        raise CannotTell("neither /proc nor psutil") from None
+    try:
+        return repr(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error as exc:
+        raise CannotTell(str(exc)) from None
+
+
+def make_temp_dir() -> Path:
+    """A new ``fresco-server-*`` temp folder holding ``owner.json`` (where the start time can be known)."""
+    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    try:
+        owner = {"pid": os.getpid(), "start": process_start(os.getpid())}
+    except CannotTell:
+        return folder  # without an owner record it is never removed by another server
+    write_bytes_atomic(folder / OWNER_FILE, json.dumps(owner).encode())
+    return folder
+
+
+def read_owner(folder: Path) -> tuple[int, str] | None:
+    """(pid, start) of a temp folder's ``owner.json``; None unless it is a small regular file (never
+    a link: O_NOFOLLOW; a FIFO does not block: O_NONBLOCK) holding a valid record."""
+    try:
+        fd = os.open(folder / OWNER_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 4096:
+            return None
+        data = json.loads(os.read(fd, 4096))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(data, dict):
+        return None
+    pid, start = data.get("pid"), data.get("start")
+    if not (isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and isinstance(start, str)):
+        return None
+    return pid, start
+
+
+def remove_stale_temp_dirs(root: Path) -> None:
+    """Remove the ``fresco-server-*`` folders in ``root`` of this user whose owner.json names a
+    process that is gone (or a pid now used by a process started at another time): those of servers
+    killed with -9. A folder without a valid owner.json, a live server's and links are kept."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    try:
+        entries = [e for e in os.scandir(root) if e.name.startswith(TEMP_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False) or (uid is not None and
+                                                           entry.stat(follow_symlinks=False).st_uid != uid):
+                continue
+        except OSError:
+            continue
+        owner = read_owner(Path(entry.path))
+        if owner is None or owner[0] == os.getpid():
+            continue
+        try:
+            if process_start(owner[0]) == owner[1]:
+                continue  # its server still runs
+        except CannotTell:
+            return
+        shutil.rmtree(entry.path, ignore_errors=True)
+        log.info("removed %s, left by a server (pid %d) that is gone", entry.path, owner[0])
+
+
+def ray_temp_dir(work_dir: Path) -> Path:
+    """The local Ray runtime's own folder: ``work_dir/ray`` where the paths of Ray's Unix sockets fit
+    in it, else a new temp folder; the runtime's reaper removes it at the end."""
+    path = work_dir / "ray"
+    if len(str(path)) <= RAY_TEMP_MAX:
+        path.mkdir(exist_ok=True)
+        return path
+    path = make_temp_dir()
+    if len(str(path)) > RAY_TEMP_MAX:
+        shutil.rmtree(path, ignore_errors=True)
+        raise StartupError(f"--ray: the paths of the work dir and the temp folder ({path.parent}) are too long "
+                           f"for Ray's Unix sockets: set TMPDIR to a folder of at most {RAY_TEMP_MAX - 23} "
+                           f"characters")
+    return path
+
+
 def raise_stopped(signum: int, _frame: Any) -> None:
     raise Stopped(signal.Signals(signum).name)
 
@@ -287,15 +401,22 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
 
 def start_pool(args: argparse.Namespace, device: str, work_dir: Path, controlnets: dict[str, str],
                configs: dict[str, str]) -> Any:
-    """The Ray pool of ``--ray`` (ray is imported only then), its workers loading the server's models."""
+    """The Ray pool of ``--ray`` (ray is imported only then), its workers loading the server's models:
+    without an address (or ``local``) on a runtime of its own bound to 127.0.0.1, whatever RAY_ADDRESS
+    says; else on the cluster at the address. StartupError where Ray or the workers do not start."""
     try:
-        from .ray_pool import RayPool
+        from .ray_pool import PoolStartError, RayPool
     except ImportError as exc:
         raise StartupError(f"--ray needs Ray: pip install 'ray>=2.40' ({exc})") from None
-    return RayPool(args.workers, (args.model, controlnets), None if device == "auto" else device,
-                   {"config": args.config, "controlnet_config": configs},
-                   segments=args.segments, address=args.ray or None, threads=args.worker_threads,
-                   cache_dir=work_dir / "cache", annotators=args.annotators and str(args.annotators))
+    address = None if args.ray in ("", "local") else args.ray
+    try:
+        return RayPool(args.workers, (args.model, controlnets), None if device == "auto" else device,
+                       {"config": args.config, "controlnet_config": configs},
+                       segments=args.segments, address=address, threads=args.worker_threads,
+                       cache_dir=work_dir / "cache", annotators=args.annotators and str(args.annotators),
+                       temp_dir=ray_temp_dir(work_dir) if address is None else None)
+    except PoolStartError as exc:
+        raise StartupError(f"--ray: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,8 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(temp_work, ignore_errors=True)
 
     try:
+        remove_stale_temp_dirs(Path(tempfile.gettempdir()))
         if given_work_dir is None:
-            temp_work = Path(tempfile.mkdtemp(prefix="fresco-server-"))
+            temp_work = make_temp_dir()
         serve(args, sock, token, device, given_work_dir or temp_work, remove_work_dir)
     except Stopped as stop:
         log.info("stopped by %s", stop)

@@ -14,6 +14,12 @@ stops it within a denoising step. A worker that dies is replaced and its segment
 free worker. Resume: the skeleton's outputs are normal outputs and its anchors are the checkpoint's
 first batch (``fresco_backend/job.py`` CheckpointStore), a segment whose keys' outputs all exist and
 a span whose frames all exist are not run again.
+
+A runtime the pool starts itself (``LocalRuntime``: no address) serves this machine only: every
+Ray listener (GCS, raylet and object manager, workers, runtime-env agent, the driver) is bound to
+127.0.0.1, Ray's token authentication is on with a token of its own (no ``~/.ray/auth_token`` is
+written), its files live in a temp dir of its own, and a reaper process (``server/ray_reaper.py``)
+ends its helpers and removes that dir as soon as the server is gone, killed with -9 included.
 """
 from __future__ import annotations
 
@@ -22,20 +28,34 @@ import itertools
 import logging
 import os
 import queue
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import numpy as np
-import ray
-from ray import exceptions as rex
+# Read by Ray when it is imported: with its multi-node support off, the head node a process starts
+# takes 127.0.0.1 as its address (on Linux it would take the machine's), and Ray's gRPC servers and
+# agents listen on loopback only when the node's address is 127.0.0.1. Joining a cluster is not
+# affected: a driver that joins takes its node's address from the cluster.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+os.environ[LOOPBACK_ENV] = "0"
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from ray import exceptions as rex  # noqa: E402
 
 from fresco_backend.checkpoint import Checkpoint
 from fresco_backend.denoise import Cancelled, Progress
 from fresco_backend.config import JobConfig
 from fresco_backend.models import ModelChoice, choose_models
+
+from .ray_reaper import MARKER_ENV
 
 log = logging.getLogger("fresco.server.ray")
 
@@ -45,6 +65,69 @@ STARTUP = 900.0  # seconds the workers may take to start and load the model (an 
 POLL = 0.2  # seconds between checks of a job's cancel while it waits
 LOST = (rex.RayActorError, rex.ActorUnavailableError, rex.WorkerCrashedError, rex.NodeDiedError,
         rex.OutOfMemoryError)  # a worker died or is unreachable: its segment runs again elsewhere
+LOOPBACK = "127.0.0.1"
+REACHABLE = 10.0  # seconds to wait for a TCP connection to a cluster's address before giving up
+REAPER_EXIT = 60.0  # seconds the reaper may take to end the runtime's helpers and remove its dir
+
+
+class PoolStartError(RuntimeError):
+    """The Ray runtime or the pool's workers could not be started (one message, no traceback)."""
+
+
+class LocalRuntime:
+    """A Ray runtime for this machine only, started here, stopped by ``stop`` or when this process dies."""
+
+    def __init__(self, temp_dir: Path, num_cpus: int | None, runtime_env: dict[str, Any] | None) -> None:
+        """``temp_dir``: the runtime's own folder (its Unix sockets need a short path), removed at the end."""
+        ignored = os.environ.pop("RAY_ADDRESS", None)
+        if ignored:
+            log.info("ignoring RAY_ADDRESS=%s: --ray without an address starts a Ray runtime of its own", ignored)
+        marker = secrets.token_hex(16)
+        env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
+        self.temp_dir = temp_dir
+        self.reaper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("ray_reaper.py")), marker,
+                                        str(temp_dir)], stdin=subprocess.PIPE, env=env, start_new_session=True)
+        # inherited by every process of the runtime: how the reaper finds them, and their token (with
+        # RAY_AUTH_MODE unset, ray.init turns token authentication on for the runtime it starts)
+        os.environ.pop("RAY_AUTH_MODE", None)
+        os.environ.update({MARKER_ENV: marker, "RAY_AUTH_TOKEN": secrets.token_hex(32)})
+        try:
+            ray.init(address="local", num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False,
+                     _temp_dir=str(temp_dir))
+        except Exception as exc:  # noqa: BLE001 - any failure to start is one message
+            self.stop()
+            raise PoolStartError(f"the local Ray runtime did not start: {type(exc).__name__}: {exc}") from None
+        address = ray.util.get_node_ip_address()
+        if address != LOOPBACK:
+            self.stop()
+            raise PoolStartError(f"the local Ray runtime took the address {address}, not {LOOPBACK}: ray was "
+                                 f"imported before server.ray_pool could set {LOOPBACK_ENV}=0")
+        log.info("local Ray runtime on %s, temp dir %s", LOOPBACK, temp_dir)
+
+    def stop(self) -> None:
+        """Stop Ray, then let the reaper end any helper left and remove the temp dir."""
+        if ray.is_initialized():
+            ray.shutdown()
+        if self.reaper.stdin is not None and not self.reaper.stdin.closed:
+            self.reaper.stdin.close()
+        try:
+            self.reaper.wait(REAPER_EXIT)
+        except subprocess.TimeoutExpired:
+            log.warning("the Ray reaper (pid %d) is still ending the runtime's processes", self.reaper.pid)
+
+
+def join_cluster(address: str, runtime_env: dict[str, Any] | None) -> None:
+    """Connect to the Ray cluster at ``address``; PoolStartError, quickly, where it is not reachable."""
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and "://" not in address:  # host:port (not ray:// nor "auto")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=REACHABLE).close()
+        except OSError as exc:
+            raise PoolStartError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+    try:
+        ray.init(address=address, runtime_env=runtime_env, include_dashboard=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to join is one message
+        raise PoolStartError(f"cannot join the Ray cluster at {address}: {type(exc).__name__}: {exc}") from None
 
 
 @ray.remote(max_concurrency=2, max_restarts=0)
@@ -144,17 +227,21 @@ class RayPool:
                  load_options: Mapping[str, Any] | None = None, *, segments: int | None = None,
                  address: str | None = None, threads: int | None = None, cache_dir: Path | None = None,
                  segments_module: str = SEGMENTS, runtime_env: dict[str, Any] | None = None,
-                 annotators: str | None = None) -> None:
+                 annotators: str | None = None, temp_dir: Path | None = None) -> None:
         """``workers``: None for one per GPU Ray sees, else one per CPU; ``segments``: the segments of
-        a job (default: one per worker); ``address``: a Ray cluster (None: a local runtime started
-        here and stopped by ``shutdown``); ``threads``: torch threads of each CPU worker; ``models``: the
-        default model and the ControlNet of each control kind ({kind: ref}, over the defaults)."""
-        self._started_ray = not ray.is_initialized()
-        if self._started_ray:
-            options: dict[str, Any] = {"address": address, "runtime_env": runtime_env, "include_dashboard": False}
-            if address is None and workers:  # room for more CPU workers than CPUs, if asked for
-                options["num_cpus"] = max(os.cpu_count() or 1, workers)
-            ray.init(**options)
+        a job (default: one per worker); ``address``: a Ray cluster (None: a ``LocalRuntime`` started
+        here in ``temp_dir``, default a new temp folder, and stopped by ``shutdown``); ``threads``: torch
+        threads of each CPU worker; ``models``: the default model and the ControlNet of each control kind
+        ({kind: ref}, over the defaults). Where Ray is already initialised, its runtime is used.
+        PoolStartError where the runtime or the workers cannot be started."""
+        self._runtime: LocalRuntime | None = None
+        self._joined = False
+        if not ray.is_initialized() and address is None:
+            self._runtime = LocalRuntime(temp_dir or Path(tempfile.mkdtemp(prefix="fresco-ray-")),
+                                         max(os.cpu_count() or 1, workers) if workers else None, runtime_env)
+        elif not ray.is_initialized():
+            join_cluster(address, runtime_env)
+            self._joined = True
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = gpus > 0 and (device is None or not device.startswith("cpu"))
         self.size = workers or gpus or int(ray.cluster_resources().get("CPU", 1))
@@ -177,10 +264,10 @@ class RayPool:
             devices = ray.get(loaded) if len(loaded) == self.size else None
         except rex.RayError as exc:
             self.shutdown()
-            raise RuntimeError(f"the Ray workers could not load the model: {exc}") from None
+            raise PoolStartError(f"the Ray workers could not load the model: {exc}") from None
         if devices is None:
             self.shutdown()
-            raise RuntimeError(f"only {len(loaded)} of {self.size} Ray workers started within {STARTUP:.0f} s: each "
+            raise PoolStartError(f"only {len(loaded)} of {self.size} Ray workers started within {STARTUP:.0f} s: each "
                                f"needs {self._resources} free in the cluster ({ray.available_resources()})")
         self._slots = [Slot(i, a, d) for i, (a, d) in enumerate(zip(actors, devices))]
         log.info("Ray pool: %d workers on %s, %d segments a job", self.size, ", ".join(devices), self.segments)
@@ -240,13 +327,15 @@ class RayPool:
         ray.kill(self._slots[index].actor, no_restart=True)
 
     def shutdown(self) -> None:
-        """Kill the workers; stop the Ray runtime if this pool started it."""
+        """Kill the workers; stop the Ray runtime this pool started, or leave the cluster it joined."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
             for slot in getattr(self, "_slots", []):
                 ray.kill(slot.actor, no_restart=True)
-        if self._started_ray and ray.is_initialized():
+        if self._runtime is not None:
+            self._runtime.stop()
+        elif self._joined and ray.is_initialized():
             ray.shutdown()
 
     # ---- jobs --------------------------------------------------------------------
