@@ -579,6 +579,8 @@ def uninstall(env_dir: str | os.PathLike[str], on_removed: Callable[[int, int], 
 
 # --- the installer ---------------------------------------------------------------------------
 
+# the oldest pip whose dry run reads wheel metadata from the index instead of downloading the wheels
+PLAN_PIP = (25, 3)
 STEP_WEIGHTS = (("Creating the Python environment", 0.05), ("Installing PyTorch", 0.60),
                 ("Installing the FRESCO backend", 0.25), ("Checking the backend", 0.08),
                 ("Saving the install record", 0.02))
@@ -731,6 +733,23 @@ class Installer:
             files.write_bytes_atomic(env / MARKER, json.dumps(marker).encode("utf-8"))
         if not env_python(env).is_file():
             self._run([self.base_python, "-m", "venv", str(env)])
+            self._update_pip()
+
+    def _update_pip(self) -> None:
+        """A new environment's pip older than PLAN_PIP (as Blender's Pythons bring it) downloads every
+        wheel in the dry run that tells the download size, so a refused multi-GB build would be
+        downloaded first: update it from pip's configured index. Where that fails the install goes on,
+        the size then known only after the download."""
+        python = str(env_python(self.env_dir))
+        found = re.match(r"pip (\d+)\.(\d+)", self._run([python, "-m", "pip", "--version"]))
+        if found and tuple(map(int, found.groups())) >= PLAN_PIP:
+            return
+        try:
+            self._run([python, "-m", "pip", "install", "--progress-bar", "off", "--upgrade", "--retries", "1",
+                       "--timeout", "20", f"pip>={'.'.join(map(str, PLAN_PIP))}"])
+        except InstallError as exc:
+            self._write_log(f"!! pip was not updated, so the download size is known only after the download: {exc}\n")
+            self._report("pip was not updated: the download size is known only after the download")
 
     def _install_torch(self, old: Record | None) -> None:
         build = self.torch_build
@@ -756,7 +775,7 @@ class Installer:
             raise InstallError(f"{where} offers PyTorch built for NVIDIA CUDA here ({self.plan.describe()}), but "
                                f"{'no NVIDIA GPU was found' if not build.nvidia_gpu else 'CPU only was chosen'}: "
                                f"choose the PyTorch Build \"{BUILD_NAMES['cpu']}\", or \"{BUILD_NAMES['cuda']}\" to "
-                               "install the CUDA build anyway")
+                               "install the CUDA build anyway.")
         self._title = f"Installing PyTorch ({build.tag or build.kind}, {format_size(self.plan.known_bytes)})"
         self._write_log(f"plan: {self.plan.describe()}\n")
         self._report(f"to download: {self.plan.describe()}")
@@ -897,7 +916,9 @@ class DownloadPlan:
 
 
 def format_size(size: int) -> str:
-    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+    if size >= 1e9:
+        return f"{size / 1e9:.1f} GB"
+    return f"{size / 1e6:.0f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
 def remote_size(url: str, timeout: float = 20.0) -> int | None:

@@ -70,7 +70,8 @@ done
 
 for name in "${WANTED[@]}"; do
     case "$name" in
-        .venv)       venv .venv "$PYTHON" pyproject.toml -e ".[test,ray]" ;;
+        # pip 25.3+: the install test packs it for the backend environments (blender_addon/installer.py PLAN_PIP)
+        .venv)       venv .venv "$PYTHON" pyproject.toml "pip>=25.3" -e ".[test,ray]" ;;
         .venv-bpy42) venv "$name" "$PYTHON" requirements/blender42.txt -r requirements/blender42.txt ;;
         .venv-bpy45) venv "$name" "$PYTHON" requirements/blender45.txt -r requirements/blender45.txt ;;
         .venv-bpy52|.venv-bpy53)

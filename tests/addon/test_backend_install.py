@@ -18,6 +18,9 @@ FRESCO_TORCH_INDEX_URL, the preference).
   CUDA torch on "pypi" (as PyPI's Linux torch is) that is refused without an NVIDIA GPU, saying its
   size and what to choose; a CPU torch for cp311 and one for cp313 on "cpu" (the one for this Python
   is taken); a wheel of each of the backend's requirements at the version its pin names.
+
+On both, "pypi" also holds a pip new enough for a dry run that reads wheel metadata (packed from the
+test environment's own pip): the installer updates the new environment's pip before asking what to download.
 """
 from __future__ import annotations
 
@@ -84,7 +87,7 @@ def real_wheels(addon, backend_env, tmp_path_factory):
     assert version == "3.11", f"the backend's Python {backend} is {version}, not Blender's 3.11: its packages won't do"
     folder = tmp_path_factory.mktemp("wheels")
     torch = pkgindex.local_wheel(sys.executable, installer.torch_requirement(wheel), folder / "torch")
-    packed = pkgindex.environment_wheels(backend, wheel, folder / "deps")
+    packed = pkgindex.environment_wheels(backend, wheel, folder / "deps", extra=("pip",))
     deps = {name: folder / "deps" / file for name, file in packed["wheels"].items()}
     return {"cpu": [torch, *(deps[name] for name in packed["torch"] if name != "torch")], "pypi": list(deps.values())}
 
@@ -119,7 +122,9 @@ def standin_wheels(wheel: Path, folder: Path) -> dict[str, list[Path]]:
     make = pkgindex.make_wheel
     cpu = [make(folder / tag, "torch", "2.13.0+cpu", {"torch/__init__.py": STANDIN_TORCH.format(tag=tag)},
                 tag=f"{tag}-none-any") for tag in ("cp311", "cp313")]
-    pypi = [make(folder / "cuda", "torch", "2.13.0", {"torch/__init__.py": STANDIN_TORCH.format(tag="cuda")},
+    pip = pkgindex.environment_wheels(os.environ["FRESCO_BACKEND_PYTHON"], None, folder / "pip", extra=("pip",))
+    pypi = [folder / "pip" / pip["wheels"]["pip"],
+            make(folder / "cuda", "torch", "2.13.0", {"torch/__init__.py": STANDIN_TORCH.format(tag="cuda")},
                  requires=("nvidia-cublas==13.0.0",), tag="cp313-none-any"),
             make(folder / "cuda", "nvidia-cublas", "13.0.0", {"nvidia_cublas.py": ""})]
     for line in pkgindex.wheel_metadata(wheel).decode().splitlines():
@@ -197,6 +202,9 @@ def test_install_translate_repair_uninstall(modules, backend_env, index, movie_s
             wait_for(lambda: run.finished)
             assert run.error == "cancelled"
         index.release()
+        # the new environment's pip was updated first (Blender's is older than installer.PLAN_PIP), once
+        pip_wheel = [w for w in index.wheels("pypi") if pkgindex.project(w) == "pip"]
+        assert index.fetched("pypi") == pip_wheel, index.sent
         status = config.install_status()
         assert status.state == installer.BROKEN and "press Install Backend to finish it" in status.message, status
         assert installer.read_record(env_dir) is None
@@ -213,8 +221,8 @@ def test_install_translate_repair_uninstall(modules, backend_env, index, movie_s
 
         if not REAL and not installer.detect_torch_build("pypi").nvidia_gpu:
             # PyPI's Linux torch is the CUDA build: without an NVIDIA GPU it is refused before the download,
-            # saying how large it is and what to choose. (pip before 25.3, as Blender's Pythons bring it, fetches
-            # the wheels in its dry run although the index serves their metadata: PackageIndex.sent shows it.)
+            # saying how large it is and what to choose; the updated pip's dry run reads the wheels' metadata
+            # from the index and downloads none of them (pip before 25.3 would fetch them all)
             prefs.torch_index_url = ""
             planned = len(index.sent)
             with pytest.raises(RuntimeError, match=r"pip's configured index \(PyPI\) offers PyTorch built for NVIDIA "
@@ -223,7 +231,7 @@ def test_install_translate_repair_uninstall(modules, backend_env, index, movie_s
                 bpy.ops.fresco.install_backend(torch_build="pypi")
             assert not list(env_dir.glob("lib/python*/site-packages/torch"))
             assert config.install_status().state == installer.BROKEN
-            print(f"CUDA refusal: {len(index.sent) - planned} wheels fetched by pip's dry run")
+            assert index.sent[planned:] == [], "the dry run downloaded wheels"
             prefs.torch_index_url = cpu
 
         # background mode: synchronous; it finishes the interrupted install; the build and the index as
@@ -243,8 +251,8 @@ def test_install_translate_repair_uninstall(modules, backend_env, index, movie_s
         assert set(index.fetched("cpu", first)) == set(index.wheels("cpu")) - (
             set() if REAL else {"torch-2.13.0+cpu-cp311-none-any.whl"})  # the wheel for this Python only
         torch_side = {pkgindex.project(w) for w in index.wheels("cpu")}
-        assert set(index.fetched("pypi", first)) == {w for w in index.wheels("pypi")
-                                                     if pkgindex.project(w) not in torch_side | {"nvidia-cublas"}}
+        assert set(index.fetched("pypi", first)) == {w for w in index.wheels("pypi") if pkgindex.project(w)
+                                                     not in torch_side | {"nvidia-cublas", "pip"}}
         assert len(fetched) == len(set(fetched))  # each once
         size = sum(f.stat().st_size for f in env_dir.rglob("*") if f.is_file() and not f.is_symlink())
         print(f"install: {took:.1f} s, {len(fetched)} wheels, {sent_bytes(index, first) / 1e6:.1f} MB downloaded, "

@@ -218,9 +218,10 @@ from packaging.utils import canonicalize_name
 sys.path.insert(0, sys.argv[1])
 from pkgindex import _write_wheel, wheel_metadata
 
-wheel, dest, skip = Path(sys.argv[2]), Path(sys.argv[3]), set(sys.argv[4].split(","))
-text = wheel_metadata(wheel).decode()
+wheel, dest, skip = sys.argv[2], Path(sys.argv[3]), set(sys.argv[4].split(","))
+text = wheel_metadata(Path(wheel)).decode() if wheel else ""
 top = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+top += [r for r in sys.argv[5].split(",") if r]
 
 def closure(requirements):
     found, todo = {}, [Requirement(r) for r in requirements]
@@ -264,12 +265,14 @@ print(json.dumps({"wheels": wheels, "torch": sorted(torch)}))
 '''
 
 
-def environment_wheels(python: str, wheel: Path, dest: Path, skip: tuple[str, ...] = ("torch",)) -> dict:
-    """Every installed dependency (the closure of ``wheel``'s requirements, markers evaluated there)
-    of the environment of ``python``, packed again as a wheel into ``dest``, but ``skip``. Returns
-    ``{"wheels": {project: file name}, "torch": [the projects torch's own requirements need]}``."""
-    done = subprocess.run([python, "-c", _PACK, str(Path(__file__).parent), str(wheel), str(dest), ",".join(skip)],
-                          capture_output=True, text=True, timeout=2 * WAIT)
+def environment_wheels(python: str, wheel: Path | None, dest: Path, skip: tuple[str, ...] = ("torch",),
+                       extra: tuple[str, ...] = ()) -> dict:
+    """Every installed dependency (the closure of ``wheel``'s requirements and of ``extra``, markers
+    evaluated there) of the environment of ``python``, packed again as a wheel into ``dest``, but
+    ``skip``. Returns ``{"wheels": {project: file name}, "torch": [the projects torch's own
+    requirements need]}``."""
+    done = subprocess.run([python, "-c", _PACK, str(Path(__file__).parent), str(wheel or ""), str(dest),
+                           ",".join(skip), ",".join(extra)], capture_output=True, text=True, timeout=2 * WAIT)
     if done.returncode != 0:
         raise RuntimeError(f"could not pack {python}'s packages as wheels: {done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
