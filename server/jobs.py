@@ -569,16 +569,16 @@ class JobManager:
             self._prepare(job.settings, on_progress, job.cancel)
         if job.cancel.is_set():
             raise InterruptedError("cancelled")
+        checkpoint = job.layout.checkpoint_store(self._checkpoint_plan).load()
+        if checkpoint.batches_done:
+            log.info("job %s resumes after %d finished batches", job.id, checkpoint.batches_done)
         cost = estimate_job(job.settings, job.frame_count, *(job.frame_size or (512, 512)))
-        self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=cost.batches * cost.steps, eta=None)
+        steps_left = max(cost.batches - checkpoint.batches_done, 0) * cost.steps  # the first batch corrects it
+        self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=steps_left, eta=None)
         pipe = self._get_pipeline(job.settings)
         if job.cancel.is_set():
             raise InterruptedError("cancelled")
         frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
-
-        checkpoint = job.layout.checkpoint_store(self._checkpoint_plan).load()
-        if checkpoint.batches_done:
-            log.info("job %s resumes after %d finished batches", job.id, checkpoint.batches_done)
         for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel, checkpoint=checkpoint):
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")

@@ -107,6 +107,8 @@ def test_killed_server_resumes_its_job_on_restart(tiny_models, backend_python, t
 
         # finished batches were not redone, and the frames are those of an uninterrupted run
         assert steps_total(resumed_events) < steps_total(reference_events)
+        loading = [e["total"] for e in resumed_events if e["type"] == wire.EV_PROGRESS and e["stage"] == "load model"]
+        assert loading == [steps_total(resumed_events)]  # the steps it has left, from the start
         for got, want in zip(outputs(client, job_id, 9), outputs(client, reference_id, 9)):
             assert np.array_equal(got, want)
         client.start(uploading_id)
