@@ -111,6 +111,8 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
     height, width = frames[0].shape[:2]
     work_size = config.sampling.work_size(width, height)
     clip = Frames(frames, range(len(frames)), frames[0].shape)
+    if on_progress and config.fresco and config.keyframes.choice == "adaptive":  # reads every frame
+        on_progress(Progress("choose keys", 0, 0, None))
     keys = keyframes_for(clip, config)
     run, batches = (fresco_frames, fresco_batches) if config.fresco else (per_frame, per_frame_batches)
     remaining = batches(len(keys), config) - checkpoint.batches_done

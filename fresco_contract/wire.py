@@ -50,7 +50,9 @@ FINAL_STATES = (DONE, FAILED, CANCELLED)
 # event types; every event is {"seq": int, "type": str, ...}
 EV_STATE = "state"        # {"state": one of the job states}
 # {"stage": str, "done": int, "total": int, "eta": float | None}, sent as each stage STARTS. The stages
-# in order: "download" (STAGE_DOWNLOAD), "load model", then per batch "conditions" (ControlNet images),
+# in order: "check input" (the frames read against the job's record; done/total 0), "download"
+# (STAGE_DOWNLOAD), "load model", "choose keys" (adaptive keys read every frame; done/total 0), then
+# per batch "conditions" (ControlNet images),
 # "flow" (FRESCO: optical flow), "denoise step k/n, batch b/B" (each step), "write" (decoding and
 # writing its frames), and "propagate frame(s) ..." (frames between two keys, counted from 1). Outside
 # "download", done/total count the job's denoising steps (total from the estimate at "load model",
@@ -59,7 +61,8 @@ EV_STATE = "state"        # {"state": one of the job states}
 # words (STAGES): more may follow.
 EV_PROGRESS = "progress"
 STAGE_DOWNLOAD = "download"  # the progress stage of a hub model being downloaded: done/total in bytes
-STAGES = ("load model", "conditions", "flow", "denoise step", "write", "propagate")  # the others' first words
+STAGES = ("check input", "load model", "choose keys", "conditions", "flow", "denoise step", "write",
+          "propagate")  # the others' first words
 EV_FRAME = "frame"        # {"index": int}: output frame index is ready to download
 EV_DONE = "done"          # {"frame_count": int}
 EV_ERROR = "error"        # {"message": str}

@@ -556,6 +556,7 @@ class JobManager:
                 release_cuda_memory()
 
     def _run(self, job: Job) -> None:
+        self._emit(job, wire.EV_PROGRESS, stage="check input", done=0, total=0, eta=None)  # reads every frame
         self._check_inputs(job)
 
         def on_progress(p: Any) -> None:

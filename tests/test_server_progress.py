@@ -45,9 +45,11 @@ def test_stages_arrive_in_order_with_an_eta_once_a_step_is_timed(manager):
     answer = run_job(manager, SETTINGS, pngs)
     assert answer["state"] == wire.DONE
     progress = [e for e in answer["events"] if e["type"] == wire.EV_PROGRESS]
-    assert [e["stage"] for e in progress] == ["load model", *batch(1), "propagate frame 2", "propagate frame 4",
-                                              *batch(2), "propagate frame 6"]
+    assert [e["stage"] for e in progress] == ["check input", "load model", *batch(1), "propagate frame 2",
+                                              "propagate frame 4", *batch(2), "propagate frame 6"]
     assert all(e["stage"].startswith(wire.STAGES) for e in progress)
+    assert progress[0]["total"] == 0  # no step count before the frames are checked
+    progress = progress[1:]
     assert {e["total"] for e in progress} == {4}  # the estimate's total at "load model" is the real one
     assert [e["done"] for e in progress] == [0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 3, 4, 4]
     first_timed = [e["done"] > 0 for e in progress].index(True)
@@ -70,3 +72,11 @@ def test_health_speed_is_measured_after_a_job(manager):
     speed = health(manager, "cpu")["speed"]
     assert speed["measured"] is True and speed["device"] == "cpu"
     assert speed["seconds_per_step"] == manager.seconds_per_step and 0 < speed["seconds_per_step"] < 1000
+
+
+def test_adaptive_keys_are_a_stage_of_their_own(pipe):
+    """Choosing adaptive keys reads every frame: it is reported before the first batch's stages."""
+    stages: list[str] = []
+    settings = {**SETTINGS, "keyframes": "adaptive", "key_min_gap": 2, "key_max_gap": 3}
+    assert len(list(translate_frames(pipe, FRAMES, settings, on_progress=lambda p: stages.append(p.stage)))) == 7
+    assert stages[:2] == ["choose keys", "conditions"], stages
