@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +101,19 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, opened without blocking (a FIFO named like a record would wait for a
+    writer forever) and read only once it is seen to be a regular file; OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 class FrameHasher:
     """Builds a ``Fingerprint`` from frames as they are decoded (one pass, nothing kept)."""
 
@@ -168,7 +183,7 @@ class JobFolder:
     def read_record(self) -> JobRecord:
         """The folder's record, checked again: JobFolderError says why it cannot be used."""
         try:
-            data = json.loads(self.record_path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular_file(self.record_path).decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise JobFolderError(f"{self.record_path} cannot be read ({type(exc).__name__}: "
                                  f"{str(exc)[:200]})") from None
@@ -220,7 +235,7 @@ class CheckpointStore:
 
     def _recorded_plan(self) -> str:
         try:
-            return str(json.loads((self.state_dir / "progress.json").read_text(encoding="utf-8")).get("plan", ""))
+            return str(json.loads(read_regular_file(self.state_dir / "progress.json").decode("utf-8")).get("plan", ""))
         except (OSError, UnicodeDecodeError, ValueError, AttributeError):
             return ""
 
@@ -230,7 +245,7 @@ class CheckpointStore:
         if not progress.exists():
             return 0
         try:
-            done = json.loads(progress.read_text(encoding="utf-8"))["batches_done"]
+            done = json.loads(read_regular_file(progress).decode("utf-8"))["batches_done"]
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise JobFolderError(f"{progress} cannot be read ({type(exc).__name__}: {exc})") from None
         if not _is_int(done) or done < 0:
@@ -239,7 +254,7 @@ class CheckpointStore:
 
     def load(self) -> Checkpoint:
         """The checkpoint to pass to ``translate_frames``; it records every finished batch here."""
-        from safetensors.torch import load_file  # torch: only where a job runs
+        from safetensors.torch import load as load_tensors  # torch: only where a job runs
 
         if self.batches_done() and self._recorded_plan() != self.plan:
             log.info("%s was recorded under plan %r, not %r: starting over", self.state_dir,
@@ -249,7 +264,10 @@ class CheckpointStore:
         anchors_file = self.state_dir / "anchors.safetensors"
         anchors: Anchors = {}
         if batches_done and anchors_file.exists():
-            stored = load_file(anchors_file)  # names "frame:step"
+            try:
+                stored = load_tensors(read_regular_file(anchors_file))  # names "frame:step"
+            except OSError as exc:
+                raise JobFolderError(f"{anchors_file} cannot be read ({exc.strerror or exc})") from None
             for frame, step in sorted(tuple(map(int, name.split(":"))) for name in stored):
                 anchors.setdefault(frame, []).append(stored[f"{frame}:{step}"])
         return Checkpoint(batches_done=batches_done, anchors=anchors,

@@ -257,3 +257,45 @@ def test_a_checkpoint_of_another_plan_is_not_resumed(clip_path, tmp_path):
     job.layout.checkpoint_store().batch_done(0, {})
     assert job.layout.checkpoint_store().load().batches_done == 1
     assert job.layout.checkpoint_store("segments:2").load().batches_done == 0
+
+
+def in_thread(call):
+    """``call()``'s result or exception, from a thread joined with a generous limit (a hang fails)."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "reading the job folder hangs"
+    return result
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_named_like_the_records_do_not_hang(clip_path, tmp_path):
+    """A FIFO named job.json, progress.json or anchors.safetensors is refused as unreadable, at once."""
+    record = tmp_path / RECORD
+    Job(tmp_path, validate(SETTINGS), clip_path)
+    record.unlink()
+    os.mkfifo(record)
+    error = in_thread(lambda: job_module.JobFolder(tmp_path).read_record())["error"]
+    assert isinstance(error, job_module.JobFolderError) and "not a regular file" in str(error)
+    job = in_thread(lambda: Job(tmp_path, validate(SETTINGS), clip_path))["value"]  # no progress: starts over
+    assert "not a regular file" in job.started_over and record.is_file()
+
+    store = job.layout.checkpoint_store()
+    store.batch_done(0, {})
+    for name in ("progress.json", "anchors.safetensors"):
+        path = store.state_dir / name
+        path.unlink()
+        os.mkfifo(path)
+        if name == "anchors.safetensors":  # a readable progress.json again, so that the anchors are read
+            (store.state_dir / "progress.json").unlink()
+            (store.state_dir / "progress.json").write_text(json.dumps({"batches_done": 1, "plan": ""}))
+        error = in_thread(store.load)["error"]
+        assert isinstance(error, job_module.JobFolderError) and "not a regular file" in str(error), name
