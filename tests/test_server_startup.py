@@ -2,6 +2,7 @@
 traceback), and removes its temporary work dir however it is stopped."""
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -115,3 +116,66 @@ def test_stopping_by_signal_removes_the_temporary_work_dir(stop, tmp_path):
     output = log.read_text()
     assert not work_dirs[0].exists(), output[-2000:]
     assert "Traceback" not in output, output[-2000:]
+
+
+def test_a_ray_cluster_that_cannot_be_reached_is_one_message(tmp_path):
+    pytest.importorskip("ray")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    assert_refused(run_server(["--ray", f"127.0.0.1:{port}", "--workers", "2"], TMPDIR=str(tmp_path)),
+                   "--ray", f"127.0.0.1:{port}", "cannot reach")
+
+
+def owner_record(pid: int, start: str) -> str:
+    return json.dumps({"pid": pid, "start": start})
+
+
+def own_start() -> str:
+    with open(f"/proc/{os.getpid()}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="owners are checked through /proc here")
+def test_temp_dirs_of_servers_that_are_gone_are_removed_at_start_up(tmp_path):
+    """A fresco-server-* dir whose owner died (or whose pid now runs another process) goes; a live
+    server's, one without a valid owner.json (missing, a FIFO, a link) and a link to a dir stay."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    folders = {name: tmp_path / f"fresco-server-{name}" for name in
+               ("dead", "reused", "live", "unmarked", "fifo", "linked-record", "target")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "frame.png").write_bytes(b"x")
+    (folders["dead"] / "owner.json").write_text(owner_record(dead_pid, "1"))
+    (folders["reused"] / "owner.json").write_text(owner_record(os.getpid(), "1"))  # this pid, started at another time
+    (folders["live"] / "owner.json").write_text(owner_record(os.getpid(), own_start()))
+    os.mkfifo(folders["fifo"] / "owner.json")
+    (tmp_path / "dead-record.json").write_text(owner_record(dead_pid, "1"))
+    (folders["linked-record"] / "owner.json").symlink_to(tmp_path / "dead-record.json")
+    (folders["target"] / "owner.json").write_text(owner_record(os.getpid(), own_start()))
+    (tmp_path / "fresco-server-link").symlink_to(folders["target"])
+    result = run_server([], TMPDIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not folders["dead"].exists() and not folders["reused"].exists(), result.stderr[-2000:]
+    for name in ("live", "unmarked", "fifo", "linked-record", "target"):
+        assert (folders[name] / "frame.png").exists(), name
+    assert (tmp_path / "fresco-server-link").is_symlink()
+    assert f"pid {dead_pid}" in result.stderr
+    assert sorted(p.name for p in tmp_path.glob("fresco-server-*")) == sorted(
+        ["fresco-server-link"] + [f"fresco-server-{n}" for n in ("live", "unmarked", "fifo", "linked-record", "target")])
+
+
+def test_a_temporary_work_dir_names_its_owner(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--model", "m", "--controlnet", "c", "--device", "cpu"],
+                            cwd=REPO, env=server_env(TMPDIR=str(tmp_path)), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        read_ready_line(proc)
+        [work] = tmp_path.glob("fresco-server-*")
+        owner = json.loads((work / "owner.json").read_text())
+        assert owner["pid"] == proc.pid and isinstance(owner["start"], str)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
