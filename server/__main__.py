@@ -86,7 +86,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_REMOTE_TOKEN = 16  # characters of a token that guards a server reachable from other machines
 TEMP_PREFIX = "fresco-server-"  # of the temporary work dirs (and of a Ray temp dir outside the work dir)
 OWNER_FILE = "owner.json"  # in a temporary dir: {"pid": ..., "start": ...} of the server that made it
-RAY_TEMP_MAX = 40  # characters of the Ray temp dir's path: its sockets' paths are ~64 longer, of 107 at most
+RAY_TEMP_MAX = 43  # characters of the Ray temp dir's path: its sockets' paths are up to 64 longer, of 107 at most
 
 
 class StartupError(Exception):
