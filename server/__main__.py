@@ -73,7 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin reaches EOF (parent died)")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run jobs on a pool of Ray workers (pip install 'fresco-backend[ray]'): without ADDRESS a "
-                        "local Ray runtime started and stopped by the server, else the cluster at ADDRESS")
+                        "Ray runtime of the server's own on 127.0.0.1, started and stopped with it (RAY_ADDRESS is "
+                        "ignored), else the cluster at ADDRESS")
     p.add_argument("--workers", type=positive, help="Ray workers (default: one per GPU Ray sees, else one per CPU)")
     p.add_argument("--segments", type=positive, help="segments a Ray job is split into (default: one per worker)")
     p.add_argument("--worker-threads", type=positive, help="torch threads of each CPU Ray worker")
