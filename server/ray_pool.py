@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,7 @@ class Worker:
 
     def run(self, run_id: str, kind: str, module: str, models: ModelChoice, frames: list[np.ndarray],
             settings: Mapping[str, Any], plan: Any, index: int | None, anchors: Any) -> Iterator[tuple]:
-        """Streams ("progress", stage, done, total), ("frame", key, rgb) and, for the skeleton,
+        """Streams ("progress", stage, done, total, seconds_per_step), ("frame", key, rgb) and, for the skeleton,
         ("anchors", anchors) last; ``module``: where run_skeleton and run_segment are."""
         segments = importlib.import_module(module)
         cancel = self.cancels.setdefault(run_id, threading.Event())
@@ -170,7 +171,7 @@ class Worker:
         items: queue.Queue[tuple] = queue.Queue()
 
         def on_progress(p: Progress) -> None:
-            items.put(("progress", str(p.stage), int(p.done), int(p.total)))
+            items.put(("progress", str(p.stage), int(p.done), int(p.total), p.seconds_per_step))
 
         def body() -> None:
             try:
@@ -364,6 +365,7 @@ class _Run:
         self.items: queue.Queue[tuple] = queue.Queue()
         self.stop = threading.Event()
         self.progress: dict[Any, tuple[str, int, int]] = {}
+        self.first_timed: tuple[float, int] | None = None  # (when, steps done) at the first finished step
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         segments = importlib.import_module(self.module)
@@ -439,6 +441,16 @@ class _Run:
         if self.cancel.is_set():
             raise Cancelled("job cancelled")
 
+    def _eta(self, done: int, total: int) -> float | None:
+        """Seconds left at the rate all workers together have finished steps since the first one."""
+        now = time.monotonic()
+        if self.first_timed is None:
+            if done:
+                self.first_timed = now, done
+            return None
+        since, at = self.first_timed
+        return (now - since) / (done - at) * max(total - done, 0) if done > at else None
+
     def _next(self, waiting_on: Mapping[Any, Any] | None = None) -> tuple | None:
         """The next item of the run's tasks (progress is reported here); None after a poll interval
         when propagation tasks are also running."""
@@ -451,11 +463,11 @@ class _Run:
                     return None
                 continue
             if item[0] == "progress":
-                _, task, stage, done, total = item
+                _, task, stage, done, total, seconds_per_step = item
                 self.progress[task] = (stage, done, total)
                 if self.on_progress is not None:
-                    self.on_progress(Progress(stage, sum(p[1] for p in self.progress.values()),
-                                              sum(p[2] for p in self.progress.values()), None))
+                    done, total = (sum(p[i] for p in self.progress.values()) for i in (1, 2))
+                    self.on_progress(Progress(stage, done, total, self._eta(done, total), seconds_per_step))
             elif item[0] == "failed":
                 raise item[1]
             else:

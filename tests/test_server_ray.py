@@ -197,6 +197,10 @@ def test_several_segments_give_every_frame_once(pool, tmp_path):
     progress = [e for e in answer["events"] if e["type"] == wire.EV_PROGRESS]
     steps = (2 + 3) * SETTINGS["steps"]  # every step of the skeleton's 2 keys and the segments' 3, on both workers
     assert (progress[-1]["done"], progress[-1]["total"]) == (steps, steps)
+    # the time left: none before the first finished step, then from all workers' rate (RayPool _Run._eta)
+    timed = [i for i, e in enumerate(progress) if e["eta"] is not None]
+    assert timed and progress[timed[0] - 1]["eta"] is None and progress[-1]["eta"] == 0.0
+    assert all(progress[i]["done"] > 0 and progress[i]["eta"] >= 0 for i in timed)
 
 
 def test_a_killed_worker_has_its_segment_run_again(pool, tmp_path, closed):
