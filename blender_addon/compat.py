@@ -37,15 +37,6 @@ def all_strips(ed: Any) -> Any:
     return coll if coll is not None else ed.sequences_all
 
 
-def selected_strips(context: Any) -> list:
-    """Selected strips from the context; [] where the context has none (background mode)."""
-    for name in ("selected_strips", "selected_sequences"):
-        value = getattr(context, name, None)
-        if value:
-            return list(value)
-    return []
-
-
 def active_strip(context: Any) -> Any:
     """The active strip of the context's scene, or None."""
     scene = getattr(context, "scene", None)

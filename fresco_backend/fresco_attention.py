@@ -350,7 +350,3 @@ def install(unet, ctx: FrescoAttention) -> Installed:
         processors[name] = FrescoAttnProcessor(ctx, name.removesuffix(".processor"))
     unet.set_attn_processor(processors)
     return Installed(unet, originals)
-
-
-def uninstall(handle: Installed) -> None:
-    handle.uninstall()

@@ -120,14 +120,6 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG (or any OpenCV-readable image) bytes -> uint8 RGB; ClipError if they are not an image."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ClipError("data is not a decodable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def write_png_atomic(path: Path, rgb: np.ndarray) -> None:
     """Encode ``rgb`` as PNG and write it with ``fresco_contract.files.write_bytes_atomic``."""
     write_bytes_atomic(path, encode_png(rgb))

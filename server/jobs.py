@@ -1,7 +1,8 @@
-"""Job state, job folders, the event feed and the single worker thread.
+"""Job state, job folders, the event feed and the worker threads.
 
 A job is created in the ``uploading`` state, receives its input PNGs, is
-queued by ``start`` and run by a worker thread (one; one per running job with ``--ray``), which writes
+queued by ``start`` and run by a worker thread (``concurrency`` of them: one, or with ``--ray``
+twice the pool's workers, so several jobs share the pool), which writes
 every translated frame to ``output/`` and records events with increasing
 ``seq``.
 
@@ -190,7 +191,7 @@ def read_regular_file(folder: Path, name: str) -> bytes:
 
 
 class JobManager:
-    """All jobs of the server process and the worker thread that runs them in order."""
+    """All jobs of the server process and the worker threads that run them (in order with one)."""
 
     def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate,
                  prepare: Prepare | None = None, concurrency: int = 1, checkpoint_plan: str = "") -> None:
