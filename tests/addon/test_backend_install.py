@@ -226,7 +226,7 @@ def test_install_translate_repair_uninstall(modules, backend_env, index, movie_s
             prefs.torch_index_url = ""
             planned = len(index.sent)
             with pytest.raises(RuntimeError, match=r"pip's configured index \(PyPI\) offers PyTorch built for NVIDIA "
-                                                   r"CUDA.*\d+ MB to download.*no NVIDIA GPU was found.*\"CPU only\".*"
+                                                   r"CUDA.*\d+ [kM]B to download.*no NVIDIA GPU was found.*\"CPU only\".*"
                                                    r"Full log: "):
                 bpy.ops.fresco.install_backend(torch_build="pypi")
             assert not list(env_dir.glob("lib/python*/site-packages/torch"))
