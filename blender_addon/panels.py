@@ -8,14 +8,16 @@ from typing import Any, Mapping
 
 import bpy
 
-from . import backend, backend_setup, config, export, installer, jobrun, model_ops, operators, presets, props
-from . import settings_ops, translation, uijob, userdirs
+from . import backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
+from . import preview, props, settings_ops, translation, uijob, userdirs
 from .contract import settings as schema
 
 GROUP_ICONS = {"look": "COLOR", "guidance": "MODIFIER", "timing": "KEYFRAME_HLT", "quality": "RENDER_RESULT"}
 STARTING_STAGE = jobrun.STAGE_STARTING  # the queue entry's stage while the backend starts (jobrun.worker)
 SETUP, STOP = "setup", "stop"  # what the backend line offers: the add-on's preferences, or Stop Backend
 DRAFT_PRESET = os.path.join(presets.SHIPPED_ROOT, "presets", presets.SUBDIR, "Draft.py")  # a quick look first
+STATE_ICONS = {jobqueue.WAITING: "TIME", jobqueue.RUNNING: "PLAY", jobqueue.DONE: "CHECKMARK",
+               jobqueue.FAILED: "ERROR", jobqueue.CANCELLED: "CANCEL"}  # a queue entry's state
 
 
 def backend_state(context: Any, configured: Mapping[str, str]) -> tuple[str, str, str]:
@@ -158,6 +160,41 @@ def _shown(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def draw_queue(layout: Any, context: Any) -> None:
+    """The queue box (``uijob``'s queue): each entry with its state (the running one's progress and preview),
+    a cancel button per waiting or running entry and Cancel All."""
+    queue = uijob.queue()
+    entries = queue.entries
+    if not entries:
+        return
+    cancel_op = operators.FRESCO_OT_cancel.bl_idname
+    box = layout.box()
+    header = box.row()
+    header.label(text=f"Queue ({len(queue.waiting())} waiting)")
+    if queue.active():
+        header.operator(cancel_op, text="Cancel All", icon="CANCEL")
+    scene = context.scene.name if context.scene else None
+    for entry in entries:
+        name = entry.strip_name if entry.scene_name == scene else f"{entry.scene_name}/{entry.strip_name}"
+        row = box.row()
+        row.label(text=f"{name}: {translation.stage_name(entry.stage)}", icon=STATE_ICONS[entry.state])
+        if entry.state in jobqueue.ACTIVE:
+            row.operator(cancel_op, text="", icon="X").entry = entry.id
+        job = entry.job
+        if entry.state == jobqueue.RUNNING and job.total:
+            text = translation.progress_text(job.stage, job.done, job.total, job.eta)
+            if hasattr(box, "progress"):
+                box.progress(factor=job.fraction, type="BAR", text=text)
+            else:
+                box.label(text=text)
+        if entry.error:
+            box.label(text=entry.error, icon="ERROR")
+        if entry.result_name:
+            box.label(text=f"Added {entry.result_name}", icon="CHECKMARK")
+        if entry.state == jobqueue.RUNNING:
+            preview.draw(box, job, uijob.has_event_loop())
+
+
 class FRESCO_PT_panel(bpy.types.Panel):
     bl_label = "FRESCO"
     bl_idname = "FRESCO_PT_panel"
@@ -197,7 +234,7 @@ class FRESCO_PT_panel(bpy.types.Panel):
             op = row.operator(operators.FRESCO_OT_translate.bl_idname, icon="PLAY")
             op.strip = strip.name
             row.operator(operators.FRESCO_OT_translate_selected.bl_idname, text="Selected", icon="SEQ_SEQUENCER")
-        uijob.draw(layout, context, operators.FRESCO_OT_cancel.bl_idname)  # the queue box
+        draw_queue(layout, context)
 
 
 class ActiveStripSubPanel:

@@ -1,11 +1,11 @@
-"""The UI's translation queue (``jobqueue``): the one place that holds it, the timer that runs it, its panel box.
+"""The UI's translation queue (``jobqueue``): the one place that holds it, and the timer that runs it.
 
 Background mode (``blender -b``, the bpy module) has no event loop: timers
 never fire, so there the operators run the queue synchronously
 (``JobQueue.run``). With a UI, ``kick`` starts the first waiting entry and a
 persistent ``bpy.app.timers`` function (``tick``) advances the queue a step at
 a time, keeps the panel's preview up to date and redraws the sequencer.
-Opening another file cancels the queue.
+Opening another file cancels the queue. The panel draws it (``panels.draw_queue``).
 """
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ import bpy
 from . import jobqueue, preview, translation
 
 _queue = jobqueue.JobQueue(translation.begin)
-
-STATE_ICONS = {jobqueue.WAITING: "TIME", jobqueue.RUNNING: "PLAY", jobqueue.DONE: "CHECKMARK",
-               jobqueue.FAILED: "ERROR", jobqueue.CANCELLED: "CANCEL"}
 
 
 def has_event_loop() -> bool:
@@ -81,39 +78,6 @@ def redraw(area_type: str = "SEQUENCE_EDITOR") -> None:
         for area in window.screen.areas:
             if area.type == area_type:
                 area.tag_redraw()
-
-
-def draw(layout: Any, context: Any, cancel_op: str) -> None:
-    """The panel's queue box: each entry with its state (the running one's progress and preview), a cancel
-    button per waiting or running entry (``cancel_op``, the Cancel operator) and Cancel All."""
-    entries = _queue.entries
-    if not entries:
-        return
-    box = layout.box()
-    header = box.row()
-    header.label(text=f"Queue ({len(_queue.waiting())} waiting)")
-    if _queue.active():
-        header.operator(cancel_op, text="Cancel All", icon="CANCEL")
-    scene = context.scene.name if context.scene else None
-    for entry in entries:
-        name = entry.strip_name if entry.scene_name == scene else f"{entry.scene_name}/{entry.strip_name}"
-        row = box.row()
-        row.label(text=f"{name}: {translation.stage_name(entry.stage)}", icon=STATE_ICONS[entry.state])
-        if entry.state in jobqueue.ACTIVE:
-            row.operator(cancel_op, text="", icon="X").entry = entry.id
-        job = entry.job
-        if entry.state == jobqueue.RUNNING and job.total:
-            text = translation.progress_text(job.stage, job.done, job.total, job.eta)
-            if hasattr(box, "progress"):
-                box.progress(factor=job.fraction, type="BAR", text=text)
-            else:
-                box.label(text=text)
-        if entry.error:
-            box.label(text=entry.error, icon="ERROR")
-        if entry.result_name:
-            box.label(text=f"Added {entry.result_name}", icon="CHECKMARK")
-        if entry.state == jobqueue.RUNNING:
-            preview.draw(box, job, has_event_loop())
 
 
 @bpy.app.handlers.persistent
