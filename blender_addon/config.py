@@ -19,8 +19,6 @@ from .contract import hubcache
 from .launcher import CONTROLNET_KEYS
 
 ADDON_ID = __package__  # "fresco_vse", "bl_ext.<repo>.fresco_vse" or "blender_addon" in a checkout
-OUTPUT_DIR_ENV = "FRESCO_OUTPUT_DIR"  # overrides the "Output Folder" preference
-DEFAULT_OUTPUT_DIR = "//fresco/"
 WHEEL_DIR = Path(__file__).resolve().parent / "backend"  # build_addon.py puts the backend wheel there
 ENV_FOLDER = "backend-env"  # the backend environment's folder in the add-on's user folder
 
@@ -56,18 +54,6 @@ def _setting(prefs: Any, key: str) -> str:
     value = os.environ.get(ENV[key]) or (getattr(prefs, PREF_ATTR[key], "") if prefs is not None else "")
     value = value.strip()
     return bpy.path.abspath(value) if value.startswith("//") else value
-
-
-def output_dir_setting(context: Any = None) -> str:
-    """The output folder as set (env FRESCO_OUTPUT_DIR, then the preference, then "//fresco/"); not resolved."""
-    value = os.environ.get(OUTPUT_DIR_ENV)
-    if not value:
-        try:
-            prefs = preferences(context)
-        except Exception:  # no context (e.g. a restricted one): the default
-            prefs = None
-        value = getattr(prefs, "output_dir", "") if prefs is not None else ""
-    return value.strip() or DEFAULT_OUTPUT_DIR
 
 
 def user_dir() -> Path:

@@ -1,67 +1,25 @@
-"""Where results go: the output folder next to the .blend and the new image strip (one undo step).
-
-A result folder is only ever removed while no strip of any scene uses it
-(``remove_unused``): a duplicated result strip, or one that undo or redo
-brought back, keeps its frames.
+"""Placing a result: the new image strip beside its source (one undo step), and the job's settings written on
+both strips as plain JSON. Where the result's frames go: ``resultdirs``.
 """
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import bpy
 
-from . import compat, userdirs
-from .config import output_dir_setting
+from . import compat
 from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, SOURCE_SETTINGS_KEY
 
 MAX_CHANNEL = 128
 RESULT_SUFFIX = ".fresco"
 
 
-def safe_name(name: str) -> str:
-    """``name`` usable as one path component on every OS."""
-    cleaned = re.sub(r'[<>:"/\\|?*\x00-\x1f]+', "_", name).strip(" .")
-    return cleaned or "strip"
-
-
-def output_root() -> Path:
-    """The "Output Folder" preference (env FRESCO_OUTPUT_DIR overrides; default ``//fresco/``).
-
-    ``//`` is the saved .blend's folder; for an unsaved file it is this user's temp folder
-    (``userdirs``), from where saving the file moves the results next to it (``unsaved.py``).
-    """
-    value = output_dir_setting()
-    if value.startswith("//"):
-        if bpy.data.filepath:
-            return Path(bpy.path.abspath(value))
-        return userdirs.temp_dir(value[2:].strip("/\\") or "fresco")
-    return Path(value).expanduser()
-
-
 def mark_source(source: Any, settings: dict) -> None:
     """Store the job's validated settings on the source strip as plain JSON (``fresco_job_settings``),
     readable without the add-on. The only change a translation makes to its source strip."""
     source[SOURCE_SETTINGS_KEY] = json.dumps(settings, sort_keys=True)
-
-
-def new_output_dir(strip_name: str, root: Path | None = None) -> Path:
-    """Create and return ``root/<strip name>_<n>`` with the first n whose folder does not exist yet."""
-    root = Path(root) if root is not None else output_root()
-    root.mkdir(parents=True, exist_ok=True)
-    base = safe_name(strip_name)
-    n = 1
-    while True:
-        candidate = root / f"{base}_{n}"
-        try:
-            candidate.mkdir()  # atomic: never reuses a folder, even with two jobs racing
-            return candidate
-        except FileExistsError:
-            n += 1
 
 
 def free_channel(strips: Any, above: int, start: int, end: int) -> int:
@@ -114,25 +72,3 @@ def push_undo(message: str) -> None:
     """Make the change so far one undo step (timers push none of their own); a no-op where undo is off."""
     if bpy.ops.ed.undo_push.poll():
         bpy.ops.ed.undo_push(message=message)
-
-
-def strip_folder(strip: Any) -> str:
-    """The real path of an image strip's folder."""
-    return os.path.realpath(bpy.path.abspath(strip.directory))
-
-
-def folder_users(folder: Path | str) -> list[Any]:
-    """The image strips of every scene whose frames are in ``folder``."""
-    folder = os.path.realpath(folder)
-    return [strip for scene in bpy.data.scenes if compat.editor(scene) is not None
-            for strip in compat.all_strips(compat.editor(scene))
-            if strip.type == "IMAGE" and strip_folder(strip) == folder]
-
-
-def remove_unused(folder: Path) -> None:
-    """Delete a result folder unless a strip uses it (then it stays, and the log says so)."""
-    users = folder_users(folder)
-    if users:
-        print(f"FRESCO: kept {folder}: strip {users[0].name!r} uses it", flush=True)
-        return
-    shutil.rmtree(folder, ignore_errors=True)

@@ -12,10 +12,11 @@ from typing import Any
 import bpy
 
 from . import backend_setup, compat, model_ops
-from .config import ADDON_ID, DEFAULT_OUTPUT_DIR, ENV, OUTPUT_DIR_ENV, PREF_ATTR
+from .config import ADDON_ID, ENV, PREF_ATTR
 from .contract import settings
 from .installer import BUILD_NAMES
 from .launcher import CONTROLNET_KEYS
+from .resultdirs import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_ENV
 
 TORCH_BUILDS = (  # identifiers: installer.OVERRIDES in capitals; one name per build, as in every message
     ("AUTO", BUILD_NAMES["auto"], "The build that fits this machine and its Python: NVIDIA CUDA (by the driver's "

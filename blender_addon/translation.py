@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 import bpy
 
-from . import backend, compat, export, jobrun, place, preview, props, unsaved, userdirs
+from . import backend, compat, export, jobrun, place, preview, props, resultdirs, unsaved, userdirs
 from .contract import estimate
 from .contract import settings as schema
 from .contract import wire
@@ -66,7 +66,7 @@ class Translation:
         self.frames: list[Path] = []  # the exported frames, once all are there
         try:
             self.exporter = export.StripExporter(scene, source, self.export_dir)  # set-up only: no frames yet
-            self.out_dir = place.new_output_dir(source.name)
+            self.out_dir = resultdirs.new_output_dir(source.name)
         except Exception:
             if self.exporter is not None:
                 self.exporter.close()
@@ -176,7 +176,7 @@ class Translation:
             else:
                 self.stage = "cancelled" if kind == "cancelled" else "failed"
                 self.error = message.get("message") if kind == "error" else None
-                place.remove_unused(self.out_dir)
+                resultdirs.remove_unused(self.out_dir)
         except Exception as exc:  # never raise into a timer; the frames stay for the user
             self.error, self.stage = str(exc), "failed"
         finally:

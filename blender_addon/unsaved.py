@@ -1,7 +1,7 @@
 """Results of a .blend that was never saved: kept in this user's temp folder until the file is saved.
 
 An unsaved file has no folder for ``//fresco/``, so its results go to
-``<temp>/fresco-<uid>/fresco/`` (``userdirs``, ``place.output_root``) and the
+``<temp>/fresco-<uid>/fresco/`` (``resultdirs.output_root``) and the
 user is told so. A ``save_pre`` handler (it gets the path being written, so the
 file on disk already points at the new place) moves every result strip's
 folder that lies there into the blend-relative Output Folder (default
@@ -20,8 +20,7 @@ from typing import Any
 
 import bpy
 
-from . import compat, place, userdirs
-from .config import DEFAULT_OUTPUT_DIR, output_dir_setting
+from . import compat, resultdirs, userdirs
 from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY
 
 
@@ -31,23 +30,15 @@ def log(message: str) -> None:
 
 def warning() -> str | None:
     """What to tell the user before a translation whose results would go to the temp folder, or None."""
-    if bpy.data.filepath or not output_dir_setting().startswith("//"):
+    if not resultdirs.in_temp():
         return None
-    return (f"the .blend is not saved: the results go to the temporary folder {place.output_root()}; "
+    return (f"the .blend is not saved: the results go to the temporary folder {resultdirs.output_root()}; "
             "save the .blend to move them next to it")
-
-
-def root_beside(blend_path: str | os.PathLike[str]) -> Path:
-    """The blend-relative Output Folder of ``blend_path`` (the default ``//fresco/`` if the setting is absolute)."""
-    value = output_dir_setting()
-    if not value.startswith("//"):
-        value = DEFAULT_OUTPUT_DIR
-    return Path(blend_path).parent / (value[2:].strip("/\\") or "fresco")
 
 
 def move_folder(folder: Path, root: Path, strip_name: str) -> Path:
     """Move the files of ``folder`` into a new ``root/<strip name>_<n>`` (never an existing folder); returns it."""
-    target = place.new_output_dir(strip_name, root)
+    target = resultdirs.new_output_dir(strip_name, root)
     for item in sorted(folder.iterdir()):
         shutil.move(str(item), str(target / item.name))
     folder.rmdir()
@@ -66,7 +57,7 @@ def repoint(moved: dict[str, Path]) -> None:
             continue
         for strip in compat.all_strips(ed):
             if strip.type == "IMAGE":
-                target = moved.get(place.strip_folder(strip))
+                target = moved.get(resultdirs.strip_folder(strip))
                 if target is not None:
                     strip.directory = str(target) + os.sep
 
@@ -81,10 +72,10 @@ def adopt(blend_path: str | os.PathLike[str]) -> None:
         for strip in compat.all_strips(ed):
             if strip.type != "IMAGE" or RESULT_SETTINGS_KEY not in strip.keys():
                 continue
-            folder = place.strip_folder(strip)
+            folder = resultdirs.strip_folder(strip)
             if folder in moved or not userdirs.is_temporary(folder) or not os.path.isdir(folder):
                 continue
-            moved[folder] = move_folder(Path(folder), root_beside(blend_path),
+            moved[folder] = move_folder(Path(folder), resultdirs.root_beside(blend_path),
                                         str(strip.get(RESULT_SOURCE_KEY, strip.name)))
     _moved.update(moved)
     repoint(moved)
@@ -93,7 +84,7 @@ def adopt(blend_path: str | os.PathLike[str]) -> None:
 def settle(out_dir: Path, strip_name: str) -> Path:
     """Where a finished job's frames should stay: moved next to the .blend if it was saved while the job ran."""
     if bpy.data.filepath and userdirs.is_temporary(out_dir):
-        return move_folder(out_dir, root_beside(bpy.data.filepath), strip_name)
+        return move_folder(out_dir, resultdirs.root_beside(bpy.data.filepath), strip_name)
     return out_dir
 
 

@@ -22,8 +22,9 @@ def test_zip_contents(addon_zip):
         packages = {n.split("/")[0] for n in wheel.namelist()}
     assert {"fresco_contract", "fresco_backend", "server"} <= packages and "blender_addon" not in packages
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "test" in n.lower()]
-    for module in ("__init__", "fresco_contract/settings", "fresco_contract/wire", "contract", "client", "launcher", "translation", "uijob",
-                   "operators", "panels", "preview", "farm", "unsaved", "userdirs", "props", "compat", "config",
+    for module in ("__init__", "fresco_contract/settings", "fresco_contract/wire", "contract", "client", "launcher",
+                   "translation", "uijob", "operators", "panels", "preview", "farm", "place", "resultdirs", "unsaved",
+                   "userdirs", "props", "compat", "config",
                    "prefs", "installer", "downloads", "backend_setup", "model_ops", "fresco_contract/hubcache",
                    "presets", "settings_ops", "presets/fresco/Faithful", "presets/fresco/Painterly",
                    "presets/fresco/Strong_Restyle"):

@@ -236,9 +236,9 @@ def test_ui_job_cancel_while_translating(addon, ui, movie_scene, compat, monkeyp
 
 
 def test_output_folders_never_reused(addon, tmp_path):
-    place = sys.modules[addon.__name__ + ".place"]
-    first = place.new_output_dir("my/strip:1", root=tmp_path)
-    second = place.new_output_dir("my/strip:1", root=tmp_path)
+    resultdirs = sys.modules[addon.__name__ + ".resultdirs"]
+    first = resultdirs.new_output_dir("my/strip:1", root=tmp_path)
+    second = resultdirs.new_output_dir("my/strip:1", root=tmp_path)
     assert first.name == "my_strip_1_1" and second.name == "my_strip_1_2"
     assert first.is_dir() and second.is_dir()
 

@@ -99,7 +99,7 @@ def test_shared_result_folder_survives_save_undo_and_redo(addon, ui, unsaved_sce
 def test_a_folder_in_use_is_never_removed(addon, ui, movie_scene, compat, monkeypatch, blend):
     """A failed job removes its output folder, unless a strip uses it (here: made to point at it)."""
     use(addon, FakeClient(fail="out of GPU memory"), monkeypatch)
-    place = sys.modules[addon.__name__ + ".place"]
+    resultdirs = sys.modules[addon.__name__ + ".resultdirs"]
     assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
     job = ui.current()
     (job.out_dir / "0001.png").write_bytes(b"frame")
@@ -108,5 +108,5 @@ def test_a_folder_in_use_is_never_removed(addon, ui, movie_scene, compat, monkey
     drive(ui)
     assert job.stage == "failed" and job.out_dir.is_dir()  # kept: 'user' shows it
     compat.top_strips(movie_scene.sequence_editor).remove(user)
-    place.remove_unused(job.out_dir)
+    resultdirs.remove_unused(job.out_dir)
     assert not job.out_dir.exists()
