@@ -31,7 +31,7 @@ CONFIGS = {
 
 def child(args: argparse.Namespace) -> None:
     """Run one configuration and print its figures as JSON."""
-    from fresco_contract.settings import validate
+    from fresco_backend.config import JobConfig
     from fresco_backend.flow import BatchFlow
     from fresco_backend.metrics import pixel_mse
     from fresco_backend.models import load_pipeline
@@ -42,8 +42,8 @@ def child(args: argparse.Namespace) -> None:
     clip = moving_square(frames=args.frames, width=args.size, height=args.size, velocity=(4, 2), square=args.size // 3)
     truth = BatchFlow.from_numpy(*zip(*[clip.gt_flow(i) for i in range(args.frames - 1)]))
     frozen = BatchFlow(truth.fwd * 0, truth.bwd * 0, truth.occ_fwd * 0, truth.occ_bwd * 0)
-    settings = validate({"prompt": "a mosaic of coloured glass", "steps": args.steps, "size": args.size,
-                         "batch_size": args.frames, "seed": 3, "keyframes": "all", **json.loads(args.config)})
+    settings = JobConfig.of({"prompt": "a mosaic of coloured glass", "steps": args.steps, "size": args.size,
+                             "batch_size": args.frames, "seed": 3, "keyframes": "all", **json.loads(args.config)})
     times = []
     for _ in range(args.repeats):  # the best of several runs: less noise from whatever else the machine does
         started = time.perf_counter()

@@ -317,7 +317,7 @@ def child_consistency(p: dict) -> dict:
 
 
 def _consistency(pipe, clip: Path, p: dict) -> dict:
-    from fresco_contract.settings import validate
+    from fresco_backend.config import JobConfig
     from fresco_backend.flow import estimate_batch_flow
     from fresco_backend.frames import resize
     from fresco_backend.metrics import pixel_mse, pixel_mse_independent
@@ -326,8 +326,8 @@ def _consistency(pipe, clip: Path, p: dict) -> dict:
     frames = _read_clip(clip, p["frames"], p["size"])
     result, flow = {"frames": len(frames)}, None
     for name, config in p["configs"].items():
-        settings = validate({"prompt": "a watercolour painting", "steps": p["steps"], "size": p["size"],
-                             "batch_size": len(frames), "seed": 7, **config})
+        settings = JobConfig.of({"prompt": "a watercolour painting", "steps": p["steps"], "size": p["size"],
+                                 "batch_size": len(frames), "seed": 7, **config})
         out = [rgb for _, rgb in translate_frames(pipe, frames, settings)]
         if flow is None:
             height, width = out[0].shape[:2]
@@ -397,7 +397,7 @@ def child_ray(p: dict) -> dict:
     import ray
     import torch
 
-    from fresco_contract.settings import validate
+    from fresco_backend.config import JobConfig
     from fresco_backend.flow import estimate_batch_flow, warp
     from fresco_backend.segments import plan_segments
     from fresco_backend.synthetic import moving_square
@@ -405,8 +405,8 @@ def child_ray(p: dict) -> dict:
 
     frames = moving_square(frames=p["frames"], width=p["size"], height=p["size"], velocity=(3, 2),
                            square=p["size"] // 3).frames
-    settings = validate({"prompt": "a watercolour painting", "steps": p["steps"], "size": p["size"], "seed": 7,
-                         "keyframes": "interval", "key_interval": 2, "batch_size": 2})  # several batches a segment
+    settings = JobConfig.of({"prompt": "a watercolour painting", "steps": p["steps"], "size": p["size"], "seed": 7,
+                             "keyframes": "interval", "key_interval": 2, "batch_size": 2})  # several batches a segment
     ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     seconds, outputs = {}, {}
     for workers in (1, 2):

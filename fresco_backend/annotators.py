@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from fresco_contract import hubcache
 
-from .config import JobConfig
+from .config import JobConfig, require
 from .download import ModelNotFoundError
 
 ENV_FOLDER = "FRESCO_ANNOTATORS"
@@ -89,14 +89,13 @@ def weights_path(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:
         f"or put {_local_name(kind)} into the annotators folder{folder} given by --annotators or {ENV_FOLDER}")
 
 
-def annotator_downloads(settings: JobConfig | Mapping[str, Any],
+def annotator_downloads(config: JobConfig,
                         cache_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
-    """The (hub repo, file; "" for a whole transformers model repo) pairs the job's controls (``settings``:
-    a JobConfig or a settings mapping) need that are not available locally yet, in the order of its
+    """The (hub repo, file; "" for a whole transformers model repo) pairs the job's controls (of its
+    ``config``) need that are not available locally yet, in the order of its
     controls, each once. Download a pair with ``download.ensure_file(repo, file)``, or
     ``download.ensure_model(repo)`` when file is ""."""
-    config = JobConfig.of(settings)
-    missing = [hubcache.ANNOTATORS[use.kind] for use in config.control.nets
+    missing = [hubcache.ANNOTATORS[use.kind] for use in require(config).control.nets
                if use.kind in hubcache.ANNOTATORS and find_weights(use.kind, cache_dir) is None]
     return list(dict.fromkeys(missing))
 

@@ -69,11 +69,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fresco-for-blender"
 
 
-def job_models(settings: dict, choice: ModelChoice, configs: dict[str, str]) -> dict[str, str | None]:
+def job_models(config: JobConfig, choice: ModelChoice, configs: dict[str, str]) -> dict[str, str | None]:
     """What a job's results depend on besides its settings, as its record names it: the ControlNet (and
     single-file config) of each control kind, ``controlnet``/``controlnet_config`` for canny as before."""
     models: dict[str, str | None] = {"controlnet": None, "controlnet_config": None}
-    for net, ref in zip(JobConfig.of(settings).control.nets, choice.controlnets):
+    for net, ref in zip(config.control.nets, choice.controlnets):
         suffix = "" if net.kind == "canny" else f"_{net.kind}"
         models[f"controlnet{suffix}"], models[f"controlnet_config{suffix}"] = ref, configs.get(net.kind)
     return models
@@ -171,8 +171,9 @@ def _translate(args: argparse.Namespace) -> None:
     from .video_io import ShortClipError, check_length, read_png
 
     values = {s.name: getattr(args, s.name) for s in S.SETTINGS if getattr(args, s.name) is not None}
-    settings = S.validate(values)
-    check_job_files(settings)  # LoRA and RAFT weights usable: before any folder is made or model loaded
+    settings = S.validate(values)  # the record's and the estimate's
+    config = JobConfig.of(settings)  # the edge: everything below takes the JobConfig
+    check_job_files(config)  # LoRA and RAFT weights usable: before any folder is made or model loaded
     if args.out.exists() and not args.out.is_dir():
         raise FileExistsError(f"--out {args.out} is a file; --out names the folder for the PNG frames "
                               f"(a new or empty one; nothing was overwritten)")
@@ -197,8 +198,8 @@ def _translate(args: argparse.Namespace) -> None:
         set_annotators_folder(args.annotators)
     controlnets = parse_kind_options(args.controlnet, "--controlnet")
     configs = parse_kind_options(args.controlnet_config, "--controlnet-config")
-    choice = choose_models(settings, DEFAULT_MODEL, controlnets)
-    models = {"config": args.config, **job_models(settings, choice, configs)}
+    choice = choose_models(config, DEFAULT_MODEL, controlnets)
+    models = {"config": args.config, **job_models(config, choice, configs)}
     try:
         job = Job(job_dir, settings, args.input, out_dir=args.out, cache_dir=args.cache_dir, models=models,
                   restart=args.restart)
@@ -213,7 +214,7 @@ def _translate(args: argparse.Namespace) -> None:
         print(line)
     print("load model", flush=True)
     warm = WarmPipeline(args.device, args.config, controlnet_configs(controlnets, configs))
-    pipe = warm.get(choice, JobConfig.of(settings).loras)
+    pipe = warm.get(choice, config.loras)
     done = job.checkpoint().batches_done
     if done:
         print(f"resuming the job in {job_dir}: {done} batch(es) already done")

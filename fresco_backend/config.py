@@ -1,10 +1,10 @@
-"""A job's validated settings as typed, frozen groups: converted once, at the backend's entry points.
+"""A job's validated settings as typed, frozen groups: converted once, at the edges.
 
-``JobConfig.of`` takes the settings (a mapping, validated here against ``fresco_contract.settings``,
-which is the one source of names and defaults) or a ``JobConfig`` and gives the ``JobConfig`` the
-pipeline passes down. Every field that mirrors a user setting names it (``setting``), takes the
-schema's default and is filled from it by ``from_settings``; the remaining fields are internal
-constants that have no setting.
+``JobConfig.of`` takes a settings mapping, validates it against ``fresco_contract.settings`` (the one
+source of names and defaults) and gives the ``JobConfig`` that everything below the edge takes, and
+nothing else: a mapping passed there by mistake is refused (``require``), never validated again.
+Every field that mirrors a user setting names it (``setting``), takes the schema's default and is
+filled from it by ``from_settings``; the remaining fields are internal constants that have no setting.
 """
 from __future__ import annotations
 
@@ -164,13 +164,24 @@ class JobConfig:
     control: Control = group(Control)
 
     @classmethod
-    def of(cls, settings: JobConfig | Mapping[str, Any]) -> JobConfig:
-        """``settings`` as a JobConfig: a JobConfig as it is, a mapping validated (defaults filled)
-        and converted; raises ``fresco_contract.settings.SettingsError`` for invalid settings."""
-        if isinstance(settings, JobConfig):
-            return settings
+    def of(cls, settings: Mapping[str, Any]) -> JobConfig:
+        """The settings mapping ``settings`` validated (defaults filled) and converted; raises
+        ``fresco_contract.settings.SettingsError`` for invalid settings. Called at the edges only:
+        the command line's arguments (``cli.py``), a job folder's settings (``job.Job``) and the
+        server's job as it runs (``server/jobs.py``, for a new and a reloaded job alike)."""
+        if not isinstance(settings, Mapping):
+            raise TypeError(f"JobConfig.of takes a settings mapping, not {type(settings).__name__}")
         return from_settings(cls, S.validate(settings))
 
     @property
     def fresco(self) -> bool:
         return self.mode == "fresco"
+
+
+def require(config: JobConfig) -> JobConfig:
+    """``config``, where it is a JobConfig; a TypeError saying what to pass otherwise (a settings
+    mapping is converted once, at the edge, never below it)."""
+    if not isinstance(config, JobConfig):
+        raise TypeError(f"expected a JobConfig, got {type(config).__name__}: convert a job's settings "
+                        f"once at the edge with JobConfig.of(settings) and pass the JobConfig")
+    return config

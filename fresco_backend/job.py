@@ -39,6 +39,7 @@ from fresco_contract.settings import SettingsError, from_record
 from fresco_contract.wire import frame_filename
 
 from .checkpoint import Anchors, Checkpoint
+from .config import JobConfig
 from .video_io import FrameFiles, iter_frames, read_png, write_png_atomic
 
 if TYPE_CHECKING:
@@ -291,7 +292,8 @@ class Job:
     def __init__(self, folder: Path, settings: Mapping[str, Any], source: str | Path,
                  out_dir: Path | None = None, cache_dir: Path | None = None,
                  models: Mapping[str, str | None] | None = None, restart: bool = False):
-        """Open or create the job in ``folder`` translating ``source`` (video file or image folder).
+        """Open or create the job in ``folder`` translating ``source`` (video file or image folder)
+        with the validated ``settings`` (recorded as they are; ``config`` is their JobConfig).
 
         Outputs go to ``out_dir`` (default ``folder/output``) as 0001.png, 0002.png, ...; control
         images and flows are cached in ``cache_dir`` (default ``folder/cache``), which jobs on
@@ -302,6 +304,7 @@ class Job:
         self.layout = JobFolder(folder, out_dir)
         self.folder, self.out_dir = self.layout.folder, self.layout.output_dir
         self.settings = dict(settings)
+        self.config = JobConfig.of(self.settings)  # the edge of a job folder: converted once, here
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.folder / "cache"
         self.started_over: str | None = None
         self.record = JobRecord(
@@ -391,7 +394,7 @@ class Job:
         from .cache import Cache  # torch: only where a job runs
         from .translate import translate_frames
 
-        for index, rgb in translate_frames(pipe, self.frames, self.settings, on_progress, cancel,
+        for index, rgb in translate_frames(pipe, self.frames, self.config, on_progress, cancel,
                                            self.checkpoint(), Cache(self.cache_dir)):
             write_png_atomic(self.output_path(index), rgb)
             yield index

@@ -6,20 +6,17 @@ LoRA or RAFT weights cannot be used fails at once with the reason, not after min
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from .config import JobConfig
+from .config import JobConfig, require
 from .download import ModelNotFoundError
 from .flow import check_estimator
 from .lora import lora_key
 
 
-def check_job_files(settings: JobConfig | Mapping[str, Any]) -> None:
+def check_job_files(config: JobConfig) -> None:
     """Raise ModelNotFoundError naming the file and what is wrong with it: a LoRA file that is missing
     or no regular file (``lora.lora_key``), or flow weights that are not a full RAFT checkpoint
     (``flow.check_estimator``)."""
-    config = JobConfig.of(settings)
-    lora_key(config.loras)
+    lora_key(require(config).loras)
     try:
         check_estimator(config.flow, config.flow_weights)
     except ValueError as exc:

@@ -20,7 +20,7 @@ import torch
 from fresco_contract.hubcache import DEFAULT_CONTROLNETS, DEFAULT_MODEL, SINGLE_FILE_SUFFIXES, is_hub_id
 from fresco_contract.settings import CONTROL_KINDS
 
-from .config import JobConfig
+from .config import JobConfig, require
 from .device import Runtime, pick_runtime
 from .download import ModelNotFoundError, ensure_model
 
@@ -56,16 +56,16 @@ def parse_kind_options(values: Sequence[str] | None, option: str) -> dict[str, s
     return chosen
 
 
-def choose_models(settings: JobConfig | Mapping[str, Any], default_model: str = DEFAULT_MODEL,
+def choose_models(config: JobConfig, default_model: str = DEFAULT_MODEL,
                   controlnets: Mapping[str, str] | None = None) -> ModelChoice:
     """The model and ControlNets for a job: the one place they are decided.
 
-    The job's ``model`` setting, else ``default_model`` (the server's ``--model``, the command
-    line's default); for each entry of the job's ``controls`` the ControlNet of its kind:
+    The ``model`` setting of the job's ``config``, else ``default_model`` (the server's ``--model``,
+    the command line's default); for each entry of its ``controls`` the ControlNet of its kind:
     ``controlnets`` (the server's or command line's ``--controlnet KIND=REF``) over
     ``DEFAULT_CONTROLNETS``.
     """
-    config = JobConfig.of(settings)
+    require(config)
     known = {**DEFAULT_CONTROLNETS, **(controlnets or {})}
     refs = []
     for net in config.control.nets:

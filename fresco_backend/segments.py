@@ -30,14 +30,14 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .cache import Cache
 from .checkpoint import Anchors, Checkpoint
-from .config import JobConfig
+from .config import JobConfig, require
 from .denoise import ProgressFn, StepClock
 from .flow import load_estimator
 from .frames import resize
@@ -45,8 +45,6 @@ from .fresco import fresco_frames
 from .keyframes import Batch, plan_batches
 from .propagate import propagate_span
 from .translate import Frames, keyframes_for, per_frame, propagate_stage
-
-Settings = JobConfig | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -66,14 +64,13 @@ class SegmentPlan:
         """(first key, last key) of every pair of consecutive keys with frames between them, in order."""
         return [(first, last) for first, last in zip(self.keys, self.keys[1:]) if last - first > 1]
 
-    def skeleton_batches(self, settings: Settings) -> list[Batch]:
+    def skeleton_batches(self, config: JobConfig) -> list[Batch]:
         """The skeleton pass's batches (frame indices)."""
-        config = JobConfig.of(settings)
         return plan_batches(self.skeleton, config.sampling.batch_size) if config.fresco else []
 
-    def batches(self, index: int, settings: Settings) -> list[Batch]:
+    def batches(self, index: int, config: JobConfig) -> list[Batch]:
         """Segment ``index``'s batches (frame indices): chained, the first anchored to the skeleton."""
-        config, keys = JobConfig.of(settings), self.segments[index].keys
+        keys = self.segments[index].keys
         size = config.sampling.batch_size
         if not config.fresco:
             return [Batch(keys[i:i + size], 0, keys[i:i + size]) for i in range(0, len(keys), size)]
@@ -82,16 +79,16 @@ class SegmentPlan:
         anchor = self.segments[index].anchor
         return _chain([self.keys[0]] if anchor is None else [self.keys[0], anchor], keys, size)
 
-    def needs(self, index: int, settings: Settings) -> list[int]:
+    def needs(self, index: int, config: JobConfig) -> list[int]:
         """The skeleton keys whose recorded latents segment ``index`` is anchored to."""
         own = set(self.segments[index].keys)
-        return sorted({f for b in self.batches(index, settings) for f in b.frames[:b.anchors]} - own)
+        return sorted({f for b in self.batches(index, config) for f in b.frames[:b.anchors]} - own)
 
-    def steps(self, settings: Settings) -> tuple[int, list[int]]:
+    def steps(self, config: JobConfig) -> tuple[int, list[int]]:
         """Denoising steps of the skeleton pass and of each segment (what their progress counts)."""
-        per_batch = JobConfig.of(settings).sampling.executed_steps
-        return (len(self.skeleton_batches(settings)) * per_batch,
-                [len(self.batches(s.index, settings)) * per_batch for s in self.segments])
+        per_batch = config.sampling.executed_steps
+        return (len(self.skeleton_batches(config)) * per_batch,
+                [len(self.batches(s.index, config)) * per_batch for s in self.segments])
 
 
 def _chain(anchors: list[int], keys: list[int], batch_size: int) -> list[Batch]:
@@ -128,11 +125,11 @@ def _fresco_groups(rest: list[int], batch_size: int, segments: int) -> list[list
     return [rest[a:b] for a, b in zip(starts, starts[1:])]
 
 
-def plan_segments(frames: Sequence[np.ndarray], settings: Settings, segments: int) -> SegmentPlan:
+def plan_segments(frames: Sequence[np.ndarray], config: JobConfig, segments: int) -> SegmentPlan:
     """Split the job over the clip ``frames`` (uint8 RGB) into at most ``segments`` segments."""
     if segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
-    config = JobConfig.of(settings)
+    require(config)
     if not frames:
         return SegmentPlan([], [], [])
     keys = keyframes_for(Frames(frames, range(len(frames)), frames[0].shape), config)
@@ -151,12 +148,12 @@ def plan_segments(frames: Sequence[np.ndarray], settings: Settings, segments: in
 
 
 class _Job:
-    """What every part of one job shares: the settings, the clip and the sizes."""
+    """What every part of one job shares: the config, the clip and the sizes."""
 
-    def __init__(self, frames: Sequence[np.ndarray], settings: Settings, cache: Cache | None):
+    def __init__(self, frames: Sequence[np.ndarray], config: JobConfig, cache: Cache | None):
+        self.config = require(config)
         if not frames:
             raise ValueError("the clip has no frames")
-        self.config = JobConfig.of(settings)
         self.clip = Frames(frames, range(len(frames)), frames[0].shape)
         self.height, self.width = frames[0].shape[:2]
         self.work_size = self.config.sampling.work_size(self.width, self.height)
@@ -206,46 +203,47 @@ def _segment(pipe, job: _Job, plan: SegmentPlan, index: int, anchors: Mapping[in
     return job.run(pipe, plan.batches(index, job.config), clock, anchors=needed)
 
 
-def run_skeleton(pipe, frames: Sequence[np.ndarray], settings: Settings, plan: SegmentPlan,
+def run_skeleton(pipe, frames: Sequence[np.ndarray], config: JobConfig, plan: SegmentPlan,
                  on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                  cache: Cache | None = None) -> tuple[dict[int, np.ndarray], dict[int, list[torch.Tensor]]]:
     """The skeleton pass: outputs (uint8 RGB, input size) of every skeleton key and their latents
     recorded after every executed step (CPU tensors); empty without a skeleton."""
+    require(config)
     if not plan.skeleton:
         return {}, {}
-    job = _Job(frames, settings, cache)
+    job = _Job(frames, config, cache)
     return _skeleton(pipe, job, plan, _clock(plan.steps(job.config)[0], job, on_progress, cancel))
 
 
-def run_segment(pipe, frames: Sequence[np.ndarray], settings: Settings, plan: SegmentPlan, index: int,
+def run_segment(pipe, frames: Sequence[np.ndarray], config: JobConfig, plan: SegmentPlan, index: int,
                 anchors: Mapping[int, list[torch.Tensor]], on_progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None, cache: Cache | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(key, uint8 RGB at the input size) for every key of segment ``index``, in order, as each
     batch finishes; a bad ``index`` or missing ``anchors`` (the skeleton's latents, at least those of
     ``plan.needs(index, ...)``) raise ValueError on the call."""
-    job = _Job(frames, settings, cache)
+    job = _Job(frames, config, cache)
     _check(plan, index, anchors, job.config)  # on the call, not when the first frame is asked for
     return _segment(pipe, job, plan, index, anchors, _clock(plan.steps(job.config)[1][index], job, on_progress, cancel))
 
 
 def propagate(frames: Sequence[np.ndarray], first: int, last: int, out_first: np.ndarray,
-              out_last: np.ndarray, settings: Settings) -> list[tuple[int, np.ndarray]]:
+              out_last: np.ndarray, config: JobConfig) -> list[tuple[int, np.ndarray]]:
     """(index, uint8 RGB) of the frames strictly between keys ``first`` and ``last`` (``propagate_span``,
     with the job's flow estimator)."""
-    config = JobConfig.of(settings)
+    require(config)
     inputs = [frames[i] for i in range(first, last + 1)]
     estimator = load_estimator(config.flow, config.flow_weights)
     return list(enumerate(propagate_span(inputs, out_first, out_last, estimator), first + 1))
 
 
-def translate_segmented(pipe, frames: Sequence[np.ndarray], settings: Settings, segments: int,
+def translate_segmented(pipe, frames: Sequence[np.ndarray], config: JobConfig, segments: int,
                         on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                         cache: Cache | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """The sequential reference executor: the skeleton, each segment, then the spans as soon as both of
     their keys exist; yields every frame once, in index order, at the input size."""
     if not frames:
         return
-    job = _Job(frames, settings, cache)
+    job = _Job(frames, config, cache)
     plan = plan_segments(job.clip, job.config, segments)
     skeleton_steps, segment_steps = plan.steps(job.config)
     clock = _clock(skeleton_steps + sum(segment_steps), job, on_progress, cancel)

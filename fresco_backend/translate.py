@@ -1,21 +1,21 @@
 """Translating a clip: the per-frame baseline or FRESCO, chosen by the ``mode`` setting.
 
-The job's settings become a ``config.JobConfig`` once, here. FRESCO translates the keyframes
-(the ``keyframes`` setting) and propagates the
+Every function here takes the job's ``config.JobConfig`` (made once, at the edge, by
+``JobConfig.of``). FRESCO translates the keyframes (the ``keyframes`` setting) and propagates the
 frames between two translated keys from both of them (``propagate.py``), so
 every input frame gets an output, including those after the last key.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from .cache import Cache
 from .checkpoint import Checkpoint
 from .conditions import batch_conditions
-from .config import JobConfig
+from .config import JobConfig, require
 from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt
 from .flow import load_estimator
 from .frames import resize, to_tensor, to_uint8
@@ -78,9 +78,9 @@ def propagate_stage(first: int, last: int) -> str:
     return f"propagate frame {last}" if last - first == 2 else f"propagate frames {first + 2}-{last}"
 
 
-def keyframes_for(frames: Sequence[np.ndarray], settings: JobConfig | Mapping[str, Any]) -> list[int]:
-    """The frames translated (the first and the last are always among them), for the job's settings."""
-    config, count = JobConfig.of(settings), len(frames)
+def keyframes_for(frames: Sequence[np.ndarray], config: JobConfig) -> list[int]:
+    """The frames translated (the first and the last are always among them), for the job's ``config``."""
+    config, count = require(config), len(frames)
     keys = config.keyframes
     if not config.fresco or keys.choice == "all":
         return list(range(count))
@@ -89,12 +89,11 @@ def keyframes_for(frames: Sequence[np.ndarray], settings: JobConfig | Mapping[st
     return adaptive_keys((frames[i] for i in range(count)), keys.min_gap, keys.max_gap)
 
 
-def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | Mapping[str, Any],
+def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
                      on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                      checkpoint: Checkpoint | None = None,
                      cache: Cache | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Translate ``frames`` (uint8 RGB, all one size) with the job's ``settings`` (a settings mapping,
-    validated here, or a ``JobConfig``).
+    """Translate ``frames`` (uint8 RGB, all one size) with the job's ``config``.
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
     input's size. Frames are processed at the working size (``Sampling.work_size``:
@@ -104,9 +103,9 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], settings: JobConfig | M
     run it yields only what is still missing. ``on_progress`` hears each stage as it
     starts (``denoise.StepClock``).
     """
+    require(config)
     if not frames:
         return
-    config = JobConfig.of(settings)
     checkpoint, cache = checkpoint or Checkpoint(), cache or Cache(None)
     height, width = frames[0].shape[:2]
     work_size = config.sampling.work_size(width, height)

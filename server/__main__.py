@@ -349,7 +349,7 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
         manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache),
                              prepare=cache.prepare)
     else:
-        manager = JobManager(work_dir, lambda settings: None, pool.translate, prepare=cache.prepare,
+        manager = JobManager(work_dir, lambda config: None, pool.translate, prepare=cache.prepare,
                              concurrency=2 * pool.size, checkpoint_plan=pool.checkpoint_plan)
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": choose_models(JobConfig(), args.model, controlnets).controlnets[0],

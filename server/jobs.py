@@ -46,6 +46,7 @@ from fresco_contract import wire
 from fresco_contract.estimate import estimate_job
 from fresco_contract.files import write_bytes_atomic
 
+from fresco_backend.config import JobConfig
 from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
 from fresco_backend.video_io import ClipError, FrameFiles, encode_png, read_image
 
@@ -57,8 +58,8 @@ MAX_WAIT = 30.0  # seconds a long-poll on the event feed may block
 DELETED = ".deleted-"  # prefix of a deleted job's folder until it is removed
 STATES = (wire.UPLOADING, wire.QUEUED, wire.RUNNING) + tuple(wire.FINAL_STATES)
 
-GetPipeline = Callable[[dict[str, Any]], Any]
-Prepare = Callable[[dict[str, Any], Callable[[Any], None], threading.Event], None]
+GetPipeline = Callable[[JobConfig], Any]
+Prepare = Callable[[JobConfig, Callable[[Any], None], threading.Event], None]
 Translate = Callable[..., Iterator[tuple[int, np.ndarray]]]
 
 
@@ -567,8 +568,9 @@ class JobManager:
             self._emit(job, wire.EV_PROGRESS, stage=str(p.stage), done=int(p.done), total=int(p.total),
                        eta=None if eta is None else float(eta))
 
+        config = JobConfig.of(job.settings)  # the edge: a new or reloaded job's settings, converted once
         if self._prepare is not None:
-            self._prepare(job.settings, on_progress, job.cancel)
+            self._prepare(config, on_progress, job.cancel)
         if job.cancel.is_set():
             raise InterruptedError("cancelled")
         checkpoint = job.layout.checkpoint_store(self._checkpoint_plan).load()
@@ -577,11 +579,11 @@ class JobManager:
         cost = estimate_job(job.settings, job.frame_count, *(job.frame_size or (512, 512)))
         steps_left = max(cost.batches - checkpoint.batches_done, 0) * cost.steps  # the first batch corrects it
         self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=steps_left, eta=None)
-        pipe = self._get_pipeline(job.settings)
+        pipe = self._get_pipeline(config)
         if job.cancel.is_set():
             raise InterruptedError("cancelled")
         frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
-        for index, rgb in self._translate(pipe, frames, job.settings, on_progress, job.cancel, checkpoint=checkpoint):
+        for index, rgb in self._translate(pipe, frames, config, on_progress, job.cancel, checkpoint=checkpoint):
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")
             write_bytes_atomic(job.output_dir / wire.frame_filename(index), encode_png(rgb))

@@ -43,22 +43,20 @@ class ModelCache:
     def last_load_seconds(self) -> float | None:
         return self.warm.last_load_seconds
 
-    def for_settings(self, settings: Mapping[str, Any]) -> Any:
-        """The pipeline for a job's settings: its ``model`` (empty: the server's default), the
+    def for_settings(self, config: JobConfig) -> Any:
+        """The pipeline for a job's ``config``: its ``model`` (empty: the server's default), the
         ControlNets of its ``controls`` and its ``loras``."""
-        config = JobConfig.of(settings)
         choice = choose_models(config, self.default_model, self.controlnets)
         with self._lock:
             return self.warm.get(choice, config.loras)
 
-    def prepare(self, settings: Mapping[str, Any], on_progress: Callable[[Progress], None],
+    def prepare(self, config: JobConfig, on_progress: Callable[[Progress], None],
                 cancel: threading.Event) -> None:
         """Download the job's model and ControlNets where they are hub ids not downloaded yet, and the
         weights of its controls' annotators that are not there (``fresco_backend/annotators.py``).
 
         Raises ModelNotFoundError (the hub unreachable: what to do; a LoRA or RAFT file that cannot be
         used, checked first: ``fresco_backend/job_files.py``) or DownloadCancelled."""
-        config = JobConfig.of(settings)
         check_job_files(config)
         model, controlnets = choose_models(config, self.default_model, self.controlnets)
         for ref in dict.fromkeys((model, *controlnets)):

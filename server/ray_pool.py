@@ -15,6 +15,11 @@ free worker. Resume: the skeleton's outputs are normal outputs and its anchors a
 first batch (``fresco_backend/job.py`` CheckpointStore), a segment whose keys' outputs all exist and
 a span whose frames all exist are not run again.
 
+Settings: the job's ``JobConfig`` (made once by the server, ``server/jobs.py``) is what the actors
+and propagation tasks receive: a frozen dataclass of tuples and frozen dataclasses of
+``fresco_backend.config``, it pickles as it is, so nothing across the process boundary parses the
+settings again.
+
 A runtime the pool starts itself (``LocalRuntime``: no address) serves this machine only: every
 Ray listener (GCS, raylet and object manager, workers, runtime-env agent, the driver) is bound to
 127.0.0.1, Ray's token authentication is on with a token of its own (no ``~/.ray/auth_token`` is
@@ -53,7 +58,7 @@ from ray import exceptions as rex  # noqa: E402
 
 from fresco_backend.checkpoint import Checkpoint
 from fresco_backend.denoise import Cancelled, Progress
-from fresco_backend.config import JobConfig
+from fresco_backend.config import JobConfig, require
 from fresco_backend.models import ModelChoice, choose_models
 
 from .ray_reaper import MARKER_ENV
@@ -162,12 +167,12 @@ class Worker:
         self.cancels.setdefault(run_id, threading.Event()).set()
 
     def run(self, run_id: str, kind: str, module: str, models: ModelChoice, frames: list[np.ndarray],
-            settings: Mapping[str, Any], plan: Any, index: int | None, anchors: Any) -> Iterator[tuple]:
+            config: JobConfig, plan: Any, index: int | None, anchors: Any) -> Iterator[tuple]:
         """Streams ("progress", stage, done, total, seconds_per_step), ("frame", key, rgb) and, for the skeleton,
         ("anchors", anchors) last; ``module``: where run_skeleton and run_segment are."""
         segments = importlib.import_module(module)
         cancel = self.cancels.setdefault(run_id, threading.Event())
-        pipe = self.warm.get(models, JobConfig.of(settings).loras)  # the same warm swap as the server's
+        pipe = self.warm.get(models, config.loras)  # the same warm swap as the server's
         items: queue.Queue[tuple] = queue.Queue()
 
         def on_progress(p: Progress) -> None:
@@ -176,13 +181,13 @@ class Worker:
         def body() -> None:
             try:
                 if kind == "skeleton":
-                    outputs, found = segments.run_skeleton(pipe, frames, settings, plan, on_progress,
+                    outputs, found = segments.run_skeleton(pipe, frames, config, plan, on_progress,
                                                                 cancel, self.cache)
                     for key in sorted(outputs):
                         items.put(("frame", key, outputs[key]))
                     items.put(("anchors", found))
                 else:
-                    for key, rgb in segments.run_segment(pipe, frames, settings, plan, index, anchors,
+                    for key, rgb in segments.run_segment(pipe, frames, config, plan, index, anchors,
                                                               on_progress, cancel, self.cache):
                         items.put(("frame", key, rgb))
                 items.put(("end",))
@@ -206,9 +211,9 @@ class Worker:
 @ray.remote(num_cpus=0)  # light; and the workers may hold every CPU of the cluster
 def propagate_span(segments: str, frames: list[np.ndarray], first: int, last: int,
                    out_first: np.ndarray, out_last: np.ndarray,
-                   settings: Mapping[str, Any]) -> list[tuple[int, np.ndarray]]:
+                   config: JobConfig) -> list[tuple[int, np.ndarray]]:
     """The frames between two keys, from their outputs (a CPU task)."""
-    return importlib.import_module(segments).propagate(frames, first, last, out_first, out_last, settings)
+    return importlib.import_module(segments).propagate(frames, first, last, out_first, out_last, config)
 
 
 @dataclass
@@ -341,27 +346,27 @@ class RayPool:
 
     # ---- jobs --------------------------------------------------------------------
 
-    def translate(self, _pipe: Any, frames: Sequence[np.ndarray], settings: Mapping[str, Any],
+    def translate(self, _pipe: Any, frames: Sequence[np.ndarray], config: JobConfig,
                   on_progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
                   checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Like ``fresco_backend.translate.translate_frames`` (the pipeline argument is unused: the
         workers hold theirs): yields every frame the checkpoint does not hold yet, once."""
-        return _Run(self, frames, settings, on_progress, cancel or threading.Event(),
+        return _Run(self, frames, config, on_progress, cancel or threading.Event(),
                     checkpoint or Checkpoint()).frames()
 
 
 class _Run:
     """One job's translation over the pool."""
 
-    def __init__(self, pool: RayPool, frames: Sequence[np.ndarray], settings: Mapping[str, Any],
+    def __init__(self, pool: RayPool, frames: Sequence[np.ndarray], config: JobConfig,
                  on_progress: Callable[[Progress], None] | None, cancel: threading.Event,
                  checkpoint: Checkpoint) -> None:
-        self.pool, self.settings, self.on_progress, self.cancel = pool, settings, on_progress, cancel
+        self.pool, self.config, self.on_progress, self.cancel = pool, require(config), on_progress, cancel
         self.checkpoint = checkpoint
         self.frames_list = [np.asarray(f) for f in frames]
         self.id = uuid.uuid4().hex
         self.module = pool.segments_module
-        self.models = choose_models(settings, *pool.default_models)
+        self.models = choose_models(config, *pool.default_models)
         self.items: queue.Queue[tuple] = queue.Queue()
         self.stop = threading.Event()
         self.progress: dict[Any, tuple[str, int, int]] = {}
@@ -369,7 +374,7 @@ class _Run:
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         segments = importlib.import_module(self.module)
-        plan = segments.plan_segments(self.frames_list, self.settings, self.pool.segments)
+        plan = segments.plan_segments(self.frames_list, self.config, self.pool.segments)
         count = len(self.frames_list)
         written = {i for i in range(count) if self.checkpoint.has_output(i)}
         keys: dict[int, np.ndarray] = {}  # outputs of keys, for propagation
@@ -402,7 +407,7 @@ class _Run:
                 for a, b in [s for s in spans if all(k in keys or k in written for k in s)]:
                     spans.remove((a, b))
                     ref = propagate_span.remote(self.module, frames_ref, a, b,
-                                                self._key(keys, a), self._key(keys, b), self.settings)
+                                                self._key(keys, a), self._key(keys, b), self.config)
                     running[ref] = (a, b)
                 if running:
                     ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
@@ -491,7 +496,7 @@ class _Run:
             try:
                 self.pool.history.append((self.id, kind, index))
                 stream = slot.actor.run.options(num_returns="streaming").remote(
-                    self.id, kind, self.module, self.models, frames_ref, self.settings, plan, index, anchors_ref)
+                    self.id, kind, self.module, self.models, frames_ref, self.config, plan, index, anchors_ref)
                 for ref in stream:
                     item = ray.get(ref)
                     if self.stop.is_set():

@@ -161,7 +161,6 @@ def test_missing_weights_name_what_to_download(kind, names, frames, tmp_path):
     assert all(name in message for name in names), message
     assert not (tmp_path / "cache").exists()  # nothing computed before the error
     assert A.annotator_downloads(job("canny", kind)) == [hubcache.ANNOTATORS[kind]]
-    assert A.annotator_downloads({"prompt": "x", "controls": [{"kind": kind, "scale": 0.5}]}) == [hubcache.ANNOTATORS[kind]]
 
 
 def test_a_file_of_another_network_is_refused(tmp_path, frames):
@@ -200,7 +199,7 @@ def test_tiny_jobs_with_tile_and_softedge_controls_run(tiny_models, tiny_control
     def run(kind: str) -> list[np.ndarray]:
         settings = {"prompt": "a mosaic", "steps": 2, "size": SIZE, "opt_iterations": 1, "keyframes": "all",
                     "controls": [{"kind": kind, "scale": 1.0}]}
-        return [rgb for _, rgb in translate_frames(pipe, clip, settings)]
+        return [rgb for _, rgb in translate_frames(pipe, clip, JobConfig.of(settings))]
 
     tile, canny, softedge = run("tile"), run("canny"), run("softedge")
     assert len(tile) == len(softedge) == 2 and tile[0].shape == clip[0].shape

@@ -1,8 +1,10 @@
-"""Typed job settings (fresco_backend.config): one conversion, the schema's defaults, one step count."""
+"""Typed job settings (fresco_backend.config): one conversion at the edge, the schema's defaults, one step count."""
 from __future__ import annotations
 
+import pickle
 from dataclasses import fields
 
+import numpy as np
 import pytest
 
 from fresco_contract import settings as S
@@ -35,17 +37,50 @@ def test_list_settings_become_tuples_of_typed_items():
     assert JobConfig().control.nets == (ControlNetUse("canny", 0.7),) and JobConfig().loras == ()
 
 
-def test_of_converts_validated_settings_and_passes_a_config_through():
+def test_of_converts_validated_settings():
     values = {"prompt": "a fox", "steps": 30, "keyframes": "interval", "key_interval": 4, "opt_lr": 0.5,
               "lambda_temporal": 2.0, "canny_low": 10, "flow": "dis", "model": "m", "mode": "per_frame"}
     config = JobConfig.of(S.validate(values))
     assert JobConfig.of(values) == config                          # validated (defaults filled) on the way
-    assert JobConfig.of(config) is config
+    with pytest.raises(TypeError, match="settings mapping, not JobConfig"):
+        JobConfig.of(config)                                        # converted once, at the edge
     assert (config.sampling.steps, config.keyframes.choice, config.keyframes.interval) == (30, "interval", 4)
     assert (config.optimisation.lr, config.attention.lambda_t, config.control.canny_low) == (0.5, 2.0, 10)
     assert (config.model, config.fresco) == ("m", False)
     with pytest.raises(S.SettingsError, match="steps"):
         JobConfig.of({"prompt": "x", "steps": 0})
+
+
+def below_the_edge():
+    """(name, call with a config) of every function below the edge that takes a job's JobConfig."""
+    from fresco_backend import segments, translate
+    from fresco_backend.annotators import annotator_downloads
+    from fresco_backend.job_files import check_job_files
+    from fresco_backend.models import choose_models
+
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 3
+    plan = segments.SegmentPlan([0, 2], [0, 2], [segments.Segment(0, 0, [])])
+    return [("translate_frames", lambda c: list(translate.translate_frames(None, frames, c))),
+            ("keyframes_for", lambda c: translate.keyframes_for(frames, c)),
+            ("plan_segments", lambda c: segments.plan_segments(frames, c, 2)),
+            ("run_skeleton", lambda c: segments.run_skeleton(None, frames, c, plan)),
+            ("run_segment", lambda c: segments.run_segment(None, frames, c, plan, 0, {})),
+            ("propagate", lambda c: segments.propagate(frames, 0, 2, frames[0], frames[2], c)),
+            ("translate_segmented", lambda c: list(segments.translate_segmented(None, frames, c, 2))),
+            ("choose_models", choose_models), ("annotator_downloads", annotator_downloads),
+            ("check_job_files", check_job_files)]
+
+
+@pytest.mark.parametrize("name, call", below_the_edge(), ids=[name for name, _ in below_the_edge()])
+def test_below_the_edge_a_settings_mapping_is_refused_not_validated_again(name, call):
+    with pytest.raises(TypeError, match=r"expected a JobConfig, got dict: .*JobConfig\.of\(settings\)"):
+        call(S.validate({"prompt": "x"}))
+
+
+def test_a_config_pickles_as_it_is():  # how it reaches the Ray workers (server/ray_pool.py)
+    config = JobConfig.of({"prompt": "x", "controls": [{"kind": "tile", "scale": 0.5}],
+                           "loras": [{"path": "/a.safetensors", "weight": 0.8}]})
+    assert pickle.loads(pickle.dumps(config)) == config
 
 
 def test_group_defaults_are_the_schema_defaults():

@@ -101,7 +101,7 @@ def test_a_tiny_job_runs_the_steps_and_batches_estimated(pipe):
                          "keyframes": "interval", "key_interval": 2, "opt_iterations": 1})
     clip = moving_square(frames=9, width=96, height=64).frames
     seen = []
-    frames = list(translate_frames(pipe, clip, settings, on_progress=seen.append))
+    frames = list(translate_frames(pipe, clip, JobConfig.of(settings), on_progress=seen.append))
     cost = estimate_job(settings, len(clip), 96, 64)
     assert len(frames) == cost.frames == 9 and cost.keys == 5 and cost.batches == 3
     assert seen[-1].total == cost.batches * cost.steps
@@ -115,7 +115,7 @@ def test_adaptive_estimate_on_real_clips_gets_the_batches_right(name):
 
     clip = read_frames(Path(__file__).parent / "data" / name)
     settings = validate({"prompt": "x"})
-    keys = keyframes_for(clip, settings)
+    keys = keyframes_for(clip, JobConfig.of(settings))
     cost = estimate_job(settings, len(clip), clip[0].shape[1], clip[0].shape[0])
     assert abs(cost.keys - len(keys)) <= 0.25 * len(keys)  # 11 for 11 (carphone), 21 for 26 (bikes)
     assert cost.batches == len(plan_batches(keys, 8))

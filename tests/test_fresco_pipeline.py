@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fresco_contract.settings import validate
+from fresco_backend.config import JobConfig
 from fresco_backend import fresco
 from fresco_backend.synthetic import moving_square
 from fresco_backend.translate import translate_frames
@@ -19,9 +19,9 @@ def clip():
 
 
 def run(pipe, frames, **overrides):
-    settings = validate({"prompt": "a mosaic", "steps": 4, "size": 64, "opt_iterations": 3, "keyframes": "all",
-                         **overrides})
-    return [rgb for _, rgb in translate_frames(pipe, frames, settings)]
+    config = JobConfig.of({"prompt": "a mosaic", "steps": 4, "size": 64, "opt_iterations": 3, "keyframes": "all",
+                           **overrides})
+    return [rgb for _, rgb in translate_frames(pipe, frames, config)]
 
 
 def test_fresco_is_deterministic_and_translates(pipe, clip):
@@ -102,8 +102,8 @@ def test_keyframes_are_translated_and_every_other_frame_propagated(pipe, keyfram
             yield position, rgb
 
     monkeypatch.setattr("fresco_backend.translate.fresco_frames", spy)
-    settings = validate({"prompt": "a mosaic", "steps": 4, "size": 64, "opt_iterations": 3, **keyframes})
-    out = list(translate_frames(pipe, clip.frames, settings))
+    config = JobConfig.of({"prompt": "a mosaic", "steps": 4, "size": 64, "opt_iterations": 3, **keyframes})
+    out = list(translate_frames(pipe, clip.frames, config))
     assert [index for index, _ in out] == list(range(8))
     assert translated[0] == 0 and translated[-1] == 7 and len(translated) < 8
     if expected_keys:
@@ -127,8 +127,8 @@ def test_fresco_is_more_consistent_than_the_baseline_and_follows_the_motion(pipe
     frozen = BatchFlow(truth.fwd * 0, truth.bwd * 0, truth.occ_fwd * 0, truth.occ_bwd * 0)
     common = {"prompt": "a mosaic", "steps": 8, "size": 96, "opt_iterations": 5, "seed": 3,
               "key_min_gap": 2, "key_max_gap": 4}
-    fresco_out = [rgb for _, rgb in translate_frames(pipe, clip.frames, validate(common))]
-    baseline = [rgb for _, rgb in translate_frames(pipe, clip.frames, validate({**common, "mode": "per_frame"}))]
+    fresco_out = [rgb for _, rgb in translate_frames(pipe, clip.frames, JobConfig.of(common))]
+    baseline = [rgb for _, rgb in translate_frames(pipe, clip.frames, JobConfig.of({**common, "mode": "per_frame"}))]
     fresco_error, baseline_error = pixel_mse(fresco_out, truth), pixel_mse(baseline, truth)
     print(f"Pixel-MSE FRESCO {fresco_error:.5f} baseline {baseline_error:.5f} "
           f"FRESCO vs a frozen frame {pixel_mse(fresco_out, frozen):.5f}")

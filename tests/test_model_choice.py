@@ -16,18 +16,20 @@ from server.__main__ import controlnet_options, parse_args
 from server.model_cache import ModelCache
 from server_support import fake_cache
 
-SETTINGS = {"prompt": "a fox"}
-TILE = {**SETTINGS, "controls": [{"kind": "tile", "scale": 0.5}]}
-BOTH = {**SETTINGS, "controls": [{"kind": "tile"}, {"kind": "canny"}]}
+VALUES = {"prompt": "a fox"}
+SETTINGS = JobConfig.of(VALUES)
+TILE = JobConfig.of({**VALUES, "controls": [{"kind": "tile", "scale": 0.5}]})
+BOTH = JobConfig.of({**VALUES, "controls": [{"kind": "tile"}, {"kind": "canny"}]})
 
 
 def test_choose_models_from_the_job_and_the_defaults(monkeypatch):
     assert choose_models(SETTINGS) == ModelChoice(DEFAULT_MODEL, (DEFAULT_CONTROLNETS["canny"],))
-    assert choose_models({**SETTINGS, "model": " mine "}, "server-default") == ("mine", (DEFAULT_CONTROLNETS["canny"],))
+    assert choose_models(JobConfig.of({**VALUES, "model": " mine "}), "server-default") == (
+        "mine", (DEFAULT_CONTROLNETS["canny"],))
     assert choose_models(SETTINGS, "server-default", {"canny": "my-canny"}) == ("server-default", ("my-canny",))
     # every listed kind, in the job's order; an explicit ref only stands for its own kind
     assert choose_models(BOTH, "m", {"canny": "my-canny"}).controlnets == (DEFAULT_CONTROLNETS["tile"], "my-canny")
-    assert choose_models(JobConfig.of(TILE), "m", {"tile": "my-tile"}).controlnets == ("my-tile",)
+    assert choose_models(TILE, "m", {"tile": "my-tile"}).controlnets == ("my-tile",)
     monkeypatch.delitem(DEFAULT_CONTROLNETS, "tile")
     with pytest.raises(ModelNotFoundError, match="no ControlNet is known for control 'tile'.*--controlnet tile=REF"):
         choose_models(TILE)
@@ -48,7 +50,7 @@ def test_kind_options():
 def test_model_cache_swaps_controlnets_without_reloading_the_model():
     cache = fake_cache("default", {"canny": "my-canny"})
     canny = cache.for_settings(SETTINGS)
-    assert cache.for_settings(JobConfig.of(SETTINGS)) is canny and cache.load_count == 1
+    assert cache.for_settings(JobConfig.of(VALUES)) is canny and cache.load_count == 1
     assert canny.controlnet.ref == "my-canny"
     tile = cache.for_settings(TILE)
     assert tile is canny and tile.controlnet.ref == DEFAULT_CONTROLNETS["tile"] and cache.load_count == 1
@@ -57,7 +59,7 @@ def test_model_cache_swaps_controlnets_without_reloading_the_model():
     cache.for_settings(SETTINGS)
     assert cache.load_count == 1 and cache.warm.calls == [
         ("controlnet", "my-canny"), ("model", "default"), ("controlnet", DEFAULT_CONTROLNETS["tile"])]
-    other = cache.for_settings({**TILE, "model": "strip-model"})
+    other = cache.for_settings(JobConfig.of({**VALUES, "controls": [{"kind": "tile"}], "model": "strip-model"}))
     assert other.model == "strip-model" and cache.load_count == 2 and cache.warm.calls[-1] == ("model", "strip-model")
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fresco_backend import cli
+from fresco_backend.config import JobConfig
 from fresco_backend.denoise import NonFiniteError
 from fresco_backend.synthetic import moving_square, write_video
 from fresco_backend.translate import translate_frames
@@ -33,10 +34,10 @@ def poisoned_pipe(tiny_models):
 
 @pytest.mark.parametrize("mode", ["per_frame", "fresco"])
 def test_a_batch_with_nan_fails_before_any_frame_is_yielded(poisoned_pipe, mode):
-    settings = S.validate({**FAST, "mode": mode, "feature_optimization": False})
+    config = JobConfig.of({**FAST, "mode": mode, "feature_optimization": False})
     yielded = []
     with pytest.raises(NonFiniteError, match="NaN or infinite values.*frames would be black"):
-        for item in translate_frames(poisoned_pipe, FRAMES, settings):
+        for item in translate_frames(poisoned_pipe, FRAMES, config):
             yielded.append(item)
     assert yielded == []
 
@@ -64,7 +65,7 @@ def test_a_server_job_with_nan_fails_with_the_reason(poisoned_pipe, tmp_path):
     from server.jobs import JobManager
     from server_support import error_messages, run_job
 
-    manager = JobManager(tmp_path, lambda settings: poisoned_pipe, translate_frames)
+    manager = JobManager(tmp_path, lambda config: poisoned_pipe, translate_frames)
     pngs = [cv2.imencode(".png", np.ascontiguousarray(frame[..., ::-1]))[1].tobytes() for frame in FRAMES]
     try:
         answer = run_job(manager, S.validate({**FAST, "mode": "per_frame"}), pngs)

@@ -111,6 +111,7 @@ def test_estimator_from_the_flow_setting(checkpoint):
 
 def test_a_job_with_flow_raft_propagates_with_raft(pipe, checkpoint, monkeypatch):
     """flow=raft reaches the propagation of the frames between keys, not only the keyframe batches."""
+    from fresco_backend.config import JobConfig
     from fresco_backend.synthetic import moving_square
     from fresco_backend.translate import translate_frames
 
@@ -122,9 +123,10 @@ def test_a_job_with_flow_raft_propagates_with_raft(pipe, checkpoint, monkeypatch
         self.iterations = 1  # what is counted is the calls; one refinement keeps them quick
         return real(self, a, b)
     monkeypatch.setattr(RAFTFlow, "__call__", counted)
-    settings = {"prompt": "x", "steps": 2, "size": 64, "strength": 0.5, "keyframes": "interval", "key_interval": 4,
-                "feature_optimization": False, "flow": "raft", "flow_weights": str(checkpoint[0])}
-    frames = dict(translate_frames(pipe, moving_square(frames=5, width=96, height=64).frames, settings))
+    config = JobConfig.of({"prompt": "x", "steps": 2, "size": 64, "strength": 0.5, "keyframes": "interval",
+                           "key_interval": 4, "feature_optimization": False, "flow": "raft",
+                           "flow_weights": str(checkpoint[0])})
+    frames = dict(translate_frames(pipe, moving_square(frames=5, width=96, height=64).frames, config))
     assert sorted(frames) == list(range(5))
     # the key batch (keys 0 and 4): one pair, both directions; the span 0..4: four pairs, both directions
     assert len(pairs) == 2 + 8

@@ -19,6 +19,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from fresco_contract import wire
+from fresco_backend.config import JobConfig
 from blender_addon.launcher import BackendProcess
 from server.app import create_app
 from server.jobs import JobManager
@@ -39,11 +40,11 @@ class FakeBackend:
         self.fail: BaseException | None = None
         self.ran: list[str] = []
 
-    def pipeline(self, settings: dict) -> str:
+    def pipeline(self, config: JobConfig) -> str:
         return "pipe"
 
-    def translate(self, pipe, frames, settings, on_progress=None, cancel=None, checkpoint=None):
-        self.ran.append(settings["prompt"])
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None):
+        self.ran.append(config.sampling.prompt)
         if self.fail is not None:
             exc, self.fail = self.fail, None
             raise exc

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from fresco_contract import wire
 from fresco_contract.settings import validate
+from fresco_backend.config import JobConfig
 from server import jobs as server_jobs
 from server.app import create_app
 from server.jobs import JobManager
@@ -37,10 +38,10 @@ SECRET_INFO = {"version": "test", "device": "cpu", "default_model": "/secret/mod
 class FakeBackend:
     """Inverts the frames."""
 
-    def pipeline(self, settings: dict) -> str:
+    def pipeline(self, config: JobConfig) -> str:
         return "pipe"
 
-    def translate(self, pipe, frames, settings, on_progress=None, cancel=None, checkpoint=None):
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None):
         for i in range(len(frames)):
             yield i, 255 - frames[i]
 

@@ -15,6 +15,7 @@ import pytest
 import fresco_backend.job as backend_job
 import server.jobs as server_jobs
 from fresco_contract import wire
+from fresco_backend.config import ControlNetUse, JobConfig
 from fresco_backend.job import FORMAT, JobFolder
 from server.jobs import JobConflict, JobError, JobManager, JobNotFound
 from server_support import events, fake_cache, finish, wait_for
@@ -38,19 +39,19 @@ class FakeBackend:
     def __init__(self, delay: float = 0.0, fail: Exception | None = None, drop_last: bool = False) -> None:
         self.delay, self.fail, self.drop_last = delay, fail, drop_last
         self.order: list[str] = []
-        self.settings: list[dict] = []
+        self.configs: list[JobConfig] = []
         self.loads = 0
         self.on_frame = lambda index: None  # called before each frame is yielded
 
-    def pipeline(self, settings: dict) -> str:
+    def pipeline(self, config: JobConfig) -> str:
         self.loads += 1
         if self.fail is not None:
             raise self.fail
         return "pipe"
 
-    def translate(self, pipe, frames, settings, on_progress=None, cancel=None, checkpoint=None):
-        self.order.append(settings["prompt"])
-        self.settings.append(settings)
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None):
+        self.order.append(config.sampling.prompt)
+        self.configs.append(config)
         count = len(frames) - (1 if self.drop_last else 0)
         for i in range(count):
             self.on_frame(i)
@@ -168,10 +169,10 @@ def test_request_errors(manager):
 
 def test_model_cache_loads_once_per_key():
     cache = fake_cache("default", {"canny": "cn"})
-    a = cache.for_settings({"prompt": "p", "model": ""})
-    assert cache.for_settings({"prompt": "p", "model": "  "}) is a
+    a = cache.for_settings(JobConfig.of({"prompt": "p", "model": ""}))
+    assert cache.for_settings(JobConfig.of({"prompt": "p", "model": "  "})) is a
     assert cache.warm.calls == [("controlnet", "cn"), ("model", "default")]
-    b = cache.for_settings({"prompt": "p", "model": "other"})
+    b = cache.for_settings(JobConfig.of({"prompt": "p", "model": "other"}))
     assert b is not a and cache.load_count == 2 and cache.warm.calls[-1] == ("model", "other")
     assert b.controlnet is a.controlnet  # the loaded ControlNet is kept across models
 
@@ -333,7 +334,7 @@ def test_reloaded_settings_are_validated_and_complete(tmp_path):
     manager = JobManager(tmp_path, fake.pipeline, fake.translate)
     try:
         assert finish(manager, job_id)["state"] == wire.DONE
-        assert fake.settings[-1]["size"] == 512 and fake.settings[-1]["prompt"] == "p"
+        assert fake.configs[-1].sampling.size == 512 and fake.configs[-1].sampling.prompt == "p"
     finally:
         manager.shutdown()
 
@@ -355,7 +356,7 @@ def test_a_job_recorded_with_the_old_control_settings_resumes(tmp_path):
     second = JobManager(tmp_path, cache.for_settings, fake.translate)
     try:
         assert finish(second, job_id)["state"] == wire.DONE
-        assert fake.settings[-1]["controls"] == [{"kind": "canny", "scale": 0.4}]
-        assert "control" not in fake.settings[-1] and cache.warm.controlnets == ("my-canny",)
+        assert fake.configs[-1].control.nets == (ControlNetUse("canny", 0.4),)
+        assert cache.warm.controlnets == ("my-canny",)
     finally:
         second.shutdown()

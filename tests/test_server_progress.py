@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from fresco_backend.config import JobConfig
 from fresco_backend.synthetic import moving_square
 from fresco_backend.translate import translate_frames
 from fresco_contract import settings as S, wire
@@ -77,6 +78,6 @@ def test_health_speed_is_measured_after_a_job(manager):
 def test_adaptive_keys_are_a_stage_of_their_own(pipe):
     """Choosing adaptive keys reads every frame: it is reported before the first batch's stages."""
     stages: list[str] = []
-    settings = {**SETTINGS, "keyframes": "adaptive", "key_min_gap": 2, "key_max_gap": 3}
-    assert len(list(translate_frames(pipe, FRAMES, settings, on_progress=lambda p: stages.append(p.stage)))) == 7
+    config = JobConfig.of({**SETTINGS, "keyframes": "adaptive", "key_min_gap": 2, "key_max_gap": 3})
+    assert len(list(translate_frames(pipe, FRAMES, config, on_progress=lambda p: stages.append(p.stage)))) == 7
     assert stages[:2] == ["choose keys", "conditions"], stages

@@ -22,6 +22,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from fresco_contract import wire  # noqa: E402
+from fresco_backend.config import JobConfig  # noqa: E402
 from fresco_backend.denoise import StepClock  # noqa: E402
 from server_support import OUTER_LIMIT, fake_cache, finish, wait_for  # noqa: E402
 
@@ -51,7 +52,7 @@ class SegmentPlan:
         return [(a, b) for a, b in zip(self.keys, self.keys[1:]) if b - a > 1]
 
 
-def plan_segments(frames, settings, segments: int) -> SegmentPlan:
+def plan_segments(frames, config, segments: int) -> SegmentPlan:
     count = len(frames)
     keys = sorted(set(range(0, count, 2)) | {count - 1})
     inner = keys[1:-1]
@@ -71,25 +72,25 @@ def _key_output(frames, key: int, clock: StepClock, steps: int):
     return 255 - np.asarray(frames[key]), latents
 
 
-def run_skeleton(pipe, frames, settings, plan, on_progress=None, cancel=None, cache=None):
-    clock = StepClock(len(plan.skeleton) * settings["steps"], on_progress, cancel)
-    found = {key: _key_output(frames, key, clock, settings["steps"]) for key in plan.skeleton}
+def run_skeleton(pipe, frames, config, plan, on_progress=None, cancel=None, cache=None):
+    clock = StepClock(len(plan.skeleton) * config.sampling.steps, on_progress, cancel)
+    found = {key: _key_output(frames, key, clock, config.sampling.steps) for key in plan.skeleton}
     return {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}
 
 
-def run_segment(pipe, frames, settings, plan, index, anchors, on_progress=None, cancel=None, cache=None):
+def run_segment(pipe, frames, config, plan, index, anchors, on_progress=None, cancel=None, cache=None):
     assert set(anchors) == set(plan.skeleton)
     segment = plan.segments[index]
-    clock = StepClock(len(segment.keys) * settings["steps"], on_progress, cancel)
+    clock = StepClock(len(segment.keys) * config.sampling.steps, on_progress, cancel)
     gate = Path(os.environ[GATE_ENV]) / "closed"
     for key in segment.keys:
         while index == len(plan.segments) - 1 and gate.exists():
             clock.check_cancel()
             time.sleep(0.05)
-        yield key, _key_output(frames, key, clock, settings["steps"])[0]
+        yield key, _key_output(frames, key, clock, config.sampling.steps)[0]
 
 
-def propagate(frames, first, last, out_first, out_last, settings):
+def propagate(frames, first, last, out_first, out_last, config):
     return [(i, 255 - np.asarray(frames[i])) for i in range(first + 1, last)]
 
 
@@ -129,7 +130,7 @@ def pool(runtime, tiny_models, tiny_controlnets, tmp_path_factory):
 def manager_on(pool, work: Path):
     from server.jobs import JobManager
 
-    return JobManager(work, lambda settings: None, pool.translate, concurrency=2 * pool.size)
+    return JobManager(work, lambda config: None, pool.translate, concurrency=2 * pool.size)
 
 
 def clip(count: int = FRAMES) -> list[np.ndarray]:
@@ -320,7 +321,7 @@ def test_one_segment_is_byte_identical_to_the_plain_server(pool, pipe, tmp_path,
     import torch
 
     frames = clip(5)
-    plain = JobManager(tmp_path / "plain", lambda settings: pipe, translate_frames)
+    plain = JobManager(tmp_path / "plain", lambda config: pipe, translate_frames)
     on_ray = manager_on(pool, tmp_path / "ray")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: CPU reductions round alike only with the same thread count
@@ -353,7 +354,7 @@ def test_real_segments_in_parallel_give_the_reference_frames(pool, pipe, tmp_pat
     try:
         job_id = submit(manager, frames, settings)
         answer = finish(manager, job_id)
-        reference = dict(translate_segmented(pipe, frames, settings, 2))
+        reference = dict(translate_segmented(pipe, frames, JobConfig.of(settings), 2))
     finally:
         torch.set_num_threads(threads)
         manager.shutdown()

@@ -3,7 +3,6 @@ import threading
 import numpy as np
 import pytest
 
-from fresco_contract.settings import validate
 from fresco_backend.config import JobConfig
 from fresco_backend import translate
 from fresco_backend.checkpoint import Checkpoint
@@ -17,8 +16,8 @@ def clip():
 
 
 def run(pipe, frames, **overrides):
-    settings = validate({"prompt": "an oil painting", "steps": 4, "size": 64, "mode": "per_frame", **overrides})
-    return [rgb for _, rgb in translate_frames(pipe, frames, settings)]
+    config = JobConfig.of({"prompt": "an oil painting", "steps": 4, "size": 64, "mode": "per_frame", **overrides})
+    return [rgb for _, rgb in translate_frames(pipe, frames, config)]
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -66,11 +65,11 @@ def test_prompt_and_strength_matter(pipe, clip):
 
 
 def test_progress_reports_each_stage_as_it_starts(pipe, clip):
-    settings = validate({"prompt": "x", "steps": 8, "strength": 0.5, "size": 64, "batch_size": 2,
-                         "mode": "per_frame"})
+    config = JobConfig.of({"prompt": "x", "steps": 8, "strength": 0.5, "size": 64, "batch_size": 2,
+                           "mode": "per_frame"})
     seen = []
-    list(translate_frames(pipe, clip.frames, settings, on_progress=seen.append))
-    assert JobConfig.of(settings).sampling.executed_steps == 4
+    list(translate_frames(pipe, clip.frames, config, on_progress=seen.append))
+    assert config.sampling.executed_steps == 4
     def batch(b):
         return ["conditions", *(f"denoise step {k}/4, batch {b}/3" for k in range(1, 5)), "write"]
 
@@ -84,13 +83,13 @@ def test_progress_reports_each_stage_as_it_starts(pipe, clip):
 
 def test_fresco_progress_names_flow_and_propagation_and_counts_batches_on_after_a_resume(pipe):
     frames = moving_square(frames=7, width=96, height=64).frames
-    settings = validate({"prompt": "x", "steps": 4, "strength": 0.5, "size": 64, "batch_size": 3,
-                         "keyframes": "interval", "key_interval": 2, "opt_iterations": 1})
+    config = JobConfig.of({"prompt": "x", "steps": 4, "strength": 0.5, "size": 64, "batch_size": 3,
+                           "keyframes": "interval", "key_interval": 2, "opt_iterations": 1})
     after_first = {}  # the anchors after batch 0, as a checkpoint store keeps them
     record = Checkpoint(on_batch_done=lambda n, anchors: n or after_first.update(
         {key: list(latents) for key, latents in anchors.items()}))
     seen = []  # keys 0 2 4 | 0 4 6: two batches of two steps
-    outputs = dict(translate_frames(pipe, frames, settings, on_progress=seen.append, checkpoint=record))
+    outputs = dict(translate_frames(pipe, frames, config, on_progress=seen.append, checkpoint=record))
     def batch(b):
         return ["conditions", "flow", f"denoise step 1/2, batch {b}/2", f"denoise step 2/2, batch {b}/2", "write"]
 
@@ -98,7 +97,7 @@ def test_fresco_progress_names_flow_and_propagation_and_counts_batches_on_after_
                                        "propagate frame 6"]
     resumed = []
     resume = Checkpoint(1, after_first, has_output=lambda i: i <= 4, output=outputs.__getitem__)
-    assert [i for i, _ in translate_frames(pipe, frames, settings, on_progress=resumed.append,
+    assert [i for i, _ in translate_frames(pipe, frames, config, on_progress=resumed.append,
                                            checkpoint=resume)] == [5, 6]
     assert [p.stage for p in resumed][:3] == ["conditions", "flow", "denoise step 1/2, batch 2/2"]
     assert {p.total for p in resumed} == {2}
@@ -107,7 +106,7 @@ def test_fresco_progress_names_flow_and_propagation_and_counts_batches_on_after_
 @pytest.mark.parametrize("mode", ["per_frame", "fresco"])
 def test_cancel_stops_between_steps(pipe, clip, mode):
     cancel = threading.Event()
-    settings = validate({"prompt": "x", "steps": 10, "size": 64, "batch_size": 2, "mode": mode})
+    config = JobConfig.of({"prompt": "x", "steps": 10, "size": 64, "batch_size": 2, "mode": mode})
     steps = []
 
     def on_progress(p):
@@ -116,7 +115,7 @@ def test_cancel_stops_between_steps(pipe, clip, mode):
             cancel.set()
 
     with pytest.raises(Cancelled):
-        list(translate_frames(pipe, clip.frames, settings, on_progress=on_progress, cancel=cancel))
+        list(translate_frames(pipe, clip.frames, config, on_progress=on_progress, cancel=cancel))
     assert steps[-1] == 2 and steps.count(2) == 1  # no step after the one whose start saw the cancel
 
 
