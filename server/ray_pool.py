@@ -15,9 +15,6 @@ free worker. Resume: the skeleton's outputs are normal outputs and its anchors a
 first batch (``fresco_backend/job.py`` CheckpointStore), a segment whose keys' outputs all exist and
 a span whose frames all exist are not run again.
 
-The log (``fresco.server.ray``) names every pass started, at INFO: its run, kind, segment, worker
-and attempt; a worker lost during a pass is a warning.
-
 Settings: the job's ``JobConfig`` (made once by the server, ``server/jobs.py``) is what the actors
 and propagation tasks receive: a frozen dataclass of tuples and frozen dataclasses of
 ``fresco_backend.config``, it pickles as it is, so nothing across the process boundary parses the
