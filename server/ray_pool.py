@@ -28,6 +28,7 @@ ends its helpers and removes that dir as soon as the server is gone, killed with
 """
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 import os
@@ -64,6 +65,7 @@ from .ray_reaper import MARKER_ENV
 
 log = logging.getLogger("fresco.server.ray")
 
+SEGMENTS = "fresco_backend.segments"
 ATTEMPTS = 4  # runs of one segment before a job fails because its workers keep dying
 STARTUP = 900.0  # seconds the workers may take to start and load the model (an outer limit)
 POLL = 0.2  # seconds between checks of a job's cancel while it waits
@@ -164,12 +166,11 @@ class Worker:
     def cancel(self, run_id: str) -> None:
         self.cancels.setdefault(run_id, threading.Event()).set()
 
-    def run(self, run_id: str, kind: str, models: ModelChoice, frames: list[np.ndarray],
+    def run(self, run_id: str, kind: str, module: str, models: ModelChoice, frames: list[np.ndarray],
             config: JobConfig, plan: Any, index: int | None, anchors: Any) -> Iterator[tuple]:
         """Streams ("progress", stage, done, total, seconds_per_step), ("frame", key, rgb) and, for the skeleton,
-        ("anchors", anchors) last (``fresco_backend.segments`` run_skeleton or run_segment)."""
-        from fresco_backend import segments
-
+        ("anchors", anchors) last; ``module``: where run_skeleton and run_segment are."""
+        segments = importlib.import_module(module)
         cancel = self.cancels.setdefault(run_id, threading.Event())
         pipe = self.warm.get(models, config.loras)  # the same warm swap as the server's
         items: queue.Queue[tuple] = queue.Queue()
@@ -208,12 +209,11 @@ class Worker:
 
 
 @ray.remote(num_cpus=0)  # light; and the workers may hold every CPU of the cluster
-def propagate_span(frames: list[np.ndarray], first: int, last: int, out_first: np.ndarray, out_last: np.ndarray,
+def propagate_span(segments: str, frames: list[np.ndarray], first: int, last: int,
+                   out_first: np.ndarray, out_last: np.ndarray,
                    config: JobConfig) -> list[tuple[int, np.ndarray]]:
     """The frames between two keys, from their outputs (a CPU task)."""
-    from fresco_backend.segments import propagate
-
-    return propagate(frames, first, last, out_first, out_last, config)
+    return importlib.import_module(segments).propagate(frames, first, last, out_first, out_last, config)
 
 
 @dataclass
@@ -232,7 +232,7 @@ class RayPool:
     def __init__(self, workers: int | None, models: tuple[str, Mapping[str, str]], device: str | None = None,
                  load_options: Mapping[str, Any] | None = None, *, segments: int | None = None,
                  address: str | None = None, threads: int | None = None, cache_dir: Path | None = None,
-                 runtime_env: dict[str, Any] | None = None,
+                 segments_module: str = SEGMENTS, runtime_env: dict[str, Any] | None = None,
                  annotators: str | None = None, temp_dir: Path | None = None) -> None:
         """``workers``: None for one per GPU Ray sees, else one per CPU; ``segments``: the segments of
         a job (default: one per worker); ``address``: a Ray cluster (None: a ``LocalRuntime`` started
@@ -254,6 +254,7 @@ class RayPool:
         self.segments = segments or self.size
         # how jobs are cut into batches, for their checkpoints (fresco_backend/job.py CheckpointStore)
         self.checkpoint_plan = f"segments:{self.segments}" if self.segments > 1 else ""
+        self.segments_module = segments_module
         self.default_models = models
         self._args = (None if use_gpu else device, dict(load_options or {}), None if use_gpu else threads,
                       None if cache_dir is None else str(cache_dir), annotators)
@@ -261,6 +262,7 @@ class RayPool:
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, str]] = []  # (ticket, run) of runs waiting for a worker
         self._tickets = itertools.count()
+        self.history: list[tuple[str, str, int | None]] = []  # (run, kind, segment) of every task started
         self._closed = False
         actors = [self._new_actor() for _ in range(self.size)]
         try:
@@ -273,7 +275,7 @@ class RayPool:
             self.shutdown()
             raise PoolStartError(f"only {len(loaded)} of {self.size} Ray workers started within {STARTUP:.0f} s: each "
                                f"needs {self._resources} free in the cluster ({ray.available_resources()})")
-        self.slots = [Slot(i, a, d) for i, (a, d) in enumerate(zip(actors, devices))]  # the workers, in order
+        self._slots = [Slot(i, a, d) for i, (a, d) in enumerate(zip(actors, devices))]
         log.info("Ray pool: %d workers on %s, %d segments a job", self.size, ", ".join(devices), self.segments)
 
     def _new_actor(self) -> Any:
@@ -285,8 +287,8 @@ class RayPool:
     def describe(self) -> dict[str, Any]:
         """The workers for /v1/health: count, and each one's device and state."""
         with self._cond:
-            return {"count": len(self.slots), "segments": self.segments,
-                    "workers": [{"device": s.device, "state": "busy" if s.run else "idle"} for s in self.slots]}
+            return {"count": len(self._slots), "segments": self.segments,
+                    "workers": [{"device": s.device, "state": "busy" if s.run else "idle"} for s in self._slots]}
 
     def acquire(self, run: str, stop: threading.Event) -> Slot:
         """A free worker for ``run``, once it is the waiting run holding the fewest workers (then the
@@ -298,7 +300,7 @@ class RayPool:
                 while True:
                     if stop.is_set() or self._closed:
                         raise Cancelled("job cancelled")
-                    free = [s for s in self.slots if s.run is None]
+                    free = [s for s in self._slots if s.run is None]
                     if free and min(self._waiting, key=self._priority) == ticket:
                         free[0].run = run
                         self._cond.notify_all()
@@ -308,7 +310,7 @@ class RayPool:
                 self._waiting.remove(ticket)
 
     def _priority(self, ticket: tuple[int, str]) -> tuple[int, int]:
-        return sum(s.run == ticket[1] for s in self.slots), ticket[0]
+        return sum(s.run == ticket[1] for s in self._slots), ticket[0]
 
     def release(self, slot: Slot, lost: bool) -> None:
         """Give a worker back; a lost one is replaced by a new actor (it loads the model first)."""
@@ -322,16 +324,20 @@ class RayPool:
     def cancel(self, run: str) -> None:
         """Stop the passes of ``run`` running on workers, within a denoising step."""
         with self._cond:
-            for slot in self.slots:
+            for slot in self._slots:
                 if slot.run == run:
                     slot.actor.cancel.remote(run)
+
+    def kill_worker(self, index: int) -> None:
+        """Kill one worker's actor (tests of a lost worker)."""
+        ray.kill(self._slots[index].actor, no_restart=True)
 
     def shutdown(self) -> None:
         """Kill the workers; stop the Ray runtime this pool started, or leave the cluster it joined."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            for slot in getattr(self, "slots", []):
+            for slot in getattr(self, "_slots", []):
                 ray.kill(slot.actor, no_restart=True)
         if self._runtime is not None:
             self._runtime.stop()
@@ -340,11 +346,11 @@ class RayPool:
 
     # ---- jobs --------------------------------------------------------------------
 
-    def translate(self, frames: Sequence[np.ndarray], config: JobConfig,
+    def translate(self, _pipe: Any, frames: Sequence[np.ndarray], config: JobConfig,
                   on_progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
                   checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """The server's ``Translator`` (``server/jobs.py``) on the pool (the workers hold the pipelines):
-        yields every frame the checkpoint does not hold yet, once."""
+        """Like ``fresco_backend.translate.translate_frames`` (the pipeline argument is unused: the
+        workers hold theirs): yields every frame the checkpoint does not hold yet, once."""
         return _Run(self, frames, config, on_progress, cancel or threading.Event(),
                     checkpoint or Checkpoint()).frames()
 
@@ -359,6 +365,7 @@ class _Run:
         self.checkpoint = checkpoint
         self.frames_list = [np.asarray(f) for f in frames]
         self.id = uuid.uuid4().hex
+        self.module = pool.segments_module
         self.models = choose_models(config, *pool.default_models)
         self.items: queue.Queue[tuple] = queue.Queue()
         self.stop = threading.Event()
@@ -366,9 +373,8 @@ class _Run:
         self.first_timed: tuple[float, int] | None = None  # (when, steps done) at the first finished step
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        from fresco_backend.segments import plan_segments
-
-        plan = plan_segments(self.frames_list, self.config, self.pool.segments)
+        segments = importlib.import_module(self.module)
+        plan = segments.plan_segments(self.frames_list, self.config, self.pool.segments)
         count = len(self.frames_list)
         written = {i for i in range(count) if self.checkpoint.has_output(i)}
         keys: dict[int, np.ndarray] = {}  # outputs of keys, for propagation
@@ -400,7 +406,7 @@ class _Run:
             while todo or spans or running:
                 for a, b in [s for s in spans if all(k in keys or k in written for k in s)]:
                     spans.remove((a, b))
-                    ref = propagate_span.remote(frames_ref, a, b,
+                    ref = propagate_span.remote(self.module, frames_ref, a, b,
                                                 self._key(keys, a), self._key(keys, b), self.config)
                     running[ref] = (a, b)
                 if running:
@@ -488,9 +494,9 @@ class _Run:
                 return
             lost = False
             try:
-                log.info("run %s: %s %s on worker %d (attempt %d)", self.id, kind, index, slot.index, attempt)
+                self.pool.history.append((self.id, kind, index))
                 stream = slot.actor.run.options(num_returns="streaming").remote(
-                    self.id, kind, self.models, frames_ref, self.config, plan, index, anchors_ref)
+                    self.id, kind, self.module, self.models, frames_ref, self.config, plan, index, anchors_ref)
                 for ref in stream:
                     item = ray.get(ref)
                     if self.stop.is_set():
