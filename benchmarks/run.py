@@ -378,7 +378,7 @@ def row_flow(model: str, controlnet: str, p: dict) -> list[dict]:
     for a, b in zip(clip.frames[:-1], clip.frames[1:]):
         estimator(a, b)
     seconds = (time.perf_counter() - started) / pairs
-    truth = moving_square()  # the ground-truth clip of tests/test_flow.py (128 x 96)
+    truth = moving_square()  # the ground-truth clip of tests/backend/test_flow.py (128 x 96)
     errors = []
     for i in range(len(truth.frames) - 1):
         fwd, _, occ_fwd, _ = truth.gt_flow(i)

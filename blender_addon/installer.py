@@ -44,7 +44,7 @@ BUILD_NAMES = {"auto": "Automatic", "cuda": "NVIDIA CUDA", "rocm": "AMD ROCm", "
                "cpu": "CPU only", "pypi": "PyPI"}
 
 # The PyTorch wheel indexes for the torch that pyproject.toml pins (its major.minor is
-# TORCH_TABLE_VERSION; tests/test_installer.py fails when the pin moves on): the CUDA and ROCm
+# TORCH_TABLE_VERSION; tests/addon/test_installer.py fails when the pin moves on): the CUDA and ROCm
 # variants that PyTorch's install selector (pytorch.org/get-started) lists for that release, each
 # under TORCH_INDEX + tag. A CUDA build runs on a driver whose "CUDA Version" (nvidia-smi) is at
 # least the build's; within one CUDA major version an older 12.x driver also runs a newer 12.x build

@@ -180,7 +180,7 @@ def gram_memory_bytes(batch: int, hw: int, chunk: int, bytes_per_element: int = 
     their product; 4 x B x HW x HW elements. The blockwise ``spatial_loss_and_grad`` holds two
     blocks of at most chunk x HW elements (the difference, turned into its sign in place, and one
     reference Gram block). The O(B x C x HW) feature tensors, common to both, are not counted.
-    Checked against torch's MemTracker in tests/test_feature_opt.py.
+    Checked against torch's MemTracker in tests/backend/test_feature_opt.py.
     """
     block_rows = chunk if hw > chunk else min(batch, chunk // hw) * hw
     return 4 * batch * hw * hw * bytes_per_element, 2 * block_rows * hw * bytes_per_element

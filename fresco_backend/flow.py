@@ -32,7 +32,7 @@ class OpenCVFlow:
 
     Defaults: the MEDIUM preset refined down to full resolution (``finest_scale=0``; the preset stops
     at 1/2 and upsamples), with 6 x 6 patches every 2 pixels. On the synthetic clips of
-    tests/test_flow.py this cuts the mean end-point error on the moving square from 1.2 px (plain
+    tests/backend/test_flow.py this cuts the mean end-point error on the moving square from 1.2 px (plain
     MEDIUM) to 0.17 px and raises the worst occlusion IoU from 0.24 to 0.43; the error of a coarse
     level is concentrated at motion boundaries, which is where FRESCO's occlusion masks come from.
     Cost: about 0.15-0.25 s per 512 x 512 pair on 2 busy CPU cores (plain MEDIUM: 6-8x faster), small

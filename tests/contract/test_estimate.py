@@ -113,7 +113,7 @@ def test_adaptive_estimate_on_real_clips_gets_the_batches_right(name):
 
     from fresco_backend.video_io import read_frames
 
-    clip = read_frames(Path(__file__).parent / "data" / name)
+    clip = read_frames(Path(__file__).resolve().parents[1] / "data" / name)
     settings = validate({"prompt": "x"})
     keys = keyframes_for(clip, JobConfig.of(settings))
     cost = estimate_job(settings, len(clip), clip[0].shape[1], clip[0].shape[0])

@@ -20,7 +20,7 @@ from fresco_backend.video_io import iter_frames
 from fresco_contract.estimate import working_size
 from fresco_contract.settings import validate
 
-CARPHONE = Path(__file__).parent / "data" / "carphone_pristine.mp4"
+CARPHONE = Path(__file__).resolve().parents[1] / "data" / "carphone_pristine.mp4"
 FAST = {"prompt": "a mosaic", "steps": 2, "size": 64, "opt_iterations": 1}
 
 

@@ -26,7 +26,7 @@ from fresco_backend.config import JobConfig  # noqa: E402
 from fresco_backend.denoise import StepClock  # noqa: E402
 from server_support import OUTER_LIMIT, fake_cache, finish, wait_for  # noqa: E402
 
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
 GATE_ENV = "FRESCO_TEST_RAY_GATE"
 SETTINGS = {"prompt": "x", "steps": 2, "size": 64}
 FRAMES = 9
@@ -105,7 +105,7 @@ def gate(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runtime(gate):
     """One local Ray runtime for the module; the workers find this module and the repo."""
-    path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
+    path = os.pathsep.join([str(HERE), str(HERE.parents[1]), str(HERE.parent / "support"), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=3, include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": path, GATE_ENV: str(gate)}})
     yield

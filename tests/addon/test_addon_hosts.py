@@ -1,7 +1,7 @@
-"""Run the add-on tests (tests/addon) inside each Blender Python the add-on claims.
+"""Run the add-on tests (tests/addon/blender) inside each Blender Python the add-on claims.
 
 The add-on is standard library + bpy; bpy lives in its own venvs (scripts/setup.sh
-creates them), so this test (main venv) runs ``<venv>/bin/python -m pytest tests/addon``
+creates them), so this test (main venv) runs ``<venv>/bin/python -m pytest tests/addon/blender``
 there with the backend configured through the environment: this venv's Python as the
 backend, this checkout as its folder, and the session's tiny models.
 
@@ -9,7 +9,7 @@ The whole add-on suite runs on the newest Blender; the oldest and the LTS releas
 run it without its slowest files (HEAVY), which keeps ``make test`` within CI's
 time, but the oldest also runs the install test: on Python 3.11 it installs the real
 torch wheel (on 5.3, Python 3.13, it checks the choice of build with stand-in wheels).
-Inside Blender a DeprecationWarning is an error (tests/addon/conftest.py).
+Inside Blender a DeprecationWarning is an error (tests/addon/blender/conftest.py).
 """
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-FULL = ("tests/addon",)
+REPO = Path(__file__).resolve().parents[2]
+FULL = ("tests/addon/blender",)
 # the slowest files (about 280 of the suite's 360 s here): each drives the real backend several times, through
 # code that is the same on every Blender; the smoke keeps the rest, a real translation (test_operator.py) included
 HEAVY = ("test_farm.py", "test_queue.py", "test_backend_install.py", "test_model_download.py")
-SMOKE = ("tests/addon", *(f"--ignore=tests/addon/{name}" for name in HEAVY))
+SMOKE = ("tests/addon/blender", *(f"--ignore=tests/addon/blender/{name}" for name in HEAVY))
 # host: (venv, Blender version its bpy must report, tests run there)
 HOSTS = {
     # 4.2 LTS, the oldest supported (Python 3.11): the smoke and the real install of the backend with torch
-    "bpy42": (".venv-bpy42", "4.2", tuple(a for a in SMOKE if a != "--ignore=tests/addon/test_backend_install.py")),
+    "bpy42": (".venv-bpy42", "4.2", tuple(a for a in SMOKE if a != "--ignore=tests/addon/blender/test_backend_install.py")),
     "bpy45": (".venv-bpy45", "4.5", SMOKE),  # 4.5 LTS, the last 4.x (Python 3.11)
     "bpy52": (".venv-bpy52", "5.2", SMOKE),  # 5.2 LTS (Python 3.13), new strip timing names
     "bpy53": (".venv-bpy53", "5.3", FULL),   # 5.3, the newest supported (Python 3.13)
@@ -66,7 +66,7 @@ def test_addon_suite_in_blender(host, tiny_models, backend_python, tmp_path):
     })
     env.pop("PYTHONPATH", None)  # nothing from this venv may leak into Blender's Python
     argv = [str(python), "-m", "pytest", *tests, "-q", "-p", "no:cacheprovider",
-            "--confcutdir", str(REPO / "tests" / "addon"), "--basetemp", str(tmp_path / "inner")]
+            "--confcutdir", str(REPO / "tests" / "addon" / "blender"), "--basetemp", str(tmp_path / "inner")]
     started = time.monotonic()
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     elapsed = time.monotonic() - started

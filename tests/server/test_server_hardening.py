@@ -1,7 +1,7 @@
 """Issue 10: hostile requests get a 4xx/5xx JSON answer, do no work and leave no trace.
 
 The app runs in-process (FastAPI's TestClient, or uvicorn on 127.0.0.1 for the long-poll test)
-with a real JobManager and a fake translate, as in tests/test_server_fuzz.py.
+with a real JobManager and a fake translate, as in tests/server/test_server_fuzz.py.
 """
 from __future__ import annotations
 

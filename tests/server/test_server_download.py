@@ -1,4 +1,4 @@
-"""A server job whose model is a hub id (tests/fake_hub.py): the ``download`` stage before ``load
+"""A server job whose model is a hub id (tests/support/fake_hub.py): the ``download`` stage before ``load
 model``, its cancel, and the offline failure. server/jobs.py and server/model_cache.py in-process with
 the real backend (tiny models, CPU) and the HTTP app for the job's JSON status."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Models section from Blender against a stand-in hub on 127.0.0.1 (tests/fake_hub.py, HF_ENDPOINT):
+"""The Models section from Blender against a stand-in hub on 127.0.0.1 (tests/support/fake_hub.py, HF_ENDPOINT):
 add a hub id, Download it (synchronous in background mode), translate with hub ids where the
 ControlNet is fetched by the server's download stage, Remove, and the offline error."""
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 
 from conftest import REPO, VISIBLE, FakeLayout
 
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 from fake_hub import FakeHub  # noqa: E402  (standard library only)
 
-sys.path.remove(str(REPO / "tests"))
+sys.path.remove(str(REPO / "tests" / "support"))
 
 SD, CN = "tiny-org/tiny-sd", "tiny-org/tiny-canny"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ADDON = Path(__file__).resolve().parents[1] / "blender_addon"
+ADDON = Path(__file__).resolve().parents[2] / "blender_addon"
 
 
 def local_imports(path: Path, modules: set[str]) -> set[str]:

@@ -1,6 +1,6 @@
 """Two users on one machine: each gets a private FRESCO temp folder (mode 0700, named for the user), so the one
 who starts a backend first does not lock the other out of the log folder (nor of the unsaved-file results,
-which live in the same per-user folder: tests/addon/test_unsaved.py)."""
+which live in the same per-user folder: tests/addon/blender/test_unsaved.py)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OTHER_UID = 65534  # "nobody"
 
 # launches a "backend" that exits at once: the LaunchError names the log file the launcher created

@@ -19,7 +19,7 @@ from blender_addon.launcher import BackendProcess, launch
 from fresco_backend.job import JobFolder
 from server_support import OUTER_LIMIT, submit, wait_final
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "resume-test-token-0123456789"
 SETTINGS = {"prompt": "x", "steps": 4, "size": 64, "batch_size": 3, "keyframes": "interval",
             "key_interval": 2, "opt_iterations": 2}

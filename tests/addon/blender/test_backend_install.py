@@ -36,7 +36,7 @@ import pytest
 
 from conftest import VISIBLE, FakeLayout
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "support"))
 import pkgindex  # noqa: E402  (standard library only)
 
 sys.path.pop(0)

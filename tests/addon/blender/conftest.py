@@ -20,10 +20,10 @@ import importlib.util
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 if importlib.util.find_spec("bpy") is None:
-    # the main venv's pytest: these tests run through tests/test_addon_hosts.py instead
+    # the main venv's pytest: these tests run through tests/addon/test_addon_hosts.py instead
     collect_ignore_glob = ["test_*.py"]
     bpy = None
 else:

@@ -26,7 +26,7 @@ if not Path("/proc/net/tcp").exists():
 
 from fresco_contract import wire  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OUTER_LIMIT = 600.0  # seconds; a generous bound, not a deadline a loaded machine could miss
 LISTEN = "0A"  # the TCP state in /proc/net/tcp
 

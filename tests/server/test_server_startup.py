@@ -15,7 +15,7 @@ import pytest
 
 from fresco_contract import wire
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE = ["--model", "m", "--controlnet", "c", "--device", "cpu", "--exit-with-stdin"]
 OUTER_LIMIT = 600  # seconds; a generous bound, not a deadline a loaded machine could miss
 

@@ -4,7 +4,7 @@
 ``first_stage_model.*``, ``cond_stage_model.transformer.*``) and ``save_controlnet_single_file``
 an original ControlNet (``control_model.*``). Both are the inverse of diffusers' readers in
 ``diffusers.loaders.single_file_utils`` (convert_ldm_unet/vae/clip_checkpoint,
-convert_controlnet_checkpoint); tests/test_single_file.py checks that running those readers on
+convert_controlnet_checkpoint); tests/backend/test_single_file.py checks that running those readers on
 our output gives back the diffusers state dict exactly. The block numbering is derived from the
 state dict itself (levels, resnets per level, which up blocks have attention), so any SD 1.5-shaped
 model works, the tiny one included. Only weights are written (no EMA, alphas_cumprod,

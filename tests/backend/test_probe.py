@@ -11,7 +11,7 @@ import torch
 
 from fresco_contract import __version__
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_probe_prints_one_json_line_with_the_cpu_and_the_auto_choice(tmp_path):

@@ -1,5 +1,5 @@
 """Model downloads (fresco_backend/download.py, fresco_contract/hubcache.py, blender_addon/downloads.py)
-against tests/fake_hub.py serving the tiny models on 127.0.0.1."""
+against tests/support/fake_hub.py serving the tiny models on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib

@@ -18,7 +18,7 @@ import pytest
 from blender_addon import installer
 from support.pkgindex import PackageIndex, isolate_pip, make_wheel, unreachable_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WAIT = 600.0  # outer limit of every wait on an event
 
 SMI_LINUX_550 = """\

@@ -19,7 +19,7 @@ from blender_addon.client import BackendError, Client
 from blender_addon.launcher import BackendProcess, LaunchError, launch
 from server_support import submit, wait_final
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FAST = {"prompt": "x", "steps": 2, "size": 64}
 
 

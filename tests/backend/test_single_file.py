@@ -1,6 +1,6 @@
 """Single-file checkpoints in the ORIGINAL layouts (civitai-style SD 1.5, original ControlNet), offline.
 
-tests/ldm_layout.py writes the tiny diffusers models in those layouts; diffusers' own readers
+tests/support/ldm_layout.py writes the tiny diffusers models in those layouts; diffusers' own readers
 must give the weights back exactly, and models.load_pipeline / load_controlnet must load them
 with a local ``config`` folder and no hub.
 """
@@ -106,7 +106,7 @@ def test_server_serves_a_single_file_model_offline_given_its_config(tiny_models,
     """``python -m server --config/--controlnet-config``: without them the job fails naming the option."""
     from fresco_contract import wire
     from blender_addon.launcher import launch
-    from conftest import REPO
+    REPO = Path(__file__).resolve().parents[2]
     from fresco_backend.synthetic import moving_square
     from fresco_backend.video_io import encode_png
     from server_support import submit, wait_final
