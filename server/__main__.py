@@ -38,7 +38,7 @@ from fresco_backend.models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotF
 
 from . import __version__
 from .app import create_app, is_loopback_host
-from .jobs import JobManager
+from .jobs import JobManager, LocalTranslator
 from .model_cache import ModelCache
 
 log = logging.getLogger("fresco.server")
@@ -346,10 +346,11 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
     clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
     pool = start_pool(args, device, work_dir, controlnets, configs) if args.ray is not None else None
     if pool is None:
-        manager = JobManager(work_dir, cache.for_settings, functools.partial(translate_frames, cache=clip_cache),
+        manager = JobManager(work_dir, LocalTranslator(cache.for_settings,
+                                                       functools.partial(translate_frames, cache=clip_cache)),
                              prepare=cache.prepare)
     else:
-        manager = JobManager(work_dir, lambda config: None, pool.translate, prepare=cache.prepare,
+        manager = JobManager(work_dir, pool.translate, prepare=cache.prepare,
                              concurrency=2 * pool.size, checkpoint_plan=pool.checkpoint_plan)
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": choose_models(JobConfig(), args.model, controlnets).controlnets[0],

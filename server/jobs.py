@@ -18,8 +18,8 @@ logged and skipped. A deleted job's folder is first renamed out of the job
 namespace (``.deleted-<id>``, removed then or at the next start). Events are not
 persisted: a reloaded job's feed starts again at seq 0.
 
-The pipeline provider and the translate function are injected (tests use
-fakes); torch is only imported when a job runs.
+The translator is injected (``LocalTranslator`` on this process's warm pipeline, or
+``server.ray_pool.RayPool``; tests use fakes); torch is only imported when a job runs.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from fresco_backend.video_io import ClipError, FrameFiles, encode_png, read_imag
 
 from .images import BadImage, check_decodes, png_header_size
 
+if TYPE_CHECKING:
+    from fresco_backend.checkpoint import Checkpoint
+
 log = logging.getLogger("fresco.server.jobs")
 
 MAX_WAIT = 30.0  # seconds a long-poll on the event feed may block
@@ -60,7 +63,25 @@ STATES = (wire.UPLOADING, wire.QUEUED, wire.RUNNING) + tuple(wire.FINAL_STATES)
 
 GetPipeline = Callable[[JobConfig], Any]
 Prepare = Callable[[JobConfig, Callable[[Any], None], threading.Event], None]
-Translate = Callable[..., Iterator[tuple[int, np.ndarray]]]
+# (frames, config, on_progress, cancel, checkpoint) -> every (index, RGB) the checkpoint does not hold yet, once
+Translator = Callable[[Sequence[np.ndarray], JobConfig, Callable[[Any], None], threading.Event, "Checkpoint"],
+                      Iterator[tuple[int, np.ndarray]]]
+
+
+class LocalTranslator:
+    """A ``Translator`` on this process: the job's warm pipeline from ``get_pipeline``
+    (``ModelCache.for_settings``), then ``translate`` (``translate_frames``) on it."""
+
+    def __init__(self, get_pipeline: GetPipeline, translate: Callable[..., Iterator[tuple[int, np.ndarray]]]) -> None:
+        self._get_pipeline = get_pipeline
+        self._translate = translate
+
+    def __call__(self, frames: Sequence[np.ndarray], config: JobConfig, on_progress: Callable[[Any], None],
+                 cancel: threading.Event, checkpoint: Checkpoint) -> Iterator[tuple[int, np.ndarray]]:
+        pipe = self._get_pipeline(config)
+        if cancel.is_set():
+            raise InterruptedError("cancelled")
+        return self._translate(pipe, frames, config, on_progress, cancel, checkpoint=checkpoint)
 
 
 class JobError(Exception):
@@ -194,10 +215,11 @@ def read_regular_file(folder: Path, name: str) -> bytes:
 class JobManager:
     """All jobs of the server process and the worker threads that run them (in order with one)."""
 
-    def __init__(self, work_dir: Path, get_pipeline: GetPipeline, translate: Translate,
-                 prepare: Prepare | None = None, concurrency: int = 1, checkpoint_plan: str = "") -> None:
-        """``translate`` is called like ``fresco_backend.translate.translate_frames``, with a
-        ``checkpoint=`` kept in each job's ``state/`` so interrupted jobs resume. ``prepare``
+    def __init__(self, work_dir: Path, translate: Translator, prepare: Prepare | None = None,
+                 concurrency: int = 1, checkpoint_plan: str = "") -> None:
+        """``translate``: a ``Translator`` (``LocalTranslator`` or ``RayPool.translate``), given a
+        checkpoint kept in each job's ``state/`` so interrupted jobs resume; it loads the job's
+        pipeline (the ``load model`` stage) before its first frame. ``prepare``
         (``ModelCache.prepare``) gets what a job needs ready before its pipeline is loaded (the
         ``download`` stage), reporting progress and honouring the job's cancel. ``concurrency``:
         how many jobs run at once (one worker thread each; more than one with ``--ray``).
@@ -205,7 +227,6 @@ class JobManager:
         interrupted under another plan starts over."""
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._get_pipeline = get_pipeline
         self._prepare = prepare
         self._translate = translate
         self._checkpoint_plan = checkpoint_plan
@@ -579,11 +600,8 @@ class JobManager:
         cost = estimate_job(job.settings, job.frame_count, *(job.frame_size or (512, 512)))
         steps_left = max(cost.batches - checkpoint.batches_done, 0) * cost.steps  # the first batch corrects it
         self._emit(job, wire.EV_PROGRESS, stage="load model", done=0, total=steps_left, eta=None)
-        pipe = self._get_pipeline(config)
-        if job.cancel.is_set():
-            raise InterruptedError("cancelled")
         frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
-        for index, rgb in self._translate(pipe, frames, config, on_progress, job.cancel, checkpoint=checkpoint):
+        for index, rgb in self._translate(frames, config, on_progress, job.cancel, checkpoint):
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")
             write_bytes_atomic(job.output_dir / wire.frame_filename(index), encode_png(rgb))

@@ -346,11 +346,12 @@ class RayPool:
 
     # ---- jobs --------------------------------------------------------------------
 
-    def translate(self, _pipe: Any, frames: Sequence[np.ndarray], config: JobConfig,
+    def translate(self, frames: Sequence[np.ndarray], config: JobConfig,
                   on_progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
                   checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Like ``fresco_backend.translate.translate_frames`` (the pipeline argument is unused: the
-        workers hold theirs): yields every frame the checkpoint does not hold yet, once."""
+        """The server's translator (``server/jobs.py`` Translator) on the pool: like
+        ``fresco_backend.translate.translate_frames`` without a pipeline (the workers hold theirs); yields every
+        frame the checkpoint does not hold yet, once."""
         return _Run(self, frames, config, on_progress, cancel or threading.Event(),
                     checkpoint or Checkpoint()).frames()
 

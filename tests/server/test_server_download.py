@@ -14,7 +14,7 @@ from fresco_backend.warm import WarmPipeline
 from fresco_contract import hubcache, wire
 from fresco_contract.settings import validate
 from server.app import create_app
-from server.jobs import JobManager
+from server.jobs import JobManager, LocalTranslator
 from server.model_cache import ModelCache
 from server_support import OUTER_LIMIT, finish, wait_for
 
@@ -36,7 +36,8 @@ def hub(tiny_models, monkeypatch, tmp_path):
 def server(hub, tmp_path):
     """(manager, HTTP client) of a server whose default model and ControlNet are hub ids."""
     cache = ModelCache(WarmPipeline("cpu"), SD, {"canny": CN})
-    manager = JobManager(tmp_path / "work", cache.for_settings, translate_frames, prepare=cache.prepare)
+    manager = JobManager(tmp_path / "work", LocalTranslator(cache.for_settings, translate_frames),
+                         prepare=cache.prepare)
     app = create_app(manager, cache, TOKEN, {"version": "test", "device": "cpu"})
     with TestClient(app, raise_server_exceptions=False) as client:
         client.headers[wire.AUTH_HEADER] = f"{wire.AUTH_SCHEME} {TOKEN}"

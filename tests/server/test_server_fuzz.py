@@ -22,7 +22,7 @@ from fresco_contract import wire
 from fresco_backend.config import JobConfig
 from blender_addon.launcher import BackendProcess
 from server.app import create_app
-from server.jobs import JobManager
+from server.jobs import JobManager, LocalTranslator
 from server_support import fake_cache, finish
 
 TOKEN = "fuzz-token"
@@ -67,7 +67,7 @@ def make(manager: JobManager, settings: dict, n: int = 2, start: bool = True) ->
 def fuzz_app(tmp_path_factory):
     """(app, ids): a real JobManager with a fake translate; ids of an uploading and a done job."""
     fake = FakeBackend()
-    manager = JobManager(tmp_path_factory.mktemp("fuzz-work"), fake.pipeline, fake.translate)
+    manager = JobManager(tmp_path_factory.mktemp("fuzz-work"), LocalTranslator(fake.pipeline, fake.translate))
     cache = fake_cache()
     app = create_app(manager, cache, TOKEN, {"version": "test", "device": "cpu"})
     done = make(manager, {"prompt": "done"})
@@ -185,7 +185,7 @@ def test_cuda_out_of_memory_names_the_settings_and_the_next_job_runs(tmp_path, m
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
     fake = FakeBackend()
-    manager = JobManager(tmp_path, fake.pipeline, fake.translate)
+    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
     try:
         fake.fail = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         failed = make(manager, {"prompt": "big", "size": 768, "batch_size": 8})
@@ -206,7 +206,7 @@ def test_cuda_out_of_memory_names_the_settings_and_the_next_job_runs(tmp_path, m
 
 def test_other_errors_keep_their_message(tmp_path):
     fake = FakeBackend()
-    manager = JobManager(tmp_path, fake.pipeline, fake.translate)
+    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
     try:
         fake.fail = RuntimeError("something else")
         job_id = make(manager, {"prompt": "p", "size": 512})

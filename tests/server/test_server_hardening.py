@@ -25,7 +25,7 @@ from fresco_contract.settings import validate
 from fresco_backend.config import JobConfig
 from server import jobs as server_jobs
 from server.app import create_app
-from server.jobs import JobManager
+from server.jobs import JobManager, LocalTranslator
 from server_support import fake_cache, finish
 
 TOKEN = "hardening-token-0123456789"
@@ -69,7 +69,7 @@ def grey_png(width: int, height: int, rows: int | None = None) -> bytes:
 @pytest.fixture
 def manager(tmp_path):
     fake = FakeBackend()
-    manager = JobManager(tmp_path / "work", fake.pipeline, fake.translate)
+    manager = JobManager(tmp_path / "work", LocalTranslator(fake.pipeline, fake.translate))
     yield manager
     manager.shutdown()
 
@@ -322,8 +322,8 @@ def test_fifo_record_is_skipped_not_blocking(tmp_path):
     os.mkfifo(work / "fifojob" / "job.json")
     fake = FakeBackend()
     done: list[JobManager] = []
-    starter = threading.Thread(target=lambda: done.append(JobManager(work, fake.pipeline, fake.translate)),
-                               daemon=True)
+    translator = LocalTranslator(fake.pipeline, fake.translate)
+    starter = threading.Thread(target=lambda: done.append(JobManager(work, translator)), daemon=True)
     starter.start()
     starter.join(60)  # outer limit: without the fix the open blocks for ever
     blocked = not done

@@ -13,7 +13,7 @@ from fresco_backend.translate import translate_frames
 from fresco_contract import settings as S, wire
 from fresco_contract.estimate import PRIOR_SECONDS_PER_STEP
 from server.app import create_app
-from server.jobs import JobManager
+from server.jobs import JobManager, LocalTranslator
 from server_support import fake_cache, run_job
 
 TOKEN = "t" * 20
@@ -30,7 +30,7 @@ def batch(number: int) -> list[str]:
 
 @pytest.fixture
 def manager(pipe, tmp_path):
-    manager = JobManager(tmp_path, lambda settings: pipe, translate_frames)
+    manager = JobManager(tmp_path, LocalTranslator(lambda settings: pipe, translate_frames))
     yield manager
     manager.shutdown()
 

@@ -130,7 +130,7 @@ def pool(runtime, tiny_models, tiny_controlnets, tmp_path_factory):
 def manager_on(pool, work: Path):
     from server.jobs import JobManager
 
-    return JobManager(work, lambda config: None, pool.translate, concurrency=2 * pool.size)
+    return JobManager(work, pool.translate, concurrency=2 * pool.size)
 
 
 def clip(count: int = FRAMES) -> list[np.ndarray]:
@@ -314,14 +314,14 @@ def test_health_reports_the_workers(pool, tmp_path):
                     reason="fresco_backend/segments.py is not there yet")
 def test_one_segment_is_byte_identical_to_the_plain_server(pool, pipe, tmp_path, monkeypatch):
     from fresco_backend.translate import translate_frames
-    from server.jobs import JobManager
+    from server.jobs import JobManager, LocalTranslator
 
     monkeypatch.setattr(pool, "segments", 1)
     monkeypatch.setattr(pool, "segments_module", "fresco_backend.segments")
     import torch
 
     frames = clip(5)
-    plain = JobManager(tmp_path / "plain", lambda config: pipe, translate_frames)
+    plain = JobManager(tmp_path / "plain", LocalTranslator(lambda config: pipe, translate_frames))
     on_ray = manager_on(pool, tmp_path / "ray")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: CPU reductions round alike only with the same thread count
@@ -375,13 +375,13 @@ def test_a_jobs_controlnets_and_loras_reach_the_workers(pool, tiny_models, tiny_
 
     from fresco_backend.translate import translate_frames
     from fresco_backend.warm import WarmPipeline
-    from server.jobs import JobManager
+    from server.jobs import JobManager, LocalTranslator
     from server.model_cache import ModelCache
 
     monkeypatch.setattr(pool, "segments", 1)
     monkeypatch.setattr(pool, "segments_module", "fresco_backend.segments")
     cache = ModelCache(WarmPipeline("cpu"), str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets))
-    plain = JobManager(tmp_path / "plain", cache.for_settings, translate_frames)
+    plain = JobManager(tmp_path / "plain", LocalTranslator(cache.for_settings, translate_frames))
     on_ray = manager_on(pool, tmp_path / "ray")
     styled = {**SETTINGS, "controls": [{"kind": "canny"}, {"kind": "tile", "scale": 0.9}],
               "loras": [{"path": str(tiny_lora), "weight": 1.5}]}
