@@ -43,20 +43,12 @@ def _bpy_property(setting: schema.Setting) -> Any:
         return bpy.props.StringProperty(**common)
     if setting.kind == "bool":
         return bpy.props.BoolProperty(**common)
-    if setting.kind == "int":
-        limits = {}
-        if setting.minimum is not None:
-            limits["min"] = int(setting.minimum)
-        if setting.maximum is not None:
-            limits["max"] = int(setting.maximum)
-        return bpy.props.IntProperty(**common, **limits)
-    if setting.kind == "float":
-        limits = {}
-        if setting.minimum is not None:
-            limits["min"] = float(setting.minimum)
-        if setting.maximum is not None:
-            limits["max"] = float(setting.maximum)
-        return bpy.props.FloatProperty(**common, **limits)
+    if setting.kind in ("int", "float"):
+        number = int if setting.kind == "int" else float
+        limits = {key: number(bound) for key, bound in (("min", setting.minimum), ("max", setting.maximum))
+                  if bound is not None}
+        prop = bpy.props.IntProperty if setting.kind == "int" else bpy.props.FloatProperty
+        return prop(**common, **limits)
     if setting.kind == "enum":
         items = [(c, c.replace("_", " ").title(), setting.description) for c in setting.choices]
         return bpy.props.EnumProperty(items=items, **common)
