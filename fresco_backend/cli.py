@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fresco_contract import settings as S
 from fresco_contract.estimate import DRAFT, LONG_JOB, PRIOR_SECONDS_PER_STEP, device_kind, estimate_job
+from fresco_contract.progress import Progress
 
 from .device import DeviceError
 from .job import RECORD, JobMismatch
@@ -220,7 +221,7 @@ def _translate(args: argparse.Namespace) -> None:
         print(f"resuming the job in {job_dir}: {done} batch(es) already done")
     bar = tqdm(total=1, unit="step", desc="translate")
 
-    def on_progress(progress) -> None:
+    def on_progress(progress: Progress) -> None:
         bar.total = progress.total
         bar.set_description_str(progress.stage, refresh=False)
         bar.update(progress.done - bar.n)

@@ -10,31 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
 from fresco_contract.estimate import REFERENCE_PIXELS
+from fresco_contract.progress import Cancelled, Progress
 
 from .config import Sampling
-
-
-class Cancelled(Exception):
-    """The job's cancel event was set; raised between denoising steps."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A stage of a job starting: ``stage`` in words (``StepClock``), ``done`` of ``total`` denoising
-    steps finished before it."""
-
-    stage: str
-    done: int
-    total: int
-    eta: float | None  # seconds left, None until a step has been timed
-    seconds_per_step: float | None = None  # measured per U-Net frame-step at 512x512 (REFERENCE_PIXELS)
-
 
 ProgressFn = Callable[[Progress], None]
 

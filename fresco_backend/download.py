@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from fresco_contract import hubcache, wire
 from fresco_contract.files import write_bytes_atomic
+from fresco_contract.progress import Cancelled, Progress
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +71,6 @@ class DownloadError(ModelNotFoundError):
 
 class _Stalled(Exception):
     """A body arriving slower than the minimum rate."""
-
-
-class DownloadCancelled(Exception):
-    """The download was cancelled; partial files are kept for a later resume."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Bytes of the selected files present and verified or being downloaded, of ``total``."""
-
-    done: int
-    total: int
-    speed: float  # bytes per second over the last few seconds
-    files: int
-    stage: str = wire.STAGE_DOWNLOAD
-
-    @property
-    def eta(self) -> float | None:
-        return (self.total - self.done) / self.speed if self.speed > 0 else None
 
 
 @dataclass(frozen=True)
@@ -319,7 +301,7 @@ def _digest(path: Path, file: RemoteFile, cancel: threading.Event) -> bool:
         with open(path, "rb") as handle:
             while chunk := handle.read(CHUNK):
                 if cancel.is_set():
-                    raise DownloadCancelled()
+                    raise Cancelled("download cancelled")
                 hasher.update(chunk)
     except FileNotFoundError:
         return False
@@ -512,7 +494,7 @@ class _Download:
                     with open(partial, "ab") as out:
                         for chunk in response.iter_bytes():
                             if self.cancel.is_set():
-                                raise DownloadCancelled()
+                                raise Cancelled("download cancelled")
                             now = time.monotonic()
                             if now - window >= stall:  # too slow over the last window: retry (resume)
                                 if have + len(chunk) - window_have < min_rate * (now - window):
@@ -538,7 +520,7 @@ class _Download:
                                         f"it") from None
                 log.warning("downloading %s: %s; resuming", file.path, exc or type(exc).__name__)
                 if self.cancel.wait(min(2.0 ** (failures - 1), 8.0)):
-                    raise DownloadCancelled() from None
+                    raise Cancelled("download cancelled") from None
             except HfHubHTTPError as exc:
                 raise DownloadError(f"downloading {file.path} of {self.repo_id} failed: {exc}") from None
 
@@ -561,8 +543,9 @@ class _Download:
         if self.on_progress is None or not self.listed or not (force or now - self.last_report >= PROGRESS_EVERY):
             return
         self.last_report = now
-        self.on_progress(Progress(min(self.finished + self.partial, self.total), self.total, self._speed(),
-                                  len(self.files)))
+        done, speed = min(self.finished + self.partial, self.total), self._speed()
+        eta = (self.total - done) / speed if speed > 0 else None
+        self.on_progress(Progress(wire.STAGE_DOWNLOAD, done, self.total, eta, speed=speed, files=len(self.files)))
 
 
 def needs_download(ref: str, cache_dir: str | os.PathLike | None = None) -> bool:
@@ -580,7 +563,7 @@ def ensure_model(repo_id: str, cache_dir: str | os.PathLike | None = None,
 
     A repo recorded complete returns at once without network. ``on_progress`` gets a Progress at
     most every 0.2 s (and at the start and end); ``cancel`` set stops the download with
-    DownloadCancelled, keeping partial files to resume. Raises ModelNotFoundError (DownloadError
+    Cancelled, keeping partial files to resume. Raises ModelNotFoundError (DownloadError
     when the hub is unreachable and the repo is not in the cache) with what to do.
     """
     if not hubcache.is_hub_id(repo_id):
@@ -663,7 +646,7 @@ def _repo_lock(cache: Path, repo_id: str, cancel: threading.Event) -> Iterator[N
             break
         except Timeout:
             if cancel.is_set():
-                raise DownloadCancelled() from None
+                raise Cancelled("download cancelled") from None
     try:
         yield
     finally:
@@ -716,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not started:
                 started = True
                 _emit(event="start", repo_id=args.repo_id, total=p.total, files=p.files)
-            _emit(event="progress", done=p.done, total=p.total, speed=round(p.speed, 1))
+            _emit(event="progress", done=p.done, total=p.total, speed=round(p.speed or 0.0, 1))
 
         if args.file:
             path = ensure_file(args.repo_id, args.file, cache, progress)
@@ -726,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = hubcache.downloaded(cache, args.repo_id)
         _emit(event="done", path=str(path), bytes=record.bytes if record else hubcache.size_on_disk(cache, args.repo_id))
         return 0
-    except (_Stopped, KeyboardInterrupt, DownloadCancelled):
+    except (_Stopped, KeyboardInterrupt, Cancelled):
         _emit(event="cancelled")
         return 130
     except (ModelNotFoundError, ValueError, OSError) as exc:

@@ -15,7 +15,9 @@ class Progress:
     total: int
     eta: float | None = None  # seconds left, None until it can be measured
     seconds_per_step: float | None = None  # a job's measured time per U-Net frame-step at 512x512
-    detail: str = ""  # one more line for the log or the panel (pip's last line, files left)
+    detail: str = ""  # one more line for the log or the panel (pip's last line)
+    speed: float | None = None  # units per second lately (a download's bytes/s), None where not measured
+    files: int = 0  # the files a download fetches or verifies, 0 for other tasks
 
     @property
     def fraction(self) -> float | None:

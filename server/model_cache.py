@@ -17,10 +17,11 @@ from typing import Any, Callable, Mapping
 
 from fresco_backend.annotators import annotator_downloads
 from fresco_backend.config import JobConfig
-from fresco_backend.download import Progress, ensure_file, ensure_model, needs_download
+from fresco_backend.download import ensure_file, ensure_model, needs_download
 from fresco_backend.job_files import check_job_files
 from fresco_backend.models import choose_models
 from fresco_backend.warm import WarmPipeline
+from fresco_contract.progress import Progress
 
 log = logging.getLogger("fresco.server.models")
 
@@ -56,7 +57,7 @@ class ModelCache:
         weights of its controls' annotators that are not there (``fresco_backend/annotators.py``).
 
         Raises ModelNotFoundError (the hub unreachable: what to do; a LoRA or RAFT file that cannot be
-        used, checked first: ``fresco_backend/job_files.py``) or DownloadCancelled."""
+        used, checked first: ``fresco_backend/job_files.py``) or Cancelled."""
         check_job_files(config)
         model, controlnets = choose_models(config, self.default_model, self.controlnets)
         for ref in dict.fromkeys((model, *controlnets)):

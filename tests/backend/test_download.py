@@ -16,7 +16,8 @@ import pytest
 from blender_addon.downloads import Download
 from fake_hub import LFS_SUFFIXES, FakeHub, git_sha1
 from fresco_backend import download as D
-from fresco_contract import hubcache
+from fresco_contract import hubcache, wire
+from fresco_contract.progress import Cancelled, Progress
 
 SD, CN = "tiny/sd15", "tiny/canny"
 OUTER_LIMIT = 600.0  # seconds: only a stuck download takes this long
@@ -73,12 +74,14 @@ def run_in_thread(**kwargs) -> tuple[threading.Thread, dict]:
 
 
 def test_progress_is_monotone_and_ends_at_the_selected_size(hub, cache, tiny_models):
-    events: list[D.Progress] = []
+    events: list[Progress] = []
     path = D.ensure_model(SD, cache, events.append)
     expected = sizes(tiny_models[0])  # the tiny model holds exactly what diffusers needs
     assert events and len({e.total for e in events}) == 1 and events[0].total == sum(expected.values())
     assert [e.done for e in events] == sorted(e.done for e in events)
     assert events[-1].done == events[-1].total and events[0].files == len(expected)
+    assert all(type(e) is Progress and e.stage == wire.STAGE_DOWNLOAD for e in events)  # the one Progress
+    assert all(e.eta == ((e.total - e.done) / e.speed if e.speed else None) for e in events)
     assert sizes(path) == expected
     assert all((path / name).read_bytes() == (tiny_models[0] / name).read_bytes() for name in expected)
     record = hubcache.downloaded(cache, SD)
@@ -134,7 +137,7 @@ def test_cancel_records_nothing_and_a_second_run_resumes_with_a_range(hub, cache
     cancel.set()
     hub.release.set()
     thread.join(OUTER_LIMIT)
-    assert isinstance(outcome.get("error"), D.DownloadCancelled)
+    assert isinstance(outcome.get("error"), Cancelled)
     assert hubcache.downloaded(cache, SD) is None
     partials = list((hubcache.repo_folder(cache, SD) / "blobs").glob("*.incomplete"))
     assert len(partials) == 1 and 0 < partials[0].stat().st_size
@@ -163,7 +166,7 @@ def test_a_corrupt_partial_file_is_detected_and_downloaded_again(hub, cache, tin
     partial = blob(cache, source).with_name(sha256(source) + ".incomplete")
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"\0" * (source.stat().st_size // 2))  # the right length so far, the wrong bytes
-    events: list[D.Progress] = []
+    events: list[Progress] = []
     path = D.ensure_model(SD, cache, events.append)
     assert (UNET, source.stat().st_size // 2) in hub.ranges  # it was resumed first, then failed verification
     assert sha256(path / UNET) == sha256(source)
@@ -353,7 +356,7 @@ def annotator_hub(tmp_path, monkeypatch):
 
 def test_one_file_of_a_repo_is_downloaded_verified_and_recorded(annotator_hub, cache):
     hub, folder = annotator_hub
-    reports: list[D.Progress] = []
+    reports: list[Progress] = []
     hed = D.ensure_file(ANNOTATORS, "ControlNetHED.pth", cache, on_progress=reports.append)
     assert hed.read_bytes() == (folder / "ControlNetHED.pth").read_bytes()
     assert not any("huge" in request or "sk_model" in request for request in hub.requests)
@@ -532,7 +535,7 @@ def test_a_partial_file_of_a_version_changed_upstream_is_discarded(hub, cache, t
     cancel.set()
     hub.release.set()
     thread.join(OUTER_LIMIT)
-    assert isinstance(outcome.get("error"), D.DownloadCancelled)
+    assert isinstance(outcome.get("error"), Cancelled)
     blobs = hubcache.repo_folder(cache, SD) / "blobs"
     (stale,) = blobs.glob("*.incomplete")
     name = next(s["rfilename"] for s in hub.info(SD)["siblings"]  # the file being downloaded changes upstream

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import fresco_backend.job as job_module
+from fresco_contract.progress import Cancelled
 from fresco_contract.settings import validate
-from fresco_backend.denoise import Cancelled
 from fresco_backend.job import FORMAT, RECORD, Job, JobMismatch
 from fresco_backend.synthetic import moving_square, write_video
 from fresco_backend.video_io import ClipError, read_png, write_png_atomic
