@@ -17,8 +17,12 @@ A job's life:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .progress import Progress
 
 API_VERSION = "v1"
 PREFIX = "/" + API_VERSION
@@ -47,7 +51,7 @@ QUEUED, UPLOADING, RUNNING, DONE, FAILED, CANCELLED = (
     "queued", "uploading", "running", "done", "failed", "cancelled")
 FINAL_STATES = (DONE, FAILED, CANCELLED)
 
-# event types; every event is {"seq": int, "type": str, ...}
+# event types; every event is {"seq": int, "type": str, ...}, typed below (StateEvent ... ErrorEvent)
 EV_STATE = "state"        # {"state": one of the job states}
 # {"stage": str, "done": int, "total": int, "eta": float | None}, sent as each stage STARTS. The stages
 # in order: "check input" (the frames read against the job's record; done/total 0), "download"
@@ -66,6 +70,91 @@ STAGES = ("check input", "load model", "choose keys", "conditions", "flow", "den
 EV_FRAME = "frame"        # {"index": int}: output frame index is ready to download
 EV_DONE = "done"          # {"frame_count": int}
 EV_ERROR = "error"        # {"message": str}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One event of a job's feed; on the wire ``{"seq": int, "type": TYPE, <its fields in order>}``.
+    ``seq`` is its place in the feed, from 0: None until the server's feed numbers it."""
+
+    TYPE: ClassVar[str]
+    seq: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.seq is None:
+            raise ValueError(f"a {self.TYPE} event has no seq until the feed numbers it")
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "seq"}
+        return {"seq": self.seq, "type": self.TYPE, **fields}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Event | None:
+        """The event a feed answer holds; None for a type this version does not know (a newer
+        server's). ValueError names a field that is missing or of the wrong type."""
+        cls = EVENT_TYPES.get(data.get("type")) if isinstance(data, dict) else None
+        if cls is None:
+            return None
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = data.get(f.name)
+            kind = "int" if f.name == "seq" else f.type  # a feed's events are numbered
+            if not FIELD_CHECKS[kind](value):
+                raise ValueError(f"{cls.TYPE} event: {f.name}: expected {kind}, got {value!r}")
+            values[f.name] = float(value) if kind == "float | None" and value is not None else value
+        return cls(**values)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# an event field's annotation (a string: annotations are not evaluated) -> whether a JSON value fits it
+FIELD_CHECKS: dict[str, Any] = {
+    "int": _is_int, "str": lambda v: isinstance(v, str),
+    "float | None": lambda v: v is None or _is_int(v) or isinstance(v, float)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateEvent(Event):
+    TYPE: ClassVar[str] = EV_STATE
+    state: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProgressEvent(Event):
+    TYPE: ClassVar[str] = EV_PROGRESS
+    stage: str
+    done: int
+    total: int
+    eta: float | None
+
+    @classmethod
+    def of(cls, progress: Progress) -> ProgressEvent:
+        """The event of a task's ``Progress`` (its ``seconds_per_step`` and ``detail`` stay with the server)."""
+        eta = progress.eta
+        return cls(stage=str(progress.stage), done=int(progress.done), total=int(progress.total),
+                   eta=None if eta is None else float(eta))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrameEvent(Event):
+    TYPE: ClassVar[str] = EV_FRAME
+    index: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoneEvent(Event):
+    TYPE: ClassVar[str] = EV_DONE
+    frame_count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorEvent(Event):
+    TYPE: ClassVar[str] = EV_ERROR
+    message: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in (StateEvent, ProgressEvent, FrameEvent,
+                                                                  DoneEvent, ErrorEvent)}
 
 
 def job_path(job_id: str) -> str:

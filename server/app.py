@@ -1,6 +1,7 @@
 """HTTP routes of the backend (the API described in ``fresco_contract/wire.py``).
 
-Every error is JSON ``{"error": "..."}`` with a 4xx/5xx code; every route but
+Every error is JSON ``{"error": "..."}`` with a 4xx/5xx code (a domain error's code is the one
+``ERROR_STATUS`` gives its class); every route but
 ``/v1/health`` requires ``Authorization: Bearer <token>`` (health without it tells only the
 API and version). A server bound to loopback answers only requests whose ``Host`` names the
 loopback, so a web page cannot reach it through DNS rebinding.
@@ -23,8 +24,20 @@ from fresco_contract import wire
 from fresco_contract.estimate import PRIOR_SECONDS_PER_STEP, device_kind
 from fresco_contract.settings import SETTINGS, Setting, SettingsError, validate
 
-from .jobs import JobError, JobManager
+from .images import BadImage, ImageTooLarge
+from .jobs import InvalidJob, JobConflict, JobError, JobManager, JobNotDeleted, JobNotFound, OutputNotFound
 from .model_cache import ModelCache
+
+# The HTTP status of each domain error a route may raise; a subclass not named has its nearest base's.
+ERROR_STATUS: dict[type[Exception], int] = {
+    JobError: 400, BadImage: 400, JobNotFound: 404, OutputNotFound: 404, JobConflict: 409,
+    ImageTooLarge: 413, InvalidJob: 422, SettingsError: 422, JobNotDeleted: 500,
+}
+
+
+def error_status(exc: Exception) -> int:
+    """The HTTP status ``exc`` (an instance of a class of ``ERROR_STATUS``) is answered with."""
+    return next(ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in ERROR_STATUS)
 
 
 class ApiError(Exception):
@@ -210,9 +223,11 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
         headers = {"WWW-Authenticate": wire.AUTH_SCHEME} if exc.status == 401 else None
         return _error(exc.status, exc.message, headers)
 
-    @app.exception_handler(JobError)
-    async def _job_error(_: Request, exc: JobError) -> JSONResponse:
-        return _error(exc.status, exc.message)
+    async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+        return _error(error_status(exc), str(exc))
+
+    for error in ERROR_STATUS:
+        app.add_exception_handler(error, _domain_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -268,10 +283,7 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
         values = body.get("settings", {})
         if isinstance(values, dict):
             values = {k: integral(v) if k in INT_SETTINGS else v for k, v in values.items()}
-        try:
-            settings = validate(values)
-        except SettingsError as exc:
-            raise ApiError(422, str(exc)) from None
+        settings = validate(values)
         job = await run_in_threadpool(manager.create, settings, integral(body.get("frame_count")))
         return job.status()
 

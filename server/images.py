@@ -12,18 +12,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class BadImage(ValueError):
-    """Bytes that are not an acceptable PNG; ``status`` is the HTTP code to answer with."""
+    """Bytes that are not an acceptable PNG."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+
+class ImageTooLarge(BadImage):
+    """A PNG of more pixels than an input frame may have."""
 
 
 def png_header_size(data: bytes) -> tuple[int, int]:
     """(width, height) that a PNG's IHDR chunk declares, without decoding anything.
 
     Raises BadImage for a bad signature, a zero size, more than ``wire.MAX_FRAME_PIXELS``
-    pixels (413) or a side under ``wire.MIN_FRAME_SIDE``.
+    pixels (ImageTooLarge) or a side under ``wire.MIN_FRAME_SIDE``.
     """
     if not data.startswith(PNG_SIGNATURE) or len(data) < 33 or data[12:16] != b"IHDR":
         raise BadImage("body is not a PNG image (bad signature)")
@@ -31,8 +31,8 @@ def png_header_size(data: bytes) -> tuple[int, int]:
     if width == 0 or height == 0:
         raise BadImage("PNG image has a zero size")
     if width * height > wire.MAX_FRAME_PIXELS:
-        raise BadImage(f"PNG image of {width}x{height} = {width * height} pixels exceeds the limit of "
-                       f"{wire.MAX_FRAME_PIXELS} pixels (8K UHD); scale the frames down", 413)
+        raise ImageTooLarge(f"PNG image of {width}x{height} = {width * height} pixels exceeds the limit of "
+                            f"{wire.MAX_FRAME_PIXELS} pixels (8K UHD); scale the frames down")
     if min(width, height) < wire.MIN_FRAME_SIDE:
         raise BadImage(f"PNG image of {width}x{height} is too small: the optical flow needs frames of "
                        f"at least {wire.MIN_FRAME_SIDE}x{wire.MIN_FRAME_SIDE} pixels")

@@ -25,6 +25,7 @@ from fresco_contract.settings import validate
 from fresco_backend.config import JobConfig
 from server import jobs as server_jobs
 from server.app import create_app
+from server.events import MAX_WAIT
 from server.jobs import JobManager, LocalTranslator
 from server_support import fake_cache, finish
 
@@ -296,7 +297,7 @@ def test_many_long_polls_leave_health_answering(live_server, monkeypatch):
     try:
         for _ in range(polls):
             s = socket.create_connection((host, port), timeout=600)
-            s.sendall(request_bytes(host, port, wire.events_path(job.id, last, server_jobs.MAX_WAIT)))
+            s.sendall(request_bytes(host, port, wire.events_path(job.id, last, MAX_WAIT)))
             sockets.append(s)
         for _ in range(polls):  # every poll has reached the server (the outer limit is generous)
             assert arrived.acquire(timeout=600), "a long poll never reached the server"

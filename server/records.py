@@ -1,0 +1,200 @@
+"""The server's jobs as kept in memory and on disk: ``Job``, its record, the reload of a work dir's
+jobs, and the check of a job's input frames against its record.
+
+Job folders have the one layout of ``fresco_backend.job.JobFolder``: the record ``job.json``
+(settings, the input's fingerprint, and under "job" the id, state and times), rewritten atomically on
+every state change, ``input/``, ``output/`` and ``state/`` (finished batches and anchor latents). The
+record is read and its format, settings and fingerprint checked by ``JobFolder.read_record``; here
+only what the server keeps under "job" is checked, and the frame-count limit of the API. A deleted
+job's folder is first renamed out of the job namespace (``.deleted-<id>``, removed then or at the
+next reload).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fresco_contract import wire
+from fresco_contract.progress import Cancelled
+
+from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
+from fresco_backend.video_io import ClipError, read_image
+
+log = logging.getLogger("fresco.server.records")
+
+DELETED = ".deleted-"  # prefix of a deleted job's folder until it is removed
+STATES = (wire.UPLOADING, wire.QUEUED, wire.RUNNING) + tuple(wire.FINAL_STATES)
+
+
+@dataclass
+class Job:
+    """One translation job of the server: its folder, inputs, outputs, state and events."""
+
+    id: str
+    settings: dict[str, Any]
+    frame_count: int
+    folder: Path
+    state: str = wire.UPLOADING
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    uploaded: set[int] = field(default_factory=set)
+    outputs: set[int] = field(default_factory=set)
+    frame_size: tuple[int, int] | None = None
+    input_sha256: str | None = None  # of the decoded input frames, recorded when the job first runs
+    error: str | None = None
+    record_error: str | None = None  # why job.json could not be written: it is stale on disk
+    saved_state: str | None = None  # the state job.json holds
+    events: list[wire.Event] = field(default_factory=list)  # its feed (``server.events``)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_requested: bool = False  # by a client; not by a server shutdown
+
+    @property
+    def layout(self) -> JobFolder:
+        return JobFolder(self.folder)
+
+    @property
+    def input_dir(self) -> Path:
+        return self.layout.input_dir
+
+    @property
+    def output_dir(self) -> Path:
+        return self.layout.output_dir
+
+    def record(self) -> JobRecord:
+        """What ``job.json`` holds: enough to reload the job in a new server process."""
+        return JobRecord(self.settings, Fingerprint(self.frame_count, self.frame_size, self.input_sha256),
+                         {"id": self.id, "state": self.state, "created": self.created, "started": self.started,
+                          "finished": self.finished, "error": self.error})
+
+    def status(self) -> dict[str, Any]:
+        """The JSON status of the job (GET /v1/jobs/{id})."""
+        return {
+            "id": self.id,
+            "state": self.state,
+            "frame_count": self.frame_count,
+            "uploaded": len(self.uploaded),
+            "outputs": len(self.outputs),
+            "error": self.error,
+            "settings": self.settings,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "last_seq": len(self.events) - 1,
+            "record_error": self.record_error,
+        }
+
+
+def save(job: Job) -> None:
+    """Write the job's record atomically. A failure is logged and kept in ``record_error`` (shown in
+    the status; the caller retries it): the job itself goes on.
+
+    A job stopped by a server shutdown keeps its last record (queued or running), so the next server
+    on this work dir runs it again."""
+    if job.state == wire.CANCELLED and not job.cancel_requested:
+        return
+    try:
+        job.layout.write_record(job.record())
+    except OSError as exc:
+        job.record_error = (f"{job.layout.record_path} could not be written ({exc.strerror or exc}); it still "
+                            f"says {job.saved_state or 'nothing'!r} while the job is {job.state}")
+        log.error("job %s: %s", job.id, job.record_error)
+        return
+    if job.record_error is not None:
+        log.info("job %s: its record is written again (%s)", job.id, job.state)
+    job.saved_state, job.record_error = job.state, None
+
+
+def remove(folder: Path) -> None:
+    """Remove a deleted job's folder; what cannot be removed now is removed at the next reload."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s (%s); it is retried when a server starts on this work dir",
+                    folder, exc)
+
+
+def reload(work_dir: Path) -> list[Job]:
+    """The jobs a previous server process left in ``work_dir``, oldest first, as their records say;
+    deleted jobs' folders are removed, and a folder whose record cannot be used is logged and skipped."""
+    loaded: list[Job] = []
+    for folder in sorted(work_dir.iterdir()):
+        if folder.name.startswith(DELETED):
+            remove(folder)
+        elif folder.is_dir() and not folder.name.startswith(".") and JobFolder(folder).record_path.exists():
+            try:
+                loaded.append(load(folder))
+            except (JobFolderError, OSError) as exc:
+                log.error("job folder %s skipped: %s", folder, exc)
+    return sorted(loaded, key=lambda job: job.created)
+
+
+def load(folder: Path) -> Job:
+    """The job recorded in ``folder``, its record checked again (JobFolderError says why not)."""
+    record = JobFolder(folder).read_record()
+    meta, recorded = record.job or {}, record.input
+    problem = None
+    if recorded is None or recorded.frame_count > wire.MAX_FRAMES:
+        problem = f"input: expected a fingerprint of 1 to {wire.MAX_FRAMES} frames, got {recorded}"
+    elif meta.get("id") != folder.name:
+        problem = f"job.id {meta.get('id')!r} is not the folder's name"
+    elif meta.get("state") not in STATES:
+        problem = f"job.state {meta.get('state')!r} is not one of {', '.join(STATES)}"
+    elif not all(isinstance(meta.get(name), (int, float)) and not isinstance(meta.get(name), bool)
+                 or (meta.get(name) is None and name != "created") for name in ("created", "started", "finished")):
+        problem = "job.created, job.started, job.finished: expected times in seconds"
+    elif not isinstance(meta.get("error"), (str, type(None))):
+        problem = f"job.error: expected a message, got {meta.get('error')!r}"
+    if problem:
+        raise JobFolderError(f"{JobFolder(folder).record_path}: {problem}")
+    job = Job(id=folder.name, settings=record.settings, frame_count=recorded.frame_count, folder=folder,
+              state=meta["state"], created=float(meta["created"]), started=meta.get("started"),
+              finished=meta.get("finished"), frame_size=recorded.frame_size, input_sha256=recorded.sha256,
+              error=meta.get("error"), saved_state=meta["state"])
+    job.input_dir.mkdir(exist_ok=True)
+    job.output_dir.mkdir(exist_ok=True)
+    exists = lambda folder, i: (folder / wire.frame_filename(i)).is_file()  # noqa: E731
+    job.uploaded = {i for i in range(job.frame_count) if exists(job.input_dir, i)}
+    job.outputs = {i for i in range(job.frame_count) if exists(job.output_dir, i)}
+    return job
+
+
+def missing_inputs(job: Job) -> str | None:
+    """Why a reloaded job cannot run, if input frames its record counts are missing from its folder."""
+    missing = sorted(set(range(job.frame_count)) - job.uploaded)
+    if not missing:
+        return None
+    return (f"{len(missing)} of the {job.frame_count} input frames recorded for this job are missing from "
+            f"{job.input_dir} (first: {wire.frame_filename(missing[0])}); submit it again as a new job")
+
+
+def check_inputs(job: Job) -> str:
+    """The SHA-256 of the job's input frames, each checked against the record's frame size, and all of
+    them against its SHA-256 once recorded. A difference raises RuntimeError naming it; Cancelled if
+    the job's cancel is set first."""
+    hasher = FrameHasher()
+    for index in range(job.frame_count):
+        if job.cancel.is_set():
+            raise Cancelled("cancelled")
+        path = job.layout.input_path(index)
+        try:
+            rgb = hasher.add(read_image(path))
+        except ClipError:
+            raise RuntimeError(f"input frame {index} ({path}) is missing or unreadable; "
+                               f"submit the job again") from None
+        if job.frame_size is not None and (rgb.shape[1], rgb.shape[0]) != job.frame_size:
+            raise RuntimeError("input frame {} is {}x{}, but the job's record says {}x{}: the input frames "
+                               "changed since the job was submitted; submit it again".format(
+                                   index, rgb.shape[1], rgb.shape[0], *job.frame_size))
+    digest = hasher.result().sha256
+    if job.input_sha256 is not None and digest != job.input_sha256:
+        raise RuntimeError(f"the input frames in {job.input_dir} are not those the job was submitted with "
+                           f"(their SHA-256 differs from its record); submit the job again")
+    return digest
