@@ -361,7 +361,7 @@ class JobManager:
                 records.save(job)
 
         def on_progress(progress: Progress) -> None:
-            measured = getattr(progress, "seconds_per_step", None)
+            measured = progress.seconds_per_step
             if measured is not None and math.isfinite(measured) and measured > 0:
                 self.seconds_per_step = float(measured)
             self._feed.emit(job, wire.ProgressEvent.of(progress))

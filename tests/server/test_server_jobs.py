@@ -7,7 +7,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -17,20 +16,13 @@ import fresco_backend.job as backend_job
 import server.jobs as server_jobs
 import server.records as server_records
 from fresco_contract import wire
+from fresco_contract.progress import Progress
 from fresco_backend.config import ControlNetUse, JobConfig
 from fresco_backend.job import FORMAT, JobFolder
 from server.events import MAX_WAIT
 from server.images import BadImage
 from server.jobs import InvalidJob, JobConflict, JobManager, JobNotDeleted, JobNotFound, LocalTranslator
 from server_support import events, fake_cache, finish, wait_for
-
-
-@dataclass
-class P:
-    stage: str
-    done: int
-    total: int
-    eta: float | None
 
 
 def png(value: int = 0, size: int = 16) -> bytes:
@@ -64,7 +56,7 @@ class FakeBackend:
                 if cancel is not None and cancel.is_set():
                     raise RuntimeError("Cancelled")
                 time.sleep(0.005)
-            on_progress(P("denoise", i + 1, len(frames), 0.0))
+            on_progress(Progress("denoise", i + 1, len(frames), 0.0))
             yield i, 255 - frames[i]
 
 
