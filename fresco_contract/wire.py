@@ -51,25 +51,11 @@ QUEUED, UPLOADING, RUNNING, DONE, FAILED, CANCELLED = (
     "queued", "uploading", "running", "done", "failed", "cancelled")
 FINAL_STATES = (DONE, FAILED, CANCELLED)
 
-# event types; every event is {"seq": int, "type": str, ...}, typed below (StateEvent ... ErrorEvent)
-EV_STATE = "state"        # {"state": one of the job states}
-# {"stage": str, "done": int, "total": int, "eta": float | None}, sent as each stage STARTS. The stages
-# in order: "check input" (the frames read against the job's record; done/total 0), "download"
-# (STAGE_DOWNLOAD), "load model", "choose keys" (adaptive keys read every frame; done/total 0), then
-# per batch "conditions" (ControlNet images),
-# "flow" (FRESCO: optical flow), "denoise step k/n, batch b/B" (each step), "write" (decoding and
-# writing its frames), and "propagate frame(s) ..." (frames between two keys, counted from 1). Outside
-# "download", done/total count the job's denoising steps (total from the estimate at "load model",
-# exact from the first batch on; a resumed job counts the steps it has left); eta is seconds left,
-# null until a step has been timed, then measured from the steps so far. Match a stage by its first
-# words (STAGES): more may follow.
-EV_PROGRESS = "progress"
+# event types: every event is {"seq": int, "type": str, ...}, one of the Event classes below
+EV_STATE, EV_PROGRESS, EV_FRAME, EV_DONE, EV_ERROR = "state", "progress", "frame", "done", "error"
 STAGE_DOWNLOAD = "download"  # the progress stage of a hub model being downloaded: done/total in bytes
 STAGES = ("check input", "load model", "choose keys", "conditions", "flow", "denoise step", "write",
-          "propagate")  # the others' first words
-EV_FRAME = "frame"        # {"index": int}: output frame index is ready to download
-EV_DONE = "done"          # {"frame_count": int}
-EV_ERROR = "error"        # {"message": str}
+          "propagate")  # the other progress stages' first words
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,12 +101,23 @@ FIELD_CHECKS: dict[str, Any] = {
 
 @dataclass(frozen=True, kw_only=True)
 class StateEvent(Event):
+    """The job is in ``state`` now (one of the job states)."""
+
     TYPE: ClassVar[str] = EV_STATE
     state: str
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProgressEvent(Event):
+    """A stage of the job STARTS. The stages in order: "check input" (the frames read against the job's
+    record; done/total 0), "download" (STAGE_DOWNLOAD), "load model", "choose keys" (adaptive keys read
+    every frame; done/total 0), then per batch "conditions" (ControlNet images), "flow" (FRESCO: optical
+    flow), "denoise step k/n, batch b/B" (each step), "write" (decoding and writing its frames), and
+    "propagate frame(s) ..." (frames between two keys, counted from 1). Outside "download", done/total
+    count the job's denoising steps (total from the estimate at "load model", exact from the first batch
+    on; a resumed job counts the steps it has left); eta is seconds left, None until a step has been
+    timed, then measured from the steps so far. Match a stage by its first words (STAGES): more may follow."""
+
     TYPE: ClassVar[str] = EV_PROGRESS
     stage: str
     done: int
@@ -137,18 +134,24 @@ class ProgressEvent(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class FrameEvent(Event):
+    """Output frame ``index`` is ready to download."""
+
     TYPE: ClassVar[str] = EV_FRAME
     index: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class DoneEvent(Event):
+    """The job is done: ``frame_count`` output frames."""
+
     TYPE: ClassVar[str] = EV_DONE
     frame_count: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class ErrorEvent(Event):
+    """The job failed: ``message`` says why, for the user."""
+
     TYPE: ClassVar[str] = EV_ERROR
     message: str
 
