@@ -126,7 +126,8 @@ class ProgressEvent(Event):
 
     @classmethod
     def of(cls, progress: Progress) -> ProgressEvent:
-        """The event of a task's ``Progress`` (its ``seconds_per_step`` and ``detail`` stay with the server)."""
+        """The event of a job's ``Progress``: its stage, counts and eta (the rest, such as ``seconds_per_step``,
+        stays with the server)."""
         eta = progress.eta
         return cls(stage=str(progress.stage), done=int(progress.done), total=int(progress.total),
                    eta=None if eta is None else float(eta))

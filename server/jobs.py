@@ -168,7 +168,7 @@ class JobManager:
             if job.frame_size is None:
                 job.frame_size = size
                 records.save(job)
-        write_bytes_atomic(job.input_dir / wire.frame_filename(index), data)
+        write_bytes_atomic(job.layout.input_path(index), data)
         with self._lock:
             job.uploaded.add(index)
 
@@ -381,7 +381,7 @@ class JobManager:
         for index, rgb in self._translate(frames, config, on_progress, job.cancel, checkpoint):
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")
-            write_bytes_atomic(job.output_dir / wire.frame_filename(index), encode_png(rgb))
+            write_bytes_atomic(job.layout.output_path(index), encode_png(rgb))
             with self._lock:
                 job.outputs.add(index)
             self._feed.emit(job, wire.FrameEvent(index=index))

@@ -160,9 +160,8 @@ def load(folder: Path) -> Job:
               error=meta.get("error"), saved_state=meta["state"])
     job.input_dir.mkdir(exist_ok=True)
     job.output_dir.mkdir(exist_ok=True)
-    exists = lambda folder, i: (folder / wire.frame_filename(i)).is_file()  # noqa: E731
-    job.uploaded = {i for i in range(job.frame_count) if exists(job.input_dir, i)}
-    job.outputs = {i for i in range(job.frame_count) if exists(job.output_dir, i)}
+    job.uploaded = {i for i in range(job.frame_count) if job.layout.input_path(i).is_file()}
+    job.outputs = {i for i in range(job.frame_count) if job.layout.output_path(i).is_file()}
     return job
 
 
