@@ -5,8 +5,10 @@ Importing this package does not import bpy, so its stdlib-only modules
 without Blender; Blender calls ``register``/``unregister``. The preferences
 (``prefs``) install the backend (``backend_setup``) and download models
 (``model_ops``). A translation is ``translation.Translation``; the queue
-(``jobqueue``) runs them one at a time, driven by ``uijob`` (UI timer) or at
-once (background mode: ``operators``, ``farm``).
+(``jobqueue``) runs them one at a time, driven by the session's timer or at
+once (background mode: ``operators``, ``farm``). The add-on's live state (the
+backend process, the queue, installs and downloads: ``tasks.Task``) is one
+``session.Session``, made here and dropped on unregister.
 """
 
 bl_info = {
@@ -23,15 +25,15 @@ bl_info = {
 def register() -> None:
     import bpy
 
-    from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, props, settings_ops,
-                   uijob, unsaved)
+    from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, props, session,
+                   settings_ops, translation, unsaved)
 
+    session.create(translation.begin)
     props.register()
     prefs.register()
     backend_setup.register()
     model_ops.register()
     export.register()
-    uijob.register()
     unsaved.register()
     presets.register()
     for cls in operators.CLASSES + settings_ops.CLASSES + panels.CLASSES:
@@ -42,12 +44,11 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import (backend, backend_setup, export, farm, model_ops, operators, panels, prefs, presets, props,
-                   settings_ops, uijob, unsaved)
+    from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, props, session,
+                   settings_ops, unsaved)
 
     farm.unregister()
-    uijob.unregister()  # ends a running translation first
-    backend.stop()
+    session.drop()  # ends the running translation, install and downloads, stops the backend
     model_ops.unregister()
     backend_setup.unregister()
     for cls in reversed(operators.CLASSES + settings_ops.CLASSES + panels.CLASSES):

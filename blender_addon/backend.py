@@ -1,23 +1,18 @@
-"""The one warm backend process of this Blender session (no bpy).
+"""The warm backend process of this Blender session (no bpy): ``Backend``, held by the session
+(``session.Session.backend``), and the checks of a backend configuration.
 
 Started on the first job, reused while its configuration is unchanged and it
-is alive, stopped by ``stop`` (unregister, the Stop Backend button) and at
-interpreter exit. Safe to call from the worker thread. The server's last
+is alive, stopped by ``stop`` (unregister, the Stop Backend button, Blender
+quitting). Safe to call from a task's thread. The server's last
 ``/v1/health`` answer (its device and speed) is kept for the panel, which
 never asks the network while it draws (``health``).
 """
 from __future__ import annotations
 
-import atexit
 import re
 import threading
 from pathlib import Path
 from typing import Any
-
-_lock = threading.Lock()
-_process: Any = None  # launcher.BackendProcess
-_key: tuple | None = None
-_health: dict[tuple, dict] = {}  # configuration key -> that backend's last /v1/health answer
 
 
 def _config_key(config: dict[str, str]) -> tuple:
@@ -69,51 +64,6 @@ def config_problem(config: dict[str, str]) -> str | None:
     return None
 
 
-def _alive(process: Any, key: tuple) -> bool:
-    alive = getattr(process, "alive", None)
-    if alive is not None and not alive():
-        return False
-    try:
-        _health[key] = process.client(timeout=5.0).health()
-    except Exception:
-        return False
-    return True
-
-
-def _ask_health(key: tuple, client: Any) -> None:
-    """Keep the server's /v1/health answer; a failure is left to the job's own requests to report."""
-    try:
-        _health[key] = client.health()
-    except Exception:
-        pass
-
-
-def note_health(config: dict[str, str], answer: dict) -> None:
-    """Keep ``answer``, a /v1/health answer of the backend for ``config`` (asked after a job: its speed)."""
-    _health[_config_key(config)] = answer
-
-
-def health(config: dict[str, str]) -> dict | None:
-    """The last /v1/health answer of the backend for ``config`` while it runs (a remote one: once a job was
-    sent there), else None. No network: safe in a panel's draw."""
-    key = _config_key(config)
-    # no lock: get_client holds it while a backend starts, and a draw must not wait for that
-    if not config.get("url") and (_process is None or _key != key):
-        return None
-    return _health.get(key)
-
-
-def _stop_locked() -> None:
-    global _process, _key
-    process, _process, _key = _process, None, None
-    _health.clear()
-    if process is not None:
-        try:
-            process.stop()
-        except Exception as exc:  # pragma: no cover - best effort at shutdown
-            print(f"FRESCO: stopping the backend failed: {exc}")
-
-
 def _environment(config: dict[str, str]) -> dict[str, str] | None:
     """What a local backend's environment gets from the configuration: its download folder, and offline
     mode while Blender's online access is off (``config.backend_config``)."""
@@ -123,52 +73,95 @@ def _environment(config: dict[str, str]) -> dict[str, str] | None:
     return env or None
 
 
-def get_client(config: dict[str, str], timeout: float = 60.0) -> Any:
-    """A client of the warm backend for ``config``, starting (or restarting) it when needed.
+class Backend:
+    """The one local backend process (a ``launcher.BackendProcess``), started for a configuration and kept warm,
+    and each configuration's last /v1/health answer."""
 
-    Raises RuntimeError (launcher.LaunchError) with the backend log's tail if it cannot start.
-    """
-    global _process, _key
-    from . import launcher
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._key: tuple | None = None
+        self._health: dict[tuple, dict] = {}  # configuration key -> that backend's last /v1/health answer
 
-    problem = config_problem(config)
-    if problem:
-        raise RuntimeError(problem)
-    remote = remote_address(config)
-    if remote is not None:  # a server someone else runs: never launch or stop one
-        from .client import Client
+    def _alive(self, key: tuple) -> bool:
+        alive = getattr(self._process, "alive", None)
+        if alive is not None and not alive():
+            return False
+        try:
+            self._health[key] = self._process.client(timeout=5.0).health()
+        except Exception:
+            return False
+        return True
 
-        _ask_health(_config_key(config), Client(remote[0], remote[1], config["token"], 5.0))
-        return Client(remote[0], remote[1], config["token"], timeout)
-    key = _config_key(config)
-    with _lock:
-        if _process is not None and (_key != key or not _alive(_process, key)):
-            _stop_locked()
-        if _process is None:
-            extra_args = launcher.model_args(config)
-            _process = launcher.launch(config["python"], config.get("backend_dir") or None, config.get("model", ""),
-                                       config.get("controlnet", ""), device=config.get("device") or None,
-                                       extra_args=extra_args, env=_environment(config))
-            _key = key
-            _ask_health(key, _process.client(timeout=5.0))
-        return _process.client(timeout=timeout)
+    def _ask_health(self, key: tuple, client: Any) -> None:
+        """Keep the server's /v1/health answer; a failure is left to the job's own requests to report."""
+        try:
+            self._health[key] = client.health()
+        except Exception:
+            pass
 
+    def note_health(self, config: dict[str, str], answer: dict) -> None:
+        """Keep ``answer``, a /v1/health answer of the backend for ``config`` (asked after a job: its speed)."""
+        self._health[_config_key(config)] = answer
 
-def running() -> bool:
-    with _lock:
-        return _process is not None
+    def health(self, config: dict[str, str]) -> dict | None:
+        """The last /v1/health answer of the backend for ``config`` while it runs (a remote one: once a job was
+        sent there), else None. No network: safe in a panel's draw."""
+        key = _config_key(config)
+        # no lock: get_client holds it while a backend starts, and a draw must not wait for that
+        if not config.get("url") and (self._process is None or self._key != key):
+            return None
+        return self._health.get(key)
 
+    def _stop_locked(self) -> None:
+        process, self._process, self._key = self._process, None, None
+        self._health.clear()
+        if process is not None:
+            try:
+                process.stop()
+            except Exception as exc:  # pragma: no cover - best effort at shutdown
+                print(f"FRESCO: stopping the backend failed: {exc}")
 
-def pid() -> int | None:
-    with _lock:
-        proc = getattr(_process, "process", None)
-        return proc.pid if proc is not None else None
+    def get_client(self, config: dict[str, str], timeout: float = 60.0) -> Any:
+        """A client of the warm backend for ``config``, starting (or restarting) it when needed.
 
+        Raises RuntimeError (launcher.LaunchError) with the backend log's tail if it cannot start.
+        """
+        from . import launcher
 
-def stop() -> None:
-    """Stop the warm backend (no-op when none is running)."""
-    with _lock:
-        _stop_locked()
+        problem = config_problem(config)
+        if problem:
+            raise RuntimeError(problem)
+        remote = remote_address(config)
+        if remote is not None:  # a server someone else runs: never launch or stop one
+            from .client import Client
 
+            self._ask_health(_config_key(config), Client(remote[0], remote[1], config["token"], 5.0))
+            return Client(remote[0], remote[1], config["token"], timeout)
+        key = _config_key(config)
+        with self._lock:
+            if self._process is not None and (self._key != key or not self._alive(key)):
+                self._stop_locked()
+            if self._process is None:
+                extra_args = launcher.model_args(config)
+                self._process = launcher.launch(
+                    config["python"], config.get("backend_dir") or None, config.get("model", ""),
+                    config.get("controlnet", ""), device=config.get("device") or None, extra_args=extra_args,
+                    env=_environment(config))
+                self._key = key
+                self._ask_health(key, self._process.client(timeout=5.0))
+            return self._process.client(timeout=timeout)
 
-atexit.register(stop)
+    def running(self) -> bool:
+        with self._lock:
+            return self._process is not None
+
+    def pid(self) -> int | None:
+        with self._lock:
+            proc = getattr(self._process, "process", None)
+            return proc.pid if proc is not None else None
+
+    def stop(self) -> None:
+        """Stop the warm backend (no-op when none is running)."""
+        with self._lock:
+            self._stop_locked()

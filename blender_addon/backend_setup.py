@@ -1,8 +1,9 @@
 """Install Backend, Repair, Uninstall: the operators and the Backend section of the preferences.
 
-The work is ``installer.Installer``'s (Uninstall: ``Removal``). With a UI it runs in a thread while a
-timer redraws the preferences (progress bar, the step, pip's last line, Cancel); in background mode
-(``blender -b``, a render farm) the operator runs it synchronously and prints its progress. The
+The work is ``installer.Installer``'s (Uninstall: ``installer.uninstall``), run as the session's task
+``INSTALL`` (``session.run_task``): with a UI on a thread while the session's timer redraws the preferences
+(progress bar, the step, pip's last line, Cancel); in background mode (``blender -b``, a render farm) here,
+printing its steps. The
 PyTorch build and index come from the operator's arguments, else FRESCO_TORCH_BUILD and
 FRESCO_TORCH_INDEX_URL, else the preferences. With Blender's online access off nothing goes online.
 """
@@ -10,75 +11,42 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import bpy
 
-from . import backend, config, installer, uijob, userdirs
+from . import config, installer, session, tasks, userdirs
 
-class Removal:
-    """Uninstall as a job like ``installer.Installer``: ``run``, ``cancel``, ``on_progress``."""
-
-    def __init__(self, env_dir: Path, on_progress: Any = None) -> None:
-        self.env_dir, self.on_progress, self.log_path = env_dir, on_progress, None
-        self._cancel = threading.Event()
-
-    def _removed(self, done: int, total: int) -> None:
-        if self.on_progress is not None:
-            self.on_progress(installer.Progress(1, 1, "Removing the environment", done / max(total, 1),
-                                                f"removed {done} of {total} files"))
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def run(self) -> None:
-        installer.uninstall(self.env_dir, self._removed, self._cancel.is_set)
+INSTALL = "install"  # the session's key of the running (or the last) install, repair or uninstall
+ACTIONS = {"install": "Installing", "repair": "Repairing", "uninstall": "Uninstalling"}  # by the task's name
 
 
-class InstallRun:
-    """One install, repair or uninstall and what the panel shows of it."""
-
-    def __init__(self, context: Any, repair: bool, torch_build: str = "", index_url: str = "",
-                 uninstall: bool = False) -> None:
-        self.action = "Uninstalling" if uninstall else "Repairing" if repair else "Installing"
-        self.progress: installer.Progress | None = None
-        self.error: str | None = None
-        self.finished = False
-        self.thread: threading.Thread | None = None
-        self.job = (Removal(config.env_dir(context), self.on_progress) if uninstall
-                    else _make_installer(context, repair, self.on_progress, torch_build, index_url))
-
-    def on_progress(self, progress: installer.Progress) -> None:
-        self.progress = progress
-
-    def run(self) -> None:
-        try:
-            self.job.run()
-        except installer.Cancelled:
-            self.error = "cancelled"
-        except Exception as exc:  # shown in the preferences, never raised into Blender
-            self.error = str(exc)
-        finally:
-            self.finished = True
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name="fresco-install", daemon=True)
-        self.thread.start()
+def install_task(context: Any, repair: bool, torch_build: str = "", index_url: str = "") -> tasks.Task:
+    """An install (or with ``repair`` a rebuild) of the backend as a task, not started; its result the
+    install record."""
+    job = _make_installer(context, repair, torch_build, index_url)
+    task = tasks.Task(lambda task: job.run(), "repair" if repair else "install", on_stop=job.cancel)
+    job.on_progress = task.post
+    return task
 
 
-_current: InstallRun | None = None
+def removal_task(context: Any) -> tasks.Task:
+    """Uninstall as a task, not started: its progress in files removed."""
+    env_dir = config.env_dir(context)
+
+    def work(task: tasks.Task) -> None:
+        installer.uninstall(env_dir, lambda done, total: task.post(tasks.Progress(
+            "Removing the environment", done, total, detail=f"removed {done} of {total} files")),
+            lambda: task.cancelling)
+
+    return tasks.Task(work, "uninstall")
 
 
-def busy() -> bool:
-    return _current is not None and not _current.finished
-
-
-def _tick() -> float | None:
-    uijob.redraw("PREFERENCES")
-    return 0.25 if busy() else None
+def running() -> tasks.Task | None:
+    """The install, repair or uninstall that runs, else None."""
+    return session.get().running(INSTALL)
 
 
 def chosen_build(prefs: Any, torch_build: str = "", index_url: str = "") -> tuple[str, str]:
@@ -91,8 +59,7 @@ def chosen_build(prefs: Any, torch_build: str = "", index_url: str = "") -> tupl
     return build.strip().lower(), url.strip()
 
 
-def _make_installer(context: Any, repair: bool, on_progress: Any, torch_build: str = "",
-                    index_url: str = "") -> installer.Installer:
+def _make_installer(context: Any, repair: bool, torch_build: str = "", index_url: str = "") -> installer.Installer:
     wheel = config.bundled_wheel()
     if wheel is None:
         raise RuntimeError(f"this add-on has no backend wheel in {config.WHEEL_DIR}: install the add-on from the zip "
@@ -102,7 +69,7 @@ def _make_installer(context: Any, repair: bool, on_progress: Any, torch_build: s
     build_name, url = chosen_build(prefs, torch_build, index_url)
     build = installer.detect_torch_build(build_name, index_url=url or None)
     return installer.Installer(config.env_dir(context), wheel, base_python=bpy.path.abspath(base), torch_build=build,
-                               repair=repair, log_path=new_log_path(), on_progress=on_progress)
+                               repair=repair, log_path=new_log_path())
 
 
 def new_log_path() -> Path:
@@ -115,39 +82,35 @@ def last_log() -> Path | None:
     return logs[-1] if logs else None
 
 
-def _start(operator: Any, context: Any, run: "InstallRun", what: str) -> set[str]:
-    """Run ``run`` in a thread with a UI (the preferences show it), here without one (printing its steps)."""
-    global _current
-    if not uijob.has_event_loop():  # no event loop: timers never fire, so run it here, printing the steps
-        last = [""]
+def _start(operator: Any, context: Any, task: tasks.Task) -> set[str]:
+    """Run ``task`` (``session.run_task``): on its thread with a UI (the preferences show it), here without one,
+    printing its steps."""
+    last = [""]
 
-        def say(progress: installer.Progress) -> None:
-            line = f"FRESCO: {what} [{progress.step}/{progress.steps}] {progress.title}"
-            if line != last[0]:
-                print(line, flush=True)
-                last[0] = line
-            if progress.log_line.startswith("to download:"):
-                print(f"FRESCO: {progress.log_line}", flush=True)
+    def say(progress: tasks.Progress) -> None:
+        step = f"{min(progress.done + 1, progress.total)}/{progress.total}" if task.name != "uninstall" else "1/1"
+        line = f"FRESCO: {task.name} [{step}] {progress.stage}"
+        if line != last[0]:
+            print(line, flush=True)
+            last[0] = line
+        if progress.detail.startswith("to download:"):
+            print(f"FRESCO: {progress.detail}", flush=True)
 
-        run.job.on_progress = say
-        run.run()
-        if run.error:
-            operator.report({"ERROR"}, f"FRESCO: {what} failed: {run.error}")
-            return {"CANCELLED"}
-        operator.report({"INFO"}, f"FRESCO: {config.install_status(context).message}")
+    session.run_task(INSTALL, task, say)
+    if not task.finished:
         return {"FINISHED"}
-    _current = run
-    run.start()
-    if not bpy.app.timers.is_registered(_tick):
-        bpy.app.timers.register(_tick, first_interval=0.25)
+    if task.error or task.cancelled:
+        operator.report({"ERROR"}, f"FRESCO: {task.name} failed: {task.error or 'cancelled'}")
+        return {"CANCELLED"}
+    operator.report({"INFO"}, f"FRESCO: {config.install_status(context).message}")
     return {"FINISHED"}
 
 
 def _refused(operator: Any) -> bool:
-    if busy():
+    if running() is not None:
         operator.report({"ERROR"}, "FRESCO: the backend is being installed or removed already: wait or cancel it")
         return True
-    if uijob.busy():
+    if session.busy():
         operator.report({"ERROR"}, "FRESCO: a translation is running: wait for it or cancel it first")
         return True
     return False
@@ -176,13 +139,13 @@ class FRESCO_OT_install_backend(bpy.types.Operator):
         if not config.online_access():
             self.report({"ERROR"}, "FRESCO: " + config.OFFLINE.format(what="Repair" if self.repair else "Install Backend"))
             return {"CANCELLED"}
-        backend.stop()  # it runs from the environment about to change
+        session.get().backend.stop()  # it runs from the environment about to change
         try:
-            run = InstallRun(context, self.repair, self.torch_build, self.index_url)
+            task = install_task(context, self.repair, self.torch_build, self.index_url)
         except (RuntimeError, ValueError, OSError) as exc:
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
-        return _start(self, context, run, "repair" if self.repair else "install")
+        return _start(self, context, task)
 
 
 class FRESCO_OT_cancel_install(bpy.types.Operator):
@@ -193,10 +156,12 @@ class FRESCO_OT_cancel_install(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: Any) -> bool:
-        return busy()
+        return running() is not None
 
     def execute(self, context: Any) -> set[str]:
-        _current.job.cancel()
+        task = running()
+        if task is not None:
+            task.cancel()
         return {"FINISHED"}
 
 
@@ -212,8 +177,8 @@ class FRESCO_OT_uninstall_backend(bpy.types.Operator):
     def execute(self, context: Any) -> set[str]:
         if _refused(self):
             return {"CANCELLED"}
-        backend.stop()
-        return _start(self, context, InstallRun(context, False, uninstall=True), "uninstall")
+        session.get().backend.stop()
+        return _start(self, context, removal_task(context))
 
 
 class FRESCO_OT_open_install_log(bpy.types.Operator):
@@ -233,30 +198,30 @@ class FRESCO_OT_open_install_log(bpy.types.Operator):
 def draw(layout: Any, context: Any, prefs: Any) -> None:
     """The Backend section: status line (or progress), Install / Repair / Uninstall (always there, greyed
     while one runs), Open Log, the devices found, and the folded advanced part (build, index, folder)."""
-    run = _current
-    running = run is not None and not run.finished
-    if running:
-        progress = run.progress
-        fraction = progress.fraction if progress is not None else 0.0
-        title = progress.title if progress is not None else "starting"
+    task = session.get().tasks.get(INSTALL)
+    busy = task is not None and not task.finished
+    if busy:
+        progress = task.progress
+        fraction = (progress.fraction or 0.0) if progress is not None else 0.0
+        title = progress.stage if progress is not None else "starting"
         row = layout.row()
-        row.progress(factor=fraction, type="BAR", text=f"{run.action}: {title}")
+        row.progress(factor=fraction, type="BAR", text=f"{ACTIONS[task.name]}: {title}")
         row.operator(FRESCO_OT_cancel_install.bl_idname, icon="CANCEL")
-        if progress is not None and progress.log_line:
-            layout.label(text=progress.log_line[-120:])
+        if progress is not None and progress.detail:
+            layout.label(text=progress.detail[-120:])
         status = None
     else:
-        if run is not None and run.error:
-            layout.label(text=f"Last {run.action.lower()[:-3]} failed: {run.error}"[:200], icon="ERROR")
+        if task is not None and (task.error or task.cancelled):
+            layout.label(text=f"Last {task.name} failed: {task.error or 'cancelled'}"[:200], icon="ERROR")
         status = config.install_status(context)
-        if status.message.endswith("(checking the environment)") and not bpy.app.timers.is_registered(_check_tick):
-            bpy.app.timers.register(_check_tick, first_interval=0.5)
+        if status.message.endswith("(checking the environment)"):
+            session.kick()  # the timer redraws the preferences until the check (installer.verify) answers
         icon = {installer.INSTALLED: "CHECKMARK", installer.NOT_INSTALLED: "INFO"}.get(status.state, "ERROR")
         layout.label(text=status.message, icon=icon)
         for device in (status.record.devices if status.record is not None else ()):
             layout.label(text=f"    {device}", icon="BLANK1")
     row = layout.row()
-    row.enabled = not running
+    row.enabled = not busy
     row.operator(FRESCO_OT_install_backend.bl_idname,
                  text="Update Backend" if status is not None and status.state == installer.OUTDATED
                  else "Install Backend", icon="IMPORT").repair = False
@@ -279,12 +244,6 @@ def draw(layout: Any, context: Any, prefs: Any) -> None:
         box.label(text=f"Environment: {installer.resolve_env_dir(config.env_dir(context))}", icon="FILE_FOLDER")
 
 
-def _check_tick() -> float | None:
-    """Redraw the preferences until the environment's check (``installer.verify``) has answered."""
-    uijob.redraw("PREFERENCES")
-    return 0.5 if installer.checking() else None
-
-
 CLASSES = (FRESCO_OT_install_backend, FRESCO_OT_cancel_install, FRESCO_OT_uninstall_backend,
            FRESCO_OT_open_install_log)
 
@@ -295,12 +254,5 @@ def register() -> None:
 
 
 def unregister() -> None:
-    if busy():
-        _current.job.cancel()
-        if _current.thread is not None:
-            _current.thread.join(timeout=10.0)
-    for timer in (_tick, _check_tick):
-        if bpy.app.timers.is_registered(timer):
-            bpy.app.timers.unregister(timer)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

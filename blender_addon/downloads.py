@@ -1,11 +1,11 @@
-"""Download a hub model from Blender: the backend's download command in a child process
+"""Download a hub model from Blender: the backend's download command in a child process, as a task
 (standard library only, no bpy).
 
 ``Download`` runs ``<backend python> -m fresco_backend.download REPO_ID --cache-dir DIR [--file FILE]``
 (see ``fresco_backend/download.py``; ``--file``: one file of the repo, e.g. an annotator's weights) from a
-neutral folder with Blender's Python settings removed and no console window, reads its JSON lines in a thread and exposes what the Models box shows. The
-operators poll it from a timer (``wait`` in background mode); ``cancel`` stops the child and keeps
-its partial files, so a later Download of the same repo resumes.
+neutral folder with Blender's Python settings removed and no console window, and turns its JSON lines into
+the task's ``Progress`` (bytes, with the speed) and its result, the model's snapshot folder (``path``).
+``cancel`` stops the child and keeps its partial files, so a later Download of the same repo resumes.
 """
 from __future__ import annotations
 
@@ -16,63 +16,55 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from . import userdirs
+from . import tasks, userdirs
 from .contract import hubcache
 from .childproc import child_environment, no_console_flags
 
 STOP_TIMEOUT = 10.0  # seconds a cancelled child gets to stop before it is killed
 
 
-class Download:
-    """One running (or finished) download of ``repo_id`` (only ``file`` of it, when given) into ``cache_dir``.
-
-    ``done``/``total`` are bytes, ``speed`` bytes per second; once ``finished``, ``path`` is the
-    model's snapshot folder or ``error`` says what went wrong (None after a cancel)."""
+class Download(tasks.Task):
+    """The download of ``repo_id`` (only ``file`` of it, when given) into ``cache_dir`` (not started: ``start``
+    or ``run`` it). ``done``/``total`` are bytes; once ``finished``, ``path`` is the model's snapshot folder or
+    ``error`` says what went wrong (None after a cancel)."""
 
     def __init__(self, python: str | os.PathLike[str], repo_id: str, cache_dir: str | os.PathLike[str] | None = None,
                  cwd: str | os.PathLike[str] | None = None, file: str = "") -> None:
         if not hubcache.is_hub_id(repo_id):
             raise ValueError(f"{repo_id!r} is not a hub model id (org/name)")
-        self.repo_id = repo_id
+        super().__init__(self._download, f"download of {repo_id}", on_stop=self._stop)
+        self.repo_id, self.python = repo_id, str(python)
         self.cache_dir = Path(cache_dir) if cache_dir else hubcache.default_cache_dir()
-        self.done = 0
-        self.total = 0
-        self.speed = 0.0
-        self.finished = False
-        self.cancelled = False
-        self.error: str | None = None
-        self.path: Path | None = None
-        self._lock = threading.Lock()
-        self._ended = threading.Event()
-        argv = [str(python), "-m", "fresco_backend.download", repo_id, "--cache-dir", str(self.cache_dir)]
+        self.cwd = str(cwd) if cwd else None
+        self.argv = [self.python, "-m", "fresco_backend.download", repo_id, "--cache-dir", str(self.cache_dir)]
         if file:
-            argv += ["--file", file]
-        env = child_environment({"HF_HUB_CACHE": str(self.cache_dir)})
-        try:
-            self._process: subprocess.Popen | None = subprocess.Popen(
-                argv, cwd=str(cwd) if cwd else str(userdirs.temp_dir("logs")), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, creationflags=no_console_flags())
-        except OSError as exc:
-            self._process = None
-            self._finish(error=f"cannot start the backend Python {python}: {exc.strerror or exc}")
-            return
+            self.argv += ["--file", file]
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
         self._stderr: list[str] = []
-        threading.Thread(target=self._drain, args=(self._process.stderr,), name="fresco-download-err",
-                         daemon=True).start()
-        threading.Thread(target=self._read, name="fresco-download", daemon=True).start()
 
     @property
-    def fraction(self) -> float:
-        """done / total, 0 before the size is known."""
-        return self.done / self.total if self.total else 0.0
+    def done(self) -> int:
+        return self.progress.done if self.progress is not None else 0
+
+    @property
+    def total(self) -> int:
+        return self.progress.total if self.progress is not None else 0
+
+    @property
+    def path(self) -> Path | None:
+        return self.result
 
     def cancel(self) -> None:
-        """Stop the child (its partial files stay for a resume); returns once it has ended."""
-        process = self._process
+        """Stop the child (its partial files stay for a resume); returns once the download has ended."""
+        super().cancel()
+        self.wait(2 * STOP_TIMEOUT)
+
+    def _stop(self) -> None:
         with self._lock:
-            if self.finished or process is None:
-                return
-            self.cancelled = True
+            process = self._process
+        if process is None:
+            return
         try:
             process.terminate()
             process.wait(STOP_TIMEOUT)
@@ -80,11 +72,6 @@ class Download:
             process.kill()
         except OSError:
             pass
-        self._ended.wait(STOP_TIMEOUT)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the download ends (background mode); whether it has."""
-        return self._ended.wait(timeout)
 
     def _drain(self, stream: IO[bytes]) -> None:
         try:
@@ -93,10 +80,20 @@ class Download:
         except (OSError, ValueError):
             pass
 
-    def _read(self) -> None:
-        process = self._process
-        assert process is not None and process.stdout is not None
-        message: str | None = None
+    def _download(self, task: tasks.Task) -> Path:
+        env = child_environment({"HF_HUB_CACHE": str(self.cache_dir)})
+        try:
+            process = subprocess.Popen(
+                self.argv, cwd=self.cwd or str(userdirs.temp_dir("logs")), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, creationflags=no_console_flags())
+        except OSError as exc:
+            raise RuntimeError(f"cannot start the backend Python {self.python}: {exc.strerror or exc}") from None
+        with self._lock:
+            self._process = process
+        if self.cancelling:  # cancelled while it started
+            self._stop()
+        threading.Thread(target=self._drain, args=(process.stderr,), name="fresco-download-err", daemon=True).start()
+        path = message = None
         try:
             for raw in iter(process.stdout.readline, b""):
                 try:
@@ -104,26 +101,24 @@ class Download:
                 except ValueError:
                     continue
                 kind = event.get("event")
-                with self._lock:
-                    if kind in ("start", "progress"):
-                        self.total = int(event.get("total", self.total))
-                        self.done = int(event.get("done", self.done))
-                        self.speed = float(event.get("speed", self.speed))
-                    elif kind == "done":
-                        self.path = Path(str(event.get("path")))
-                        self.done = self.total = int(event.get("bytes", self.total))
-                    elif kind == "error":
-                        message = str(event.get("message"))
+                if kind in ("start", "progress"):
+                    done, total = int(event.get("done", self.done)), int(event.get("total", self.total))
+                    speed = float(event.get("speed", 0.0)) or None
+                    self.post(tasks.Progress("download", done, total, eta=(total - done) / speed if speed else None,
+                                             speed=speed))
+                elif kind == "done":
+                    path = Path(str(event.get("path")))
+                    size = int(event.get("bytes", self.total))
+                    self.post(tasks.Progress("download", size, size))
+                elif kind == "error":
+                    message = str(event.get("message"))
         except (OSError, ValueError):
             pass
         code = process.wait()
-        if self.path is None and not self.cancelled and message is None:
+        self.check()  # a cancel: the child was stopped, its partial files stay
+        if path is not None:
+            return path
+        if message is None:
             tail = "\n".join(self._stderr[-5:])
             message = f"the download stopped (exit code {code})" + (f":\n{tail}" if tail else "")
-        self._finish(error=None if self.cancelled else message)
-
-    def _finish(self, error: str | None) -> None:
-        with self._lock:
-            self.error = error
-            self.finished = True
-        self._ended.set()
+        raise RuntimeError(message)

@@ -27,12 +27,11 @@ from typing import Any, Callable, Iterator
 
 import bpy
 
-from . import compat
+from . import compat, session
 from .contract import wire
 
 MARKER = "fresco_export"  # custom property that marks our temporary scenes
 BATCH = 25  # frames per render call in render_strip, where nothing waits between steps
-_live: set[str] = set()  # names of the temporary scenes of exporters not closed yet
 
 
 class ExportError(RuntimeError):
@@ -241,7 +240,7 @@ class StripExporter:
         temp.name = "FRESCO export"  # Blender makes it unique
         temp[MARKER] = True
         self.scene_name = temp.name
-        _live.add(self.scene_name)
+        session.get().export_scenes.add(self.scene_name)  # the scene copies of exporters not closed yet
         try:
             temp.is_runtime_data = True  # saving the file mid-export must not write the copy
             _setup(temp, {s.name for s in chain} | {strip.name}, width, height, self.out_dir)
@@ -288,7 +287,7 @@ class StripExporter:
 
     def close(self) -> None:
         """Remove the scene copy; safe to call again."""
-        _live.discard(self.scene_name)
+        session.get().export_scenes.discard(self.scene_name)
         temp = self._scene()
         if temp is not None:
             bpy.data.scenes.remove(temp)
@@ -314,7 +313,8 @@ def render_strip(scene: Any, strip: Any, out_dir: str | os.PathLike,
 @bpy.app.handlers.persistent
 def _remove_strays(*_args: Any) -> None:
     """Remove scene copies of closed exporters (undo, redo or a recovered file can bring them back)."""
-    for scene in [s for s in bpy.data.scenes if s.get(MARKER) and s.name not in _live]:
+    live = session.get().export_scenes
+    for scene in [s for s in bpy.data.scenes if s.get(MARKER) and s.name not in live]:
         bpy.data.scenes.remove(scene)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .contract import files
+from .contract import files, progress
 from .childproc import child_environment, no_console_flags
 
 NOT_INSTALLED, INSTALLED, OUTDATED, BROKEN = "not_installed", "installed", "outdated", "broken"
@@ -64,8 +64,8 @@ class InstallError(RuntimeError):
     """The install cannot go on; the message says why and what to do."""
 
 
-class Cancelled(InstallError):
-    """``Installer.cancel`` stopped the install (it left no install record)."""
+Cancelled = progress.Cancelled  # ``Installer.cancel`` stopped the install (it left no install record)
+Progress = progress.Progress  # an install's: ``done`` of ``total`` steps, pip's last line as ``detail``
 
 
 @dataclass(frozen=True)
@@ -84,17 +84,6 @@ class TorchBuild:
         if isinstance(other, dict):
             other = TorchBuild(other.get("kind", ""), other.get("tag"), other.get("index_url"), "")
         return other is not None and (self.kind, self.tag, self.index_url) == (other.kind, other.tag, other.index_url)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where an install is: step ``step`` of ``steps``, its title, pip's last line, overall fraction."""
-
-    step: int
-    steps: int
-    title: str
-    fraction: float
-    log_line: str = ""
 
 
 @dataclass(frozen=True)
@@ -581,9 +570,8 @@ def uninstall(env_dir: str | os.PathLike[str], on_removed: Callable[[int, int], 
 
 # the oldest pip whose dry run reads wheel metadata from the index instead of downloading the wheels
 PLAN_PIP = (25, 3)
-STEP_WEIGHTS = (("Creating the Python environment", 0.05), ("Installing PyTorch", 0.60),
-                ("Installing the FRESCO backend", 0.25), ("Checking the backend", 0.08),
-                ("Saving the install record", 0.02))
+STEPS = ("Creating the Python environment", "Installing PyTorch", "Installing the FRESCO backend",
+         "Checking the backend", "Saving the install record")
 
 
 class Installer:
@@ -612,26 +600,23 @@ class Installer:
         self._process: subprocess.Popen | None = None
         self._step = 0
         self._title: str | None = None
-        self._lines = 0  # output lines of the step so far
         self._log = None
         self.plan: DownloadPlan | None = None  # what the PyTorch step downloads, once known
 
     # progress and cancel
 
     def _report(self, log_line: str = "", title: str | None = None, done: bool = False) -> None:
-        """Tell ``on_progress``: within a step the fraction creeps towards the step's end with each line."""
+        """Tell ``on_progress`` where the install is: the steps before this one done (all, once ``done``)."""
         if self.on_progress is None:
             return
-        index = max(self._step - 1, 0)
-        start = sum(w for _, w in STEP_WEIGHTS[:index])
-        fraction = 1.0 if done else start + STEP_WEIGHTS[index][1] * self._lines / (self._lines + 25)
-        step_title = title or self._title or STEP_WEIGHTS[index][0]
-        self.on_progress(Progress(self._step or 1, len(STEP_WEIGHTS), step_title, fraction, log_line))
+        step_title = title or self._title or STEPS[max(self._step - 1, 0)]
+        finished = len(STEPS) if done else max(self._step - 1, 0)
+        self.on_progress(Progress(step_title, finished, len(STEPS), detail=log_line))
 
     def _begin(self, step: int, title: str | None = None) -> None:
         self._check_cancel()
-        self._step, self._title, self._lines = step, title or STEP_WEIGHTS[step - 1][0], 0
-        self._write_log(f"\n== step {step}/{len(STEP_WEIGHTS)}: {self._title}\n")
+        self._step, self._title = step, title or STEPS[step - 1]
+        self._write_log(f"\n== step {step}/{len(STEPS)}: {self._title}\n")
         self._report()
 
     def cancel(self) -> None:
@@ -677,7 +662,6 @@ class Installer:
                 self._write_log(line + "\n")
                 if line.strip():
                     lines.append(line)
-                    self._lines += 1
                     self._report(line.strip())
             code = process.wait()
         finally:
@@ -817,7 +801,7 @@ class Installer:
         if not self.repair:
             current = self._current_record()
             if current is not None:
-                self._step = len(STEP_WEIGHTS)
+                self._step = len(STEPS)
                 self._report(title="Already installed", done=True)
                 return current
         torch_requirement(self.wheel)  # a wheel that is not ours is refused before anything changes

@@ -1,6 +1,6 @@
 """The translation queue: strips waiting their turn, one translation at a time on the warm backend. No bpy.
 
-The UI timer (``uijob``) and the synchronous loops (background mode, ``farm``)
+The session's timer (``session.tick``) and the synchronous loops (background mode, ``farm``)
 drive the same ``JobQueue``: ``tick`` advances it one step, ``run`` does it all
 at once. An entry holds the settings taken when it was queued; its job (a
 ``translation.Translation``) is made by ``begin(entry)`` when its turn comes.

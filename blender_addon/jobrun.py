@@ -1,60 +1,64 @@
 """Run one translation job against the backend: the HTTP side, no bpy.
 
-``run_job`` is called on Blender's main thread in background mode and on a
-worker thread in the UI; it reports through ``emit`` (a callable taking one
-message dict) and never touches bpy data, so it is safe on any thread.
+``job_task`` is the translation's backend job as a ``tasks.Task``: run here in background mode and on its
+thread in the UI, it never touches bpy data. Its result is the written frames; what it posts on the way:
 
-Messages:
-  {"kind": "job", "job_id": str}
-  {"kind": "progress", "stage": str, "done": int, "total": int, "eta": float | None}
-                                                 (``STAGE_STARTING``, total 0: the backend is being started)
-  {"kind": "frame", "index": int, "path": str}   (an output frame was downloaded to ``path``)
-  {"kind": "health", "health": dict}             (the backend's /v1/health after the job: its measured speed)
-  {"kind": "finished", "files": [str, ...]}      (put by ``worker`` only)
-  {"kind": "error", "message": str}              (put by ``worker`` only)
-  {"kind": "cancelled"}                          (put by ``worker`` only)
+  Progress             (``contract.progress``; ``STAGE_STARTING``, total 0: the backend is being started)
+  JobCreated(job_id)   (the backend accepted the job)
+  FrameReceived(index, path)  (an output frame was downloaded to ``path``)
+  Health(answer)       (the backend's /v1/health after the job: its measured speed)
+
+A failure is the task's error (the backend's message), a cancel ``Cancelled`` (the backend's job cancelled too).
 """
 from __future__ import annotations
 
-import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import tasks
 from .contract import files, wire
+
+Progress = tasks.Progress
+STAGE_STARTING = "starting backend"  # the job's first stage, while ``get_client`` starts the backend
 
 
 class JobFailed(RuntimeError):
     """The backend reported an error, or the job could not run."""
 
 
-class JobCancelled(RuntimeError):
-    """The user cancelled the job."""
+@dataclass(frozen=True)
+class JobCreated:
+    job_id: str
 
 
-Emit = Callable[[dict], None]
-STAGE_STARTING = "starting backend"  # ``worker``'s first stage, while ``get_client`` starts the backend
+@dataclass(frozen=True)
+class FrameReceived:
+    index: int
+    path: str
 
 
-def _check(cancel: threading.Event | None, client: Any = None, job_id: str | None = None) -> None:
-    if cancel is not None and cancel.is_set():
+@dataclass(frozen=True)
+class Health:
+    answer: dict
+
+
+def _check(task: tasks.Task, client: Any = None, job_id: str | None = None) -> None:
+    if task.cancelling:
         if client is not None and job_id is not None:
             try:
                 client.cancel(job_id)
             except Exception:  # the job is abandoned either way
                 pass
-        raise JobCancelled("cancelled")
+        task.check()
 
 
-def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: Path,
-            emit: Emit | None = None, cancel: threading.Event | None = None,
+def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: Path, task: tasks.Task,
             wait: float = 2.0, timeout: float | None = None) -> list[Path]:
-    """Translate ``frame_paths`` (PNG files) and write the results to ``out_dir``/0001.png, ...
-
-    Returns the written files in order. Raises JobFailed or JobCancelled.
-    """
-    emit = emit or (lambda message: None)
+    """Translate ``frame_paths`` (PNG files) and write the results to ``out_dir``/0001.png, ..., posting to
+    ``task`` as it goes. Returns the written files in order. Raises JobFailed or Cancelled."""
     out_dir = Path(out_dir)
     total = len(frame_paths)
     if total < 1:
@@ -62,11 +66,11 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
     deadline = None if timeout is None else time.monotonic() + timeout
 
     job_id = client.create_job(settings, total)
-    emit({"kind": "job", "job_id": job_id})
+    task.post(JobCreated(job_id))
     for index, path in enumerate(frame_paths):
-        _check(cancel, client, job_id)
+        _check(task, client, job_id)
         client.upload_frame(job_id, index, Path(path).read_bytes())
-        emit({"kind": "progress", "stage": "upload", "done": index + 1, "total": total, "eta": None})
+        task.post(Progress("upload", index + 1, total))
     client.start(job_id)
 
     written: dict[int, Path] = {}
@@ -78,12 +82,12 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
         path = out_dir / wire.frame_filename(index)
         files.write_bytes_atomic(path, client.download_frame(job_id, index))
         written[index] = path
-        emit({"kind": "frame", "index": index, "path": str(path)})
+        task.post(FrameReceived(index, str(path)))
 
     after = -1
     state = error = None
     while True:
-        _check(cancel, client, job_id)
+        _check(task, client, job_id)
         if deadline is not None and time.monotonic() > deadline:
             try:
                 client.cancel(job_id)
@@ -95,9 +99,8 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
             after = max(after, int(event.get("seq", after)))
             kind = event.get("type")
             if kind == wire.EV_PROGRESS:
-                emit({"kind": "progress", "stage": str(event.get("stage", "")),
-                      "done": int(event.get("done", 0)), "total": int(event.get("total", 0)),
-                      "eta": event.get("eta")})
+                task.post(Progress(str(event.get("stage", "")), int(event.get("done", 0)),
+                                   int(event.get("total", 0)), event.get("eta")))
             elif kind == wire.EV_FRAME:
                 fetch(int(event["index"]))
             elif kind == wire.EV_DONE:
@@ -114,11 +117,11 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
         raise JobFailed(error or f"job {job_id} failed")
     if state == wire.CANCELLED:
         _forget(client, job_id)
-        raise JobCancelled("cancelled by the backend")
+        raise tasks.Cancelled("cancelled by the backend")
     for index in range(out_count):
-        _check(cancel, client, job_id)
+        _check(task, client, job_id)
         fetch(index)
-        emit({"kind": "progress", "stage": "receive", "done": index + 1, "total": out_count, "eta": None})
+        task.post(Progress("receive", index + 1, out_count))
     _forget(client, job_id)
     return [written[i] for i in range(out_count)]
 
@@ -134,22 +137,26 @@ def _forget(client: Any, job_id: str) -> None:
         print(f"FRESCO: could not delete job {job_id} on the backend: {exc}")
 
 
-def worker(get_client: Callable[[], Any], settings: dict, frame_paths: Sequence[Path], out_dir: Path,
-           put: Emit, cancel: threading.Event, starting: bool = True) -> None:
-    """Thread body for the UI: run the job and put exactly one final message. ``starting``: put a
-    ``STAGE_STARTING`` message first (False where the backend was started before)."""
-    try:
-        if starting:
-            put({"kind": "progress", "stage": STAGE_STARTING, "done": 0, "total": 0, "eta": None})
-        client = get_client()
-        files = run_job(client, settings, frame_paths, out_dir, emit=put, cancel=cancel)
+def job_task(get_client: Callable[[], Any], settings: dict, frame_paths: Sequence[Path], out_dir: Path,
+             on_message: Callable[[Any], None], starting: bool = True) -> tasks.Task:
+    """The backend job of a translation as a task (not started). ``starting``: post a ``STAGE_STARTING``
+    progress first (False where the backend was started before)."""
+
+    def work(task: tasks.Task) -> list[Path]:
         try:
-            put({"kind": "health", "health": client.health()})
-        except Exception:  # only the next estimate misses the speed this job measured
-            pass
-        put({"kind": "finished", "files": [str(f) for f in files]})
-    except JobCancelled:
-        put({"kind": "cancelled"})
-    except Exception as exc:  # reported on the main thread; never kill Blender
-        traceback.print_exc()
-        put({"kind": "error", "message": str(exc) or type(exc).__name__})
+            if starting:
+                task.post(Progress(STAGE_STARTING, 0, 0))
+            client = get_client()
+            written = run_job(client, settings, frame_paths, out_dir, task)
+            try:
+                task.post(Health(client.health()))
+            except Exception:  # only the next estimate misses the speed this job measured
+                pass
+            return written
+        except tasks.Cancelled:
+            raise
+        except Exception:  # the message is the task's error; the traceback goes to the console
+            traceback.print_exc()
+            raise
+
+    return tasks.Task(work, "job", on_message)

@@ -9,8 +9,8 @@ A ControlNet row names its control kind: Use makes it the ControlNet of that kin
 compute the softedge, lineart and depth conditions) have rows of their own, downloaded like the models.
 
 Downloads run in the backend's environment (``downloads.Download``, huggingface_hub is there, not in
-Blender's Python); with a UI a timer redraws the preferences while they run, in background mode the
-operator waits and prints the progress.
+Blender's Python), as tasks of the session (``session.run_task``): with a UI on a thread while the session's
+timer redraws the preferences, in background mode here, printing the progress.
 """
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ from typing import Any, Mapping, NamedTuple
 
 import bpy
 
-from . import backend, config, downloads, props, uijob
+from . import backend, config, downloads, props, session
 from .contract import hubcache
 from .launcher import CONTROLNET_KEYS
 
-_downloads: dict[str, downloads.Download] = {}  # download_key -> its download (running or the last one)
 # about how much a download of each built-in model fetches (``fresco_backend/download.py`` selects one weight set,
 # full precision; a ControlNet 1.45 GB), shown before it starts; the figure a download reports replaces it
 DOWNLOAD_SIZES = {hubcache.DEFAULT_MODEL: 4.27e9, **{ref: 1.45e9 for ref in hubcache.DEFAULT_CONTROLNETS.values()},
@@ -38,18 +37,21 @@ def _gb(size: float) -> str:
 
 
 def download_key(repo_id: str, file: str = "") -> str:
-    """What ``_downloads`` files a download under: the repo, or one file of it (``org/name/file``)."""
+    """What a download is called: the repo, or one file of it (``org/name/file``)."""
     return f"{repo_id}/{file}" if file else repo_id
 
 
+def _task_key(repo_id: str, file: str = "") -> str:
+    """The session's key of the download (``Session.tasks``: running, or the last one)."""
+    return "download " + download_key(repo_id, file)
+
+
+def _download(repo_id: str, file: str = "") -> downloads.Download | None:
+    return session.get().tasks.get(_task_key(repo_id, file))
+
+
 def downloading(repo_id: str, file: str = "") -> bool:
-    job = _downloads.get(download_key(repo_id, file))
-    return job is not None and not job.finished
-
-
-def _tick() -> float | None:
-    uijob.redraw("PREFERENCES")
-    return 0.25 if any(not job.finished for job in _downloads.values()) else None
+    return session.get().running(_task_key(repo_id, file)) is not None
 
 
 class Row(NamedTuple):
@@ -122,21 +124,21 @@ class FRESCO_OT_download_model(bpy.types.Operator):
             self.report({"ERROR"}, f"FRESCO: {backend.config_problem(settings) or 'no backend'} (downloads run "
                                    "in the backend's environment)")
             return {"CANCELLED"}
-        job = downloads.Download(settings["python"], repo_id, config.model_cache_dir(context), file=file)
-        _downloads[name] = job
-        if not uijob.has_event_loop():  # no event loop: wait here, printing the progress
-            last = 0.0
-            while not job.wait(timeout=1.0):
-                if time.monotonic() - last >= 5.0:
-                    print(f"FRESCO: downloading {name}: {_gb(job.done)} of {_gb(job.total)}", flush=True)
-                    last = time.monotonic()
-            if job.error:
-                self.report({"ERROR"}, f"FRESCO: download of {name} failed: {job.error}")
-                return {"CANCELLED"}
-            self.report({"INFO"}, f"FRESCO: downloaded {name} ({_gb(job.total)})")
-            return {"FINISHED"}
-        if not bpy.app.timers.is_registered(_tick):
-            bpy.app.timers.register(_tick, first_interval=0.25)
+        last = [0.0]
+
+        def say(progress: Any) -> None:  # headless: the progress every few seconds
+            if time.monotonic() - last[0] >= 5.0:
+                print(f"FRESCO: downloading {name}: {_gb(progress.done)} of {_gb(progress.total)}", flush=True)
+                last[0] = time.monotonic()
+
+        job = session.run_task(_task_key(repo_id, file), downloads.Download(
+            settings["python"], repo_id, config.model_cache_dir(context), file=file), say)
+        if not job.finished:
+            return {"FINISHED"}  # the Models box shows it
+        if job.error:
+            self.report({"ERROR"}, f"FRESCO: download of {name} failed: {job.error}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"FRESCO: downloaded {name} ({_gb(job.total)})")
         return {"FINISHED"}
 
 
@@ -150,7 +152,7 @@ class FRESCO_OT_cancel_download(bpy.types.Operator):
     file: bpy.props.StringProperty(name="File", options={"SKIP_SAVE"})
 
     def execute(self, context: Any) -> set[str]:
-        job = _downloads.get(download_key(self.repo_id, self.file))
+        job = _download(self.repo_id, self.file)
         if job is not None:
             job.cancel()
         return {"FINISHED"}
@@ -171,16 +173,16 @@ class FRESCO_OT_remove_model(bpy.types.Operator):
         if downloading(self.repo_id):
             self.report({"ERROR"}, f"FRESCO: {self.repo_id} is being downloaded: cancel that first")
             return {"CANCELLED"}
-        if uijob.busy():
+        if session.busy():
             self.report({"ERROR"}, "FRESCO: a translation is running: wait for it or cancel it first")
             return {"CANCELLED"}
-        backend.stop()  # a warm backend may hold the files open (Windows cannot delete them then)
+        session.get().backend.stop()  # a warm backend may hold the files open (Windows cannot delete them then)
         try:
             hubcache.remove(config.model_cache_dir(context), self.repo_id)
         except OSError as exc:
             self.report({"ERROR"}, f"FRESCO: cannot remove {self.repo_id}: {exc}")
             return {"CANCELLED"}
-        _downloads.pop(self.repo_id, None)
+        session.get().tasks.pop(_task_key(self.repo_id), None)
         return {"FINISHED"}
 
 
@@ -267,9 +269,10 @@ def _state(ref: str, cache: Path, file: str = "") -> tuple[str, str, bool]:
     """(words, icon, usable) of one model's row (``file``: only that file of the repo): downloading, downloaded
     with its size on disk, partly downloaded, not downloaded with the download's size where known, a local
     folder or file, or missing; usable: downloaded, or a local model that exists."""
-    job = _downloads.get(download_key(ref, file))
+    job = _download(ref, file)
     if job is not None and not job.finished:
-        speed = f", {job.speed / 1e6:.1f} MB/s" if job.speed else ""
+        speed = job.progress.speed if job.progress is not None else None
+        speed = f", {speed / 1e6:.1f} MB/s" if speed else ""
         return f"Downloading, {_gb(job.done)} of {_gb(job.total)}{speed}", "SORTTIME", False
     if not hubcache.is_hub_id(ref):
         path = Path(bpy.path.abspath(ref)).expanduser()
@@ -296,7 +299,7 @@ def _state(ref: str, cache: Path, file: str = "") -> tuple[str, str, bool]:
 
 def _download_buttons(row: Any, ref: str, file: str, complete: bool) -> None:
     """Cancel while downloading, else Remove (a whole repo) or Download."""
-    job = _downloads.get(download_key(ref, file))
+    job = _download(ref, file)
     if job is not None and not job.finished:
         row.progress(factor=job.done / job.total if job.total else 0.0, type="BAR")
         op = row.operator(FRESCO_OT_cancel_download.bl_idname, text="", icon="CANCEL")
@@ -500,12 +503,6 @@ def register() -> None:
 
 
 def unregister() -> None:
-    for job in _downloads.values():
-        if not job.finished:
-            job.cancel()
-    _downloads.clear()
-    if bpy.app.timers.is_registered(_tick):
-        bpy.app.timers.unregister(_tick)
     for name in (MODEL_CHOICE, MODEL_OTHER):
         if hasattr(props.FrescoStripSettings, name):
             delattr(props.FrescoStripSettings, name)

@@ -1,8 +1,8 @@
 """The add-on's sequencer operators: Translate, Translate Selected, Cancel and Stop Backend (the farm's is in
 farm.py).
 
-Both translate operators put strips in the queue (``uijob``, ``jobqueue``) with their settings as they are
-now: with a UI its timer runs them one after the other; in background mode (or with Synchronous) the queue runs
+Both translate operators put strips in the session's queue (``session``, ``jobqueue``) with their settings as
+they are now: with a UI the session's timer runs them one after the other; in background mode (or with Synchronous) the queue runs
 here, before the operator returns.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import bpy
 
-from . import backend, compat, jobqueue, props, translation, uijob
+from . import compat, jobqueue, props, session, translation
 from .config import backend_config
 
 TRANSLATABLE = ("MOVIE", "IMAGE")
@@ -57,8 +57,8 @@ class QueueOperator:
 
     def queue_strips(self, context: Any, strips: list) -> set[str]:
         """Queue ``strips`` (a refused one is reported, the rest still go); run them here when synchronous."""
-        sync = self.synchronous or not uijob.has_event_loop()
-        queue = uijob.queue()
+        sync = self.synchronous or not session.has_event_loop()
+        queue = session.queue()
         if sync and queue.active():
             self.report({"ERROR"}, "FRESCO: the queue is running: wait for it or cancel it")
             return {"CANCELLED"}
@@ -78,7 +78,7 @@ class QueueOperator:
         if not entries:
             return {"CANCELLED"}
         if not sync:
-            uijob.kick()
+            session.start_queue()
             self.report({"INFO"}, f"FRESCO: queued {', '.join(e.strip_name for e in entries)} "
                                   f"({len(queue.waiting())} waiting)")
             return {"FINISHED"}
@@ -145,16 +145,16 @@ class FRESCO_OT_cancel(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: Any) -> bool:
-        return uijob.busy()
+        return session.busy()
 
     def execute(self, context: Any) -> set[str]:
         if self.strip:
-            queue = uijob.queue()
+            queue = session.queue()
             for entry in queue.entries:
                 if (entry.scene_name, entry.strip_name) == (context.scene.name, self.strip):
                     queue.cancel(entry)
         else:
-            uijob.cancel(self.entry)
+            session.cancel(self.entry)
         return {"FINISHED"}
 
 
@@ -165,10 +165,10 @@ class FRESCO_OT_stop_backend(bpy.types.Operator):
     bl_label = "Stop Backend"
 
     def execute(self, context: Any) -> set[str]:
-        if uijob.busy():
+        if session.busy():
             self.report({"ERROR"}, "FRESCO: translations are queued or running")
             return {"CANCELLED"}
-        backend.stop()
+        session.get().backend.stop()
         return {"FINISHED"}
 
 

@@ -9,11 +9,11 @@ from typing import Any, Mapping
 import bpy
 
 from . import backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
-from . import preview, props, settings_ops, translation, uijob, userdirs
+from . import preview, props, session, settings_ops, translation, userdirs
 from .contract import settings as schema
 
 GROUP_ICONS = {"look": "COLOR", "guidance": "MODIFIER", "timing": "KEYFRAME_HLT", "quality": "RENDER_RESULT"}
-STARTING_STAGE = jobrun.STAGE_STARTING  # the queue entry's stage while the backend starts (jobrun.worker)
+STARTING_STAGE = jobrun.STAGE_STARTING  # the queue entry's stage while the backend starts (jobrun.job_task)
 SETUP, STOP = "setup", "stop"  # what the backend line offers: the add-on's preferences, or Stop Backend
 DRAFT_PRESET = os.path.join(presets.SHIPPED_ROOT, "presets", presets.SUBDIR, "Draft.py")  # a quick look first
 STATE_ICONS = {jobqueue.WAITING: "TIME", jobqueue.RUNNING: "PLAY", jobqueue.DONE: "CHECKMARK",
@@ -23,7 +23,7 @@ STATE_ICONS = {jobqueue.WAITING: "TIME", jobqueue.RUNNING: "PLAY", jobqueue.DONE
 def backend_state(context: Any, configured: Mapping[str, str]) -> tuple[str, str, str]:
     """(words, icon, action) of the backend for the sidebar: not installed (or what else is missing; action
     SETUP), being installed, starting, busy, ready on its device (action STOP), or not started yet."""
-    if backend_setup.busy():
+    if backend_setup.running() is not None:
         return "Backend being installed", "SORTTIME", SETUP
     problem = backend.config_problem(dict(configured))
     if problem and not configured.get("python") and not configured.get("url"):
@@ -33,14 +33,14 @@ def backend_state(context: Any, configured: Mapping[str, str]) -> tuple[str, str
         return words, "ERROR", SETUP
     if problem:
         return problem, "ERROR", SETUP
-    job = uijob.current()
-    busy = uijob.busy()
+    job = session.current()
+    busy = session.busy()
     if configured.get("url"):
         return ("Remote backend busy" if busy else f"Remote backend {configured['url']}"), "URL", ""
     if busy and job is not None and not job.finished and job.stage == STARTING_STAGE:
         return "Backend starting", "SORTTIME", ""
     device = _device(context, configured)
-    if backend.running():
+    if session.get().backend.running():
         return (f"Backend busy on {device}", "PLAY", "") if busy else (f"Backend ready on {device}", "CHECKMARK",
                                                                        STOP)
     if busy and job is not None and job.stage == "export":
@@ -85,7 +85,7 @@ def draw_cost(layout: Any, context: Any, strip: Any, values: Mapping[str, Any],
     Draft preset (or, at Draft settings already, the warning alone)."""
     if strip.type in export.NO_PICTURE:
         return
-    cost = translation.cost(context.scene, strip, values, backend.health(dict(configured)),
+    cost = translation.cost(context.scene, strip, values, session.get().backend.health(dict(configured)),
                             known_device(context, configured))
     column = layout.column(align=True)
     for text, icon in ((cost.size, "FULLSCREEN_ENTER"), (cost.counts, "KEYFRAME"), (cost.time, "TIME")):
@@ -161,9 +161,9 @@ def _shown(value: Any) -> str:
 
 
 def draw_queue(layout: Any, context: Any) -> None:
-    """The queue box (``uijob``'s queue): each entry with its state (the running one's progress and preview),
+    """The queue box (the session's queue): each entry with its state (the running one's progress and preview),
     a cancel button per waiting or running entry and Cancel All."""
-    queue = uijob.queue()
+    queue = session.queue()
     entries = queue.entries
     if not entries:
         return
@@ -192,7 +192,7 @@ def draw_queue(layout: Any, context: Any) -> None:
         if entry.result_name:
             box.label(text=f"Added {entry.result_name}", icon="CHECKMARK")
         if entry.state == jobqueue.RUNNING:
-            preview.draw(box, job, uijob.has_event_loop())
+            preview.draw(box, job, session.has_event_loop())
 
 
 class FRESCO_PT_panel(bpy.types.Panel):

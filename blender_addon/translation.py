@@ -1,21 +1,21 @@
 """One translation of one strip, as explicit steps that the UI timer and the synchronous loop both drive.
 
     export   render the strip's frames, a few per call (main thread: bpy)
-    submit   run the backend job (``jobrun.worker``): on a worker thread in the UI, inline when synchronous
-    progress the job's messages (job id, progress, downloaded frames), handled on the main thread
+    submit   run the backend job (``jobrun.job_task``, a ``tasks.Task``): on its thread in the UI, here when
+             synchronous
+    progress the job's messages (``Progress``, job id, downloaded frames), handled on the main thread
     place    the result strip beside the source as one undo step (main thread), or clean up after a
              failure or cancel
 
 ``check`` refuses a strip that cannot be translated and takes its job settings
 when it is queued (``jobqueue``); ``begin`` starts the ``Translation`` of a
-queue entry when its turn comes. With a UI ``uijob`` calls ``poll`` from a
-timer; headless (background mode, the farm) ``run`` does every step at once,
+queue entry when its turn comes. With a UI the session's timer (``session.tick``) calls
+``poll``; headless (background mode, the farm) ``run`` does every step at once,
 after starting the backend and printing what the job will cost (``cost``, which
 the panel shows before Translate). Only the main thread touches bpy data.
 """
 from __future__ import annotations
 
-import queue
 import re
 import shutil
 import tempfile
@@ -27,14 +27,13 @@ from typing import Any, Callable, Mapping
 
 import bpy
 
-from . import backend, compat, export, jobrun, place, preview, props, resultdirs, unsaved, userdirs
+from . import backend, compat, export, jobrun, place, preview, props, resultdirs, session, tasks, unsaved, userdirs
 from .contract import estimate
 from .contract import settings as schema
 from .contract import wire
 
 POLL_INTERVAL = 0.2
 EXPORT_FRAMES_PER_TICK = 1  # a frame takes tens of ms at HD; the UI handles events between ticks
-FINAL = ("finished", "error", "cancelled")  # jobrun.worker's last message
 
 Report = Callable[[str, int, int, "float | None"], None]  # (stage, done, total, eta in seconds or None)
 FRAME_STAGES = ("export", "upload", "receive")  # the add-on's own stages: done/total count frames
@@ -58,7 +57,8 @@ class Translation:
     def __init__(self, scene: Any, source: Any, settings: dict, config: dict[str, str],
                  report: Report | None = None, note: Callable[[str], None] | None = None) -> None:
         self.scene_name, self.source_name, self.settings, self.config = scene.name, source.name, settings, config
-        self.get_client = lambda: backend.get_client(config)
+        self.backend = session.get().backend
+        self.get_client = lambda: self.backend.get_client(config)
         self.backend_started = False  # by ``run``, before the export
         self.report, self.note = report, note
         self.export_dir = Path(tempfile.mkdtemp(prefix="export-", dir=userdirs.temp_dir()))
@@ -73,9 +73,8 @@ class Translation:
             shutil.rmtree(self.export_dir, ignore_errors=True)
             raise
         place.mark_source(source, settings)
-        self.queue: queue.Queue = queue.Queue()  # the worker thread's messages (UI)
-        self.cancel = threading.Event()
-        self.thread: threading.Thread | None = None
+        self.cancel = threading.Event()  # the user's Cancel, or another file opened; the task gets it
+        self.task: tasks.Task | None = None  # the backend job, once the export is done
         self.job_id: str | None = None
         self.stage, self.done, self.total = "export", 0, self.exporter.total
         self.eta: float | None = None
@@ -93,58 +92,57 @@ class Translation:
     def export_frames(self, count: int) -> None:
         """Render the next ``count`` frames; when all are there (or on cancel or error) close the exporter."""
         exporter = self.exporter
-        final = None
+        ended = error = None
         if self.cancel.is_set():
-            final = {"kind": "cancelled"}
+            ended = True
         elif bpy.app.is_job_running("RENDER"):
             return  # the user's own render; rendering now would fail
         else:
             try:
                 done, total = exporter.step(count)
             except Exception as exc:
-                final = {"kind": "error", "message": f"exporting the frames failed: {exc}"}
+                ended, error = True, f"exporting the frames failed: {exc}"
             else:
-                self.handle({"kind": "progress", "stage": "export", "done": done, "total": total})
+                self.handle(tasks.Progress("export", done, total))
                 if done < total:
                     return
         exporter.close()
         self.exporter, self.frames = None, exporter.files
-        if final is not None:
-            self.handle(final)
+        if ended:
+            self._end(None, error)
 
     # -- step 2: submit ------------------------------------------------------------------------------------
     def submit(self, threaded: bool) -> None:
-        """Run the backend job on the exported frames: on a worker thread reporting through ``queue`` (UI), or
+        """Run the backend job on the exported frames: on its thread, ``poll`` handing on its messages (UI), or
         here, handling each message as it comes (synchronous: returns when the job is over)."""
-        files = self.frames
+        self.task = jobrun.job_task(self.get_client, self.settings, self.frames, self.out_dir, self.handle,
+                                    starting=threaded or not self.backend_started)
         if threaded:
-            self.thread = threading.Thread(
-                target=jobrun.worker, name="fresco-job", daemon=True,
-                args=(self.get_client, self.settings, files, self.out_dir, self.queue.put, self.cancel))
-            self.thread.start()
+            self.task.start()
         else:
-            jobrun.worker(self.get_client, self.settings, files, self.out_dir, self.handle, self.cancel,
-                          starting=not self.backend_started)
+            self.task.run()
+            self._task_ended()
 
     # -- step 3: progress ----------------------------------------------------------------------------------
-    def handle(self, message: dict) -> None:
-        """Main thread: take one message of the job; the last one places the result (or cleans up)."""
+    def handle(self, message: Any) -> None:
+        """Main thread: take one message of the export or the backend job (``jobrun``'s)."""
         if self.finished:
             return
-        kind = message.get("kind")
-        if kind == "job":
-            self.job_id = message["job_id"]
-        elif kind == "progress":
-            self.stage, self.done, self.total = message["stage"], message["done"], message["total"]
-            self.eta = message.get("eta")
+        if isinstance(message, tasks.Progress):
+            self.stage, self.done, self.total, self.eta = message.stage, message.done, message.total, message.eta
             if self.report is not None:
                 self.report(self.stage, self.done, self.total, self.eta)
-        elif kind == "frame":
-            self.preview_path = message["path"]
-        elif kind == "health":
-            backend.note_health(self.config, message["health"])
-        elif kind in FINAL:
-            self._end(message)
+        elif isinstance(message, jobrun.JobCreated):
+            self.job_id = message.job_id
+        elif isinstance(message, jobrun.FrameReceived):
+            self.preview_path = message.path
+        elif isinstance(message, jobrun.Health):
+            self.backend.note_health(self.config, message.answer)
+
+    def _task_ended(self) -> None:
+        """Main thread, every message of the backend job handled: place its result (or clean up)."""
+        task = self.task
+        self._end(None if task.result is None else [str(f) for f in task.result], task.error)
 
     # -- step 4: place -------------------------------------------------------------------------------------
     def _place(self, files: list[str]) -> None:
@@ -162,12 +160,15 @@ class Translation:
         preview.remove(self)  # not kept in the undo step
         place.push_undo(f"FRESCO: add {strip.name}")
 
-    def _end(self, message: dict) -> None:
-        kind = "cancelled" if self.cancel.is_set() else message["kind"]  # also a result after Cancel or a load
+    def _end(self, files: list[str] | None, error: str | None = None) -> None:
+        """The last step: ``files`` the job's result, else ``error`` why it failed (neither: cancelled)."""
+        # a Cancel (or another file opened) wins, also over a result that came meanwhile
+        kind = "cancelled" if self.cancel.is_set() or (files is None and error is None) else (
+            "finished" if files is not None else "error")
         self.finished = True
         try:
             if kind == "finished":
-                self._place(message["files"])
+                self._place(files)
                 self.stage = "done"
                 log(f"{self.source_name}: result strip {self.result_name!r} from {self.out_dir}")
                 if userdirs.is_temporary(self.out_dir):
@@ -175,7 +176,7 @@ class Translation:
                         f"{self.out_dir}; save the .blend to move them next to it")
             else:
                 self.stage = "cancelled" if kind == "cancelled" else "failed"
-                self.error = message.get("message") if kind == "error" else None
+                self.error = error if kind == "error" else None
                 resultdirs.remove_unused(self.out_dir)
         except Exception as exc:  # never raise into a timer; the frames stay for the user
             self.error, self.stage = str(exc), "failed"
@@ -188,19 +189,19 @@ class Translation:
     def note_cost(self) -> None:
         """Headless, before the export: start the backend (its speed on its device gives the time) and say what
         the job will cost, with the Draft preset suggested for a long one."""
-        if backend.health(self.config) is None and not self.config.get("url"):
+        if self.backend.health(self.config) is None and not self.config.get("url"):
             self.report(jobrun.STAGE_STARTING, 0, 0, None)
         client = self.get_client()
         self.get_client, self.backend_started = (lambda: client), True
         scene = bpy.data.scenes[self.scene_name]
         source = compat.all_strips(compat.editor(scene))[self.source_name]
-        job = cost(scene, source, self.settings, backend.health(self.config))
+        job = cost(scene, source, self.settings, self.backend.health(self.config))
         self.note(job.line())
         if job.long:
             self.note(LONG_AT_DRAFT if at_draft(self.settings) else DRAFT_HINT)
 
     def poll(self) -> float | None:
-        """One UI timer tick: export the next frames, start the worker, take its messages.
+        """One UI timer tick: export the next frames, start the backend job, take its messages.
 
         Returns the next interval, or None when the translation is over.
         """
@@ -210,11 +211,12 @@ class Translation:
             self.export_frames(EXPORT_FRAMES_PER_TICK)
             if self.exporter is None and not self.finished:
                 self.submit(threaded=True)
-        while not self.finished:
-            try:
-                self.handle(self.queue.get_nowait())
-            except queue.Empty:
-                break
+        task = self.task
+        if task is not None and not self.finished:
+            if self.cancel.is_set() and not task.cancelling:
+                task.cancel()
+            if task.deliver():
+                self._task_ended()
         if self.finished:
             return None
         return 0.0 if self.exporter is not None else POLL_INTERVAL
@@ -241,7 +243,7 @@ class Translation:
                 self.exporter.close()
                 self.exporter = None
             if not self.finished:
-                self._end({"kind": "error", "message": str(exc) or type(exc).__name__})
+                self._end(None, str(exc) or type(exc).__name__)
             if interrupted:
                 raise
         if self.stage != "done":

@@ -20,7 +20,7 @@ from typing import Any
 
 import bpy
 
-from . import compat, resultdirs, userdirs
+from . import compat, resultdirs, session, userdirs
 from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY
 
 
@@ -44,9 +44,6 @@ def move_folder(folder: Path, root: Path, strip_name: str) -> Path:
     folder.rmdir()
     log(f"moved {folder} to {target}")
     return target
-
-
-_moved: dict[str, Path] = {}  # the real path of each folder moved this session -> where it went
 
 
 def repoint(moved: dict[str, Path]) -> None:
@@ -77,7 +74,7 @@ def adopt(blend_path: str | os.PathLike[str]) -> None:
                 continue
             moved[folder] = move_folder(Path(folder), resultdirs.root_beside(blend_path),
                                         str(strip.get(RESULT_SOURCE_KEY, strip.name)))
-    _moved.update(moved)
+    session.get().moved.update(moved)
     repoint(moved)
 
 
@@ -102,14 +99,15 @@ def _adopt_on_save(*args: Any) -> None:
 @bpy.app.handlers.persistent
 def _repoint_after_undo(*_args: Any) -> None:
     """Undo/redo restored strips as they were before a save moved their folder: point them at it again."""
-    if _moved:
-        repoint({old: new for old, new in _moved.items() if not os.path.isdir(old)})
+    moved = session.get().moved
+    if moved:
+        repoint({old: new for old, new in moved.items() if not os.path.isdir(old)})
 
 
 @bpy.app.handlers.persistent
 def _forget_moves(*_args: Any) -> None:
     """Another file: its undo history starts anew, no strip of it can point at a folder moved before."""
-    _moved.clear()
+    session.get().moved.clear()
 
 
 HANDLERS = (("save_pre", _adopt_on_save), ("undo_post", _repoint_after_undo), ("redo_post", _repoint_after_undo),

@@ -191,6 +191,11 @@ def new_installer(env_dir, wheel, events=None, **kwargs):
                                on_progress=None if events is None else events.append, **kwargs)
 
 
+def step(progress):
+    """The install step a Progress is from (1..5): its ``done`` counts the steps before it."""
+    return min(progress.done + 1, progress.total)
+
+
 def env_run(env_dir, code):
     import subprocess
     return subprocess.run([str(installer.env_python(env_dir)), "-c", code], capture_output=True, text=True,
@@ -205,20 +210,21 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     job.on_progress = lambda p: (events.append(p), record_seen.append((env_dir / installer.RECORD).exists()))
     record = job.run()
 
-    # progress: the five steps in order, fractions rising to 1, pip's lines; the record came last
-    steps = [p.step for p in events]
-    assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4, 5} and events[-1].steps == 5
+    # progress: the five steps in order (done: the steps before), fractions rising to 1, pip's lines; the
+    # record came last
+    steps = [step(p) for p in events]
+    assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4, 5} and events[-1].total == 5
     fractions = [p.fraction for p in events]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
-    assert any("fresco" in p.log_line.lower() for p in events if p.step == 3)
-    assert all(len({p.title for p in events if p.step == step}) == 1 for step in (1, 3, 4))
+    assert any("fresco" in p.detail.lower() for p in events if step(p) == 3)
+    assert all(len({p.stage for p in events if step(p) == number}) == 1 for number in (1, 3, 4))
     # this index holds no newer pip: the install goes on and says the size comes late (installer.PLAN_PIP)
-    assert any("pip was not updated" in p.log_line for p in events if p.step == 1)
-    torch_titles = list(dict.fromkeys(p.title for p in events if p.step == 2))  # the size once it is known
+    assert any("pip was not updated" in p.detail for p in events if step(p) == 1)
+    torch_titles = list(dict.fromkeys(p.stage for p in events if step(p) == 2))  # the size once it is known
     assert torch_titles[0] == "Installing PyTorch (pypi)" and re.fullmatch(r"Installing PyTorch \(pypi, \d+ [kM]B\)",
                                                                            torch_titles[1]), torch_titles
-    assert any("to download: PyTorch 2.13.0 and 0 more packages" in p.log_line for p in events)
-    assert events[-1].title == "Installed"
+    assert any("to download: PyTorch 2.13.0 and 0 more packages" in p.detail for p in events)
+    assert events[-1].stage == "Installed"
     assert not any(record_seen[:-1]) and record_seen[-1]
     assert "torch" in installer.Installer(env_dir, wheels, torch_build=PYPI).log_path.read_text(encoding="utf-8")
 
@@ -235,7 +241,7 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     events.clear()
     again = new_installer(env_dir, wheels, events)
     assert again.run() == record and not again.ran_pip
-    assert [(p.title, p.fraction) for p in events] == [("Already installed", 1.0)]
+    assert [(p.stage, p.fraction) for p in events] == [("Already installed", 1.0)]
 
     # an updated add-on (a rebuilt wheel of the same version) is outdated; Install replaces the package
     updated = backend_wheel(tmp_path / "new addon", marker="second")
@@ -285,7 +291,7 @@ def test_a_failing_pip_step_says_why_and_a_new_install_goes_on(env_dir, wheels, 
     events: list = []
     new_installer(env_dir, wheels, events).run()  # the environment is reused, not made again
     assert job.log_path.read_text(encoding="utf-8").count(" -m venv ") == 1
-    assert not [p for p in events if p.step == 1 and p.log_line]
+    assert not [p for p in events if step(p) == 1 and p.detail]
     assert installer.status(env_dir, wheels).state == installer.INSTALLED
 
 

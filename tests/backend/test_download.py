@@ -284,7 +284,7 @@ def wait_until(condition, what: str) -> None:
 
 def test_addon_driver_downloads_cancels_and_resumes(hub, cache, tiny_models, tmp_path):
     hub.pause_after = 2_000_000
-    first = Download(sys.executable, SD, cache, cwd=tmp_path)
+    first = Download(sys.executable, SD, cache, cwd=tmp_path).start()
     assert hub.paused.wait(OUTER_LIMIT)
     wait_until(lambda: first.total > 0, "start event")
     wait_for_partial(cache)
@@ -293,14 +293,14 @@ def test_addon_driver_downloads_cancels_and_resumes(hub, cache, tiny_models, tmp
     hub.release.set()
     assert hubcache.downloaded(cache, SD) is None
 
-    second = Download(sys.executable, SD, cache, cwd=tmp_path)
+    second = Download(sys.executable, SD, cache, cwd=tmp_path).start()
     assert second.wait(OUTER_LIMIT) and second.error is None, second.error
     assert second.path == hubcache.downloaded(cache, SD).path and second.done == second.total > 0
     assert any(start > 0 for _, start in hub.ranges)  # the second one resumed the first one's partial file
 
     hub.offline = True
     hubcache.remove(cache, SD)
-    failed = Download(sys.executable, SD, cache, cwd=tmp_path)
+    failed = Download(sys.executable, SD, cache, cwd=tmp_path).start()
     assert failed.wait(OUTER_LIMIT) and failed.path is None and SD in (failed.error or "")
 
 

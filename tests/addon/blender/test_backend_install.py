@@ -47,8 +47,9 @@ REAL = sys.version_info[:2] == (3, 11)  # the Python that the real torch wheel o
 
 @pytest.fixture
 def modules(addon):
-    return {name: sys.modules[f"{addon.__name__}.{name}"]
-            for name in ("config", "installer", "backend", "backend_setup", "prefs")}
+    found = {name: sys.modules[f"{addon.__name__}.{name}"]
+             for name in ("config", "installer", "backend_setup", "prefs", "session")}
+    return {**found, "backend": found["session"].get().backend}  # the session's warm backend
 
 
 class PrefsView:
@@ -188,19 +189,21 @@ def test_install_translate_repair_uninstall(modules, backend_env, index, movie_s
         setup = modules["backend_setup"]
         index.hold("torch")
         with monkeypatch.context() as ui:
-            ui.setattr(sys.modules[setup.__name__.rsplit(".", 1)[0] + ".uijob"], "has_event_loop", lambda: True)
+            ui.setattr(modules["session"], "has_event_loop", lambda: True)
             assert bpy.ops.fresco.install_backend() == {"FINISHED"}
-            run = setup._current
+            run = setup.running()  # a task of the session, on its thread
             wait_for(lambda: index.held.is_set() or run.finished)
             assert not run.finished, run.error
-            assert run.progress.step == 2 and any(p.startswith("/cpu/torch/") for p in index.requests)
+            assert run.progress.stage.startswith("Installing PyTorch") and run.progress.done == 1
+            assert any(p.startswith("/cpu/torch/") for p in index.requests)
             drawn = draw_preferences(modules)
             assert ("operator", "fresco.cancel_install") in drawn
             assert {("operator", "fresco.install_backend"), ("operator", "fresco.uninstall_backend")} <= set(drawn)
             assert any(kind == "progress" and "Installing" in (text or "") for kind, text in drawn)
             assert bpy.ops.fresco.cancel_install() == {"FINISHED"}
             wait_for(lambda: run.finished)
-            assert run.error == "cancelled"
+            assert run.cancelled and run.error is None
+            assert ("label", "Last install failed: cancelled") in draw_preferences(modules)
         index.release()
         # the new environment's pip was updated first (Blender's is older than installer.PLAN_PIP), once
         pip_wheel = [w for w in index.wheels("pypi") if pkgindex.project(w) == "pip"]
@@ -337,7 +340,7 @@ def test_preferences_draw_every_section(modules, backend_env):
 def test_no_backend_change_while_a_translation_runs(modules, backend_env, monkeypatch, tmp_path):
     """Install, Repair, Uninstall and Remove all stop the warm backend: refused while a job uses it."""
     config = modules["config"]
-    uijob = sys.modules[modules["backend_setup"].__name__.rsplit(".", 1)[0] + ".uijob"]
+    uijob = modules["session"]
     prefs = config.preferences()
     prefs.env_dir = str(tmp_path / "env")
     monkeypatch.setattr(uijob, "busy", lambda: True)

@@ -18,8 +18,9 @@ CLIP2 = CLIP_FRAMES - CLIP2_OFFSET_END
 @pytest.fixture
 def mods(addon, backend_env):
     # farm and launcher are imported on first use: import them as the documented command does
-    return {name: importlib.import_module(f"{addon.__name__}.{name}")
-            for name in ("backend", "client", "farm", "launcher", "props")}
+    found = {name: importlib.import_module(f"{addon.__name__}.{name}")
+             for name in ("client", "farm", "launcher", "props", "session")}
+    return {**found, "backend": found["session"].get().backend}  # the session's warm backend
 
 
 @pytest.fixture

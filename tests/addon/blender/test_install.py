@@ -23,7 +23,7 @@ def test_zip_contents(addon_zip):
     assert {"fresco_contract", "fresco_backend", "server"} <= packages and "blender_addon" not in packages
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "test" in n.lower()]
     for module in ("__init__", "fresco_contract/settings", "fresco_contract/wire", "contract", "client", "launcher",
-                   "translation", "uijob", "operators", "panels", "preview", "farm", "place", "resultdirs", "unsaved",
+                   "translation", "session", "tasks", "operators", "panels", "preview", "farm", "place", "resultdirs", "unsaved",
                    "userdirs", "props", "compat", "config",
                    "prefs", "installer", "downloads", "backend_setup", "model_ops", "fresco_contract/hubcache",
                    "presets", "settings_ops", "presets/fresco/Faithful", "presets/fresco/Painterly",

@@ -46,7 +46,7 @@ def models_box(addon) -> list:
 
 
 def test_download_use_and_remove(addon, hub, movie_scene, compat, blend, monkeypatch):
-    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".backend"]
+    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".session"].get().backend
     hubcache = sys.modules[addon.__name__ + ".fresco_contract.hubcache"]
     prefs = config.preferences()
     cache = config.model_cache_dir()
@@ -86,7 +86,7 @@ def test_download_use_and_remove(addon, hub, movie_scene, compat, blend, monkeyp
 def test_online_access_off_downloads_nothing(addon, hub, movie_scene, monkeypatch):
     """With Blender's online access off, Download is refused and a job's download stage does not go online:
     the local backend runs with HF_HUB_OFFLINE and the job fails naming the model and the reason."""
-    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".backend"]
+    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".session"].get().backend
     hubcache = sys.modules[addon.__name__ + ".fresco_contract.hubcache"]
     cache = config.model_cache_dir()
     bpy.context.preferences.system.use_online_access = False
@@ -105,7 +105,7 @@ def test_online_access_off_downloads_nothing(addon, hub, movie_scene, monkeypatc
 def test_single_file_entry_with_its_config(addon, backend_env, monkeypatch, tmp_path):
     """A .safetensors ControlNet added to the list carries the folder describing it; Use sets both and
     the backend gets them as --controlnet / --controlnet-config."""
-    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".backend"]
+    config, backend = sys.modules[addon.__name__ + ".config"], sys.modules[addon.__name__ + ".session"].get().backend
     launcher = sys.modules[addon.__name__ + ".launcher"]
     prefs = config.preferences()
     weights, described_by = tmp_path / "my canny.safetensors", tmp_path / "canny config"
@@ -142,7 +142,8 @@ def test_single_file_entry_with_its_config(addon, backend_env, monkeypatch, tmp_
 def test_controlnet_kinds_and_annotators_reach_the_server(addon, backend_env, monkeypatch, tmp_path):
     """A ControlNet entry names its control kind; Use makes it that kind's ControlNet and the launcher passes it
     as --controlnet KIND=REF; the annotators folder goes along as --annotators."""
-    config, backend, launcher = (sys.modules[f"{addon.__name__}.{m}"] for m in ("config", "backend", "launcher"))
+    config, launcher = (sys.modules[f"{addon.__name__}.{m}"] for m in ("config", "launcher"))
+    backend = sys.modules[addon.__name__ + ".session"].get().backend
     prefs = config.preferences()
     prefs.new_model.ref, prefs.new_model.kind, prefs.new_model.control = "me/tile-net", "CONTROLNET", "tile"
     assert bpy.ops.fresco.add_model() == {"FINISHED"}

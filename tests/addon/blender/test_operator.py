@@ -14,8 +14,8 @@ from conftest import STRIP_START, OFFSET_START, SOURCE_SETTINGS_KEY, VISIBLE, sn
 
 @pytest.fixture
 def backend(addon, backend_env):
-    mod = sys.modules[addon.__name__ + ".backend"]
-    yield mod
+    """The session's warm backend (``backend.Backend``)."""
+    yield sys.modules[addon.__name__ + ".session"].get().backend
 
 
 def names(scene, compat):
@@ -70,12 +70,12 @@ def test_translate_adds_result_strip(backend, movie_scene, compat, blend):
     assert json.loads(source[SOURCE_SETTINGS_KEY]) == settings
 
 
-def test_headless_log_in_words(backend, movie_scene, compat, blend, capfd, monkeypatch):
+def test_headless_log_in_words(backend, addon, movie_scene, compat, blend, capfd, monkeypatch):
     """A headless translation's console: the backend's start in words (no "0/0"), then what the job will cost
     (once, before the export: the working size, frames, keys, batches and the time on the backend's device),
     each stage's progress, and none of the "Saved: ...render_000001.png" lines Blender prints per exported
     frame. A long job (here: any) is told to try the Draft preset first."""
-    translation = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".translation"]
+    translation = sys.modules[addon.__name__ + ".translation"]
     backend.stop()
     capfd.readouterr()
     assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
@@ -127,7 +127,7 @@ def test_backend_that_cannot_start(backend, movie_scene, compat, blend, monkeypa
 def test_model_config_preference_reaches_the_backend_command_line(backend, addon, monkeypatch, tmp_path):
     """A single-file model offline needs its diffusers config folder: FRESCO_MODEL_CONFIG (or the
     "Model Config" preference) becomes the server's --config."""
-    launcher = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".launcher"]
+    launcher = sys.modules[addon.__name__ + ".launcher"]
     config = sys.modules[addon.__name__ + ".config"]
     calls = []
 
@@ -158,12 +158,12 @@ def test_job_error_is_reported(backend, movie_scene, compat, blend, monkeypatch,
     assert leftovers == []
 
 
-def test_active_strip_and_ui_path(backend, movie_scene, compat, blend, monkeypatch):
+def test_active_strip_and_ui_path(backend, addon, movie_scene, compat, blend, monkeypatch):
     """No strip name: the active strip. With a UI the operator only sets up the export and the timer
     function does the rest (driven by hand here: no timers fire headless) against the real backend, whose
     health (the speed it measured) is kept for the panel after the job."""
-    ui = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".uijob"]
-    config = sys.modules[backend.__name__.rsplit(".", 1)[0] + ".config"]
+    ui = sys.modules[addon.__name__ + ".session"]
+    config = sys.modules[addon.__name__ + ".config"]
     monkeypatch.setattr(ui, "has_event_loop", lambda: True)
     backend.stop()  # started by the job: its speed is not measured yet
     assert movie_scene.sequence_editor.active_strip.name == "clip"

@@ -132,7 +132,8 @@ def test_backend_not_installed_points_to_preferences(addon, strip, monkeypatch, 
 def test_backend_starting_ready_busy_and_stop(addon, backend_env, strip, monkeypatch):
     """The real backend for ready and Stop; a translation whose backend start is held for starting, and
     the same with the real backend warm for busy."""
-    backend, uijob, config = module(addon, "backend"), module(addon, "uijob"), module(addon, "config")
+    uijob, config = module(addon, "session"), module(addon, "config")  # the session: the queue and its timer
+    backend = uijob.get().backend
     monkeypatch.setattr(uijob, "has_event_loop", lambda: True)
     backend.stop()
     words, _icon, ops = backend_line(panel())
@@ -347,7 +348,7 @@ def test_cost_before_translate(addon, strip, monkeypatch):
     drawing); a long estimate warns and offers the Draft preset, which makes it short."""
     from conftest import CLIP_SIZE, VISIBLE
 
-    backend, props = module(addon, "backend"), module(addon, "props")
+    backend, props = module(addon, "session").get().backend, module(addon, "props")
     estimate = module(addon, "fresco_contract.estimate")
     backend.stop()
     monkeypatch.setenv("FRESCO_DEVICE", "auto")  # and no installed environment whose record names the device

@@ -49,9 +49,9 @@ def three(addon, movie_scene, compat, clip_path):
 
 
 def use(addon, client, monkeypatch):
-    backend = sys.modules[addon.__name__ + ".backend"]
-    monkeypatch.setattr(backend, "config_problem", lambda config: None)
-    monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: client)
+    session = sys.modules[addon.__name__ + ".session"]
+    monkeypatch.setattr(sys.modules[addon.__name__ + ".backend"], "config_problem", lambda config: None)
+    monkeypatch.setattr(session.get().backend, "get_client", lambda config, timeout=60.0: client)
 
 
 def states(ui):
@@ -131,7 +131,7 @@ def test_cancel_all(addon, ui, three, compat, monkeypatch, blend):
     use(addon, client, monkeypatch)
     assert bpy.ops.fresco.translate_selected() == {"FINISHED"}
     job = ui.current()
-    while job.thread is None:  # the first strip is exported and its job runs on the backend
+    while job.task is None:  # the first strip is exported and its job runs on the backend
         ui.tick()
     assert bpy.ops.fresco.cancel() == {"FINISHED"}
     drive(ui)

@@ -35,9 +35,9 @@ class PaintingClient(FakeClient):
 
 def translate_sync(addon, client, monkeypatch, strip="clip"):
     """The operator as a farm or script runs it (background mode: synchronous), with ``client`` as the backend."""
-    backend = sys.modules[addon.__name__ + ".backend"]
-    monkeypatch.setattr(backend, "config_problem", lambda config: None)
-    monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: client)
+    monkeypatch.setattr(sys.modules[addon.__name__ + ".backend"], "config_problem", lambda config: None)
+    session = sys.modules[addon.__name__ + ".session"]
+    monkeypatch.setattr(session.get().backend, "get_client", lambda config, timeout=60.0: client)
     return bpy.ops.fresco.translate(strip=strip)
 
 
@@ -157,8 +157,8 @@ def test_strip_without_a_picture_of_its_own_is_refused(addon, movie_scene, compa
 
 def test_farm_reports_a_refused_strip_and_sends_nothing(addon, movie_scene, compat, monkeypatch, capfd):
     farm = importlib.import_module(addon.__name__ + ".farm")
-    backend = sys.modules[addon.__name__ + ".backend"]
-    monkeypatch.setattr(backend, "config_problem", lambda config: None)
+    monkeypatch.setattr(sys.modules[addon.__name__ + ".backend"], "config_problem", lambda config: None)
+    backend = sys.modules[addon.__name__ + ".session"].get().backend
     monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: pytest.fail("reached the backend"))
     compat.new_effect_strip(compat.top_strips(movie_scene.sequence_editor), "fx", "ADJUSTMENT", 7, 13, 6)
     bpy.ops.wm.save_mainfile()

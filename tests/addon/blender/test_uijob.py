@@ -1,6 +1,6 @@
-"""The UI path: the operator only sets up the export; the timer function renders a few frames per tick,
-then a worker thread runs the job and the timer function drains its queue (called here by hand: no
-timers fire headless)."""
+"""The UI path: the operator only sets up the export; the session's timer function renders a few frames per
+tick, then the backend job runs as a task on its thread and the timer function hands on its messages (called
+here by hand: no timers fire headless)."""
 from __future__ import annotations
 
 import json
@@ -65,8 +65,8 @@ class FakeClient:
 
 @pytest.fixture
 def ui(addon, monkeypatch):
-    """The uijob module as in a Blender with a UI: the operator takes the timer path."""
-    module = sys.modules[addon.__name__ + ".uijob"]
+    """The session module as in a Blender with a UI: the operator takes the timer path."""
+    module = sys.modules[addon.__name__ + ".session"]
     monkeypatch.setattr(module, "has_event_loop", lambda: True)
     yield module
     if module.busy():  # a failed test must not leave its queue running
@@ -76,11 +76,11 @@ def ui(addon, monkeypatch):
 
 def translate(addon, client, monkeypatch):
     """Press Translate on 'clip' with ``client`` as the backend; returns the new UI job."""
-    backend = sys.modules[addon.__name__ + ".backend"]
-    monkeypatch.setattr(backend, "config_problem", lambda config: None)
-    monkeypatch.setattr(backend, "get_client", lambda config, timeout=60.0: client)
+    session = sys.modules[addon.__name__ + ".session"]
+    monkeypatch.setattr(sys.modules[addon.__name__ + ".backend"], "config_problem", lambda config: None)
+    monkeypatch.setattr(session.get().backend, "get_client", lambda config, timeout=60.0: client)
     assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
-    return sys.modules[addon.__name__ + ".uijob"].current()
+    return session.current()
 
 
 def drive(ui, timeout=30.0):
@@ -118,7 +118,7 @@ def test_export_runs_on_timer_ticks(addon, ui, movie_scene, compat, blend, monke
     # the operator returned having rendered at most one tick's frames (it renders none)
     assert len(pngs(job.export_dir)) <= TICK_FRAMES
     assert (job.stage, job.done, job.total) == ("export", 0, VISIBLE)
-    assert job.thread is None and marked_scenes(addon)
+    assert job.task is None and marked_scenes(addon)
 
     counts = []
     while job.exporter is not None:  # each tick renders at least one frame and at most a tick's worth
@@ -127,13 +127,13 @@ def test_export_runs_on_timer_ticks(addon, ui, movie_scene, compat, blend, monke
         assert 0 < counts[-1] - (counts[-2] if len(counts) > 1 else 0) <= TICK_FRAMES
         if job.exporter is not None:
             assert (job.stage, job.done, job.total) == ("export", counts[-1], VISIBLE)
-            assert job.thread is None
+            assert job.task is None
         if len(counts) == 1:
             log = panel_log()
             assert ("label", "clip: export") in log and ("progress", f"{counts[0]}/{VISIBLE}") in log
     assert counts[-1] == VISIBLE
     assert marked_scenes(addon) == []  # the scene copy went with the last export tick
-    assert job.thread is not None  # the worker runs the backend job
+    assert job.task is not None and job.task.thread is not None  # the backend job runs on its thread
 
     drive(ui)
     assert job.error is None, job.error
@@ -165,7 +165,7 @@ def test_cancel_during_export(addon, ui, movie_scene, compat, blend, monkeypatch
     assert bpy.ops.fresco.cancel() == {"FINISHED"}
     drive(ui)
     assert job.stage == "cancelled" and job.error is None and job.result_name is None
-    assert job.thread is None and client.count is None  # the backend never saw it
+    assert job.task is None and client.count is None  # the backend never saw it
     assert marked_scenes(addon) == []
     assert not job.export_dir.exists() and not job.out_dir.exists()
     assert pngs(blend.parent / "fresco") == []
@@ -201,8 +201,7 @@ def test_opening_a_file_discards_a_finished_result(addon, ui, movie_scene, compa
     job = translate(addon, FakeClient(), monkeypatch)
     while job.exporter is not None:
         ui.tick()
-    job.thread.join(timeout=10)
-    assert not job.thread.is_alive()  # the worker's "finished" message waits in the queue
+    assert job.task.wait(timeout=10)  # the job's result waits for the timer to be handed on
     bpy.ops.wm.open_mainfile(filepath=str(blend))
     drive(ui)
     assert job.stage == "cancelled" and job.result_name is None
@@ -226,7 +225,7 @@ def test_ui_job_cancel_while_translating(addon, ui, movie_scene, compat, monkeyp
     job = translate(addon, client, monkeypatch)
     while job.exporter is not None:
         ui.tick()
-    assert ui.tick() is not None  # the worker is waiting for the backend
+    assert ui.tick() is not None  # the backend job is waiting for the backend
     job.cancel.set()
     drive(ui)
     assert job.stage == "cancelled"
