@@ -15,33 +15,17 @@ from typing import Any
 import bpy
 
 from . import installer
-from .contract import hubcache
-from .launcher import CONTROLNET_KEYS
+from .contract import hubcache, options
 
 ADDON_ID = __package__  # "fresco_vse", "bl_ext.<repo>.fresco_vse" or "blender_addon" in a checkout
 WHEEL_DIR = Path(__file__).resolve().parent / "backend"  # build_addon.py puts the backend wheel there
 ENV_FOLDER = "backend-env"  # the backend environment's folder in the add-on's user folder
 
-# environment variables override the preferences (tests, render farm)
-ENV = {
-    "python": "FRESCO_BACKEND_PYTHON",
-    "backend_dir": "FRESCO_BACKEND_DIR",
-    "model": "FRESCO_MODEL",
-    "model_config": "FRESCO_MODEL_CONFIG",  # describes a single-file model offline
-    "controlnet": "FRESCO_CONTROLNET",
-    "controlnet_config": "FRESCO_CONTROLNET_CONFIG",  # describes a single-file ControlNet offline
-    "device": "FRESCO_DEVICE",
-    "url": "FRESCO_BACKEND_URL",  # host:port of a running server: use it instead of starting one
-    "token": "FRESCO_TOKEN",  # that server's bearer token
-    "model_cache": "FRESCO_MODEL_CACHE",  # the models' download folder (a Hugging Face cache)
-    "annotators": "FRESCO_ANNOTATORS",  # a folder of annotator weights (hubcache.ANNOTATORS files) given by the user
-}
-# the ControlNet of every other control kind (launcher.CONTROLNET_KEYS), e.g. FRESCO_CONTROLNET_TILE(_CONFIG)
-for _key in CONTROLNET_KEYS.values():
-    ENV.setdefault(_key, f"FRESCO_{_key.upper()}")
-    ENV.setdefault(f"{_key}_config", f"FRESCO_{_key.upper()}_CONFIG")
-# backend_config key -> preference attribute (the same name where not listed)
-PREF_ATTR = {key: key for key in ENV} | {"python": "backend_python", "url": "backend_url"}
+# the add-on's settings of the backend's options (``fresco_contract/options.py``): key -> its environment
+# variable (which overrides the preference: tests, render farms) and its preference attribute
+SETTINGS = {setting.key: setting for setting in options.addon_settings()}
+ENV = {key: setting.env for key, setting in SETTINGS.items()}
+PREF_ATTR = {key: setting.pref for key, setting in SETTINGS.items()}
 
 
 def preferences(context: Any = None) -> Any:
@@ -110,7 +94,7 @@ OFFLINE = ("Blender's online access is off (Preferences > System > Network > All
 def backend_config(context: Any = None) -> dict[str, str]:
     """Backend settings: environment variables first, then the preferences, then the installed backend."""
     prefs = preferences(context)
-    config = {key: _setting(prefs, key) for key in ENV}
+    config = {key: _setting(prefs, key) for key, setting in SETTINGS.items() if setting.backend}
     if not config["backend_dir"]:
         # a development checkout: the add-on folder sits next to server/
         here = Path(__file__).resolve().parent.parent

@@ -22,11 +22,12 @@ from typing import IO, Mapping, Sequence
 from . import userdirs
 from .childproc import child_environment, no_console_flags
 from .client import Client
-from .contract import settings, wire
+from .contract import options, wire
 
-# the backend configuration's key of each control kind's ControlNet (config.py): canny's is "controlnet", the
-# server's bare --controlnet, the others "controlnet_<kind>"; each with "<key>_config" for a single-file one
-CONTROLNET_KEYS = {kind: "controlnet" if kind == "canny" else f"controlnet_{kind}" for kind in settings.CONTROL_KINDS}
+# the backend configuration's key of each control kind's ControlNet (config.py, ``options.addon_settings``):
+# canny's is "controlnet", the server's bare --controlnet, the others "controlnet_<kind>"
+CONTROLNET_KEYS = {setting.kind: setting.key for setting in options.addon_settings() if setting.flag == "--controlnet"}
+LAUNCH_OWN = ("model", "controlnet", "device")  # the configuration's keys ``launch`` passes to the server itself
 
 
 class LaunchError(RuntimeError):
@@ -99,19 +100,12 @@ def _read_stdout(stream: IO[bytes], lines: "queue.Queue[str | None]") -> None:
 
 
 def model_args(config: Mapping[str, str]) -> list[str]:
-    """The server options for the models of a backend configuration (config.py) beyond ``--model`` and the canny
-    ``--controlnet`` (``launch``'s own arguments): ``--config``, ``--controlnet KIND=REF`` for each other control
-    kind given a ControlNet of its own, ``--controlnet-config [KIND=]DIR`` and ``--annotators DIR``."""
-    args = ["--config", config["model_config"]] if config.get("model_config") else []
-    for kind, key in CONTROLNET_KEYS.items():
-        prefix = "" if kind == "canny" else f"{kind}="  # bare: canny (older servers know only that)
-        if kind != "canny" and config.get(key):
-            args += ["--controlnet", prefix + config[key]]
-        if config.get(f"{key}_config"):
-            args += ["--controlnet-config", prefix + config[f"{key}_config"]]
-    if config.get("annotators"):
-        args += ["--annotators", config["annotators"]]
-    return args
+    """The server's arguments for a backend configuration (config.py) beyond ``launch``'s own (``--model``, the
+    canny ``--controlnet``, ``--device``): each of its settings with a server flag (``options.addon_settings``)
+    that has a value, e.g. ``--controlnet KIND=REF`` for another control kind's ControlNet, ``--config``,
+    ``--controlnet-config [KIND=]DIR`` and ``--annotators DIR``."""
+    return [arg for setting in options.addon_settings() if setting.key not in LAUNCH_OWN
+            for arg in setting.server_args(config.get(setting.key, ""))]
 
 
 def launch(python: str | os.PathLike[str], backend_dir: str | os.PathLike[str] | None, model: str = "",

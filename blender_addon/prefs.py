@@ -12,11 +12,10 @@ from typing import Any
 import bpy
 
 from . import backend_setup, compat, model_ops
-from .config import ADDON_ID, ENV, PREF_ATTR
+from .config import ADDON_ID, ENV, PREF_ATTR, SETTINGS
 from .contract import settings
 from .installer import BUILD_NAMES
 from .launcher import CONTROLNET_KEYS
-from .resultdirs import DEFAULT_OUTPUT_DIR, OUTPUT_DIR_ENV
 
 TORCH_BUILDS = (  # identifiers: installer.OVERRIDES in capitals; one name per build, as in every message
     ("AUTO", BUILD_NAMES["auto"], "The build that fits this machine and its Python: NVIDIA CUDA (by the driver's "
@@ -29,14 +28,6 @@ TORCH_BUILDS = (  # identifiers: installer.OVERRIDES in capitals; one name per b
     ("PYPI", BUILD_NAMES["pypi"], "PyTorch as pip's configured index offers it (PyPI or your mirror); on Linux "
                                   "that is the CUDA build, refused where no NVIDIA GPU was found"),
 )
-
-
-def _output_dir_property() -> Any:
-    """The "Output Folder" preference; "//" (blend-relative) is allowed where Blender can say so (4.5+)."""
-    kwargs = dict(name="Output Folder", subtype="DIR_PATH", default=DEFAULT_OUTPUT_DIR,
-                  description="Folder for the result frames, one new subfolder per job (// is the .blend's "
-                              "folder); env FRESCO_OUTPUT_DIR overrides")
-    return bpy.props.StringProperty(**kwargs, **compat.blend_relative_path_options())
 
 
 class FrescoModelEntry(bpy.types.PropertyGroup):
@@ -55,7 +46,27 @@ class FrescoModelEntry(bpy.types.PropertyGroup):
                     "(needed without internet)")
 
 
-class FrescoPreferences(bpy.types.AddonPreferences):
+PATH_SUBTYPES = {"": "NONE", "file": "FILE_PATH", "dir": "DIR_PATH", "secret": "PASSWORD"}  # of AddonSetting.path
+
+
+def _option_property(setting: Any) -> Any:
+    """The preference of a setting of the backend's options (``config.SETTINGS``)."""
+    relative = compat.blend_relative_path_options() if setting.relative else {}
+    return bpy.props.StringProperty(name=setting.label, description=setting.description, default=setting.default,
+                                    subtype=PATH_SUBTYPES[setting.path], **relative)
+
+
+# The preferences of the backend's options, made from their table (fresco_contract/options.py) once: a mix-in
+# class, whose annotations Blender registers as those of the class it is mixed into.
+OptionPreferences = type("OptionPreferences", (), {
+    "__doc__": "The preferences of the backend's options (config.SETTINGS).",
+    "__annotations__": {setting.pref: _option_property(setting) for setting in SETTINGS.values()}})
+
+
+class FrescoPreferences(OptionPreferences, bpy.types.AddonPreferences):
+    """The add-on's own preferences (the backend environment, the models list, what is shown) and those of the
+    backend's options (``OptionPreferences``)."""
+
     bl_idname = ADDON_ID
 
     # Backend: where Install Backend puts the environment and what it installs
@@ -74,54 +85,13 @@ class FrescoPreferences(bpy.types.AddonPreferences):
     installer_python: bpy.props.StringProperty(
         name="Base Python", subtype="FILE_PATH",
         description="Python 3.10+ that creates the backend environment (empty: Blender's own)")
-    device: bpy.props.StringProperty(
-        name="Device", description="auto (the best found), cpu, cuda, cuda:N or mps; env FRESCO_DEVICE overrides")
     # Models
-    model: bpy.props.StringProperty(
-        name="Model", description="Stable Diffusion 1.5 hub id, diffusers folder or .safetensors file (empty: the "
-                                  "default SD 1.5); env FRESCO_MODEL overrides")
     model_choice: model_ops.choice_property()  # the picker over "model" (model_ops.draw_picker)
     model_other: model_ops.other_property()
-    model_config: bpy.props.StringProperty(
-        name="Model Config", subtype="DIR_PATH",
-        description="For a single-file Model without internet: a diffusers SD 1.5 folder describing it; "
-                    "env FRESCO_MODEL_CONFIG overrides")
-    controlnet: bpy.props.StringProperty(
-        name="Canny ControlNet", description="ControlNet of the canny control: hub id or diffusers folder (empty: the "
-                                       "default); env FRESCO_CONTROLNET overrides")
-    controlnet_config: bpy.props.StringProperty(
-        name="ControlNet Config", subtype="DIR_PATH",
-        description="For a single-file ControlNet without internet: a diffusers ControlNet folder describing it; "
-                    "env FRESCO_CONTROLNET_CONFIG overrides")
-    annotators: bpy.props.StringProperty(
-        name="Annotators Folder", subtype="DIR_PATH",
-        description="A folder holding annotator weights (ControlNetHED.pth, sk_model.pth, dpt-hybrid-midas/) for "
-                    "softedge, lineart and depth, instead of downloading them; env FRESCO_ANNOTATORS overrides")
-    model_cache: bpy.props.StringProperty(
-        name="Download Folder", subtype="DIR_PATH",
-        description="Where hub models are downloaded, a Hugging Face cache shared with other tools (empty: "
-                    "the Hugging Face default); env FRESCO_MODEL_CACHE overrides")
     models: bpy.props.CollectionProperty(type=FrescoModelEntry)
     new_model: bpy.props.PointerProperty(type=FrescoModelEntry)
-    # A server that runs elsewhere
-    backend_url: bpy.props.StringProperty(
-        name="Remote Backend", description="host:port of an already running FRESCO server to use instead of "
-                                           "starting one (empty: start a local backend); env FRESCO_BACKEND_URL "
-                                           "overrides")
-    token: bpy.props.StringProperty(
-        name="Token", subtype="PASSWORD",
-        description="Bearer token of the remote backend; env FRESCO_TOKEN overrides")
-    output_dir: _output_dir_property()
-    # Developers: a backend from a checkout instead of the installed one
+    # Developers: a backend from a checkout instead of the installed one (Backend Python, Backend Folder)
     show_developer: bpy.props.BoolProperty(name="Developer Options", default=False)
-    backend_python: bpy.props.StringProperty(
-        name="Backend Python", subtype="FILE_PATH",
-        description="Python of a backend environment of your own (empty: the installed backend); "
-                    "env FRESCO_BACKEND_PYTHON overrides")
-    backend_dir: bpy.props.StringProperty(
-        name="Backend Folder", subtype="DIR_PATH",
-        description="A checkout containing server/ and fresco_backend/ to run instead of the installed package; "
-                    "env FRESCO_BACKEND_DIR overrides")
 
     def _prop(self, layout: Any, key: str) -> None:
         """A preference with the note that its environment variable overrides it."""
@@ -154,11 +124,7 @@ class FrescoPreferences(bpy.types.AddonPreferences):
         model_ops.draw(box, context, self)
         box = layout.box()
         box.label(text="Output", icon="FILE_FOLDER")
-        row = box.row()
-        row.prop(self, "output_dir")
-        if os.environ.get(OUTPUT_DIR_ENV):
-            row.enabled = False
-            box.label(text=f"Overridden by {OUTPUT_DIR_ENV}={os.environ[OUTPUT_DIR_ENV]}", icon="INFO")
+        self._prop(box, "output_dir")
         box = layout.box()
         box.label(text="Remote Backend", icon="URL")
         self._prop(box, "url")
@@ -175,22 +141,6 @@ class FrescoPreferences(bpy.types.AddonPreferences):
             box.prop(self, "installer_python")
 
 
-def _controlnet_properties() -> None:
-    """The ControlNet preferences of the control kinds other than canny (set by the Models box's Use)."""
-    for kind, key in CONTROLNET_KEYS.items():
-        if kind == "canny":
-            continue
-        FrescoPreferences.__annotations__[key] = bpy.props.StringProperty(
-            name=f"{kind.title()} ControlNet",
-            description=f"ControlNet of the {kind} control: hub id, diffusers folder or .safetensors file (empty: "
-                        f"the default); env {ENV[key]} overrides")
-        FrescoPreferences.__annotations__[f"{key}_config"] = bpy.props.StringProperty(
-            name=f"{kind.title()} ControlNet Config", subtype="DIR_PATH",
-            description=f"For a single-file {kind} ControlNet without internet: a diffusers ControlNet folder "
-                        f"describing it; env {ENV[key + '_config']} overrides")
-
-
-_controlnet_properties()
 CLASSES = (FrescoModelEntry, FrescoPreferences)
 
 

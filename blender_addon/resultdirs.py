@@ -17,10 +17,10 @@ from typing import Any
 import bpy
 
 from . import compat, userdirs
-from .config import preferences
+from .config import SETTINGS, preferences
 
-OUTPUT_DIR_ENV = "FRESCO_OUTPUT_DIR"  # overrides the "Output Folder" preference
-DEFAULT_OUTPUT_DIR = "//fresco/"
+OUTPUT_DIR_ENV = SETTINGS["output_dir"].env  # FRESCO_OUTPUT_DIR: overrides the "Output Folder" preference
+DEFAULT_OUTPUT_DIR = SETTINGS["output_dir"].default  # "//fresco/"
 
 
 def output_dir_setting(context: Any = None) -> str:

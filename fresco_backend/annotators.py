@@ -2,7 +2,7 @@
 
 Weights come from, in this order:
 1. the annotators folder: ``set_annotators_folder(DIR)`` (the server's and CLI's ``--annotators DIR``),
-   else the environment variable FRESCO_ANNOTATORS; it holds the files by their hub names
+   else the environment variable FRESCO_ANNOTATORS (read when used); it holds the files by their hub names
    (``ControlNetHED.pth``, ``sk_model.pth``) and the depth model as a transformers folder named like
    its repo (``dpt-hybrid-midas/`` with ``config.json`` and the weights);
 2. the hub cache (HF_HUB_CACHE), where ``fresco_backend/download.py`` recorded them as downloaded
@@ -26,15 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fresco_contract import hubcache
+from fresco_contract import hubcache, options
 
 from .config import JobConfig, require
 from .download import ModelNotFoundError
 
-ENV_FOLDER = "FRESCO_ANNOTATORS"
+ENV_FOLDER = options.ANNOTATORS_ENV
 KINDS = tuple(hubcache.ANNOTATORS)  # the control kinds computed by an annotator network
 
-_folder: Path | None = Path(os.environ[ENV_FOLDER]).expanduser() if os.environ.get(ENV_FOLDER) else None
+_folder: Path | None = None  # set_annotators_folder's
 _loaded: dict[str, tuple[tuple[str, str], torch.nn.Module]] = {}
 _lock = threading.Lock()
 
@@ -44,14 +44,17 @@ class AnnotatorMissing(ModelNotFoundError):
 
 
 def set_annotators_folder(folder: str | os.PathLike | None) -> None:
-    """Use ``folder`` (None: none) as the annotators folder instead of FRESCO_ANNOTATORS' (read at import)."""
+    """Use ``folder`` as the annotators folder instead of FRESCO_ANNOTATORS' (None: that one again)."""
     global _folder
     _folder = Path(folder).expanduser() if folder else None
 
 
 def annotators_folder() -> Path | None:
-    """The annotators folder in use, if any."""
-    return _folder
+    """The annotators folder in use, if any: ``set_annotators_folder``'s, else FRESCO_ANNOTATORS' as it is now."""
+    if _folder is not None:
+        return _folder
+    value = os.environ.get(ENV_FOLDER, "").strip()
+    return Path(value).expanduser() if value else None
 
 
 def _local_name(kind: str) -> str:
@@ -63,8 +66,9 @@ def find_weights(kind: str, cache_dir: str | os.PathLike | None = None) -> Path 
     """The weights file (depth: model folder) of ``kind``'s annotator, from the annotators folder or the
     hub cache (``cache_dir``, default HF_HUB_CACHE), or None."""
     repo, file = hubcache.ANNOTATORS[kind]
-    if _folder is not None:
-        local = _folder / _local_name(kind)
+    folder = annotators_folder()
+    if folder is not None:
+        local = folder / _local_name(kind)
         if local.is_file() if file else (local / "config.json").is_file():
             return local
     cache = Path(cache_dir).expanduser() if cache_dir else hubcache.default_cache_dir()
@@ -82,11 +86,12 @@ def weights_path(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:
     repo, file = hubcache.ANNOTATORS[kind]
     what = f"{file} of {repo}" if file else f"the model {repo}"
     command = f"python -m fresco_backend.download {repo}" + (f" --file {file}" if file else "")
-    folder = f" (now {_folder})" if _folder is not None else ""
+    folder = annotators_folder()
+    now = f" (now {folder})" if folder is not None else ""
     raise AnnotatorMissing(
         f"the {kind} control needs its annotator's weights, {what}, which are not downloaded: download them in "
         f"Blender (Preferences > Add-ons > FRESCO > Models, Annotators) or run `{command}` on the backend machine, "
-        f"or put {_local_name(kind)} into the annotators folder{folder} given by --annotators or {ENV_FOLDER}")
+        f"or put {_local_name(kind)} into the annotators folder{now} given by --annotators or {ENV_FOLDER}")
 
 
 def annotator_downloads(config: JobConfig,

@@ -13,16 +13,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from fresco_contract import settings as S
+from fresco_contract import options, settings as S
 from fresco_contract.estimate import DRAFT, LONG_JOB, PRIOR_SECONDS_PER_STEP, device_kind, estimate_job
 from fresco_contract.progress import Progress
 
 from .device import DeviceError
 from .job import RECORD, JobMismatch
-from .annotators import ENV_FOLDER, set_annotators_folder
+from .annotators import set_annotators_folder
 from .config import JobConfig
-from .models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_models,
-                     controlnet_configs, parse_kind_options)
+from .models import (DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_models, controlnet_configs,
+                     parse_kind_options)
 from .video_io import ClipError
 from .denoise import NonFiniteError
 from .job_files import check_job_files
@@ -89,19 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("input", type=Path, help="video file or folder of images")
     tr.add_argument("--out", type=Path, required=True, help="output folder for 0001.png, 0002.png, ...")
     _add_setting_options(tr)
-    tr.add_argument("--controlnet", action="append", default=None, metavar="[KIND=]REF",
-                    help="ControlNet of a control kind: hub id, diffusers folder or .safetensors; repeat for "
-                         "several kinds (a bare REF is the canny one; defaults: "
-                         + ", ".join(f"{k}={v}" for k, v in DEFAULT_CONTROLNETS.items()) + ")")
-    tr.add_argument("--config", default=None,
-                    help="diffusers SD 1.5 folder describing a single-file --model checkpoint (needed offline)")
-    tr.add_argument("--controlnet-config", action="append", default=None, metavar="[KIND=]DIR",
-                    help="diffusers ControlNet folder describing the single-file --controlnet of a kind (needed "
-                         "offline); repeat for several kinds (a bare DIR is the canny one's)")
-    tr.add_argument("--annotators", type=Path, default=None,
-                    help=f"folder holding the annotators' weights of the softedge, depth and lineart controls "
-                         f"(else ${ENV_FOLDER}, else the hub cache)")
-    tr.add_argument("--device", default="auto", help="auto (CUDA if present), cuda, cuda:1 or cpu")
+    options.add_arguments(tr, options.TRANSLATE)  # the flags it shares with the server
     tr.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                     help="where control images and optical flow of clips are kept, so a new prompt on the same "
                          "clip skips them (default %(default)s)")

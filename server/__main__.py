@@ -27,14 +27,14 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fresco_contract import wire
+from fresco_contract import options, wire
 from fresco_contract.files import write_bytes_atomic
-from fresco_backend.annotators import ENV_FOLDER, set_annotators_folder
+from fresco_backend.annotators import set_annotators_folder
 from fresco_backend.cache import Cache
 from fresco_backend.config import JobConfig
 from fresco_backend.device import DeviceError, pick_runtime
-from fresco_backend.models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelNotFoundError, choose_models,
-                                   controlnet_configs, parse_kind_options)
+from fresco_backend.models import (DEFAULT_CONTROLNETS, ModelNotFoundError, choose_models, controlnet_configs,
+                                   parse_kind_options)
 
 from . import __version__
 from .app import create_app, is_loopback_host
@@ -48,42 +48,17 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SI
 """The signals that stop the server cleanly (SIGHUP: its terminal was closed)."""
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The server's parser: the SERVER options of ``fresco_contract/options.py``."""
+    parser = argparse.ArgumentParser(prog="python -m server", description="FRESCO backend HTTP server")
+    options.add_arguments(parser, options.SERVER)
+    return parser
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m server", description="FRESCO backend HTTP server")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=0, help="port to bind; 0 picks a free one (default)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"default Stable Diffusion 1.5 model: hub id, folder or .safetensors (default {DEFAULT_MODEL})")
-    p.add_argument("--controlnet", action="append", metavar="[KIND=]REF",
-                   help="ControlNet of a control kind: hub id, folder or .safetensors; repeat for several kinds "
-                        "(a bare REF is the canny one; defaults: "
-                        + ", ".join(f"{k}={v}" for k, v in DEFAULT_CONTROLNETS.items()) + ")")
-    p.add_argument("--config", help="diffusers SD 1.5 folder (or hub id) describing a single-file --model "
-                                    "checkpoint; needed offline")
-    p.add_argument("--controlnet-config", action="append", metavar="[KIND=]DIR",
-                   help="diffusers ControlNet folder describing the single-file --controlnet of a kind; needed "
-                        "offline; repeat for several kinds (a bare DIR is the canny one's)")
-    p.add_argument("--annotators", type=Path,
-                   help=f"folder holding the annotators' weights of the softedge, depth and lineart controls "
-                        f"(else ${ENV_FOLDER}, else the hub cache)")
-    p.add_argument("--work-dir", type=Path, help="folder for job inputs/outputs (default: a temp folder, removed at exit)")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--token-file", type=Path, help=f"file holding the bearer token (else ${wire.TOKEN_ENV}, else random)")
-    p.add_argument("--exit-with-stdin", action="store_true", help="exit when stdin reaches EOF (parent died)")
-    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run jobs on a pool of Ray workers (pip install 'fresco-backend[ray]'): without ADDRESS a "
-                        "Ray runtime of the server's own on 127.0.0.1, started and stopped with it (RAY_ADDRESS is "
-                        "ignored), else the cluster at ADDRESS")
-    p.add_argument("--workers", type=positive, help="Ray workers (default: one per GPU Ray sees, else one per CPU)")
-    p.add_argument("--segments", type=positive, help="segments a Ray job is split into (default: one per worker)")
-    p.add_argument("--worker-threads", type=positive, help="torch threads of each CPU Ray worker")
-    p.add_argument("--log-level", default="INFO", type=log_level,
-                   help=f"logging level: {', '.join(LOG_LEVELS)} (default INFO)")
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_REMOTE_TOKEN = 16  # characters of a token that guards a server reachable from other machines
 TEMP_PREFIX = "fresco-server-"  # of the temporary work dirs (and of a Ray temp dir outside the work dir)
 OWNER_FILE = "owner.json"  # in a temporary dir: {"pid": ..., "start": ...} of the server that made it
@@ -96,35 +71,6 @@ class StartupError(Exception):
 
 class Stopped(Exception):
     """SIGTERM or SIGINT arrived before the server runs: unwind so that the work dir is cleaned up."""
-
-
-def port_number(text: str) -> int:
-    """argparse type of --port: 0..65535."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number from 0 to 65535")
-    return port
-
-
-def positive(text: str) -> int:
-    """argparse type of counts: an integer from 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a count from 1")
-    return value
-
-
-def log_level(text: str) -> str:
-    """argparse type of --log-level: a logging level name, in any case."""
-    if text.upper() not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
-    return text.upper()
 
 
 def resolve_token(args: argparse.Namespace) -> tuple[str, bool]:

@@ -3,10 +3,6 @@ saved under the real file names load through the real loading path and give a co
 name what to download. Networks are randomly initialised (never outside tests)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -31,6 +27,7 @@ def job(*kinds: str) -> JobConfig:
 def no_folder(tmp_path, monkeypatch):
     """No annotators folder and an empty hub cache unless a test gives them."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.delenv(A.ENV_FOLDER, raising=False)
     A.set_annotators_folder(None)
     yield
     A.set_annotators_folder(None)
@@ -173,11 +170,17 @@ def test_a_file_of_another_network_is_refused(tmp_path, frames):
         A.annotate("lineart", frames, tmp_path / "sk_model.pth", "cpu")
 
 
-def test_the_folder_comes_from_the_environment(tmp_path):
-    code = "from fresco_backend import annotators; print(annotators.annotators_folder())"
-    env = {**os.environ, A.ENV_FOLDER: str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path)
+def test_the_folder_comes_from_the_environment_when_it_is_used(tmp_path, monkeypatch):
+    """FRESCO_ANNOTATORS is read when weights are looked for, not at import; --annotators comes first."""
+    monkeypatch.setenv(A.ENV_FOLDER, str(tmp_path))  # after the import
+    assert A.annotators_folder() == tmp_path
+    with pytest.raises(A.AnnotatorMissing, match=f"annotators folder \\(now {tmp_path}\\)"):
+        A.weights_path("softedge")
+    A.set_annotators_folder(tmp_path / "given")
+    assert A.annotators_folder() == tmp_path / "given"
+    monkeypatch.delenv(A.ENV_FOLDER)
+    A.set_annotators_folder(None)
+    assert A.annotators_folder() is None
 
 
 def test_tiny_jobs_with_tile_and_softedge_controls_run(tiny_models, tiny_controlnets, weights_folder, tmp_path):

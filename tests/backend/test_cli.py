@@ -114,3 +114,23 @@ def test_a_long_cpu_job_gets_the_draft_hint_with_real_flags():
     args = build_parser().parse_args(["translate", "in.mp4", "--out", "o", *flags.split()])
     assert {name: getattr(args, name) for name in DRAFT} == DRAFT  # the flags the CLI really takes
     assert len(estimate_lines(settings, 240, 1920, 1080, "cuda:0")) == 1  # no hint on a GPU
+
+
+def test_the_flags_shared_with_the_server_are_the_servers():
+    """--controlnet, --config, --controlnet-config, --annotators and --device: one description (fresco_contract/
+    options.py) for the CLI and the server, so the same names, defaults and help (--device names MPS in both)."""
+    from fresco_backend.cli import build_parser
+    from fresco_contract import options
+    from server.__main__ import build_parser as server_parser
+
+    translate = next(a for a in build_parser()._actions if a.dest == "command").choices["translate"]
+
+    def described(parser) -> dict:
+        return {a.option_strings[0]: (a.dest, a.default, a.help, a.metavar) for a in parser._actions if a.option_strings}
+
+    cli, server = described(translate), described(server_parser())
+    shared = [option.flag for option in options.OPTIONS if options.TRANSLATE in option.commands]
+    assert shared == ["--controlnet", "--config", "--controlnet-config", "--annotators", "--device"]
+    assert all(cli[flag] == server[flag] for flag in shared)
+    assert "mps" in cli["--device"][2] and cli["--device"][1] == "auto"
+    assert {flag for flag in server if flag != "-h"} == {o.flag for o in options.OPTIONS if options.SERVER in o.commands}

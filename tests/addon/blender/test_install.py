@@ -23,8 +23,8 @@ def test_zip_contents(addon_zip):
     assert {"fresco_contract", "fresco_backend", "server"} <= packages and "blender_addon" not in packages
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "test" in n.lower()]
     for module in ("__init__", "fresco_contract/settings", "fresco_contract/wire", "contract", "client", "launcher",
-                   "translation", "session", "tasks", "operators", "panels", "preview", "farm", "place", "resultdirs", "unsaved",
-                   "userdirs", "props", "compat", "config",
+                   "translation", "session", "tasks", "operators", "panels", "preview", "farm", "place", "resultdirs",
+                   "unsaved", "userdirs", "props", "compat", "config",
                    "prefs", "installer", "downloads", "backend_setup", "model_ops", "fresco_contract/hubcache",
                    "presets", "settings_ops", "presets/fresco/Faithful", "presets/fresco/Painterly",
                    "presets/fresco/Strong_Restyle"):
@@ -120,3 +120,24 @@ def test_panel_draws_settings(addon, movie_scene, compat):
     assert [name for kind, name in log if kind == "prop"] == [s.name for s in settings.SETTINGS
                                                               if s.advanced and s.applies(values)]
     assert "DEFAULT_CLOSED" in bpy.types.FRESCO_PT_advanced.bl_options
+
+
+def test_preferences_of_the_backend_options_are_made_from_their_table(addon):
+    """Each setting of fresco_contract/options.py is a preference with its label, tooltip, default and kind of
+    path (the ControlNet of every control kind too), and its variable is in config.ENV."""
+    import sys
+
+    config = sys.modules[f"{addon.__name__}.config"]
+    props = bpy.context.preferences.addons[addon.__name__].preferences.bl_rna.properties
+    subtypes = {"": "NONE", "file": "FILE_PATH", "dir": "DIR_PATH", "secret": "PASSWORD"}
+    for setting in config.SETTINGS.values():
+        prop = props[setting.pref]
+        assert (prop.name, prop.description, prop.default, prop.subtype) == (
+            setting.label, setting.description, setting.default, subtypes[setting.path]), setting.key
+        assert config.ENV[setting.key] == setting.env and config.PREF_ATTR[setting.key] == setting.pref
+    assert props["controlnet_lineart_config"].name == "Lineart ControlNet Config"
+    assert config.ENV["controlnet_lineart_config"] == "FRESCO_CONTROLNET_LINEART_CONFIG"
+    assert (config.ENV["output_dir"], props["output_dir"].default) == ("FRESCO_OUTPUT_DIR", "//fresco/")
+    if "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties:  # 4.5+
+        assert props["output_dir"].is_path_supports_blend_relative
+    assert "output_dir" not in config.backend_config()  # the add-on's own: not the backend's configuration
