@@ -3,9 +3,8 @@
 The work is ``installer.Installer``'s (Uninstall: ``installer.uninstall``), run as the session's task
 ``INSTALL`` (``session.run_task``): with a UI on a thread while the session's timer redraws the preferences
 (progress bar, the step, pip's last line, Cancel); in background mode (``blender -b``, a render farm) here,
-printing its steps. The
-PyTorch build and index come from the operator's arguments, else FRESCO_TORCH_BUILD and
-FRESCO_TORCH_INDEX_URL, else the preferences. With Blender's online access off nothing goes online.
+printing its steps. The PyTorch build and index come from the operator's arguments, else FRESCO_TORCH_BUILD
+and FRESCO_TORCH_INDEX_URL, else the preferences. With Blender's online access off nothing goes online.
 """
 from __future__ import annotations
 

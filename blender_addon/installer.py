@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import tasks
 from .contract import files, progress
 from .childproc import child_environment, no_console_flags
 
@@ -324,7 +325,7 @@ def _record_problem(env_dir: Path) -> str | None:
 
 VERIFY_CODE = "import torch; torch.Tensor; torch.zeros(1); import fresco_backend, server; print('ok')"
 _VERIFIED: dict[tuple, str | None] = {}  # key (``_verify_key``) -> the problem found, None: sound
-_verifying: dict[tuple, threading.Thread] = {}
+_verifying: dict[tuple, tasks.Task] = {}  # key -> its check, running on a thread
 
 
 def _verify_key(env_dir: Path) -> tuple:
@@ -368,9 +369,8 @@ def verify(env_dir: str | os.PathLike[str], wait: bool = True) -> str | None | b
         _verify_now(env_dir, key)
         return _VERIFIED[key]
     if key not in _verifying:
-        thread = threading.Thread(target=_verify_now, args=(env_dir, key), name="fresco-verify", daemon=True)
-        _verifying[key] = thread
-        thread.start()
+        check = _verifying[key] = tasks.Task(lambda task: _verify_now(env_dir, key), "environment-check")
+        check.start()  # filed first: it drops itself from _verifying when it is over
     return True
 
 

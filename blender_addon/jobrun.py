@@ -1,7 +1,8 @@
 """Run one translation job against the backend: the HTTP side, no bpy.
 
 ``job_task`` is the translation's backend job as a ``tasks.Task``: run here in background mode and on its
-thread in the UI, it never touches bpy data. Its result is the written frames; what it posts on the way:
+thread in the UI, it never touches bpy data. It reads the server's feed as ``wire.Event``s; its result is the
+written frames; what it posts on the way:
 
   Progress             (``contract.progress``; ``STAGE_STARTING``, total 0: the backend is being started)
   JobCreated(job_id)   (the backend accepted the job)
@@ -95,20 +96,24 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
                 pass
             raise JobFailed(f"job {job_id} did not finish within {timeout:g} s")
         reply = client.events(job_id, after, wait)
-        for event in reply.get("events", []):
-            after = max(after, int(event.get("seq", after)))
-            kind = event.get("type")
-            if kind == wire.EV_PROGRESS:
-                task.post(Progress(str(event.get("stage", "")), int(event.get("done", 0)),
-                                   int(event.get("total", 0)), event.get("eta")))
-            elif kind == wire.EV_FRAME:
-                fetch(int(event["index"]))
-            elif kind == wire.EV_DONE:
-                out_count = int(event.get("frame_count", out_count))
-            elif kind == wire.EV_ERROR:
-                error = str(event.get("message", "the backend reported an error"))
-            elif kind == wire.EV_STATE:
-                state = event.get("state", state)
+        for data in reply.get("events", []):
+            try:
+                event = wire.Event.from_dict(data)
+            except ValueError as exc:
+                raise JobFailed(f"the backend's event feed of job {job_id} is not understood: {exc}") from None
+            if event is None:  # a newer server's kind of event
+                continue
+            after = max(after, event.seq)
+            if isinstance(event, wire.ProgressEvent):
+                task.post(Progress(event.stage, event.done, event.total, event.eta))
+            elif isinstance(event, wire.FrameEvent):
+                fetch(event.index)
+            elif isinstance(event, wire.DoneEvent):
+                out_count = event.frame_count
+            elif isinstance(event, wire.ErrorEvent):
+                error = event.message
+            elif isinstance(event, wire.StateEvent):
+                state = event.state
         state = reply.get("state", state)
         if state in wire.FINAL_STATES:
             break

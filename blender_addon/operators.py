@@ -2,8 +2,8 @@
 farm.py).
 
 Both translate operators put strips in the session's queue (``session``, ``jobqueue``) with their settings as
-they are now: with a UI the session's timer runs them one after the other; in background mode (or with Synchronous) the queue runs
-here, before the operator returns.
+they are now: with a UI the session's timer runs them one after the other; in background mode (or with
+Synchronous) the queue runs here, before the operator returns.
 """
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ that saving an unsaved .blend moved (``unsaved``) and the scene copies of runnin
 One timer (``tick``) drives the background work while any of it runs: a step of the queue (the export
 a few frames at a time, the delivery of its backend job's messages, placing the result), the messages of
 every running task, the panel's preview, and a redraw (also while the backend's environment is being
-checked, ``installer.verify``). Headless (``bpy.app.background``) no timer fires:
-tasks run where they are started (``run_task``) and the operators run the queue at once (``JobQueue.run``).
-Opening another file cancels the queue.
+checked, ``installer.verify``). Headless (``bpy.app.background``) no timer fires: tasks run where they are
+started (``run_task``) and the operators run the queue at once (``JobQueue.run``). Opening another file
+cancels the queue.
 """
 from __future__ import annotations
 
@@ -51,8 +51,9 @@ class Session:
         self.queue.cancel_all()
         entry = self.queue.running()
         if entry is not None:
-            task = entry.job.task
+            task = entry.job.task  # its backend job, once the export is done
             if task is not None and task.thread is not None:
+                task.cancel()
                 task.thread.join(timeout=UNREGISTER_WAIT)
             self.queue.tick()
         self.queue.forget()
@@ -152,16 +153,20 @@ def tick() -> float | None:
                 preview.update(job)
     except Exception as exc:  # never let a timer raise into Blender
         print(f"FRESCO: queue: {exc}", flush=True)
+    moved = False  # a task ran during this step: the preferences show its progress, or how it ended
     tasks_left = False
     for task in session.tasks.values():
+        if task.settled:
+            continue
+        moved = True
         try:
             tasks_left |= not task.deliver()
         except Exception as exc:
             print(f"FRESCO: {task.name}: {exc}", flush=True)
     redraw("SEQUENCE_EDITOR")
     tasks_left |= installer.checking()  # the preferences say "checking the environment" until it answers
-    if session.tasks or tasks_left:
-        redraw("PREFERENCES")  # a task's progress, or how it ended
+    if moved or tasks_left:
+        redraw("PREFERENCES")
     if tasks_left:
         interval = INTERVAL if interval is None else min(interval, INTERVAL)
     return interval

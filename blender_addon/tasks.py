@@ -34,6 +34,7 @@ class Task:
         self.result: Any = None
         self.error: str | None = None
         self.cancelled = False
+        self.settled = False  # over, and every message handed on (``deliver``)
         self.thread: threading.Thread | None = None
         self._cancel = threading.Event()
         self._over = threading.Event()
@@ -82,6 +83,7 @@ class Task:
             self.error = str(exc) or type(exc).__name__
         finally:
             self._over.set()
+            self.settled = self._inbox is None  # run here: each message was handed on as it came
 
     def run(self) -> "Task":
         """Do the work here, handing each message on as it is posted (headless); Ctrl-C still stops it."""
@@ -106,4 +108,5 @@ class Task:
                 break
             if self.on_message is not None:
                 self.on_message(message)
+        self.settled = over
         return over

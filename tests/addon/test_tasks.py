@@ -24,7 +24,7 @@ def counting(task):
 def test_run_here_hands_on_each_message_as_posted():
     seen = []
     task = tasks.Task(counting, "count", seen.append).run()
-    assert task.finished and task.result == "counted" and task.error is None and not task.cancelled
+    assert task.finished and task.settled and task.result == "counted" and task.error is None and not task.cancelled
     assert [m if isinstance(m, str) else (m.done, m.total) for m in seen] == [
         (1, 3), "note 0", (2, 3), "note 1", (3, 3), "note 2"]
     assert task.progress == tasks.Progress("count", 3, 3) and task.progress.fraction == 1.0
@@ -47,7 +47,8 @@ def test_on_a_thread_messages_wait_for_deliver():
     go.set()
     assert task.wait(LIMIT)
     assert task.finished and seen[-1:] != ["last"]  # over, but "last" still waits
-    assert task.deliver() is True and seen[-1] == "last" and task.result == 42
+    assert not task.settled
+    assert task.deliver() is True and seen[-1] == "last" and task.result == 42 and task.settled
 
 
 def test_an_error_is_the_tasks_message():

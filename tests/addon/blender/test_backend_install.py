@@ -340,10 +340,10 @@ def test_preferences_draw_every_section(modules, backend_env):
 def test_no_backend_change_while_a_translation_runs(modules, backend_env, monkeypatch, tmp_path):
     """Install, Repair, Uninstall and Remove all stop the warm backend: refused while a job uses it."""
     config = modules["config"]
-    uijob = modules["session"]
+    session = modules["session"]
     prefs = config.preferences()
     prefs.env_dir = str(tmp_path / "env")
-    monkeypatch.setattr(uijob, "busy", lambda: True)
+    monkeypatch.setattr(session, "busy", lambda: True)
     try:
         for call in (lambda: bpy.ops.fresco.install_backend(), lambda: bpy.ops.fresco.install_backend(repair=True),
                      lambda: bpy.ops.fresco.uninstall_backend(),

@@ -132,9 +132,9 @@ def test_backend_not_installed_points_to_preferences(addon, strip, monkeypatch, 
 def test_backend_starting_ready_busy_and_stop(addon, backend_env, strip, monkeypatch):
     """The real backend for ready and Stop; a translation whose backend start is held for starting, and
     the same with the real backend warm for busy."""
-    uijob, config = module(addon, "session"), module(addon, "config")  # the session: the queue and its timer
-    backend = uijob.get().backend
-    monkeypatch.setattr(uijob, "has_event_loop", lambda: True)
+    session, config = module(addon, "session"), module(addon, "config")
+    backend = session.get().backend
+    monkeypatch.setattr(session, "has_event_loop", lambda: True)
     backend.stop()
     words, _icon, ops = backend_line(panel())
     assert words == "Backend starts with Translate, on cpu" and not ops
@@ -153,15 +153,15 @@ def test_backend_starting_ready_busy_and_stop(addon, backend_env, strip, monkeyp
         assert backend_line(panel())[0] == "Backend starts after the export, on cpu"
         deadline = time.monotonic() + 60.0
         while not reached.is_set():  # export on the timer's ticks, then the worker asks for the backend
-            uijob.tick()
+            session.tick()
             assert time.monotonic() < deadline
-        uijob.tick()
+        session.tick()
         assert backend_line(panel())[:2] == ("Backend starting", "SORTTIME")
     finally:
         release.set()
-        drive(uijob)
+        drive(session)
     monkeypatch.undo()
-    monkeypatch.setattr(uijob, "has_event_loop", lambda: True)
+    monkeypatch.setattr(session, "has_event_loop", lambda: True)
 
     backend.get_client(config.backend_config())  # the real one, warm
     try:
@@ -179,7 +179,7 @@ def test_backend_starting_ready_busy_and_stop(addon, backend_env, strip, monkeyp
             assert not backend_line(panel())[2]
         finally:
             hold.set()
-            drive(uijob)
+            drive(session)
         assert bpy.ops.fresco.stop_backend() == {"FINISHED"}
         assert backend_line(panel())[0] == "Backend starts with Translate, on cpu"
     finally:
