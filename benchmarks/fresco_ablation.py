@@ -36,7 +36,8 @@ def child(args: argparse.Namespace) -> None:
     from fresco_backend.metrics import pixel_mse
     from fresco_backend.models import load_pipeline
     from fresco_backend.synthetic import moving_square
-    from fresco_backend.translate import keyframes_for, translate_frames
+    from fresco_backend.plan import keyframes_for
+    from fresco_backend.translate import translate_frames
 
     pipe = load_pipeline(args.model, args.controlnet)
     clip = moving_square(frames=args.frames, width=args.size, height=args.size, velocity=(4, 2), square=args.size // 3)

@@ -321,7 +321,8 @@ def _consistency(pipe, clip: Path, p: dict) -> dict:
     from fresco_backend.flow import estimate_batch_flow
     from fresco_backend.frames import resize
     from fresco_backend.metrics import pixel_mse, pixel_mse_independent
-    from fresco_backend.translate import keyframes_for, translate_frames
+    from fresco_backend.plan import keyframes_for
+    from fresco_backend.translate import translate_frames
 
     frames = _read_clip(clip, p["frames"], p["size"])
     result, flow = {"frames": len(frames)}, None
@@ -399,7 +400,7 @@ def child_ray(p: dict) -> dict:
 
     from fresco_backend.config import JobConfig
     from fresco_backend.flow import estimate_batch_flow, warp
-    from fresco_backend.segments import plan_segments
+    from fresco_backend.plan import make_plan
     from fresco_backend.synthetic import moving_square
     from server.ray_pool import RayPool
 
@@ -412,9 +413,9 @@ def child_ray(p: dict) -> dict:
     for workers in (1, 2):
         pool = RayPool(workers, (p["model"], {"canny": p["controlnet"]}), "cpu", segments=p["segments"], threads=1)
         try:
-            list(pool.translate(None, frames, settings))  # warm-up: each worker's first calls
+            list(pool.translate(frames, settings))  # warm-up: each worker's first calls
             started = time.perf_counter()
-            outputs[workers] = dict(pool.translate(None, frames, settings))
+            outputs[workers] = dict(pool.translate(frames, settings))
             seconds[workers] = time.perf_counter() - started
         finally:
             pool.shutdown()
@@ -425,8 +426,10 @@ def child_ray(p: dict) -> dict:
     visible = 1.0 - flow.occ_bwd
     squared = ((video[1:] - warp(video[:-1], flow.bwd)) ** 2).mean(dim=1, keepdim=True) * visible
     pair_mse = (squared.sum(dim=(1, 2, 3)) / visible.sum(dim=(1, 2, 3)).clamp(min=1.0)).tolist()
-    plan = plan_segments(list(frames), settings, p["segments"])
-    ranges = [(min(s.keys) if s.anchor is None else s.anchor, max(s.keys)) for s in plan.segments]
+    plan = make_plan(list(frames), settings, p["segments"])
+    # each segment from its skeleton key (the key before its own; segment 0 from its first) to its last key
+    ranges = [(plan.keys[plan.keys.index(s.keys[0]) - 1] if i else s.keys[0], s.keys[-1])
+              for i, s in enumerate(plan.segments)]
     boundary = {i for (_, end), (start, _) in zip(ranges, ranges[1:]) for i in range(end, start)}
     inside = [m for i, m in enumerate(pair_mse) if i not in boundary]
     crossing = [m for i, m in enumerate(pair_mse) if i in boundary]

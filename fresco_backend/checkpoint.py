@@ -9,15 +9,15 @@ the default checkpoint keeps nothing (a plain, non-resumable run).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:  # torch only for the annotation: the server reads job folders without it
     import torch
 
-Anchors = dict[int, list["torch.Tensor"]]  # key position -> latents after every denoising step
+Anchors = dict[int, list["torch.Tensor"]]  # key -> latents after every denoising step
 
 
 @dataclass
@@ -27,3 +27,11 @@ class Checkpoint:
     has_output: Callable[[int], bool] = lambda index: False     # is output frame ``index`` written?
     output: Callable[[int], np.ndarray] = lambda index: None     # a written output frame (input size)
     on_batch_done: Callable[[int, Anchors], None] = lambda batch, anchors: None
+
+    def by_frame(self, keys: Sequence[int]) -> Checkpoint:
+        """This checkpoint of the plain chain over ``keys`` with its anchors keyed by frame index: its
+        files keep them by position among the keys (anchors.safetensors, "position:step")."""
+        position = {key: number for number, key in enumerate(keys)}
+        return replace(self, anchors={keys[p]: v for p, v in self.anchors.items() if 0 <= p < len(keys)},
+                       on_batch_done=lambda batch, anchors: self.on_batch_done(
+                           batch, {position[key]: v for key, v in anchors.items()}))

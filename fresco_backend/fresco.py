@@ -1,6 +1,6 @@
 """FRESCO mode: keyframe batches translated jointly with spatial-temporal correspondence.
 
-For each batch (``keyframes.plan_batches``): optical flow and occlusion between
+For each batch (``keyframes.plan_batches``, ``plan.py``): optical flow and occlusion between
 its consecutive frames, a reference U-Net pass on the input frames (records the
 self-attention queries/keys for spatial guidance and the decoder features for
 the Gram loss), then the shared denoising loop (``denoise.denoise_batch``)
@@ -10,9 +10,9 @@ latents at two late steps, and latent anchoring: the anchor frames of a later
 batch are overwritten at every step with the latents recorded for them when
 they were translated, so batches share one appearance.
 
-The frames given here are the keyframes; ``translate.py`` chooses them and
-propagates the frames between them. ``segments.py`` hands in its own batch plan
-and the anchor latents of a skeleton pass, to split one chain into segments.
+The batches and the anchor latents of earlier passes come from the job's plan
+(``plan.py``: the chain of keys, or a skeleton and its segments); the executor
+propagates the frames between the keys.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .feature_opt import FeatureOptimizer, OptContext, background_mask, saliency
 from .flow import BatchFlow
 from .frames import resize, to_tensor, to_uint8
 from .fresco_attention import FrescoAttention, install
-from .keyframes import Batch, plan_batches
+from .keyframes import Batch
 
 
 def x0_smoothing_steps(steps: int) -> set[int]:
@@ -108,18 +108,17 @@ def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: t
 
 
 def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
-                  clock: StepClock, checkpoint: Checkpoint, cache: Cache, *, batches: Sequence[Batch] | None = None,
+                  clock: StepClock, checkpoint: Checkpoint, cache: Cache, *, batches: Sequence[Batch],
                   anchors: Anchors | None = None, keep: Collection[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
-    """Translate ``frames`` in anchored batches; yields (index, frame at the work size).
+    """Translate the keys of ``batches`` (indices into ``frames``, ``plan.py``); yields (index, frame
+    at the work size).
 
-    ``batches`` index into ``frames``; by default every frame is a key, chained by ``plan_batches``.
     ``anchors`` are latents recorded before this run (index -> one per executed step) that the first
     batches are anchored to; ``keep`` are indices whose recorded latents stay in the memory handed to
-    ``checkpoint.on_batch_done`` until the end (``segments.py`` records a skeleton this way). Batches
+    ``checkpoint.on_batch_done`` until the end (a skeleton pass records its keys this way). Batches
     before ``checkpoint.batches_done`` are skipped, their anchors restored from it.
     """
     sampling = config.sampling
-    batches = list(batches) if batches is not None else plan_batches(range(len(frames)), sampling.batch_size)
     if not batches:
         return
     embeds = encode_prompt(pipe, sampling)
@@ -167,7 +166,3 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
         handle.uninstall()
         attention.clear()
 
-
-def fresco_batches(frame_count: int, config: JobConfig) -> int:
-    """How many batches FRESCO translates ``frame_count`` keyframes in."""
-    return len(plan_batches(list(range(frame_count)), config.sampling.batch_size))

@@ -5,34 +5,23 @@ blurred frames i and i-1, start with the first and last frames, and while the la
 keys exceeds ``s_max`` insert the best-scoring frame inside that gap; scores within ``s_min`` of every key are
 blanked so keys stay at least ``s_min`` apart unless a gap forces a closer key (see ``select_keys``).
 
-Batches (``plan_batches``): the first batch holds the first N keys; every later batch is
-[global first key, last key of the previous batch] followed by new keys. Anchors only give context.
+Fixed-interval keys (``fixed_keys``) and the batches over the keys (``plan_batches``: the first batch holds
+the first N keys; every later batch is [global first key, last key of the previous batch] followed by new
+keys, anchors only give context) are the contract's planner (``fresco_contract.estimate``, standard
+library), so the panel's estimate and the backend plan alike; they are imported here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from fresco_contract.estimate import Batch, fixed_keys, plan_batches
+
+__all__ = ["Batch", "adaptive_keys", "fixed_keys", "frame_scores", "plan_batches", "select_keys"]
+
 BLUR_KSIZE = 9  # Gaussian kernel side, as in the official code; sigma derived by OpenCV: 0.3*((9-1)/2-1)+0.8 = 1.7
-
-
-def fixed_keys(n_frames: int, interval: int) -> list[int]:
-    """Keys 0, interval, 2*interval, ... plus the last frame ``n_frames - 1`` whenever the grid misses it.
-
-    Always ending on the last frame means no frame after the last key is left without a key to propagate
-    from (the gap before the last frame may then be shorter than ``interval``).
-    """
-    if interval < 1:
-        raise ValueError(f"interval must be >= 1, got {interval}")
-    if n_frames <= 0:
-        return []
-    keys = list(range(0, n_frames, interval))
-    if keys[-1] != n_frames - 1:
-        keys.append(n_frames - 1)
-    return keys
 
 
 def _blur(frame: np.ndarray) -> np.ndarray:
@@ -117,42 +106,3 @@ def adaptive_keys(frames: Iterable[np.ndarray], s_min: int = 5, s_max: int = 20)
     Each frame is blurred with a 9x9 Gaussian (sigma 1.7, OpenCV's default for that size) before scoring.
     """
     return select_keys(frame_scores(frames), s_min=s_min, s_max=s_max)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One FRESCO batch: ``frames`` in batch order, of which the first ``anchors`` are context-only anchors;
-    ``new`` (= ``frames[anchors:]``) are the keys this batch translates."""
-
-    frames: list[int]
-    anchors: int
-    new: list[int]
-
-
-def plan_batches(keys: Iterable[int], batch_size: int = 8) -> list[Batch]:
-    """Split keys into FRESCO batches; every key is in exactly one batch's ``new``, in order.
-
-    Keys are sorted and de-duplicated first. Batch 1 = the first ``batch_size`` keys (no anchors). Each later
-    batch = anchors + up to ``batch_size - anchors`` new keys, where the anchors are
-    [keys[0], last key of the previous batch] truncated to ``batch_size - 1`` entries, so there is always room
-    for at least one new key:
-    - ``batch_size >= 3``: two anchors (a last batch may hold a single new key);
-    - ``batch_size == 2``: one anchor, the global first key, so frame 0 of every batch (the full-token source of
-      the cross-frame attention) is the same frame;
-    - ``batch_size == 1``: no anchors, each key alone.
-    The two anchors never coincide: with ``batch_size >= 2`` the first batch holds at least two keys whenever a
-    second batch exists, so the previous batch's last key is always after keys[0]; no frame repeats in a batch.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    keys = sorted(set(int(k) for k in keys))
-    if not keys:
-        return []
-    batches = [Batch(frames=keys[:batch_size], anchors=0, new=keys[:batch_size])]
-    done = len(batches[0].new)
-    while done < len(keys):
-        anchors = [keys[0], batches[-1].frames[-1]][:batch_size - 1]
-        new = keys[done:done + batch_size - len(anchors)]
-        batches.append(Batch(frames=anchors + new, anchors=len(anchors), new=new))
-        done += len(new)
-    return batches

@@ -1,9 +1,12 @@
-"""Translating a clip: the per-frame baseline or FRESCO, chosen by the ``mode`` setting.
+"""Translating a clip in this process: the job's plan (``plan.py``) walked by the executor
+(``executor.py``) with the ``LocalRunner``, one task after the other.
 
 Every function here takes the job's ``config.JobConfig`` (made once, at the edge, by
 ``JobConfig.of``). FRESCO translates the keyframes (the ``keyframes`` setting) and propagates the
-frames between two translated keys from both of them (``propagate.py``), so
-every input frame gets an output, including those after the last key.
+frames between two translated keys from both of them (``propagate.py``), so every input frame gets
+an output, including those after the last key; the per-frame baseline is the plan whose every frame
+is a key. Where the two modes differ is only what translates a pass's batches: ``fresco.fresco_frames``
+or ``per_frame``, chosen once by the runner.
 """
 from __future__ import annotations
 
@@ -13,63 +16,39 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .cache import Cache
-from .checkpoint import Checkpoint
+from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import JobConfig, require
 from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt
-from .flow import load_estimator
+from .executor import Frame, Recorded, execute
+from .flow import FlowEstimator, load_estimator
 from .frames import resize, to_tensor, to_uint8
-from .fresco import fresco_batches, fresco_frames
-from .keyframes import adaptive_keys, fixed_keys
+from .fresco import fresco_frames
+from .keyframes import Batch
+from .plan import Clip, Pass, make_plan
 from .propagate import propagate_span
 
-__all__ = ["Cancelled", "Progress", "translate_frames"]
+__all__ = ["Cancelled", "LocalRunner", "Progress", "propagate_frames", "translate_frames"]
 
 
 def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
-              clock: StepClock, checkpoint: Checkpoint, cache: Cache) -> Iterator[tuple[int, np.ndarray]]:
-    """The baseline: frames translated independently (batched only for speed); yields at the work size."""
+              clock: StepClock, checkpoint: Checkpoint, cache: Cache, *, batches: Sequence[Batch],
+              anchors: Anchors | None = None, keep: Sequence[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
+    """The baseline: the frames of each of ``batches`` (unanchored) translated independently (batched only
+    for speed); yields (index, frame at the work size). Takes ``fresco_frames``'s arguments; there are
+    no latents to anchor to or keep."""
     embeds = encode_prompt(pipe, config.sampling)
     scales = [net.scale for net in config.control.nets]
-    size = config.sampling.batch_size
-    for number, start in enumerate(range(0, len(frames), size)):
+    for number, batch in enumerate(batches):
         if number < checkpoint.batches_done:
             continue
         clock.check_cancel()
-        small = [resize(f, *work_size) for f in frames[start:start + size]]
+        small = [resize(frames[i], *work_size) for i in batch.frames]
         controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
                                        on_stage=clock.stage)
         out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
-        yield from enumerate(to_uint8(out), start)
+        yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
-
-
-def per_frame_batches(frame_count: int, config: JobConfig) -> int:
-    """How many batches the baseline translates ``frame_count`` frames in."""
-    return -(-frame_count // config.sampling.batch_size)
-
-
-class Frames(Sequence[np.ndarray]):
-    """The frames at ``indices`` of a (possibly lazily read) clip, read on access and
-    checked to have the clip's size."""
-
-    def __init__(self, frames: Sequence[np.ndarray], indices: Sequence[int], shape: tuple[int, ...]):
-        self.frames, self.indices, self.shape = frames, list(indices), shape
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def _read(self, index: int) -> np.ndarray:
-        frame = self.frames[index]
-        if frame.shape != self.shape:
-            raise ValueError(f"all frames of a clip must have the same size: frame {index} is "
-                             f"{frame.shape[1]}x{frame.shape[0]}, the first is {self.shape[1]}x{self.shape[0]}")
-        return frame
-
-    def __getitem__(self, item):
-        if isinstance(item, slice):
-            return [self._read(i) for i in self.indices[item]]
-        return self._read(self.indices[item])
 
 
 def propagate_stage(first: int, last: int) -> str:
@@ -78,15 +57,46 @@ def propagate_stage(first: int, last: int) -> str:
     return f"propagate frame {last}" if last - first == 2 else f"propagate frames {first + 2}-{last}"
 
 
-def keyframes_for(frames: Sequence[np.ndarray], config: JobConfig) -> list[int]:
-    """The frames translated (the first and the last are always among them), for the job's ``config``."""
-    config, count = require(config), len(frames)
-    keys = config.keyframes
-    if not config.fresco or keys.choice == "all":
-        return list(range(count))
-    if keys.choice == "interval":
-        return fixed_keys(count, keys.interval)
-    return adaptive_keys((frames[i] for i in range(count)), keys.min_gap, keys.max_gap)
+def propagate_frames(frames: Sequence[np.ndarray], first: int, last: int, out_first: np.ndarray,
+                     out_last: np.ndarray, estimator: FlowEstimator) -> list[tuple[int, np.ndarray]]:
+    """(index, uint8 RGB) of the frames strictly between keys ``first`` and ``last`` (``propagate_span``)."""
+    return list(enumerate(propagate_span(frames[first:last + 1], out_first, out_last, estimator), first + 1))
+
+
+class LocalRunner:
+    """Runs a plan's tasks in this process, one after the other (``executor.Runner``), on ``pipe``,
+    counting them on the job's ``clock``; ``estimator``: the spans' flow (None: loaded for the first)."""
+
+    def __init__(self, pipe, frames: Sequence[np.ndarray], config: JobConfig, clock: StepClock,
+                 cache: Cache | None = None, estimator: FlowEstimator | None = None):
+        self.pipe, self.config, self.clock, self.cache = pipe, require(config), clock, cache or Cache(None)
+        self.clip = Clip(frames)
+        self.height, self.width = self.clip.shape[:2]
+        self.work_size = config.sampling.work_size(self.width, self.height)
+        self.translate = fresco_frames if config.fresco else per_frame
+        self.estimator = estimator
+
+    def run(self, passes: Sequence[Pass], anchors: Anchors,
+            checkpoint: Checkpoint | None = None) -> Iterator[Frame | Recorded]:
+        for step in passes:
+            memory: Anchors = {}
+            resume = checkpoint or Checkpoint(on_batch_done=lambda _, recorded: memory.update(recorded))
+            missing = [key for key in step.needs if key not in anchors]
+            if missing:
+                raise ValueError(f"{step.name} needs the skeleton's latents of keys {missing}")
+            needed = {key: anchors[key] for key in step.needs}
+            for key, rgb in self.translate(self.pipe, self.clip, self.config, self.work_size, self.clock, resume,
+                                           self.cache, batches=step.batches, anchors=needed, keep=step.records):
+                yield Frame(key, resize(rgb, self.width, self.height))
+            if step.records:
+                yield Recorded({key: [t.cpu() for t in memory[key]] for key in step.records})
+
+    def propagate(self, first: int, last: int, out_first: np.ndarray,
+                  out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        self.clock.stage(propagate_stage(first, last))
+        if self.estimator is None:
+            self.estimator = load_estimator(self.config.flow, self.config.flow_weights, self.pipe.device)
+        return propagate_frames(self.clip, first, last, out_first, out_last, self.estimator)
 
 
 def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
@@ -106,39 +116,12 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     require(config)
     if not frames:
         return
-    checkpoint, cache = checkpoint or Checkpoint(), cache or Cache(None)
-    height, width = frames[0].shape[:2]
-    work_size = config.sampling.work_size(width, height)
-    clip = Frames(frames, range(len(frames)), frames[0].shape)
+    checkpoint = checkpoint or Checkpoint()
     if on_progress and config.fresco and config.keyframes.choice == "adaptive":  # reads every frame
         on_progress(Progress("choose keys", 0, 0, None))
-    keys = keyframes_for(clip, config)
-    run, batches = (fresco_frames, fresco_batches) if config.fresco else (per_frame, per_frame_batches)
-    remaining = batches(len(keys), config) - checkpoint.batches_done
+    plan = make_plan(frames, config)
     steps = config.sampling.executed_steps
-    clock = StepClock(remaining * steps, on_progress, cancel, checkpoint.batches_done, steps)
+    clock = StepClock((plan.batch_count - checkpoint.batches_done) * steps, on_progress, cancel,
+                      checkpoint.batches_done, steps)
     estimator = load_estimator(config.flow, config.flow_weights, pipe.device)
-
-    def spans_from_disk(limit: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Propagate the unfinished spans between the first ``limit`` keys, whose outputs are written."""
-        for first, last in zip(keys[:limit], keys[1:limit]):
-            if not all(checkpoint.has_output(i) for i in range(first + 1, last)):
-                clock.stage(propagate_stage(first, last))
-                span = propagate_span(clip[first:last + 1], checkpoint.output(first), checkpoint.output(last),
-                                      estimator)
-                yield from enumerate(span, first + 1)
-
-    previous: tuple[int, np.ndarray] | None = None
-    for position, rgb in run(pipe, Frames(frames, keys, clip.shape), config, work_size, clock, checkpoint, cache):
-        key, out = keys[position], resize(rgb, width, height)
-        if previous is None and position > 0:  # resumed: earlier keys are on disk
-            yield from spans_from_disk(position)
-            previous = keys[position - 1], checkpoint.output(keys[position - 1])
-        if previous is not None and key - previous[0] > 1:
-            clock.stage(propagate_stage(previous[0], key))
-            span = clip[previous[0]:key + 1]
-            yield from enumerate(propagate_span(span, previous[1], out, estimator), previous[0] + 1)
-        yield key, out
-        previous = key, out
-    if previous is None:  # every batch was done before: only propagation can be left
-        yield from spans_from_disk(len(keys))
+    yield from execute(plan, LocalRunner(pipe, frames, config, clock, cache, estimator), checkpoint)

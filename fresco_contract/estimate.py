@@ -1,9 +1,9 @@
 """What a job will do and cost, before anything is loaded: its working size, keys, batches and steps.
 
 Standard library only, so the add-on can show it in the panel before Translate, and the backend's
-command line can print it. The counts follow the backend's plan (``fresco_backend.keyframes``:
-``fixed_keys`` and ``plan_batches``; ``fresco_backend.config.Sampling.executed_steps``); tests check
-that they agree on real jobs.
+command line can print it. The key and batch planner (``fixed_keys``, ``plan_batches``, ``key_batches``)
+is the backend's own: ``fresco_backend/plan.py`` plans every job with it; tests check that the counts
+agree with ``fresco_backend.config.Sampling.executed_steps`` on real jobs.
 
     from fresco_contract.estimate import estimate_job, working_size
     working_size(640, 272, 512)                       # (640, 256): never upscaled by default
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .settings import BY_NAME, SettingsError, defaults, upgrade
 
@@ -63,22 +63,85 @@ def executed_steps(steps: int, strength: float) -> int:
     return max(1, min(steps, int(round(steps * strength))))
 
 
+def fixed_keys(n_frames: int, interval: int) -> list[int]:
+    """Keys 0, interval, 2*interval, ... plus the last frame ``n_frames - 1`` whenever the grid misses it.
+
+    Always ending on the last frame means no frame after the last key is left without a key to propagate
+    from (the gap before the last frame may then be shorter than ``interval``).
+    """
+    if interval < 1:
+        raise ValueError(f"interval must be >= 1, got {interval}")
+    if n_frames <= 0:
+        return []
+    keys = list(range(0, n_frames, interval))
+    if keys[-1] != n_frames - 1:
+        keys.append(n_frames - 1)
+    return keys
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: ``frames`` in batch order, of which the first ``anchors`` are context-only anchors (FRESCO);
+    ``new`` (= ``frames[anchors:]``) are the keys this batch translates."""
+
+    frames: list[int]
+    anchors: int
+    new: list[int]
+
+
+def plan_batches(keys: Iterable[int], batch_size: int = 8) -> list[Batch]:
+    """Split keys into FRESCO batches; every key is in exactly one batch's ``new``, in order.
+
+    Keys are sorted and de-duplicated first. Batch 1 = the first ``batch_size`` keys (no anchors). Each later
+    batch = anchors + up to ``batch_size - anchors`` new keys, where the anchors are
+    [keys[0], last key of the previous batch] truncated to ``batch_size - 1`` entries, so there is always room
+    for at least one new key:
+    - ``batch_size >= 3``: two anchors (a last batch may hold a single new key);
+    - ``batch_size == 2``: one anchor, the global first key, so frame 0 of every batch (the full-token source of
+      the cross-frame attention) is the same frame;
+    - ``batch_size == 1``: no anchors, each key alone.
+    The two anchors never coincide: with ``batch_size >= 2`` the first batch holds at least two keys whenever a
+    second batch exists, so the previous batch's last key is always after keys[0]; no frame repeats in a batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    keys = sorted(set(int(k) for k in keys))
+    if not keys:
+        return []
+    batches = [Batch(frames=keys[:batch_size], anchors=0, new=keys[:batch_size])]
+    done = len(batches[0].new)
+    while done < len(keys):
+        anchors = [keys[0], batches[-1].frames[-1]][:batch_size - 1]
+        new = keys[done:done + batch_size - len(anchors)]
+        batches.append(Batch(frames=anchors + new, anchors=len(anchors), new=new))
+        done += len(new)
+    return batches
+
+
+def key_batches(keys: Iterable[int], batch_size: int, fresco: bool) -> list[Batch]:
+    """The batches a job translates its ``keys`` in: FRESCO's anchored chain (``plan_batches``), or the
+    per-frame mode's plain grid of ``batch_size`` keys without anchors."""
+    if not fresco:
+        keys = list(keys)
+        return [Batch(keys[i:i + batch_size], 0, keys[i:i + batch_size]) for i in range(0, len(keys), batch_size)]
+    return plan_batches(keys, batch_size)
+
+
 def key_count(values: Mapping[str, Any], frame_count: int) -> tuple[int, bool]:
     """(number of keys the job translates, whether that number is exact).
 
-    Exact for ``keyframes`` = interval (0, N, 2N, ... and the last frame) and all, and in the
-    per-frame mode (every frame). Adaptive keys depend on the pictures: every gap between keys is at
-    most ``key_max_gap`` and, unless forced, at least ``key_min_gap``; the estimate assumes gaps halfway
-    between the two (at the defaults: 12.5 frames; the test clips have 11 keys for 120 frames, estimated
-    11, and 26 for 250, estimated 21), never fewer keys than the gaps allow.
+    Exact for ``keyframes`` = interval (``fixed_keys``) and all, and in the per-frame mode (every
+    frame). Adaptive keys depend on the pictures: every gap between keys is at most ``key_max_gap``
+    and, unless forced, at least ``key_min_gap``; the estimate assumes gaps halfway between the two (at
+    the defaults: 12.5 frames; the test clips have 11 keys for 120 frames, estimated 11, and 26 for
+    250, estimated 21), never fewer keys than the gaps allow.
     """
     if frame_count <= 1:
         return max(frame_count, 0), True
     if values["mode"] != "fresco" or values["keyframes"] == "all":
         return frame_count, True
     if values["keyframes"] == "interval":
-        interval = values["key_interval"]
-        return -(-frame_count // interval) + ((frame_count - 1) % interval != 0), True
+        return len(fixed_keys(frame_count, values["key_interval"])), True
     most, least = values["key_max_gap"], values["key_min_gap"]
     fewest = -(-(frame_count - 1) // most) + 1
     typical = math.ceil((frame_count - 1) / ((least + most) / 2)) + 1
@@ -86,20 +149,8 @@ def key_count(values: Mapping[str, Any], frame_count: int) -> tuple[int, bool]:
 
 
 def batch_frames(keys: int, batch_size: int, fresco: bool) -> list[int]:
-    """Frames in each batch (anchors included) of ``keys`` keys: FRESCO's first batch holds the first
-    ``batch_size`` keys, every later one two anchors (one at batch size 2, none at 1) and new keys; the
-    per-frame mode cuts the keys into plain batches."""
-    if keys <= 0:
-        return []
-    if not fresco:
-        return [min(batch_size, keys - start) for start in range(0, keys, batch_size)]
-    sizes = [min(batch_size, keys)]
-    anchors, left = min(2, batch_size - 1), keys - sizes[0]
-    while left > 0:
-        new = min(batch_size - anchors, left)
-        sizes.append(anchors + new)
-        left -= new
-    return sizes
+    """Frames in each batch (anchors included) of ``keys`` keys (``key_batches``)."""
+    return [len(batch.frames) for batch in key_batches(range(keys), batch_size, fresco)]
 
 
 @dataclass(frozen=True)

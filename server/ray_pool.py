@@ -2,11 +2,15 @@
 
 Each ``Worker`` actor keeps a warm pipeline on its device (``fresco_backend.warm.WarmPipeline``, as the
 plain server: a job's ControlNets and LoRAs are swapped in without reloading the SD model). A job
-(``RayPool.translate``, called by ``server/jobs.py`` like ``translate_frames``) puts its input frames
-in the object store once, runs the skeleton pass (``fresco_backend/segments.py``) on one worker, puts
-its anchor latents in the object store and runs the segments in parallel on free workers; a
-propagation span runs as a CPU task as soon as the outputs of both its keys exist. Workers stream progress items and frames back
-(streaming generators); every frame is yielded once, frames the checkpoint already holds never.
+(``RayPool.translate``, called by ``server/jobs.py`` like ``translate_frames``) is the job's plan
+(``fresco_backend/plan.py``, ``segments`` segments) walked by the one executor
+(``fresco_backend/executor.py``) with the ``RayRunner``: the input frames go to the object store once,
+the skeleton pass runs on one worker, its anchor latents go to the object store and the segment passes
+run in parallel on free workers; a propagation span runs as a CPU task as soon as the outputs of both
+its keys exist. A worker runs its pass with the local runner (``fresco_backend.translate.LocalRunner``)
+and streams the executor's messages back (a streaming generator of ``Progress``, ``executor.Frame`` and
+``executor.Recorded``); every frame is yielded once, frames the checkpoint already holds never. The
+pool logs every pass it starts (run, pass, worker, attempt) and every worker lost.
 
 Fairness: a free worker goes to the waiting job holding the fewest workers (then the one waiting
 longest). Cancel: each actor takes two calls at once, so ``cancel`` reaches a running segment and
@@ -28,7 +32,6 @@ ends its helpers and removes that dir as soon as the server is gone, killed with
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
 import os
@@ -56,16 +59,17 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray import exceptions as rex  # noqa: E402
 
-from fresco_backend.checkpoint import Checkpoint
-from fresco_backend.denoise import Cancelled, Progress
+from fresco_backend.checkpoint import Anchors, Checkpoint
 from fresco_backend.config import JobConfig, require
+from fresco_backend.denoise import Cancelled, Progress
+from fresco_backend.executor import Done, Failed, Frame, Recorded, Spanned, execute
 from fresco_backend.models import ModelChoice, choose_models
+from fresco_backend.plan import Pass, make_plan
 
 from .ray_reaper import MARKER_ENV
 
 log = logging.getLogger("fresco.server.ray")
 
-SEGMENTS = "fresco_backend.segments"
 ATTEMPTS = 4  # runs of one segment before a job fails because its workers keep dying
 STARTUP = 900.0  # seconds the workers may take to start and load the model (an outer limit)
 POLL = 0.2  # seconds between checks of a job's cancel while it waits
@@ -166,42 +170,35 @@ class Worker:
     def cancel(self, run_id: str) -> None:
         self.cancels.setdefault(run_id, threading.Event()).set()
 
-    def run(self, run_id: str, kind: str, module: str, models: ModelChoice, frames: list[np.ndarray],
-            config: JobConfig, plan: Any, index: int | None, anchors: Any) -> Iterator[tuple]:
-        """Streams ("progress", stage, done, total, seconds_per_step), ("frame", key, rgb) and, for the skeleton,
-        ("anchors", anchors) last; ``module``: where run_skeleton and run_segment are."""
-        segments = importlib.import_module(module)
+    def run(self, run_id: str, models: ModelChoice, frames: list[np.ndarray], config: JobConfig, step: Pass,
+            anchors: Anchors) -> Iterator[Progress | Frame | Recorded]:
+        """Runs one pass of a plan (``LocalRunner``) and streams its messages: Progress of its own
+        steps, a Frame per key and, for a pass that records, Recorded last."""
+        from fresco_backend.denoise import StepClock
+        from fresco_backend.translate import LocalRunner
+
         cancel = self.cancels.setdefault(run_id, threading.Event())
         pipe = self.warm.get(models, config.loras)  # the same warm swap as the server's
-        items: queue.Queue[tuple] = queue.Queue()
-
-        def on_progress(p: Progress) -> None:
-            items.put(("progress", str(p.stage), int(p.done), int(p.total), p.seconds_per_step))
+        items: queue.Queue[Progress | Frame | Recorded | Done | Failed] = queue.Queue()
+        steps = config.sampling.executed_steps
+        clock = StepClock(len(step.batches) * steps, items.put, cancel, steps_per_batch=steps)
 
         def body() -> None:
             try:
-                if kind == "skeleton":
-                    outputs, found = segments.run_skeleton(pipe, frames, config, plan, on_progress,
-                                                                cancel, self.cache)
-                    for key in sorted(outputs):
-                        items.put(("frame", key, outputs[key]))
-                    items.put(("anchors", found))
-                else:
-                    for key, rgb in segments.run_segment(pipe, frames, config, plan, index, anchors,
-                                                              on_progress, cancel, self.cache):
-                        items.put(("frame", key, rgb))
-                items.put(("end",))
+                for message in LocalRunner(pipe, frames, config, clock, self.cache).run([step], anchors):
+                    items.put(message)
+                items.put(Done(step.name))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-                items.put(("error", exc))
+                items.put(Failed(exc))
 
-        threading.Thread(target=body, name=f"{kind}-{index}", daemon=True).start()
+        threading.Thread(target=body, name=step.name, daemon=True).start()
         try:
             while True:
                 item = items.get()
-                if item[0] == "end":
+                if isinstance(item, Done):
                     return
-                if item[0] == "error":
-                    raise item[1]
+                if isinstance(item, Failed):
+                    raise item.error
                 yield item
         finally:
             cancel.set()  # the caller stopped reading: stop the pass too
@@ -209,11 +206,14 @@ class Worker:
 
 
 @ray.remote(num_cpus=0)  # light; and the workers may hold every CPU of the cluster
-def propagate_span(segments: str, frames: list[np.ndarray], first: int, last: int,
-                   out_first: np.ndarray, out_last: np.ndarray,
-                   config: JobConfig) -> list[tuple[int, np.ndarray]]:
+def propagate_span(frames: list[np.ndarray], first: int, last: int, out_first: np.ndarray, out_last: np.ndarray,
+                   config: JobConfig) -> Spanned:
     """The frames between two keys, from their outputs (a CPU task)."""
-    return importlib.import_module(segments).propagate(frames, first, last, out_first, out_last, config)
+    from fresco_backend.flow import load_estimator
+    from fresco_backend.translate import propagate_frames
+
+    estimator = load_estimator(config.flow, config.flow_weights)
+    return Spanned(propagate_frames(frames, first, last, out_first, out_last, estimator))
 
 
 @dataclass
@@ -232,7 +232,7 @@ class RayPool:
     def __init__(self, workers: int | None, models: tuple[str, Mapping[str, str]], device: str | None = None,
                  load_options: Mapping[str, Any] | None = None, *, segments: int | None = None,
                  address: str | None = None, threads: int | None = None, cache_dir: Path | None = None,
-                 segments_module: str = SEGMENTS, runtime_env: dict[str, Any] | None = None,
+                 runtime_env: dict[str, Any] | None = None,
                  annotators: str | None = None, temp_dir: Path | None = None) -> None:
         """``workers``: None for one per GPU Ray sees, else one per CPU; ``segments``: the segments of
         a job (default: one per worker); ``address``: a Ray cluster (None: a ``LocalRuntime`` started
@@ -254,7 +254,6 @@ class RayPool:
         self.segments = segments or self.size
         # how jobs are cut into batches, for their checkpoints (fresco_backend/job.py CheckpointStore)
         self.checkpoint_plan = f"segments:{self.segments}" if self.segments > 1 else ""
-        self.segments_module = segments_module
         self.default_models = models
         self._args = (None if use_gpu else device, dict(load_options or {}), None if use_gpu else threads,
                       None if cache_dir is None else str(cache_dir), annotators)
@@ -262,7 +261,6 @@ class RayPool:
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, str]] = []  # (ticket, run) of runs waiting for a worker
         self._tickets = itertools.count()
-        self.history: list[tuple[str, str, int | None]] = []  # (run, kind, segment) of every task started
         self._closed = False
         actors = [self._new_actor() for _ in range(self.size)]
         try:
@@ -275,7 +273,7 @@ class RayPool:
             self.shutdown()
             raise PoolStartError(f"only {len(loaded)} of {self.size} Ray workers started within {STARTUP:.0f} s: each "
                                f"needs {self._resources} free in the cluster ({ray.available_resources()})")
-        self._slots = [Slot(i, a, d) for i, (a, d) in enumerate(zip(actors, devices))]
+        self.slots = [Slot(i, a, d) for i, (a, d) in enumerate(zip(actors, devices))]  # the workers, in order
         log.info("Ray pool: %d workers on %s, %d segments a job", self.size, ", ".join(devices), self.segments)
 
     def _new_actor(self) -> Any:
@@ -287,8 +285,8 @@ class RayPool:
     def describe(self) -> dict[str, Any]:
         """The workers for /v1/health: count, and each one's device and state."""
         with self._cond:
-            return {"count": len(self._slots), "segments": self.segments,
-                    "workers": [{"device": s.device, "state": "busy" if s.run else "idle"} for s in self._slots]}
+            return {"count": len(self.slots), "segments": self.segments,
+                    "workers": [{"device": s.device, "state": "busy" if s.run else "idle"} for s in self.slots]}
 
     def acquire(self, run: str, stop: threading.Event) -> Slot:
         """A free worker for ``run``, once it is the waiting run holding the fewest workers (then the
@@ -300,7 +298,7 @@ class RayPool:
                 while True:
                     if stop.is_set() or self._closed:
                         raise Cancelled("job cancelled")
-                    free = [s for s in self._slots if s.run is None]
+                    free = [s for s in self.slots if s.run is None]
                     if free and min(self._waiting, key=self._priority) == ticket:
                         free[0].run = run
                         self._cond.notify_all()
@@ -310,7 +308,7 @@ class RayPool:
                 self._waiting.remove(ticket)
 
     def _priority(self, ticket: tuple[int, str]) -> tuple[int, int]:
-        return sum(s.run == ticket[1] for s in self._slots), ticket[0]
+        return sum(s.run == ticket[1] for s in self.slots), ticket[0]
 
     def release(self, slot: Slot, lost: bool) -> None:
         """Give a worker back; a lost one is replaced by a new actor (it loads the model first)."""
@@ -324,13 +322,9 @@ class RayPool:
     def cancel(self, run: str) -> None:
         """Stop the passes of ``run`` running on workers, within a denoising step."""
         with self._cond:
-            for slot in self._slots:
+            for slot in self.slots:
                 if slot.run == run:
                     slot.actor.cancel.remote(run)
-
-    def kill_worker(self, index: int) -> None:
-        """Kill one worker's actor (tests of a lost worker)."""
-        ray.kill(self._slots[index].actor, no_restart=True)
 
     def shutdown(self) -> None:
         """Kill the workers; stop the Ray runtime this pool started, or leave the cluster it joined."""
@@ -352,100 +346,89 @@ class RayPool:
         """The server's translator (``server/jobs.py`` Translator) on the pool: like
         ``fresco_backend.translate.translate_frames`` without a pipeline (the workers hold theirs); yields every
         frame the checkpoint does not hold yet, once."""
-        return _Run(self, frames, config, on_progress, cancel or threading.Event(),
-                    checkpoint or Checkpoint()).frames()
+        config = require(config)
+        frames = [np.asarray(f) for f in frames]
+        runner = RayRunner(self, frames, config, on_progress, cancel or threading.Event())
+        try:
+            yield from execute(make_plan(frames, config, self.segments), runner, checkpoint or Checkpoint())
+        finally:
+            runner.close()
 
 
-class _Run:
-    """One job's translation over the pool."""
+class RayRunner:
+    """Runs one job's plan on the pool (``executor.Runner``): each pass on a free worker, passes in
+    parallel, a span as a CPU task; one progress for the job, summed over its passes."""
 
-    def __init__(self, pool: RayPool, frames: Sequence[np.ndarray], config: JobConfig,
-                 on_progress: Callable[[Progress], None] | None, cancel: threading.Event,
-                 checkpoint: Checkpoint) -> None:
-        self.pool, self.config, self.on_progress, self.cancel = pool, require(config), on_progress, cancel
-        self.checkpoint = checkpoint
-        self.frames_list = [np.asarray(f) for f in frames]
+    def __init__(self, pool: RayPool, frames: list[np.ndarray], config: JobConfig,
+                 on_progress: Callable[[Progress], None] | None, cancel: threading.Event) -> None:
+        self.pool, self.config, self.on_progress, self.cancel = pool, config, on_progress, cancel
         self.id = uuid.uuid4().hex
-        self.module = pool.segments_module
         self.models = choose_models(config, *pool.default_models)
-        self.items: queue.Queue[tuple] = queue.Queue()
+        self.frames = ray.put(frames)
+        self.messages: queue.Queue[Progress | Frame | Recorded | Done | Failed] = queue.Queue()
         self.stop = threading.Event()
-        self.progress: dict[Any, tuple[str, int, int]] = {}
+        self.threads: list[threading.Thread] = []
+        self.spans: dict[Any, tuple[int, int]] = {}  # propagation tasks running
+        self.lock = threading.Lock()
+        self.progress: dict[str, tuple[int, int]] = {}  # (done, total) of each pass's own steps
         self.first_timed: tuple[float, int] | None = None  # (when, steps done) at the first finished step
 
-    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        segments = importlib.import_module(self.module)
-        plan = segments.plan_segments(self.frames_list, self.config, self.pool.segments)
-        count = len(self.frames_list)
-        written = {i for i in range(count) if self.checkpoint.has_output(i)}
-        keys: dict[int, np.ndarray] = {}  # outputs of keys, for propagation
-        frames_ref = ray.put(self.frames_list)
-        threads: list[threading.Thread] = []
-        try:
-            if not plan.skeleton:
-                anchors = {}
-            elif self.checkpoint.batches_done and set(self.checkpoint.anchors) == set(plan.skeleton):
-                anchors = self.checkpoint.anchors
-                log.info("run %s resumes after its skeleton pass", self.id)
+    def run(self, passes: Sequence[Pass], anchors: Anchors,
+            checkpoint: Checkpoint | None = None) -> Iterator[Frame | Recorded | Spanned]:
+        """The passes run whole on workers (a resumed job reruns an unfinished pass from its start, and
+        so does a worker lost); ``checkpoint`` is not needed."""
+        anchors_ref = ray.put(anchors)
+        running = {step.name for step in passes}
+        for step in passes:
+            thread = threading.Thread(target=self._task, args=(step, anchors_ref), name=f"ray-{step.name}",
+                                      daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        while running or self.spans:
+            self._check_cancel()
+            if self.spans:
+                ready, _ = ray.wait(list(self.spans), num_returns=len(self.spans), timeout=0 if running else POLL)
+                for ref in ready:
+                    del self.spans[ref]
+                    yield ray.get(ref)
+            if not running:
+                continue
+            try:
+                item = self.messages.get(timeout=POLL)
+            except queue.Empty:
+                continue
+            if isinstance(item, Progress):
+                self._report(item)
+            elif isinstance(item, Done):
+                running.discard(item.name)
+            elif isinstance(item, Failed):
+                raise item.error
             else:
-                threads.append(self._start("skeleton", None, frames_ref, plan, None))
-                anchors = None
-                while anchors is None:
-                    item = self._next()
-                    if item[0] == "anchors":
-                        anchors = item[1]
-                    elif item[0] == "frame" and item[1] not in written:
-                        keys[item[1]] = item[2]
-                        written.add(item[1])
-                        yield item[1], item[2]
-                self.checkpoint.on_batch_done(0, anchors)
-            anchors_ref = ray.put(anchors)
-            todo = {s.index for s in plan.segments if not all(k in written for k in s.keys)}
-            threads += [self._start("segment", i, frames_ref, plan, anchors_ref) for i in sorted(todo)]
-            spans = [(a, b) for a, b in plan.spans() if not all(i in written for i in range(a + 1, b))]
-            running: dict[Any, tuple[int, int]] = {}
-            while todo or spans or running:
-                for a, b in [s for s in spans if all(k in keys or k in written for k in s)]:
-                    spans.remove((a, b))
-                    ref = propagate_span.remote(self.module, frames_ref, a, b,
-                                                self._key(keys, a), self._key(keys, b), self.config)
-                    running[ref] = (a, b)
-                if running:
-                    ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
-                    for ref in ready:
-                        del running[ref]
-                        for index, rgb in ray.get(ref):
-                            if index not in written:
-                                written.add(index)
-                                yield index, rgb
-                if not todo:
-                    if not running and spans:
-                        raise RuntimeError(f"the segments left the keys of spans {spans} without outputs")
-                    if running:
-                        self._check_cancel()
-                        ray.wait(list(running), timeout=POLL)
-                    continue
-                item = self._next(running)
-                if item is None:
-                    continue
-                if item[0] == "frame" and item[1] not in written:
-                    keys[item[1]] = item[2]
-                    written.add(item[1])
-                    yield item[1], item[2]
-                elif item[0] == "done":
-                    todo.discard(item[1])
-        finally:
-            self.stop.set()
-            self.pool.cancel(self.id)
-            for thread in threads:
-                thread.join(60.0)
+                yield item
 
-    def _key(self, keys: dict[int, np.ndarray], index: int) -> np.ndarray:
-        return keys[index] if index in keys else self.checkpoint.output(index)
+    def propagate(self, first: int, last: int, out_first: np.ndarray,
+                  out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        self.spans[propagate_span.remote(self.frames, first, last, out_first, out_last, self.config)] = first, last
+        return []  # its frames come as a Spanned message of ``run``
+
+    def close(self) -> None:
+        """Stop every pass of the job still running and wait for their threads."""
+        self.stop.set()
+        self.pool.cancel(self.id)
+        for thread in self.threads:
+            thread.join(60.0)
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Cancelled("job cancelled")
+
+    def _report(self, progress: Progress) -> None:
+        """One pass's progress as the job's: steps summed over its passes, the time left from them all."""
+        if self.on_progress is None:
+            return
+        with self.lock:
+            done, total = (sum(p[i] for p in self.progress.values()) for i in (0, 1))
+        self.on_progress(Progress(progress.stage, done, total, self._eta(done, total), progress.seconds_per_step))
 
     def _eta(self, done: int, total: int) -> float | None:
         """Seconds left at the rate all workers together have finished steps since the first one."""
@@ -457,37 +440,8 @@ class _Run:
         since, at = self.first_timed
         return (now - since) / (done - at) * max(total - done, 0) if done > at else None
 
-    def _next(self, waiting_on: Mapping[Any, Any] | None = None) -> tuple | None:
-        """The next item of the run's tasks (progress is reported here); None after a poll interval
-        when propagation tasks are also running."""
-        while True:
-            self._check_cancel()
-            try:
-                item = self.items.get(timeout=POLL)
-            except queue.Empty:
-                if waiting_on:
-                    return None
-                continue
-            if item[0] == "progress":
-                _, task, stage, done, total, seconds_per_step = item
-                self.progress[task] = (stage, done, total)
-                if self.on_progress is not None:
-                    done, total = (sum(p[i] for p in self.progress.values()) for i in (1, 2))
-                    self.on_progress(Progress(stage, done, total, self._eta(done, total), seconds_per_step))
-            elif item[0] == "failed":
-                raise item[1]
-            else:
-                return item
-
-    def _start(self, kind: str, index: int | None, frames_ref: Any, plan: Any, anchors_ref: Any) -> threading.Thread:
-        thread = threading.Thread(target=self._task, args=(kind, index, frames_ref, plan, anchors_ref),
-                                  name=f"ray-{kind}-{index}", daemon=True)
-        thread.start()
-        return thread
-
-    def _task(self, kind: str, index: int | None, frames_ref: Any, plan: Any, anchors_ref: Any) -> None:
+    def _task(self, step: Pass, anchors_ref: Any) -> None:
         """Run one pass on a worker, again on another when its worker is lost."""
-        task = (kind, index)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 slot = self.pool.acquire(self.id, self.stop)
@@ -495,31 +449,31 @@ class _Run:
                 return
             lost = False
             try:
-                self.pool.history.append((self.id, kind, index))
+                log.info("run %s: %s on worker %d (attempt %d)", self.id, step.name, slot.index, attempt)
                 stream = slot.actor.run.options(num_returns="streaming").remote(
-                    self.id, kind, self.module, self.models, frames_ref, self.config, plan, index, anchors_ref)
+                    self.id, self.models, self.frames, self.config, step, anchors_ref)
                 for ref in stream:
                     item = ray.get(ref)
                     if self.stop.is_set():
                         return
-                    if item[0] == "progress":
-                        self.items.put(("progress", task, *item[1:]))
-                    else:
-                        self.items.put(item)
-                self.items.put(("done", index))
+                    if isinstance(item, Progress):
+                        with self.lock:
+                            self.progress[step.name] = item.done, item.total
+                    self.messages.put(item)
+                self.messages.put(Done(step.name))
                 return
             except LOST as exc:
                 lost = True
-                log.warning("run %s: worker %d lost during %s %s (attempt %d): %s", self.id, slot.index, kind,
-                            index, attempt, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                log.warning("run %s: worker %d lost during %s (attempt %d): %s", self.id, slot.index, step.name,
+                            attempt, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             except rex.RayTaskError as exc:
                 if not self.stop.is_set():
-                    self.items.put(("failed", exc.as_instanceof_cause()))
+                    self.messages.put(Failed(exc.as_instanceof_cause()))
                 return
             except Exception as exc:  # noqa: BLE001 - the job fails with it
-                self.items.put(("failed", exc))
+                self.messages.put(Failed(exc))
                 return
             finally:
                 self.pool.release(slot, lost)
-        self.items.put(("failed", RuntimeError(f"the workers running {kind} {index} died {ATTEMPTS} times; "
-                                               f"see the server log")))
+        self.messages.put(Failed(RuntimeError(f"the workers running {step.name} died {ATTEMPTS} times; "
+                                              f"see the server log")))

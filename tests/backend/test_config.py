@@ -53,20 +53,16 @@ def test_of_converts_validated_settings():
 
 def below_the_edge():
     """(name, call with a config) of every function below the edge that takes a job's JobConfig."""
-    from fresco_backend import segments, translate
+    from fresco_backend import plan, translate
     from fresco_backend.annotators import annotator_downloads
     from fresco_backend.job_files import check_job_files
     from fresco_backend.models import choose_models
 
     frames = [np.zeros((8, 8, 3), np.uint8)] * 3
-    plan = segments.SegmentPlan([0, 2], [0, 2], [segments.Segment(0, 0, [])])
     return [("translate_frames", lambda c: list(translate.translate_frames(None, frames, c))),
-            ("keyframes_for", lambda c: translate.keyframes_for(frames, c)),
-            ("plan_segments", lambda c: segments.plan_segments(frames, c, 2)),
-            ("run_skeleton", lambda c: segments.run_skeleton(None, frames, c, plan)),
-            ("run_segment", lambda c: segments.run_segment(None, frames, c, plan, 0, {})),
-            ("propagate", lambda c: segments.propagate(frames, 0, 2, frames[0], frames[2], c)),
-            ("translate_segmented", lambda c: list(segments.translate_segmented(None, frames, c, 2))),
+            ("keyframes_for", lambda c: plan.keyframes_for(frames, c)),
+            ("make_plan", lambda c: plan.make_plan(frames, c, 2)),
+            ("LocalRunner", lambda c: translate.LocalRunner(None, frames, c, None)),
             ("choose_models", choose_models), ("annotator_downloads", annotator_downloads),
             ("check_job_files", check_job_files)]
 

@@ -96,8 +96,8 @@ def test_keyframes_are_translated_and_every_other_frame_propagated(pipe, keyfram
     translated: list[int] = []
     original = fresco.fresco_frames
 
-    def spy(pipe_, frames, *args):
-        for position, rgb in original(pipe_, frames, *args):
+    def spy(pipe_, frames, *args, **options):
+        for position, rgb in original(pipe_, frames, *args, **options):
             translated.append(frames.indices[position])
             yield position, rgb
 

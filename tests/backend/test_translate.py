@@ -29,9 +29,9 @@ def test_frames_are_processed_at_the_working_size(pipe, clip, monkeypatch, overr
     seen = []
     real = translate.per_frame
 
-    def spy(pipe, frames, config, work_size, *rest):
+    def spy(pipe, frames, config, work_size, *rest, **options):
         seen.append(work_size)
-        return real(pipe, frames, config, work_size, *rest)
+        return real(pipe, frames, config, work_size, *rest, **options)
 
     monkeypatch.setattr(translate, "per_frame", spy)
     frames = run(pipe, clip.frames, steps=1, **overrides)

@@ -7,10 +7,10 @@ import pytest
 from fresco_contract.estimate import JobEstimate, estimate_job, working_size
 from fresco_contract.settings import validate
 from fresco_backend.config import JobConfig
-from fresco_backend.fresco import fresco_batches
 from fresco_backend.keyframes import plan_batches
+from fresco_backend.plan import keyframes_for, make_plan
 from fresco_backend.synthetic import moving_square
-from fresco_backend.translate import keyframes_for, per_frame_batches, translate_frames
+from fresco_backend.translate import translate_frames
 
 
 @pytest.mark.parametrize("source, size, expected", [
@@ -60,17 +60,15 @@ def test_exact_counts_match_the_backend_plan(overrides, count):
     settings = validate({"prompt": "x", **overrides})
     config = JobConfig.of(settings)
     clip = moving_square(frames=count, width=32, height=24).frames
-    keys = keyframes_for(clip, config)
+    plan = make_plan(clip, config)  # what the executor runs
     cost = estimate_job(settings, count, 32, 24)
-    assert cost.exact and cost.frames == count and cost.keys == len(keys)
-    if config.fresco:
-        batches = plan_batches(keys, config.sampling.batch_size)
-        assert cost.batches == len(batches) == fresco_batches(len(keys), config)
-        frames_per_batch = [len(b.frames) for b in batches]
-    else:
-        assert cost.batches == per_frame_batches(len(keys), config)
-        frames_per_batch = [len(keys[i:i + config.sampling.batch_size])
-                            for i in range(0, len(keys), config.sampling.batch_size)]
+    assert cost.exact and cost.frames == count and cost.keys == len(plan.keys)
+    batches = [batch for step in plan.passes for batch in step.batches]
+    assert cost.batches == len(batches) == plan.batch_count
+    frames_per_batch = [len(b.frames) for b in batches]
+    if not config.fresco:  # the per-frame mode: a plain grid, no anchors
+        assert all(b.anchors == 0 for b in batches)
+        assert all(size == config.sampling.batch_size for size in frames_per_batch[:-1])
     assert cost.steps == config.sampling.executed_steps
     assert cost.denoise_steps == sum(frames_per_batch) * config.sampling.executed_steps
 
@@ -127,3 +125,4 @@ def test_an_unfinished_job_can_be_estimated_but_not_one_with_impossible_counts()
     assert estimate_job({"prompt": ""}, 10, 64, 64).frames == 10  # no prompt yet: still estimated
     with pytest.raises(SettingsError, match="key_interval: 0 is below the minimum"):
         estimate_job({"keyframes": "interval", "key_interval": 0}, 10, 64, 64)
+

@@ -1,18 +1,17 @@
 """The server's Ray mode (server/ray_pool.py): a real local Ray runtime, 2 CPU workers of one thread
-each holding the tiny model, jobs run by an in-process JobManager.
+each holding the tiny model, jobs run by an in-process JobManager on the job's real plan.
 
-The segment passes are a fake of ``fresco_backend/segments.py`` defined here (the workers import
-this module): each key's output is the inverted input, found step by step with cancel checks;
-the last segment of a job waits while the file ``closed`` is in the gate folder, so a test can
-hold a job mid-way. With the real module installed, one segment is also compared byte for byte
-with the plain server.
+Which pass ran on which worker is read from the pool's log; a job is made long with more denoising
+steps (LONG), a worker is lost by killing its actor (``ray.kill``, found through ``RayPool.slots``).
+Every job's frames are compared byte for byte with its plan walked here (``plan_walk.segmented``,
+one torch thread as the workers). Tests wait for events (a frame, a progress item), each wait bounded.
 """
 from __future__ import annotations
 
-import importlib.util
+import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -23,91 +22,27 @@ ray = pytest.importorskip("ray")
 
 from fresco_contract import wire  # noqa: E402
 from fresco_backend.config import JobConfig  # noqa: E402
-from fresco_backend.denoise import StepClock  # noqa: E402
+from fresco_backend.plan import make_plan  # noqa: E402
+from plan_walk import segmented  # noqa: E402
 from server_support import OUTER_LIMIT, fake_cache, finish, wait_for  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-GATE_ENV = "FRESCO_TEST_RAY_GATE"
-SETTINGS = {"prompt": "x", "steps": 2, "size": 64}
-FRAMES = 9
-
-
-# ---- the fake segments module (run inside the workers) ---------------------------
-
-
-@dataclass(frozen=True)
-class Segment:
-    index: int
-    anchor: int | None
-    keys: list[int]
-
-
-@dataclass(frozen=True)
-class SegmentPlan:
-    keys: list[int]
-    skeleton: list[int]
-    segments: list[Segment]
-
-    def spans(self) -> list[tuple[int, int]]:
-        return [(a, b) for a, b in zip(self.keys, self.keys[1:]) if b - a > 1]
-
-
-def plan_segments(frames, config, segments: int) -> SegmentPlan:
-    count = len(frames)
-    keys = sorted(set(range(0, count, 2)) | {count - 1})
-    inner = keys[1:-1]
-    size = -(-len(inner) // segments)
-    parts = [inner[i:i + size] for i in range(0, len(inner), size)] or [[]]
-    return SegmentPlan(keys, [keys[0], keys[-1]], [Segment(i, keys[0], part) for i, part in enumerate(parts)])
-
-
-def _key_output(frames, key: int, clock: StepClock, steps: int):
-    import torch
-
-    latents = []
-    for _ in range(steps):
-        time.sleep(0.02)
-        clock.step()
-        latents.append(torch.full((1, 4, 8, 8), float(key)))
-    return 255 - np.asarray(frames[key]), latents
-
-
-def run_skeleton(pipe, frames, config, plan, on_progress=None, cancel=None, cache=None):
-    clock = StepClock(len(plan.skeleton) * config.sampling.steps, on_progress, cancel)
-    found = {key: _key_output(frames, key, clock, config.sampling.steps) for key in plan.skeleton}
-    return {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}
-
-
-def run_segment(pipe, frames, config, plan, index, anchors, on_progress=None, cancel=None, cache=None):
-    assert set(anchors) == set(plan.skeleton)
-    segment = plan.segments[index]
-    clock = StepClock(len(segment.keys) * config.sampling.steps, on_progress, cancel)
-    gate = Path(os.environ[GATE_ENV]) / "closed"
-    for key in segment.keys:
-        while index == len(plan.segments) - 1 and gate.exists():
-            clock.check_cancel()
-            time.sleep(0.05)
-        yield key, _key_output(frames, key, clock, config.sampling.steps)[0]
-
-
-def propagate(frames, first, last, out_first, out_last, config):
-    return [(i, 255 - np.asarray(frames[i])) for i in range(first + 1, last)]
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = {"prompt": "x", "steps": 2, "size": 64, "keyframes": "interval", "key_interval": 2, "batch_size": 2}
+LONG = {**SETTINGS, "steps": 30}  # a job that runs for a while: more denoising steps
+FRAMES = 13  # 7 keys: a skeleton of 3, 3 segments (more than the workers) and 6 propagation spans
+SEGMENTS = 3
+PASS = "run %s: %s on worker %d (attempt %d)"  # the pool's log line of every pass started
+LOST = "run %s: worker %d lost during %s (attempt %d): %s"
 
 
 # ---- fixtures -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def gate(tmp_path_factory):
-    return tmp_path_factory.mktemp("gate")
-
-
-@pytest.fixture(scope="module")
-def runtime(gate):
-    """One local Ray runtime for the module; the workers find this module and the repo."""
-    path = os.pathsep.join([str(HERE), str(HERE.parents[1]), str(HERE.parent / "support"), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=3, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, GATE_ENV: str(gate)}})
+def runtime():
+    """One local Ray runtime for the module; the workers find the repo."""
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
 
@@ -121,10 +56,51 @@ def pool_controlnets(tiny_models, tiny_controlnets) -> dict[str, str]:
 def pool(runtime, tiny_models, tiny_controlnets, tmp_path_factory):
     from server.ray_pool import RayPool
 
-    pool = RayPool(2, (str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets)), "cpu", segments=3, threads=1,
-                   cache_dir=tmp_path_factory.mktemp("pool") / "cache", segments_module="test_server_ray")
+    pool = RayPool(2, (str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets)), "cpu",
+                   segments=SEGMENTS, threads=1, cache_dir=tmp_path_factory.mktemp("pool") / "cache")
     yield pool
     pool.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def idle_after(request):
+    """Every test leaves the pool's workers idle (each wait bounded)."""
+    yield
+    if "pool" in request.fixturenames:
+        wait_idle(request.getfixturevalue("pool"))
+
+
+@pytest.fixture(scope="module")
+def reference(pipe):
+    """reference(count, settings): the frames of ``clip(count)`` by the plan walked here (computed once)."""
+    import torch
+
+    found: dict[tuple, dict[int, np.ndarray]] = {}
+
+    def frames(count: int = FRAMES, settings: dict = SETTINGS) -> dict[int, np.ndarray]:
+        key = (count, tuple(sorted(settings.items())))
+        if key not in found:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as the workers: CPU reductions round alike only with the same thread count
+            try:
+                found[key] = dict(segmented(pipe, clip(count), JobConfig.of(settings), SEGMENTS)[0])
+            finally:
+                torch.set_num_threads(threads)
+        return found[key]
+
+    return frames
+
+
+@pytest.fixture
+def passes(caplog):
+    """passes(): (run, pass, worker, attempt) of every pass the pool started during the test."""
+    caplog.set_level(logging.INFO, logger="fresco.server.ray")
+    return lambda: [r.args for r in list(caplog.records) if r.name == "fresco.server.ray" and r.msg == PASS]
+
+
+def lost(caplog) -> list[str]:
+    """The pass of every pass whose worker was lost during the test."""
+    return [r.args[2] for r in list(caplog.records) if r.name == "fresco.server.ray" and r.msg == LOST]
 
 
 def manager_on(pool, work: Path):
@@ -136,6 +112,10 @@ def manager_on(pool, work: Path):
 def clip(count: int = FRAMES) -> list[np.ndarray]:
     rng = np.random.default_rng(count)
     return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def plan_of(count: int = FRAMES, settings: dict = SETTINGS):
+    return make_plan(clip(count), JobConfig.of(settings), SEGMENTS)
 
 
 def submit(manager, frames: list[np.ndarray], settings: dict = SETTINGS) -> str:
@@ -155,141 +135,119 @@ def frame_events(events: list[dict]) -> list[int]:
     return [e["index"] for e in events if e["type"] == wire.EV_FRAME]
 
 
-def check_outputs(manager, job_id: str, frames: list[np.ndarray]) -> None:
-    for i, rgb in enumerate(frames):
-        assert np.array_equal(output(manager, job_id, i), 255 - rgb), f"frame {i}"
-
-
-def runs_of(pool, kind: str, before: int = 0) -> list[tuple[str, str, int | None]]:
-    return [h for h in pool.history[before:] if h[1] == kind]
+def check_outputs(manager, job_id: str, expected: dict[int, np.ndarray]) -> None:
+    for i, rgb in expected.items():
+        assert np.array_equal(output(manager, job_id, i), rgb), f"frame {i}"
 
 
 def wait_idle(pool) -> None:
+    """Until no worker holds a run (``RayPool.describe``)."""
     deadline = time.monotonic() + OUTER_LIMIT
     while any(w["state"] == "busy" for w in pool.describe()["workers"]):
         assert time.monotonic() < deadline, "the workers stayed busy"
         time.sleep(0.1)
 
 
-@pytest.fixture
-def closed(gate):
-    """The gate closed for the test (opened again at its end)."""
-    (gate / "closed").touch()
-    yield gate / "closed"
-    (gate / "closed").unlink(missing_ok=True)
+def named(records: list[tuple], name: str) -> list[tuple]:
+    return [r for r in records if r[1] == name]
 
 
 # ---- tests ----------------------------------------------------------------------
 
 
-def test_several_segments_give_every_frame_once(pool, tmp_path):
+def test_several_segments_in_parallel_give_the_plans_frames_once(pool, tmp_path, reference, passes):
     manager = manager_on(pool, tmp_path)
-    frames = clip()
-    before = len(pool.history)
     try:
-        job_id = submit(manager, frames)
+        job_id = submit(manager, clip())
         answer = finish(manager, job_id)
     finally:
         manager.shutdown()
     assert answer["state"] == wire.DONE, answer["events"][-3:]
     assert sorted(frame_events(answer["events"])) == list(range(FRAMES))
-    check_outputs(manager, job_id, frames)
-    assert sorted(h[2] for h in runs_of(pool, "segment", before)) == [0, 1, 2]
+    check_outputs(manager, job_id, reference())
+    plan = plan_of()
+    assert sorted(r[1] for r in passes()) == sorted(p.name for p in plan.passes)  # each pass once
+    assert {r[2] for r in passes()} == {0, 1}  # on both workers
     progress = [e for e in answer["events"] if e["type"] == wire.EV_PROGRESS]
-    steps = (2 + 3) * SETTINGS["steps"]  # every step of the skeleton's 2 keys and the segments' 3, on both workers
+    steps = plan.batch_count * JobConfig.of(SETTINGS).sampling.executed_steps
     assert (progress[-1]["done"], progress[-1]["total"]) == (steps, steps)
-    # the time left: none before the first finished step, then from all workers' rate (RayPool _Run._eta)
+    # the time left: none before the first finished step, then from all workers' rate (RayRunner._eta)
     timed = [i for i, e in enumerate(progress) if e["eta"] is not None]
     assert timed and progress[timed[0] - 1]["eta"] is None and progress[-1]["eta"] == 0.0
     assert all(progress[i]["done"] > 0 and progress[i]["eta"] >= 0 for i in timed)
 
 
-def test_a_killed_worker_has_its_segment_run_again(pool, tmp_path, closed):
-    manager = manager_on(pool, tmp_path)
-    frames = clip()
-    before = len(pool.history)
-    try:
-        job_id = submit(manager, frames)
-        last = plan_segments(frames, SETTINGS, 3).segments[-1].keys
-        others = set(plan_segments(frames, SETTINGS, 3).keys) - set(last)
-        seen: set[int] = set()
-        wait_for(manager, job_id, lambda e: e["type"] == wire.EV_FRAME and (seen.add(e["index"]) or others <= seen))
-        wait_idle_but_one(pool)
-        busy = [i for i, w in enumerate(pool.describe()["workers"]) if w["state"] == "busy"]
-        pool.kill_worker(busy[0])
-        closed.unlink()
-        answer = finish(manager, job_id)
-    finally:
-        manager.shutdown()
-    assert answer["state"] == wire.DONE, answer["events"][-3:]
-    assert sorted(frame_events(answer["events"])) == list(range(FRAMES))
-    check_outputs(manager, job_id, frames)
-    assert [h[2] for h in runs_of(pool, "segment", before)].count(2) == 2
+def test_a_killed_worker_has_its_pass_run_again(pool, reference, passes, caplog):
+    """The worker running the skeleton is killed as it reports its first stage; the pass runs again."""
+    killed: list[int] = []
+
+    def on_progress(progress) -> None:
+        if not killed:
+            busy = [slot for slot in pool.slots if slot.run is not None]
+            killed.append(busy[0].index)
+            ray.kill(busy[0].actor, no_restart=True)
+
+    frames = dict(pool.translate(clip(), JobConfig.of(LONG), on_progress))
+    assert sorted(frames) == list(range(FRAMES))
+    assert all(np.array_equal(frames[i], rgb) for i, rgb in reference(FRAMES, LONG).items())
+    assert lost(caplog) == ["skeleton"]
+    assert [r[3] for r in named(passes(), "skeleton")] == [1, 2]
     assert len(pool.describe()["workers"]) == 2
 
 
-def wait_idle_but_one(pool) -> None:
-    deadline = time.monotonic() + OUTER_LIMIT
-    while sum(w["state"] == "busy" for w in pool.describe()["workers"]) != 1:
-        assert time.monotonic() < deadline, "the workers did not settle on the held segment"
-        time.sleep(0.1)
-
-
-def test_cancel_stops_every_task(pool, tmp_path, closed):
+def test_cancel_stops_every_task(pool, tmp_path):
     manager = manager_on(pool, tmp_path)
     try:
-        job_id = submit(manager, clip())
+        job_id = submit(manager, clip(), LONG)
         wait_for(manager, job_id, lambda e: e["type"] == wire.EV_FRAME)
         manager.cancel(job_id)
         answer = finish(manager, job_id)
         assert answer["state"] == wire.CANCELLED
-        wait_idle(pool)  # the held segment saw the cancel although its gate stays closed
+        wait_idle(pool)  # the running passes saw the cancel within a step
     finally:
         manager.shutdown()
 
 
-def test_a_restarted_server_resumes_without_redoing_finished_segments(pool, tmp_path, closed):
-    frames = clip()
-    plan = plan_segments(frames, SETTINGS, 3)
+def test_a_restarted_server_resumes_without_redoing_finished_segments(pool, tmp_path, reference, passes):
+    plan = plan_of(FRAMES, LONG)
     first = manager_on(pool, tmp_path)
+    needed = set(plan.skeleton.keys) | set(plan.segments[0].keys)
     try:
-        job_id = submit(first, frames)
-        needed = set(plan.skeleton) | set(plan.segments[0].keys)
+        job_id = submit(first, clip(), LONG)
         seen: set[int] = set()
         wait_for(first, job_id, lambda e: e["type"] == wire.EV_FRAME and (seen.add(e["index"]) or needed <= seen))
     finally:
         first.shutdown()
     wait_idle(pool)
-    before = len(pool.history)
-    closed.unlink()
+    before = len(passes())
     second = manager_on(pool, tmp_path)
     try:
         answer = finish(second, job_id)
     finally:
         second.shutdown()
     assert answer["state"] == wire.DONE, answer["events"][-3:]
-    assert not runs_of(pool, "skeleton", before)
-    assert 0 not in [h[2] for h in runs_of(pool, "segment", before)]
+    again = [r[1] for r in passes()[before:]]
+    assert "skeleton" not in again and "segment 0" not in again
     assert not set(frame_events(answer["events"])) & needed  # written once, by the first server
-    check_outputs(second, job_id, frames)
+    check_outputs(second, job_id, reference(FRAMES, LONG))
 
 
-def test_two_jobs_progress_at_once(pool, tmp_path, closed):
+def test_two_jobs_share_the_workers(pool, tmp_path, reference, passes):
+    """A second job gets a worker before the first job's last pass: the one holding fewest goes first."""
     manager = manager_on(pool, tmp_path)
-    frames = clip()
     try:
-        first = submit(manager, frames)
-        wait_for(manager, first, lambda e: e["type"] == wire.EV_FRAME)
+        first = submit(manager, clip(), LONG)
+        wait_for(manager, first, lambda e: e["type"] == wire.EV_FRAME)  # its skeleton is done
         second = submit(manager, clip(7))
-        wait_for(manager, second, lambda e: e["type"] == wire.EV_FRAME)
-        assert manager.get(first).state == wire.RUNNING  # held by its gate: both run at once
-        closed.unlink()
         answers = [finish(manager, job) for job in (first, second)]
     finally:
         manager.shutdown()
     assert [a["state"] for a in answers] == [wire.DONE, wire.DONE]
-    check_outputs(manager, first, frames)
-    check_outputs(manager, second, clip(7))
+    check_outputs(manager, first, reference(FRAMES, LONG))
+    check_outputs(manager, second, reference(7))
+    runs = [r[0] for r in passes()]  # the run of every pass started, in order
+    second_run = next(run for run in runs if run != runs[0])
+    assert runs.index(second_run) < max(i for i, run in enumerate(runs) if run == runs[0])
 
 
 def test_health_reports_the_workers(pool, tmp_path):
@@ -310,14 +268,12 @@ def test_health_reports_the_workers(pool, tmp_path):
     assert {w["state"] for w in health["workers"]["workers"]} <= {"idle", "busy"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fresco_backend.segments") is None,
-                    reason="fresco_backend/segments.py is not there yet")
+
 def test_one_segment_is_byte_identical_to_the_plain_server(pool, pipe, tmp_path, monkeypatch):
     from fresco_backend.translate import translate_frames
     from server.jobs import JobManager, LocalTranslator
 
     monkeypatch.setattr(pool, "segments", 1)
-    monkeypatch.setattr(pool, "segments_module", "fresco_backend.segments")
     import torch
 
     frames = clip(5)
@@ -336,37 +292,7 @@ def test_one_segment_is_byte_identical_to_the_plain_server(pool, pipe, tmp_path,
         on_ray.shutdown()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fresco_backend.segments") is None,
-                    reason="fresco_backend/segments.py is not there yet")
-def test_real_segments_in_parallel_give_the_reference_frames(pool, pipe, tmp_path, monkeypatch):
-    import torch
 
-    from fresco_backend.segments import translate_segmented
-
-    monkeypatch.setattr(pool, "segments", 2)
-    monkeypatch.setattr(pool, "segments_module", "fresco_backend.segments")
-    frames = clip()
-    settings = {**SETTINGS, "keyframes": "interval", "key_interval": 2, "batch_size": 2}
-    manager = manager_on(pool, tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the workers
-    before = len(pool.history)
-    try:
-        job_id = submit(manager, frames, settings)
-        answer = finish(manager, job_id)
-        reference = dict(translate_segmented(pipe, frames, JobConfig.of(settings), 2))
-    finally:
-        torch.set_num_threads(threads)
-        manager.shutdown()
-    assert answer["state"] == wire.DONE, answer["events"][-3:]
-    assert sorted(frame_events(answer["events"])) == list(range(FRAMES))
-    assert sorted(h[2] for h in runs_of(pool, "segment", before)) == [0, 1]
-    for i in range(FRAMES):
-        assert np.array_equal(output(manager, job_id, i), reference[i]), f"frame {i}"
-
-
-@pytest.mark.skipif(importlib.util.find_spec("fresco_backend.segments") is None,
-                    reason="fresco_backend/segments.py is not there yet")
 def test_a_jobs_controlnets_and_loras_reach_the_workers(pool, tiny_models, tiny_controlnets, tiny_lora, tmp_path,
                                                         monkeypatch):
     """Two ControlNets and a LoRA on the workers give the plain server's frames (one warm-pipeline code
@@ -379,7 +305,6 @@ def test_a_jobs_controlnets_and_loras_reach_the_workers(pool, tiny_models, tiny_
     from server.model_cache import ModelCache
 
     monkeypatch.setattr(pool, "segments", 1)
-    monkeypatch.setattr(pool, "segments_module", "fresco_backend.segments")
     cache = ModelCache(WarmPipeline("cpu"), str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets))
     plain = JobManager(tmp_path / "plain", LocalTranslator(cache.for_settings, translate_frames))
     on_ray = manager_on(pool, tmp_path / "ray")
@@ -407,7 +332,6 @@ def test_a_jobs_controlnets_and_loras_reach_the_workers(pool, tiny_models, tiny_
 def test_a_free_worker_goes_to_the_job_holding_fewest(pool):
     """Job A holds both workers and waits for a third before job B asks: B gets the next free one."""
     import queue
-    import threading
 
     wait_idle(pool)
     stop, got = threading.Event(), queue.Queue()

@@ -1,0 +1,170 @@
+"""The one plan of a job: its keys, the passes that translate them and the spans propagated between them.
+
+``make_plan`` is made once per job from the clip, its ``JobConfig`` and a number of segments S; the
+executor (``executor.py``) walks it, in this process (``translate.py``) or on Ray workers
+(``server/ray_pool.py``). Everything is a frame index of the clip.
+
+* Keys: the frames translated (``keyframes_for``: the ``keyframes`` setting; every frame in the
+  per-frame mode). A *span* is two consecutive keys with frames between them; those frames are
+  propagated from the outputs of both keys (``propagate.py``), so a span can run as soon as both exist.
+* Passes: lists of batches (``fresco_contract.estimate.Batch``) translated in order by one worker.
+  S = 1 is one pass over the whole chain (``key_batches``: FRESCO's anchored chain, or the per-frame
+  grid) and no skeleton.
+* S > 1 in FRESCO mode cuts the chain without losing its shared appearance. Every batch after the first
+  is anchored to the global first key K0 and to the last key of the previous batch, whose latents it takes
+  over at every denoising step. The keys after K0 are split into S contiguous groups of about equal batch
+  count (whole batches, never an empty segment; S is capped so that every segment translates at least one
+  key). The *skeleton* pass translates [K0] + the first key of groups 1..S-1 as an ordinary chain and
+  records those keys' latents after every step; segment s translates the rest of its group, its first
+  batch anchored to [K0, its skeleton key] (segment 0: [K0]) with the skeleton's latents (``Pass.needs``),
+  its later batches chained inside the segment. A segment never needs another segment's output.
+* S > 1 in the per-frame mode: the segments are groups of whole batches of the same grid (no anchors), so
+  any S gives the frames of S = 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from fresco_contract.estimate import key_batches
+
+from .config import JobConfig, require
+from .keyframes import Batch, adaptive_keys, fixed_keys, plan_batches
+
+
+class Clip(Sequence[np.ndarray]):
+    """The frames at ``indices`` of a (possibly lazily read) clip, read on access and checked to have the
+    clip's size."""
+
+    def __init__(self, frames: Sequence[np.ndarray], indices: Sequence[int] | None = None,
+                 shape: tuple[int, ...] | None = None):
+        self.frames = frames
+        self.indices = list(range(len(frames)) if indices is None else indices)
+        self.shape = frames[0].shape if shape is None else shape
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _read(self, index: int) -> np.ndarray:
+        frame = self.frames[index]
+        if frame.shape != self.shape:
+            raise ValueError(f"all frames of a clip must have the same size: frame {index} is "
+                             f"{frame.shape[1]}x{frame.shape[0]}, the first is {self.shape[1]}x{self.shape[0]}")
+        return frame
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return [self._read(i) for i in self.indices[item]]
+        return self._read(self.indices[item])
+
+
+def keyframes_for(frames: Sequence[np.ndarray], config: JobConfig) -> list[int]:
+    """The frames translated (the first and the last are always among them), for the job's ``config``."""
+    config, count = require(config), len(frames)
+    keys = config.keyframes
+    if not config.fresco or keys.choice == "all":
+        return list(range(count))
+    if keys.choice == "interval":
+        return fixed_keys(count, keys.interval)
+    return adaptive_keys((frames[i] for i in range(count)), keys.min_gap, keys.max_gap)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Batches one worker translates in order."""
+
+    name: str                     # "skeleton" or "segment <s>", for logs and errors
+    batches: tuple[Batch, ...]
+    needs: tuple[int, ...] = ()   # skeleton keys whose recorded latents its batches are anchored to
+    records: tuple[int, ...] = ()  # keys whose latents after every step it hands on (the skeleton's own)
+
+    @property
+    def keys(self) -> list[int]:
+        """The keys it translates, in order."""
+        return [key for batch in self.batches for key in batch.new]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one job runs: ``skeleton`` first (None with one segment), then the ``segments`` (in
+    parallel where the runner can), and every span once both of its keys exist."""
+
+    frames: int
+    keys: tuple[int, ...]
+    skeleton: Pass | None
+    segments: tuple[Pass, ...]
+    spans: tuple[tuple[int, int], ...]
+
+    @property
+    def passes(self) -> tuple[Pass, ...]:
+        return ((self.skeleton,) if self.skeleton else ()) + self.segments
+
+    @property
+    def batch_count(self) -> int:
+        return sum(len(p.batches) for p in self.passes)
+
+
+def _chain(anchors: list[int], keys: list[int], batch_size: int) -> list[Batch]:
+    """Batches of ``keys``, the first anchored to ``anchors``, each later one to [anchors[0], the previous
+    batch's last key]; anchors truncated to ``batch_size - 1`` as in ``plan_batches``."""
+    batches: list[Batch] = []
+    done = 0
+    while done < len(keys):
+        held = anchors[:batch_size - 1]
+        new = keys[done:done + batch_size - len(held)]
+        batches.append(Batch(held + new, len(held), new))
+        done += len(new)
+        anchors = [anchors[0], new[-1]]
+    return batches
+
+
+def _fresco_groups(rest: list[int], batch_size: int, segments: int) -> list[list[int]]:
+    """``rest`` (the keys after K0) in contiguous groups of about equal batch count; every group after the
+    first starts with its skeleton key and holds at least one more key."""
+    count = max(1, min(segments, (len(rest) + 1) // 2))
+    if count == 1:
+        return [rest]
+    first_new = batch_size - min(1, batch_size - 1)  # segment 0's first batch, anchored to K0 only
+    new = batch_size - min(2, batch_size - 1)        # every other batch, anchored to two keys
+    # fewest batches in all that hold the keys: segment 0 holds first_new + new * (b - 1), another 1 + new * b
+    total = max(count, -(-(len(rest) - (count - 1) - first_new + new) // new))
+    counts = [total // count + (i < total % count) for i in range(count)]
+    sizes = [first_new + new * (counts[0] - 1)] + [1 + new * b for b in counts[1:]]
+    least = [1] + [2] * (count - 1)
+    for _ in range(sum(sizes) - len(rest)):  # trim the room left over from the largest groups, later first
+        largest = max((i for i in range(count) if sizes[i] > least[i]), key=lambda i: (sizes[i], i))
+        sizes[largest] -= 1
+    starts = np.cumsum([0] + sizes).tolist()
+    return [rest[a:b] for a, b in zip(starts, starts[1:])]
+
+
+def _segment(name: str, batches: list[Batch]) -> Pass:
+    """A segment pass; it needs the latents of the anchors that are not its own keys."""
+    own = {key for batch in batches for key in batch.new}
+    needs = sorted({f for batch in batches for f in batch.frames[:batch.anchors]} - own)
+    return Pass(name, tuple(batches), tuple(needs))
+
+
+def make_plan(frames: Sequence[np.ndarray], config: JobConfig, segments: int = 1) -> Plan:
+    """The plan of translating the clip ``frames`` (uint8 RGB) with ``config`` in at most ``segments``
+    segments."""
+    if segments < 1:
+        raise ValueError(f"segments must be >= 1, got {segments}")
+    require(config)
+    keys = keyframes_for(Clip(frames), config) if len(frames) else []
+    size = config.sampling.batch_size
+    spans = tuple((a, b) for a, b in zip(keys, keys[1:]) if b - a > 1)
+    skeleton, passes = None, [key_batches(keys, size, config.fresco)]
+    if not config.fresco and segments > 1:  # whole batches of the one grid
+        grid = passes[0]
+        count = max(1, min(segments, len(grid)))
+        bounds = [round(i * len(grid) / count) for i in range(count + 1)]
+        passes = [grid[a:b] for a, b in zip(bounds, bounds[1:])]
+    elif config.fresco and len(groups := _fresco_groups(keys[1:], size, segments)) > 1:
+        tops = [keys[0]] + [g[0] for g in groups[1:]]
+        skeleton = Pass("skeleton", tuple(plan_batches(tops, size)), records=tuple(tops))
+        passes = [_chain([keys[0]], groups[0], size)] + [_chain([keys[0], g[0]], g[1:], size) for g in groups[1:]]
+    return Plan(len(frames), tuple(keys), skeleton,
+                tuple(_segment(f"segment {i}", batches) for i, batches in enumerate(passes) if batches), spans)

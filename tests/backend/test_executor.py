@@ -1,0 +1,101 @@
+"""The one plan and executor give the frames of main before them, byte for byte (issue 19).
+
+``tests/data/executor_reference.json`` holds the sha256 (first 16 hex digits) of every frame each case
+yielded, in order, and of every anchor latent handed to the checkpoint, recorded on the tiny model
+with one torch thread by the three executors the plan replaced: ``translate_frames`` (FRESCO with
+interval, all and adaptive keys; per-frame; each also resumed after its first batch) and
+``segments.translate_segmented`` with 2 and 3 segments (the Ray pool's passes, its skeleton anchors
+being the pool's checkpoint).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fresco_backend.checkpoint import Checkpoint
+from fresco_backend.config import JobConfig
+from fresco_backend.synthetic import moving_square
+from fresco_backend.translate import translate_frames
+from plan_walk import segmented
+
+REFERENCE = json.loads((Path(__file__).parents[1] / "data" / "executor_reference.json").read_text())
+FAST = {"prompt": "a mosaic", "steps": 4, "strength": 0.5, "size": 64, "opt_iterations": 1}
+CASES = {
+    "fresco-interval": dict(keyframes="interval", key_interval=2, batch_size=3),
+    "fresco-all": dict(keyframes="all", batch_size=2),
+    "fresco-adaptive": dict(keyframes="adaptive", key_min_gap=2, key_max_gap=3, batch_size=3),
+    "per-frame": dict(mode="per_frame", batch_size=2),
+}
+
+
+def digest(array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def latents(anchors) -> list:
+    return [[key, [digest(t.detach().cpu().float().contiguous().numpy()) for t in steps]]
+            for key, steps in anchors.items()]
+
+
+def frames(pairs) -> list:
+    return [[index, digest(rgb)] for index, rgb in pairs]
+
+
+def clip() -> list[np.ndarray]:
+    return moving_square(frames=9, width=96, height=64, velocity=(3, 1), square=24).frames
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As when the reference was recorded: CPU reductions round alike only with the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_translate_frames_and_its_resume_give_mains_frames_and_checkpoints(pipe, name):
+    config = JobConfig.of({**FAST, **CASES[name]})
+    reference, order, done = REFERENCE[name], [], []
+    record = Checkpoint(on_batch_done=lambda n, anchors: (order.append(("done", n)),
+                                                          done.append([n, latents(anchors)])))
+    first: dict = {}
+    outputs = {}
+    for index, rgb in translate_frames(pipe, clip(), config, checkpoint=record):
+        order.append(("frame", index))
+        outputs[index] = rgb
+        if not first and done:
+            first = done[0]
+    assert frames(outputs.items()) == reference["frames"]  # every frame, in the order yielded
+    assert [index for kind, index in order if kind == "frame"] == [i for i, _ in reference["frames"]]
+    assert done == reference["batches"]
+    written = {i for kind, i in order[:order.index(("done", 0))] if kind == "frame"}
+    assert sorted(written) == reference["resumed_written"]
+
+    anchors = {}
+    record_first = Checkpoint(on_batch_done=lambda n, a: n or anchors.update({k: list(v) for k, v in a.items()}))
+    list(translate_frames(pipe, clip(), config, checkpoint=record_first))
+    assert latents(anchors) == reference["first_anchors"]
+    again = []
+    resume = Checkpoint(1, anchors, has_output=written.__contains__, output=outputs.__getitem__,
+                        on_batch_done=lambda n, a: again.append([n, latents(a)]))
+    assert frames(translate_frames(pipe, clip(), config, checkpoint=resume)) == reference["resumed"]
+    assert again == reference["resumed_batches"]
+
+
+@pytest.mark.parametrize("name", ["fresco-interval", "fresco-all", "per-frame"])
+@pytest.mark.parametrize("count", [2, 3])
+def test_segments_give_mains_frames_and_skeleton(pipe, name, count):
+    config = JobConfig.of({**FAST, **CASES[name]})
+    out, skeleton = segmented(pipe, clip(), config, count)
+    reference = REFERENCE[f"{name}-S{count}"]
+    assert frames(out) == reference["frames"]
+    assert latents(dict(sorted(skeleton.items()))) == reference["skeleton"]
+    if not config.fresco:  # the per-frame mode: any split is the plain run
+        assert reference["frames"] == REFERENCE[name]["frames"]
