@@ -1,7 +1,8 @@
 """The add-on preferences: Backend (install, device), Models, Remote Backend, Output, Developer.
 
-The properties live here; ``config.py`` reads them (with the environment overrides) and the
-Backend and Models sections are drawn by the modules whose operators they show
+The properties live here: the add-on's own in ``FrescoPreferences``, those of the backend's options made from
+their table (``fresco_contract/options.py``) in ``OptionPreferences``. ``config.py`` reads them (with the
+environment overrides) and the Backend and Models sections are drawn by the modules whose operators they show
 (``backend_setup.py``, ``model_ops.py``).
 """
 from __future__ import annotations

@@ -60,9 +60,9 @@ class Option:
     """One option. ``flag`` "" for one of the add-on only; ``key`` "" for one the add-on does not set.
 
     ``per_kind``: one value per control kind (``settings.CONTROL_KINDS``), given as ``--flag [KIND=]VALUE`` (bare:
-    canny) and kept by the add-on under one key, variable and preference per kind: ``{kind}`` in ``key``,
-    ``env``, ``label`` and ``description`` is "" for canny, else "_tile" (key), "_TILE" (env), "Tile" (label)
-    and "tile" (description).
+    canny) and kept by the add-on under one key, variable and preference per kind: ``{kind}`` in ``key`` and
+    ``env`` is "" for canny (the server's bare value), else e.g. "_tile" and "_TILE"; in ``label`` and
+    ``description`` it is the kind's name ("Tile", "tile").
     """
 
     name: str  # the parsed arguments' attribute
