@@ -138,7 +138,11 @@ def reload(work_dir: Path) -> list[Job]:
 
 def load(folder: Path) -> Job:
     """The job recorded in ``folder``, its record checked again (JobFolderError says why not)."""
-    record = JobFolder(folder).read_record()
+    layout = JobFolder(folder)
+    if folder.is_symlink() or layout.record_path.is_symlink():
+        raise JobFolderError(f"{layout.record_path} is reached through a link: the server reloads only the job "
+                             "folders it wrote itself")
+    record = layout.read_record()
     meta, recorded = record.job or {}, record.input
     problem = None
     if recorded is None or recorded.frame_count > wire.MAX_FRAMES:

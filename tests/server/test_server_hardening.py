@@ -334,3 +334,25 @@ def test_fifo_record_is_skipped_not_blocking(tmp_path):
     assert not blocked, "start-up blocked on a FIFO job.json"
     assert "fifojob" not in done[0]._jobs
     done[0].shutdown()
+
+
+def test_linked_job_folders_and_records_are_skipped_at_reload(tmp_path):
+    """A job folder, or a job.json, that is a link to another work dir's job is logged and skipped."""
+    fake = FakeBackend()
+    other = JobManager(tmp_path / "other", LocalTranslator(fake.pipeline, fake.translate))
+    real = other.create({"prompt": "p"}, 1).id
+    other.shutdown()
+    work = tmp_path / "work"
+    (work / "linked-record").mkdir(parents=True)
+    (work / "linked-record" / "job.json").symlink_to(tmp_path / "other" / real / "job.json")
+    (work / real).symlink_to(tmp_path / "other" / real)
+    manager = JobManager(work, LocalTranslator(fake.pipeline, fake.translate))
+    try:
+        assert manager._jobs == {}
+    finally:
+        manager.shutdown()
+    reloaded = JobManager(tmp_path / "other", LocalTranslator(fake.pipeline, fake.translate))
+    try:
+        assert real in reloaded._jobs  # the record itself can be reloaded where it was written
+    finally:
+        reloaded.shutdown()
