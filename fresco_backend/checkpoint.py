@@ -5,7 +5,9 @@ frames the caller has written) it calls ``on_batch_done`` with the anchor
 latents later batches need. A resumed run skips the finished batches, restores
 those anchors and reads already written outputs back, so it produces exactly
 the frames of an uninterrupted run. ``job.py`` keeps all of it in a job folder;
-the default checkpoint keeps nothing (a plain, non-resumable run).
+the default checkpoint keeps nothing (a plain, non-resumable run). The executor
+(``executor.py``) decides what a resumed run skips: batches of the plain chain,
+whole passes and spans of a segmented plan.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import numpy as np
 if TYPE_CHECKING:  # torch only for the annotation: the server reads job folders without it
     import torch
 
-Anchors = dict[int, list["torch.Tensor"]]  # key -> latents after every denoising step
+# key -> its latents after every denoising step; a key is a frame index, in the plain chain's
+# checkpoint its position among the job's keys (``Checkpoint.by_frame``)
+Anchors = dict[int, list["torch.Tensor"]]
 
 
 @dataclass
