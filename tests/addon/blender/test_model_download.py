@@ -83,6 +83,40 @@ def test_download_use_and_remove(addon, hub, movie_scene, compat, blend, monkeyp
         prefs.models.clear()
 
 
+def test_download_with_a_ui_is_a_task_the_timer_drives(addon, hub, monkeypatch):
+    """With a UI, Download returns at once: the download runs as a task of the session on its thread, the Models
+    box shows its progress, and the session's one timer (called by hand: no timers fire headless) redraws until
+    it has ended, then stops."""
+    config, session = (sys.modules[f"{addon.__name__}.{m}"] for m in ("config", "session"))
+    hubcache = sys.modules[addon.__name__ + ".fresco_contract.hubcache"]
+    monkeypatch.setattr(session, "has_event_loop", lambda: True)
+    prefs = config.preferences()
+    prefs.new_model.ref, prefs.new_model.kind = CN, "CONTROLNET"
+    assert bpy.ops.fresco.add_model() == {"FINISHED"}  # a row of the Models box
+    hub.pause_after = 1  # the hub holds the download back until released
+    assert bpy.ops.fresco.download_model(repo_id=CN) == {"FINISHED"}
+    task = session.get().running(f"download {CN}")
+    assert task is not None and task.thread is not None
+    try:
+        assert hub.paused.wait(60.0)
+        with pytest.raises(RuntimeError, match="being downloaded already"):
+            bpy.ops.fresco.download_model(repo_id=CN)
+        texts = [text for kind, text in models_box(addon) if kind == "label"]
+        assert any(text.startswith("Downloading, ") for text in texts), texts
+        assert session.tick() is not None  # the timer goes on while the task runs
+        hub.release.set()
+        assert task.wait(120.0) and task.error is None, task.error
+        limit = 1000  # a generous bound: the task is over, so the next step settles it
+        while session.tick() is not None:
+            limit -= 1
+            assert limit > 0, "the timer did not stop"
+        assert task.settled and hubcache.downloaded(config.model_cache_dir(), CN) is not None
+        assert any(text.startswith("Downloaded, ") for kind, text in models_box(addon) if kind == "label")
+    finally:
+        hub.release.set()
+        prefs.models.clear()
+
+
 def test_online_access_off_downloads_nothing(addon, hub, movie_scene, monkeypatch):
     """With Blender's online access off, Download is refused and a job's download stage does not go online:
     the local backend runs with HF_HUB_OFFLINE and the job fails naming the model and the reason."""

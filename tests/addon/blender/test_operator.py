@@ -186,9 +186,12 @@ def test_active_strip_and_ui_path(backend, addon, movie_scene, compat, blend, mo
 
 
 def test_disable_stops_backend_and_removes_properties(backend, addon, compat, movie_scene):
-    """Last: unregister stops the warm backend and removes the strip properties; enabling again works."""
+    """Last: unregister stops the warm backend, drops the session and removes the strip properties; enabling
+    again works, with a new session that starts clean."""
     import addon_utils
 
+    session = sys.modules[addon.__name__ + ".session"]
+    old = session.get()
     client = backend.get_client(sys.modules[addon.__name__ + ".config"].backend_config())
     proc = backend._process.process
     assert proc.poll() is None
@@ -197,6 +200,10 @@ def test_disable_stops_backend_and_removes_properties(backend, addon, compat, mo
     assert not hasattr(bpy.types, "FRESCO_PT_panel")
     assert not backend.running()
     assert proc.wait(timeout=15) is not None
+    with pytest.raises(RuntimeError, match="not enabled"):
+        session.get()
     del client
     addon_utils.enable(addon.__name__, default_set=True)
     assert "fresco" in compat.strip_type().bl_rna.properties
+    new = sys.modules[addon.__name__ + ".session"].get()
+    assert new is not old and not new.tasks and not new.queue.entries and not new.backend.running()
