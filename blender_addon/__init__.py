@@ -31,12 +31,11 @@ def register() -> None:
     session.create(translation.begin)
     props.register()
     prefs.register()
-    backend_setup.register()
     model_ops.register()
     export.register()
     unsaved.register()
     presets.register()
-    for cls in operators.CLASSES + settings_ops.CLASSES + panels.CLASSES:
+    for cls in backend_setup.CLASSES + operators.CLASSES + settings_ops.CLASSES + panels.CLASSES:
         bpy.utils.register_class(cls)
     farm.register()
 
@@ -50,8 +49,7 @@ def unregister() -> None:
     farm.unregister()
     session.drop()  # ends the running translation, install and downloads, stops the backend
     model_ops.unregister()
-    backend_setup.unregister()
-    for cls in reversed(operators.CLASSES + settings_ops.CLASSES + panels.CLASSES):
+    for cls in reversed(backend_setup.CLASSES + operators.CLASSES + settings_ops.CLASSES + panels.CLASSES):
         bpy.utils.unregister_class(cls)
     presets.unregister()
     unsaved.unregister()

@@ -158,9 +158,7 @@ class FRESCO_OT_cancel_install(bpy.types.Operator):
         return running() is not None
 
     def execute(self, context: Any) -> set[str]:
-        task = running()
-        if task is not None:
-            task.cancel()
+        session.cancel_task(INSTALL)
         return {"FINISHED"}
 
 
@@ -245,13 +243,3 @@ def draw(layout: Any, context: Any, prefs: Any) -> None:
 
 CLASSES = (FRESCO_OT_install_backend, FRESCO_OT_cancel_install, FRESCO_OT_uninstall_backend,
            FRESCO_OT_open_install_log)
-
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)

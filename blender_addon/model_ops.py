@@ -152,9 +152,7 @@ class FRESCO_OT_cancel_download(bpy.types.Operator):
     file: bpy.props.StringProperty(name="File", options={"SKIP_SAVE"})
 
     def execute(self, context: Any) -> set[str]:
-        job = _download(self.repo_id, self.file)
-        if job is not None:
-            job.cancel()
+        session.cancel_task(_task_key(self.repo_id, self.file))
         return {"FINISHED"}
 
 

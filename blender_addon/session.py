@@ -104,6 +104,13 @@ def run_task(key: str, task: tasks.Task, say: Callable[[Any], None] | None = Non
     return task
 
 
+def cancel_task(key: str) -> None:
+    """Ask the task ``key`` to stop, if it runs (a Cancel button)."""
+    task = get().running(key)
+    if task is not None:
+        task.cancel()
+
+
 # -- the translation queue ----------------------------------------------------------------------------------
 def queue() -> jobqueue.JobQueue:
     return get().queue
