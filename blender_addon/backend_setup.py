@@ -87,7 +87,7 @@ def _start(operator: Any, context: Any, task: tasks.Task) -> set[str]:
     last = [""]
 
     def say(progress: tasks.Progress) -> None:
-        step = f"{min(progress.done + 1, progress.total)}/{progress.total}" if task.name != "uninstall" else "1/1"
+        step = f"{installer.step_of(progress)}/{len(installer.STEPS)}" if task.name != "uninstall" else "1/1"
         line = f"FRESCO: {task.name} [{step}] {progress.stage}"
         if line != last[0]:
             print(line, flush=True)

@@ -10,6 +10,7 @@ never taken as good. ``status`` tells the preferences what state the environment
 from __future__ import annotations
 
 import dataclasses
+import bisect
 import datetime
 import functools
 import hashlib
@@ -570,8 +571,16 @@ def uninstall(env_dir: str | os.PathLike[str], on_removed: Callable[[int, int], 
 
 # the oldest pip whose dry run reads wheel metadata from the index instead of downloading the wheels
 PLAN_PIP = (25, 3)
-STEPS = ("Creating the Python environment", "Installing PyTorch", "Installing the FRESCO backend",
-         "Checking the backend", "Saving the install record")
+# each step's title and its thousandths of the whole install (the bar creeps within a step, pip line by line)
+STEPS = (("Creating the Python environment", 50), ("Installing PyTorch", 600), ("Installing the FRESCO backend", 250),
+         ("Checking the backend", 80), ("Saving the install record", 20))
+INSTALL_TOTAL = sum(share for _, share in STEPS)
+_STEP_STARTS = [sum(share for _, share in STEPS[:i]) for i in range(len(STEPS))]
+
+
+def step_of(progress: Progress) -> int:
+    """The step (1-based) an install's ``progress`` is in: its ``done`` counts thousandths of the install."""
+    return max(bisect.bisect_right(_STEP_STARTS, progress.done), 1)
 
 
 class Installer:
@@ -600,22 +609,26 @@ class Installer:
         self._process: subprocess.Popen | None = None
         self._step = 0
         self._title: str | None = None
+        self._lines = 0  # output lines of the step so far
         self._log = None
         self.plan: DownloadPlan | None = None  # what the PyTorch step downloads, once known
 
     # progress and cancel
 
     def _report(self, log_line: str = "", title: str | None = None, done: bool = False) -> None:
-        """Tell ``on_progress`` where the install is: the steps before this one done (all, once ``done``)."""
+        """Tell ``on_progress`` where the install is, in thousandths of it: the steps before this one, and within
+        it a share that creeps towards the step's end with each pip line (all, once ``done``)."""
         if self.on_progress is None:
             return
-        step_title = title or self._title or STEPS[max(self._step - 1, 0)]
-        finished = len(STEPS) if done else max(self._step - 1, 0)
-        self.on_progress(Progress(step_title, finished, len(STEPS), detail=log_line))
+        index = max(self._step - 1, 0)
+        share = STEPS[index][1]
+        finished = INSTALL_TOTAL if done else _STEP_STARTS[index] + min(share * self._lines // (self._lines + 25),
+                                                                         share - 1)
+        self.on_progress(Progress(title or self._title or STEPS[index][0], finished, INSTALL_TOTAL, detail=log_line))
 
     def _begin(self, step: int, title: str | None = None) -> None:
         self._check_cancel()
-        self._step, self._title = step, title or STEPS[step - 1]
+        self._step, self._title, self._lines = step, title or STEPS[step - 1][0], 0
         self._write_log(f"\n== step {step}/{len(STEPS)}: {self._title}\n")
         self._report()
 
@@ -662,6 +675,7 @@ class Installer:
                 self._write_log(line + "\n")
                 if line.strip():
                     lines.append(line)
+                    self._lines += 1
                     self._report(line.strip())
             code = process.wait()
         finally:

@@ -192,8 +192,8 @@ def new_installer(env_dir, wheel, events=None, **kwargs):
 
 
 def step(progress):
-    """The install step a Progress is from (1..5): its ``done`` counts the steps before it."""
-    return min(progress.done + 1, progress.total)
+    """The install step a Progress is from (1..5)."""
+    return installer.step_of(progress)
 
 
 def env_run(env_dir, code):
@@ -210,12 +210,14 @@ def test_install_update_repair_uninstall(env_dir, wheels, tmp_path):
     job.on_progress = lambda p: (events.append(p), record_seen.append((env_dir / installer.RECORD).exists()))
     record = job.run()
 
-    # progress: the five steps in order (done: the steps before), fractions rising to 1, pip's lines; the
-    # record came last
+    # progress: the five steps in order, fractions rising to 1 and creeping within a step with pip's lines,
+    # each step within its share of the bar; the record came last
     steps = [step(p) for p in events]
-    assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4, 5} and events[-1].total == 5
+    assert steps == sorted(steps) and set(steps) == {1, 2, 3, 4, 5} and events[-1].total == installer.INSTALL_TOTAL
     fractions = [p.fraction for p in events]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert len({p.fraction for p in events if step(p) == 2}) > 2  # PyTorch's pip lines move the bar
+    assert all(0.05 <= p.fraction < 0.65 for p in events if step(p) == 2)
     assert any("fresco" in p.detail.lower() for p in events if step(p) == 3)
     assert all(len({p.stage for p in events if step(p) == number}) == 1 for number in (1, 3, 4))
     # this index holds no newer pip: the install goes on and says the size comes late (installer.PLAN_PIP)
