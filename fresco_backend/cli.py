@@ -65,8 +65,8 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
                             choices=setting.choices or None, help=f"{setting.description}{bounds}{default}")
 
 
-def default_cache_dir() -> Path:
-    """The per-user cache folder (XDG_CACHE_HOME, else ~/.cache)."""
+def default_conditions_dir() -> Path:
+    """The conditions cache's per-user folder (XDG_CACHE_HOME, else ~/.cache)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fresco-for-blender"
 
 
@@ -90,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, required=True, help="output folder for 0001.png, 0002.png, ...")
     _add_setting_options(tr)
     options.add_arguments(tr, options.TRANSLATE)  # the flags it shares with the server
-    tr.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                    help="where control images and optical flow of clips are kept, so a new prompt on the same "
-                         "clip skips them (default %(default)s)")
+    tr.add_argument("--conditions-dir", "--cache-dir", dest="conditions_dir", type=Path,
+                    default=default_conditions_dir(),
+                    help="the conditions cache: where control images and optical flow of clips are kept, so a new "
+                         "prompt on the same clip skips them (default %(default)s; --cache-dir is its old name)")
     tr.add_argument("--mp4", type=Path, default=None,
                     help="also write the result as an H.264 mp4 at the input's frame rate (never overwritten)")
     tr.add_argument("--allow-short-input", action="store_true",
@@ -190,7 +191,7 @@ def _translate(args: argparse.Namespace) -> None:
     choice = choose_models(config, DEFAULT_MODEL, controlnets)
     models = {"config": args.config, **job_models(config, choice, configs)}
     try:
-        job = Job(job_dir, settings, args.input, out_dir=args.out, cache_dir=args.cache_dir, models=models,
+        job = Job(job_dir, settings, args.input, out_dir=args.out, conditions_dir=args.conditions_dir, models=models,
                   restart=args.restart)
     except JobMismatch as exc:
         raise JobMismatch(f"{exc}. Add --restart to discard it (removes {job_dir} and the frames it wrote to "

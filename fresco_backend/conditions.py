@@ -1,7 +1,7 @@
 """What a batch of frames is conditioned on: ControlNet images and, for FRESCO, optical flow.
 
 Both depend only on the frames and a few settings, so they are cached per clip
-(``cache.Cache``): a new prompt on the same strip reuses them. Each control kind's images are a
+(``conditions_cache.ConditionsCache``): a new prompt on the same strip reuses them. Each control kind's images are a
 cache entry of their own.
 """
 from __future__ import annotations
@@ -13,14 +13,14 @@ import numpy as np
 import torch
 
 from . import annotators
-from .cache import Cache, frames_digest
+from .conditions_cache import ConditionsCache, frames_digest
 from .config import JobConfig
 from .control import control_image
 from .flow import BatchFlow, estimate_batch_flow, load_estimator
 from .frames import to_tensor
 
 
-def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cache, with_flow: bool,
+def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: ConditionsCache, with_flow: bool,
                      device: torch.device | str | None = None,
                      on_stage: Callable[[str], None] | None = None) -> tuple[list[torch.Tensor], BatchFlow | None]:
     """(one (B, 3, H, W) image tensor in [0, 1] per entry of ``config.control.nets``, in that order;
@@ -50,7 +50,7 @@ def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cach
     return [images[use.kind] for use in config.control.nets], flow
 
 
-def _kind_images(kind: str, small: Sequence[np.ndarray], config: JobConfig, cache: Cache, digest: str,
+def _kind_images(kind: str, small: Sequence[np.ndarray], config: JobConfig, cache: ConditionsCache, digest: str,
                  size: tuple[int, int], weights: Path | None, device) -> list[np.ndarray]:
     def compute() -> list[np.ndarray]:
         if weights is None:

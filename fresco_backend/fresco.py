@@ -22,7 +22,7 @@ from typing import Callable, Collection, Iterator, Sequence
 import numpy as np
 import torch
 
-from .cache import Cache
+from .conditions_cache import ConditionsCache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import FeatureOptConfig, JobConfig
@@ -108,7 +108,7 @@ def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: t
 
 
 def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
-                  clock: StepClock, checkpoint: Checkpoint, cache: Cache, *, batches: Sequence[Batch],
+                  clock: StepClock, checkpoint: Checkpoint, cache: ConditionsCache, *, batches: Sequence[Batch],
                   anchors: Anchors | None = None, keep: Collection[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
     """Translate the keys of ``batches`` (indices into ``frames``, ``plan.py``); yields (index, frame
     at the work size).

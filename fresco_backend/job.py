@@ -290,13 +290,13 @@ class Job:
     """A job of the command line (or any caller with a clip on disk) in its own folder."""
 
     def __init__(self, folder: Path, settings: Mapping[str, Any], source: str | Path,
-                 out_dir: Path | None = None, cache_dir: Path | None = None,
+                 out_dir: Path | None = None, conditions_dir: Path | None = None,
                  models: Mapping[str, str | None] | None = None, restart: bool = False):
         """Open or create the job in ``folder`` translating ``source`` (video file or image folder)
         with the validated ``settings`` (recorded as they are; ``config`` is their JobConfig).
 
         Outputs go to ``out_dir`` (default ``folder/output``) as 0001.png, 0002.png, ...; control
-        images and flows are cached in ``cache_dir`` (default ``folder/cache``), which jobs on
+        images and flows are cached in ``conditions_dir`` (default ``folder/cache``), which jobs on
         the same clip may share. ``models`` names what else the results depend on (ControlNet,
         configs). A folder holding another job is refused (JobMismatch) if that job has progress,
         unless ``restart`` discards it; ``started_over`` then says why it was discarded.
@@ -305,7 +305,7 @@ class Job:
         self.folder, self.out_dir = self.layout.folder, self.layout.output_dir
         self.settings = dict(settings)
         self.config = JobConfig.of(self.settings)  # the edge of a job folder: converted once, here
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.folder / "cache"
+        self.conditions_dir = Path(conditions_dir) if conditions_dir is not None else self.folder / "cache"
         self.started_over: str | None = None
         self.record = JobRecord(
             settings={**self.settings, "model": local_reference(self.settings.get("model")) or ""},
@@ -391,11 +391,11 @@ class Job:
     def run(self, pipe, on_progress: ProgressFn | None = None,
             cancel: threading.Event | None = None) -> Iterator[int]:
         """Translate what is missing; yields the index of every output frame written."""
-        from .cache import Cache  # torch: only where a job runs
+        from .conditions_cache import ConditionsCache  # torch: only where a job runs
         from .translate import translate_frames
 
         for index, rgb in translate_frames(pipe, self.frames, self.config, on_progress, cancel,
-                                           self.checkpoint(), Cache(self.cache_dir)):
+                                           self.checkpoint(), ConditionsCache(self.conditions_dir)):
             write_png_atomic(self.output_path(index), rgb)
             yield index
 

@@ -1,7 +1,7 @@
 """The local files a job's settings name, checked before anything is loaded or downloaded.
 
 The command line (cli.py) calls ``check_job_files`` before it creates its job folder, the server
-(server/model_cache.py, ``ModelCache.prepare``) before a job's downloads and model load: a job whose
+(server/warm_models.py, ``WarmModels.prepare``) before a job's downloads and model load: a job whose
 LoRA or RAFT weights cannot be used fails at once with the reason, not after minutes of loading.
 """
 from __future__ import annotations

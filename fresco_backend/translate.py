@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .cache import Cache
+from .conditions_cache import ConditionsCache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import JobConfig, require
@@ -32,7 +32,7 @@ __all__ = ["Cancelled", "LocalRunner", "Progress", "propagate_frames", "translat
 
 
 def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
-              clock: StepClock, checkpoint: Checkpoint, cache: Cache, *, batches: Sequence[Batch],
+              clock: StepClock, checkpoint: Checkpoint, cache: ConditionsCache, *, batches: Sequence[Batch],
               anchors: Anchors | None = None, keep: Sequence[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
     """The baseline: the frames of each of ``batches`` (unanchored) translated independently (batched only
     for speed); yields (index, frame at the work size). Takes ``fresco_frames``'s arguments; there are
@@ -68,8 +68,8 @@ class LocalRunner:
     counting them on the job's ``clock``; ``estimator``: the spans' flow (None: loaded for the first)."""
 
     def __init__(self, pipe, frames: Sequence[np.ndarray], config: JobConfig, clock: StepClock,
-                 cache: Cache | None = None, estimator: FlowEstimator | None = None):
-        self.pipe, self.config, self.clock, self.cache = pipe, require(config), clock, cache or Cache(None)
+                 cache: ConditionsCache | None = None, estimator: FlowEstimator | None = None):
+        self.pipe, self.config, self.clock, self.cache = pipe, require(config), clock, cache or ConditionsCache(None)
         self.clip = Clip(frames)
         self.height, self.width = self.clip.shape[:2]
         self.work_size = config.sampling.work_size(self.width, self.height)
@@ -102,7 +102,7 @@ class LocalRunner:
 def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
                      on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                      checkpoint: Checkpoint | None = None,
-                     cache: Cache | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                     cache: ConditionsCache | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (uint8 RGB, all one size) with the job's ``config``.
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the

@@ -1,6 +1,6 @@
 """One pipeline kept loaded between jobs: ControlNets swapped and LoRAs fused per job, the SD model kept.
 
-The server (``server/model_cache.py``), its Ray workers (``server/ray_pool.py``) and the command line
+The server (``server/warm_models.py``), its Ray workers (``server/ray_pool.py``) and the command line
 all get their pipeline from a ``WarmPipeline``. A job's ``ModelChoice`` names the SD model and its
 ControlNets: another model loads the pipeline anew (counted in ``load_count``); other ControlNets are
 loaded once each (kept by ref: at most one per control kind the backend knows) and set as

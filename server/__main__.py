@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from fresco_contract import options, wire
 from fresco_contract.files import write_bytes_atomic
 from fresco_backend.annotators import set_annotators_folder
-from fresco_backend.cache import Cache
+from fresco_backend.conditions_cache import ConditionsCache
 from fresco_backend.config import JobConfig
 from fresco_backend.device import DeviceError, pick_runtime
 from fresco_backend.models import (DEFAULT_CONTROLNETS, ModelNotFoundError, choose_models, controlnet_configs,
@@ -39,7 +39,7 @@ from fresco_backend.models import (DEFAULT_CONTROLNETS, ModelNotFoundError, choo
 from . import __version__
 from .app import create_app, is_loopback_host
 from .jobs import JobManager, LocalTranslator
-from .model_cache import ModelCache
+from .warm_models import WarmModels
 
 log = logging.getLogger("fresco.server")
 
@@ -288,20 +288,20 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
     controlnets, configs = controlnet_options(args)
     if args.annotators is not None:
         set_annotators_folder(args.annotators)
-    cache = ModelCache(warm_pipeline(device, args.config, configs), args.model, controlnets)
-    clip_cache = Cache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
+    models = WarmModels(warm_pipeline(device, args.config, configs), args.model, controlnets)
+    conditions = ConditionsCache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
     pool = start_pool(args, device, work_dir, controlnets, configs) if args.ray is not None else None
     if pool is None:
-        manager = JobManager(work_dir, LocalTranslator(cache.for_settings,
-                                                       functools.partial(translate_frames, cache=clip_cache)),
-                             prepare=cache.prepare)
+        manager = JobManager(work_dir, LocalTranslator(models.for_settings,
+                                                       functools.partial(translate_frames, cache=conditions)),
+                             prepare=models.prepare)
     else:
-        manager = JobManager(work_dir, pool.translate, prepare=cache.prepare,
+        manager = JobManager(work_dir, pool.translate, prepare=models.prepare,
                              concurrency=2 * pool.size, checkpoint_plan=pool.checkpoint_plan)
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": choose_models(JobConfig(), args.model, controlnets).controlnets[0],
             "controlnets": {**DEFAULT_CONTROLNETS, **controlnets}}
-    app = create_app(manager, cache, token, info, loopback_only=is_loopback_host(args.host),
+    app = create_app(manager, models, token, info, loopback_only=is_loopback_host(args.host),
                      workers=None if pool is None else pool.describe)
 
     if args.exit_with_stdin:
@@ -361,7 +361,7 @@ def start_pool(args: argparse.Namespace, device: str, work_dir: Path, controlnet
         return RayPool(args.workers, (args.model, controlnets), None if device == "auto" else device,
                        {"config": args.config, "controlnet_config": configs},
                        segments=args.segments, address=address, threads=args.worker_threads,
-                       cache_dir=work_dir / "cache", annotators=args.annotators and str(args.annotators),
+                       conditions_dir=work_dir / "cache", annotators=args.annotators and str(args.annotators),
                        temp_dir=ray_temp_dir(work_dir) if address is None else None)
     except PoolStartError as exc:
         raise StartupError(f"--ray: {exc}") from None

@@ -26,7 +26,7 @@ from fresco_contract.settings import SETTINGS, Setting, SettingsError, validate
 
 from .images import BadImage, ImageTooLarge
 from .jobs import InvalidJob, JobConflict, JobError, JobManager, JobNotDeleted, JobNotFound, OutputNotFound
-from .model_cache import ModelCache
+from .warm_models import WarmModels
 
 # The HTTP status of each domain error a route may raise; a subclass not named has its nearest base's.
 ERROR_STATUS: dict[type[Exception], int] = {
@@ -195,7 +195,7 @@ def speed(device: str, measured: float | None) -> dict[str, Any]:
     return {"seconds_per_step": PRIOR_SECONDS_PER_STEP[kind], "measured": False, "device": kind}
 
 
-def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[str, Any],
+def create_app(manager: JobManager, models: WarmModels, token: str, info: dict[str, Any],
                loopback_only: bool = False, workers: Callable[[], dict[str, Any]] | None = None) -> FastAPI:
     """The FastAPI application serving ``manager``; ``info`` is merged into /v1/health for
     clients with the token. ``loopback_only``: refuse Host headers that are not the loopback.
@@ -260,7 +260,7 @@ def create_app(manager: JobManager, cache: ModelCache, token: str, info: dict[st
         public = {"api": wire.API_VERSION, "version": info.get("version")}
         if not has_token(request):  # anyone may ask whether it runs, but not where its files are
             return public
-        answer = {**public, **info, "load_count": cache.load_count, "last_load_seconds": cache.last_load_seconds,
+        answer = {**public, **info, "load_count": models.load_count, "last_load_seconds": models.last_load_seconds,
                   "speed": speed(info.get("device", "cpu"), manager.seconds_per_step)}
         return answer if workers is None else {**answer, "workers": workers()}
 

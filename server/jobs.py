@@ -57,7 +57,7 @@ Translator = Callable[[Sequence[np.ndarray], JobConfig, Callable[[Progress], Non
 
 class LocalTranslator:
     """A ``Translator`` on this process: the job's warm pipeline from ``get_pipeline``
-    (``ModelCache.for_settings``), then ``translate`` (``translate_frames``) on it."""
+    (``WarmModels.for_settings``), then ``translate`` (``translate_frames``) on it."""
 
     def __init__(self, get_pipeline: GetPipeline, translate: Callable[..., Iterator[tuple[int, np.ndarray]]]) -> None:
         self._get_pipeline = get_pipeline
@@ -103,7 +103,7 @@ class JobManager:
         """``translate``: a ``Translator`` (``LocalTranslator`` or ``RayPool.translate``), given a
         checkpoint kept in each job's ``state/`` so interrupted jobs resume; it loads the job's
         pipeline (the ``load model`` stage) before its first frame. ``prepare``
-        (``ModelCache.prepare``) gets what a job needs ready before its pipeline is loaded (the
+        (``WarmModels.prepare``) gets what a job needs ready before its pipeline is loaded (the
         ``download`` stage), reporting progress and honouring the job's cancel. ``concurrency``:
         how many worker threads run jobs, each one job at a time (one; more with ``--ray``).
         ``checkpoint_plan``: how ``translate`` cuts a job into batches (``CheckpointStore``): a job

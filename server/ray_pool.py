@@ -145,7 +145,7 @@ class Worker:
     """One warm pipeline; ``run`` streams a skeleton or segment pass, ``cancel`` stops it."""
 
     def __init__(self, models: ModelChoice, device: str | None, load_options: dict[str, Any],
-                 threads: int | None, cache_dir: str | None, annotators: str | None) -> None:
+                 threads: int | None, conditions_dir: str | None, annotators: str | None) -> None:
         """``load_options``: ``WarmPipeline``'s config and controlnet_config; ``annotators``: the
         server's ``--annotators`` folder."""
         if threads:
@@ -153,14 +153,14 @@ class Worker:
 
             torch.set_num_threads(threads)
         from fresco_backend.annotators import set_annotators_folder
-        from fresco_backend.cache import Cache
+        from fresco_backend.conditions_cache import ConditionsCache
         from fresco_backend.warm import WarmPipeline
 
         if annotators:
             set_annotators_folder(annotators)
         self.device = device
         self.warm = WarmPipeline(device, **load_options)
-        self.cache = Cache(Path(cache_dir)) if cache_dir else None
+        self.cache = ConditionsCache(Path(conditions_dir)) if conditions_dir else None
         self.cancels: dict[str, threading.Event] = {}
         self.warm.get(models)
 
@@ -231,7 +231,7 @@ class RayPool:
 
     def __init__(self, workers: int | None, models: tuple[str, Mapping[str, str]], device: str | None = None,
                  load_options: Mapping[str, Any] | None = None, *, segments: int | None = None,
-                 address: str | None = None, threads: int | None = None, cache_dir: Path | None = None,
+                 address: str | None = None, threads: int | None = None, conditions_dir: Path | None = None,
                  runtime_env: dict[str, Any] | None = None,
                  annotators: str | None = None, temp_dir: Path | None = None) -> None:
         """``workers``: None for one per GPU Ray sees, else one per CPU; ``segments``: the segments of
@@ -256,7 +256,7 @@ class RayPool:
         self.checkpoint_plan = f"segments:{self.segments}" if self.segments > 1 else ""
         self.default_models = models
         self._args = (None if use_gpu else device, dict(load_options or {}), None if use_gpu else threads,
-                      None if cache_dir is None else str(cache_dir), annotators)
+                      None if conditions_dir is None else str(conditions_dir), annotators)
         self._resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
         self._cond = threading.Condition()
         self._waiting: list[tuple[int, str]] = []  # (ticket, run) of runs waiting for a worker

@@ -10,7 +10,7 @@ import torch
 from fresco_backend import annotators as A
 from fresco_backend.annotator_nets.hed import HEDNet
 from fresco_backend.annotator_nets.lineart import LineArtNet
-from fresco_backend.cache import Cache
+from fresco_backend.conditions_cache import ConditionsCache
 from fresco_backend.conditions import batch_conditions
 from fresco_backend.config import JobConfig
 from fresco_backend.synthetic import moving_square
@@ -90,7 +90,7 @@ def test_lineart_has_the_layout_of_sk_model_pth():
 
 def test_conditions_from_weights_in_the_annotators_folder(weights_folder, frames):
     A.set_annotators_folder(weights_folder)
-    controls, _ = batch_conditions(frames, job("softedge", "tile", "lineart", "depth"), Cache(None), with_flow=False,
+    controls, _ = batch_conditions(frames, job("softedge", "tile", "lineart", "depth"), ConditionsCache(None), with_flow=False,
                                    device="cpu")
     assert len(controls) == 4
     for control in controls:
@@ -150,7 +150,7 @@ COMMAND = "python -m fresco_backend.download "
 ])
 def test_missing_weights_name_what_to_download(kind, names, frames, tmp_path):
     A.set_annotators_folder(tmp_path / "empty")
-    cache = Cache(tmp_path / "cache")
+    cache = ConditionsCache(tmp_path / "cache")
     with pytest.raises(A.AnnotatorMissing) as info:
         batch_conditions(frames, job("canny", kind), cache, with_flow=True, device="cpu")
     message = str(info.value)

@@ -229,15 +229,15 @@ def test_new_prompt_on_the_same_clip_reuses_cached_flow_and_controls(pipe, clip_
     monkeypatch.setattr(conditions, "estimate_batch_flow", counted_flow)
     monkeypatch.setattr(conditions, "control_image", counted_control)
     shared = tmp_path / "cache"
-    first = Job(tmp_path / "a", validate(SETTINGS), clip_path, cache_dir=shared)
+    first = Job(tmp_path / "a", validate(SETTINGS), clip_path, conditions_dir=shared)
     list(first.run(pipe))
     assert calls == {"flow": 3, "control": 9}  # 3 batches of 3 keys
     assert same_as(reference, first)  # caching changes nothing
 
-    second = Job(tmp_path / "b", validate({**SETTINGS, "prompt": "charcoal", "seed": 9}), clip_path, cache_dir=shared)
+    second = Job(tmp_path / "b", validate({**SETTINGS, "prompt": "charcoal", "seed": 9}), clip_path, conditions_dir=shared)
     list(second.run(pipe))
     assert calls == {"flow": 3, "control": 9}  # all hits
-    third = Job(tmp_path / "c", validate({**SETTINGS, "canny_low": 20}), clip_path, cache_dir=shared)
+    third = Job(tmp_path / "c", validate({**SETTINGS, "canny_low": 20}), clip_path, conditions_dir=shared)
     list(third.run(pipe))
     assert calls == {"flow": 3, "control": 18}  # a control setting misses the controls only
 

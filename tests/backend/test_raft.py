@@ -192,11 +192,11 @@ def test_cli_checks_the_flow_weights_before_anything_is_loaded(case, tiny_models
 
 def test_server_fails_the_job_before_downloads_and_loads(tmp_path):
     from server.jobs import JobManager, LocalTranslator
-    from server_support import error_messages, fake_cache, run_job
+    from server_support import error_messages, fake_models, run_job
 
     from fresco_contract import settings as S, wire
 
-    cache = fake_cache()
+    cache = fake_models()
     manager = JobManager(tmp_path / "work", LocalTranslator(cache.for_settings, lambda *a, **k: iter(())),
                          prepare=cache.prepare)
     weights = raft_small_like(tmp_path / "raft-small.pth")

@@ -1,5 +1,5 @@
 """One decision of model + ControlNets per job (fresco_backend.models.choose_models), honoured by the
-server's ModelCache (the warm pipeline swaps ControlNets without reloading the model; keyed by model,
+server's WarmModels (the warm pipeline swaps ControlNets without reloading the model; keyed by model,
 ControlNets, LoRAs and device), by the server's and the command line's --controlnet [KIND=]REF."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from fresco_backend.models import (DEFAULT_CONTROLNETS, DEFAULT_MODEL, ModelChoi
 from fresco_backend.synthetic import moving_square, write_video
 from fresco_backend.warm import WarmPipeline
 from server.__main__ import controlnet_options, parse_args
-from server.model_cache import ModelCache
-from server_support import fake_cache
+from server.warm_models import WarmModels
+from server_support import fake_models
 
 VALUES = {"prompt": "a fox"}
 SETTINGS = JobConfig.of(VALUES)
@@ -48,7 +48,7 @@ def test_kind_options():
 
 
 def test_model_cache_swaps_controlnets_without_reloading_the_model():
-    cache = fake_cache("default", {"canny": "my-canny"})
+    cache = fake_models("default", {"canny": "my-canny"})
     canny = cache.for_settings(SETTINGS)
     assert cache.for_settings(JobConfig.of(VALUES)) is canny and cache.load_count == 1
     assert canny.controlnet.ref == "my-canny"
@@ -68,7 +68,7 @@ def test_the_jobs_control_selects_the_controlnet_the_server_loads(tiny_models, t
     args = parse_args(["--model", str(tiny_models[0]), "--controlnet", str(tiny_controlnets["canny"]),
                        "--controlnet", f"tile={tiny_controlnets['tile']}"])
     controlnets, configs = controlnet_options(args)
-    cache = ModelCache(WarmPipeline("cpu", args.config, configs), args.model, controlnets)
+    cache = WarmModels(WarmPipeline("cpu", args.config, configs), args.model, controlnets)
     pipe = cache.for_settings(TILE)
     loaded = pipe.controlnet.controlnet_down_blocks[0].weight
     tile = WarmPipeline("cpu").get(ModelChoice(str(tiny_models[0]), (str(tiny_controlnets["tile"]),)))

@@ -1,5 +1,5 @@
 """A server job whose model is a hub id (tests/support/fake_hub.py): the ``download`` stage before ``load
-model``, its cancel, and the offline failure. server/jobs.py and server/model_cache.py in-process with
+model``, its cancel, and the offline failure. server/jobs.py and server/warm_models.py in-process with
 the real backend (tiny models, CPU) and the HTTP app for the job's JSON status."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from fresco_contract import hubcache, wire
 from fresco_contract.settings import validate
 from server.app import create_app
 from server.jobs import JobManager, LocalTranslator
-from server.model_cache import ModelCache
+from server.warm_models import WarmModels
 from server_support import OUTER_LIMIT, finish, wait_for
 
 SD, CN = "tiny/sd15", "tiny/canny"
@@ -35,7 +35,7 @@ def hub(tiny_models, monkeypatch, tmp_path):
 @pytest.fixture
 def server(hub, tmp_path):
     """(manager, HTTP client) of a server whose default model and ControlNet are hub ids."""
-    cache = ModelCache(WarmPipeline("cpu"), SD, {"canny": CN})
+    cache = WarmModels(WarmPipeline("cpu"), SD, {"canny": CN})
     manager = JobManager(tmp_path / "work", LocalTranslator(cache.for_settings, translate_frames),
                          prepare=cache.prepare)
     app = create_app(manager, cache, TOKEN, {"version": "test", "device": "cpu"})

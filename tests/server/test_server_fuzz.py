@@ -23,7 +23,7 @@ from fresco_backend.config import JobConfig
 from blender_addon.launcher import BackendProcess
 from server.app import create_app
 from server.jobs import JobManager, LocalTranslator
-from server_support import fake_cache, finish
+from server_support import fake_models, finish
 
 TOKEN = "fuzz-token"
 FAST = {"prompt": "x", "steps": 2, "size": 64}
@@ -68,7 +68,7 @@ def fuzz_app(tmp_path_factory):
     """(app, ids): a real JobManager with a fake translate; ids of an uploading and a done job."""
     fake = FakeBackend()
     manager = JobManager(tmp_path_factory.mktemp("fuzz-work"), LocalTranslator(fake.pipeline, fake.translate))
-    cache = fake_cache()
+    cache = fake_models()
     app = create_app(manager, cache, TOKEN, {"version": "test", "device": "cpu"})
     done = make(manager, {"prompt": "done"})
     assert finish(manager, done)["state"] == wire.DONE

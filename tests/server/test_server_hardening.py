@@ -27,7 +27,7 @@ from server import jobs as server_jobs
 from server.app import create_app
 from server.events import MAX_WAIT
 from server.jobs import JobManager, LocalTranslator
-from server_support import fake_cache, finish
+from server_support import fake_models, finish
 
 TOKEN = "hardening-token-0123456789"
 AUTH = {wire.AUTH_HEADER: f"{wire.AUTH_SCHEME} {TOKEN}"}
@@ -76,7 +76,7 @@ def manager(tmp_path):
 
 
 def make_app(manager: JobManager, loopback_only: bool = False):
-    cache = fake_cache()
+    cache = fake_models()
     return create_app(manager, cache, TOKEN, SECRET_INFO, loopback_only=loopback_only)
 
 

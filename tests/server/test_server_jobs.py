@@ -1,4 +1,4 @@
-"""server/jobs.py, server/records.py, server/events.py and server/model_cache.py in-process, with a fake
+"""server/jobs.py, server/records.py, server/events.py and server/warm_models.py in-process, with a fake
 translate function (no torch)."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from fresco_backend.job import FORMAT, JobFolder
 from server.events import MAX_WAIT
 from server.images import BadImage
 from server.jobs import InvalidJob, JobConflict, JobManager, JobNotDeleted, JobNotFound, LocalTranslator
-from server_support import events, fake_cache, finish, wait_for
+from server_support import events, fake_models, finish, wait_for
 
 
 def png(value: int = 0, size: int = 16) -> bytes:
@@ -162,7 +162,7 @@ def test_request_errors(manager):
 
 
 def test_model_cache_loads_once_per_key():
-    cache = fake_cache("default", {"canny": "cn"})
+    cache = fake_models("default", {"canny": "cn"})
     a = cache.for_settings(JobConfig.of({"prompt": "p", "model": ""}))
     assert cache.for_settings(JobConfig.of({"prompt": "p", "model": "  "})) is a
     assert cache.warm.calls == [("controlnet", "cn"), ("model", "default")]
@@ -345,7 +345,7 @@ def test_a_job_recorded_with_the_old_control_settings_resumes(tmp_path):
     data["settings"].update(control="canny", control_scale=0.4)
     data["job"]["state"] = wire.QUEUED
     path.write_text(json.dumps(data))
-    cache = fake_cache("default", {"canny": "my-canny"})
+    cache = fake_models("default", {"canny": "my-canny"})
     second = JobManager(tmp_path, LocalTranslator(cache.for_settings, fake.translate))
     try:
         assert finish(second, job_id)["state"] == wire.DONE

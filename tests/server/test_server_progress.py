@@ -14,7 +14,7 @@ from fresco_contract import settings as S, wire
 from fresco_contract.estimate import PRIOR_SECONDS_PER_STEP
 from server.app import create_app
 from server.jobs import JobManager, LocalTranslator
-from server_support import fake_cache, run_job
+from server_support import fake_models, run_job
 
 TOKEN = "t" * 20
 FRAMES = moving_square(frames=7, width=96, height=64).frames
@@ -36,7 +36,7 @@ def manager(pipe, tmp_path):
 
 
 def health(manager: JobManager, device: str) -> dict:
-    app = create_app(manager, fake_cache("m"), TOKEN, {"version": "test", "device": device})
+    app = create_app(manager, fake_models("m"), TOKEN, {"version": "test", "device": device})
     with TestClient(app) as client:
         return client.get(wire.HEALTH, headers={wire.AUTH_HEADER: f"{wire.AUTH_SCHEME} {TOKEN}"}).json()
 

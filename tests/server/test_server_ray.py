@@ -24,7 +24,7 @@ from fresco_contract import wire  # noqa: E402
 from fresco_backend.config import JobConfig  # noqa: E402
 from fresco_backend.plan import make_plan  # noqa: E402
 from plan_walk import segmented  # noqa: E402
-from server_support import OUTER_LIMIT, fake_cache, finish, wait_for  # noqa: E402
+from server_support import OUTER_LIMIT, fake_models, finish, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"prompt": "x", "steps": 2, "size": 64, "keyframes": "interval", "key_interval": 2, "batch_size": 2}
@@ -57,7 +57,7 @@ def pool(runtime, tiny_models, tiny_controlnets, tmp_path_factory):
     from server.ray_pool import RayPool
 
     pool = RayPool(2, (str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets)), "cpu",
-                   segments=SEGMENTS, threads=1, cache_dir=tmp_path_factory.mktemp("pool") / "cache")
+                   segments=SEGMENTS, threads=1, conditions_dir=tmp_path_factory.mktemp("pool") / "cache")
     yield pool
     pool.shutdown()
 
@@ -256,7 +256,7 @@ def test_health_reports_the_workers(pool, tmp_path):
     from server.app import create_app
 
     manager = manager_on(pool, tmp_path)
-    app = create_app(manager, fake_cache("m"), "t" * 20, {"version": "test"},
+    app = create_app(manager, fake_models("m"), "t" * 20, {"version": "test"},
                      workers=pool.describe)
     try:
         with TestClient(app) as client:
@@ -302,10 +302,10 @@ def test_a_jobs_controlnets_and_loras_reach_the_workers(pool, tiny_models, tiny_
     from fresco_backend.translate import translate_frames
     from fresco_backend.warm import WarmPipeline
     from server.jobs import JobManager, LocalTranslator
-    from server.model_cache import ModelCache
+    from server.warm_models import WarmModels
 
     monkeypatch.setattr(pool, "segments", 1)
-    cache = ModelCache(WarmPipeline("cpu"), str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets))
+    cache = WarmModels(WarmPipeline("cpu"), str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets))
     plain = JobManager(tmp_path / "plain", LocalTranslator(cache.for_settings, translate_frames))
     on_ray = manager_on(pool, tmp_path / "ray")
     styled = {**SETTINGS, "controls": [{"kind": "canny"}, {"kind": "tile", "scale": 0.9}],

@@ -13,7 +13,7 @@ from fresco_contract import wire
 from blender_addon.client import Client
 from fresco_backend.warm import WarmPipeline
 from server.jobs import JobManager
-from server.model_cache import ModelCache
+from server.warm_models import WarmModels
 
 OUTER_LIMIT = 600.0  # seconds: a job that takes longer is stuck, not slow
 
@@ -99,6 +99,6 @@ class FakeWarm(WarmPipeline):
         return SimpleNamespace(model=model, controlnet=controlnet)
 
 
-def fake_cache(default_model: str = "model", controlnets: dict | None = None) -> ModelCache:
-    """A ModelCache over a FakeWarm."""
-    return ModelCache(FakeWarm(), default_model, controlnets)
+def fake_models(default_model: str = "model", controlnets: dict | None = None) -> WarmModels:
+    """WarmModels over a FakeWarm."""
+    return WarmModels(FakeWarm(), default_model, controlnets)

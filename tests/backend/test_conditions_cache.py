@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fresco_contract import settings as S
-from fresco_backend.cache import Cache, frames_digest
+from fresco_backend.conditions_cache import ConditionsCache, frames_digest
 from fresco_backend.config import Control, JobConfig
 from fresco_backend.control import control_image
 from fresco_backend.flow import estimate_batch_flow
@@ -66,8 +66,8 @@ def test_frames_digest(frames):
 
 def test_batch_flow_hit_is_exact(tmp_path, frames, settings):
     digest, compute = frames_digest(frames), flow_compute(frames)
-    first = Cache(tmp_path).batch_flow(digest, settings["flow"], SIZE, compute)
-    again = Cache(tmp_path).batch_flow(digest, settings["flow"], SIZE, compute)  # a new Cache: read from disk
+    first = ConditionsCache(tmp_path).batch_flow(digest, settings["flow"], SIZE, compute)
+    again = ConditionsCache(tmp_path).batch_flow(digest, settings["flow"], SIZE, compute)  # a new ConditionsCache: read from disk
     assert compute.calls == 1
     for name in ("fwd", "bwd", "occ_fwd", "occ_bwd"):
         stored, loaded = getattr(first, name), getattr(again, name)
@@ -77,8 +77,8 @@ def test_batch_flow_hit_is_exact(tmp_path, frames, settings):
 
 def test_control_images_hit_is_exact(tmp_path, frames, settings):
     digest, compute = frames_digest(frames), control_compute(frames, settings)
-    first = Cache(tmp_path).control_images(digest, "canny", control_of(settings), SIZE, compute)
-    again = Cache(tmp_path).control_images(digest, "canny", control_of(settings), SIZE, compute)
+    first = ConditionsCache(tmp_path).control_images(digest, "canny", control_of(settings), SIZE, compute)
+    again = ConditionsCache(tmp_path).control_images(digest, "canny", control_of(settings), SIZE, compute)
     assert compute.calls == 1 and len(again) == len(first) == 4
     assert all(a.dtype == np.uint8 and np.array_equal(a, b) for a, b in zip(again, first))
 
@@ -86,7 +86,7 @@ def test_control_images_hit_is_exact(tmp_path, frames, settings):
 @pytest.mark.parametrize("change", [{"prompt": "a watercolour"}, {"seed": 7}, {"strength": 0.5},
                                     {"negative_prompt": "blurry"}, {"steps": 10}])
 def test_unrelated_settings_hit(tmp_path, frames, settings, change):
-    digest, cache = frames_digest(frames), Cache(tmp_path)
+    digest, cache = frames_digest(frames), ConditionsCache(tmp_path)
     flow, control = flow_compute(frames), control_compute(frames, settings)
     for values in (settings, {**settings, **change}):
         cache.batch_flow(digest, values["flow"], SIZE, flow)
@@ -96,7 +96,7 @@ def test_unrelated_settings_hit(tmp_path, frames, settings, change):
 
 @pytest.mark.parametrize("change", [{"canny_low": 60}, {"canny_high": 150}])
 def test_changed_control_setting_misses(tmp_path, frames, settings, change):
-    digest, cache = frames_digest(frames), Cache(tmp_path)
+    digest, cache = frames_digest(frames), ConditionsCache(tmp_path)
     changed = {**settings, **change}
     before = cache.control_images(digest, "canny", control_of(settings), SIZE, control_compute(frames, settings))
     compute = control_compute(frames, changed)
@@ -110,7 +110,7 @@ def test_changed_control_setting_misses(tmp_path, frames, settings, change):
 
 
 def test_changed_size_or_estimator_misses(tmp_path, frames, settings):
-    digest, cache = frames_digest(frames), Cache(tmp_path)
+    digest, cache = frames_digest(frames), ConditionsCache(tmp_path)
     flow, control = flow_compute(frames), control_compute(frames, settings)
     for values, size in ((settings, SIZE), (settings, (128, 96)), ({**settings, "flow": "raft"}, SIZE)):
         cache.batch_flow(digest, values["flow"], size, flow)
@@ -121,7 +121,7 @@ def test_changed_size_or_estimator_misses(tmp_path, frames, settings):
 
 def test_different_frames_miss(tmp_path, frames, settings):
     other = moving_square(frames=4, width=SIZE[0], height=SIZE[1], square=16, seed=1).frames
-    cache = Cache(tmp_path)
+    cache = ConditionsCache(tmp_path)
     first, second = flow_compute(frames), flow_compute(other)
     cache.batch_flow(frames_digest(frames), settings["flow"], SIZE, first)
     cache.batch_flow(frames_digest(other), settings["flow"], SIZE, second)
@@ -130,7 +130,7 @@ def test_different_frames_miss(tmp_path, frames, settings):
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "other_key"])
 def test_unusable_entry_is_recomputed(tmp_path, frames, settings, damage):
-    digest, cache = frames_digest(frames), Cache(tmp_path)
+    digest, cache = frames_digest(frames), ConditionsCache(tmp_path)
     compute = flow_compute(frames)
     expected = cache.batch_flow(digest, settings["flow"], SIZE, compute)
     [entry] = tmp_path.iterdir()
@@ -150,7 +150,7 @@ def test_unusable_entry_is_recomputed(tmp_path, frames, settings, damage):
 
 
 def test_generic_tensors_and_bad_kind(tmp_path):
-    cache = Cache(tmp_path)
+    cache = ConditionsCache(tmp_path)
     compute = Counter(lambda: {"x": torch.arange(6, dtype=torch.int64).reshape(2, 3)})
     for _ in range(2):
         value = cache.get_or_compute("custom_1", {"a": 1}, "digest", compute)
@@ -161,7 +161,7 @@ def test_generic_tensors_and_bad_kind(tmp_path):
 
 def test_writes_leave_no_temporary_files(tmp_path, frames, settings, monkeypatch):
     digest = frames_digest(frames)
-    cache = Cache(tmp_path / "cache")
+    cache = ConditionsCache(tmp_path / "cache")
     cache.batch_flow(digest, settings["flow"], SIZE, flow_compute(frames))
     cache.control_images(digest, "canny", control_of(settings), SIZE, control_compute(frames, settings))
     assert [name.split("-")[0] for name in files(tmp_path / "cache")] == ["control", "flow"]
@@ -170,7 +170,7 @@ def test_writes_leave_no_temporary_files(tmp_path, frames, settings, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)  # the write fails at the final rename
-    failing = Cache(tmp_path / "failing")
+    failing = ConditionsCache(tmp_path / "failing")
     value = failing.control_images(digest, "canny", control_of(settings), SIZE, control_compute(frames, settings))
     assert len(value) == 4 and files(tmp_path / "failing") == []  # value returned, no partial file
 
@@ -178,13 +178,13 @@ def test_writes_leave_no_temporary_files(tmp_path, frames, settings, monkeypatch
         raise RuntimeError("estimator crashed")
 
     with pytest.raises(RuntimeError):
-        Cache(tmp_path / "broken").batch_flow(digest, settings["flow"], SIZE, broken)
+        ConditionsCache(tmp_path / "broken").batch_flow(digest, settings["flow"], SIZE, broken)
     assert files(tmp_path / "broken") == []
 
 
 def test_each_kind_is_an_entry_keyed_by_its_own_settings(tmp_path, frames, settings):
     """tile ignores the canny thresholds; canny and tile of the same frames are separate entries."""
-    digest, cache = frames_digest(frames), Cache(tmp_path)
+    digest, cache = frames_digest(frames), ConditionsCache(tmp_path)
     tile = Counter(lambda: [control_image(f, "tile", control_of(settings)) for f in frames])
     canny = control_compute(frames, settings)
     for values in (settings, {**settings, "canny_low": 60}):
@@ -198,7 +198,7 @@ def test_each_kind_is_an_entry_keyed_by_its_own_settings(tmp_path, frames, setti
 
 def test_annotator_and_flow_weights_are_part_of_the_key(tmp_path, frames, settings):
     """Another weights file, or the same file rewritten, misses; the same file hits."""
-    digest, cache = frames_digest(frames), Cache(tmp_path / "cache")
+    digest, cache = frames_digest(frames), ConditionsCache(tmp_path / "cache")
     first, second = tmp_path / "a.pth", tmp_path / "b.pth"
     first.write_bytes(b"weights one")
     second.write_bytes(b"weights two")

@@ -134,8 +134,8 @@ def control_key(kind: str, control: Control, size: tuple[int, int],
             **{name: getattr(control, name) for name in CONTROL_PARAMETERS[kind]}}
 
 
-class Cache:
-    """Cache entries in ``folder`` (created on the first write); ``None`` caches nothing."""
+class ConditionsCache:
+    """The conditions cache's entries in ``folder`` (created on the first write); ``None`` keeps nothing."""
 
     def __init__(self, folder: str | os.PathLike | None) -> None:
         self.folder = None if folder is None else Path(folder)

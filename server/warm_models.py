@@ -26,7 +26,7 @@ from fresco_contract.progress import Progress
 log = logging.getLogger("fresco.server.models")
 
 
-class ModelCache:
+class WarmModels:
     """The server's warm pipeline, chosen per job: keyed by model, ControlNets, LoRAs and device."""
 
     def __init__(self, warm: WarmPipeline, default_model: str, controlnets: Mapping[str, str] | None) -> None:
