@@ -135,3 +135,15 @@ def test_the_flags_shared_with_the_server_are_the_servers():
     assert all(cli[flag] == server[flag] for flag in shared)
     assert "mps" in cli["--device"][2] and cli["--device"][1] == "auto"
     assert set(server) - {"-h"} == {option.flag for option in options.OPTIONS if options.SERVER in option.commands}
+
+
+def test_the_conditions_cache_flag_keeps_its_old_name(tmp_path):
+    """--conditions-dir names the conditions cache; --cache-dir, its old name, still sets it."""
+    from fresco_backend.cli import build_parser, default_conditions_dir
+
+    parser = build_parser()
+    new = parser.parse_args(["translate", "in.mp4", "--out", "o", "--conditions-dir", str(tmp_path / "a")])
+    old = parser.parse_args(["translate", "in.mp4", "--out", "o", "--cache-dir", str(tmp_path / "b")])
+    plain = parser.parse_args(["translate", "in.mp4", "--out", "o"])
+    assert (new.conditions_dir, old.conditions_dir) == (tmp_path / "a", tmp_path / "b")
+    assert plain.conditions_dir == default_conditions_dir()
