@@ -131,14 +131,14 @@ class FRESCO_OT_download_model(bpy.types.Operator):
                 print(f"FRESCO: downloading {name}: {_gb(progress.done)} of {_gb(progress.total)}", flush=True)
                 last[0] = time.monotonic()
 
-        job = session.run_task(_task_key(repo_id, file), downloads.Download(
+        download = session.run_task(_task_key(repo_id, file), downloads.Download(
             settings["python"], repo_id, config.model_cache_dir(context), file=file), say)
-        if not job.finished:
+        if not download.finished:
             return {"FINISHED"}  # the Models box shows it
-        if job.error:
-            self.report({"ERROR"}, f"FRESCO: download of {name} failed: {job.error}")
+        if download.error:
+            self.report({"ERROR"}, f"FRESCO: download of {name} failed: {download.error}")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"FRESCO: downloaded {name} ({_gb(job.total)})")
+        self.report({"INFO"}, f"FRESCO: downloaded {name} ({_gb(download.total)})")
         return {"FINISHED"}
 
 
@@ -267,11 +267,11 @@ def _state(ref: str, cache: Path, file: str = "") -> tuple[str, str, bool]:
     """(words, icon, usable) of one model's row (``file``: only that file of the repo): downloading, downloaded
     with its size on disk, partly downloaded, not downloaded with the download's size where known, a local
     folder or file, or missing; usable: downloaded, or a local model that exists."""
-    job = _download(ref, file)
-    if job is not None and not job.finished:
-        speed = job.progress.speed if job.progress is not None else None
+    download = _download(ref, file)
+    if download is not None and not download.finished:
+        speed = download.progress.speed if download.progress is not None else None
         speed = f", {speed / 1e6:.1f} MB/s" if speed else ""
-        return f"Downloading, {_gb(job.done)} of {_gb(job.total)}{speed}", "SORTTIME", False
+        return f"Downloading, {_gb(download.done)} of {_gb(download.total)}{speed}", "SORTTIME", False
     if not hubcache.is_hub_id(ref):
         path = Path(bpy.path.abspath(ref)).expanduser()
         if path.is_dir():
@@ -284,10 +284,11 @@ def _state(ref: str, cache: Path, file: str = "") -> tuple[str, str, bool]:
         return f"Downloaded, {_gb(record.files[file])} on disk", "CHECKMARK", True
     if record is not None and not file:
         return f"Downloaded, {_gb(hubcache.size_on_disk(cache, ref))} on disk", "CHECKMARK", True
-    if job is not None and job.error:
-        return f"Download failed: {job.error}"[:160], "ERROR", False
-    size = job.total if job is not None and job.total else DOWNLOAD_SIZES.get(download_key(ref, file))
-    to_download = f"{'' if job is not None and job.total else 'about '}{_gb(size)} to download" if size else (
+    if download is not None and download.error:
+        return f"Download failed: {download.error}"[:160], "ERROR", False
+    known = download is not None and bool(download.total)
+    size = download.total if known else DOWNLOAD_SIZES.get(download_key(ref, file))
+    to_download = f"{'' if known else 'about '}{_gb(size)} to download" if size else (
         "size known once the download starts")
     on_disk = hubcache.size_on_disk(cache, ref) if not file else 0
     if on_disk:
@@ -297,9 +298,9 @@ def _state(ref: str, cache: Path, file: str = "") -> tuple[str, str, bool]:
 
 def _download_buttons(row: Any, ref: str, file: str, complete: bool) -> None:
     """Cancel while downloading, else Remove (a whole repo) or Download."""
-    job = _download(ref, file)
-    if job is not None and not job.finished:
-        row.progress(factor=job.done / job.total if job.total else 0.0, type="BAR")
+    download = _download(ref, file)
+    if download is not None and not download.finished:
+        row.progress(factor=download.done / download.total if download.total else 0.0, type="BAR")
         op = row.operator(FRESCO_OT_cancel_download.bl_idname, text="", icon="CANCEL")
         op.repo_id, op.file = ref, file
     elif hubcache.is_hub_id(ref):

@@ -168,7 +168,7 @@ class JobConfig:
         """The settings mapping ``settings`` validated (defaults filled) and converted; raises
         ``fresco_contract.settings.SettingsError`` for invalid settings. Called at the edges only:
         the command line's arguments (``cli.py``), a job folder's settings (``job.Job``) and the
-        server's job as it runs (``server/jobs.py``, for a new and a reloaded job alike)."""
+        server's job as it runs (``server/jobs.py`` JobManager, for a new and a reloaded job alike)."""
         if not isinstance(settings, Mapping):
             raise TypeError(f"JobConfig.of takes a settings mapping, not {type(settings).__name__}")
         return from_settings(cls, S.validate(settings))

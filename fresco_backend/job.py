@@ -1,7 +1,7 @@
 """The one job-folder format: a translation job in a folder, resumable, outputs written atomically.
 
 Layout of a job folder (``JobFolder``), shared by the command line's ``Job`` and the server's
-jobs (``server/jobs.py``):
+jobs (``server/records.py``):
     job.json             the record: format, settings, the input's fingerprint, and what the
                          folder's owner keeps beside them under "job" (a folder holds one job)
     input/0001.png ...   the input frames (decoded once from the clip, or uploaded)
