@@ -194,7 +194,7 @@ def test_install_translate_repair_uninstall(modules, backend_env, index, movie_s
             run = setup.running()  # a task of the session, on its thread
             wait_for(lambda: index.held.is_set() or run.finished)
             assert not run.finished, run.error
-            assert run.progress.stage.startswith("Installing PyTorch") and run.progress.done == 1
+            assert run.progress.stage.startswith("Installing PyTorch") and installer.step_of(run.progress) == 2
             assert any(p.startswith("/cpu/torch/") for p in index.requests)
             drawn = draw_preferences(modules)
             assert ("operator", "fresco.cancel_install") in drawn
