@@ -12,6 +12,7 @@ loader (``models.load_pipeline``) reads back.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,39 +49,75 @@ def _calibrate_latent_scale(vae) -> None:
     vae.register_to_config(scaling_factor=round(1.0 / spread, 4))
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """The sizes of an SD 1.5-shaped pipeline; ``latent_scale`` None calibrates the VAE's scaling factor."""
+
+    unet_channels: tuple[int, ...] = (32, 32, 64, 64)
+    layers_per_block: int = 1
+    norm_groups: int = 8
+    cross_attention_dim: int = _TEXT_DIM
+    attention_head_dim: int = 8
+    sample_size: int = 8
+    controlnet_embedding_channels: tuple[int, ...] = (8, 16, 32, 32)
+    vae_channels: tuple[int, ...] = (16, 16, 32, 32)
+    vae_layers_per_block: int = 1
+    vae_norm_groups: int = 8
+    vae_sample_size: int = 64
+    latent_scale: float | None = None
+    text_hidden: int = _TEXT_DIM
+    text_intermediate: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_vocab: int | None = None  # None: the tokenizer's own size
+
+
+TINY = Architecture()
+
+
 def build_tiny_pipeline(seed: int = 0):
-    """A random-weight StableDiffusionControlNetPipeline with SD 1.5's structure."""
+    """A random-weight StableDiffusionControlNetPipeline with SD 1.5's structure, tiny."""
+    return build_pipeline(TINY, seed)
+
+
+def build_pipeline(arch: Architecture, seed: int = 0):
+    """A random-weight StableDiffusionControlNetPipeline of ``arch``'s sizes."""
     from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler,
                            StableDiffusionControlNetPipeline, UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=1,
-        norm_num_groups=8,
+        sample_size=arch.sample_size,
+        block_out_channels=arch.unet_channels,
+        layers_per_block=arch.layers_per_block,
+        norm_num_groups=arch.norm_groups,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=_TEXT_DIM,
-        attention_head_dim=8,
+        cross_attention_dim=arch.cross_attention_dim,
+        attention_head_dim=arch.attention_head_dim,
     )
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=arch.controlnet_embedding_channels)
     vae = AutoencoderKL(
-        block_out_channels=(16, 16, 32, 32),
+        block_out_channels=arch.vae_channels,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=64,
+        norm_num_groups=arch.vae_norm_groups,
+        layers_per_block=arch.vae_layers_per_block,
+        sample_size=arch.vae_sample_size,
     )
-    _calibrate_latent_scale(vae)
+    if arch.latent_scale is None:
+        _calibrate_latent_scale(vae)
+    else:
+        vae.register_to_config(scaling_factor=arch.latent_scale)
     vocab = _byte_level_vocab()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=_TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=_TEXT_DIM,
+        vocab_size=arch.text_vocab or len(vocab), hidden_size=arch.text_hidden,
+        intermediate_size=arch.text_intermediate, num_hidden_layers=arch.text_layers,
+        num_attention_heads=arch.text_heads, max_position_embeddings=77, projection_dim=arch.text_hidden,
         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"]))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -90,6 +127,13 @@ def build_tiny_pipeline(seed: int = 0):
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
         scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False)
+
+
+def save_pipeline(pipe, model_dir: Path, controlnet_dir: Path) -> None:
+    """Save ``pipe`` as a diffusers model folder without its ControlNet, and the ControlNet's own folder."""
+    pipe.controlnet.save_pretrained(controlnet_dir)
+    pipe.controlnet = None
+    pipe.save_pretrained(model_dir)
 
 
 def save_tiny_models(root: Path) -> tuple[Path, Path]:
@@ -102,9 +146,7 @@ def save_tiny_models(root: Path) -> tuple[Path, Path]:
     if not (model_dir / "model_index.json").exists() or not (controlnet_dir / "config.json").exists():
         pipe = build_tiny_pipeline()
         tmp = root / ".tiny-partial"
-        pipe.controlnet.save_pretrained(tmp / TINY_CONTROLNET_DIR)
-        pipe.controlnet = None
-        pipe.save_pretrained(tmp / TINY_MODEL_DIR)
+        save_pipeline(pipe, tmp / TINY_MODEL_DIR, tmp / TINY_CONTROLNET_DIR)
         root.mkdir(parents=True, exist_ok=True)
         for name in (TINY_MODEL_DIR, TINY_CONTROLNET_DIR):
             (tmp / name).replace(root / name)
