@@ -36,7 +36,9 @@ DEFAULT_ROOT = Path(tempfile.gettempdir()) / "fresco-bench-real-size"
 
 
 def _parameters(arch: Architecture, seed: int) -> dict:
-    return {"architecture": dataclasses.asdict(arch), "seed": seed, "weights": "random, untrained"}
+    """The build's parameters as its marker file reads back (JSON: tuples become lists)."""
+    return json.loads(json.dumps({"architecture": dataclasses.asdict(arch), "seed": seed,
+                                  "weights": "random, untrained"}))
 
 
 def _folders(root: Path, arch: Architecture) -> tuple[Path, Path]:
