@@ -191,7 +191,8 @@ class Worker:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller below
                 items.put(Failed(exc))
 
-        threading.Thread(target=body, name=step.name, daemon=True).start()
+        worker = threading.Thread(target=body, name=step.name, daemon=True)
+        worker.start()
         try:
             while True:
                 item = items.get()
@@ -202,6 +203,9 @@ class Worker:
                 yield item
         finally:
             cancel.set()  # the caller stopped reading: stop the pass too
+            # and wait until it has (within a denoising step): the next pass on this actor shares the pipeline
+            # (its attention processors, its LoRAs) and must not start while this one still runs on it
+            worker.join()
             self.cancels.pop(run_id, None)
 
 
