@@ -71,9 +71,14 @@ def idle_after(request):
 
 
 @pytest.fixture(scope="module")
-def reference(pipe):
-    """reference(count, settings): the frames of ``clip(count)`` by the plan walked here (computed once)."""
+def reference(tiny_models):
+    """reference(count, settings): the frames of ``clip(count)`` by the plan walked here (computed once), on a
+    pipeline loaded here as the workers load theirs (the session's ``pipe`` may carry what earlier tests did)."""
     import torch
+
+    from fresco_backend.models import load_pipeline
+
+    pipe = load_pipeline(str(tiny_models[0]), str(tiny_models[1]), device="cpu")
 
     found: dict[tuple, dict[int, np.ndarray]] = {}
 
