@@ -67,9 +67,9 @@ class FarnebackFlow:
 
 
 def _raft(weights: str = "", device=None) -> FlowEstimator:
-    from .raft import RAFTFlow  # torch model code, imported only when asked for
+    from .raft import shared_raft  # torch model code, imported only when asked for
 
-    return RAFTFlow(weights, device)
+    return shared_raft(weights, device)
 
 
 # Name -> factory(weights, device); the names are the contract's ``flow`` choices.

@@ -10,6 +10,7 @@ downloaded and there is no random-weight fallback.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,30 @@ class RAFTFlow:
         flow = self.model(images[:1], images[1:], self.iterations)[0]
         flow = flow[:, pads[2]:pads[2] + height, pads[0]:pads[0] + width]
         return flow.permute(1, 2, 0).float().cpu().numpy()
+
+
+_SHARED: dict[tuple, RAFTFlow] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_raft(weights: str | Path = "", device: str | torch.device | None = None) -> RAFTFlow:
+    """The process's one ``RAFTFlow`` for this weights file on this device: read from disk once, not once
+    per keyframe batch and propagation span. Keyed by the file's resolved path, size and modification
+    time, so a file replaced on disk is read again; only the most recent estimator is kept, so a job
+    that changes its weights does not pile networks up. Errors are ``read_weights``'."""
+    path = Path(weights).expanduser() if weights else None
+    try:
+        stat = path.stat() if path else None
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
+    except (OSError, ValueError):  # missing, unreadable, a NUL byte: RAFTFlow says which
+        key = None
+    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if key is None:
+        return RAFTFlow(weights, resolved)
+    key += (str(resolved),)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            estimator = RAFTFlow(weights, resolved)
+            _SHARED.clear()
+            _SHARED[key] = estimator
+        return _SHARED[key]

@@ -110,11 +110,16 @@ def test_estimator_from_the_flow_setting(checkpoint):
 
 
 def test_a_job_with_flow_raft_propagates_with_raft(pipe, checkpoint, monkeypatch):
-    """flow=raft reaches the propagation of the frames between keys, not only the keyframe batches."""
+    """flow=raft reaches the propagation of the frames between keys, not only the keyframe batches, and
+    the weights are read from disk once for the whole job."""
+    from fresco_backend import raft
     from fresco_backend.config import JobConfig
     from fresco_backend.synthetic import moving_square
     from fresco_backend.translate import translate_frames
 
+    reads, read = [], raft.read_weights
+    monkeypatch.setattr(raft, "read_weights", lambda weights: reads.append(weights) or read(weights))
+    monkeypatch.setattr(raft, "_SHARED", {})
     pairs = []
     real = RAFTFlow.__call__
 
@@ -130,6 +135,28 @@ def test_a_job_with_flow_raft_propagates_with_raft(pipe, checkpoint, monkeypatch
     assert sorted(frames) == list(range(5))
     # the key batch (keys 0 and 4): one pair, both directions; the span 0..4: four pairs, both directions
     assert len(pairs) == 2 + 8
+    assert reads == [str(checkpoint[0])]  # not once for the key batch and again for the span
+
+
+def test_the_estimator_is_read_once_per_file_and_again_when_the_file_changes(checkpoint, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from fresco_backend import raft
+
+    monkeypatch.setattr(raft, "_SHARED", {})
+    copy = shutil.copy(checkpoint[0], tmp_path / "raft.pth")
+    first = load_estimator("raft", str(copy), "cpu")
+    assert load_estimator("raft", str(copy), "cpu") is first
+    assert load_estimator("raft", str(tmp_path / "." / "raft.pth"), "cpu") is first  # the same file, spelt otherwise
+    stat = os.stat(copy)
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # replaced on disk: read again
+    second = load_estimator("raft", str(copy), "cpu")
+    assert second is not first and load_estimator("raft", str(copy), "cpu") is second
+    assert len(raft._SHARED) == 1  # only the newest is kept
+    os.remove(copy)
+    with pytest.raises(ValueError, match="not found"):  # a file gone is refused, not served from memory
+        load_estimator("raft", str(copy), "cpu")
 
 
 def raft_small_like(path):
