@@ -157,6 +157,7 @@ def _translate(args: argparse.Namespace) -> None:
 
     from .device import pick_runtime
     from .job import Job
+    from .threads import pin_threads
     from .warm import WarmPipeline
     from .video_io import ShortClipError, check_length, read_png
 
@@ -177,6 +178,8 @@ def _translate(args: argparse.Namespace) -> None:
     if not args.input.exists():
         raise ClipError(f"input {args.input} does not exist")
     runtime = pick_runtime(args.device)  # an unknown or absent device is refused before any work
+    if args.threads:
+        pin_threads(args.threads)
     try:
         check_length(args.input)
     except ShortClipError as exc:

@@ -155,6 +155,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("device", "auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps", "--device",
            (SERVER, TRANSLATE), default="auto", key="device", env="FRESCO_DEVICE", label="Device",
            description="auto (the best found), cpu, cuda, cuda:N or mps"),
+    Option("threads", "CPU threads of torch and OpenCV in this process (default: one per core); where other "
+           "work shares the cores, pin it (e.g. the cores left to the backend), as extra threads only wait on a "
+           "loaded machine", "--threads", (SERVER, TRANSLATE), type=positive, metavar="N"),
     Option("token_file", f"file holding the bearer token (else ${TOKEN_ENV}, else random)", "--token-file",
            (SERVER,), type=Path),
     Option("exit_with_stdin", "exit when stdin reaches EOF (parent died)", "--exit-with-stdin", (SERVER,),

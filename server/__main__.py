@@ -33,6 +33,7 @@ from fresco_backend.annotators import set_annotators_folder
 from fresco_backend.conditions_cache import ConditionsCache
 from fresco_backend.config import JobConfig
 from fresco_backend.device import DeviceError, pick_runtime
+from fresco_backend.threads import pin_threads
 from fresco_backend.models import (DEFAULT_CONTROLNETS, ModelNotFoundError, choose_models, controlnet_configs,
                                    parse_kind_options)
 
@@ -376,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeviceError as exc:
         log.error("%s", exc)
         return 2
+    if args.threads:
+        pin_threads(args.threads)
     try:
         token, explicit = resolve_token(args)
         check_token_for_host(args.host, token, explicit)

@@ -148,10 +148,10 @@ class Worker:
                  threads: int | None, conditions_dir: str | None, annotators: str | None) -> None:
         """``load_options``: ``WarmPipeline``'s config and controlnet_config; ``annotators``: the
         server's ``--annotators`` folder."""
-        if threads:
-            import torch
+        from fresco_backend.threads import pin_threads
 
-            torch.set_num_threads(threads)
+        if threads:
+            pin_threads(threads)
         from fresco_backend.annotators import set_annotators_folder
         from fresco_backend.conditions_cache import ConditionsCache
         from fresco_backend.warm import WarmPipeline
@@ -212,10 +212,12 @@ class Worker:
 @ray.remote(num_cpus=0)  # light; and the workers may hold every CPU of the cluster
 def propagate_span(frames: list[np.ndarray], first: int, last: int, out_first: np.ndarray, out_last: np.ndarray,
                    config: JobConfig) -> Spanned:
-    """The frames between two keys, from their outputs (a CPU task)."""
+    """The frames between two keys, from their outputs (a CPU task, on one thread: many run at once)."""
     from fresco_backend.flow import load_estimator
+    from fresco_backend.threads import pin_threads
     from fresco_backend.translate import propagate_frames
 
+    pin_threads(1)
     estimator = load_estimator(config.flow, config.flow_weights)
     return Spanned(propagate_frames(frames, first, last, out_first, out_last, estimator))
 

@@ -22,7 +22,8 @@ def test_the_server_flags_keep_their_defaults_and_types():
                                               "--controlnet", "tile=b", "--workers", "2", "--exit-with-stdin"])
     assert (args.port, args.ray, args.log_level, args.controlnet, args.workers, args.exit_with_stdin) == (
         8000, "", "DEBUG", ["a", "tile=b"], 2, True)
-    for flags in (["--port", "70000"], ["--workers", "0"], ["--segments", "x"], ["--log-level", "loud"]):
+    for flags in (["--port", "70000"], ["--workers", "0"], ["--segments", "x"], ["--log-level", "loud"],
+                  ["--threads", "0"]):
         with pytest.raises(argparse.ArgumentError):
             parser(options.SERVER).parse_args(flags)
 
@@ -30,7 +31,7 @@ def test_the_server_flags_keep_their_defaults_and_types():
 def test_the_translate_flags_are_those_it_shares_with_the_server():
     server = {action.dest for action in parser(options.SERVER)._actions}
     translate = {action.dest for action in parser(options.TRANSLATE)._actions}
-    assert translate - {"help"} == {"controlnet", "config", "controlnet_config", "annotators", "device"}
+    assert translate - {"help"} == {"controlnet", "config", "controlnet_config", "annotators", "device", "threads"}
     assert translate <= server
 
 
