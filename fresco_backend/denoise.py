@@ -122,14 +122,18 @@ def with_x0(scheduler, t: torch.Tensor, prev: torch.Tensor, x0: torch.Tensor, ne
     return prev + alpha_prev.to(prev).sqrt() * (new_x0 - x0)
 
 
-def start_latents(pipe, images: torch.Tensor, seed: int, t: torch.Tensor) -> torch.Tensor:
-    """Encode frames (B, 3, H, W in [-1, 1]) and noise them to timestep ``t`` (SDEdit start).
+def encode_frames(pipe, images: torch.Tensor) -> torch.Tensor:
+    """The clean latents of frames (B, 3, H, W in [-1, 1]): the VAE posterior's mean, scaled."""
+    images = images.to(pipe.device, pipe.unet.dtype)
+    return pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def start_latents(pipe, latents: torch.Tensor, seed: int, t: torch.Tensor) -> torch.Tensor:
+    """Clean latents (``encode_frames``) noised to timestep ``t`` (SDEdit start).
 
     Every frame gets the same noise, drawn from a generator seeded with
     ``seed``, so a fixed seed reproduces the batch exactly.
     """
-    images = images.to(pipe.device, pipe.unet.dtype)
-    latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
     generator = torch.Generator("cpu").manual_seed(seed)
     noise = torch.randn((1, *latents.shape[1:]), generator=generator, dtype=torch.float32)
     return pipe.scheduler.add_noise(latents, noise.to(latents).expand_as(latents), t.reshape(1))
@@ -138,19 +142,21 @@ def start_latents(pipe, images: torch.Tensor, seed: int, t: torch.Tensor) -> tor
 @torch.no_grad()
 def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
                   scales: Sequence[float], embeds: torch.Tensor, sampling: Sampling, clock: StepClock,
-                  hooks: StepHooks | None = None) -> torch.Tensor:
+                  hooks: StepHooks | None = None, encoded: torch.Tensor | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
 
     ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]), one per ControlNet of
     ``pipe.controlnet`` (a single ControlNetModel, or a MultiControlNetModel in the same order), with
-    the conditioning ``scales`` of each (``config.Control.nets``).
+    the conditioning ``scales`` of each (``config.Control.nets``). ``encoded``: the frames'
+    ``encode_frames`` where the caller has them already (FRESCO's reference pass), else made here.
     """
     hooks = hooks or StepHooks()
     device, dtype = pipe.device, pipe.unet.dtype
     batch = images.shape[0]
     guided = embeds.shape[0] == 2
     timesteps = timesteps_for(pipe, sampling)
-    latents = start_latents(pipe, images, sampling.seed, timesteps[0])
+    encoded = encode_frames(pipe, images) if encoded is None else encoded
+    latents = start_latents(pipe, encoded, sampling.seed, timesteps[0])
 
     conds = [c.to(device, dtype) for c in controls]
     if len(conds) != len(scales):

@@ -26,7 +26,8 @@ from .conditions_cache import ConditionsCache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import FeatureOptConfig, JobConfig
-from .denoise import StepClock, StepHooks, denoise_batch, encode_prompt, start_latents, timesteps_for
+from .denoise import (StepClock, StepHooks, denoise_batch, encode_frames, encode_prompt, start_latents,
+                      timesteps_for)
 from .feature_opt import FeatureOptimizer, OptContext, background_mask, saliency_maps, smooth_background
 from .flow import BatchFlow
 from .frames import resize, to_tensor, to_uint8
@@ -93,14 +94,15 @@ class AnchoredSteps(StepHooks):
 
 
 @torch.no_grad()
-def reference_pass(pipe, images: torch.Tensor, positive: torch.Tensor, t_last: torch.Tensor, seed: int,
+def reference_pass(pipe, encoded: torch.Tensor, positive: torch.Tensor, t_last: torch.Tensor, seed: int,
                    attention: FrescoAttention, opt_ctx: OptContext) -> None:
-    """One U-Net pass (no ControlNet) on the input frames noised to the last timestep.
+    """One U-Net pass (no ControlNet) on the input frames' latents (``encode_frames``) noised to the last
+    timestep.
 
     Records self-attention Q/K of the guided layers and the decoder blocks' input features.
     """
-    latents = start_latents(pipe, images, seed, t_last)
-    text = positive.to(pipe.device, pipe.unet.dtype).expand(images.shape[0], -1, -1)
+    latents = start_latents(pipe, encoded, seed, t_last)
+    text = positive.to(pipe.device, pipe.unet.dtype).expand(encoded.shape[0], -1, -1)
     opt_ctx.mode = "record"
     with attention.reference_pass():
         pipe.unet(pipe.scheduler.scale_model_input(latents, t_last), t_last, encoder_hidden_states=text)
@@ -146,14 +148,15 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
             attention.new_batch(images, flow)
             opt_ctx.flow = flow
             opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None
-            reference_pass(pipe, images, embeds[-1:], timesteps[-1], sampling.seed, attention, opt_ctx)
+            encoded = encode_frames(pipe, images)  # once, for the reference pass and the denoising
+            reference_pass(pipe, encoded, embeds[-1:], timesteps[-1], sampling.seed, attention, opt_ctx)
             smooth_x0 = None
             if opt_ctx.saliency is not None and flow is not None:
                 smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,
                                     config=optimizer.config)
             hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory, record,
                                   smooth_x0, x0_smoothing_steps(sampling.steps))
-            out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks)
+            out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded)
             for frame, rgb in zip(batch.new, to_uint8(out[batch.anchors:])):
                 yield frame, rgb
             for frame in [f for f in memory if f not in (first, batch.frames[-1], *kept)]:

@@ -69,6 +69,20 @@ def test_anchor_latents_are_overwritten_at_every_step(pipe, clip, monkeypatch):
         assert not torch.equal(b2[2], b1[2])  # new keys are denoised, not copied
 
 
+def test_each_batch_is_encoded_once_for_the_reference_pass_and_the_denoising(pipe, clip, monkeypatch):
+    """The VAE encodes a batch's frames once: the reference pass and the denoising share the latents."""
+    encoded = []
+    original = type(pipe.vae).encode
+
+    def counted(self, images, *args, **kwargs):
+        encoded.append(images.shape[0])
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe.vae), "encode", counted)
+    run(pipe, clip.frames, batch_size=3)
+    assert encoded == [3, 3, 3]  # batches [0 1 2] [0 2 3] [0 3 4], each encoded once
+
+
 def test_short_clips_and_small_last_batches(pipe, clip):
     for frames, batch_size in ((1, 8), (2, 8), (4, 3), (5, 2), (3, 1)):
         out = run(pipe, clip.frames[:frames], batch_size=batch_size)

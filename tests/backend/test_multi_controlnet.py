@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fresco_backend.config import JobConfig
-from fresco_backend.denoise import StepClock, denoise_batch, encode_prompt, start_latents, timesteps_for
+from fresco_backend.denoise import StepClock, denoise_batch, encode_frames, encode_prompt, start_latents, timesteps_for
 from fresco_backend.models import ModelChoice
 from fresco_backend.warm import WarmPipeline
 
@@ -57,7 +57,7 @@ def old_denoise_batch(pipe, images, controls, embeds, sampling, control_scale):
     """denoise_batch as it was with one ControlNet (commit 27624b8, without hooks): the reference."""
     batch = images.shape[0]
     timesteps = timesteps_for(pipe, sampling)
-    latents = start_latents(pipe, images, sampling.seed, timesteps[0])
+    latents = start_latents(pipe, encode_frames(pipe, images), sampling.seed, timesteps[0])
     cond = torch.cat([controls, controls])
     text = embeds.repeat_interleave(batch, dim=0)
     for t in timesteps:
