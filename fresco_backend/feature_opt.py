@@ -114,16 +114,48 @@ def spatial_loss_full(f: torch.Tensor, ref: torch.Tensor,
     return weight * (x @ x.transpose(1, 2) - r @ r.transpose(1, 2)).abs().mean()
 
 
-def spatial_loss_and_grad(x: torch.Tensor, r: torch.Tensor, weight: float = FeatureOptConfig.lambda_spat,
+REFERENCE_GRAM_BUDGET = 256 * 2**20  # bytes a batch's precomputed reference Gram may take
+
+
+class ReferenceGram:
+    """The reference side of L_spat: the Gram r r^T of each frame's reference tokens, constant for the
+    whole optimisation of a batch.
+
+    Precomputed once where all frames' Grams fit ``budget`` bytes (a third of L_spat's products at
+    every Adam iteration saved); else each block is made when it is asked for, as before. ``runs``:
+    how many stacked runs of the frames the optimised tokens hold (their frame i is frame i % B here).
+    """
+
+    def __init__(self, r: torch.Tensor, runs: int = 1, chunk: int = FeatureOptConfig.gram_chunk,
+                 budget: int = REFERENCE_GRAM_BUDGET) -> None:
+        self.tokens, self.runs = r, runs
+        frame_count, hw, _ = r.shape
+        self.full: torch.Tensor | None = None
+        if frame_count * hw * hw * r.element_size() <= budget:
+            self.full = torch.empty((frame_count, hw, hw), dtype=r.dtype, device=r.device)
+            for start in range(0, hw, chunk):
+                rows = slice(start, start + chunk)
+                torch.matmul(r[:, rows], r.transpose(1, 2), out=self.full[:, rows])
+
+    def block(self, frames: range, rows: slice | torch.Tensor) -> torch.Tensor:
+        """r r^T of the optimised tokens' ``frames`` (indices over the runs), at ``rows``: (n, rows, HW)."""
+        count = self.tokens.shape[0]
+        if self.full is not None:
+            return torch.stack([self.full[i % count][rows] for i in frames])
+        rs = self.tokens[[i % count for i in frames]]
+        return rs[:, rows] @ rs.transpose(1, 2)
+
+
+def spatial_loss_and_grad(x: torch.Tensor, ref: ReferenceGram, weight: float = FeatureOptConfig.lambda_spat,
                           chunk: int = FeatureOptConfig.gram_chunk,
                           rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_spat of normalised tokens x (B, HW, C) against the reference tokens r, and dL/dx.
+    """L_spat of normalised tokens x (B, HW, C) against the reference ``ref``, and dL/dx.
 
     No autograd: with D = x x^T - r r^T and S = sign(D) (symmetric, as both Grams are),
     d sum|D| / dx = (S + S^T) x = 2 S x, so each block of Gram rows gives its slice of the gradient
     directly. Blocks hold at most ``chunk`` x HW elements: ``chunk`` rows of one frame, or as many
     whole frames as fit when a frame's Gram is smaller than that (the small decoder blocks), so
-    the extra memory is two such blocks (D and the reference rows), never O(B HW^2).
+    the extra memory is two such blocks (D and the reference rows) besides a precomputed reference.
 
     ``rows``: the Gram rows to evaluate (token indices, the same for every frame); default all.
     The loss is then the mean over those rows, an unbiased estimate of the full one, and its
@@ -137,12 +169,12 @@ def spatial_loss_and_grad(x: torch.Tensor, r: torch.Tensor, weight: float = Feat
     total = torch.zeros((), dtype=x.dtype, device=x.device)
     for first in range(0, frame_count, per_block):
         fs = slice(first, first + per_block)
-        xs, rs = x[fs], r[fs]
+        xs = x[fs]
         for start in range(0, count, height):
             block = slice(start, start + height) if rows is None else rows[start:start + height]
             x_rows = xs[:, block]
             diff = x_rows @ xs.transpose(1, 2)
-            diff -= rs[:, block] @ rs.transpose(1, 2)
+            diff -= ref.block(range(first, min(first + per_block, frame_count)), block)
             total += diff.abs().sum()
             diff.sign_()
             grad[fs, block] += diff @ xs
@@ -163,11 +195,13 @@ def spatial_loss_backward(f: torch.Tensor, ref: torch.Tensor, weight: float = Fe
     """L_spat of features f (B, C, h, w) against ``ref``, evaluated in Gram blocks; returns its value.
 
     Accumulates dL_spat/df into ``f.grad`` (f: a leaf requiring grad): the token gradient from
-    ``spatial_loss_and_grad`` is carried through the channel normalisation by one backward.
+    ``spatial_loss_and_grad`` is carried through the channel normalisation by one backward. The
+    reference blocks are made as needed (the memory of ``gram_memory_bytes``' chunked figure).
     """
     tokens = _normalised_tokens(f)
     with torch.no_grad():
-        loss, grad = spatial_loss_and_grad(tokens.detach(), _normalised_tokens(ref.to(f)), weight, chunk)
+        loss, grad = spatial_loss_and_grad(tokens.detach(), ReferenceGram(_normalised_tokens(ref.to(f)), chunk=chunk, budget=0),
+                                           weight, chunk)
     tokens.backward(grad)
     return float(loss)
 
@@ -179,7 +213,8 @@ def gram_memory_bytes(batch: int, hw: int, chunk: int, bytes_per_element: int = 
     Gram-shaped tensors alive: the difference (saved by abs), the incoming gradient, its sign and
     their product; 4 x B x HW x HW elements. The blockwise ``spatial_loss_and_grad`` holds two
     blocks of at most chunk x HW elements (the difference, turned into its sign in place, and one
-    reference Gram block). The O(B x C x HW) feature tensors, common to both, are not counted.
+    reference Gram block). The O(B x C x HW) feature tensors, common to both, are not counted, nor
+    the reference Gram that ``optimise_features`` precomputes within ``REFERENCE_GRAM_BUDGET``.
     Checked against torch's MemTracker in tests/backend/test_feature_opt.py.
     """
     block_rows = chunk if hw > chunk else min(batch, chunk // hw) * hw
@@ -219,7 +254,7 @@ def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor
     if config.spatial and ref is None:
         raise ValueError("the spatial loss needs reference features (run a record pass first)")
     x = f.detach().float().clone().requires_grad_(True)
-    ref_tokens = _normalised_tokens(ref.float()).repeat(runs, 1, 1) if config.spatial else None
+    ref_gram = ReferenceGram(_normalised_tokens(ref.float()), runs, config.gram_chunk) if config.spatial else None
     l_temp = TemporalLoss(flow, runs, x) if use_temporal else None
     adam = torch.optim.Adam([x], lr=config.lr)
     sampler = torch.Generator().manual_seed(0)  # the same rows on every run: results are reproducible
@@ -236,7 +271,7 @@ def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor
                 tokens = _normalised_tokens(x)
                 rows = gram_rows(tokens.shape[1], config.gram_rows, sampler)
                 with torch.no_grad():
-                    loss, grad = spatial_loss_and_grad(tokens.detach(), ref_tokens, config.lambda_spat,
+                    loss, grad = spatial_loss_and_grad(tokens.detach(), ref_gram, config.lambda_spat,
                                                        config.gram_chunk, None if rows is None else rows.to(x.device))
                 outputs.append(tokens), grads.append(grad.mul_(runs))
                 spatial.append(loss)

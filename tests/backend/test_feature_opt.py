@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fresco_backend.config import FeatureOptConfig
-from fresco_backend.feature_opt import (FeatureOptimizer, OptContext, adain,
+from fresco_backend.feature_opt import (FeatureOptimizer, OptContext, ReferenceGram, adain,
                                         background_mask, gram_memory_bytes, gram_rows, optimise_features,
                                         smooth_background, spatial_loss_and_grad, spatial_loss_backward,
                                         spatial_loss_full, spectral_residual_saliency, temporal_loss)
@@ -115,15 +115,34 @@ def test_sampled_gram_rows_give_the_loss_and_gradient_of_those_rows():
     assert rows.tolist() == sorted(set(rows.tolist())) and len(rows) == 11
     expected = 100.0 * (x[:, rows] @ x.transpose(1, 2) - r[:, rows] @ r.transpose(1, 2)).abs().mean()
     expected.backward()
-    loss, grad = spatial_loss_and_grad(x.detach(), r, 100.0, chunk=7, rows=rows)   # 7: blocks split the rows
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    torch.testing.assert_close(grad, x.grad, rtol=1e-4, atol=1e-6)
-    full = spatial_loss_and_grad(x.detach(), r, 100.0)[0].item()
+    for ref in (ReferenceGram(r, chunk=7), ReferenceGram(r, chunk=7, budget=0)):  # precomputed, made per block
+        loss, grad = spatial_loss_and_grad(x.detach(), ref, 100.0, chunk=7, rows=rows)   # 7: blocks split the rows
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        torch.testing.assert_close(grad, x.grad, rtol=1e-4, atol=1e-6)
+    full = spatial_loss_and_grad(x.detach(), ReferenceGram(r), 100.0)[0].item()
     generator = torch.Generator().manual_seed(2)
-    draws = [spatial_loss_and_grad(x.detach(), r, 100.0, rows=gram_rows(30, 11, generator))[0].item()
+    draws = [spatial_loss_and_grad(x.detach(), ReferenceGram(r), 100.0, rows=gram_rows(30, 11, generator))[0].item()
              for _ in range(200)]
     assert np.mean(draws) == pytest.approx(full, rel=0.03)
     assert gram_rows(30, 0, generator) is None and gram_rows(30, 30, generator) is None
+
+
+def test_the_reference_gram_is_precomputed_within_its_budget_and_shared_by_the_runs():
+    """Runs of the same frames read one reference; the precomputed blocks equal those made on demand."""
+    torch.manual_seed(7)
+    r = F.normalize(torch.randn(2, 30, 8), dim=2)
+    precomputed, on_demand = ReferenceGram(r, runs=2, chunk=7), ReferenceGram(r, runs=2, chunk=7, budget=0)
+    assert precomputed.full is not None and precomputed.full.shape == (2, 30, 30) and on_demand.full is None
+    assert ReferenceGram(r, budget=2 * 30 * 30 * 4 - 1).full is None  # one byte over: made per block
+    rows = torch.tensor([1, 4, 29])
+    for frames in (range(0, 1), range(1, 3), range(0, 4)):  # frames 2 and 3 are the second run's 0 and 1
+        expected = torch.stack([r[i % 2][rows] @ r[i % 2].T for i in frames])
+        torch.testing.assert_close(precomputed.block(frames, rows), expected)
+        torch.testing.assert_close(on_demand.block(frames, rows), expected)
+    x = F.normalize(torch.randn(4, 30, 8), dim=2)
+    a, b = (spatial_loss_and_grad(x, ref, 100.0, chunk=7) for ref in (precomputed, on_demand))
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
 
 
 def test_chunked_gram_peak_memory_far_below_full():
