@@ -122,13 +122,14 @@ class ReferenceGram:
     whole optimisation of a batch.
 
     Precomputed once where all frames' Grams fit ``budget`` bytes (a third of L_spat's products at
-    every Adam iteration saved); else each block is made when it is asked for, as before. ``runs``:
-    how many stacked runs of the frames the optimised tokens hold (their frame i is frame i % B here).
+    every Adam iteration saved); else each block is made when it is asked for, as before. The
+    optimised tokens may stack several runs of the B frames (the CFG halves): their frame i is
+    frame i % B here, so the runs share one reference.
     """
 
-    def __init__(self, r: torch.Tensor, runs: int = 1, chunk: int = FeatureOptConfig.gram_chunk,
+    def __init__(self, r: torch.Tensor, chunk: int = FeatureOptConfig.gram_chunk,
                  budget: int = REFERENCE_GRAM_BUDGET) -> None:
-        self.tokens, self.runs = r, runs
+        self.tokens = r
         frame_count, hw, _ = r.shape
         self.full: torch.Tensor | None = None
         if frame_count * hw * hw * r.element_size() <= budget:
@@ -200,8 +201,8 @@ def spatial_loss_backward(f: torch.Tensor, ref: torch.Tensor, weight: float = Fe
     """
     tokens = _normalised_tokens(f)
     with torch.no_grad():
-        loss, grad = spatial_loss_and_grad(tokens.detach(), ReferenceGram(_normalised_tokens(ref.to(f)), chunk=chunk, budget=0),
-                                           weight, chunk)
+        reference = ReferenceGram(_normalised_tokens(ref.to(f)), chunk, budget=0)
+        loss, grad = spatial_loss_and_grad(tokens.detach(), reference, weight, chunk)
     tokens.backward(grad)
     return float(loss)
 
@@ -254,7 +255,7 @@ def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor
     if config.spatial and ref is None:
         raise ValueError("the spatial loss needs reference features (run a record pass first)")
     x = f.detach().float().clone().requires_grad_(True)
-    ref_gram = ReferenceGram(_normalised_tokens(ref.float()), runs, config.gram_chunk) if config.spatial else None
+    ref_gram = ReferenceGram(_normalised_tokens(ref.float()), config.gram_chunk) if config.spatial else None
     l_temp = TemporalLoss(flow, runs, x) if use_temporal else None
     adam = torch.optim.Adam([x], lr=config.lr)
     sampler = torch.Generator().manual_seed(0)  # the same rows on every run: results are reproducible

@@ -131,7 +131,7 @@ def test_the_reference_gram_is_precomputed_within_its_budget_and_shared_by_the_r
     """Runs of the same frames read one reference; the precomputed blocks equal those made on demand."""
     torch.manual_seed(7)
     r = F.normalize(torch.randn(2, 30, 8), dim=2)
-    precomputed, on_demand = ReferenceGram(r, runs=2, chunk=7), ReferenceGram(r, runs=2, chunk=7, budget=0)
+    precomputed, on_demand = ReferenceGram(r, chunk=7), ReferenceGram(r, chunk=7, budget=0)
     assert precomputed.full is not None and precomputed.full.shape == (2, 30, 30) and on_demand.full is None
     assert ReferenceGram(r, budget=2 * 30 * 30 * 4 - 1).full is None  # one byte over: made per block
     rows = torch.tensor([1, 4, 29])
