@@ -140,7 +140,7 @@ def join_cluster(address: str, runtime_env: dict[str, Any] | None) -> None:
         raise PoolStartError(f"cannot join the Ray cluster at {address}: {type(exc).__name__}: {exc}") from None
 
 
-@ray.remote(max_concurrency=2, max_restarts=0)
+@ray.remote(max_concurrency=3, max_restarts=0)  # a pass, the next one waiting for it, a cancel
 class Worker:
     """One warm pipeline; ``run`` streams a skeleton or segment pass, ``cancel`` stops it."""
 
@@ -162,6 +162,7 @@ class Worker:
         self.warm = WarmPipeline(device, **load_options)
         self.cache = ConditionsCache(Path(conditions_dir)) if conditions_dir else None
         self.cancels: dict[str, threading.Event] = {}
+        self.running = threading.Lock()  # one pass at a time on the pipeline, a stopping one included
         self.warm.get(models)
 
     def describe(self) -> str:
@@ -178,35 +179,37 @@ class Worker:
         from fresco_backend.translate import LocalRunner
 
         cancel = self.cancels.setdefault(run_id, threading.Event())
-        pipe = self.warm.get(models, config.loras)  # the same warm swap as the server's
-        items: queue.Queue[Progress | Frame | Recorded | Done | Failed] = queue.Queue()
-        steps = config.sampling.executed_steps
-        clock = StepClock(len(step.batches) * steps, items.put, cancel, steps_per_batch=steps)
+        # The driver frees this worker's slot as soon as it stops reading a cancelled pass, which may still be
+        # finishing its step here: the next pass shares the pipeline (its attention processors, its LoRAs)
+        # and waits for it.
+        with self.running:
+            pipe = self.warm.get(models, config.loras)  # the same warm swap as the server's
+            items: queue.Queue[Progress | Frame | Recorded | Done | Failed] = queue.Queue()
+            steps = config.sampling.executed_steps
+            clock = StepClock(len(step.batches) * steps, items.put, cancel, steps_per_batch=steps)
 
-        def body() -> None:
+            def body() -> None:
+                try:
+                    for message in LocalRunner(pipe, frames, config, clock, self.cache).run([step], anchors):
+                        items.put(message)
+                    items.put(Done(step.name))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                    items.put(Failed(exc))
+
+            worker = threading.Thread(target=body, name=step.name, daemon=True)
+            worker.start()
             try:
-                for message in LocalRunner(pipe, frames, config, clock, self.cache).run([step], anchors):
-                    items.put(message)
-                items.put(Done(step.name))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-                items.put(Failed(exc))
-
-        worker = threading.Thread(target=body, name=step.name, daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = items.get()
-                if isinstance(item, Done):
-                    return
-                if isinstance(item, Failed):
-                    raise item.error
-                yield item
-        finally:
-            cancel.set()  # the caller stopped reading: stop the pass too
-            # and wait until it has (within a denoising step): the next pass on this actor shares the pipeline
-            # (its attention processors, its LoRAs) and must not start while this one still runs on it
-            worker.join()
-            self.cancels.pop(run_id, None)
+                while True:
+                    item = items.get()
+                    if isinstance(item, Done):
+                        return
+                    if isinstance(item, Failed):
+                        raise item.error
+                    yield item
+            finally:
+                cancel.set()  # the caller stopped reading: stop the pass too, and wait until it has
+                worker.join()
+                self.cancels.pop(run_id, None)
 
 
 @ray.remote(num_cpus=0)  # light; and the workers may hold every CPU of the cluster
@@ -460,7 +463,8 @@ class RayRunner:
                     self.id, self.models, self.frames, self.config, step, anchors_ref)
                 for ref in stream:
                     item = ray.get(ref)
-                    if self.stop.is_set():
+                    if self.stop.is_set():  # cancel() may have found this slot already free: stop the pass here
+                        slot.actor.cancel.remote(self.id)
                         return
                     if isinstance(item, Progress):
                         with self.lock:

@@ -569,7 +569,8 @@ def test_cli_stops_promptly_on_sigterm_during_a_trickling_body(hub, cache):
     child = subprocess.Popen([sys.executable, "-m", "fresco_backend.download", CN, "--cache-dir", str(cache)],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: hub.served > 0, "first byte")
+        blobs = hubcache.repo_folder(cache, CN) / "blobs"
+        wait_until(lambda: hub.served > 0 and any(blobs.glob("*.incomplete")), "first byte and partial file")
         served = hub.served
         child.send_signal(signal.SIGTERM)
         out, _ = child.communicate(timeout=OUTER_LIMIT)
@@ -578,4 +579,4 @@ def test_cli_stops_promptly_on_sigterm_during_a_trickling_body(hub, cache):
             child.kill()
     assert child.returncode == 130 and json.loads(out.decode().splitlines()[-1]) == {"event": "cancelled"}
     assert hub.served == served  # it stopped before the next byte came
-    assert any((hubcache.repo_folder(cache, CN) / "blobs").glob("*.incomplete"))
+    assert any(blobs.glob("*.incomplete"))  # kept for the next run to resume

@@ -200,6 +200,32 @@ def test_a_killed_worker_has_its_pass_run_again(pool, reference, passes, caplog)
     assert len(pool.describe()["workers"]) == 2
 
 
+def test_a_pass_waits_for_a_cancelled_pass_on_its_worker(pool, reference):
+    """A worker asked to run a pass while a cancelled one still finishes its step runs them one after the
+    other on its pipeline: the new pass's keys are the reference's (the driver frees a slot before the
+    cancelled pass has stopped)."""
+    from fresco_backend.executor import Frame
+    from fresco_backend.models import choose_models
+
+    actor = pool.slots[0].actor
+    frames = ray.put(clip())
+    models = choose_models(JobConfig.of(SETTINGS), *pool.default_models)
+    expected = reference(FRAMES, SETTINGS)
+    for attempt in range(3):
+        slow = actor.run.options(num_returns="streaming").remote(
+            f"slow{attempt}", models, frames, JobConfig.of(LONG), plan_of(FRAMES, LONG).skeleton, {})
+        ray.get(next(slow))  # it runs
+        actor.cancel.remote(f"slow{attempt}")
+        quick = actor.run.options(num_returns="streaming").remote(
+            f"quick{attempt}", models, frames, JobConfig.of(SETTINGS), plan_of().skeleton, {})
+        keys = [item for item in map(ray.get, quick) if isinstance(item, Frame)]
+        assert sorted(f.index for f in keys) == sorted(plan_of().skeleton.keys)
+        assert all(np.array_equal(f.rgb, expected[f.index]) for f in keys), attempt
+        with pytest.raises(ray.exceptions.RayTaskError):  # the slow one was cancelled
+            for ref in slow:
+                ray.get(ref)
+
+
 def test_cancel_stops_every_task(pool, tmp_path):
     manager = manager_on(pool, tmp_path)
     try:
