@@ -122,6 +122,7 @@ def with_x0(scheduler, t: torch.Tensor, prev: torch.Tensor, x0: torch.Tensor, ne
     return prev + alpha_prev.to(prev).sqrt() * (new_x0 - x0)
 
 
+@torch.no_grad()  # called outside the no-grad denoising too (fresco_frames): no graph of the VAE kept
 def encode_frames(pipe, images: torch.Tensor) -> torch.Tensor:
     """The clean latents of frames (B, 3, H, W in [-1, 1]): the VAE posterior's mean, scaled."""
     images = images.to(pipe.device, pipe.unet.dtype)
