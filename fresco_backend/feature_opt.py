@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import FeatureOptConfig
-from .flow import BatchFlow, warp, warp_by_grid, warp_grid
+from .flow import BatchFlow, BilinearWarp, warp
 
 Mode = Literal["record", "optimise", "off"]
 NUM_DECODER_BLOCKS = 4
@@ -69,42 +69,76 @@ class OptResult:
 # ---------------------------------------------------------------- losses
 
 class TemporalLoss:
-    """L_temp for a batch's flow at one feature size (see the module doc), prepared once per
-    optimisation (sampling grids, masks and counts) and evaluated at every iteration.
+    """L_temp for a batch's flow at one feature size (see the module doc) with its gradient in closed
+    form: the warps are ``BilinearWarp`` operators made once per optimisation and their adjoints carry
+    the gradient back, so no autograd graph is built at any Adam iteration.
 
-    ``runs`` > 1: the features stack that many runs of the same B frames (the CFG halves); frames
-    are paired only within a run, each run with the same flow, and the loss is the mean over all.
+    Features are tokens (runs x B, HW, C). ``runs`` > 1: they stack that many runs of the same B frames
+    (the CFG halves); frames are paired only within a run, each run with the same flow, and the loss
+    is the mean over all. With D = f_{i+1} - W_b f_i and E = f_i - W_f f_{i+1}, masked by the kept
+    pixels K and scaled by their counts, dL/df_{i+1} = sign(D) K_b - W_f^T (sign(E) K_f) and
+    dL/df_i = sign(E) K_f - W_b^T (sign(D) K_b).
     """
 
     def __init__(self, flow: BatchFlow, runs: int = 1, like: torch.Tensor | None = None) -> None:
         def tiled(t: torch.Tensor) -> torch.Tensor:
             return (t if like is None else t.to(like)).repeat(runs, 1, 1, 1)
 
+        def kept(occlusion: torch.Tensor) -> torch.Tensor:  # (pairs x HW, 1), 1 where not occluded
+            return (1.0 - tiled(occlusion)).flatten().unsqueeze(1)
+
         self.runs = runs
-        self.grid_bwd, self.grid_fwd = warp_grid(tiled(flow.bwd)), warp_grid(tiled(flow.fwd))
-        self.keep_bwd, self.keep_fwd = 1.0 - tiled(flow.occ_bwd), 1.0 - tiled(flow.occ_fwd)
+        self.warp_bwd, self.warp_fwd = BilinearWarp(tiled(flow.bwd)), BilinearWarp(tiled(flow.fwd))
+        self.keep_bwd, self.keep_fwd = kept(flow.occ_bwd), kept(flow.occ_fwd)
         self.count_bwd, self.count_fwd = self.keep_bwd.sum().clamp_min(1.0), self.keep_fwd.sum().clamp_min(1.0)
 
-    def __call__(self, f: torch.Tensor) -> torch.Tensor:
-        grouped = f.unflatten(0, (self.runs, f.shape[0] // self.runs))
-        prev, nxt = grouped[:, :-1].flatten(0, 1), grouped[:, 1:].flatten(0, 1)
-        channels = f.shape[1]
-        return (((nxt - warp_by_grid(prev, self.grid_bwd)).abs() * self.keep_bwd).sum() / (self.count_bwd * channels)
-                + ((prev - warp_by_grid(nxt, self.grid_fwd)).abs() * self.keep_fwd).sum() / (self.count_fwd * channels))
+    def loss_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_temp of tokens ``x`` (runs x B, HW, C) and dL/dx."""
+        channels = x.shape[2]
+        grouped = x.unflatten(0, (self.runs, x.shape[0] // self.runs))
+        prev, nxt = grouped[:, :-1].reshape(-1, channels), grouped[:, 1:].reshape(-1, channels)
+        scale_bwd, scale_fwd = 1.0 / (self.count_bwd * channels), 1.0 / (self.count_fwd * channels)
+        d_bwd, d_fwd = nxt - self.warp_bwd(prev), prev - self.warp_fwd(nxt)
+        loss = (d_bwd.abs() * self.keep_bwd).sum() * scale_bwd + (d_fwd.abs() * self.keep_fwd).sum() * scale_fwd
+        s_bwd, s_fwd = d_bwd.sign_().mul_(self.keep_bwd * scale_bwd), d_fwd.sign_().mul_(self.keep_fwd * scale_fwd)
+        grad = torch.zeros_like(grouped)
+        grad[:, 1:] += (s_bwd - self.warp_fwd.adjoint(s_fwd)).view_as(grouped[:, 1:])
+        grad[:, :-1] += (s_fwd - self.warp_bwd.adjoint(s_bwd)).view_as(grouped[:, :-1])
+        return loss, grad.view_as(x)
 
 
 def temporal_loss(f: torch.Tensor, flow: BatchFlow, runs: int = 1) -> torch.Tensor:
     """L_temp of features f (runs x B, C, h, w) given the batch's flow at (h, w); 0 for one frame."""
     if f.shape[0] // runs < 2:
         return f.sum() * 0.0
-    return TemporalLoss(flow, runs, f)(f)
+    return TemporalLoss(flow, runs, f).loss_and_grad(_tokens(f))[0]
+
+
+def _tokens(f: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, HW, C), contiguous."""
+    return f.flatten(2).transpose(1, 2).contiguous()
 
 
 def _normalised_tokens(f: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, HW, C), each token scaled to unit L2 norm over channels (norm at least
-    1e-12, as ``F.normalize``; written out because that is 2-3x slower over the channel axis)."""
-    tokens = f.flatten(2).transpose(1, 2)
-    return tokens * torch.rsqrt((tokens * tokens).sum(2, keepdim=True).clamp_min(1e-24))
+    """(B, C, h, w) -> (B, HW, C), each token scaled to unit L2 norm over channels."""
+    return _normalise(f.flatten(2).transpose(1, 2))[0]
+
+
+def _normalise(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens (B, HW, C) scaled to unit L2 norm over channels; each one's scale 1 / max(norm, 1e-12)
+    (as ``F.normalize``; written out because that is 2-3x slower over the channel axis); and where
+    the norm was not clamped."""
+    squared = (tokens * tokens).sum(2, keepdim=True)
+    scale = torch.rsqrt(squared.clamp_min(1e-24))
+    return tokens * scale, scale, squared >= 1e-24
+
+
+def _normalise_backward(unit: torch.Tensor, scale: torch.Tensor, free: torch.Tensor,
+                        grad: torch.Tensor) -> torch.Tensor:
+    """dL/dtokens from dL/dunit for ``unit, scale, free = _normalise(tokens)``: scale (g - u (u . g)),
+    without the projection where the norm was clamped (the scale is a constant there)."""
+    along = (unit * grad).sum(2, keepdim=True) * free
+    return (grad - unit * along).mul_(scale)
 
 
 def spatial_loss_full(f: torch.Tensor, ref: torch.Tensor,
@@ -243,8 +277,9 @@ def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor
     the runs' means.
     ``flow``: the batch's flow at (h, w) (needed when the temporal loss is on and B > 1);
     ``ref``: reference features (B, C, h, w) (needed when the spatial loss is on). Works in float32
-    under ``torch.enable_grad()`` (callable from a no-grad denoising loop); only ``f``'s detached
-    copy receives gradients, through one backward per iteration.
+    on a copy of ``f`` with both losses' gradients in closed form (``TemporalLoss``,
+    ``spatial_loss_and_grad``, ``_normalise_backward``): no autograd graph is built, so the memory
+    is the features, their gradient and Adam's two moments.
     """
     if f.shape[0] % runs:
         raise ValueError(f"{f.shape[0]} feature maps are not {runs} runs of the same frames")
@@ -254,31 +289,28 @@ def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor
         raise ValueError("the temporal loss needs the batch's flow")
     if config.spatial and ref is None:
         raise ValueError("the spatial loss needs reference features (run a record pass first)")
-    x = f.detach().float().clone().requires_grad_(True)
+    x = _tokens(f.detach().float())  # optimised as tokens (B, HW, C): Adam works per element
     ref_gram = ReferenceGram(_normalised_tokens(ref.float()), config.gram_chunk) if config.spatial else None
     l_temp = TemporalLoss(flow, runs, x) if use_temporal else None
     adam = torch.optim.Adam([x], lr=config.lr)
     sampler = torch.Generator().manual_seed(0)  # the same rows on every run: results are reproducible
     temporal, spatial = [], []
-    with torch.enable_grad():
-        for _ in range(config.iterations):
-            adam.zero_grad(set_to_none=True)
-            outputs, grads = [], []
-            if use_temporal:
-                loss = l_temp(x)
-                outputs.append(loss * runs), grads.append(None)
-                temporal.append(loss.detach())
-            if config.spatial:
-                tokens = _normalised_tokens(x)
-                rows = gram_rows(tokens.shape[1], config.gram_rows, sampler)
-                with torch.no_grad():
-                    loss, grad = spatial_loss_and_grad(tokens.detach(), ref_gram, config.lambda_spat,
-                                                       config.gram_chunk, None if rows is None else rows.to(x.device))
-                outputs.append(tokens), grads.append(grad.mul_(runs))
-                spatial.append(loss)
-            torch.autograd.backward(outputs, grads)
-            adam.step()
-    out = adain(x.detach(), f.float())
+    for _ in range(config.iterations):
+        grad = torch.zeros_like(x)
+        if use_temporal:
+            loss, g = l_temp.loss_and_grad(x)
+            grad.add_(g, alpha=runs)
+            temporal.append(loss)
+        if config.spatial:
+            unit, scale, free = _normalise(x)
+            rows = gram_rows(unit.shape[1], config.gram_rows, sampler)
+            loss, g = spatial_loss_and_grad(unit, ref_gram, config.lambda_spat, config.gram_chunk,
+                                            None if rows is None else rows.to(x.device))
+            grad.add_(_normalise_backward(unit, scale, free, g), alpha=runs)
+            spatial.append(loss)
+        x.grad = grad
+        adam.step()
+    out = adain(x.transpose(1, 2).reshape(f.shape), f.float())
     return OptResult(out.to(f.dtype), [float(v) for v in temporal], [float(v) for v in spatial])
 
 

@@ -90,6 +90,42 @@ def test_optimisation_reduces_temporal_loss():
     assert result.spatial[-1] < result.spatial[0]
 
 
+def test_closed_form_optimisation_is_adams_on_the_autograd_losses():
+    """Both CFG runs, fractional flow with occlusion, all Gram rows: the closed-form gradients
+    (TemporalLoss, the Gram blocks, the normalisation's backward) give the features of Adam on the
+    losses written with warp (grid_sample) and the full Gram matrices, differentiated by autograd."""
+    gen = torch.Generator().manual_seed(9)
+    frames, runs, channels, size = 3, 2, 6, (5, 7)
+    fwd = torch.randn(frames - 1, 2, *size, generator=gen) * 1.5
+    occ = (torch.rand(frames - 1, 1, *size, generator=gen) > 0.7).float()
+    flow = BatchFlow(fwd, -fwd, occ, occ.roll(1, 3))
+    f = torch.randn(runs * frames, channels, *size, generator=gen)
+    ref = torch.randn(frames, channels, *size, generator=gen)
+    config = FeatureOptConfig(iterations=4, gram_rows=0)
+
+    def autograd_temporal(x: torch.Tensor) -> torch.Tensor:
+        keep_b, keep_f = 1 - flow.occ_bwd, 1 - flow.occ_fwd
+        total = 0.0
+        for run in x.split(frames):
+            prev, nxt = run[:-1], run[1:]
+            total = total + ((nxt - warp(prev, flow.bwd)).abs() * keep_b).sum() / (keep_b.sum() * channels) \
+                + ((prev - warp(nxt, flow.fwd)).abs() * keep_f).sum() / (keep_f.sum() * channels)
+        return total
+
+    x = f.clone().requires_grad_(True)
+    adam = torch.optim.Adam([x], lr=config.lr)
+    for _ in range(config.iterations):
+        adam.zero_grad()
+        loss = autograd_temporal(x) + sum(spatial_loss_full(run, ref, config.lambda_spat) for run in x.split(frames))
+        loss.backward()
+        adam.step()
+    expected = adain(x.detach(), f)
+    result = optimise_features(f, flow, ref, config, runs=runs)
+    assert (expected - f).abs().max() > 0.1  # it moved
+    torch.testing.assert_close(result.features, expected, rtol=1e-4, atol=1e-4)
+    assert result.temporal[0] == pytest.approx(autograd_temporal(f).item() / runs, rel=1e-5)
+
+
 # ---------------------------------------------------------------- L_spat, memory
 
 def test_chunked_gram_loss_equals_full_matrix_loss_value_and_gradient():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fresco_backend.flow import (BatchFlow, FarnebackFlow, OpenCVFlow, estimate_batch_flow, load_estimator, occlusion,
-                                 warp)
+from fresco_backend.flow import (BatchFlow, BilinearWarp, FarnebackFlow, OpenCVFlow, estimate_batch_flow,
+                                 load_estimator, occlusion, warp)
 from fresco_backend.synthetic import SyntheticClip, appearing_square, moving_square
 
 # Measured with the default OpenCVFlow (DIS) on these clips (128 x 96, square 32), per direction:
@@ -74,6 +74,23 @@ def test_warp_gradient_flows_to_src():
     expected = torch.ones(16, 16)
     expected[:, :2], expected[:, 15] = 0, 3
     torch.testing.assert_close(src.grad, expected.expand(1, 4, 16, 16), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_bilinear_warp_operator_is_warp_and_its_adjoint_is_warps_gradient(sparse):
+    """Fractional flow reaching past every border (the clamped corners): the operator (CSR, and the
+    row gathers used off the CPU and CUDA) gives warp's values, and its adjoint autograd's gradient."""
+    gen = torch.Generator().manual_seed(5)
+    flow = torch.randn(3, 2, 7, 9, generator=gen) * 4
+    src = torch.randn(3, 5, 7, 9, generator=gen, requires_grad=True)
+    upstream = torch.randn(3, 5, 7, 9, generator=gen)
+    operator = BilinearWarp(flow, sparse=sparse)
+    rows = lambda t: t.flatten(2).transpose(1, 2).reshape(-1, 5)  # noqa: E731 - (N*H*W, C) tokens
+    expected = warp(src, flow)
+    expected.backward(upstream)
+    torch.testing.assert_close(operator(rows(src.detach())), rows(expected.detach()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(operator.adjoint(rows(upstream)), rows(src.grad), rtol=1e-5, atol=1e-5)
+    assert (flow.abs() > 3).any() and src.grad.abs().max() > 1
 
 
 # --- synthetic ground truth -----------------------------------------------------------------------
