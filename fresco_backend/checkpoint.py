@@ -31,6 +31,7 @@ class Checkpoint:
     has_output: Callable[[int], bool] = lambda index: False     # is output frame ``index`` written?
     output: Callable[[int], np.ndarray] = lambda index: None     # a written output frame (input size)
     on_batch_done: Callable[[int, Anchors], None] = lambda batch, anchors: None
+    batch_size: int = 0  # what its batches were cut with when the run lowered the job's (0: the job's own)
 
     def by_frame(self, keys: Sequence[int]) -> Checkpoint:
         """This checkpoint of the plain chain over ``keys`` with its anchors keyed by frame index: its

@@ -86,3 +86,10 @@ def release_cuda_memory() -> None:
             torch.cuda.empty_cache()
     except RuntimeError:
         log.warning("could not empty the CUDA cache", exc_info=True)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory: torch's OutOfMemoryError (CUDA), or the
+    RuntimeError the MPS backend raises."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        type(exc) is RuntimeError and "MPS backend out of memory" in str(exc))

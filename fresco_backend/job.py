@@ -260,7 +260,7 @@ class CheckpointStore:
         if self.batches_done() and self._recorded_plan() != self.plan:
             log.info("%s was recorded under plan %r, not %r: starting over", self.state_dir,
                      self._recorded_plan(), self.plan)
-            return Checkpoint(on_batch_done=self.batch_done)
+            return self._recording(Checkpoint())
         batches_done = self.batches_done()
         anchors_file = self.state_dir / "anchors.safetensors"
         anchors: Anchors = {}
@@ -271,19 +271,33 @@ class CheckpointStore:
                 raise JobFolderError(f"{anchors_file} cannot be read ({exc.strerror or exc})") from None
             for frame, step in sorted(tuple(map(int, name.split(":"))) for name in stored):
                 anchors.setdefault(frame, []).append(stored[f"{frame}:{step}"])
-        return Checkpoint(batches_done=batches_done, anchors=anchors,
-                          has_output=lambda i: self.output_path(i).exists(),
-                          output=lambda i: read_png(self.output_path(i)),
-                          on_batch_done=self.batch_done)
+        return self._recording(Checkpoint(batches_done=batches_done, anchors=anchors, batch_size=self._batch_size(),
+                                          has_output=lambda i: self.output_path(i).exists(),
+                                          output=lambda i: read_png(self.output_path(i))))
 
-    def batch_done(self, number: int, anchors: Anchors) -> None:
+    def _recording(self, checkpoint: Checkpoint) -> Checkpoint:
+        """``checkpoint``, recording here every batch it finishes and the batch size they were cut with."""
+        checkpoint.on_batch_done = lambda number, anchors: self.batch_done(number, anchors, checkpoint.batch_size)
+        return checkpoint
+
+    def _batch_size(self) -> int:
+        """The lowered batch size progress.json records (0: the job's own)."""
+        try:
+            size = json.loads(read_regular_file(self.state_dir / "progress.json").decode("utf-8")).get("batch_size", 0)
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return 0
+        if not _is_int(size) or size < 0:
+            raise JobFolderError(f"{self.state_dir / 'progress.json'}: batch_size: expected a count, got {size!r}")
+        return size
+
+    def batch_done(self, number: int, anchors: Anchors, batch_size: int = 0) -> None:
         from safetensors.torch import save
 
         tensors = {f"{frame}:{step}": latents.detach().cpu().float().contiguous()
                    for frame, steps in anchors.items() for step, latents in enumerate(steps)}
         write_bytes_atomic(self.state_dir / "anchors.safetensors", save(tensors))
-        write_bytes_atomic(self.state_dir / "progress.json",
-                           json.dumps({"batches_done": number + 1, "plan": self.plan}).encode())
+        progress = {"batches_done": number + 1, "plan": self.plan, **({"batch_size": batch_size} if batch_size else {})}
+        write_bytes_atomic(self.state_dir / "progress.json", json.dumps(progress).encode())
 
 
 class Job:

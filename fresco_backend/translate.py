@@ -10,7 +10,9 @@ or ``per_frame``, chosen once by the runner.
 """
 from __future__ import annotations
 
+import logging
 import threading
+from dataclasses import replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -20,6 +22,7 @@ from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import JobConfig, require
 from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt
+from .device import is_out_of_memory, release_cuda_memory
 from .executor import Frame, Recorded, execute
 from .flow import FlowEstimator, load_estimator
 from .frames import resize, to_tensor, to_uint8
@@ -29,6 +32,7 @@ from .plan import Clip, Pass, make_plan
 from .propagate import propagate_span
 
 __all__ = ["Cancelled", "LocalRunner", "Progress", "propagate_frames", "translate_frames"]
+log = logging.getLogger(__name__)
 
 
 def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
@@ -112,11 +116,44 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     Cancelled as soon as ``cancel`` is set. With a ``checkpoint`` of an interrupted
     run it yields only what is still missing. ``on_progress`` hears each stage as it
     starts (``denoise.StepClock``).
+
+    When the device runs out of memory before the first batch is done, the job starts again at half
+    the batch size (down to 1), saying so as a stage; its frames are those of a run at that batch
+    size, which the checkpoint records (``Checkpoint.batch_size``) so that a resume cuts alike.
     """
     require(config)
     if not frames:
         return
     checkpoint = checkpoint or Checkpoint()
+    if checkpoint.batch_size:
+        config = with_batch_size(config, checkpoint.batch_size)
+    while True:
+        written = False
+        try:
+            for item in _translate(pipe, frames, config, on_progress, cancel, checkpoint, cache):
+                written = True
+                yield item
+            return
+        except Exception as exc:
+            batch = config.sampling.batch_size
+            if written or checkpoint.batches_done or batch == 1 or not is_out_of_memory(exc):
+                raise
+        release_cuda_memory()  # out of the except block: the failed batch's tensors went with the error
+        config = with_batch_size(config, batch // 2)
+        checkpoint.batch_size = batch // 2
+        log.warning("out of device memory at batch size %d: starting again at %d", batch, batch // 2)
+        if on_progress:
+            on_progress(Progress(f"out of memory: batch {batch} -> {batch // 2}", 0, 0, None))
+
+
+def with_batch_size(config: JobConfig, size: int) -> JobConfig:
+    """``config`` with its batches cut at ``size`` frames."""
+    return replace(config, sampling=replace(config.sampling, batch_size=size))
+
+
+def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progress: ProgressFn | None,
+               cancel: threading.Event | None, checkpoint: Checkpoint,
+               cache: ConditionsCache | None) -> Iterator[tuple[int, np.ndarray]]:
     if on_progress and config.fresco and config.keyframes.choice == "adaptive":  # reads every frame
         on_progress(Progress("choose keys", 0, 0, None))
     plan = make_plan(frames, config)
