@@ -75,6 +75,22 @@ def build(root: Path = DEFAULT_ROOT, arch: Architecture = SD15, seed: int = 0) -
     return folders
 
 
+def add_batch_options(parser: argparse.ArgumentParser, size: int, frames: int, steps: int) -> None:
+    """--model/--controlnet (default: this build) and a measured batch's --size, --frames and --steps."""
+    parser.add_argument("--model", help="model folder (default: real_size.py's build)")
+    parser.add_argument("--controlnet", help="its ControlNet folder (given together with --model)")
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--frames", type=int, default=frames)
+    parser.add_argument("--steps", type=int, default=steps, help="scheduled steps (strength decides how many run)")
+
+
+def chosen_models(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, str]:
+    """(model, ControlNet) folders: the given ones, else this build (made unless cached)."""
+    if bool(args.model) != bool(args.controlnet):
+        parser.error("--model and --controlnet go together")
+    return (args.model, args.controlnet) if args.model else tuple(map(str, build()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_ROOT, help=f"cache folder (default {DEFAULT_ROOT})")

@@ -1,6 +1,6 @@
 """All FRESCO benchmarks in one run: every figure a ratio of two measurements taken side by side.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--json out.json] [--model DIR --controlnet DIR]
+    .venv/bin/python benchmarks/run.py [--quick] [--real-size] [--json out.json] [--model DIR --controlnet DIR]
 
 Rows (tiny untrained model unless --model/--controlnet; it shows cost, not trained quality):
  1. FRESCO (every frame a key) / per-frame baseline time (best of 3 runs) and peak memory, each FRESCO
@@ -27,6 +27,13 @@ Rows (tiny untrained model unless --model/--controlnet; it shows cost, not train
     and 16 frames): PSNR gain of today's propagation over the one before (its techniques switched off),
     top-5 % moving-edge error and time per frame after / before, and the temporal Pixel-MSE of its whole
     output (Farneback flow) / the ground truth's own and / before.
+
+10. Only with --real-size (real_size_cost.py): on the SD 1.5 architecture with random weights
+    (real_size.py), CPU time and peak RSS of FRESCO full, without feature optimisation and without each
+    attention part / the per-frame baseline, at 256 px (8 frames, 4 steps) and 512 px (4 frames, 2
+    steps), each configuration in its own process on one thread; and a profile of full FRESCO (each
+    stage's share of the run, and of FRESCO's extra time over the baseline). The diffusers community
+    FrescoV2VPipeline is not among them: diffusers ships it on the hub only, which is not reachable here.
 
 Rows with a target the issue states carry it (target, met). Peak memory is peak CUDA memory when a
 GPU is there (RSS does not show it), else peak RSS. --quick uses the smallest sizes and counts (a smoke
@@ -58,12 +65,16 @@ FULL = dict(ablation=dict(size=128, frames=8, steps=20, repeats=3, large=dict(si
             attention=dict(frames=8, short=512, queries=1024), gram=dict(hw_side=32, channels=64, chunk=256),
             transport=dict(frames=100, size=512, steps=4), consistency=dict(frames=16, size=256, steps=10),
             flow=dict(size=512, pairs=10), ray=dict(frames=24, size=128, steps=10, segments=2),
-            propagation=dict(frames=49, short=128, intervals=(8, 16)))
+            propagation=dict(frames=49, short=128, intervals=(8, 16)),
+            real_size=dict(sizes=[dict(size=256, frames=8, steps=4),  # each configuration of real_size_cost.py
+                                  dict(size=512, frames=4, steps=2,
+                                       configs=["baseline (per frame)", "full FRESCO", "without feature optimisation"])]))
 QUICK = dict(ablation=dict(size=64, frames=4, steps=2, parts=False), memory=dict(size=64, steps=1, lengths=(4, 16)),
              attention=dict(frames=4, short=128, queries=256), gram=dict(hw_side=16, channels=16, chunk=64),
              transport=dict(frames=8, size=64, steps=1), consistency=dict(frames=4, size=64, steps=2),
              flow=dict(size=128, pairs=3), ray=dict(frames=8, size=64, steps=2, segments=2),
-             propagation=dict(frames=17, short=48, intervals=(16,)))
+             propagation=dict(frames=17, short=48, intervals=(16,)),
+             real_size=dict(sizes=[dict(size=64, frames=4, steps=1, configs=["baseline (per frame)", "full FRESCO"])]))
 
 
 def _script(name: str):
@@ -485,6 +496,52 @@ def row_propagation(model: str, controlnet: str, p: dict) -> list[dict]:
     return out
 
 
+def row_real_size(model: str, controlnet: str, p: dict) -> list[dict]:
+    """FRESCO's cost on the real SD 1.5 architecture (real_size_cost.py), at each of ``p``'s sizes."""
+    cost = _script("real_size_cost")
+    out = []
+    for q in p["sizes"]:
+        configs = {name: cost.CONFIGS[name] for name in q.get("configs", cost.CONFIGS)}
+        figures = cost.measure(model, controlnet, q["size"], q["frames"], q["steps"], configs)
+        where = (f"{q['frames']} frames {q['size']} px {q['steps']} steps, every frame a key, one thread each, "
+                 f"{figures[cost.BASELINE]['side_by_side']} side by side; {model_note(model)}")
+        out.extend(_real_size_rows(cost, figures, q["size"], where))
+    return out
+
+
+def _real_size_rows(cost, figures: dict[str, dict], size: int, where: str) -> list[dict]:
+    def cpu(r: dict) -> float:
+        return r["user"] + r["system"]
+
+    base, full = figures[cost.BASELINE], figures[cost.FULL]
+    out = []
+    for name, r in figures.items():
+        if name == cost.BASELINE:
+            continue
+        out.append(dict(row=10, name=f"{size} px: FRESCO {name.removeprefix('full FRESCO').strip() or 'full'} / "
+                                     "baseline: CPU time", value=cpu(r) / cpu(base), unit="x",
+                        detail=f"{cpu(r):.1f} s vs {cpu(base):.1f} s (system {r['system'] / cpu(r):.0%} vs "
+                               f"{base['system'] / cpu(base):.0%}, {r['page_faults'] / 1e6:.1f} M vs "
+                               f"{base['page_faults'] / 1e6:.1f} M page faults); {where}"))
+        if name == cost.FULL:
+            _target(out[-1], "<=", 1.4)
+        out.append(dict(row=10, name=f"{size} px: FRESCO {name.removeprefix('full FRESCO').strip() or 'full'} / "
+                                     "baseline: peak RSS", value=r["peak_rss_mb"] / base["peak_rss_mb"], unit="x",
+                        detail=f"{r['peak_rss_mb']:.0f} MB vs {base['peak_rss_mb']:.0f} MB"))
+    extra = max(full["profiled"] - base["profiled"], 1e-9)
+    for stage, seconds in full["stages"].items():
+        name = f"{size} px profile: {stage.strip()}{' (in feature optimisation)' if stage.startswith(' ') else ''}"
+        if not seconds:
+            out.append(dict(row=10, name=name, skipped="not called in full FRESCO"))
+            continue
+        other = base["stages"][stage]
+        out.append(dict(row=10, name=f"{name}: share of FRESCO's run", value=seconds / full["profiled"],
+                        unit="x", detail=f"{seconds:.2f} s of {full['profiled']:.1f} s (baseline {other:.2f} s of "
+                                         f"{base['profiled']:.1f} s); {(seconds - other) / extra:.0%} of FRESCO's "
+                                         f"extra {extra:.1f} s (cProfile, cumulative)"))
+    return out
+
+
 def quality_note(model: str) -> str:
     """What a consistency figure on ``model`` says."""
     from fresco_backend.tiny import TINY_MODEL_DIR
@@ -494,9 +551,10 @@ def quality_note(model: str) -> str:
 
 
 ROWS = [row_ablation, row_attention, row_gram, row_transport, row_memory, row_consistency, row_flow, row_ray,
-        row_propagation]
+        row_propagation, row_real_size]
 ROW_NAMES = {1: "FRESCO vs baseline", 2: "cross-frame attention", 3: "Gram loss memory", 4: "transport",
-             5: "memory vs length", 6: "consistency", 7: "flow", 8: "Ray workers", 9: "propagation"}
+             5: "memory vs length", 6: "consistency", 7: "flow", 8: "Ray workers", 9: "propagation",
+             10: "real-size cost"}
 CHILDREN = {"attention": child_attention, "gram": child_gram, "consistency": child_consistency, "ray": child_ray}
 
 
@@ -513,6 +571,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smallest sizes and counts (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the table here as JSON")
+    parser.add_argument("--real-size", action="store_true",
+                        help="row 10 alone, on real_size.py's model (with --quick, its tiny sizes)")
     add_model_options(parser)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -523,10 +583,16 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     if args.model and not args.quick:  # a real model (on a GPU): the transport-share job at the default 20 steps
         plan = {**plan, "transport": {**plan["transport"], "steps": 20}}
+    if args.real_size and not args.model:
+        import real_size
+
+        args.model, args.controlnet = map(str, real_size.build(arch=real_size.TINY if args.quick else real_size.SD15))
     args.model, args.controlnet = models(parser, args)
+    keys = ("ablation", "attention", "gram", "transport", "memory", "consistency", "flow", "ray", "propagation",
+            "real_size")
+    chosen = [(row_real_size, "real_size")] if args.real_size else list(zip(ROWS[:-1], keys))
     results, started, loads = [], time.perf_counter(), [os.getloadavg()[0]]
-    for fn, key in zip(ROWS, ("ablation", "attention", "gram", "transport", "memory", "consistency", "flow",
-                                  "ray", "propagation")):
+    for fn, key in chosen:
         t0 = time.perf_counter()
         try:
             rows = fn(args.model, args.controlnet, plan[key])

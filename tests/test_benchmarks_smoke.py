@@ -66,3 +66,21 @@ def test_quick_runner_writes_every_row(tmp_path):
     for measure in ("PSNR after - before", "time per frame after / before",  # row 9: measured, not skipped
                     "temporal Pixel-MSE after / ground truth", "temporal Pixel-MSE after / before"):
         assert "value" in by_name[f"propagation, keys every 16: {measure}"], measure
+
+
+def test_real_size_rows_at_the_tiny_size(tmp_path):
+    """run.py --real-size --quick: row 10 alone, on real_size.py's builder at the tiny sizes (the real
+    size is never built here): FRESCO / baseline CPU time with the issue's target, peak RSS, a profile."""
+    out = tmp_path / "real.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--real-size", "--quick",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert "tiny" in figures["model"] and {r["row"] for r in figures["rows"]} == {10}
+    by_name = {r["name"]: r for r in figures["rows"]}
+    time_row = by_name["64 px: FRESCO full / baseline: CPU time"]
+    assert time_row["target"] == "<= 1.4 x" and time_row["met"] is (time_row["value"] <= 1.4)
+    assert by_name["64 px: FRESCO full / baseline: peak RSS"]["value"] > 0
+    shares = {name: r["value"] for name, r in by_name.items() if "profile" in name and "value" in r}
+    assert "64 px profile: feature optimisation: share of FRESCO's run" in shares
+    assert all(0 < share <= 1 for share in shares.values()), shares
