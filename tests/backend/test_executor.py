@@ -5,7 +5,10 @@ yielded, in order, and of every anchor latent handed to the checkpoint, recorded
 with one torch thread by the three executors the plan replaced: ``translate_frames`` (FRESCO with
 interval, all and adaptive keys; per-frame; each also resumed after its first batch) and
 ``segments.translate_segmented`` with 2 and 3 segments (the Ray pool's passes, its skeleton anchors
-being the pool's checkpoint).
+being the pool's checkpoint). The FRESCO cases were re-recorded once since, when the feature
+optimisation took its gradients in closed form (the same maths rounded otherwise; tests/backend/
+test_feature_opt.py holds it to autograd's): ``python tests/backend/test_executor.py`` re-records them
+as the tests run them. The per-frame cases are the first recording.
 """
 from __future__ import annotations
 
