@@ -154,6 +154,7 @@ def with_batch_size(config: JobConfig, size: int) -> JobConfig:
 def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progress: ProgressFn | None,
                cancel: threading.Event | None, checkpoint: Checkpoint,
                cache: ConditionsCache | None) -> Iterator[tuple[int, np.ndarray]]:
+    """One attempt of ``translate_frames``: the plan at ``config``'s batch size, walked by the executor."""
     if on_progress and config.fresco and config.keyframes.choice == "adaptive":  # reads every frame
         on_progress(Progress("choose keys", 0, 0, None))
     plan = make_plan(frames, config)
