@@ -82,6 +82,7 @@ class StageMeter:
 
 
 def child(args: argparse.Namespace) -> None:
+    """Run one batch with every stage metered and print the weights and the stages' peaks as JSON."""
     import torch
 
     from fresco_backend import feature_opt, fresco, fresco_attention
@@ -152,6 +153,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({**r, "fp32_peak": fp32, "fp16_peak": fp16, "fp16_worst": worst,
                                          "fp16_stages": extrapolated}, indent=1))
+
 
 if __name__ == "__main__":
     main()

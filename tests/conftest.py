@@ -28,6 +28,18 @@ def backend_python() -> Path:
     return Path(sys.executable)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: CPU reductions round alike only with the same thread count, so
+    byte comparisons between runs (and with recorded digests) need it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def pipe(tiny_models):
     from fresco_backend.models import load_pipeline

@@ -54,13 +54,7 @@ def clip() -> list[np.ndarray]:
     return moving_square(frames=9, width=96, height=64, velocity=(3, 1), square=24).frames
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As when the reference was recorded: CPU reductions round alike only with the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as when the reference was recorded (conftest.py)
 
 
 def record_case(pipe, name: str) -> dict:

@@ -24,13 +24,7 @@ SETTINGS = {"prompt": "a mosaic", "steps": 4, "strength": 0.5, "size": 64, "opt_
 LIMIT = 4  # samples: a batch of 2 frames under CFG fits, one of 4 does not
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Byte comparisons between runs: CPU reductions round alike only with the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # runs compared byte for byte (conftest.py)
 
 
 @pytest.fixture
