@@ -75,36 +75,54 @@ class TemporalLoss:
 
     Features are tokens (runs x B, HW, C). ``runs`` > 1: they stack that many runs of the same B frames
     (the CFG halves); frames are paired only within a run, each run with the same flow, and the loss
-    is the mean over all. With D = f_{i+1} - W_b f_i and E = f_i - W_f f_{i+1}, masked by the kept
+    is the mean over the runs. With D = f_{i+1} - W_b f_i and E = f_i - W_f f_{i+1}, masked by the kept
     pixels K and scaled by their counts, dL/df_{i+1} = sign(D) K_b - W_f^T (sign(E) K_f) and
-    dL/df_i = sign(E) K_f - W_b^T (sign(D) K_b).
+    dL/df_i = sign(E) K_f - W_b^T (sign(D) K_b). Each run is evaluated on its own into two buffers of
+    one run's pairs, kept between calls: an Adam loop then allocates no feature-sized temporaries
+    (on the CPU each would cost a page fault per 4 KiB).
     """
 
     def __init__(self, flow: BatchFlow, runs: int = 1, like: torch.Tensor | None = None) -> None:
-        def tiled(t: torch.Tensor) -> torch.Tensor:
-            return (t if like is None else t.to(like)).repeat(runs, 1, 1, 1)
+        def moved(t: torch.Tensor) -> torch.Tensor:
+            return t if like is None else t.to(like)
 
         def kept(occlusion: torch.Tensor) -> torch.Tensor:  # (pairs x HW, 1), 1 where not occluded
-            return (1.0 - tiled(occlusion)).flatten().unsqueeze(1)
+            return (1.0 - moved(occlusion)).flatten().unsqueeze(1)
 
         self.runs = runs
-        self.warp_bwd, self.warp_fwd = BilinearWarp(tiled(flow.bwd)), BilinearWarp(tiled(flow.fwd))
+        self.warp_bwd, self.warp_fwd = BilinearWarp(moved(flow.bwd)), BilinearWarp(moved(flow.fwd))
         self.keep_bwd, self.keep_fwd = kept(flow.occ_bwd), kept(flow.occ_fwd)
         self.count_bwd, self.count_fwd = self.keep_bwd.sum().clamp_min(1.0), self.keep_fwd.sum().clamp_min(1.0)
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def loss_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L_temp of tokens ``x`` (runs x B, HW, C) and dL/dx."""
+    def loss_and_grad(self, x: torch.Tensor, grad: torch.Tensor | None = None,
+                      alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_temp of tokens ``x`` (runs x B, HW, C), and ``alpha`` dL/dx added to ``grad`` (default: a new
+        zero tensor), which is returned."""
         channels = x.shape[2]
-        grouped = x.unflatten(0, (self.runs, x.shape[0] // self.runs))
-        prev, nxt = grouped[:, :-1].reshape(-1, channels), grouped[:, 1:].reshape(-1, channels)
-        scale_bwd, scale_fwd = 1.0 / (self.count_bwd * channels), 1.0 / (self.count_fwd * channels)
-        d_bwd, d_fwd = nxt - self.warp_bwd(prev), prev - self.warp_fwd(nxt)
-        loss = (d_bwd.abs() * self.keep_bwd).sum() * scale_bwd + (d_fwd.abs() * self.keep_fwd).sum() * scale_fwd
-        s_bwd, s_fwd = d_bwd.sign_().mul_(self.keep_bwd * scale_bwd), d_fwd.sign_().mul_(self.keep_fwd * scale_fwd)
-        grad = torch.zeros_like(grouped)
-        grad[:, 1:] += (s_bwd - self.warp_fwd.adjoint(s_fwd)).view_as(grouped[:, 1:])
-        grad[:, :-1] += (s_fwd - self.warp_bwd.adjoint(s_bwd)).view_as(grouped[:, :-1])
-        return loss, grad.view_as(x)
+        grad = torch.zeros_like(x) if grad is None else grad
+        grouped, grad_grouped = (t.unflatten(0, (self.runs, x.shape[0] // self.runs)) for t in (x, grad))
+        rows = self.keep_bwd.shape[0]
+        if self._buffers is None or self._buffers[0].shape != (rows, channels):
+            self._buffers = (x.new_empty((rows, channels)), x.new_empty((rows, channels)))
+        diff, sign = self._buffers
+        loss = torch.zeros((), dtype=x.dtype, device=x.device)
+        directions = ((self.warp_bwd, self.keep_bwd, 1.0 / (self.count_bwd * channels * self.runs), 1, 0),
+                      (self.warp_fwd, self.keep_fwd, 1.0 / (self.count_fwd * channels * self.runs), 0, 1))
+        frames = grouped.shape[1]
+
+        def pairs(t: torch.Tensor, first: int) -> torch.Tensor:  # frames first .. first + B - 2 as rows
+            return t[first:first + frames - 1].flatten(0, 1)
+
+        for run, run_grad in zip(grouped, grad_grouped):
+            for warp_op, keep, scale, to, source in directions:   # D = f_to - W f_source, pair by pair
+                torch.sub(pairs(run, to), warp_op(pairs(run, source), out=diff), out=diff)
+                torch.sign(diff, out=sign)
+                loss += (diff.abs_().sum(1, keepdim=True) * keep).sum() * scale
+                sign.mul_(keep * (scale * alpha))
+                pairs(run_grad, to).add_(sign)
+                warp_op.adjoint_add(sign, pairs(run_grad, source), alpha=-1.0)
+        return loss, grad
 
 
 def temporal_loss(f: torch.Tensor, flow: BatchFlow, runs: int = 1) -> torch.Tensor:
@@ -124,21 +142,24 @@ def _normalised_tokens(f: torch.Tensor) -> torch.Tensor:
     return _normalise(f.flatten(2).transpose(1, 2))[0]
 
 
-def _normalise(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tokens (B, HW, C) scaled to unit L2 norm over channels; each one's scale 1 / max(norm, 1e-12)
-    (as ``F.normalize``; written out because that is 2-3x slower over the channel axis); and where
-    the norm was not clamped."""
-    squared = (tokens * tokens).sum(2, keepdim=True)
-    scale = torch.rsqrt(squared.clamp_min(1e-24))
-    return tokens * scale, scale, squared >= 1e-24
+def _normalise(tokens: torch.Tensor, out: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens (B, HW, C) scaled to unit L2 norm over channels (into ``out`` where given); each one's
+    scale 1 / max(norm, 1e-12) (as ``F.normalize``; written out because that is 2-3x slower over the
+    channel axis); and where the norm was not clamped."""
+    norm = torch.linalg.vector_norm(tokens, dim=2, keepdim=True)
+    scale = 1.0 / norm.clamp_min(1e-12)
+    unit = tokens * scale if out is None else torch.mul(tokens, scale, out=out)
+    return unit, scale, norm >= 1e-12
 
 
 def _normalise_backward(unit: torch.Tensor, scale: torch.Tensor, free: torch.Tensor,
-                        grad: torch.Tensor) -> torch.Tensor:
-    """dL/dtokens from dL/dunit for ``unit, scale, free = _normalise(tokens)``: scale (g - u (u . g)),
-    without the projection where the norm was clamped (the scale is a constant there)."""
-    along = (unit * grad).sum(2, keepdim=True) * free
-    return (grad - unit * along).mul_(scale)
+                        grad: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """dL/dtokens from dL/dunit ``grad`` (overwritten, and returned) for ``unit, scale, free =
+    _normalise(tokens)``: scale (g - u (u . g)), without the projection where the norm was clamped
+    (the scale is a constant there). ``scratch``: a buffer of the tokens' shape for u * g."""
+    along = torch.mul(unit, grad, out=scratch).sum(2, keepdim=True).mul_(free)
+    return grad.addcmul_(unit, along, value=-1.0).mul_(scale)
 
 
 def spatial_loss_full(f: torch.Tensor, ref: torch.Tensor,
@@ -183,8 +204,10 @@ class ReferenceGram:
 
 def spatial_loss_and_grad(x: torch.Tensor, ref: ReferenceGram, weight: float = FeatureOptConfig.lambda_spat,
                           chunk: int = FeatureOptConfig.gram_chunk,
-                          rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_spat of normalised tokens x (B, HW, C) against the reference ``ref``, and dL/dx.
+                          rows: torch.Tensor | None = None, out: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_spat of normalised tokens x (B, HW, C) against the reference ``ref``, and dL/dx (written into
+    ``out`` where given).
 
     No autograd: with D = x x^T - r r^T and S = sign(D) (symmetric, as both Grams are),
     d sum|D| / dx = (S + S^T) x = 2 S x, so each block of Gram rows gives its slice of the gradient
@@ -200,7 +223,7 @@ def spatial_loss_and_grad(x: torch.Tensor, ref: ReferenceGram, weight: float = F
     count = hw if rows is None else len(rows)
     scale = weight / (frame_count * count * hw)
     per_block, height = max(1, chunk // count), min(chunk, count)
-    grad = torch.zeros_like(x)
+    grad = torch.zeros_like(x) if out is None else out.zero_()
     total = torch.zeros((), dtype=x.dtype, device=x.device)
     for first in range(0, frame_count, per_block):
         fs = slice(first, first + per_block)
@@ -292,23 +315,23 @@ def optimise_features(f: torch.Tensor, flow: BatchFlow | None, ref: torch.Tensor
     x = _tokens(f.detach().float())  # optimised as tokens (B, HW, C): Adam works per element
     ref_gram = ReferenceGram(_normalised_tokens(ref.float()), config.gram_chunk) if config.spatial else None
     l_temp = TemporalLoss(flow, runs, x) if use_temporal else None
-    adam = torch.optim.Adam([x], lr=config.lr)
+    # every feature-sized tensor of the loop is made once here (see TemporalLoss)
+    x.grad = grad = torch.empty_like(x)
+    unit, spatial_grad, scratch = (torch.empty_like(x) for _ in range(3)) if config.spatial else (None,) * 3
+    adam = torch.optim.Adam([x], lr=config.lr, fused=x.device.type in ("cpu", "cuda"))
     sampler = torch.Generator().manual_seed(0)  # the same rows on every run: results are reproducible
     temporal, spatial = [], []
     for _ in range(config.iterations):
-        grad = torch.zeros_like(x)
+        grad.zero_()
         if use_temporal:
-            loss, g = l_temp.loss_and_grad(x)
-            grad.add_(g, alpha=runs)
-            temporal.append(loss)
+            temporal.append(l_temp.loss_and_grad(x, grad, alpha=runs)[0])
         if config.spatial:
-            unit, scale, free = _normalise(x)
+            _, scale, free = _normalise(x, out=unit)
             rows = gram_rows(unit.shape[1], config.gram_rows, sampler)
             loss, g = spatial_loss_and_grad(unit, ref_gram, config.lambda_spat, config.gram_chunk,
-                                            None if rows is None else rows.to(x.device))
-            grad.add_(_normalise_backward(unit, scale, free, g), alpha=runs)
+                                            None if rows is None else rows.to(x.device), out=spatial_grad)
+            grad.add_(_normalise_backward(unit, scale, free, g, scratch), alpha=runs)
             spatial.append(loss)
-        x.grad = grad
         adam.step()
     out = adain(x.transpose(1, 2).reshape(f.shape), f.float())
     return OptResult(out.to(f.dtype), [float(v) for v in temporal], [float(v) for v in spatial])

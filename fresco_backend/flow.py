@@ -168,23 +168,28 @@ class BilinearWarp:
                 warnings.simplefilter("ignore", UserWarning)
                 self.matrix, self.transposed = matrix.to_sparse_csr(), matrix.t().coalesce().to_sparse_csr()
 
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
-        """The warped rows: out[i] = sum of the 4 corner rows of i's target, bilinearly weighted."""
+    def __call__(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The warped rows: out[i] = sum of the 4 corner rows of i's target, bilinearly weighted (written
+        into ``out`` where given)."""
         if self.sparse:
-            return self.matrix @ rows
-        out = rows[self.columns[0]] * self.weights[0, :, None]
+            return torch.mm(self.matrix, rows) if out is None else torch.mm(self.matrix, rows, out=out)
+        out = torch.index_select(rows, 0, self.columns[0], out=out) if out is not None else rows[self.columns[0]]
+        out.mul_(self.weights[0, :, None])
         for corner in range(1, 4):
             out.addcmul_(rows[self.columns[corner]], self.weights[corner, :, None])
         return out
 
     def adjoint(self, rows: torch.Tensor) -> torch.Tensor:
         """The transpose applied to ``rows``: each row's weights sent back to its corners (summed)."""
+        return self.adjoint_add(rows, torch.zeros_like(rows))
+
+    def adjoint_add(self, rows: torch.Tensor, into: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """``into`` += alpha x the adjoint of ``rows``, in place; returns ``into``."""
         if self.sparse:
-            return self.transposed @ rows
-        out = torch.zeros_like(rows)
+            return into.addmm_(self.transposed, rows, alpha=alpha)
         for corner in range(4):
-            out.index_add_(0, self.columns[corner], rows * self.weights[corner, :, None])
-        return out
+            into.index_add_(0, self.columns[corner], rows * self.weights[corner, :, None], alpha=alpha)
+        return into
 
 
 def _outside(flow: torch.Tensor) -> torch.Tensor:
