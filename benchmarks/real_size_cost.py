@@ -9,7 +9,9 @@ of the main thread, where the whole translation runs).
 
     .venv/bin/python benchmarks/real_size_cost.py [--size 256] [--frames 8] [--steps 4] [--configs a,b]
 
-prints one JSON object of figures per configuration (run.py --real-size makes the table of them).
+prints one JSON object of figures per configuration (run.py --real-size makes the table of them). The
+configuration "diffusers community FrescoV2VPipeline" (named in --configs, never by default) runs that
+pipeline instead, on the same components, frames and settings (community_fresco.py).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import community_fresco
 import real_size
 from child_process import peak_memory, run_json
 from fresco_ablation import CONFIGS as ABLATION
@@ -33,6 +36,8 @@ CONFIGS = {
     "without spatial guidance": dict(mode="fresco", spatial_guidance=False),
     "without temporal guidance": dict(mode="fresco", temporal_guidance=False),
 }
+# measured side by side with full FRESCO, where community_fresco.py can run it
+COMMUNITY = {community_fresco.NAME: dict(community=True)}
 # stage: (end of the source file's path, function); a stage's time is the largest cumulative time among the
 # functions that match (the outermost call), so a stage inside another is counted in both
 STAGES = {
@@ -51,6 +56,7 @@ STAGES = {
     "VAE decode": ("diffusers/models/autoencoders/autoencoder_kl.py", "decode"),
 }
 WHOLE = ("fresco_backend/translate.py", "translate_frames")
+COMMUNITY_WHOLE = ("benchmarks/community_fresco.py", "translate")
 GIB = 2**30
 
 
@@ -71,8 +77,12 @@ def child(args: argparse.Namespace) -> None:
                          square=args.size // 3)
     settings = {"prompt": "a mosaic of coloured glass", "size": args.size, "batch_size": args.frames, "seed": 3,
                 "keyframes": "all", **json.loads(args.config)}
+    community = settings.pop("community", False)
 
     def run(steps: int) -> None:
+        if community:
+            community_fresco.translate(pipe, clip.frames, settings, steps)
+            return
         for _ in translate_frames(pipe, clip.frames, JobConfig.of({**settings, "steps": steps})):
             pass
 
@@ -89,7 +99,7 @@ def child(args: argparse.Namespace) -> None:
 
     print(json.dumps({"seconds": wall, "user": after.ru_utime - before.ru_utime,
                       "system": after.ru_stime - before.ru_stime, "page_faults": after.ru_minflt - before.ru_minflt,
-                      "profiled": stage(*WHOLE), "stages": {name: stage(*where) for name, where in STAGES.items()},
+                      "profiled": stage(*(COMMUNITY_WHOLE if community else WHOLE)), "stages": {name: stage(*where) for name, where in STAGES.items()},
                       **peak_memory()}))
 
 
@@ -121,7 +131,9 @@ def measure(model: str, controlnet: str, size: int, frames: int, steps: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     real_size.add_batch_options(parser, size=256, frames=8, steps=4)
-    parser.add_argument("--configs", help=f"comma-separated names of {', '.join(CONFIGS)} (default: all)")
+    known = {**CONFIGS, **COMMUNITY}
+    parser.add_argument("--configs", help=f"comma-separated names of {', '.join(known)} (default: all but the "
+                                          f"community pipeline)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -129,11 +141,13 @@ def main() -> None:
         return child(args)
     args.model, args.controlnet = real_size.chosen_models(parser, args)
     names = args.configs.split(",") if args.configs else list(CONFIGS)
-    unknown = [n for n in names if n not in CONFIGS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        parser.error(f"unknown configurations {unknown}: choose from {list(CONFIGS)}")
+        parser.error(f"unknown configurations {unknown}: choose from {list(known)}")
+    if community_fresco.NAME in names and community_fresco.unavailable():
+        parser.error(community_fresco.unavailable())
     figures = measure(args.model, args.controlnet, args.size, args.frames, args.steps,
-                      {n: CONFIGS[n] for n in names})
+                      {n: known[n] for n in names})
     print(json.dumps(figures, indent=1))
 
 

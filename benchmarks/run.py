@@ -32,8 +32,9 @@ Rows (tiny untrained model unless --model/--controlnet; it shows cost, not train
     (real_size.py), CPU time and peak RSS of FRESCO full, without feature optimisation and without each
     attention part / the per-frame baseline, at 256 px (8 frames, 4 steps) and 512 px (4 frames, 2
     steps), each configuration in its own process on one thread; and a profile of full FRESCO (each
-    stage's share of the run, and of FRESCO's extra time over the baseline). The diffusers community
-    FrescoV2VPipeline is not among them: diffusers ships it on the hub only, which is not reachable here.
+    stage's share of the run, and of FRESCO's extra time over the baseline). Full FRESCO's CPU time / the
+    diffusers community FrescoV2VPipeline's on the same work, side by side, where FRESCO_COMMUNITY_PIPELINE
+    names a copy of it (benchmarks/community_fresco.py says what is patched).
 
 Rows with a target the issue states carry it (target, met). Peak memory is peak CUDA memory when a
 GPU is there (RSS does not show it), else peak RSS. --quick uses the smallest sizes and counts (a smoke
@@ -66,8 +67,8 @@ FULL = dict(ablation=dict(size=128, frames=8, steps=20, repeats=3, large=dict(si
             transport=dict(frames=100, size=512, steps=4), consistency=dict(frames=16, size=256, steps=10),
             flow=dict(size=512, pairs=10), ray=dict(frames=24, size=128, steps=10, segments=2),
             propagation=dict(frames=49, short=128, intervals=(8, 16)),
-            real_size=dict(sizes=[dict(size=256, frames=8, steps=4),  # each configuration of real_size_cost.py
-                                  dict(size=512, frames=4, steps=2,
+            real_size=dict(sizes=[dict(size=256, frames=8, steps=4, community=True),  # each of real_size_cost.py's
+                                  dict(size=512, frames=4, steps=2, community=True,
                                        configs=["baseline (per frame)", "full FRESCO", "without feature optimisation"])]))
 QUICK = dict(ablation=dict(size=64, frames=4, steps=2, parts=False), memory=dict(size=64, steps=1, lengths=(4, 16)),
              attention=dict(frames=4, short=128, queries=256), gram=dict(hw_side=16, channels=16, chunk=64),
@@ -506,7 +507,24 @@ def row_real_size(model: str, controlnet: str, p: dict) -> list[dict]:
         where = (f"{q['frames']} frames {q['size']} px {q['steps']} steps, every frame a key, one thread each, "
                  f"{figures[cost.BASELINE]['side_by_side']} side by side; {model_note(model)}")
         out.extend(_real_size_rows(cost, figures, q["size"], where))
+        out.append(_community_row(cost, model, controlnet, q, where))
     return out
+
+
+def _community_row(cost, model: str, controlnet: str, q: dict, where: str) -> dict:
+    """Full FRESCO's CPU time over the diffusers community pipeline's, the two side by side (target: 2x faster)."""
+    name = f"{q['size']} px: FRESCO full / {cost.community_fresco.NAME}: CPU time"
+    why = cost.community_fresco.unavailable()
+    if why or not q.get("community"):
+        return dict(row=10, name=name, skipped=why or "not in this run")
+    figures = cost.measure(model, controlnet, q["size"], q["frames"], q["steps"],
+                           {cost.FULL: cost.CONFIGS[cost.FULL], **cost.COMMUNITY})
+    full, other = (figures[k]["user"] + figures[k]["system"] for k in (cost.FULL, cost.community_fresco.NAME))
+    peaks = (figures[k]["peak_rss_mb"] for k in (cost.FULL, cost.community_fresco.NAME))
+    row = dict(row=10, name=name, value=full / other, unit="x",
+               detail=f"{full:.1f} s vs {other:.1f} s, peak RSS {next(peaks):.0f} vs {next(peaks):.0f} MB; its flow "
+                      f"patched to OpenCV DIS (benchmarks/community_fresco.py); {where}")
+    return _target(row, "<=", 0.5)
 
 
 def _real_size_rows(cost, figures: dict[str, dict], size: int, where: str) -> list[dict]:
