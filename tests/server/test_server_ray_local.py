@@ -167,5 +167,9 @@ def test_a_server_killed_with_minus_9_leaves_no_ray_process(server):
         assert time.monotonic() - started < OUTER_LIMIT, "Ray's temp dir is still there"
         time.sleep(0.05)
     left = {pid for pid in below if alive(pid)}
+    while left:  # SIGKILLed, a process with much memory may still be ending on a loaded machine
+        assert time.monotonic() - started < OUTER_LIMIT, {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80]
+                                                          for pid in left if alive(pid)}
+        time.sleep(0.05)
+        left = {pid for pid in left if alive(pid)}
     print(f"every Ray process was gone {time.monotonic() - started:.2f} s after kill -9")
-    assert not left, {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in left}
