@@ -99,7 +99,8 @@ def child(args: argparse.Namespace) -> None:
 
     print(json.dumps({"seconds": wall, "user": after.ru_utime - before.ru_utime,
                       "system": after.ru_stime - before.ru_stime, "page_faults": after.ru_minflt - before.ru_minflt,
-                      "profiled": stage(*(COMMUNITY_WHOLE if community else WHOLE)), "stages": {name: stage(*where) for name, where in STAGES.items()},
+                      "profiled": stage(*(COMMUNITY_WHOLE if community else WHOLE)),
+                      "stages": {name: stage(*where) for name, where in STAGES.items()},
                       **peak_memory()}))
 
 
