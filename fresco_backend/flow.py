@@ -172,19 +172,15 @@ class BilinearWarp:
         """The warped rows: out[i] = sum of the 4 corner rows of i's target, bilinearly weighted (written
         into ``out`` where given)."""
         if self.sparse:
-            return torch.mm(self.matrix, rows) if out is None else torch.mm(self.matrix, rows, out=out)
-        out = torch.index_select(rows, 0, self.columns[0], out=out) if out is not None else rows[self.columns[0]]
-        out.mul_(self.weights[0, :, None])
+            return torch.mm(self.matrix, rows, out=out)
+        out = torch.index_select(rows, 0, self.columns[0], out=out).mul_(self.weights[0, :, None])
         for corner in range(1, 4):
             out.addcmul_(rows[self.columns[corner]], self.weights[corner, :, None])
         return out
 
-    def adjoint(self, rows: torch.Tensor) -> torch.Tensor:
-        """The transpose applied to ``rows``: each row's weights sent back to its corners (summed)."""
-        return self.adjoint_add(rows, torch.zeros_like(rows))
-
     def adjoint_add(self, rows: torch.Tensor, into: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-        """``into`` += alpha x the adjoint of ``rows``, in place; returns ``into``."""
+        """``into`` += alpha x the transpose applied to ``rows`` (each row's weights sent back to its
+        corners, summed), in place; returns ``into``."""
         if self.sparse:
             return into.addmm_(self.transposed, rows, alpha=alpha)
         for corner in range(4):

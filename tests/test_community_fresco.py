@@ -2,6 +2,8 @@
 place of GMFlow (the pipeline itself is not in this repo or the diffusers wheel, so it is not run here)."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 import torch.utils.model_zoo
@@ -47,6 +49,8 @@ def test_loading_patches_only_the_flow(tmp_path, monkeypatch):
     monkeypatch.setenv(community_fresco.ENV, str(tmp_path / "fresco_v2v.py"))
     monkeypatch.setattr(torch.Tensor, "cuda", torch.Tensor.cuda)  # restored after the test
     monkeypatch.setattr(torch.utils.model_zoo, "load_url", torch.utils.model_zoo.load_url)
+    for name in ("gmflow", "gmflow.gmflow", "diffusers.pipelines.controlnet.multicontrolnet"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name))  # what load_module adds goes afterwards
     module = community_fresco.load_module("cpu")
     assert module.GMFlow is community_fresco._DISFlowAsGMFlow
     assert module.WEIGHTS == {} and module.ON_DEVICE == "cpu"
