@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from fresco_contract import options, settings as S
+from fresco_contract.keys import MANIFEST, KeysError, KeysManifest, write_manifest
 from fresco_contract.estimate import DRAFT, LONG_JOB, PRIOR_SECONDS_PER_STEP, device_kind, estimate_job
 from fresco_contract.progress import Progress
 
@@ -99,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--allow-short-input", action="store_true",
                     help="translate the frames of a video that ends before the frame count its container states "
                          "(a file cut short); without it such a file is refused")
+    stage = tr.add_mutually_exclusive_group()
+    stage.add_argument("--keys-only", action="store_true",
+                       help="translate the keyframes only and write them to --out with keys.json (frame numbers "
+                            "and settings): paint over them, then fill in the rest with --keys")
+    stage.add_argument("--keys", type=Path, default=None, metavar="DIR",
+                       help="propagate only: fill in the frames between the keys in DIR (a --keys-only result, "
+                            "edited or not, or frame-numbered PNGs of the input's size including its first and "
+                            "last frame) along the input's flow; nothing is denoised, no model is loaded")
     tr.add_argument("--restart", action="store_true",
                     help=f"discard an unfinished job in --out (its {JOB_DIR} folder and the frames it wrote) "
                          f"and start over, instead of resuming it")
@@ -162,6 +171,8 @@ def _translate(args: argparse.Namespace) -> None:
     from .video_io import ShortClipError, check_length, read_png
 
     values = {s.name: getattr(args, s.name) for s in S.SETTINGS if getattr(args, s.name) is not None}
+    if args.keys is not None:
+        values = _finish_settings(args.keys, values)
     settings = S.validate(values)  # the record's and the estimate's
     config = JobConfig.of(settings)  # the edge: everything below takes the JobConfig
     check_job_files(config)  # LoRA and RAFT weights usable: before any folder is made or model loaded
@@ -173,6 +184,8 @@ def _translate(args: argparse.Namespace) -> None:
     if existing and not (job_dir / RECORD).exists():
         raise FileExistsError(f"{args.out} already holds {len(existing)} PNG files; "
                               f"choose an empty or new --out folder (nothing was overwritten)")
+    if args.mp4 is not None and args.keys_only:
+        raise S.SettingsError("--mp4 writes a whole result; --keys-only writes the keys alone: give one of them")
     if args.mp4 is not None and args.mp4.exists():
         raise FileExistsError(f"{args.mp4} already exists; choose another --mp4 path (nothing was overwritten)")
     if not args.input.exists():
@@ -189,13 +202,14 @@ def _translate(args: argparse.Namespace) -> None:
         print(f"warning: {exc}; translating the {exc.decoded} frames that decode", file=sys.stderr)
     if args.annotators is not None:
         set_annotators_folder(args.annotators)
+    stage = "keys" if args.keys_only else "finish" if args.keys is not None else "all"
     controlnets = parse_kind_options(args.controlnet, "--controlnet")
     configs = parse_kind_options(args.controlnet_config, "--controlnet-config")
     choice = choose_models(config, DEFAULT_MODEL, controlnets)
     models = {"config": args.config, **job_models(config, choice, configs)}
     try:
         job = Job(job_dir, settings, args.input, out_dir=args.out, conditions_dir=args.conditions_dir, models=models,
-                  restart=args.restart)
+                  restart=args.restart, stage=stage, keys=args.keys)
     except JobMismatch as exc:
         raise JobMismatch(f"{exc}. Add --restart to discard it (removes {job_dir} and the frames it wrote to "
                           f"{args.out}) or choose another --out; to resume it instead, run it with the settings, "
@@ -203,11 +217,15 @@ def _translate(args: argparse.Namespace) -> None:
     if job.started_over:
         print(f"starting a new job in {job_dir}; the one there was discarded: {job.started_over}")
     height, width = job.frames[0].shape[:2]
-    for line in estimate_lines(settings, len(job.frames), width, height, str(runtime.device)):
-        print(line)
-    print("load model", flush=True)
-    warm = WarmPipeline(args.device, args.config, controlnet_configs(controlnets, configs))
-    pipe = warm.get(choice, config.loras)
+    pipe = None
+    if job.keys is not None:
+        print(f"propagate only: {len(job.frames) - len(job.keys)} frames between {len(job.keys)} keys of {args.keys}")
+    else:
+        for line in estimate_lines(settings, len(job.frames), width, height, str(runtime.device)):
+            print(line)
+        print("load model", flush=True)
+        warm = WarmPipeline(args.device, args.config, controlnet_configs(controlnets, configs))
+        pipe = warm.get(choice, config.loras)
     done = job.checkpoint().batches_done
     if done:
         print(f"resuming the job in {job_dir}: {done} batch(es) already done")
@@ -219,16 +237,33 @@ def _translate(args: argparse.Namespace) -> None:
         bar.update(progress.done - bar.n)
         bar.refresh()
 
-    for _ in job.run(pipe, on_progress=on_progress):
+    for _ in job.run(pipe, on_progress=on_progress, device=str(runtime.device)):
         pass
     bar.close()
-    print(f"wrote {len(job.frames)} frames to {args.out}")
+    if stage == "keys":
+        keys = tuple(i for i in range(len(job.frames)) if job.output_path(i).is_file())
+        write_manifest(args.out, KeysManifest(len(job.frames), keys, settings))
+        print(f"wrote {len(keys)} keys of {len(job.frames)} frames to {args.out}; fill in the rest with --keys {args.out}")
+    else:
+        print(f"wrote {len(job.frames)} frames to {args.out}")
     if args.mp4 is not None:
         from .video_out import read_fps, write_mp4
 
         pngs = (read_png(path) for path in job.outputs())
         print(f"wrote {write_mp4(args.mp4, pngs, read_fps(args.input) or 24.0)}")
     shutil.rmtree(job_dir)  # finished: the decoded input and the resume state are no longer needed
+
+
+def _finish_settings(keys: Path, values: dict) -> dict:
+    """The settings of a propagate-only run from the keys in ``keys``: those its manifest records (the
+    keys' own), overridden by ``values`` given on the command line; only the flow settings matter."""
+    if not keys.is_dir():
+        raise KeysError(f"--keys {keys} is not a folder of keys")
+    manifest = keys / MANIFEST
+    recorded = KeysManifest.from_json(manifest.read_bytes(), str(manifest)).settings if manifest.is_file() else {}
+    merged = {**recorded, **values}
+    merged.setdefault("prompt", f"keys of {keys}")  # required by the schema, unused by propagation
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             clip = moving_square(frames=args.frames, width=args.width, height=args.height)
             print(write_video(args.path, clip.frames))
     except (S.SettingsError, ModelNotFoundError, ClipError, FileExistsError, JobMismatch, DeviceError,
-            NonFiniteError) as exc:
+            NonFiniteError, KeysError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

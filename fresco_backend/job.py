@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from fresco_contract.files import write_bytes_atomic
+from fresco_contract.keys import MANIFEST, key_path, read_manifest
 from fresco_contract.settings import SettingsError, from_record
 from fresco_contract.wire import frame_filename
 
@@ -45,6 +46,7 @@ from .video_io import FrameFiles, iter_frames, read_png, write_png_atomic
 if TYPE_CHECKING:
     from .denoise import ProgressFn
 
+STAGES = ("all", "keys", "finish")  # what a job does: see ``Job``
 FORMAT = 2  # the version of the layout and of job.json; folders of other versions are not resumed
 RECORD = "job.json"
 
@@ -305,9 +307,15 @@ class Job:
 
     def __init__(self, folder: Path, settings: Mapping[str, Any], source: str | Path,
                  out_dir: Path | None = None, conditions_dir: Path | None = None,
-                 models: Mapping[str, str | None] | None = None, restart: bool = False):
+                 models: Mapping[str, str | None] | None = None, restart: bool = False,
+                 stage: str = "all", keys: Path | None = None):
         """Open or create the job in ``folder`` translating ``source`` (video file or image folder)
         with the validated ``settings`` (recorded as they are; ``config`` is their JobConfig).
+
+        ``stage``: what it does, one of ``STAGES``: "all" translates the keys and propagates the rest,
+        "keys" translates the keys only, "finish" fills in the frames between the keys of the folder
+        ``keys`` (``fresco_contract.keys``) as they are on disk, denoising nothing; the keys' contents
+        are part of the job, so a resume after an edit starts over.
 
         Outputs go to ``out_dir`` (default ``folder/output``) as 0001.png, 0002.png, ...; control
         images and flows are cached in ``conditions_dir`` (default ``folder/cache``), which jobs on
@@ -317,15 +325,20 @@ class Job:
         """
         self.layout = JobFolder(folder, out_dir)
         self.folder, self.out_dir = self.layout.folder, self.layout.output_dir
-        self.settings = dict(settings)
+        if stage not in STAGES or (stage == "finish") != (keys is not None):
+            raise ValueError(f"stage {stage!r} with keys {keys!r}: a finish job, and only it, takes a keys folder")
+        self.settings, self.stage = dict(settings), stage
         self.config = JobConfig.of(self.settings)  # the edge of a job folder: converted once, here
         self.conditions_dir = Path(conditions_dir) if conditions_dir is not None else self.folder / "cache"
         self.started_over: str | None = None
         self.record = JobRecord(
             settings={**self.settings, "model": local_reference(self.settings.get("model")) or ""},
-            job={"source": str(Path(source).resolve()),
+            job={"source": str(Path(source).resolve()), "stage": stage,
                  "models": {name: local_reference(value) for name, value in (models or {}).items()}})
+        if keys is not None:
+            self.record.job["keys"] = keys_digest(keys)
         self.frames = self._open(Path(source), restart)
+        self.keys = None if keys is None else KeyFiles(keys, read_manifest(keys, len(self.frames)).keys)
 
     def _open(self, source: Path, restart: bool) -> FrameFiles:
         """The job's input frames, checked against (or else decoded into) the folder."""
@@ -359,6 +372,8 @@ class Job:
             return None
         differences = [f"{name}: {old.settings.get(name)!r} -> {value!r}"
                        for name, value in self.record.settings.items() if old.settings.get(name) != value]
+        if (old.job or {}).get("stage", "all") != self.record.job["stage"]:
+            differences.append(f"stage: {(old.job or {}).get('stage', 'all')!r} -> {self.record.job['stage']!r}")
         old_models, models = (old.job or {}).get("models"), self.record.job["models"]
         old_models = old_models if isinstance(old_models, dict) else {}
         differences += [f"{name}: {old_models.get(name)!r} -> {models.get(name)!r}"
@@ -366,6 +381,9 @@ class Job:
         if differences:
             self._replace("it has other settings (" + "; ".join(differences) + ")",
                           old.input.frame_count if old.input else None)
+            return None
+        if (old.job or {}).get("keys") != self.record.job.get("keys"):  # propagation only: nothing dear is lost
+            self._discard("its keys have changed since it started", old.input.frame_count if old.input else None)
             return None
         return old
 
@@ -403,16 +421,53 @@ class Job:
         return self.layout.checkpoint_store().load()
 
     def run(self, pipe, on_progress: ProgressFn | None = None,
-            cancel: threading.Event | None = None) -> Iterator[int]:
-        """Translate what is missing; yields the index of every output frame written."""
+            cancel: threading.Event | None = None, device: str = "cpu") -> Iterator[int]:
+        """Do what is missing; yields the index of every output frame written. ``pipe``: the model a
+        translating stage runs on (None for "finish", which propagates on ``device``)."""
         from .conditions_cache import ConditionsCache  # torch: only where a job runs
-        from .translate import translate_frames
+        from .translate import finish_frames, translate_frames
 
-        for index, rgb in translate_frames(pipe, self.frames, self.config, on_progress, cancel,
-                                           self.checkpoint(), ConditionsCache(self.conditions_dir)):
+        if self.keys is not None:
+            frames = finish_frames(self.frames, self.keys, self.config, device, on_progress, cancel, self.checkpoint())
+        else:
+            frames = translate_frames(pipe, self.frames, self.config, on_progress, cancel, self.checkpoint(),
+                                      ConditionsCache(self.conditions_dir), keys_only=self.stage == "keys")
+        for index, rgb in frames:
             write_png_atomic(self.output_path(index), rgb)
             yield index
 
     def outputs(self) -> list[Path]:
-        """The output frames, in order (complete once ``run`` has finished)."""
-        return [self.output_path(i) for i in range(len(self.frames))]
+        """The output frames, in order (complete once ``run`` has finished; a "keys" job's: its keys)."""
+        return [self.output_path(i) for i in range(len(self.frames)) if self.output_path(i).is_file()]
+
+
+class KeyFiles(Mapping[int, np.ndarray]):
+    """The keys of a keys folder (frame index -> uint8 RGB), read on access."""
+
+    def __init__(self, folder: Path, keys: Iterable[int]) -> None:
+        self.folder, self._keys = Path(folder), tuple(keys)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index not in self._keys:
+            raise KeyError(index)
+        return read_png(key_path(self.folder, index))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, index: object) -> bool:
+        return index in self._keys
+
+
+
+def keys_digest(folder: Path) -> str:
+    """A SHA-256 of a keys folder's manifest and frame files, names and bytes: an edited, added or removed
+    key gives another."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).iterdir()):
+        if path.name == MANIFEST or (path.suffix == ".png" and path.stem.isdigit()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

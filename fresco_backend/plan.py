@@ -23,7 +23,7 @@ executor (``executor.py``) walks it, in this process (``translate.py``) or on Ra
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -105,6 +105,21 @@ class Plan:
     def batch_count(self) -> int:
         return sum(len(p.batches) for p in self.passes)
 
+    def keys_only(self) -> Plan:
+        """This plan without its spans: the keys are translated, nothing is propagated."""
+        return replace(self, spans=())
+
+
+def spans_between(keys: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """The spans of ``keys`` (ascending): two consecutive keys with frames between them."""
+    return tuple((a, b) for a, b in zip(keys, keys[1:]) if b - a > 1)
+
+
+def finish_plan(frames: int, keys: Sequence[int]) -> Plan:
+    """The plan of filling in a clip of ``frames`` frames from ``keys`` translated before: no passes,
+    every span propagated."""
+    return Plan(frames, tuple(keys), None, (), spans_between(keys))
+
 
 def _chain(anchors: list[int], keys: list[int], batch_size: int) -> list[Batch]:
     """Batches of ``keys``, the first anchored to ``anchors``, each later one to [anchors[0], the previous
@@ -155,7 +170,7 @@ def make_plan(frames: Sequence[np.ndarray], config: JobConfig, segments: int = 1
     require(config)
     keys = keyframes_for(Clip(frames), config) if len(frames) else []
     size = config.sampling.batch_size
-    spans = tuple((a, b) for a, b in zip(keys, keys[1:]) if b - a > 1)
+    spans = spans_between(keys)
     skeleton, passes = None, [key_batches(keys, size, config.fresco)]
     if not config.fresco and segments > 1:  # whole batches of the one grid
         grid = passes[0]

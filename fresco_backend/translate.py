@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import replace
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+
+from fresco_contract.keys import KeysError, check_keys
+from fresco_contract.wire import frame_filename
 
 from .conditions_cache import ConditionsCache
 from .checkpoint import Anchors, Checkpoint
@@ -28,10 +31,10 @@ from .flow import FlowEstimator, load_estimator
 from .frames import resize, to_tensor, to_uint8
 from .fresco import fresco_frames
 from .keyframes import Batch
-from .plan import Clip, Pass, make_plan
+from .plan import Clip, Pass, finish_plan, make_plan
 from .propagate import propagate_span
 
-__all__ = ["Cancelled", "LocalRunner", "Progress", "propagate_frames", "translate_frames"]
+__all__ = ["Cancelled", "LocalRunner", "Progress", "finish_frames", "propagate_frames", "translate_frames"]
 log = logging.getLogger(__name__)
 
 
@@ -67,18 +70,40 @@ def propagate_frames(frames: Sequence[np.ndarray], first: int, last: int, out_fi
     return list(enumerate(propagate_span(frames[first:last + 1], out_first, out_last, estimator), first + 1))
 
 
-class LocalRunner:
+class Propagator:
+    """Runs only a plan's spans (``executor.Runner``), in this process, on ``device``: the runner of
+    ``finish_frames``, which denoises nothing; ``estimator``: the spans' flow (None: loaded for the first)."""
+
+    def __init__(self, frames: Sequence[np.ndarray], config: JobConfig, clock: StepClock, device,
+                 estimator: FlowEstimator | None = None):
+        self.config, self.clock, self.device, self.estimator = require(config), clock, device, estimator
+        self.clip = Clip(frames)
+
+    def run(self, passes: Sequence[Pass], anchors: Anchors,
+            checkpoint: Checkpoint | None = None) -> Iterator[Frame | Recorded]:
+        if passes:
+            raise RuntimeError(f"a propagate-only run was asked to translate {', '.join(p.name for p in passes)}")
+        return iter(())
+
+    def propagate(self, first: int, last: int, out_first: np.ndarray,
+                  out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        self.clock.stage(propagate_stage(first, last))
+        if self.estimator is None:
+            self.estimator = load_estimator(self.config.flow, self.config.flow_weights, self.device)
+        return propagate_frames(self.clip, first, last, out_first, out_last, self.estimator)
+
+
+class LocalRunner(Propagator):
     """Runs a plan's tasks in this process, one after the other (``executor.Runner``), on ``pipe``,
     counting them on the job's ``clock``; ``estimator``: the spans' flow (None: loaded for the first)."""
 
     def __init__(self, pipe, frames: Sequence[np.ndarray], config: JobConfig, clock: StepClock,
                  cache: ConditionsCache | None = None, estimator: FlowEstimator | None = None):
-        self.pipe, self.config, self.clock, self.cache = pipe, require(config), clock, cache or ConditionsCache(None)
-        self.clip = Clip(frames)
+        super().__init__(frames, config, clock, pipe.device, estimator)
+        self.pipe, self.cache = pipe, cache or ConditionsCache(None)
         self.height, self.width = self.clip.shape[:2]
         self.work_size = config.sampling.work_size(self.width, self.height)
         self.translate = fresco_frames if config.fresco else per_frame
-        self.estimator = estimator
 
     def run(self, passes: Sequence[Pass], anchors: Anchors,
             checkpoint: Checkpoint | None = None) -> Iterator[Frame | Recorded]:
@@ -95,18 +120,38 @@ class LocalRunner:
             if step.records:
                 yield Recorded({key: [t.cpu() for t in memory[key]] for key in step.records})
 
-    def propagate(self, first: int, last: int, out_first: np.ndarray,
-                  out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        self.clock.stage(propagate_stage(first, last))
-        if self.estimator is None:
-            self.estimator = load_estimator(self.config.flow, self.config.flow_weights, self.pipe.device)
-        return propagate_frames(self.clip, first, last, out_first, out_last, self.estimator)
+
+def finish_frames(frames: Sequence[np.ndarray], keys: Mapping[int, np.ndarray], config: JobConfig, device="cpu",
+                  on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+                  checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Fill in ``frames`` (uint8 RGB, all one size) from translated ``keys`` (frame index -> uint8 RGB at
+    the input's size, as they are now: edited or not), denoising nothing: yields (index, frame) of every
+    frame the ``checkpoint`` does not hold, the keys first and as given, then the frames between them
+    propagated along the input's flow (the ``flow`` setting of ``config``) on ``device``, span by span.
+    ``keys`` must hold the first and the last frame (``fresco_contract.keys.check_keys``), each of the
+    input's size (KeysError otherwise)."""
+    require(config)
+    indices = sorted(keys)
+    check_keys(indices, len(frames))
+    shape = Clip(frames).shape
+    checkpoint = checkpoint or Checkpoint()
+    for index in indices:
+        if not checkpoint.has_output(index):
+            rgb = keys[index]
+            if rgb.shape != shape or rgb.dtype != np.uint8:
+                raise KeysError(f"key {frame_filename(index)} is {rgb.shape[1]}x{rgb.shape[0]} ({rgb.dtype}); the "
+                                f"input's frames are {shape[1]}x{shape[0]}: a key must keep its frame's size")
+            yield index, rgb
+    held = replace(checkpoint, has_output=lambda i: i in keys or checkpoint.has_output(i),
+                   output=lambda i: keys[i] if i in keys else checkpoint.output(i))
+    clock = StepClock(0, on_progress, cancel)
+    yield from execute(finish_plan(len(frames), indices), Propagator(frames, config, clock, device), held)
 
 
 def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
                      on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                     checkpoint: Checkpoint | None = None,
-                     cache: ConditionsCache | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                     checkpoint: Checkpoint | None = None, cache: ConditionsCache | None = None,
+                     keys_only: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (uint8 RGB, all one size) with the job's ``config``.
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
@@ -120,6 +165,9 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     When the device runs out of memory before the first batch is done, the job starts again at half
     the batch size (down to 1), saying so as a stage; its frames are those of a run at that batch
     size, which the checkpoint records (``Checkpoint.batch_size``) so that a resume cuts alike.
+
+    ``keys_only``: translate the keys only (the plan's passes as in a whole run, so the keys are the
+    frames a whole run gives them) and propagate nothing; ``finish_frames`` fills in the rest later.
     """
     require(config)
     if not frames:
@@ -130,7 +178,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     while True:
         written = False
         try:
-            for item in _translate(pipe, frames, config, on_progress, cancel, checkpoint, cache):
+            for item in _translate(pipe, frames, config, on_progress, cancel, checkpoint, cache, keys_only):
                 written = True
                 yield item
             return
@@ -153,11 +201,12 @@ def with_batch_size(config: JobConfig, size: int) -> JobConfig:
 
 def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progress: ProgressFn | None,
                cancel: threading.Event | None, checkpoint: Checkpoint,
-               cache: ConditionsCache | None) -> Iterator[tuple[int, np.ndarray]]:
+               cache: ConditionsCache | None, keys_only: bool) -> Iterator[tuple[int, np.ndarray]]:
     """One attempt of ``translate_frames``: the plan at ``config``'s batch size, walked by the executor."""
     if on_progress and config.fresco and config.keyframes.choice == "adaptive":  # reads every frame
         on_progress(Progress("choose keys", 0, 0, None))
     plan = make_plan(frames, config)
+    plan = plan.keys_only() if keys_only else plan
     steps = config.sampling.executed_steps
     clock = StepClock((plan.batch_count - checkpoint.batches_done) * steps, on_progress, cancel,
                       checkpoint.batches_done, steps)
