@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from fresco_contract import options, settings as S
+from fresco_contract import options, settings as S, wire
 from fresco_contract.keys import MANIFEST, KeysError, KeysManifest, write_manifest
 from fresco_contract.estimate import DRAFT, LONG_JOB, PRIOR_SECONDS_PER_STEP, device_kind, estimate_job
 from fresco_contract.progress import Progress
@@ -100,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--allow-short-input", action="store_true",
                     help="translate the frames of a video that ends before the frame count its container states "
                          "(a file cut short); without it such a file is refused")
-    stage = tr.add_mutually_exclusive_group()
-    stage.add_argument("--keys-only", action="store_true",
+    part = tr.add_mutually_exclusive_group()
+    part.add_argument("--keys-only", action="store_true",
                        help="translate the keyframes only and write them to --out with keys.json (frame numbers "
                             "and settings): paint over them, then fill in the rest with --keys")
-    stage.add_argument("--keys", type=Path, default=None, metavar="DIR",
+    part.add_argument("--keys", type=Path, default=None, metavar="DIR",
                        help="propagate only: fill in the frames between the keys in DIR (a --keys-only result, "
                             "edited or not, or frame-numbered PNGs of the input's size including its first and "
                             "last frame) along the input's flow; nothing is denoised, no model is loaded")
@@ -202,14 +202,14 @@ def _translate(args: argparse.Namespace) -> None:
         print(f"warning: {exc}; translating the {exc.decoded} frames that decode", file=sys.stderr)
     if args.annotators is not None:
         set_annotators_folder(args.annotators)
-    stage = "keys" if args.keys_only else "finish" if args.keys is not None else "all"
+    part = wire.KEYS if args.keys_only else wire.FINISH if args.keys is not None else wire.ALL
     controlnets = parse_kind_options(args.controlnet, "--controlnet")
     configs = parse_kind_options(args.controlnet_config, "--controlnet-config")
     choice = choose_models(config, DEFAULT_MODEL, controlnets)
     models = {"config": args.config, **job_models(config, choice, configs)}
     try:
         job = Job(job_dir, settings, args.input, out_dir=args.out, conditions_dir=args.conditions_dir, models=models,
-                  restart=args.restart, stage=stage, keys=args.keys)
+                  restart=args.restart, part=part, keys=args.keys)
     except JobMismatch as exc:
         raise JobMismatch(f"{exc}. Add --restart to discard it (removes {job_dir} and the frames it wrote to "
                           f"{args.out}) or choose another --out; to resume it instead, run it with the settings, "
@@ -240,7 +240,7 @@ def _translate(args: argparse.Namespace) -> None:
     for _ in job.run(pipe, on_progress=on_progress, device=str(runtime.device)):
         pass
     bar.close()
-    if stage == "keys":
+    if part == wire.KEYS:
         keys = tuple(i for i in range(len(job.frames)) if job.output_path(i).is_file())
         write_manifest(args.out, KeysManifest(len(job.frames), keys, settings))
         print(f"wrote {len(keys)} keys of {len(job.frames)} frames to {args.out}; fill in the rest with --keys {args.out}")

@@ -16,6 +16,7 @@ propagates the frames between the keys.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 from typing import Callable, Collection, Iterator, Sequence
 
@@ -33,6 +34,7 @@ from .flow import BatchFlow
 from .frames import resize, to_tensor, to_uint8
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch
+from .turns import turn
 
 
 def x0_smoothing_steps(steps: int) -> set[int]:
@@ -123,9 +125,10 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
     sampling = config.sampling
     if not batches:
         return
-    embeds = encode_prompt(pipe, sampling)
+    with turn(pipe):
+        embeds = encode_prompt(pipe, sampling)
+        timesteps = timesteps_for(pipe, sampling)
     scales = [net.scale for net in config.control.nets]
-    timesteps = timesteps_for(pipe, sampling)
     first = batches[0].frames[0]  # the global first key: every later batch's first anchor
     kept = set(keep)
     record = {first, *kept} | {b.frames[-1] for b in batches}  # frames later batches anchor to, and ``keep``
@@ -134,8 +137,6 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
 
     attention, opt_ctx = FrescoAttention(config.attention), OptContext(mode="off")
     optimizer = FeatureOptimizer(config.optimisation)
-    handle = install(pipe.unet, attention)
-    optimizer.install(pipe.unet, opt_ctx)
     try:
         for number, batch in enumerate(batches):
             if number < checkpoint.batches_done:
@@ -143,29 +144,39 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
             clock.check_cancel()
             small = [resize(frames[i], *work_size) for i in batch.frames]
             images = to_tensor(small)
-            controls, flow = batch_conditions(small, config, cache, with_flow=True, device=pipe.device,
-                                             on_stage=clock.stage)
-            attention.new_batch(images, flow)
-            opt_ctx.flow = flow
-            opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None
-            encoded = encode_frames(pipe, images)  # once, for the reference pass and the denoising
-            reference_pass(pipe, encoded, embeds[-1:], timesteps[-1], sampling.seed, attention, opt_ctx)
-            smooth_x0 = None
-            if opt_ctx.saliency is not None and flow is not None:
-                smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,
-                                    config=optimizer.config)
-            hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory, record,
-                                  smooth_x0, x0_smoothing_steps(sampling.steps))
-            out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded)
-            for frame, rgb in zip(batch.new, to_uint8(out[batch.anchors:])):
-                yield frame, rgb
+            with turn(pipe), installed(pipe.unet, attention, optimizer, opt_ctx):
+                controls, flow = batch_conditions(small, config, cache, with_flow=True, device=pipe.device,
+                                                 on_stage=clock.stage)
+                attention.new_batch(images, flow)
+                opt_ctx.flow = flow
+                opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None
+                encoded = encode_frames(pipe, images)  # once, for the reference pass and the denoising
+                reference_pass(pipe, encoded, embeds[-1:], timesteps[-1], sampling.seed, attention, opt_ctx)
+                smooth_x0 = None
+                if opt_ctx.saliency is not None and flow is not None:
+                    smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,
+                                        config=optimizer.config)
+                hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory,
+                                      record, smooth_x0, x0_smoothing_steps(sampling.steps))
+                out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded)
+                optimizer.reference.clear()
+            yield from zip(batch.new, to_uint8(out[batch.anchors:]))
             for frame in [f for f in memory if f not in (first, batch.frames[-1], *kept)]:
                 del memory[frame]  # only the global first key, this batch's last and ``keep`` are needed later
-            optimizer.reference.clear()
             checkpoint.on_batch_done(number, memory)
+    finally:
+        attention.clear()
+
+
+@contextmanager
+def installed(unet, attention: FrescoAttention, optimizer: FeatureOptimizer, opt_ctx: OptContext) -> Iterator[None]:
+    """FRESCO's attention processors and feature-optimisation hooks on ``unet`` for one batch (its turn:
+    ``turns.py``), taken off again however the batch ends."""
+    handle = install(unet, attention)
+    optimizer.install(unet, opt_ctx)
+    try:
+        yield
     finally:
         opt_ctx.mode = "off"
         optimizer.remove()
         handle.uninstall()
-        attention.clear()
-

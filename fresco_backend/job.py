@@ -37,6 +37,7 @@ import numpy as np
 from fresco_contract.files import write_bytes_atomic
 from fresco_contract.keys import MANIFEST, key_path, read_manifest
 from fresco_contract.settings import SettingsError, from_record
+from fresco_contract import wire
 from fresco_contract.wire import frame_filename
 
 from .checkpoint import Anchors, Checkpoint
@@ -46,7 +47,6 @@ from .video_io import FrameFiles, iter_frames, read_png, write_png_atomic
 if TYPE_CHECKING:
     from .denoise import ProgressFn
 
-STAGES = ("all", "keys", "finish")  # what a job does: see ``Job``
 FORMAT = 2  # the version of the layout and of job.json; folders of other versions are not resumed
 RECORD = "job.json"
 
@@ -308,14 +308,14 @@ class Job:
     def __init__(self, folder: Path, settings: Mapping[str, Any], source: str | Path,
                  out_dir: Path | None = None, conditions_dir: Path | None = None,
                  models: Mapping[str, str | None] | None = None, restart: bool = False,
-                 stage: str = "all", keys: Path | None = None):
+                 part: str = wire.ALL, keys: Path | None = None):
         """Open or create the job in ``folder`` translating ``source`` (video file or image folder)
         with the validated ``settings`` (recorded as they are; ``config`` is their JobConfig).
 
-        ``stage``: what it does, one of ``STAGES``: "all" translates the keys and propagates the rest,
-        "keys" translates the keys only, "finish" fills in the frames between the keys of the folder
-        ``keys`` (``fresco_contract.keys``) as they are on disk, denoising nothing; the keys' contents
-        are part of the job, so a resume after an edit starts over.
+        ``part``: what it does, one of ``fresco_contract.wire.PARTS``: "all" (and "preview") translates
+        the keys and propagates the rest, "keys" translates the keys only, "finish" fills in the frames
+        between the keys of the folder ``keys`` (``fresco_contract.keys``) as they are on disk, denoising
+        nothing; the keys' contents are part of the job, so a resume after an edit starts over.
 
         Outputs go to ``out_dir`` (default ``folder/output``) as 0001.png, 0002.png, ...; control
         images and flows are cached in ``conditions_dir`` (default ``folder/cache``), which jobs on
@@ -325,15 +325,15 @@ class Job:
         """
         self.layout = JobFolder(folder, out_dir)
         self.folder, self.out_dir = self.layout.folder, self.layout.output_dir
-        if stage not in STAGES or (stage == "finish") != (keys is not None):
-            raise ValueError(f"stage {stage!r} with keys {keys!r}: a finish job, and only it, takes a keys folder")
-        self.settings, self.stage = dict(settings), stage
+        if part not in wire.PARTS or (part == wire.FINISH) != (keys is not None):
+            raise ValueError(f"part {part!r} with keys {keys!r}: a finish job, and only it, takes a keys folder")
+        self.settings, self.part = dict(settings), part
         self.config = JobConfig.of(self.settings)  # the edge of a job folder: converted once, here
         self.conditions_dir = Path(conditions_dir) if conditions_dir is not None else self.folder / "cache"
         self.started_over: str | None = None
         self.record = JobRecord(
             settings={**self.settings, "model": local_reference(self.settings.get("model")) or ""},
-            job={"source": str(Path(source).resolve()), "stage": stage,
+            job={"source": str(Path(source).resolve()), "part": part,
                  "models": {name: local_reference(value) for name, value in (models or {}).items()}})
         if keys is not None:
             self.record.job["keys"] = keys_digest(keys)
@@ -372,8 +372,8 @@ class Job:
             return None
         differences = [f"{name}: {old.settings.get(name)!r} -> {value!r}"
                        for name, value in self.record.settings.items() if old.settings.get(name) != value]
-        if (old.job or {}).get("stage", "all") != self.record.job["stage"]:
-            differences.append(f"stage: {(old.job or {}).get('stage', 'all')!r} -> {self.record.job['stage']!r}")
+        if (old.job or {}).get("part", wire.ALL) != self.record.job["part"]:
+            differences.append(f"part: {(old.job or {}).get('part', wire.ALL)!r} -> {self.record.job['part']!r}")
         old_models, models = (old.job or {}).get("models"), self.record.job["models"]
         old_models = old_models if isinstance(old_models, dict) else {}
         differences += [f"{name}: {old_models.get(name)!r} -> {models.get(name)!r}"
@@ -423,7 +423,7 @@ class Job:
     def run(self, pipe, on_progress: ProgressFn | None = None,
             cancel: threading.Event | None = None, device: str = "cpu") -> Iterator[int]:
         """Do what is missing; yields the index of every output frame written. ``pipe``: the model a
-        translating stage runs on (None for "finish", which propagates on ``device``)."""
+        translating part runs on (None for "finish", which propagates on ``device``)."""
         from .conditions_cache import ConditionsCache  # torch: only where a job runs
         from .translate import finish_frames, translate_frames
 
@@ -431,7 +431,7 @@ class Job:
             frames = finish_frames(self.frames, self.keys, self.config, device, on_progress, cancel, self.checkpoint())
         else:
             frames = translate_frames(pipe, self.frames, self.config, on_progress, cancel, self.checkpoint(),
-                                      ConditionsCache(self.conditions_dir), keys_only=self.stage == "keys")
+                                      ConditionsCache(self.conditions_dir), keys_only=self.part == wire.KEYS)
         for index, rgb in frames:
             write_png_atomic(self.output_path(index), rgb)
             yield index

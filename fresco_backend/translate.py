@@ -33,6 +33,7 @@ from .fresco import fresco_frames
 from .keyframes import Batch
 from .plan import Clip, Pass, finish_plan, make_plan
 from .propagate import propagate_span
+from .turns import turn
 
 __all__ = ["Cancelled", "LocalRunner", "Progress", "finish_frames", "propagate_frames", "translate_frames"]
 log = logging.getLogger(__name__)
@@ -44,16 +45,18 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
     """The baseline: the frames of each of ``batches`` (unanchored) translated independently (batched only
     for speed); yields (index, frame at the work size). Takes ``fresco_frames``'s arguments; there are
     no latents to anchor to or keep."""
-    embeds = encode_prompt(pipe, config.sampling)
+    with turn(pipe):
+        embeds = encode_prompt(pipe, config.sampling)
     scales = [net.scale for net in config.control.nets]
     for number, batch in enumerate(batches):
         if number < checkpoint.batches_done:
             continue
         clock.check_cancel()
         small = [resize(frames[i], *work_size) for i in batch.frames]
-        controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
-                                       on_stage=clock.stage)
-        out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
+        with turn(pipe):
+            controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
+                                           on_stage=clock.stage)
+            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
         yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
 

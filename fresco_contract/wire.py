@@ -7,7 +7,10 @@ only.
 
 A job's life:
   POST   /v1/jobs                      {"settings": {...}, "frame_count": N} -> job status
+                                       (+ "part": one of PARTS, default "all"; a "finish" job
+                                       also "keys": [frame indices, first and last included])
   PUT    /v1/jobs/{id}/input/{index}   PNG body, index 0..N-1
+  PUT    /v1/jobs/{id}/keys/{index}    PNG body of a "finish" job's key at frame index, input size
   POST   /v1/jobs/{id}/start           queue it once every input frame is there
   GET    /v1/jobs/{id}/events?after=C&wait=S   events with seq > C, waiting up to S s
   GET    /v1/jobs/{id}/output/{index}  PNG of a finished frame
@@ -45,6 +48,11 @@ MAX_JSON_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 8  # nesting of a request body; a job spec needs 2
 MAX_FRAME_PIXELS = 7680 * 4320  # width x height of an input frame (8K UHD), checked before decoding
 MIN_FRAME_SIDE = 12  # shortest input frame side: OpenCV's DIS flow refuses smaller frames
+
+# what a job does ("part" of its spec): everything; the keys only; the frames between given keys
+# (uploaded to keys/{index}), denoising nothing; a short look at a frame or two, run beside other jobs
+ALL, KEYS, FINISH, PREVIEW = "all", "keys", "finish", "preview"
+PARTS = (ALL, KEYS, FINISH, PREVIEW)
 
 # job states
 QUEUED, UPLOADING, RUNNING, DONE, FAILED, CANCELLED = (
@@ -167,6 +175,10 @@ def job_path(job_id: str) -> str:
 
 def input_path(job_id: str, index: int) -> str:
     return f"{JOBS}/{job_id}/input/{index}"
+
+
+def key_path(job_id: str, index: int) -> str:
+    return f"{JOBS}/{job_id}/keys/{index}"
 
 
 def output_path(job_id: str, index: int) -> str:

@@ -293,12 +293,11 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
     conditions = ConditionsCache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
     pool = start_pool(args, device, work_dir, controlnets, configs) if args.ray is not None else None
     if pool is None:
-        manager = JobManager(work_dir, LocalTranslator(models.for_settings,
-                                                       functools.partial(translate_frames, cache=conditions)),
-                             prepare=models.prepare)
+        manager = JobManager(work_dir, LocalTranslator(models.use, functools.partial(translate_frames, cache=conditions)),
+                             prepare=models.prepare, device=device)
     else:
         manager = JobManager(work_dir, pool.translate, prepare=models.prepare,
-                             concurrency=2 * pool.size, checkpoint_plan=pool.checkpoint_plan)
+                             concurrency=2 * pool.size, checkpoint_plan=pool.checkpoint_plan, device=device)
     info = {"version": __version__, "device": device, "default_model": args.model,
             "controlnet": choose_models(JobConfig(), args.model, controlnets).controlnets[0],
             "controlnets": {**DEFAULT_CONTROLNETS, **controlnets}}

@@ -181,7 +181,10 @@ JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {"
     "properties": {"settings": {"type": "object", "additionalProperties": False,
                                 "required": [s.name for s in SETTINGS if s.required],
                                 "properties": {s.name: setting_schema(s) for s in SETTINGS}},
-                   "frame_count": {"type": "integer", "minimum": 1, "maximum": wire.MAX_FRAMES}}}}}}}
+                   "frame_count": {"type": "integer", "minimum": 1, "maximum": wire.MAX_FRAMES},
+                   "part": {"type": "string", "enum": list(wire.PARTS)},
+                   "keys": {"type": "array", "items": {"type": "integer", "minimum": 0,
+                                                       "maximum": wire.MAX_FRAMES - 1}}}}}}}}
 FRAME_BODY = {"requestBody": {"required": True, "content": {"image/png": {"schema": {
     "type": "string", "format": "binary", "maxLength": wire.MAX_FRAME_BYTES}}}}}
 
@@ -277,14 +280,17 @@ def create_app(manager: JobManager, models: WarmModels, token: str, info: dict[s
             raise ApiError(400, TOO_DEEP)
         if not isinstance(body, dict):
             raise ApiError(400, 'body must be a JSON object {"settings": {...}, "frame_count": N}')
-        unknown = sorted(set(body) - {"settings", "frame_count"})
+        unknown = sorted(set(body) - {"settings", "frame_count", "part", "keys"})
         if unknown:
             raise ApiError(422, f"unknown field(s) in job: {', '.join(unknown)}")
         values = body.get("settings", {})
         if isinstance(values, dict):
             values = {k: integral(v) if k in INT_SETTINGS else v for k, v in values.items()}
         settings = validate(values)
-        job = await run_in_threadpool(manager.create, settings, integral(body.get("frame_count")))
+        keys = body.get("keys", [])
+        keys = [integral(k) for k in keys] if isinstance(keys, list) else keys
+        job = await run_in_threadpool(manager.create, settings, integral(body.get("frame_count")),
+                                      body.get("part", wire.ALL), keys)
         return job.status()
 
     @app.get(wire.JOBS + "/{job_id}", dependencies=auth)
@@ -297,6 +303,13 @@ def create_app(manager: JobManager, models: WarmModels, token: str, info: dict[s
         data = await read_body(request, wire.MAX_FRAME_BYTES)
         await run_in_threadpool(manager.put_input, job_id, index, data)
         return {"id": job.id, "index": index, "uploaded": len(job.uploaded), "frame_count": job.frame_count}
+
+    @app.put(wire.JOBS + "/{job_id}/keys/{index}", dependencies=auth, openapi_extra=FRAME_BODY)
+    async def upload_key(job_id: str, index: int, request: Request) -> dict[str, Any]:
+        job = manager.get(job_id)
+        data = await read_body(request, wire.MAX_FRAME_BYTES)
+        await run_in_threadpool(manager.put_key, job_id, index, data)
+        return {"id": job.id, "index": index, "uploaded_keys": len(job.uploaded_keys), "keys": len(job.keys)}
 
     @app.post(wire.JOBS + "/{job_id}/start", dependencies=auth)
     def start_job(job_id: str) -> dict[str, Any]:

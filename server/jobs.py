@@ -25,16 +25,18 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 
 from fresco_contract import wire
 from fresco_contract.estimate import estimate_job
 from fresco_contract.files import read_without_links, write_bytes_atomic
+from fresco_contract.keys import key_path
 from fresco_contract.progress import Cancelled, Progress
 
 from fresco_backend.config import JobConfig
+from fresco_backend.job import KeyFiles
 from fresco_backend.video_io import FrameFiles, encode_png
 
 from . import records
@@ -48,27 +50,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fresco.server.jobs")
 
-GetPipeline = Callable[[JobConfig], Any]
+UsePipeline = Callable[[JobConfig, threading.Event], ContextManager[Any]]
 Prepare = Callable[[JobConfig, Callable[[Progress], None], threading.Event], None]
-# (frames, config, on_progress, cancel, checkpoint) -> every (index, RGB) the checkpoint does not hold yet, once
-Translator = Callable[[Sequence[np.ndarray], JobConfig, Callable[[Progress], None], threading.Event, "Checkpoint"],
-                      Iterator[tuple[int, np.ndarray]]]
+# (frames, config, on_progress, cancel, checkpoint[, keys_only]) -> every (index, RGB) the checkpoint does not
+# hold yet, once (with keys_only=True: of the keys alone)
+Translator = Callable[..., Iterator[tuple[int, np.ndarray]]]
 
 
 class LocalTranslator:
-    """A ``Translator`` on this process: the job's warm pipeline from ``get_pipeline``
-    (``WarmModels.for_settings``), then ``translate`` (``translate_frames``) on it."""
+    """A ``Translator`` on this process: the job's warm pipeline from ``use_pipeline``
+    (``WarmModels.use``, held while the job translates), then ``translate`` (``translate_frames``) on it."""
 
-    def __init__(self, get_pipeline: GetPipeline, translate: Callable[..., Iterator[tuple[int, np.ndarray]]]) -> None:
-        self._get_pipeline = get_pipeline
+    def __init__(self, use_pipeline: UsePipeline, translate: Callable[..., Iterator[tuple[int, np.ndarray]]]) -> None:
+        self._use_pipeline = use_pipeline
         self._translate = translate
 
     def __call__(self, frames: Sequence[np.ndarray], config: JobConfig, on_progress: Callable[[Progress], None],
-                 cancel: threading.Event, checkpoint: Checkpoint) -> Iterator[tuple[int, np.ndarray]]:
-        pipe = self._get_pipeline(config)
-        if cancel.is_set():
-            raise Cancelled("cancelled")
-        return self._translate(pipe, frames, config, on_progress, cancel, checkpoint=checkpoint)
+                 cancel: threading.Event, checkpoint: Checkpoint,
+                 keys_only: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        with self._use_pipeline(config, cancel) as pipe:
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            yield from self._translate(pipe, frames, config, on_progress, cancel, checkpoint=checkpoint,
+                                       keys_only=keys_only)
 
 
 class JobError(Exception):
@@ -99,7 +103,7 @@ class JobManager:
     """All jobs of the server process and the worker threads that run them."""
 
     def __init__(self, work_dir: Path, translate: Translator, prepare: Prepare | None = None,
-                 concurrency: int = 1, checkpoint_plan: str = "") -> None:
+                 concurrency: int = 1, checkpoint_plan: str = "", device: str = "cpu") -> None:
         """``translate``: a ``Translator`` (``LocalTranslator`` or ``RayPool.translate``), given a
         checkpoint kept in each job's ``state/`` so interrupted jobs resume; it loads the job's
         pipeline (the ``load model`` stage) before its first frame. ``prepare``
@@ -107,40 +111,62 @@ class JobManager:
         ``download`` stage), reporting progress and honouring the job's cancel. ``concurrency``:
         how many worker threads run jobs, each one job at a time (one; more with ``--ray``).
         ``checkpoint_plan``: how ``translate`` cuts a job into batches (``CheckpointStore``): a job
-        interrupted under another plan starts over."""
+        interrupted under another plan starts over. One more worker thread runs the quick lane: the
+        "preview" and "finish" jobs, beside the others (``_lane``); ``device``: where "finish" jobs
+        estimate their flow (they load no model)."""
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._prepare = prepare
         self._translate = translate
         self._checkpoint_plan = checkpoint_plan
+        self._device = device
         # seconds per U-Net frame-step at 512x512, as the last job's denoising measured it (None before any)
         self.seconds_per_step: float | None = None
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self._feed = EventFeed(self._lock)
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._quick: queue.Queue[str | None] = queue.Queue()
         self._reload()
-        self._workers = [threading.Thread(target=self._work, name=f"fresco-worker-{i}", daemon=True)
-                         for i in range(concurrency)]
+        self._workers = [threading.Thread(target=self._work, args=(self._queue,), name=f"fresco-worker-{i}",
+                                          daemon=True) for i in range(concurrency)]
+        self._workers.append(threading.Thread(target=self._work, args=(self._quick,), name="fresco-quick",
+                                              daemon=True))
         for worker in self._workers:
             worker.start()
 
     # ---- requests ---------------------------------------------------------------
 
-    def create(self, settings: dict[str, Any], frame_count: int) -> Job:
-        """A new job waiting for ``frame_count`` input frames; settings already validated."""
+    def create(self, settings: dict[str, Any], frame_count: int, part: str = wire.ALL,
+               keys: Sequence[int] = ()) -> Job:
+        """A new job waiting for ``frame_count`` input frames; settings already validated. ``part``: what
+        it does (``wire.PARTS``); a "finish" job also waits for its ``keys`` (``put_key``); a "preview"
+        translates at most one batch and runs in the quick lane, beside the strip jobs."""
         if not isinstance(frame_count, int) or isinstance(frame_count, bool) \
                 or not 1 <= frame_count <= wire.MAX_FRAMES:
             raise InvalidJob(f"frame_count: expected an integer from 1 to {wire.MAX_FRAMES}, got {frame_count!r}")
+        if part not in wire.PARTS:
+            raise InvalidJob(f"part: expected one of {', '.join(wire.PARTS)}, got {str(part)[:40]!r}")
+        problem = records.check_keys_spec(part, list(keys) if isinstance(keys, (list, tuple)) else keys, frame_count)
+        if part != wire.FINISH and keys:
+            problem = f"only a {wire.FINISH!r} job is given keys (a {wire.KEYS!r} job finds its own)"
+        if problem:
+            raise InvalidJob(f"keys: {problem}")
+        if part == wire.PREVIEW and frame_count > settings.get("batch_size", frame_count):
+            raise InvalidJob(f"a preview translates one batch: at most batch_size ({settings['batch_size']}) "
+                             f"frames, not {frame_count}; translate a strip as a job of part {wire.ALL!r}")
         job_id = uuid.uuid4().hex
-        job = Job(id=job_id, settings=settings, frame_count=frame_count, folder=self.work_dir / job_id)
+        job = Job(id=job_id, settings=settings, frame_count=frame_count, folder=self.work_dir / job_id, part=part,
+                  keys=tuple(keys))
         job.input_dir.mkdir(parents=True)
         job.output_dir.mkdir()
+        if part == wire.FINISH:
+            job.keys_dir.mkdir()
         with self._lock:
             self._jobs[job_id] = job
             records.save(job)
             self._feed.emit(job, wire.StateEvent(state=job.state))
-        log.info("job %s created: %d frames", job_id, frame_count)
+        log.info("job %s created: %d frames, part %s", job_id, frame_count, part)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -172,6 +198,27 @@ class JobManager:
         with self._lock:
             job.uploaded.add(index)
 
+    def put_key(self, job_id: str, index: int, data: bytes) -> None:
+        """Store the key at frame ``index`` (PNG bytes, the input's size) of a "finish" job still uploading."""
+        job = self.get(job_id)
+        if index not in job.keys:
+            raise JobError(f"frame {index} is not one of job {job_id}'s keys"
+                           + (f" ({', '.join(map(str, job.keys[:20]))})" if job.keys else f": a {job.part!r} job has none"))
+        try:
+            size = png_header_size(data)
+            self._check_frame_size(job, index, size)
+            check_decodes(data)
+        except BadImage as exc:
+            raise type(exc)(f"key {index}: {exc}") from None
+        with self._lock:
+            self._check_frame_size(job, index, size)
+            if job.frame_size is None:
+                job.frame_size = size
+                records.save(job)
+        write_bytes_atomic(key_path(job.keys_dir, index), data)
+        with self._lock:
+            job.uploaded_keys.add(index)
+
     def _check_frame_size(self, job: Job, index: int, size: tuple[int, int]) -> None:
         with self._lock:
             if job.state != wire.UPLOADING:
@@ -191,8 +238,12 @@ class JobManager:
                 first = min(set(range(job.frame_count)) - job.uploaded)
                 raise JobConflict(f"job {job_id}: {missing} of {job.frame_count} input frames not "
                                   f"uploaded yet (first missing: {first})")
+            keys = sorted(set(job.keys) - job.uploaded_keys)
+            if keys:
+                raise JobConflict(f"job {job_id}: {len(keys)} of its {len(job.keys)} keys not uploaded yet "
+                                  f"(first missing: {keys[0]})")
             self._set_state(job, wire.QUEUED)
-        self._queue.put(job.id)
+        self._lane(job).put(job.id)
         return job
 
     def cancel(self, job_id: str) -> Job:
@@ -261,8 +312,8 @@ class JobManager:
             for job in self._jobs.values():
                 if job.state not in wire.FINAL_STATES:
                     job.cancel.set()
-        for _ in self._workers:
-            self._queue.put(None)
+        for worker in self._workers:
+            (self._quick if worker.name == "fresco-quick" else self._queue).put(None)
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(deadline - time.monotonic(), 0.0))
@@ -302,15 +353,20 @@ class JobManager:
                     log.error("job %s failed on reload: %s", job.id, problem)
                 else:
                     job.state, job.started = wire.QUEUED, None
-                    self._queue.put(job.id)
+                    self._lane(job).put(job.id)
                 records.save(job)
             self._jobs[job.id] = job
             self._feed.emit(job, wire.StateEvent(state=job.state))
             log.info("job %s reloaded: %s, %d/%d outputs", job.id, job.state, len(job.outputs), job.frame_count)
 
-    def _work(self) -> None:
+    def _lane(self, job: Job) -> queue.Queue[str | None]:
+        """The queue a job waits in: previews and finish jobs (one batch; no model at all) in the quick
+        lane, so they never wait behind a strip's translation."""
+        return self._quick if job.part in (wire.PREVIEW, wire.FINISH) else self._queue
+
+    def _work(self, lane: queue.Queue[str | None]) -> None:
         while True:
-            job_id = self._queue.get()
+            job_id = lane.get()
             if job_id is None:
                 return
             job = self._jobs[job_id]
@@ -367,18 +423,26 @@ class JobManager:
             self._feed.emit(job, wire.ProgressEvent.of(progress))
 
         config = JobConfig.of(job.settings)  # the edge: a new or reloaded job's settings, converted once
-        if self._prepare is not None:
-            self._prepare(config, on_progress, job.cancel)
-        if job.cancel.is_set():
-            raise Cancelled("cancelled")
         checkpoint = job.layout.checkpoint_store(self._checkpoint_plan).load()
-        if checkpoint.batches_done:
-            log.info("job %s resumes after %d finished batches", job.id, checkpoint.batches_done)
-        cost = estimate_job(job.settings, job.frame_count, *(job.frame_size or (512, 512)))
-        steps_left = max(cost.batches - checkpoint.batches_done, 0) * cost.steps  # the first batch corrects it
-        self._progress(job, "load model", steps_left)
         frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
-        for index, rgb in self._translate(frames, config, on_progress, job.cancel, checkpoint):
+        if job.part == wire.FINISH:  # propagation only: no model to download or load
+            from fresco_backend.translate import finish_frames  # torch: only where a job runs
+
+            results = finish_frames(frames, KeyFiles(job.keys_dir, job.keys), config, self._device, on_progress,
+                                    job.cancel, checkpoint)
+        else:
+            if self._prepare is not None:
+                self._prepare(config, on_progress, job.cancel)
+            if job.cancel.is_set():
+                raise Cancelled("cancelled")
+            if checkpoint.batches_done:
+                log.info("job %s resumes after %d finished batches", job.id, checkpoint.batches_done)
+            cost = estimate_job(job.settings, job.frame_count, *(job.frame_size or (512, 512)))
+            steps_left = max(cost.batches - checkpoint.batches_done, 0) * cost.steps  # the first batch corrects it
+            self._progress(job, "load model", steps_left)
+            results = self._translate(frames, config, on_progress, job.cancel, checkpoint,
+                                      keys_only=job.part == wire.KEYS)
+        for index, rgb in results:
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")
             write_bytes_atomic(job.layout.output_path(index), encode_png(rgb))
@@ -387,5 +451,10 @@ class JobManager:
             self._feed.emit(job, wire.FrameEvent(index=index))
             if job.cancel.is_set():
                 raise Cancelled("cancelled")
+        if job.part == wire.KEYS:  # the keys it found are its result
+            with self._lock:
+                job.keys = tuple(sorted(job.outputs))
+                records.save(job)
+            return
         if len(job.outputs) != job.frame_count:
             raise RuntimeError(f"backend produced {len(job.outputs)} of {job.frame_count} frames")

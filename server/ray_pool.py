@@ -351,15 +351,16 @@ class RayPool:
 
     def translate(self, frames: Sequence[np.ndarray], config: JobConfig,
                   on_progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
-                  checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                  checkpoint: Checkpoint | None = None, keys_only: bool = False) -> Iterator[tuple[int, np.ndarray]]:
         """The server's translator (``server/jobs.py`` Translator) on the pool: like
         ``fresco_backend.translate.translate_frames`` without a pipeline (the workers hold theirs); yields every
-        frame the checkpoint does not hold yet, once."""
+        frame the checkpoint does not hold yet, once (``keys_only``: the keys alone)."""
         config = require(config)
         frames = [np.asarray(f) for f in frames]
         runner = RayRunner(self, frames, config, on_progress, cancel or threading.Event())
+        plan = make_plan(frames, config, self.segments)
         try:
-            yield from execute(make_plan(frames, config, self.segments), runner, checkpoint or Checkpoint())
+            yield from execute(plan.keys_only() if keys_only else plan, runner, checkpoint or Checkpoint())
         finally:
             runner.close()
 

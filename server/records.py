@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fresco_contract import wire
+from fresco_contract.keys import KeysError, check_keys, key_path
 from fresco_contract.progress import Cancelled
 
 from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
@@ -53,6 +54,9 @@ class Job:
     events: list[wire.Event] = field(default_factory=list)  # its feed (``server.events``)
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_requested: bool = False  # by a client; not by a server shutdown
+    part: str = wire.ALL  # what it does: one of ``wire.PARTS``
+    keys: tuple[int, ...] = ()  # a "finish" job's keys (frame indices), uploaded to ``keys/``
+    uploaded_keys: set[int] = field(default_factory=set)
 
     @property
     def layout(self) -> JobFolder:
@@ -66,11 +70,17 @@ class Job:
     def output_dir(self) -> Path:
         return self.layout.output_dir
 
+    @property
+    def keys_dir(self) -> Path:
+        """Where a "finish" job's keys are (``fresco_contract.keys``: frame-numbered PNGs)."""
+        return self.folder / "keys"
+
     def record(self) -> JobRecord:
         """What ``job.json`` holds: enough to reload the job in a new server process."""
         return JobRecord(self.settings, Fingerprint(self.frame_count, self.frame_size, self.input_sha256),
                          {"id": self.id, "state": self.state, "created": self.created, "started": self.started,
-                          "finished": self.finished, "error": self.error})
+                          "finished": self.finished, "error": self.error, "part": self.part,
+                          "keys": list(self.keys)})
 
     def status(self) -> dict[str, Any]:
         """The JSON status of the job (GET /v1/jobs/{id})."""
@@ -78,7 +88,10 @@ class Job:
             "id": self.id,
             "state": self.state,
             "frame_count": self.frame_count,
+            "part": self.part,
+            "keys": list(self.keys),
             "uploaded": len(self.uploaded),
+            "uploaded_keys": len(self.uploaded_keys),
             "outputs": len(self.outputs),
             "error": self.error,
             "settings": self.settings,
@@ -156,24 +169,48 @@ def load(folder: Path) -> Job:
         problem = "job.created, job.started, job.finished: expected times in seconds"
     elif not isinstance(meta.get("error"), (str, type(None))):
         problem = f"job.error: expected a message, got {meta.get('error')!r}"
+    elif meta.get("part", wire.ALL) not in wire.PARTS:
+        problem = f"job.part {meta.get('part')!r} is not one of {', '.join(wire.PARTS)}"
+    elif (keys_problem := check_keys_spec(meta.get("part", wire.ALL), meta.get("keys", []), recorded.frame_count)):
+        problem = f"job.keys: {keys_problem}"
     if problem:
         raise JobFolderError(f"{JobFolder(folder).record_path}: {problem}")
     job = Job(id=folder.name, settings=record.settings, frame_count=recorded.frame_count, folder=folder,
               state=meta["state"], created=float(meta["created"]), started=meta.get("started"),
               finished=meta.get("finished"), frame_size=recorded.frame_size, input_sha256=recorded.sha256,
-              error=meta.get("error"), saved_state=meta["state"])
+              error=meta.get("error"), saved_state=meta["state"], part=meta.get("part", wire.ALL),
+              keys=tuple(meta.get("keys", ())))
     job.input_dir.mkdir(exist_ok=True)
     job.output_dir.mkdir(exist_ok=True)
     job.uploaded = {i for i in range(job.frame_count) if job.layout.input_path(i).is_file()}
     job.outputs = {i for i in range(job.frame_count) if job.layout.output_path(i).is_file()}
+    job.uploaded_keys = {i for i in job.keys if key_path(job.keys_dir, i).is_file()}
     return job
+
+
+def check_keys_spec(part: str, keys: Any, frame_count: int) -> str | None:
+    """Why ``keys`` are not those a job of ``part`` over ``frame_count`` frames holds, or None: a "finish"
+    job's keys (given) and a "keys" job's (found; none until it is done) are frame indices including the
+    first and the last (``fresco_contract.keys.check_keys``); any other job has none."""
+    if part not in (wire.FINISH, wire.KEYS) or (part == wire.KEYS and keys in ([], ())):
+        return None if keys in ([], ()) else f"only a {wire.FINISH!r} job takes keys"
+    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
+        return f"expected a list of frame indices, got {str(keys)[:80]}"
+    try:
+        check_keys(list(keys), frame_count)
+    except KeysError as exc:
+        return str(exc)
+    return None
 
 
 def missing_inputs(job: Job) -> str | None:
     """Why a reloaded job cannot run, if input frames its record counts are missing from its folder."""
     missing = sorted(set(range(job.frame_count)) - job.uploaded)
     if not missing:
-        return None
+        gone = sorted(set(job.keys) - job.uploaded_keys)
+        return None if not gone else (f"{len(gone)} of the {len(job.keys)} keys recorded for this job are missing "
+                                      f"from {job.keys_dir} (first: {wire.frame_filename(gone[0])}); submit it again "
+                                      f"as a new job")
     return (f"{len(missing)} of the {job.frame_count} input frames recorded for this job are missing from "
             f"{job.input_dir} (first: {wire.frame_filename(missing[0])}); submit it again as a new job")
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
 
 from fresco_backend.annotators import annotator_downloads
 from fresco_backend.config import JobConfig
 from fresco_backend.download import ensure_file, ensure_model, needs_download
 from fresco_backend.job_files import check_job_files
+from fresco_backend.lora import lora_key
 from fresco_backend.models import choose_models
 from fresco_backend.warm import WarmPipeline
-from fresco_contract.progress import Progress
+from fresco_contract.progress import Cancelled, Progress
 
 log = logging.getLogger("fresco.server.models")
 
@@ -34,7 +36,8 @@ class WarmModels:
         self.warm = warm
         self.default_model = default_model
         self.controlnets = dict(controlnets or {})
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._users, self._key = 0, None  # jobs holding the pipeline (``use``) and what it was got for
 
     @property
     def load_count(self) -> int:
@@ -46,10 +49,32 @@ class WarmModels:
 
     def for_settings(self, config: JobConfig) -> Any:
         """The pipeline for a job's ``config``: its ``model`` (empty: the server's default), the
-        ControlNets of its ``controls`` and its ``loras``."""
+        ControlNets of its ``controls`` and its ``loras`` (by a caller that knows no job holds it)."""
         choice = choose_models(config, self.default_model, self.controlnets)
         with self._lock:
             return self.warm.get(choice, config.loras)
+
+    @contextmanager
+    def use(self, config: JobConfig, cancel: threading.Event) -> Iterator[Any]:
+        """The pipeline for ``config`` (``for_settings``), held by the caller until the block ends. Jobs
+        that want the same model, ControlNets and LoRAs hold it together (a preview beside a strip job:
+        they take turns batch by batch, ``fresco_backend/turns.py``); a job that wants others waits until
+        no job holds it (Cancelled if ``cancel`` is set first), so nothing is swapped under a running job."""
+        choice = choose_models(config, self.default_model, self.controlnets)
+        key = (choice, lora_key(config.loras))
+        with self._lock:
+            while self._users and self._key != key:
+                if cancel.is_set():
+                    raise Cancelled("cancelled")
+                self._lock.wait(timeout=0.5)  # wakes on every release; the timeout only checks cancel
+            pipe = self.warm.get(choice, config.loras)
+            self._users, self._key = self._users + 1, key
+        try:
+            yield pipe
+        finally:
+            with self._lock:
+                self._users -= 1
+                self._lock.notify_all()
 
     def prepare(self, config: JobConfig, on_progress: Callable[[Progress], None],
                 cancel: threading.Event) -> None:

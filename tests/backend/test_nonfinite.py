@@ -63,9 +63,9 @@ def test_cli_exits_2_with_the_reason_and_writes_no_frame(tiny_models, tmp_path, 
 
 def test_a_server_job_with_nan_fails_with_the_reason(poisoned_pipe, tmp_path):
     from server.jobs import JobManager, LocalTranslator
-    from server_support import error_messages, run_job
+    from server_support import error_messages, run_job, using
 
-    manager = JobManager(tmp_path, LocalTranslator(lambda config: poisoned_pipe, translate_frames))
+    manager = JobManager(tmp_path, LocalTranslator(using(lambda config: poisoned_pipe), translate_frames))
     pngs = [cv2.imencode(".png", np.ascontiguousarray(frame[..., ::-1]))[1].tobytes() for frame in FRAMES]
     try:
         answer = run_job(manager, S.validate({**FAST, "mode": "per_frame"}), pngs)

@@ -224,7 +224,7 @@ def test_server_fails_the_job_before_downloads_and_loads(tmp_path):
     from fresco_contract import settings as S, wire
 
     cache = fake_models()
-    manager = JobManager(tmp_path / "work", LocalTranslator(cache.for_settings, lambda *a, **k: iter(())),
+    manager = JobManager(tmp_path / "work", LocalTranslator(cache.use, lambda *a, **k: iter(())),
                          prepare=cache.prepare)
     weights = raft_small_like(tmp_path / "raft-small.pth")
     try:

@@ -36,7 +36,7 @@ def hub(tiny_models, monkeypatch, tmp_path):
 def server(hub, tmp_path):
     """(manager, HTTP client) of a server whose default model and ControlNet are hub ids."""
     cache = WarmModels(WarmPipeline("cpu"), SD, {"canny": CN})
-    manager = JobManager(tmp_path / "work", LocalTranslator(cache.for_settings, translate_frames),
+    manager = JobManager(tmp_path / "work", LocalTranslator(cache.use, translate_frames),
                          prepare=cache.prepare)
     app = create_app(manager, cache, TOKEN, {"version": "test", "device": "cpu"})
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -23,7 +23,7 @@ from fresco_backend.config import JobConfig
 from blender_addon.launcher import BackendProcess
 from server.app import create_app
 from server.jobs import JobManager, LocalTranslator
-from server_support import fake_models, finish
+from server_support import fake_models, finish, using
 
 TOKEN = "fuzz-token"
 FAST = {"prompt": "x", "steps": 2, "size": 64}
@@ -43,7 +43,7 @@ class FakeBackend:
     def pipeline(self, config: JobConfig) -> str:
         return "pipe"
 
-    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None):
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False):
         self.ran.append(config.sampling.prompt)
         if self.fail is not None:
             exc, self.fail = self.fail, None
@@ -67,7 +67,7 @@ def make(manager: JobManager, settings: dict, n: int = 2, start: bool = True) ->
 def fuzz_app(tmp_path_factory):
     """(app, ids): a real JobManager with a fake translate; ids of an uploading and a done job."""
     fake = FakeBackend()
-    manager = JobManager(tmp_path_factory.mktemp("fuzz-work"), LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path_factory.mktemp("fuzz-work"), LocalTranslator(using(fake.pipeline), fake.translate))
     cache = fake_models()
     app = create_app(manager, cache, TOKEN, {"version": "test", "device": "cpu"})
     done = make(manager, {"prompt": "done"})
@@ -185,7 +185,7 @@ def test_cuda_out_of_memory_names_the_settings_and_the_next_job_runs(tmp_path, m
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
     fake = FakeBackend()
-    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         fake.fail = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         failed = make(manager, {"prompt": "big", "size": 768, "batch_size": 8})
@@ -206,7 +206,7 @@ def test_cuda_out_of_memory_names_the_settings_and_the_next_job_runs(tmp_path, m
 
 def test_other_errors_keep_their_message(tmp_path):
     fake = FakeBackend()
-    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         fake.fail = RuntimeError("something else")
         job_id = make(manager, {"prompt": "p", "size": 512})

@@ -27,7 +27,7 @@ from server import jobs as server_jobs
 from server.app import create_app
 from server.events import MAX_WAIT
 from server.jobs import JobManager, LocalTranslator
-from server_support import fake_models, finish
+from server_support import fake_models, finish, using
 
 TOKEN = "hardening-token-0123456789"
 AUTH = {wire.AUTH_HEADER: f"{wire.AUTH_SCHEME} {TOKEN}"}
@@ -42,7 +42,7 @@ class FakeBackend:
     def pipeline(self, config: JobConfig) -> str:
         return "pipe"
 
-    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None):
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False):
         for i in range(len(frames)):
             yield i, 255 - frames[i]
 
@@ -70,7 +70,7 @@ def grey_png(width: int, height: int, rows: int | None = None) -> bytes:
 @pytest.fixture
 def manager(tmp_path):
     fake = FakeBackend()
-    manager = JobManager(tmp_path / "work", LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path / "work", LocalTranslator(using(fake.pipeline), fake.translate))
     yield manager
     manager.shutdown()
 
@@ -323,7 +323,7 @@ def test_fifo_record_is_skipped_not_blocking(tmp_path):
     os.mkfifo(work / "fifojob" / "job.json")
     fake = FakeBackend()
     done: list[JobManager] = []
-    translator = LocalTranslator(fake.pipeline, fake.translate)
+    translator = LocalTranslator(using(fake.pipeline), fake.translate)
     starter = threading.Thread(target=lambda: done.append(JobManager(work, translator)), daemon=True)
     starter.start()
     starter.join(60)  # outer limit: without the fix the open blocks for ever
@@ -339,19 +339,19 @@ def test_fifo_record_is_skipped_not_blocking(tmp_path):
 def test_linked_job_folders_and_records_are_skipped_at_reload(tmp_path):
     """A job folder, or a job.json, that is a link to another work dir's job is logged and skipped."""
     fake = FakeBackend()
-    other = JobManager(tmp_path / "other", LocalTranslator(fake.pipeline, fake.translate))
+    other = JobManager(tmp_path / "other", LocalTranslator(using(fake.pipeline), fake.translate))
     real = other.create({"prompt": "p"}, 1).id
     other.shutdown()
     work = tmp_path / "work"
     (work / "linked-record").mkdir(parents=True)
     (work / "linked-record" / "job.json").symlink_to(tmp_path / "other" / real / "job.json")
     (work / real).symlink_to(tmp_path / "other" / real)
-    manager = JobManager(work, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(work, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         assert manager._jobs == {}
     finally:
         manager.shutdown()
-    reloaded = JobManager(tmp_path / "other", LocalTranslator(fake.pipeline, fake.translate))
+    reloaded = JobManager(tmp_path / "other", LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         assert real in reloaded._jobs  # the record itself can be reloaded where it was written
     finally:

@@ -22,7 +22,7 @@ from fresco_backend.job import FORMAT, JobFolder
 from server.events import MAX_WAIT
 from server.images import BadImage
 from server.jobs import InvalidJob, JobConflict, JobManager, JobNotDeleted, JobNotFound, LocalTranslator
-from server_support import events, fake_models, finish, wait_for
+from server_support import events, fake_models, finish, using, wait_for
 
 
 def png(value: int = 0, size: int = 16) -> bytes:
@@ -45,7 +45,7 @@ class FakeBackend:
             raise self.fail
         return "pipe"
 
-    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None):
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False):
         self.order.append(config.sampling.prompt)
         self.configs.append(config)
         count = len(frames) - (1 if self.drop_last else 0)
@@ -76,7 +76,7 @@ def fake():
 
 @pytest.fixture
 def manager(tmp_path, fake):
-    m = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    m = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     yield m
     m.shutdown()
 
@@ -97,7 +97,7 @@ def test_jobs_run_in_order_and_write_outputs(manager, fake, tmp_path):
 
 def test_error_message_reaches_the_events_verbatim(tmp_path):
     fake = FakeBackend(fail=FileNotFoundError("model '/x/y' does not exist: pass a folder"))
-    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         answer = finish(manager, make(manager, "p"))
         assert answer["state"] == wire.FAILED
@@ -109,7 +109,7 @@ def test_error_message_reaches_the_events_verbatim(tmp_path):
 
 def test_missing_output_frames_fail_the_job(tmp_path):
     fake = FakeBackend(drop_last=True)
-    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         answer = finish(manager, make(manager, "p", n=3))
         assert answer["state"] == wire.FAILED and "2 of 3 frames" in answer["events"][-2]["message"]
@@ -119,7 +119,7 @@ def test_missing_output_frames_fail_the_job(tmp_path):
 
 def test_cancel_running_and_queued(tmp_path):
     fake = FakeBackend(delay=0.5)
-    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         running, queued = make(manager, "a", n=20), make(manager, "b")
         wait_for(manager, running, lambda e: e["type"] == wire.EV_FRAME)
@@ -198,13 +198,13 @@ def test_records_are_the_backend_job_folder_format(manager, tmp_path):
 ])
 def test_a_reloaded_job_whose_inputs_changed_fails_instead_of_running(change, needle, tmp_path):
     fake = FakeBackend()
-    first = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    first = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     job_id = make(first, "p")
     assert finish(first, job_id)["state"] == wire.DONE
     first.shutdown()
     rerecord(tmp_path / job_id, state=wire.RUNNING)  # as if killed mid-job
     change(tmp_path / job_id / "input")
-    second = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    second = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         answer = finish(second, job_id)
         assert answer["state"] == wire.FAILED and needle in second.get(job_id).error
@@ -228,7 +228,7 @@ def test_an_unwritable_record_is_reported_and_written_at_shutdown(tmp_path, monk
     monkeypatch.setattr(server_jobs, "write_bytes_atomic", write)
     fake = FakeBackend()
     fake.on_frame = lambda index: read_only.set()
-    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     job_id = make(manager, "p")
     assert finish(manager, job_id)["state"] == wire.FAILED
     status = manager.get(job_id).status()
@@ -238,7 +238,7 @@ def test_an_unwritable_record_is_reported_and_written_at_shutdown(tmp_path, monk
     read_only.clear()  # the disk is writable again
     manager.shutdown()
     assert JobFolder(tmp_path / job_id).read_record().job["state"] == wire.FAILED
-    again = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    again = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         assert again.get(job_id).state == wire.FAILED and fake.order == ["p"]
     finally:
@@ -247,7 +247,7 @@ def test_an_unwritable_record_is_reported_and_written_at_shutdown(tmp_path, monk
 
 def test_a_deleted_job_stays_deleted_even_if_its_files_cannot_be_removed(tmp_path, monkeypatch):
     fake = FakeBackend()
-    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     done, failed = make(manager, "done"), make(manager, "fails", start=False)
     assert finish(manager, done)["state"] == wire.DONE
     fake.fail = RuntimeError("boom")
@@ -260,7 +260,7 @@ def test_a_deleted_job_stays_deleted_even_if_its_files_cannot_be_removed(tmp_pat
     manager.shutdown()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".deleted-{done}", f".deleted-{failed}"])
     fake.fail = None
-    again = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    again = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         for job_id in (done, failed):
             with pytest.raises(JobNotFound):
@@ -294,14 +294,14 @@ def test_a_delete_that_cannot_happen_says_so_and_keeps_the_job(manager, tmp_path
                                      ' "job": {"id": "other", "state": "queued", "created": 0}}'])
 def test_a_bad_record_is_skipped_and_the_server_starts(content, tmp_path, caplog):
     fake = FakeBackend()
-    first = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    first = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     good = make(first, "good")
     assert finish(first, good)["state"] == wire.DONE
     first.shutdown()
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "job.json").write_text(content)
     with caplog.at_level(logging.ERROR, logger="fresco.server.jobs"):
-        manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+        manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         assert manager.get(good).state == wire.DONE
         with pytest.raises(JobNotFound):
@@ -316,7 +316,7 @@ def test_a_bad_record_is_skipped_and_the_server_starts(content, tmp_path, caplog
 def test_reloaded_settings_are_validated_and_complete(tmp_path):
     """A record with only some settings (or an earlier version's) runs with the defaults of the rest."""
     fake = FakeBackend()
-    first = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    first = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     job_id = make(first, "p", start=False)
     first.shutdown()
     layout = JobFolder(tmp_path / job_id)
@@ -324,7 +324,7 @@ def test_reloaded_settings_are_validated_and_complete(tmp_path):
     record["settings"] = {"prompt": "p"}
     record["job"]["state"] = wire.QUEUED
     layout.record_path.write_text(json.dumps(record))
-    manager = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    manager = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     try:
         assert finish(manager, job_id)["state"] == wire.DONE
         assert fake.configs[-1].sampling.size == 512 and fake.configs[-1].sampling.prompt == "p"
@@ -336,7 +336,7 @@ def test_a_job_recorded_with_the_old_control_settings_resumes(tmp_path):
     """A record written before ``controls`` (``control`` + ``control_scale``) is upgraded when reloaded
     and the job runs on with the ControlNet and scale it asked for."""
     fake = FakeBackend()
-    first = JobManager(tmp_path, LocalTranslator(fake.pipeline, fake.translate))
+    first = JobManager(tmp_path, LocalTranslator(using(fake.pipeline), fake.translate))
     job_id = make(first, "p", start=False)
     first.shutdown()
     path = tmp_path / job_id / "job.json"
@@ -346,7 +346,7 @@ def test_a_job_recorded_with_the_old_control_settings_resumes(tmp_path):
     data["job"]["state"] = wire.QUEUED
     path.write_text(json.dumps(data))
     cache = fake_models("default", {"canny": "my-canny"})
-    second = JobManager(tmp_path, LocalTranslator(cache.for_settings, fake.translate))
+    second = JobManager(tmp_path, LocalTranslator(cache.use, fake.translate))
     try:
         assert finish(second, job_id)["state"] == wire.DONE
         assert fake.configs[-1].control.nets == (ControlNetUse("canny", 0.4),)

@@ -14,7 +14,7 @@ from fresco_contract import settings as S, wire
 from fresco_contract.estimate import PRIOR_SECONDS_PER_STEP
 from server.app import create_app
 from server.jobs import JobManager, LocalTranslator
-from server_support import fake_models, run_job
+from server_support import fake_models, run_job, using
 
 TOKEN = "t" * 20
 FRAMES = moving_square(frames=7, width=96, height=64).frames
@@ -30,7 +30,7 @@ def batch(number: int) -> list[str]:
 
 @pytest.fixture
 def manager(pipe, tmp_path):
-    manager = JobManager(tmp_path, LocalTranslator(lambda settings: pipe, translate_frames))
+    manager = JobManager(tmp_path, LocalTranslator(using(lambda settings: pipe), translate_frames))
     yield manager
     manager.shutdown()
 

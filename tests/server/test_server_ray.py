@@ -24,7 +24,7 @@ from fresco_contract import wire  # noqa: E402
 from fresco_backend.config import JobConfig  # noqa: E402
 from fresco_backend.plan import make_plan  # noqa: E402
 from plan_walk import segmented  # noqa: E402
-from server_support import OUTER_LIMIT, fake_models, finish, wait_for  # noqa: E402
+from server_support import OUTER_LIMIT, fake_models, finish, using, wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {"prompt": "x", "steps": 2, "size": 64, "keyframes": "interval", "key_interval": 2, "batch_size": 2}
@@ -308,7 +308,7 @@ def test_one_segment_is_byte_identical_to_the_plain_server(pool, pipe, tmp_path,
     import torch
 
     frames = clip(5)
-    plain = JobManager(tmp_path / "plain", LocalTranslator(lambda config: pipe, translate_frames))
+    plain = JobManager(tmp_path / "plain", LocalTranslator(using(lambda config: pipe), translate_frames))
     on_ray = manager_on(pool, tmp_path / "ray")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: CPU reductions round alike only with the same thread count
@@ -337,7 +337,7 @@ def test_a_jobs_controlnets_and_loras_reach_the_workers(pool, tiny_models, tiny_
 
     monkeypatch.setattr(pool, "segments", 1)
     cache = WarmModels(WarmPipeline("cpu"), str(tiny_models[0]), pool_controlnets(tiny_models, tiny_controlnets))
-    plain = JobManager(tmp_path / "plain", LocalTranslator(cache.for_settings, translate_frames))
+    plain = JobManager(tmp_path / "plain", LocalTranslator(cache.use, translate_frames))
     on_ray = manager_on(pool, tmp_path / "ray")
     styled = {**SETTINGS, "controls": [{"kind": "canny"}, {"kind": "tile", "scale": 0.9}],
               "loras": [{"path": str(tiny_lora), "weight": 1.5}]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Callable
 
@@ -16,6 +17,14 @@ from server.jobs import JobManager
 from server.warm_models import WarmModels
 
 OUTER_LIMIT = 600.0  # seconds: a job that takes longer is stuck, not slow
+
+
+def using(get_pipeline: Callable) -> Callable:
+    """A ``LocalTranslator``'s ``use_pipeline`` from a plain ``get_pipeline(config)`` (a fake's, a test's)."""
+    @contextmanager
+    def use(config, cancel):
+        yield get_pipeline(config)
+    return use
 
 
 def events(manager: JobManager, job_id: str, after: int = -1, wait: float = 0.0) -> dict:
