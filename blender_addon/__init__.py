@@ -25,8 +25,8 @@ bl_info = {
 def register() -> None:
     import bpy
 
-    from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, props, session,
-                   settings_ops, translation, unsaved)
+    from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, preview_frame, props,
+                   session, settings_ops, translation, unsaved)
 
     session.create(translation.begin)
     props.register()
@@ -35,7 +35,7 @@ def register() -> None:
     export.register()
     unsaved.register()
     presets.register()
-    for cls in backend_setup.CLASSES + operators.CLASSES + settings_ops.CLASSES + panels.CLASSES:
+    for cls in backend_setup.CLASSES + operators.CLASSES + preview_frame.CLASSES + settings_ops.CLASSES + panels.CLASSES:
         bpy.utils.register_class(cls)
     farm.register()
 
@@ -43,13 +43,13 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, props, session,
-                   settings_ops, unsaved)
+    from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, preview_frame, props,
+                   session, settings_ops, unsaved)
 
     farm.unregister()
     session.drop()  # ends the running translation, install and downloads, stops the backend
     model_ops.unregister()
-    for cls in reversed(backend_setup.CLASSES + operators.CLASSES + settings_ops.CLASSES + panels.CLASSES):
+    for cls in reversed(backend_setup.CLASSES + operators.CLASSES + preview_frame.CLASSES + settings_ops.CLASSES + panels.CLASSES):
         bpy.utils.unregister_class(cls)
     presets.unregister()
     unsaved.unregister()

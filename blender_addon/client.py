@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .contract import wire
 
@@ -44,10 +44,14 @@ class Client:
         """Server facts: api and version with any token; with the right one also device, models."""
         return self._json("GET", wire.HEALTH)
 
-    def create_job(self, settings: Mapping[str, Any], frame_count: int) -> str:
-        """A new job for ``frame_count`` frames; returns its id."""
-        body = json.dumps({"settings": dict(settings), "frame_count": frame_count}).encode()
-        return str(self._json("POST", wire.JOBS, body, "application/json")["id"])
+    def create_job(self, settings: Mapping[str, Any], frame_count: int, part: str = wire.ALL,
+                   keys: Sequence[int] = ()) -> str:
+        """A new job for ``frame_count`` frames doing ``part`` (``wire.PARTS``; a "finish" job is given the
+        frame indices of its ``keys``); returns its id."""
+        spec = {"settings": dict(settings), "frame_count": frame_count}
+        if part != wire.ALL:
+            spec.update(part=part, **({"keys": list(keys)} if part == wire.FINISH else {}))
+        return str(self._json("POST", wire.JOBS, json.dumps(spec).encode(), "application/json")["id"])
 
     def upload_frame(self, job_id: str, index: int, png_bytes: bytes) -> None:
         """Upload input frame ``index`` (0-based) as PNG bytes."""
@@ -55,6 +59,13 @@ class Client:
             raise BackendError(f"frame {index} is {len(png_bytes)} bytes, over the limit of "
                                f"{wire.MAX_FRAME_BYTES} bytes", 413)
         self._json("PUT", wire.input_path(job_id, index), png_bytes, "image/png")
+
+    def upload_key(self, job_id: str, index: int, png_bytes: bytes) -> None:
+        """Upload the key at frame ``index`` of a "finish" job as PNG bytes (the input frames' size)."""
+        if len(png_bytes) > wire.MAX_FRAME_BYTES:
+            raise BackendError(f"key {index} is {len(png_bytes)} bytes, over the limit of "
+                               f"{wire.MAX_FRAME_BYTES} bytes", 413)
+        self._json("PUT", wire.key_path(job_id, index), png_bytes, "image/png")
 
     def start(self, job_id: str) -> dict[str, Any]:
         """Queue the job (every input frame must be uploaded); returns its status."""

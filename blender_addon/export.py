@@ -221,7 +221,8 @@ class StripExporter:
     (the PNGs stay) and must always be called, also on cancel and on error.
     """
 
-    def __init__(self, scene: Any, strip: Any, out_dir: str | os.PathLike) -> None:
+    def __init__(self, scene: Any, strip: Any, out_dir: str | os.PathLike, only: int | None = None) -> None:
+        """``only``: render just that one frame (0-based from the strip's first visible frame), as 0001.png."""
         self.strip_name = strip.name
         self.out_dir = Path(out_dir)
         self.files: list[Path] = []
@@ -234,6 +235,11 @@ class StripExporter:
         self.start, self.total = compat.visible_start(strip), compat.visible_duration(strip)
         if self.total < 1:
             raise ExportError(f"strip {strip.name!r} shows no frames")
+        if only is not None:
+            if not 0 <= only < self.total:
+                raise ExportError(f"frame {self.start + only} is not one of strip {strip.name!r}'s frames "
+                                  f"({self.start}..{self.start + self.total - 1})")
+            self.start, self.total = self.start + only, 1
         width, height = source_size(scene, strip)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         temp = scene.copy()

@@ -31,6 +31,7 @@ class Entry:
     settings: dict | None  # the job settings taken when queued
     config: dict
     refused: str | None = None  # why it cannot run: its failure when its turn comes
+    part: str = "all"  # what its backend job does (``wire.PARTS``): "keys", or "finish" a keys strip
     state: str = WAITING
     job: Any = None  # the Translation, from its start on
     error: str | None = None
@@ -71,15 +72,16 @@ class JobQueue:
 
     # -- changing it ---------------------------------------------------------------------------------------
     def add(self, scene_name: str, strip_name: str, settings: dict | None, config: dict,
-            refused: str | None = None) -> Entry:
+            refused: str | None = None, part: str = "all") -> Entry:
         """Queue a strip (an idle queue first forgets its finished entries). Raises AlreadyWaiting when the
-        strip waits already: it is never translated twice for one wait (a running strip may be queued again)."""
-        if any(e.state == WAITING and (e.scene_name, e.strip_name) == (scene_name, strip_name)
+        strip waits already for the same ``part``: it is never translated twice for one wait (a running strip
+        may be queued again)."""
+        if any(e.state == WAITING and (e.scene_name, e.strip_name, e.part) == (scene_name, strip_name, part)
                for e in self.entries):
             raise AlreadyWaiting(f"{strip_name} is already waiting in the queue")
         if not self.active():
             self.entries.clear()
-        entry = Entry(next(self._ids), scene_name, strip_name, settings, config, refused)
+        entry = Entry(next(self._ids), scene_name, strip_name, settings, config, refused, part)
         self.entries.append(entry)
         return entry
 

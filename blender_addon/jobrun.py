@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from . import tasks
 from .contract import files, wire
@@ -57,21 +57,29 @@ def _check(task: tasks.Task, client: Any = None, job_id: str | None = None) -> N
 
 
 def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: Path, task: tasks.Task,
-            wait: float = 2.0, timeout: float | None = None) -> list[Path]:
+            wait: float = 2.0, timeout: float | None = None, part: str = wire.ALL,
+            keys: Mapping[int, Path] | None = None) -> list[Path]:
     """Translate ``frame_paths`` (PNG files) and write the results to ``out_dir``/0001.png, ..., posting to
-    ``task`` as it goes. Returns the written files in order. Raises JobFailed or Cancelled."""
+    ``task`` as it goes. Returns the written files in order. Raises JobFailed or Cancelled.
+
+    ``part``: what the job does (``wire.PARTS``); a "keys" job's result is its keys alone (their files
+    named by frame), a "finish" job is given ``keys`` (frame index -> PNG file) to fill in from."""
     out_dir = Path(out_dir)
     total = len(frame_paths)
     if total < 1:
         raise JobFailed("no frames to translate")
     deadline = None if timeout is None else time.monotonic() + timeout
 
-    job_id = client.create_job(settings, total)
+    keys = dict(keys or {})
+    job_id = client.create_job(settings, total, part, sorted(keys))
     task.post(JobCreated(job_id))
     for index, path in enumerate(frame_paths):
         _check(task, client, job_id)
         client.upload_frame(job_id, index, Path(path).read_bytes())
         task.post(Progress("upload", index + 1, total))
+    for index, path in sorted(keys.items()):
+        _check(task, client, job_id)
+        client.upload_key(job_id, index, Path(path).read_bytes())
     client.start(job_id)
 
     written: dict[int, Path] = {}
@@ -123,12 +131,13 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
     if state == wire.CANCELLED:
         _forget(client, job_id)
         raise tasks.Cancelled("cancelled by the backend")
-    for index in range(out_count):
+    indices = client.status(job_id).get("keys", []) if part == wire.KEYS else range(out_count)
+    for number, index in enumerate(indices):
         _check(task, client, job_id)
         fetch(index)
-        task.post(Progress("receive", index + 1, out_count))
+        task.post(Progress("receive", number + 1, len(indices)))
     _forget(client, job_id)
-    return [written[i] for i in range(out_count)]
+    return [written[i] for i in indices]
 
 
 def _forget(client: Any, job_id: str) -> None:
@@ -143,16 +152,17 @@ def _forget(client: Any, job_id: str) -> None:
 
 
 def job_task(get_client: Callable[[], Any], settings: dict, frame_paths: Sequence[Path], out_dir: Path,
-             on_message: Callable[[Any], None], starting: bool = True) -> tasks.Task:
+             on_message: Callable[[Any], None], starting: bool = True, part: str = wire.ALL,
+             keys: Mapping[int, Path] | None = None) -> tasks.Task:
     """The backend job of a translation as a task (not started). ``starting``: post a ``STAGE_STARTING``
-    progress first (False where the backend was started before)."""
+    progress first (False where the backend was started before); ``part``, ``keys``: see ``run_job``."""
 
     def work(task: tasks.Task) -> list[Path]:
         try:
             if starting:
                 task.post(Progress(STAGE_STARTING, 0, 0))
             client = get_client()
-            written = run_job(client, settings, frame_paths, out_dir, task)
+            written = run_job(client, settings, frame_paths, out_dir, task, part=part, keys=keys)
             try:
                 task.post(Health(client.health()))
             except Exception:  # only the next estimate misses the speed this job measured

@@ -11,8 +11,9 @@ from typing import Any
 
 import bpy
 
-from . import compat, jobqueue, props, session, translation
+from . import compat, jobqueue, place, props, session, translation
 from .config import backend_config
+from .contract import wire
 
 TRANSLATABLE = ("MOVIE", "IMAGE")
 
@@ -55,8 +56,9 @@ class QueueOperator:
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
 
-    def queue_strips(self, context: Any, strips: list) -> set[str]:
-        """Queue ``strips`` (a refused one is reported, the rest still go); run them here when synchronous."""
+    def queue_strips(self, context: Any, strips: list, part: str = wire.ALL) -> set[str]:
+        """Queue ``strips`` for jobs of ``part`` (``wire.PARTS``; a refused strip is reported, the rest still go);
+        run them here when synchronous. A "finish" strip is a keys strip, with the settings of its keys."""
         sync = self.synchronous or not session.has_event_loop()
         queue = session.queue()
         if sync and queue.active():
@@ -67,8 +69,12 @@ class QueueOperator:
         entries, problems = [], []
         for strip in strips:
             try:
-                settings = translation.check(strip, config, warn=notes.append)
-                entries.append(queue.add(context.scene.name, strip.name, settings, config))
+                if part == wire.FINISH:
+                    translation.check(translation.keys_source(strip), config, warn=notes.append)
+                    settings = translation.finish_settings(strip)
+                else:
+                    settings = translation.check(strip, config, warn=notes.append)
+                entries.append(queue.add(context.scene.name, strip.name, settings, config, part=part))
             except (translation.Refused, jobqueue.AlreadyWaiting) as exc:
                 problems.append(f"{strip.name}: {exc}" if len(strips) > 1 else str(exc))
         if notes:
@@ -110,6 +116,46 @@ class FRESCO_OT_translate(QueueOperator, bpy.types.Operator):
             self.report({"ERROR"}, f"FRESCO: no strip {self.strip!r}" if self.strip else "FRESCO: no active strip")
             return {"CANCELLED"}
         return self.queue_strips(context, [source])
+
+
+class FRESCO_OT_translate_keys(QueueOperator, bpy.types.Operator):
+    """Translate only the keyframes of the active strip (FRESCO's joint translation, as a whole Translate makes
+    them) and add them as a keys strip above it, each key held until the next: look, edit the keys, then Finish"""
+
+    bl_idname = "fresco.translate_keys"
+    bl_label = "Translate Keys"
+    bl_options = {"REGISTER"}
+
+    strip: bpy.props.StringProperty(
+        name="Strip", description="Name of the strip to translate (empty: the active strip)",
+        options={"SKIP_SAVE"})
+
+    def _execute(self, context: Any) -> set[str]:
+        source = _target_strip(context, self.strip)
+        if source is None:
+            self.report({"ERROR"}, f"FRESCO: no strip {self.strip!r}" if self.strip else "FRESCO: no active strip")
+            return {"CANCELLED"}
+        return self.queue_strips(context, [source], wire.KEYS)
+
+
+class FRESCO_OT_finish(QueueOperator, bpy.types.Operator):
+    """Fill in the frames between the keys of a keys strip as its key files are now (edited or not), along the
+    source's motion, without denoising again; the full result replaces the keys strip (one undo step)"""
+
+    bl_idname = "fresco.finish"
+    bl_label = "Finish"
+    bl_options = {"REGISTER"}
+
+    strip: bpy.props.StringProperty(
+        name="Keys Strip", description="Name of the keys strip to finish (empty: the active strip)",
+        options={"SKIP_SAVE"})
+
+    def _execute(self, context: Any) -> set[str]:
+        keys_strip = _target_strip(context, self.strip)
+        if keys_strip is None or place.keys_of(keys_strip) is None:
+            self.report({"ERROR"}, "FRESCO: Finish works on a keys strip (Translate Keys makes one)")
+            return {"CANCELLED"}
+        return self.queue_strips(context, [keys_strip], wire.FINISH)
 
 
 class FRESCO_OT_translate_selected(QueueOperator, bpy.types.Operator):
@@ -172,4 +218,5 @@ class FRESCO_OT_stop_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (FRESCO_OT_translate, FRESCO_OT_translate_selected, FRESCO_OT_cancel, FRESCO_OT_stop_backend)
+CLASSES = (FRESCO_OT_translate, FRESCO_OT_translate_keys, FRESCO_OT_finish, FRESCO_OT_translate_selected,
+           FRESCO_OT_cancel, FRESCO_OT_stop_backend)

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import bpy
 
 from . import backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
-from . import preview, props, session, settings_ops, translation, userdirs
+from . import place, preview, preview_frame, props, session, settings_ops, translation, userdirs
 from .contract import settings as schema
 
 GROUP_ICONS = {"look": "COLOR", "guidance": "MODIFIER", "timing": "KEYFRAME_HLT", "quality": "RENDER_RESULT"}
@@ -229,12 +229,55 @@ class FRESCO_PT_panel(bpy.types.Panel):
                 if strip.type == "IMAGE" and userdirs.is_temporary(bpy.path.abspath(strip.directory)):
                     layout.label(text="In a temporary folder until the .blend is saved", icon="ERROR")
             draw_cost(layout, context, strip, values, configured)
+            keys = place.keys_of(strip)
+            if keys is not None:
+                draw_keys_strip(layout, context, strip, keys)
             row = layout.row(align=True)
             row.scale_y = 1.4
             op = row.operator(operators.FRESCO_OT_translate.bl_idname, icon="PLAY")
             op.strip = strip.name
             row.operator(operators.FRESCO_OT_translate_selected.bl_idname, text="Selected", icon="SEQ_SEQUENCER")
+            row = layout.row(align=True)
+            row.operator(preview_frame.FRESCO_OT_preview_frame.bl_idname, icon="IMAGE_DATA")
+            row.operator(operators.FRESCO_OT_translate_keys.bl_idname, icon="KEYFRAME").strip = strip.name
+        draw_preview(layout)
         draw_queue(layout, context)
+
+
+def draw_keys_strip(layout: Any, context: Any, strip: Any, keys: list[int]) -> None:
+    """A keys strip: its keys, the one under the playhead (to open and paint over) and Finish."""
+    box = layout.box()
+    box.label(text=f"Keys only: {len(keys)} keys, each held until the next", icon="KEYFRAME_HLT")
+    try:
+        key = preview_frame.key_under_playhead(context.scene, strip)
+        box.label(text=f"Under the playhead: key {key.name}")
+        box.operator(preview_frame.FRESCO_OT_open_key.bl_idname, icon="IMAGE_DATA")
+    except Exception as exc:  # e.g. the playhead is elsewhere
+        box.label(text=str(exc), icon="INFO")
+    row = box.row()
+    row.scale_y = 1.4
+    row.operator(operators.FRESCO_OT_finish.bl_idname, icon="PLAY").strip = strip.name
+
+
+def draw_preview(layout: Any) -> None:
+    """The last Preview Frame: how it goes, and the image once it is there."""
+    shown = preview_frame.current()
+    if shown is None:
+        return
+    box = layout.box()
+    if shown.running:
+        box.label(text=f"Preview of frame {shown.frame}: {shown.stage}...", icon="TIME")
+    elif shown.error:
+        box.label(text=f"Preview of frame {shown.frame} failed: {shown.error}", icon="ERROR")
+    else:
+        box.label(text=f"Preview of {shown.strip_name}, frame {shown.frame} ({shown.seconds:.1f} s): "
+                       f"image {preview_frame.IMAGE!r}", icon="IMAGE_DATA")
+        image = bpy.data.images.get(preview_frame.IMAGE)
+        if image is not None and session.has_event_loop():
+            try:
+                box.template_icon(icon_value=image.preview_ensure().icon_id, scale=8.0)
+            except Exception:  # no preview system (e.g. no GPU): the image name says where it is
+                pass
 
 
 class ActiveStripSubPanel:

@@ -10,10 +10,13 @@ from typing import Any, Sequence
 import bpy
 
 from . import compat
+from .contract import wire
 from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, SOURCE_SETTINGS_KEY
 
 MAX_CHANNEL = 128
 RESULT_SUFFIX = ".fresco"
+KEYS_SUFFIX = ".fresco keys"  # a keys strip's name: the source's and this
+KEYS_KEY = "fresco_keys"  # JSON list of a keys strip's key frames (0-based, from the source's first visible frame)
 
 
 def mark_source(source: Any, settings: dict) -> None:
@@ -34,9 +37,10 @@ def free_channel(strips: Any, above: int, start: int, end: int) -> int:
 
 
 def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: dict,
-                     job_id: str | None = None) -> Any:
-    """Add the image strip of ``files`` at the source's first visible frame, on the first free channel above it,
-    beside it: inside the same meta strip if the source is in one, so the result shows where the source does."""
+                     job_id: str | None = None, suffix: str = RESULT_SUFFIX, channel: int | None = None) -> Any:
+    """Add the image strip of ``files`` (one per frame; a file may repeat) at the source's first visible frame,
+    on ``channel`` or else the first free channel above the source, beside it: inside the same meta strip if the
+    source is in one, so the result shows where the source does. Named after the source with ``suffix``."""
     if not files:
         raise RuntimeError("the job returned no frames")
     files = [Path(f) for f in files]
@@ -45,7 +49,8 @@ def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: d
     if strips is None:
         raise RuntimeError(f"strip {source.name!r} is not in scene {scene.name!r}")
     start = compat.visible_start(source)
-    channel = free_channel(strips, source.channel, start, start + len(files))
+    if channel is None:
+        channel = free_channel(strips, source.channel, start, start + len(files))
     first = str(files[0])
     if bpy.data.filepath:
         try:
@@ -53,10 +58,10 @@ def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: d
         except ValueError:  # another drive on Windows
             pass
     taken = {s.name for s in compat.all_strips(ed)}
-    name, n = source.name + RESULT_SUFFIX, 1
+    name, n = source.name + suffix, 1
     while name in taken:  # Blender's own uniquifier would turn "x.fresco" into "x.001"
         n += 1
-        name = f"{source.name}{RESULT_SUFFIX}_{n}"
+        name = f"{source.name}{suffix}_{n}"
     strip = compat.new_image_strip(strips, name, first, channel, start, fit_method="FIT")
     for path in files[1:]:
         strip.elements.append(path.name)
@@ -66,6 +71,46 @@ def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: d
     if job_id:
         strip["fresco_job"] = job_id
     return strip
+
+
+def held_keys(keys: Sequence[int], frame_count: int) -> list[int]:
+    """For each of ``frame_count`` frames, the key it shows on a keys strip: the last key at or before it."""
+    shown, last = [], keys[0]
+    for frame in range(frame_count):
+        if frame in keys:
+            last = frame
+        shown.append(last)
+    return shown
+
+
+def add_keys_strip(scene: Any, source: Any, folder: Path, keys: Sequence[int], frame_count: int, settings: dict,
+                   job_id: str | None = None) -> Any:
+    """Add the keys strip of ``source``: the key files in ``folder`` at their frames, each held until the next
+    key (the strip's frames name the key files themselves, so an edited key shows where it is held), named
+    ``<source>.fresco keys`` and marked with its keys (``KEYS_KEY``)."""
+    files = [folder / wire.frame_filename(key) for key in held_keys(list(keys), frame_count)]
+    strip = add_result_strip(scene, source, files, settings, job_id, suffix=KEYS_SUFFIX)
+    strip[KEYS_KEY] = json.dumps(list(keys))
+    return strip
+
+
+def keys_of(strip: Any) -> list[int] | None:
+    """The frame indices of a keys strip's keys (``add_keys_strip``), or None for any other strip."""
+    try:
+        keys = json.loads(strip[KEYS_KEY])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return keys if isinstance(keys, list) and all(isinstance(k, int) for k in keys) else None
+
+
+def replace_keys_strip(scene: Any, keys_strip: Any, source: Any, files: Sequence[Path], settings: dict,
+                       job_id: str | None = None) -> Any:
+    """Put the finished result of ``files`` where ``keys_strip`` is (its channel), removing the keys strip; the
+    key files stay on disk."""
+    channel = keys_strip.channel
+    holder = compat.holding_collection(compat.editor(scene), keys_strip)
+    holder.remove(keys_strip)
+    return add_result_strip(scene, source, files, settings, job_id, channel=channel)
 
 
 def push_undo(message: str) -> None:

@@ -36,6 +36,7 @@ class Session:
         self.tasks: dict[str, tasks.Task] = {}  # "install", "download <ref>": running, or the last one
         self.moved: dict[str, Path] = {}  # the real path of each result folder moved on save -> where it went
         self.export_scenes: set[str] = set()  # names of the scene copies of exporters not closed yet
+        self.preview: Any = None  # the running or last Preview Frame (``preview_frame.Preview``)
         atexit.register(self.backend.stop)  # Blender quitting: the backend process must not outlive it
 
     def running(self, key: str) -> tasks.Task | None:

@@ -25,11 +25,14 @@ class Task:
 
     ``progress`` is the last ``Progress`` posted (None before the first); once ``finished`` (thread-safe) the
     task has a ``result``, an ``error`` (the message) or is ``cancelled``. ``on_stop`` is what ``cancel`` does
-    besides raising the flag (kill a child process), called on the cancelling thread."""
+    besides raising the flag (kill a child process), called on the cancelling thread; ``on_done(task)`` runs once
+    when it has settled, where its messages are handed on (the main thread)."""
 
     def __init__(self, work: Callable[["Task"], Any], name: str,
-                 on_message: Callable[[Any], None] | None = None, on_stop: Callable[[], None] | None = None) -> None:
+                 on_message: Callable[[Any], None] | None = None, on_stop: Callable[[], None] | None = None,
+                 on_done: Callable[["Task"], None] | None = None) -> None:
         self.work, self.name, self.on_message, self.on_stop = work, name, on_message, on_stop
+        self.on_done = on_done
         self.progress: Progress | None = None
         self.result: Any = None
         self.error: str | None = None
@@ -88,7 +91,13 @@ class Task:
     def run(self) -> "Task":
         """Do the work here, handing each message on as it is posted (headless); Ctrl-C still stops it."""
         self._body()
+        self._settle()
         return self
+
+    def _settle(self) -> None:
+        if self.settled and self.on_done is not None:
+            done, self.on_done = self.on_done, None
+            done(self)
 
     def start(self) -> "Task":
         """Do the work on a thread; ``deliver`` hands its messages on (the UI)."""
@@ -109,4 +118,5 @@ class Task:
             if self.on_message is not None:
                 self.on_message(message)
         self.settled = over
+        self._settle()
         return over

@@ -16,6 +16,7 @@ the panel shows before Translate). Only the main thread touches bpy data.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tempfile
@@ -29,6 +30,7 @@ import bpy
 
 from . import backend, compat, export, jobrun, place, preview, props, resultdirs, session, tasks, unsaved, userdirs
 from .contract import estimate
+from .contract import keys as files_keys
 from .contract import settings as schema
 from .contract import wire
 
@@ -55,8 +57,13 @@ class Translation:
     """
 
     def __init__(self, scene: Any, source: Any, settings: dict, config: dict[str, str],
-                 report: Report | None = None, note: Callable[[str], None] | None = None) -> None:
+                 report: Report | None = None, note: Callable[[str], None] | None = None, part: str = wire.ALL,
+                 keys_strip: Any = None) -> None:
+        """``part``: what the backend job does (``wire.PARTS``: all, the keys only, or "finish": fill in the
+        keys of ``keys_strip``, a keys strip of ``source``, as its files are now)."""
         self.scene_name, self.source_name, self.settings, self.config = scene.name, source.name, settings, config
+        self.part, self.keys_strip_name = part, keys_strip.name if keys_strip is not None else None
+        self.keys = key_files(keys_strip, compat.visible_duration(source)) if keys_strip is not None else None
         self.backend = session.get().backend
         self.get_client = lambda: self.backend.get_client(config)
         self.backend_started = False  # by ``run``, before the export
@@ -72,7 +79,8 @@ class Translation:
                 self.exporter.close()
             shutil.rmtree(self.export_dir, ignore_errors=True)
             raise
-        place.mark_source(source, settings)
+        if part != wire.FINISH:  # a finish job takes the keys' settings: the source's own are not its
+            place.mark_source(source, settings)
         self.cancel = threading.Event()  # the user's Cancel, or another file opened; the task gets it
         self.task: tasks.Task | None = None  # the backend job, once the export is done
         self.job_id: str | None = None
@@ -116,7 +124,7 @@ class Translation:
         """Run the backend job on the exported frames: on its thread, ``poll`` handing on its messages (UI), or
         here, handling each message as it comes (synchronous: returns when the job is over)."""
         self.task = jobrun.job_task(self.get_client, self.settings, self.frames, self.out_dir, self.handle,
-                                    starting=threaded or not self.backend_started)
+                                    starting=threaded or not self.backend_started, part=self.part, keys=self.keys)
         if threaded:
             self.task.start()
         else:
@@ -154,11 +162,23 @@ class Translation:
             raise RuntimeError(f"strip {self.source_name!r} is gone; the frames are in {self.out_dir}")
         self.out_dir = unsaved.settle(self.out_dir, self.source_name)  # the file was saved meanwhile
         paths = [self.out_dir / Path(f).name for f in files]
-        strip = place.add_result_strip(scene, source, paths, self.settings, self.job_id)
+        if self.part == wire.KEYS:
+            keys = [int(Path(f).stem) - 1 for f in files]
+            files_keys.write_manifest(self.out_dir, files_keys.KeysManifest(len(self.frames), tuple(keys),
+                                                                            self.settings))
+            strip = place.add_keys_strip(scene, source, self.out_dir, keys, len(self.frames), self.settings,
+                                         self.job_id)
+        elif self.part == wire.FINISH:
+            keys_strip = compat.all_strips(ed).get(self.keys_strip_name)
+            if keys_strip is None:
+                raise RuntimeError(f"the keys strip {self.keys_strip_name!r} is gone; the frames are in {self.out_dir}")
+            strip = place.replace_keys_strip(scene, keys_strip, source, paths, self.settings, self.job_id)
+        else:
+            strip = place.add_result_strip(scene, source, paths, self.settings, self.job_id)
         props.apply_settings(strip, self.settings)  # with the seed used (Random Seed off)
         self.result_name = strip.name
         preview.remove(self)  # not kept in the undo step
-        place.push_undo(f"FRESCO: add {strip.name}")
+        place.push_undo(f"FRESCO: {'finish' if self.part == wire.FINISH else 'add'} {strip.name}")
 
     def _end(self, files: list[str] | None, error: str | None = None) -> None:
         """The last step: ``files`` the job's result, else ``error`` why it failed (neither: cancelled)."""
@@ -405,13 +425,49 @@ def check(source: Any | None, config: dict[str, str], warn: Callable[[str], None
 def begin(entry: Any, report: Report | None = None, note: Callable[[str], None] | None = None) -> Translation:
     """Start the translation of a queue entry (``jobqueue.Entry``) with the settings taken when it was queued;
     raises ``Refused`` when its strip is gone or has lost its picture meanwhile. ``report``, ``note``: see
-    ``Translation.run``."""
+    ``Translation.run``. A "finish" entry names a keys strip: its source is translated from its keys."""
     scene = bpy.data.scenes.get(entry.scene_name)
     ed = compat.editor(scene) if scene is not None else None
-    source = compat.all_strips(ed).get(entry.strip_name) if ed is not None else None
-    if source is None:
+    strip = compat.all_strips(ed).get(entry.strip_name) if ed is not None else None
+    if strip is None:
         raise Refused(f"strip {entry.strip_name!r} is gone")
+    keys_strip, source = None, strip
+    if entry.part == wire.FINISH:
+        keys_strip, source = strip, keys_source(strip)
     problem = export.picture_problem(source)
     if problem:
         raise Refused(problem)
-    return Translation(scene, source, entry.settings, entry.config, report, note)
+    return Translation(scene, source, entry.settings, entry.config, report, note, entry.part, keys_strip)
+
+
+def keys_source(keys_strip: Any) -> Any:
+    """The source strip of a keys strip (``place.add_keys_strip``); ``Refused`` where it is not one or its
+    source is gone."""
+    if place.keys_of(keys_strip) is None:
+        raise Refused(f"{keys_strip.name} is not a keys strip: Translate Keys makes one")
+    ed = compat.editor(keys_strip.id_data)
+    source = compat.all_strips(ed).get(str(keys_strip.get(props.RESULT_SOURCE_KEY, "")))
+    if source is None:
+        raise Refused(f"the source strip {keys_strip.get(props.RESULT_SOURCE_KEY)!r} of {keys_strip.name} is gone: "
+                      f"its keys fill in the frames of that strip")
+    return source
+
+
+def key_files(keys_strip: Any, frame_count: int) -> dict[int, Path]:
+    """The key files of a keys strip as they are on disk now (frame index -> PNG), checked against its
+    folder's manifest; ``Refused`` saying what is wrong (a key file deleted, the source's length changed)."""
+    folder = Path(bpy.path.abspath(resultdirs.strip_folder(keys_strip)))
+    try:
+        manifest = files_keys.read_manifest(folder, frame_count)
+    except files_keys.KeysError as exc:
+        raise Refused(f"{keys_strip.name}: {exc}") from None
+    return {key: files_keys.key_path(folder, key) for key in manifest.keys}
+
+
+def finish_settings(keys_strip: Any) -> dict:
+    """The settings a keys strip's keys were translated with (what Finish propagates them with)."""
+    try:
+        settings = schema.validate(json.loads(keys_strip[props.RESULT_SETTINGS_KEY]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Refused(f"{keys_strip.name} holds no usable settings ({exc})") from None
+    return settings
