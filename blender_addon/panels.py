@@ -96,7 +96,7 @@ def draw_cost(layout: Any, context: Any, strip: Any, values: Mapping[str, Any],
     elif cost.long:
         column.label(text="A long job: try the look with the Draft preset first", icon="ERROR")
         column.operator(presets.FRESCO_OT_preset_apply.bl_idname,
-                        text="Apply Draft (smaller, fewer steps and keys)", icon="PRESET").filepath = DRAFT_PRESET
+                        text="Apply Draft (the same keys, smaller, fewer steps)", icon="PRESET").filepath = DRAFT_PRESET
 
 
 def draw_group(layout: Any, group: Any, group_id: str, values: Mapping[str, Any], context: Any,

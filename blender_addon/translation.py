@@ -282,7 +282,7 @@ def progress_text(stage: str, done: int, total: int, eta: float | None = None) -
     return f"{done}/{total} steps done" + (f", {duration_text(eta)} left" if timed else "")
 
 
-DRAFT_HINT = ("a long job: try the look first with the Draft preset (smaller size, fewer steps and keys, no "
+DRAFT_HINT = ("a long job: try the look first at Draft quality (the same keys at a smaller size, fewer steps, no "
               "feature optimisation)")
 LONG_AT_DRAFT = "a long job even at the Draft preset's settings: a shorter strip, or a GPU, takes less time"
 

@@ -156,7 +156,7 @@ def estimate_lines(settings: dict, frame_count: int, width: int, height: int, de
     if kind == "cpu" and seconds > LONG_JOB:
         draft = estimate_job({**settings, **DRAFT}, frame_count, width, height)
         lines.append(f"hint: a long job on the CPU; try the look first with Draft settings, {_flags(DRAFT)} "
-                     f"(smaller size, fewer steps, a key every {DRAFT['key_interval']} frames, no feature "
+                     f"(the same keys at a smaller size, at most {S.DRAFT_STEPS} steps, no feature "
                      f"optimisation): about {_duration(draft.seconds(PRIOR_SECONDS_PER_STEP[kind]))}")
     return lines
 

@@ -54,6 +54,7 @@ class Sampling:
     seed: int = setting("seed")
     strength: float = setting("strength")
     steps: int = setting("steps")
+    quality: str = setting("quality")  # "final" or "draft" (``settings.effective`` has set what it changes)
     guidance_scale: float = setting("guidance_scale")
     size: int = setting("size")
     upscale: bool = setting("upscale")
@@ -66,7 +67,7 @@ class Sampling:
 
     def work_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) a ``width`` x ``height`` clip is processed at (``estimate.working_size``)."""
-        return working_size(width, height, self.size, self.upscale)
+        return working_size(width, height, self.size, self.upscale, self.quality == "draft")
 
     @property
     def skipped_steps(self) -> int:
@@ -165,13 +166,14 @@ class JobConfig:
 
     @classmethod
     def of(cls, settings: Mapping[str, Any]) -> JobConfig:
-        """The settings mapping ``settings`` validated (defaults filled) and converted; raises
+        """The settings mapping ``settings`` validated (defaults filled), at its quality (``settings.effective``:
+        Draft's fewer steps, no feature optimisation) and converted; raises
         ``fresco_contract.settings.SettingsError`` for invalid settings. Called at the edges only:
         the command line's arguments (``cli.py``), a job folder's settings (``job.Job``) and the
         server's job as it runs (``server/jobs.py`` JobManager, for a new and a reloaded job alike)."""
         if not isinstance(settings, Mapping):
             raise TypeError(f"JobConfig.of takes a settings mapping, not {type(settings).__name__}")
-        return from_settings(cls, S.validate(settings))
+        return from_settings(cls, S.effective(S.validate(settings)))
 
     @property
     def fresco(self) -> bool:

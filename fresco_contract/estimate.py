@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .settings import BY_NAME, SettingsError, defaults, upgrade
+from .settings import BY_NAME, DRAFT_SCALE, SettingsError, defaults, effective, upgrade
 
 MULTIPLE = 64  # SD's VAE (x8) and UNet (x8) need sides divisible by 64
 REFERENCE_PIXELS = 512 * 512  # ``seconds_per_step`` is per frame-step at this many pixels
@@ -30,8 +30,8 @@ REFERENCE_PIXELS = 512 * 512  # ``seconds_per_step`` is per frame-step at this m
 # in float16 about 0.1 s, Apple MPS about 1 s. A server replaces them by what its jobs measure.
 PRIOR_SECONDS_PER_STEP = {"cpu": 20.0, "cuda": 0.1, "mps": 1.0}
 LONG_JOB = 30 * 60  # seconds of denoising from which a CPU job gets the hint to try DRAFT first
-# a quick, cheaper run to try a look: what it costs changes, the look settings stay
-DRAFT = {"size": 384, "steps": 10, "keyframes": "interval", "key_interval": 20, "feature_optimization": False}
+# a quick, cheaper run to try a look: what it costs changes, the look settings and the keys stay
+DRAFT = {"quality": "draft"}
 
 
 def device_kind(device: str) -> str:
@@ -42,19 +42,20 @@ def device_kind(device: str) -> str:
 
 # the settings ``estimate_job`` reads
 USED = ("mode", "keyframes", "key_interval", "key_min_gap", "key_max_gap", "batch_size", "steps", "strength",
-        "size", "upscale")
+        "size", "upscale", "quality")
 
 
-def working_size(width: int, height: int, size: int, upscale: bool = False) -> tuple[int, int]:
+def working_size(width: int, height: int, size: int, upscale: bool = False, draft: bool = False) -> tuple[int, int]:
     """(width, height) a ``width`` x ``height`` source is processed at: the short side becomes ``size``,
-    or stays the source's own when that is smaller and ``upscale`` is off (a source under 64 pixels is
-    enlarged to 64, the least the model takes); the aspect ratio is kept and both sides are rounded to
-    the nearest multiple of 64 (halves up, at least 64), so rounding may still move a side by up to 32
-    pixels either way."""
+    or stays the source's own when that is smaller and ``upscale`` is off, and at Draft quality (``draft``)
+    ``settings.DRAFT_SCALE`` of that (a side under 64 pixels is enlarged to 64, the least the model takes);
+    the aspect ratio is kept and both sides are rounded to the nearest multiple of 64 (halves up, at least
+    64), so rounding may still move a side by up to 32 pixels either way."""
     if width < 1 or height < 1 or size < 1:
         raise ValueError(f"sizes must be positive, got {width}x{height} at size {size}")
     short = min(width, height)
-    scale = max(MULTIPLE, size if upscale else min(size, short)) / short
+    target = size if upscale else min(size, short)
+    scale = max(MULTIPLE, round(target * DRAFT_SCALE) if draft else target) / short
     return tuple(max(MULTIPLE, int(side * scale / MULTIPLE + 0.5) * MULTIPLE) for side in (width, height))
 
 
@@ -180,8 +181,10 @@ def estimate_job(settings: Mapping[str, Any], frame_count: int, width: int, heig
     problems = [problem for name in USED for _, problem in [BY_NAME[name].check(values[name])] if problem]
     if problems:
         raise SettingsError("invalid settings: " + "; ".join(problems))
+    values = effective(values)
     keys, exact = key_count(values, frame_count)
     sizes = batch_frames(keys, values["batch_size"], values["mode"] == "fresco")
     steps = executed_steps(values["steps"], values["strength"])
-    return JobEstimate(working_size(width, height, values["size"], values["upscale"]), frame_count, keys,
+    return JobEstimate(working_size(width, height, values["size"], values["upscale"], values["quality"] == "draft"),
+                       frame_count, keys,
                        len(sizes), steps, sum(sizes) * steps, exact)

@@ -116,6 +116,20 @@ class Setting:
 CONTROL_KINDS = ("canny", "tile", "softedge", "depth", "lineart")
 # the groups a user interface shows the settings in (``Setting.group``: id, title), by what an artist decides:
 # the look of the result, what guides it, which frames are keys, its quality and cost, and research switches
+# Draft quality (the ``quality`` setting): what it changes, measured and defended in README.md ("Draft")
+QUALITIES = ("final", "draft")
+DRAFT_STEPS = 8      # at most this many scheduler steps: 6 denoised at the default strength 0.75 instead of 15
+DRAFT_SCALE = 0.625  # each side of the working size (estimate.working_size): 39 % of the pixels
+
+
+def effective(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated settings ``values`` as a job runs them: at Draft quality with at most ``DRAFT_STEPS`` steps
+    and no feature optimisation (its smaller working size is ``estimate.working_size``'s ``draft``)."""
+    if values.get("quality") != "draft":
+        return dict(values)
+    return {**values, "steps": min(values["steps"], DRAFT_STEPS), "feature_optimization": False}
+
+
 GROUPS = (("look", "Look"), ("guidance", "Guidance"), ("timing", "Keyframes"), ("quality", "Quality"),
           ("advanced", "Advanced"))
 _FRESCO = ("mode", ("fresco",))  # only FRESCO mode: per_frame translates every frame on its own
@@ -134,6 +148,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("strength", "float", 0.75, "Strength",
             "How far the result may depart from the input: 0 keeps the input, 1 ignores its colours",
             minimum=0.05, maximum=1.0, group="look"),
+    Setting("quality", "enum", "final", "Quality",
+            "Final: the whole translation. Draft: a quick look at the same keys: at most "
+            f"{DRAFT_STEPS} steps, {DRAFT_SCALE * 100:g} % of the working size's sides and no feature "
+            "optimisation, several times faster", choices=QUALITIES, group="quality"),
     Setting("steps", "int", 20, "Steps", "Denoising steps of the scheduler (before strength shortens them)",
             minimum=1, maximum=150, group="quality"),
     Setting("guidance_scale", "float", 7.5, "Guidance", "Classifier-free guidance scale (1 = off)",
