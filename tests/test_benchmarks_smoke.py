@@ -85,3 +85,17 @@ def test_real_size_rows_at_the_tiny_size(tmp_path):
     shares = {name: r["value"] for name, r in by_name.items() if "profile" in name and "value" in r}
     assert "64 px profile: feature optimisation: share of FRESCO's run" in shares
     assert all(0 < share <= 1 for share in shares.values()), shares
+
+
+def test_review_loop_cost_at_the_tiny_size(tiny_models):
+    """benchmarks/review_loop_cost.py runs every part (each its own process) and states the targets' ratios."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "review_loop_cost.py"), "--model",
+                           str(tiny_models[0]), "--controlnet", str(tiny_models[1]), "--size", "64", "--frames", "9",
+                           "--steps", "4"], cwd=ROOT, capture_output=True, text=True, timeout=1200)  # outer limit
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    assert set(answer["figures"]) == {"final", "baseline", "draft", "preview", "finish"}
+    assert all(f["cpu"] > 0 and f["keys"] == 5 for f in answer["figures"].values())  # keys 0 2 4 6 8
+    assert 0 < answer["figures"]["final"]["keys_cpu"] < answer["figures"]["final"]["cpu"]  # then propagation
+    assert set(answer["ratios"]) == {"draft / final", "preview / final batch", "finish / final", "final / baseline"}
+    assert set(answer["targets"]) <= set(answer["ratios"])
