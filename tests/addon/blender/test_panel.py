@@ -380,18 +380,18 @@ def test_cost_before_translate(addon, strip, monkeypatch):
     assert bpy.ops.fresco.preset_apply(filepath=button[4].filepath) == {"FINISHED"}
     values = props.strip_settings(strip)
     assert {name: values[name] for name in estimate.DRAFT} == estimate.DRAFT  # what the backend's hint names
-    assert (values["size"], values["steps"], values["keyframes"], values["key_interval"],
-            values["feature_optimization"], values["upscale"]) == (384, 10, "interval", 20, False, False)
-    assert values["prompt"] == "a watercolour painting" and values["strength"] == 1.0  # the look stays
-    lines = cost_lines(panel())
-    assert lines == ["Working size 128 x 64", f"{VISIBLE} frames, 2 keys, 1 batch of 10 steps",
-                     "Denoising about 19 s on cpu (estimate, not measured yet)"]  # 2 x 10 x 30 s / 32: no warning
+    assert (values["size"], values["steps"], values["keyframes"], values["upscale"]) == (512, 50, "all", True)
+    assert values["prompt"] == "a watercolour painting" and values["strength"] == 1.0  # the look and keys stay
+    lines = cost_lines(panel())  # Draft: 62.5 % of 768 x 512 (480 rounds to 512), 6 steps: 6 x 6 x 30 s x 0.625 = 675 s: no warning
+    assert lines == ["Working size 512 x 320", f"{VISIBLE} frames, 6 keys, 1 batch of 6 steps",
+                     "Denoising about 11 min on cpu (estimate, not measured yet)"]
     answer = speed(3000.0)  # still long at Draft settings: the warning, no button that would change nothing
     assert cost_lines(panel())[3:] == ["A long job even at Draft settings: a shorter strip is faster"]
     answer = speed(30.0)
 
     answer = speed(0.05, measured=True)  # a short job measured: no warning either
-    props.apply_settings(strip, {"keyframes": "all", "steps": 50, "upscale": True})  # 576 x 384
+    props.apply_settings(strip, {"keyframes": "all", "steps": 50, "upscale": True, "quality": "final",
+                                 "size": 384})  # 576 x 384
     assert cost_lines(panel())[2:] == ["Denoising about 13 s on cpu (measured)"]  # 6 x 50 x 0.05 s x 0.84
     answer = {"device": "cpu"}  # an older server: no speed
     assert cost_lines(panel())[2:] == ["Time not known: the backend does not report its speed"]
