@@ -102,7 +102,7 @@ class LocalRunner(Propagator):
 
     def __init__(self, pipe, frames: Sequence[np.ndarray], config: JobConfig, clock: StepClock,
                  cache: ConditionsCache | None = None, estimator: FlowEstimator | None = None):
-        super().__init__(frames, config, clock, pipe.device, estimator)
+        super().__init__(frames, require(config), clock, pipe.device, estimator)  # the config checked first
         self.pipe, self.cache = pipe, cache or ConditionsCache(None)
         self.height, self.width = self.clip.shape[:2]
         self.work_size = config.sampling.work_size(self.width, self.height)
