@@ -13,8 +13,8 @@ segment is resumed by its batches inside the pass (``Checkpoint.by_frame``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from dataclasses import dataclass, replace
+from typing import Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -45,6 +45,14 @@ class Spanned:
 
 
 @dataclass(frozen=True)
+class GivenKey:
+    """The anchor of a key translated before this job (a redo keeps it, as it is on disk now): its latents
+    at every step are its VAE encoding noised to that step's timestep (``translate.LocalRunner``)."""
+
+    rgb: np.ndarray
+
+
+@dataclass(frozen=True)
 class Done:
     """A task finished (``name``: the pass's)."""
 
@@ -61,9 +69,10 @@ class Failed:
 class Runner(Protocol):
     """How a plan's tasks run."""
 
-    def run(self, passes: Sequence[Pass], anchors: Anchors,
+    def run(self, passes: Sequence[Pass], anchors: dict[int, list | GivenKey],
             checkpoint: Checkpoint | None = None) -> Iterator[Frame | Recorded | Spanned]:
-        """Run ``passes`` (their batches anchored to ``anchors``, the skeleton's latents), in parallel
+        """Run ``passes`` (their batches anchored to ``anchors``: the skeleton's latents, or ``GivenKey``s of a
+        redo), in parallel
         where the runner can; stream their Frame messages (a pass with ``records``: then one Recorded)
         and the Spanned results of spans started before, until all have finished. ``checkpoint``: the
         one pass is the plain chain, resumable by its batches."""
@@ -74,9 +83,24 @@ class Runner(Protocol):
         else [] and a Spanned message of ``run`` later."""
 
 
-def execute(plan: Plan, runner: Runner, checkpoint: Checkpoint) -> Iterator[tuple[int, np.ndarray]]:
+def execute(plan: Plan, runner: Runner, checkpoint: Checkpoint,
+            given: Mapping[int, np.ndarray] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(index, uint8 RGB at the input size) of every frame of the plan ``checkpoint`` does not hold yet,
-    once each: a span's frames before its later key where the runner propagates in place."""
+    once each: a span's frames before its later key where the runner propagates in place. ``given``: keys
+    translated before (a redo), yielded first as they are; the passes anchor to them (``GivenKey``)."""
+    given = dict(given or {})
+    for index in sorted(given):
+        if not checkpoint.has_output(index):
+            yield index, given[index]
+    held = checkpoint
+    if given:
+        held = replace(checkpoint, has_output=lambda i: i in given or checkpoint.has_output(i),
+                       output=lambda i: given[i] if i in given else checkpoint.output(i))
+    yield from _execute(plan, runner, held, {key: GivenKey(rgb) for key, rgb in given.items()})
+
+
+def _execute(plan: Plan, runner: Runner, checkpoint: Checkpoint,
+             anchors: dict[int, list | GivenKey]) -> Iterator[tuple[int, np.ndarray]]:
     written = {i for i in range(plan.frames) if checkpoint.has_output(i)}
     spans = [(a, b) for a, b in plan.spans if not all(i in written for i in range(a + 1, b))]
     outputs: dict[int, np.ndarray] = {}  # keys translated here that a span still needs
@@ -107,9 +131,10 @@ def execute(plan: Plan, runner: Runner, checkpoint: Checkpoint) -> Iterator[tupl
             elif isinstance(message, Recorded):
                 anchors.update(message.anchors)
 
-    anchors: Anchors = {}
     yield from start_ready()  # spans between keys written before
     if plan.skeleton is not None:
+        if anchors:
+            raise ValueError("a plan with a skeleton anchors to its own keys, not to keys given before")
         if checkpoint.batches_done and set(checkpoint.anchors) == set(plan.skeleton.records):
             anchors.update(checkpoint.anchors)
         else:

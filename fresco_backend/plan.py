@@ -18,6 +18,8 @@ executor (``executor.py``) walks it, in this process (``translate.py``) or on Ra
   records those keys' latents after every step; segment s translates the rest of its group, its first
   batch anchored to [K0, its skeleton key] (segment 0: [K0]) with the skeleton's latents (``Pass.needs``),
   its later batches chained inside the segment. A segment never needs another segment's output.
+* A redo (``redo_plan``) keeps the keys before one, translated before, and translates the rest again as
+  one chain anchored to the first key and the last kept one.
 * S > 1 in the per-frame mode: the segments are groups of whole batches of the same grid (no anchors), so
   any S gives the frames of S = 1.
 """
@@ -29,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from fresco_contract.estimate import key_batches
+from fresco_contract.keys import check_kept
 
 from .config import JobConfig, require
 from .keyframes import Batch, adaptive_keys, fixed_keys, plan_batches
@@ -119,6 +122,20 @@ def finish_plan(frames: int, keys: Sequence[int]) -> Plan:
     """The plan of filling in a clip of ``frames`` frames from ``keys`` translated before: no passes,
     every span propagated."""
     return Plan(frames, tuple(keys), None, (), spans_between(keys))
+
+
+def redo_plan(plan: Plan, kept: Sequence[int], config: JobConfig) -> Plan:
+    """The keys-only plan that keeps the ``kept`` keys (translated before: ascending from the first frame on,
+    ``fresco_contract.keys.check_kept``) and translates ``plan``'s keys after them again with ``config``: in
+    FRESCO mode one chain whose first batch is anchored to the first key and the last kept one (their
+    latents made from their outputs, ``executor.GivenKey``) and every later batch as in any chain; in the
+    per-frame mode the grid of those keys."""
+    check_kept(list(kept), plan.frames)
+    redo = [key for key in plan.keys if key > kept[-1]]
+    size = config.sampling.batch_size
+    batches = (_chain(sorted({kept[0], kept[-1]}), redo, size) if config.fresco
+               else key_batches(redo, size, False))
+    return Plan(plan.frames, tuple(kept) + tuple(redo), None, (_segment("redo", batches),), ())
 
 
 def _chain(anchors: list[int], keys: list[int], batch_size: int) -> list[Batch]:

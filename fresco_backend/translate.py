@@ -24,14 +24,15 @@ from .conditions_cache import ConditionsCache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import JobConfig, require
-from .denoise import Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_prompt
+from .denoise import (Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_frames, encode_prompt,
+                      start_latents, timesteps_for)
 from .device import is_out_of_memory, release_cuda_memory
-from .executor import Frame, Recorded, execute
+from .executor import Frame, GivenKey, Recorded, execute
 from .flow import FlowEstimator, load_estimator
 from .frames import resize, to_tensor, to_uint8
 from .fresco import fresco_frames
 from .keyframes import Batch
-from .plan import Clip, Pass, finish_plan, make_plan
+from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
 from .propagate import propagate_span
 from .turns import turn
 
@@ -116,12 +117,25 @@ class LocalRunner(Propagator):
             missing = [key for key in step.needs if key not in anchors]
             if missing:
                 raise ValueError(f"{step.name} needs the skeleton's latents of keys {missing}")
-            needed = {key: anchors[key] for key in step.needs}
+            needed = {key: self.given_latents(anchors[key].rgb) if isinstance(anchors[key], GivenKey)
+                      else anchors[key] for key in step.needs}
             for key, rgb in self.translate(self.pipe, self.clip, self.config, self.work_size, self.clock, resume,
                                            self.cache, batches=step.batches, anchors=needed, keep=step.records):
                 yield Frame(key, resize(rgb, self.width, self.height))
             if step.records:
                 yield Recorded({key: [t.cpu() for t in memory[key]] for key in step.records})
+
+    def given_latents(self, rgb: np.ndarray) -> list:
+        """The anchor latents of a key translated before (``executor.GivenKey``), one per executed step: its
+        VAE encoding at the work size noised as the SDEdit start is (``start_latents``, the job's seed) to
+        the timestep the step ends at, the last one clean. A batch anchored to them continues the look of
+        that key as it is on disk, edited or not."""
+        sampling = self.config.sampling
+        with turn(self.pipe):
+            clean = encode_frames(self.pipe, to_tensor([resize(rgb, *self.work_size)]))
+            timesteps = timesteps_for(self.pipe, sampling)
+            noised = [start_latents(self.pipe, clean, sampling.seed, t)[0] for t in timesteps[1:]]
+        return noised + [clean[0]]
 
 
 def finish_frames(frames: Sequence[np.ndarray], keys: Mapping[int, np.ndarray], config: JobConfig, device="cpu",
@@ -140,21 +154,27 @@ def finish_frames(frames: Sequence[np.ndarray], keys: Mapping[int, np.ndarray], 
     checkpoint = checkpoint or Checkpoint()
     for index in indices:
         if not checkpoint.has_output(index):
-            rgb = keys[index]
-            if rgb.shape != shape or rgb.dtype != np.uint8:
-                raise KeysError(f"key {frame_filename(index)} is {rgb.shape[1]}x{rgb.shape[0]} ({rgb.dtype}); the "
-                                f"input's frames are {shape[1]}x{shape[0]}: a key must keep its frame's size")
-            yield index, rgb
+            yield index, check_key(index, keys[index], shape)
     held = replace(checkpoint, has_output=lambda i: i in keys or checkpoint.has_output(i),
                    output=lambda i: keys[i] if i in keys else checkpoint.output(i))
     clock = StepClock(0, on_progress, cancel)
     yield from execute(finish_plan(len(frames), indices), Propagator(frames, config, clock, device), held)
 
 
+def check_key(index: int, rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``rgb``, the given key at frame ``index``, if it is uint8 RGB of the input frames' ``shape``, else
+    KeysError."""
+    if rgb.shape != shape or rgb.dtype != np.uint8:
+        raise KeysError(f"key {frame_filename(index)} is {rgb.shape[1]}x{rgb.shape[0]} ({rgb.dtype}); the "
+                        f"input's frames are {shape[1]}x{shape[0]}: a key must keep its frame's size")
+    return rgb
+
+
 def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
                      on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                      checkpoint: Checkpoint | None = None, cache: ConditionsCache | None = None,
-                     keys_only: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+                     keys_only: bool = False, kept: Mapping[int, np.ndarray] | None = None
+                     ) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (uint8 RGB, all one size) with the job's ``config``.
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
@@ -171,17 +191,23 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
 
     ``keys_only``: translate the keys only (the plan's passes as in a whole run, so the keys are the
     frames a whole run gives them) and propagate nothing; ``finish_frames`` fills in the rest later.
+    ``kept``: redo the keys (keys only) after these, translated before (frame index -> uint8 RGB at the
+    input's size, from the first frame on: ``plan.redo_plan``); they are yielded as given and the redone
+    keys are anchored to them.
     """
     require(config)
     if not frames:
         return
+    if kept:
+        shape = Clip(frames).shape
+        kept = {index: check_key(index, kept[index], shape) for index in kept}
     checkpoint = checkpoint or Checkpoint()
     if checkpoint.batch_size:
         config = with_batch_size(config, checkpoint.batch_size)
     while True:
         written = False
         try:
-            for item in _translate(pipe, frames, config, on_progress, cancel, checkpoint, cache, keys_only):
+            for item in _translate(pipe, frames, config, on_progress, cancel, checkpoint, cache, keys_only, kept):
                 written = True
                 yield item
             return
@@ -204,14 +230,24 @@ def with_batch_size(config: JobConfig, size: int) -> JobConfig:
 
 def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progress: ProgressFn | None,
                cancel: threading.Event | None, checkpoint: Checkpoint,
-               cache: ConditionsCache | None, keys_only: bool) -> Iterator[tuple[int, np.ndarray]]:
+               cache: ConditionsCache | None, keys_only: bool,
+               kept: Mapping[int, np.ndarray] | None) -> Iterator[tuple[int, np.ndarray]]:
     """One attempt of ``translate_frames``: the plan at ``config``'s batch size, walked by the executor."""
     if on_progress and config.fresco and config.keyframes.choice == "adaptive":  # reads every frame
         on_progress(Progress("choose keys", 0, 0, None))
-    plan = make_plan(frames, config)
-    plan = plan.keys_only() if keys_only else plan
+    plan = job_plan(frames, config, keys_only, kept)
     steps = config.sampling.executed_steps
     clock = StepClock((plan.batch_count - checkpoint.batches_done) * steps, on_progress, cancel,
                       checkpoint.batches_done, steps)
     estimator = load_estimator(config.flow, config.flow_weights, pipe.device)
-    yield from execute(plan, LocalRunner(pipe, frames, config, clock, cache, estimator), checkpoint)
+    yield from execute(plan, LocalRunner(pipe, frames, config, clock, cache, estimator), checkpoint, kept)
+
+
+def job_plan(frames: Sequence[np.ndarray], config: JobConfig, keys_only: bool = False,
+             kept: Mapping[int, np.ndarray] | None = None, segments: int = 1) -> Plan:
+    """The plan of a job (``translate_frames``'s ``keys_only`` and ``kept``) in at most ``segments``
+    segments; a redo is one chain."""
+    if kept:
+        return redo_plan(make_plan(frames, config), sorted(kept), config)
+    plan = make_plan(frames, config, segments)
+    return plan.keys_only() if keys_only else plan

@@ -2,7 +2,7 @@
 
 Written by a keys-only job (the command line's ``--keys-only``, the add-on's Translate Keys) and read
 by a propagate-only job (``--keys DIR``, the add-on's Finish), possibly after Blender or the backend
-restarted. Standard library only: the add-on writes and reads it too.
+restarted; a redo (the add-on's Redo From Key) keeps the keys before one and translates the rest again. Standard library only: the add-on writes and reads it too.
 
     keys.json        the manifest (``KeysManifest``): the clip's frame count, the keys' frame indices,
                      the settings they were translated with
@@ -82,6 +82,18 @@ def check_keys(keys: tuple[int, ...] | list[int], frame_count: int) -> None:
         raise KeysError(f"the keys must include the clip's {' and '.join(missing)} frame "
                         f"({', '.join(frame_filename(i) for i in (0, frame_count - 1) if i not in keys)}): "
                         f"the frames before the first key and after the last have nothing to propagate from")
+
+
+def check_kept(keys: tuple[int, ...] | list[int], frame_count: int) -> None:
+    """KeysError unless ``keys`` are what a redo keeps of a clip of ``frame_count`` frames: ascending frame
+    indices from its first frame on, its last excluded (a redo translates the keys after them again, and
+    the last frame is always a key)."""
+    if frame_count < 2:
+        raise KeysError(f"a clip of {frame_count} frame(s) has no keys to keep: translate its keys again")
+    if list(keys) != sorted(set(keys)) or not keys or keys[0] != 0 or keys[-1] >= frame_count - 1:
+        raise KeysError(f"keys {list(keys)[:20]} are not what a redo keeps of a clip of {frame_count} frames: "
+                        f"ascending frame indices from its first frame ({frame_filename(0)}) on, before its last "
+                        f"({frame_filename(frame_count - 1)})")
 
 
 def key_path(folder: str | os.PathLike, index: int) -> Path:

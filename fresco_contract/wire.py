@@ -8,9 +8,11 @@ only.
 A job's life:
   POST   /v1/jobs                      {"settings": {...}, "frame_count": N} -> job status
                                        (+ "part": one of PARTS, default "all"; a "finish" job
-                                       also "keys": [frame indices, first and last included])
+                                       also "keys": [frame indices, first and last included]; a
+                                       "keys" job given "keys" (from the first frame, before the
+                                       last) keeps them and translates the keys after them again)
   PUT    /v1/jobs/{id}/input/{index}   PNG body, index 0..N-1
-  PUT    /v1/jobs/{id}/keys/{index}    PNG body of a "finish" job's key at frame index, input size
+  PUT    /v1/jobs/{id}/keys/{index}    PNG body of a given key at frame index, input size
   POST   /v1/jobs/{id}/start           queue it once every input frame is there
   GET    /v1/jobs/{id}/events?after=C&wait=S   events with seq > C, waiting up to S s
   GET    /v1/jobs/{id}/output/{index}  PNG of a finished frame
@@ -49,8 +51,9 @@ MAX_JSON_DEPTH = 8  # nesting of a request body; a job spec needs 2
 MAX_FRAME_PIXELS = 7680 * 4320  # width x height of an input frame (8K UHD), checked before decoding
 MIN_FRAME_SIDE = 12  # shortest input frame side: OpenCV's DIS flow refuses smaller frames
 
-# what a job does ("part" of its spec): everything; the keys only; the frames between given keys
-# (uploaded to keys/{index}), denoising nothing; a short look at a frame or two, run beside other jobs
+# what a job does ("part" of its spec): everything; the keys only (those after given keys: a redo); the
+# frames between given keys (uploaded to keys/{index}), denoising nothing; a short look at a frame or two,
+# run beside other jobs
 ALL, KEYS, FINISH, PREVIEW = "all", "keys", "finish", "preview"
 PARTS = (ALL, KEYS, FINISH, PREVIEW)
 

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -52,8 +52,8 @@ log = logging.getLogger("fresco.server.jobs")
 
 UsePipeline = Callable[[JobConfig, threading.Event], ContextManager[Any]]
 Prepare = Callable[[JobConfig, Callable[[Progress], None], threading.Event], None]
-# (frames, config, on_progress, cancel, checkpoint[, keys_only]) -> every (index, RGB) the checkpoint does not
-# hold yet, once (with keys_only=True: of the keys alone)
+# (frames, config, on_progress, cancel, checkpoint[, keys_only, kept]) -> every (index, RGB) the checkpoint does
+# not hold yet, once (with keys_only=True: of the keys alone; kept: a redo's keys, as given, and those after them)
 Translator = Callable[..., Iterator[tuple[int, np.ndarray]]]
 
 
@@ -67,12 +67,13 @@ class LocalTranslator:
 
     def __call__(self, frames: Sequence[np.ndarray], config: JobConfig, on_progress: Callable[[Progress], None],
                  cancel: threading.Event, checkpoint: Checkpoint,
-                 keys_only: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+                 keys_only: bool = False, kept: Mapping[int, np.ndarray] | None = None
+                 ) -> Iterator[tuple[int, np.ndarray]]:
         with self._use_pipeline(config, cancel) as pipe:
             if cancel.is_set():
                 raise Cancelled("cancelled")
             yield from self._translate(pipe, frames, config, on_progress, cancel, checkpoint=checkpoint,
-                                       keys_only=keys_only)
+                                       keys_only=keys_only, kept=kept)
 
 
 class JobError(Exception):
@@ -140,16 +141,18 @@ class JobManager:
     def create(self, settings: dict[str, Any], frame_count: int, part: str = wire.ALL,
                keys: Sequence[int] = ()) -> Job:
         """A new job waiting for ``frame_count`` input frames; settings already validated. ``part``: what
-        it does (``wire.PARTS``); a "finish" job also waits for its ``keys`` (``put_key``); a "preview"
-        translates at most one batch and runs in the quick lane, beside the strip jobs."""
+        it does (``wire.PARTS``); a "finish" job also waits for its ``keys`` (``put_key``), and so does a "keys"
+        job given the keys it keeps (a redo: it translates the keys after them again); a "preview" translates at
+        most one batch and runs in the quick lane, beside the strip jobs."""
         if not isinstance(frame_count, int) or isinstance(frame_count, bool) \
                 or not 1 <= frame_count <= wire.MAX_FRAMES:
             raise InvalidJob(f"frame_count: expected an integer from 1 to {wire.MAX_FRAMES}, got {frame_count!r}")
         if part not in wire.PARTS:
             raise InvalidJob(f"part: expected one of {', '.join(wire.PARTS)}, got {str(part)[:40]!r}")
         problem = records.check_keys_spec(part, list(keys) if isinstance(keys, (list, tuple)) else keys, frame_count)
-        if part != wire.FINISH and keys:
-            problem = f"only a {wire.FINISH!r} job is given keys (a {wire.KEYS!r} job finds its own)"
+        if part == wire.KEYS and keys and not problem and not records.is_redo(part, list(keys), frame_count):
+            problem = (f"a {wire.KEYS!r} job given keys keeps them and translates the keys after them again; the "
+                       f"last frame is always one of those, so it cannot be kept")
         if problem:
             raise InvalidJob(f"keys: {problem}")
         if part == wire.PREVIEW and frame_count > settings.get("batch_size", frame_count):
@@ -160,7 +163,7 @@ class JobManager:
                   keys=tuple(keys))
         job.input_dir.mkdir(parents=True)
         job.output_dir.mkdir()
-        if part == wire.FINISH:
+        if keys:
             job.keys_dir.mkdir()
         with self._lock:
             self._jobs[job_id] = job
@@ -199,7 +202,8 @@ class JobManager:
             job.uploaded.add(index)
 
     def put_key(self, job_id: str, index: int, data: bytes) -> None:
-        """Store the key at frame ``index`` (PNG bytes, the input's size) of a "finish" job still uploading."""
+        """Store the key at frame ``index`` (PNG bytes, the input's size) of a "finish" job or a redo still
+        uploading."""
         job = self.get(job_id)
         if index not in job.keys:
             raise JobError(f"frame {index} is not one of job {job_id}'s keys"
@@ -440,8 +444,9 @@ class JobManager:
             cost = estimate_job(job.settings, job.frame_count, *(job.frame_size or (512, 512)))
             steps_left = max(cost.batches - checkpoint.batches_done, 0) * cost.steps  # the first batch corrects it
             self._progress(job, "load model", steps_left)
+            kept = KeyFiles(job.keys_dir, job.keys) if records.is_redo(job.part, job.keys, job.frame_count) else None
             results = self._translate(frames, config, on_progress, job.cancel, checkpoint,
-                                      keys_only=job.part == wire.KEYS)
+                                      keys_only=job.part == wire.KEYS, kept=kept)
         for index, rgb in results:
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")

@@ -64,7 +64,8 @@ from fresco_backend.config import JobConfig, require
 from fresco_backend.denoise import Cancelled, Progress
 from fresco_backend.executor import Done, Failed, Frame, Recorded, Spanned, execute
 from fresco_backend.models import ModelChoice, choose_models
-from fresco_backend.plan import Pass, make_plan
+from fresco_backend.plan import Pass
+from fresco_backend.translate import check_key, job_plan
 
 from .ray_reaper import MARKER_ENV
 
@@ -351,16 +352,18 @@ class RayPool:
 
     def translate(self, frames: Sequence[np.ndarray], config: JobConfig,
                   on_progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
-                  checkpoint: Checkpoint | None = None, keys_only: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+                  checkpoint: Checkpoint | None = None, keys_only: bool = False,
+                  kept: Mapping[int, np.ndarray] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """The server's translator (``server/jobs.py`` Translator) on the pool: like
         ``fresco_backend.translate.translate_frames`` without a pipeline (the workers hold theirs); yields every
-        frame the checkpoint does not hold yet, once (``keys_only``: the keys alone)."""
+        frame the checkpoint does not hold yet, once (``keys_only``: the keys alone; ``kept``: a redo's)."""
         config = require(config)
         frames = [np.asarray(f) for f in frames]
+        kept = {index: check_key(index, np.asarray(kept[index]), frames[0].shape) for index in kept or {}}
         runner = RayRunner(self, frames, config, on_progress, cancel or threading.Event())
-        plan = make_plan(frames, config, self.segments)
+        plan = job_plan(frames, config, keys_only, kept, self.segments)
         try:
-            yield from execute(plan.keys_only() if keys_only else plan, runner, checkpoint or Checkpoint())
+            yield from execute(plan, runner, checkpoint or Checkpoint(), kept)
         finally:
             runner.close()
 

@@ -17,10 +17,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fresco_contract import wire
-from fresco_contract.keys import KeysError, check_keys, key_path
+from fresco_contract.keys import KeysError, check_keys, check_kept, key_path
 from fresco_contract.progress import Cancelled
 
 from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
@@ -55,7 +55,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     cancel_requested: bool = False  # by a client; not by a server shutdown
     part: str = wire.ALL  # what it does: one of ``wire.PARTS``
-    keys: tuple[int, ...] = ()  # a "finish" job's keys (frame indices), uploaded to ``keys/``
+    keys: tuple[int, ...] = ()  # a "finish" job's keys or a redo's kept ones (uploaded to ``keys/``); a done keys job's
     uploaded_keys: set[int] = field(default_factory=set)
 
     @property
@@ -72,7 +72,7 @@ class Job:
 
     @property
     def keys_dir(self) -> Path:
-        """Where a "finish" job's keys are (``fresco_contract.keys``: frame-numbered PNGs)."""
+        """Where a "finish" job's keys or a redo's kept ones are (``fresco_contract.keys``: frame-numbered PNGs)."""
         return self.folder / "keys"
 
     def record(self) -> JobRecord:
@@ -190,17 +190,27 @@ def load(folder: Path) -> Job:
 
 def check_keys_spec(part: str, keys: Any, frame_count: int) -> str | None:
     """Why ``keys`` are not those a job of ``part`` over ``frame_count`` frames holds, or None: a "finish"
-    job's keys (given) and a "keys" job's (found; none until it is done) are frame indices including the
-    first and the last (``fresco_contract.keys.check_keys``); any other job has none."""
+    job's keys (given) and a "keys" job's once it is done (found) are frame indices including the first and
+    the last (``fresco_contract.keys.check_keys``); a "keys" job given keys is a redo and they are those it
+    keeps, which never include the last (``check_kept``); any other job has none."""
     if part not in (wire.FINISH, wire.KEYS) or (part == wire.KEYS and keys in ([], ())):
-        return None if keys in ([], ()) else f"only a {wire.FINISH!r} job takes keys"
+        return None if keys in ([], ()) else f"only a {wire.FINISH!r} or a {wire.KEYS!r} job takes keys"
     if not isinstance(keys, (list, tuple)) or not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
         return f"expected a list of frame indices, got {str(keys)[:80]}"
     try:
-        check_keys(list(keys), frame_count)
+        if is_redo(part, keys, frame_count):
+            check_kept(list(keys), frame_count)
+        else:
+            check_keys(list(keys), frame_count)
     except KeysError as exc:
         return str(exc)
     return None
+
+
+def is_redo(part: str, keys: Sequence[int], frame_count: int) -> bool:
+    """Whether a job of ``part`` holding ``keys`` is a redo: a "keys" job given the keys it keeps (those it
+    finds always end at the last frame)."""
+    return part == wire.KEYS and bool(keys) and keys[-1] != frame_count - 1
 
 
 def missing_inputs(job: Job) -> str | None:

@@ -72,6 +72,48 @@ def test_finish_resumes_and_refuses_bad_keys(clip, whole):
     assert sorted(rest) == [5, 6, 7, 8] and all(np.array_equal(rest[i], whole[i]) for i in rest)
 
 
+def test_a_redo_keeps_the_earlier_keys_and_anchors_the_rest_to_them(pipe, clip, whole):
+    base = JobConfig.of(SETTINGS)
+    reseeded = JobConfig.of({**SETTINGS, "seed": 11})
+    kept = {0: whole[0], 4: whole[4]}
+    stages = []
+    redone = dict(translate_frames(pipe, clip.frames, reseeded, on_progress=lambda p: stages.append(p.stage),
+                                   keys_only=True, kept=kept))
+    assert sorted(redone) == [0, 4, 8]
+    assert all(redone[k] is kept[k] for k in kept)  # as given: never translated again
+    assert {s for s in stages if s.startswith("denoise")} == {f"denoise step {i}/2, batch 1/1" for i in (1, 2)}
+    fresh = dict(translate_frames(pipe, clip.frames, reseeded, keys_only=True))
+    assert not np.array_equal(redone[8], fresh[8])  # anchored to the kept keys, not a chain of its own
+    assert not np.array_equal(redone[8], whole[8])  # the new seed
+    # the anchor is the kept key as it is now: an edited key 4 changes the redone key 8
+    edited = dict(translate_frames(pipe, clip.frames, reseeded, keys_only=True,
+                                   kept={**kept, 4: paint(whole[4], 20, 20, side=20)}))
+    assert not np.array_equal(edited[8], redone[8])
+    # the same settings again: the redone key stays near the whole run's (its anchors approximate the chain's)
+    again = dict(translate_frames(pipe, clip.frames, base, keys_only=True, kept=kept))
+    near, apart = (np.abs(a[8].astype(int) - whole[8]).mean() for a in (again, redone))
+    assert near < apart
+    with pytest.raises(KeysError, match="before its last"):
+        list(translate_frames(pipe, clip.frames, base, keys_only=True, kept={0: whole[0], 8: whole[8]}))
+    with pytest.raises(KeysError, match="keep its frame's size"):
+        list(translate_frames(pipe, clip.frames, base, keys_only=True, kept={0: whole[0][:32]}))
+
+
+def test_a_redo_plan_is_one_chain_after_the_kept_keys():
+    from fresco_backend.plan import Plan, redo_plan
+
+    whole = Plan(20, (0, 4, 8, 12, 16, 19), None, (), ())
+    plan = redo_plan(whole, [0, 4], JobConfig.of({**SETTINGS, "batch_size": 3}))
+    assert plan.keys == (0, 4, 8, 12, 16, 19) and plan.skeleton is None and plan.spans == ()
+    (step,) = plan.segments
+    assert [b.frames for b in step.batches] == [[0, 4, 8], [0, 8, 12], [0, 12, 16], [0, 16, 19]]
+    assert step.needs == (0, 4)
+    first = redo_plan(whole, [0], JobConfig.of(SETTINGS))  # from the second key: anchored to the first alone
+    assert [b.frames for b in first.segments[0].batches] == [[0, 4, 8, 12, 16, 19]]
+    grid = redo_plan(whole, [0, 4, 8], JobConfig.of({**SETTINGS, "mode": "per_frame", "batch_size": 2}))
+    assert [b.frames for b in grid.segments[0].batches] == [[12, 16], [19]] and grid.segments[0].needs == ()
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "fresco_backend", "translate", *map(str, args)],
                           capture_output=True, text=True, timeout=300)

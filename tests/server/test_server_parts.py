@@ -89,12 +89,30 @@ def test_keys_then_finish_equals_the_whole_job_and_loads_nothing(setup):
     assert sorted(done) == list(range(9)) and all(np.array_equal(done[i], whole[i]) for i in range(9))
 
 
+def test_a_redo_job_keeps_the_given_keys_and_translates_the_rest_again(setup):
+    manager, _, _ = setup
+    keys_id, _ = run(manager, CLIP.frames, wire.KEYS)
+    keys = outputs(manager, keys_id)
+    reseeded = {**SETTINGS, "seed": 11}
+    redo_id, answer = run(manager, CLIP.frames, wire.KEYS, {0: keys[0], 4: keys[4]}, reseeded)
+    assert answer["state"] == wire.DONE, answer["events"][-3:]
+    assert manager.get(redo_id).status()["keys"] == [0, 4, 8]
+    redone = outputs(manager, redo_id)
+    assert np.array_equal(redone[0], keys[0]) and np.array_equal(redone[4], keys[4])
+    assert not np.array_equal(redone[8], keys[8])
+    batches = {e["stage"].split("batch ")[-1] for e in answer["events"]
+               if e["type"] == wire.EV_PROGRESS and e["stage"].startswith("denoise")}
+    assert batches == {"1/1"}  # the one batch of the keys after the kept ones
+
+
 def test_a_finish_job_is_checked_and_survives_a_restart(setup, tmp_path, tiny_models):
     manager, models, _ = setup
     with pytest.raises(InvalidJob, match="last frame"):
         manager.create(SETTINGS, 9, wire.FINISH, [0, 4])
-    with pytest.raises(InvalidJob, match="only a 'finish' job"):
+    with pytest.raises(InvalidJob, match="cannot be kept"):
         manager.create(SETTINGS, 9, wire.KEYS, [0, 8])
+    with pytest.raises(InvalidJob, match="only a 'finish' or a 'keys' job"):
+        manager.create(SETTINGS, 9, wire.ALL, [0])
     with pytest.raises(InvalidJob, match="part"):
         manager.create(SETTINGS, 9, "everything")
     job = manager.create(SETTINGS, 9, wire.FINISH, [0, 4, 8])
