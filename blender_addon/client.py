@@ -47,10 +47,10 @@ class Client:
     def create_job(self, settings: Mapping[str, Any], frame_count: int, part: str = wire.ALL,
                    keys: Sequence[int] = ()) -> str:
         """A new job for ``frame_count`` frames doing ``part`` (``wire.PARTS``; a "finish" job is given the
-        frame indices of its ``keys``); returns its id."""
+        frame indices of its ``keys``, a redo those of the keys it keeps); returns its id."""
         spec = {"settings": dict(settings), "frame_count": frame_count}
         if part != wire.ALL:
-            spec.update(part=part, **({"keys": list(keys)} if part == wire.FINISH else {}))
+            spec.update(part=part, **({"keys": list(keys)} if keys else {}))
         return str(self._json("POST", wire.JOBS, json.dumps(spec).encode(), "application/json")["id"])
 
     def upload_frame(self, job_id: str, index: int, png_bytes: bytes) -> None:

@@ -112,6 +112,11 @@ def new_image_strip(coll: Any, name: str, first_file: str, channel: int, frame_s
                           frame_start=frame_start, fit_method=fit_method)
 
 
+def invalidate(strip: Any) -> None:
+    """Make the sequencer read ``strip``'s files again (their names or contents changed)."""
+    strip.invalidate_cache("RAW")
+
+
 def new_movie_strip(coll: Any, name: str, filepath: str, channel: int, frame_start: int) -> Any:
     return coll.new_movie(name=name, filepath=filepath, channel=channel, frame_start=frame_start)
 

@@ -32,6 +32,7 @@ class Entry:
     config: dict
     refused: str | None = None  # why it cannot run: its failure when its turn comes
     part: str = "all"  # what its backend job does (``wire.PARTS``): "keys", or "finish" a keys strip
+    redo_from: int | None = None  # a "keys" entry of a keys strip: redo its keys from this one (a frame index) on
     state: str = WAITING
     job: Any = None  # the Translation, from its start on
     error: str | None = None
@@ -72,7 +73,7 @@ class JobQueue:
 
     # -- changing it ---------------------------------------------------------------------------------------
     def add(self, scene_name: str, strip_name: str, settings: dict | None, config: dict,
-            refused: str | None = None, part: str = "all") -> Entry:
+            refused: str | None = None, part: str = "all", redo_from: int | None = None) -> Entry:
         """Queue a strip (an idle queue first forgets its finished entries). Raises AlreadyWaiting when the
         strip waits already for the same ``part``: it is never translated twice for one wait (a running strip
         may be queued again)."""
@@ -81,7 +82,7 @@ class JobQueue:
             raise AlreadyWaiting(f"{strip_name} is already waiting in the queue")
         if not self.active():
             self.entries.clear()
-        entry = Entry(next(self._ids), scene_name, strip_name, settings, config, refused, part)
+        entry = Entry(next(self._ids), scene_name, strip_name, settings, config, refused, part, redo_from)
         self.entries.append(entry)
         return entry
 

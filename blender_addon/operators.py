@@ -11,7 +11,7 @@ from typing import Any
 
 import bpy
 
-from . import compat, jobqueue, place, props, session, translation
+from . import compat, jobqueue, live, place, props, session, translation
 from .config import backend_config
 from .contract import wire
 
@@ -56,9 +56,10 @@ class QueueOperator:
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
 
-    def queue_strips(self, context: Any, strips: list, part: str = wire.ALL) -> set[str]:
+    def queue_strips(self, context: Any, strips: list, part: str = wire.ALL, redo_from: int | None = None) -> set[str]:
         """Queue ``strips`` for jobs of ``part`` (``wire.PARTS``; a refused strip is reported, the rest still go);
-        run them here when synchronous. A "finish" strip is a keys strip, with the settings of its keys."""
+        run them here when synchronous. A "finish" strip is a keys strip, with the settings of its keys; so is a
+        strip whose keys are redone from ``redo_from`` on, with its own settings as they are now."""
         sync = self.synchronous or not session.has_event_loop()
         queue = session.queue()
         if sync and queue.active():
@@ -73,8 +74,11 @@ class QueueOperator:
                     translation.check(translation.keys_source(strip), config, warn=notes.append)
                     settings = translation.finish_settings(strip)
                 else:
+                    if redo_from is not None:
+                        translation.keys_source(strip)  # refused where the keys' source is gone
                     settings = translation.check(strip, config, warn=notes.append)
-                entries.append(queue.add(context.scene.name, strip.name, settings, config, part=part))
+                entries.append(queue.add(context.scene.name, strip.name, settings, config, part=part,
+                                         redo_from=redo_from))
             except (translation.Refused, jobqueue.AlreadyWaiting) as exc:
                 problems.append(f"{strip.name}: {exc}" if len(strips) > 1 else str(exc))
         if notes:
@@ -158,6 +162,32 @@ class FRESCO_OT_finish(QueueOperator, bpy.types.Operator):
         return self.queue_strips(context, [keys_strip], wire.FINISH)
 
 
+class FRESCO_OT_redo_keys(QueueOperator, bpy.types.Operator):
+    """Translate the keys of the active keys strip again from the one under the playhead on, with the strip's
+    settings as they are now (a new seed, prompt or strength), keeping the keys before it as they are on disk
+    and anchoring the new ones to them; the result is a new keys strip, the old one stays"""
+
+    bl_idname = "fresco.redo_keys"
+    bl_label = "Redo From Key"
+    bl_options = {"REGISTER"}
+
+    strip: bpy.props.StringProperty(
+        name="Keys Strip", description="Name of the keys strip to redo (empty: the active strip)",
+        options={"SKIP_SAVE"})
+
+    def _execute(self, context: Any) -> set[str]:
+        keys_strip = _target_strip(context, self.strip)
+        if keys_strip is None or place.keys_of(keys_strip) is None:
+            self.report({"ERROR"}, "FRESCO: Redo From Key works on a keys strip (Translate Keys makes one)")
+            return {"CANCELLED"}
+        key = place.key_at(keys_strip, context.scene.frame_current)
+        if key is None:
+            self.report({"ERROR"}, f"FRESCO: the playhead (frame {context.scene.frame_current}) is not over "
+                                   f"{keys_strip.name}: put it on the first key to redo")
+            return {"CANCELLED"}
+        return self.queue_strips(context, [keys_strip], wire.KEYS, redo_from=key)
+
+
 class FRESCO_OT_translate_selected(QueueOperator, bpy.types.Operator):
     """Queue every selected movie and image strip for translation, each with its own settings (FRESCO results
     are skipped)"""
@@ -168,7 +198,7 @@ class FRESCO_OT_translate_selected(QueueOperator, bpy.types.Operator):
 
     def _execute(self, context: Any) -> set[str]:
         chosen = [s for s in selected_strips(context)
-                  if s.type in TRANSLATABLE and props.RESULT_SETTINGS_KEY not in s.keys()]
+                  if s.type in TRANSLATABLE and not {props.RESULT_SETTINGS_KEY, live.LIVE_KEY} & set(s.keys())]
         if not chosen:
             self.report({"ERROR"}, "FRESCO: no movie or image strip selected (results of FRESCO are skipped)")
             return {"CANCELLED"}
@@ -218,5 +248,5 @@ class FRESCO_OT_stop_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (FRESCO_OT_translate, FRESCO_OT_translate_keys, FRESCO_OT_finish, FRESCO_OT_translate_selected,
-           FRESCO_OT_cancel, FRESCO_OT_stop_backend)
+CLASSES = (FRESCO_OT_translate, FRESCO_OT_translate_keys, FRESCO_OT_finish, FRESCO_OT_redo_keys,
+           FRESCO_OT_translate_selected, FRESCO_OT_cancel, FRESCO_OT_stop_backend)

@@ -245,13 +245,15 @@ class FRESCO_PT_panel(bpy.types.Panel):
 
 
 def draw_keys_strip(layout: Any, context: Any, strip: Any, keys: list[int]) -> None:
-    """A keys strip: its keys, the one under the playhead (to open and paint over) and Finish."""
+    """A keys strip: its keys, the one under the playhead (to open and paint over, or to redo from) and Finish."""
     box = layout.box()
     box.label(text=f"Keys only: {len(keys)} keys, each held until the next", icon="KEYFRAME_HLT")
     try:
         key = preview_frame.key_under_playhead(context.scene, strip)
         box.label(text=f"Under the playhead: key {key.name}")
-        box.operator(preview_frame.FRESCO_OT_open_key.bl_idname, icon="IMAGE_DATA")
+        row = box.row(align=True)
+        row.operator(preview_frame.FRESCO_OT_open_key.bl_idname, icon="IMAGE_DATA")
+        row.operator(operators.FRESCO_OT_redo_keys.bl_idname, icon="FILE_REFRESH").strip = strip.name
     except Exception as exc:  # e.g. the playhead is elsewhere
         box.label(text=str(exc), icon="INFO")
     row = box.row()

@@ -38,6 +38,25 @@ def free_channel(strips: Any, above: int, start: int, end: int) -> int:
 
 def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: dict,
                      job_id: str | None = None, suffix: str = RESULT_SUFFIX, channel: int | None = None) -> Any:
+    """Add the image strip of ``files`` (``new_result_strip``) marked as the result of ``source`` with the job's
+    ``settings`` (``mark_result``)."""
+    strip = new_result_strip(scene, source, files, suffix, channel)
+    mark_result(strip, source, settings, job_id)
+    return strip
+
+
+def blend_relative(path: Path) -> str:
+    """``path`` relative to the .blend (``//...``) where it is saved and the path allows, else as it is."""
+    if bpy.data.filepath:
+        try:
+            return bpy.path.relpath(str(path))
+        except ValueError:  # another drive on Windows
+            pass
+    return str(path)
+
+
+def new_result_strip(scene: Any, source: Any, files: Sequence[Path], suffix: str = RESULT_SUFFIX,
+                     channel: int | None = None) -> Any:
     """Add the image strip of ``files`` (one per frame; a file may repeat) at the source's first visible frame,
     on ``channel`` or else the first free channel above the source, beside it: inside the same meta strip if the
     source is in one, so the result shows where the source does. Named after the source with ``suffix``."""
@@ -51,12 +70,7 @@ def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: d
     start = compat.visible_start(source)
     if channel is None:
         channel = free_channel(strips, source.channel, start, start + len(files))
-    first = str(files[0])
-    if bpy.data.filepath:
-        try:
-            first = bpy.path.relpath(first)
-        except ValueError:  # another drive on Windows
-            pass
+    first = blend_relative(files[0])
     taken = {s.name for s in compat.all_strips(ed)}
     name, n = source.name + suffix, 1
     while name in taken:  # Blender's own uniquifier would turn "x.fresco" into "x.001"
@@ -65,12 +79,15 @@ def add_result_strip(scene: Any, source: Any, files: Sequence[Path], settings: d
     strip = compat.new_image_strip(strips, name, first, channel, start, fit_method="FIT")
     for path in files[1:]:
         strip.elements.append(path.name)
-    # the job's settings, readable without the add-on
+    return strip
+
+
+def mark_result(strip: Any, source: Any, settings: dict, job_id: str | None = None) -> None:
+    """Write the job's settings (readable without the add-on), its source and its id on the result ``strip``."""
     strip[RESULT_SETTINGS_KEY] = json.dumps(settings, sort_keys=True)
     strip[RESULT_SOURCE_KEY] = source.name
     if job_id:
         strip["fresco_job"] = job_id
-    return strip
 
 
 def held_keys(keys: Sequence[int], frame_count: int) -> list[int]:
@@ -101,6 +118,16 @@ def keys_of(strip: Any) -> list[int] | None:
     except (KeyError, TypeError, ValueError):
         return None
     return keys if isinstance(keys, list) and all(isinstance(k, int) for k in keys) else None
+
+
+def key_at(strip: Any, frame: int) -> int | None:
+    """The key (0-based frame index) a keys strip shows at scene frame ``frame``; None where ``strip`` is no
+    keys strip or does not cover that frame."""
+    keys = keys_of(strip) if strip is not None else None
+    offset = frame - compat.visible_start(strip) if keys else -1
+    if not keys or not 0 <= offset < compat.visible_duration(strip):
+        return None
+    return held_keys(keys, offset + 1)[offset]
 
 
 def replace_keys_strip(scene: Any, keys_strip: Any, source: Any, files: Sequence[Path], settings: dict,

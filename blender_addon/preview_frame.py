@@ -123,14 +123,18 @@ class FRESCO_OT_open_key(bpy.types.Operator):
 
 def key_under_playhead(scene: Any, strip: Any) -> Path:
     """The file of the key a keys strip shows at the playhead; ``translation.Refused`` where there is none."""
-    keys = place.keys_of(strip) if strip is not None else None
-    if keys is None:
+    return Path(resultdirs.strip_folder(strip)) / wire.frame_filename(key_at_playhead(scene, strip))
+
+
+def key_at_playhead(scene: Any, strip: Any) -> int:
+    """The key (0-based frame index) a keys strip shows at the playhead; ``translation.Refused`` where there is
+    none."""
+    if strip is None or place.keys_of(strip) is None:
         raise translation.Refused("the active strip is not a keys strip (Translate Keys makes one)")
-    offset = scene.frame_current - compat.visible_start(strip)
-    if not 0 <= offset < compat.visible_duration(strip):
+    key = place.key_at(strip, scene.frame_current)
+    if key is None:
         raise translation.Refused(f"the playhead (frame {scene.frame_current}) is not over {strip.name}")
-    key = place.held_keys(keys, offset + 1)[offset]
-    return Path(resultdirs.strip_folder(strip)) / wire.frame_filename(key)
+    return key
 
 
 class FRESCO_OT_preview_frame(bpy.types.Operator):

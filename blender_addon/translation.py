@@ -28,10 +28,12 @@ from typing import Any, Callable, Mapping
 
 import bpy
 
-from . import backend, compat, export, jobrun, place, preview, props, resultdirs, session, tasks, unsaved, userdirs
+from . import (backend, compat, export, jobrun, live, place, preview, props, resultdirs, session, tasks, unsaved,
+               userdirs)
 from .contract import estimate
 from .contract import keys as files_keys
 from .contract import settings as schema
+from .contract import files as contract_files
 from .contract import wire
 
 POLL_INTERVAL = 0.2
@@ -58,12 +60,15 @@ class Translation:
 
     def __init__(self, scene: Any, source: Any, settings: dict, config: dict[str, str],
                  report: Report | None = None, note: Callable[[str], None] | None = None, part: str = wire.ALL,
-                 keys_strip: Any = None) -> None:
+                 keys_strip: Any = None, redo_from: int | None = None) -> None:
         """``part``: what the backend job does (``wire.PARTS``: all, the keys only, or "finish": fill in the
-        keys of ``keys_strip``, a keys strip of ``source``, as its files are now)."""
+        keys of ``keys_strip``, a keys strip of ``source``, as its files are now). A "keys" job of a
+        ``keys_strip`` redoes its keys from ``redo_from`` (a frame index) on, keeping those before it."""
         self.scene_name, self.source_name, self.settings, self.config = scene.name, source.name, settings, config
         self.part, self.keys_strip_name = part, keys_strip.name if keys_strip is not None else None
         self.keys = key_files(keys_strip, compat.visible_duration(source)) if keys_strip is not None else None
+        if self.keys is not None and redo_from is not None:  # what a redo keeps: every key before the redone one
+            self.keys = {key: path for key, path in self.keys.items() if key < redo_from} or None
         self.backend = session.get().backend
         self.get_client = lambda: self.backend.get_client(config)
         self.backend_started = False  # by ``run``, before the export
@@ -79,7 +84,7 @@ class Translation:
                 self.exporter.close()
             shutil.rmtree(self.export_dir, ignore_errors=True)
             raise
-        if part != wire.FINISH:  # a finish job takes the keys' settings: the source's own are not its
+        if keys_strip is None:  # a finish or a redo takes a keys strip's settings: the source's own are not its
             place.mark_source(source, settings)
         self.cancel = threading.Event()  # the user's Cancel, or another file opened; the task gets it
         self.task: tasks.Task | None = None  # the backend job, once the export is done
@@ -91,6 +96,7 @@ class Translation:
         self.result_name: str | None = None
         self.preview_path: str | None = None  # the newest downloaded output frame
         self.preview_shown: str | None = None  # the frame shown by the panel's preview (preview.py)
+        self.live: live.LiveStrip | None = None  # the result strip while a whole translation runs
 
     @property
     def fraction(self) -> float:
@@ -144,8 +150,27 @@ class Translation:
             self.job_id = message.job_id
         elif isinstance(message, jobrun.FrameReceived):
             self.preview_path = message.path
+            if self.part == wire.ALL:
+                self._show(message.index)
         elif isinstance(message, jobrun.Health):
             self.backend.note_health(self.config, message.answer)
+
+    def _show(self, index: int) -> None:
+        """Main thread: output frame ``index`` arrived; show it on the live result strip (``live.py``)."""
+        if self.live is None:
+            def place_strip(paths: list[Path]) -> Any:
+                scene = bpy.data.scenes[self.scene_name]
+                return place.new_result_strip(scene, compat.all_strips(compat.editor(scene))[self.source_name], paths)
+
+            def editor() -> Any:
+                scene = bpy.data.scenes.get(self.scene_name)
+                return compat.editor(scene) if scene is not None else None
+
+            self.live = live.LiveStrip(self.out_dir, len(self.frames), Path(self.frames[0]), place_strip, editor)
+        try:
+            self.live.frame_arrived(index)
+        except Exception as exc:  # the strip is a view of the job: never worth failing it
+            log(f"{self.source_name}: could not show frame {index} on the timeline yet: {exc}")
 
     def _task_ended(self) -> None:
         """Main thread, every message of the backend job handled: place its result (or clean up)."""
@@ -164,6 +189,8 @@ class Translation:
         paths = [self.out_dir / Path(f).name for f in files]
         if self.part == wire.KEYS:
             keys = [int(Path(f).stem) - 1 for f in files]
+            for key, kept in (self.keys or {}).items():  # a redo's kept keys: the very files, as they are
+                contract_files.write_bytes_atomic(self.out_dir / kept.name, kept.read_bytes())
             files_keys.write_manifest(self.out_dir, files_keys.KeysManifest(len(self.frames), tuple(keys),
                                                                             self.settings))
             strip = place.add_keys_strip(scene, source, self.out_dir, keys, len(self.frames), self.settings,
@@ -174,7 +201,11 @@ class Translation:
                 raise RuntimeError(f"the keys strip {self.keys_strip_name!r} is gone; the frames are in {self.out_dir}")
             strip = place.replace_keys_strip(scene, keys_strip, source, paths, self.settings, self.job_id)
         else:
-            strip = place.add_result_strip(scene, source, paths, self.settings, self.job_id)
+            strip = self.live.finish(self.out_dir) if self.live is not None else None
+            if strip is None:  # no frame came while it ran, or an undo took the strip away
+                strip = place.add_result_strip(scene, source, paths, self.settings, self.job_id)
+            else:
+                place.mark_result(strip, source, self.settings, self.job_id)
         props.apply_settings(strip, self.settings)  # with the seed used (Random Seed off)
         self.result_name = strip.name
         preview.remove(self)  # not kept in the undo step
@@ -197,6 +228,8 @@ class Translation:
             else:
                 self.stage = "cancelled" if kind == "cancelled" else "failed"
                 self.error = error if kind == "error" else None
+                if self.live is not None:
+                    self.live.remove()
                 resultdirs.remove_unused(self.out_dir)
         except Exception as exc:  # never raise into a timer; the frames stay for the user
             self.error, self.stage = str(exc), "failed"
@@ -425,19 +458,21 @@ def check(source: Any | None, config: dict[str, str], warn: Callable[[str], None
 def begin(entry: Any, report: Report | None = None, note: Callable[[str], None] | None = None) -> Translation:
     """Start the translation of a queue entry (``jobqueue.Entry``) with the settings taken when it was queued;
     raises ``Refused`` when its strip is gone or has lost its picture meanwhile. ``report``, ``note``: see
-    ``Translation.run``. A "finish" entry names a keys strip: its source is translated from its keys."""
+    ``Translation.run``. A "finish" entry names a keys strip: its source is translated from its keys; so does
+    a redo ("keys" with ``redo_from``)."""
     scene = bpy.data.scenes.get(entry.scene_name)
     ed = compat.editor(scene) if scene is not None else None
     strip = compat.all_strips(ed).get(entry.strip_name) if ed is not None else None
     if strip is None:
         raise Refused(f"strip {entry.strip_name!r} is gone")
     keys_strip, source = None, strip
-    if entry.part == wire.FINISH:
+    if entry.part == wire.FINISH or entry.redo_from is not None:
         keys_strip, source = strip, keys_source(strip)
     problem = export.picture_problem(source)
     if problem:
         raise Refused(problem)
-    return Translation(scene, source, entry.settings, entry.config, report, note, entry.part, keys_strip)
+    return Translation(scene, source, entry.settings, entry.config, report, note, entry.part, keys_strip,
+                       entry.redo_from)
 
 
 def keys_source(keys_strip: Any) -> Any:

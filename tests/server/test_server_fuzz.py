@@ -43,7 +43,8 @@ class FakeBackend:
     def pipeline(self, config: JobConfig) -> str:
         return "pipe"
 
-    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False):
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False,
+                  kept=None):
         self.ran.append(config.sampling.prompt)
         if self.fail is not None:
             exc, self.fail = self.fail, None

@@ -42,7 +42,8 @@ class FakeBackend:
     def pipeline(self, config: JobConfig) -> str:
         return "pipe"
 
-    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False):
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False,
+                  kept=None):
         for i in range(len(frames)):
             yield i, 255 - frames[i]
 

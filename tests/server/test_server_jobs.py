@@ -45,7 +45,8 @@ class FakeBackend:
             raise self.fail
         return "pipe"
 
-    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False):
+    def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False,
+                  kept=None):
         self.order.append(config.sampling.prompt)
         self.configs.append(config)
         count = len(frames) - (1 if self.drop_last else 0)

@@ -324,6 +324,28 @@ def test_one_segment_is_byte_identical_to_the_plain_server(pool, pipe, tmp_path,
 
 
 
+def test_a_redo_on_the_pool_is_the_redo_here(pool, pipe):
+    """A redo is one chain on one worker, its first batch anchored to the kept keys: the frames of the redo
+    walked here, although the pool cuts a plain job into segments."""
+    import torch
+
+    from fresco_backend.translate import translate_frames
+
+    frames, reseeded = clip(FRAMES), JobConfig.of({**SETTINGS, "seed": 5})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: CPU reductions round alike only with the same thread count
+    try:
+        keys = dict(translate_frames(pipe, frames, JobConfig.of(SETTINGS), keys_only=True))
+        kept = {k: keys[k] for k in (0, 2, 4)}
+        here = dict(translate_frames(pipe, frames, reseeded, keys_only=True, kept=kept))
+    finally:
+        torch.set_num_threads(threads)
+    there = dict(pool.translate(frames, reseeded, keys_only=True, kept=kept))
+    assert sorted(there) == sorted(here) == sorted(keys)
+    assert all(np.array_equal(here[k], there[k]) for k in here)
+    assert all(np.array_equal(there[k], kept[k]) for k in kept)  # as given
+
+
 def test_a_jobs_controlnets_and_loras_reach_the_workers(pool, tiny_models, tiny_controlnets, tiny_lora, tmp_path,
                                                         monkeypatch):
     """Two ControlNets and a LoRA on the workers give the plain server's frames (one warm-pipeline code

@@ -95,13 +95,13 @@ def frames_of(strip) -> list[Path]:
 
 
 def counting_parts(addon, monkeypatch) -> list[str]:
-    """The parts of the backend jobs the add-on creates from now on."""
+    """The parts of the backend jobs the add-on creates from now on (with the keys a redo keeps)."""
     client_module = sys.modules[addon.__name__ + ".client"]
     parts: list[str] = []
     original = client_module.Client.create_job
 
     def create_job(self, settings, frame_count, part="all", keys=()):
-        parts.append(part)
+        parts.append(f"{part} {list(keys)}" if part == "keys" and keys else part)
         return original(self, settings, frame_count, part, keys)
 
     monkeypatch.setattr(client_module.Client, "create_job", create_job)
@@ -150,6 +150,75 @@ def test_keys_then_an_edited_key_then_finish(backend, addon, keyed_scene, compat
     for frame in (1, 3):  # next to the edited key: the square, carried along the clip's motion
         assert len(changed_pixels(result[frame], whole[frame])) >= 20, frame
     assert (folder / "0003.png").is_file()  # the artist's keys stay
+
+
+def test_redo_from_a_key_keeps_the_earlier_keys_as_they_are(backend, addon, keyed_scene, compat, blend,
+                                                           monkeypatch):
+    strips = lambda: compat.all_strips(bpy.context.scene.sequence_editor)  # noqa: E731
+    assert bpy.ops.fresco.translate_keys(strip="clip") == {"FINISHED"}
+    old = strips()["clip.fresco keys"]
+    folder = folder_of(old)
+    paint_square(folder / "0003.png", 40, 24)  # an edited key before the one redone: kept as it is now
+    before = {key: (folder / f"{key + 1:04d}.png").read_bytes() for key in KEYS}
+    parts = counting_parts(addon, monkeypatch)
+    old.fresco.random_seed, old.fresco.seed = False, old.fresco.seed + 1  # the keys strip's settings, changed
+    bpy.context.scene.sequence_editor.active_strip = old
+    bpy.context.scene.frame_current = STRIP_START + OFFSET_START + 4  # on key 4
+    assert bpy.ops.fresco.redo_keys() == {"FINISHED"}
+    assert parts == ["keys [0, 2]"]  # the kept keys go with the job; only the keys after them are denoised
+    new = strips()["clip.fresco keys_2"]
+    assert old.name in strips() and json.loads(new["fresco_keys"]) == KEYS
+    assert json.loads(new["fresco_settings"])["seed"] == old.fresco.seed
+    redone = {key: (folder_of(new) / f"{key + 1:04d}.png").read_bytes() for key in KEYS}
+    assert redone[0] == before[0] and redone[2] == before[2]  # byte-identical, the edit included
+    assert redone[4] != before[4] and redone[5] != before[5]
+    assert {key: (folder / f"{key + 1:04d}.png").read_bytes() for key in KEYS} == before  # the old strip's own
+    assert [e.filename for e in new.elements] == [e.filename for e in old.elements]
+    bpy.context.scene.frame_current = STRIP_START + OFFSET_START - 1  # off the strip
+    bpy.context.scene.sequence_editor.active_strip = new
+    with pytest.raises(RuntimeError, match="not over"):
+        bpy.ops.fresco.redo_keys()
+
+
+def test_the_result_strip_fills_in_while_the_job_runs(backend, addon, keyed_scene, compat, blend, monkeypatch):
+    live = sys.modules[addon.__name__ + ".live"]
+    strips = lambda: compat.all_strips(keyed_scene.sequence_editor)  # noqa: E731
+    seen: list[tuple[int, str, list[str], str]] = []  # after each frame: it, the strip's name, frames, blend
+    original = live.LiveStrip.frame_arrived
+
+    def frame_arrived(self, index):
+        original(self, index)
+        strip = self.strip()
+        seen.append((index, strip.name, [e.filename for e in strip.elements], strip.blend_type))
+        assert "fresco_settings" not in strip.keys()  # not a result until it is done: a save leaves it be
+
+    monkeypatch.setattr(live.LiveStrip, "frame_arrived", frame_arrived)
+    assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+    assert len(seen) == VISIBLE and sorted(i for i, *_ in seen) == list(range(VISIBLE))
+    assert {name for _, name, _, _ in seen} == {"clip.fresco"} and {b for *_, b in seen} == {"ALPHA_OVER"}
+    arrived: set[int] = set()
+    for index, _, names, _ in seen:  # every frame back shows itself, every other one the pending picture
+        arrived.add(index)
+        assert names == [f"{i + 1:04d}.png" if i in arrived else "pending.png" for i in range(VISIBLE)]
+    assert seen[0][0] == 0  # placed with the first key
+    done = strips()["clip.fresco"]
+    assert [e.filename for e in done.elements] == [f"{i + 1:04d}.png" for i in range(VISIBLE)]
+    assert "fresco_live" not in done.keys() and "fresco_settings" in done.keys()
+    assert not (folder_of(done) / "pending.png").exists()
+    assert [s.name for s in strips() if s.name.startswith("clip.fresco")] == ["clip.fresco"]
+
+
+def test_the_pending_picture_is_transparent_at_the_frames_size(addon, tmp_path):
+    live = sys.modules[addon.__name__ + ".live"]
+    path = tmp_path / "pending.png"
+    path.write_bytes(live.transparent_png(96, 64))
+    assert live.png_size(path) == (96, 64)
+    image = bpy.data.images.load(str(path))
+    try:
+        assert tuple(image.size) == (96, 64) and image.channels == 4
+        assert max(image.pixels[3::4]) == 0.0
+    finally:
+        bpy.data.images.remove(image)
 
 
 def test_finish_refuses_a_keys_strip_whose_key_is_gone(backend, addon, keyed_scene, compat, blend):
