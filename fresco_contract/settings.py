@@ -118,8 +118,8 @@ CONTROL_KINDS = ("canny", "tile", "softedge", "depth", "lineart")
 # the look of the result, what guides it, which frames are keys, its quality and cost, and research switches
 # Draft quality (the ``quality`` setting): what it changes, measured and defended in README.md ("Draft")
 QUALITIES = ("final", "draft")
-DRAFT_STEPS = 6      # at most this many scheduler steps: 4 denoised at the default strength 0.75 instead of 15
-DRAFT_SCALE = 0.625  # each side of the working size (estimate.working_size): 39 % of the pixels
+DRAFT_STEPS = 6    # at most this many scheduler steps: 4 denoised at the default strength 0.75 instead of 15
+DRAFT_SCALE = 0.5  # each side of the working size (estimate.working_size): 25 % of the pixels
 
 
 def effective(values: Mapping[str, Any]) -> dict[str, Any]:

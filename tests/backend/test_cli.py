@@ -111,8 +111,8 @@ def test_a_long_cpu_job_gets_the_draft_hint_with_real_flags():
     assert "240 frames of 1920x1080, processed at 896x512" in long and "h of denoising on cpu" in long
     flags = hint.split("Draft settings, ")[1].split(" (")[0]
     assert flags == "--quality draft"
-    draft = estimate_lines({**settings, **DRAFT}, 240, 1920, 1080, "cpu")[0]  # the same keys, 576x320, 4 steps
-    assert "processed at 576x320" in draft and "about 21 keys" in draft and "of 4 denoising steps" in draft
+    draft = estimate_lines({**settings, **DRAFT}, 240, 1920, 1080, "cpu")[0]  # the same keys, 448x256, 4 steps
+    assert "processed at 448x256" in draft and "about 21 keys" in draft and "of 4 denoising steps" in draft
     args = build_parser().parse_args(["translate", "in.mp4", "--out", "o", *flags.split()])
     assert {name: getattr(args, name) for name in DRAFT} == DRAFT  # the flags the CLI really takes
     assert len(estimate_lines(settings, 240, 1920, 1080, "cuda:0")) == 1  # no hint on a GPU

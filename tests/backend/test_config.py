@@ -101,9 +101,9 @@ def test_draft_quality_runs_fewer_steps_smaller_and_without_feature_optimisation
     final, draft = JobConfig.of({"prompt": "x"}), JobConfig.of({"prompt": "x", "quality": "draft"})
     assert final == JobConfig.of({"prompt": "x", "quality": "final"}) and final.optimisation.enabled
     assert (draft.sampling.steps, draft.sampling.executed_steps, draft.optimisation.enabled) == (6, 4, False)
-    assert final.sampling.work_size(1920, 1080) == (896, 512) and draft.sampling.work_size(1920, 1080) == (576, 320)
-    assert draft.sampling.work_size(256, 256) == (192, 192)  # of the source's own size when it is smaller
+    assert final.sampling.work_size(1920, 1080) == (896, 512) and draft.sampling.work_size(1920, 1080) == (448, 256)
+    assert draft.sampling.work_size(256, 256) == (128, 128)  # of the source's own size when it is smaller
     assert JobConfig.of({"prompt": "x", "quality": "draft", "steps": 5}).sampling.steps == 5  # fewer stay fewer
     assert draft.attention == final.attention and draft.keyframes == final.keyframes  # the same keys
     cost, cheap = (estimate_job(s, 100, 1920, 1080) for s in ({}, {"quality": "draft"}))
-    assert cheap.keys == cost.keys and cheap.work_size == (576, 320) and cheap.steps == 4
+    assert cheap.keys == cost.keys and cheap.work_size == (448, 256) and cheap.steps == 4

@@ -4,6 +4,6 @@
 import bpy
 fresco = bpy.context.scene.sequence_editor.active_strip.fresco
 
-# Draft quality: at most 6 scheduler steps (4 denoised at strength 0.75 instead of 15), 62.5 % of the working
-# size's sides (39 % of the pixels) and no feature optimisation; Final is the whole translation again
+# Draft quality: at most 6 scheduler steps (4 denoised at strength 0.75 instead of 15), half the working size's
+# sides (25 % of the pixels) and no feature optimisation; Final is the whole translation again
 fresco.quality = 'draft'

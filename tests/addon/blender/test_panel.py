@@ -382,9 +382,9 @@ def test_cost_before_translate(addon, strip, monkeypatch):
     assert {name: values[name] for name in estimate.DRAFT} == estimate.DRAFT  # what the backend's hint names
     assert (values["size"], values["steps"], values["keyframes"], values["upscale"]) == (512, 50, "all", True)
     assert values["prompt"] == "a watercolour painting" and values["strength"] == 1.0  # the look and keys stay
-    lines = cost_lines(panel())  # Draft: 62.5 % of 768 x 512 (480 rounds to 512), 6 steps: 6 x 6 x 30 s x 0.625 = 675 s: no warning
-    assert lines == ["Working size 512 x 320", f"{VISIBLE} frames, 6 keys, 1 batch of 6 steps",
-                     "Denoising about 11 min on cpu (estimate, not measured yet)"]
+    lines = cost_lines(panel())  # Draft: half of 768 x 512, 6 steps: 6 x 6 x 30 s x 0.375 = 405 s: no warning
+    assert lines == ["Working size 384 x 256", f"{VISIBLE} frames, 6 keys, 1 batch of 6 steps",
+                     "Denoising about 7 min on cpu (estimate, not measured yet)"]
     answer = speed(3000.0)  # still long at Draft settings: the warning, no button that would change nothing
     assert cost_lines(panel())[3:] == ["A long job even at Draft settings: a shorter strip is faster"]
     answer = speed(30.0)
