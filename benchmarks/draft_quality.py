@@ -16,7 +16,7 @@ untrained model (the default) the consistency figures show what each mechanism d
 agreement, not to a trained model's looks (README.md, "Review loop").
 
     .venv/bin/python benchmarks/draft_quality.py [--model DIR --controlnet DIR] [--frames 16] [--size 128]
-        [--steps 20]
+        [--steps 20] [--clips carphone,bikes]
 
 prints one JSON object: per clip, per variant.
 """
@@ -30,10 +30,11 @@ from child_process import add_model_options, models
 from run import BIKES, CARPHONE, _read_clip
 
 
-def variants(size: int) -> dict[str, dict]:
+def variants(size: int, steps: int) -> dict[str, dict]:
     from fresco_contract.settings import DRAFT_SCALE, DRAFT_STEPS
 
-    return {"final": {}, "fewer steps": {"steps": DRAFT_STEPS}, "smaller size": {"size": round(size * DRAFT_SCALE)},
+    return {"final": {}, "fewer steps": {"steps": min(steps, DRAFT_STEPS)},
+            "smaller size": {"size": max(64, round(size * DRAFT_SCALE))},  # 64: the least the model takes
             "no feature opt": {"feature_optimization": False}, "draft": {"quality": "draft"}}
 
 
@@ -58,7 +59,7 @@ def measure(pipe, clip, args: argparse.Namespace) -> dict:
     base = {"prompt": "a watercolour painting", "steps": args.steps, "size": args.size, "seed": 7,
             "keyframes": "interval", "key_interval": 4, "batch_size": 8}
     out, final = {}, None
-    for name, change in variants(args.size).items():
+    for name, change in variants(args.size, args.steps).items():
         start = _cpu()
         result = [rgb for _, rgb in translate_frames(pipe, frames, JobConfig.of({**base, **change}))]
         cpu = _cpu() - start
@@ -77,12 +78,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--clips", default="carphone,bikes", help="comma-separated: carphone, bikes")
     args = parser.parse_args()
+    clips = [{"carphone": CARPHONE, "bikes": BIKES}[name] for name in args.clips.split(",")]
     model, controlnet = models(parser, args)
     from fresco_backend.models import load_pipeline
 
     pipe = load_pipeline(model, controlnet, device="cpu")
-    print(json.dumps({clip.name: measure(pipe, clip, args) for clip in (CARPHONE, BIKES)}, indent=1))
+    print(json.dumps({clip.name: measure(pipe, clip, args) for clip in clips}, indent=1))
 
 
 if __name__ == "__main__":

@@ -99,3 +99,19 @@ def test_review_loop_cost_at_the_tiny_size(tiny_models):
     assert 0 < answer["figures"]["final"]["keys_cpu"] < answer["figures"]["final"]["cpu"]  # then propagation
     assert set(answer["ratios"]) == {"draft / final", "preview / final batch", "finish / final", "final / baseline"}
     assert set(answer["targets"]) <= set(answer["ratios"])
+
+
+def test_draft_quality_at_the_tiny_size(tiny_models):
+    """benchmarks/draft_quality.py grades Final, each Draft cut and Draft against Final."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "draft_quality.py"), "--model",
+                           str(tiny_models[0]), "--controlnet", str(tiny_models[1]), "--size", "128", "--frames", "3",
+                           "--steps", "8", "--clips", "carphone"], cwd=ROOT, capture_output=True, text=True, timeout=1200)  # outer limit
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    assert set(answer) == {"carphone_pristine.mp4"}
+    for clip in answer.values():
+        rows = clip["variants"]
+        assert set(rows) == {"final", "fewer steps", "smaller size", "no feature opt", "draft"}
+        assert rows["final"]["pixel_mse / final"] == 1 and rows["final"]["psnr_vs_final"] == float("inf")
+        assert all(r["pixel_mse"] > 0 and r["cpu"] > 0 for r in rows.values())
+        assert all(r["psnr_vs_final"] < 100 for name, r in rows.items() if name != "final")  # each one changes the frames
