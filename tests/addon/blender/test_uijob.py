@@ -249,3 +249,31 @@ def test_free_channel(addon, movie_scene, compat):
     assert place.free_channel(strips, 2, 13, 19) == 4
     assert place.free_channel(strips, 2, 17, 19) == 3
     assert place.free_channel(strips, 2, 5, 15) == 3
+
+
+class HalfwayClient(FakeClient):
+    """Sends frame 0, then runs on without another frame until the job is cancelled."""
+
+    def events(self, job_id, after=-1, wait=0.0):
+        if after < 0:
+            return {"events": [{"seq": 0, "type": "frame", "index": 0}], "state": "running"}
+        time.sleep(0.01)
+        return {"events": [], "state": "cancelled" if self.cancelled else "running"}
+
+
+def test_a_cancelled_job_takes_its_live_strip_off_the_timeline(addon, ui, movie_scene, compat, monkeypatch):
+    strips = lambda: compat.all_strips(movie_scene.sequence_editor)  # noqa: E731
+    job = translate(addon, HalfwayClient(), monkeypatch)
+    for _ in range(100_000):  # until the first frame shows (bounded: a tick takes a frame's export or a message)
+        ui.tick()
+        if "clip.fresco" in strips():
+            break
+        time.sleep(0.001)
+    live = strips()["clip.fresco"]
+    assert [e.filename for e in live.elements] == ["0001.png"] + ["pending.png"] * (VISIBLE - 1)
+    assert live["fresco_live"] == str(job.out_dir) and "fresco_settings" not in live.keys()
+    job.cancel.set()
+    drive(ui)
+    assert job.stage == "cancelled"
+    assert sorted(s.name for s in strips()) == ["blocker", "clip"]
+    assert not job.out_dir.exists()
