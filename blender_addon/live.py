@@ -42,8 +42,9 @@ def transparent_png(width: int, height: int) -> bytes:
 
 
 class LiveStrip:
-    """The result strip of one running job over ``frame_count`` frames written to ``out_dir``; ``place_strip``
-    adds it (``place.add_result_strip``'s arguments but the settings) and ``editor`` finds the scene's strips."""
+    """The result strip of one running job over ``frame_count`` frames written to ``out_dir`` (of the size of the
+    PNG ``size_of``); ``place_strip(paths)`` adds the strip of those files (``place.new_result_strip``) and
+    ``editor()`` gives the sequence editor it is in."""
 
     def __init__(self, out_dir: Path, frame_count: int, size_of: Path, place_strip: Callable[[list[Path]], Any],
                  editor: Callable[[], Any]) -> None:

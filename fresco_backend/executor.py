@@ -71,11 +71,10 @@ class Runner(Protocol):
 
     def run(self, passes: Sequence[Pass], anchors: dict[int, list | GivenKey],
             checkpoint: Checkpoint | None = None) -> Iterator[Frame | Recorded | Spanned]:
-        """Run ``passes`` (their batches anchored to ``anchors``: the skeleton's latents, or ``GivenKey``s of a
-        redo), in parallel
-        where the runner can; stream their Frame messages (a pass with ``records``: then one Recorded)
-        and the Spanned results of spans started before, until all have finished. ``checkpoint``: the
-        one pass is the plain chain, resumable by its batches."""
+        """Run ``passes`` (their batches anchored to ``anchors``: the skeleton's latents, or a redo's
+        ``GivenKey``s), in parallel where the runner can; stream their Frame messages (a pass with
+        ``records``: then one Recorded) and the Spanned results of spans started before, until all have
+        finished. ``checkpoint``: the one pass is the plain chain, resumable by its batches."""
 
     def propagate(self, first: int, last: int, out_first: np.ndarray,
                   out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
