@@ -55,6 +55,7 @@ class Sampling:
     strength: float = setting("strength")
     steps: int = setting("steps")
     quality: str = setting("quality")  # "final" or "draft" (``settings.effective`` has set what it changes)
+    draft_lora: str = setting("draft_lora")  # a Draft's LCM-LoRA (``settings.effective`` added it to the LoRAs)
     guidance_scale: float = setting("guidance_scale")
     size: int = setting("size")
     upscale: bool = setting("upscale")
@@ -73,6 +74,11 @@ class Sampling:
     def skipped_steps(self) -> int:
         """Scheduled steps before the SDEdit start."""
         return self.steps - self.executed_steps
+
+    @property
+    def lcm(self) -> bool:
+        """Whether it samples with the LCM scheduler: a Draft with an LCM-LoRA (``denoise.scheduler_for``)."""
+        return self.quality == "draft" and bool(self.draft_lora)
 
     @property
     def guided(self) -> bool:

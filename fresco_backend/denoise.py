@@ -2,7 +2,8 @@
 
 ``denoise_batch`` encodes a batch of frames, adds the same seeded noise to
 each at the step given by ``strength``, and denoises them jointly with
-classifier-free guidance and the job's ControlNets. The per-frame baseline calls it on
+classifier-free guidance and the job's ControlNets, stepping with DDIM (or LCM: ``scheduler_for``).
+The per-frame baseline calls it on
 independent batches; FRESCO plugs its attention, feature optimisation and
 anchoring in through ``StepHooks``.
 """
@@ -83,10 +84,23 @@ class StepClock:
             self.stage("write")
 
 
-def timesteps_for(pipe, sampling: Sampling) -> torch.Tensor:
-    """The scheduler's timesteps from the SDEdit start: the last ``sampling.executed_steps``."""
-    pipe.scheduler.set_timesteps(sampling.steps, device=pipe.device)
-    return pipe.scheduler.timesteps[sampling.skipped_steps * pipe.scheduler.order:]
+def scheduler_for(pipe, sampling: Sampling):
+    """The scheduler a batch steps with: the pipeline's own (DDIM), or for a Draft with an LCM-LoRA
+    (``Sampling.lcm``) diffusers' LCMScheduler made from its config, new for every batch, so the warm
+    pipeline's scheduler is never swapped under a job that runs beside it (``turns.py``)."""
+    if not sampling.lcm:
+        return pipe.scheduler
+    from diffusers import LCMScheduler
+
+    return LCMScheduler.from_config(pipe.scheduler.config)
+
+
+def timesteps_for(pipe, sampling: Sampling, scheduler=None) -> torch.Tensor:
+    """The timesteps of ``scheduler`` (default ``scheduler_for``) from the SDEdit start: the last
+    ``sampling.executed_steps``."""
+    scheduler = scheduler or scheduler_for(pipe, sampling)
+    scheduler.set_timesteps(sampling.steps, device=pipe.device)
+    return scheduler.timesteps[sampling.skipped_steps * scheduler.order:]
 
 
 def encode_prompt(pipe, sampling: Sampling) -> torch.Tensor:
@@ -155,7 +169,8 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
     device, dtype = pipe.device, pipe.unet.dtype
     batch = images.shape[0]
     guided = embeds.shape[0] == 2
-    timesteps = timesteps_for(pipe, sampling)
+    scheduler = scheduler_for(pipe, sampling)
+    timesteps = timesteps_for(pipe, sampling, scheduler)
     encoded = encode_frames(pipe, images) if encoded is None else encoded
     latents = start_latents(pipe, encoded, sampling.seed, timesteps[0])
 
@@ -179,10 +194,14 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
         if guided:
             uncond, text_pred = noise_pred.chunk(2)
             noise_pred = uncond + sampling.guidance_scale * (text_pred - uncond)
-        latents, x0 = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)
+        latents, x0 = scheduler.step(noise_pred, t, latents, return_dict=False)
+        if sampling.lcm and index + 1 < len(timesteps):
+            # LCM noises its clean estimate again for the next step: with the same seeded noise for every
+            # frame, as the SDEdit start is, not with a draw per frame that would set the frames apart
+            latents = start_latents(pipe, x0, sampling.seed + index + 1, timesteps[index + 1])
         new_x0 = hooks.adjust_x0(index, t, x0)
         if new_x0 is not None:
-            latents = with_x0(pipe.scheduler, t, latents, x0, new_x0)
+            latents = with_x0(scheduler, t, latents, x0, new_x0)
         latents = hooks.after_step(index, t, latents)
         clock.step()
     clock.stage("write")

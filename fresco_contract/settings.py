@@ -120,14 +120,21 @@ CONTROL_KINDS = ("canny", "tile", "softedge", "depth", "lineart")
 QUALITIES = ("final", "draft")
 DRAFT_STEPS = 6    # at most this many scheduler steps: 4 denoised at the default strength 0.75 instead of 15
 DRAFT_SCALE = 0.5  # each side of the working size (estimate.working_size): 25 % of the pixels
+LCM_STEPS = 4      # a Draft with an LCM-LoRA (``draft_lora``): the few-step sampler's steps, without guidance
 
 
 def effective(values: Mapping[str, Any]) -> dict[str, Any]:
     """Validated settings ``values`` as a job runs them: at Draft quality with at most ``DRAFT_STEPS`` steps
-    and no feature optimisation (its smaller working size is ``estimate.working_size``'s ``draft``)."""
+    and no feature optimisation (its smaller working size is ``estimate.working_size``'s ``draft``); with a
+    ``draft_lora`` also that LoRA at weight 1, at most ``LCM_STEPS`` steps of the LCM sampler and no
+    classifier-free guidance (guidance 1), as LCM-LoRAs are trained to sample."""
     if values.get("quality") != "draft":
         return dict(values)
-    return {**values, "steps": min(values["steps"], DRAFT_STEPS), "feature_optimization": False}
+    draft = {**values, "steps": min(values["steps"], DRAFT_STEPS), "feature_optimization": False}
+    if values.get("draft_lora"):
+        draft.update(steps=min(values["steps"], LCM_STEPS), guidance_scale=1.0, background_smoothing=False,
+                     loras=[*values.get("loras", ()), {"path": values["draft_lora"], "weight": 1.0}])
+    return draft
 
 
 GROUPS = (("look", "Look"), ("guidance", "Guidance"), ("timing", "Keyframes"), ("quality", "Quality"),
@@ -152,6 +159,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Final: the whole translation. Draft: a quick look at the same keys: at most "
             f"{DRAFT_STEPS} steps, {DRAFT_SCALE * 100:g} % of the working size's sides and no feature "
             "optimisation, several times faster", choices=QUALITIES, group="quality"),
+    Setting("draft_lora", "str", "", "Draft LCM-LoRA",
+            "An LCM-LoRA for SD 1.5 (.safetensors on the backend's machine, e.g. the hub's "
+            f"latent-consistency/lcm-lora-sdv1-5): Draft then samples {LCM_STEPS} steps with the LCM scheduler "
+            "and no classifier-free guidance (empty: Draft samples as Final does)", file=True, group="quality",
+            applies_when=(("quality", ("draft",)),)),
     Setting("steps", "int", 20, "Steps", "Denoising steps of the scheduler (before strength shortens them)",
             minimum=1, maximum=150, group="quality"),
     Setting("guidance_scale", "float", 7.5, "Guidance", "Classifier-free guidance scale (1 = off)",
@@ -262,8 +274,8 @@ SETTINGS: tuple[Setting, ...] = (
 LEGACY = ("control", "control_scale")
 
 # Settings added since job records were first written, with the value a record that lacks them meant:
-# before ``upscale`` existed, the short side was always scaled to ``size``.
-ADDED = {"upscale": True}
+# before ``upscale`` existed, the short side was always scaled to ``size``; before ``draft_lora``, no Draft had one.
+ADDED = {"upscale": True, "draft_lora": ""}
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
