@@ -75,6 +75,22 @@ def build(root: Path = DEFAULT_ROOT, arch: Architecture = SD15, seed: int = 0) -
     return folders
 
 
+def random_lora(unet, path: Path, rank: int = 64, seed: int = 0) -> Path:
+    """Write a LoRA file for ``unet``'s attention projections (to_q, to_k, to_v, to_out.0) with random weights of
+    ``rank`` (an LCM-LoRA's cost: the LCM-LoRA for SD 1.5 is of rank 64), in the layout diffusers' loader reads."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if name.endswith(("to_q", "to_k", "to_v", "to_out.0")) and isinstance(module, torch.nn.Linear):
+            tensors[f"unet.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.01
+            tensors[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.01
+    save_file(tensors, str(path))
+    return path
+
+
 def add_batch_options(parser: argparse.ArgumentParser, size: int, frames: int, steps: int) -> None:
     """--model/--controlnet (default: this build) and a measured batch's --size, --frames and --steps."""
     parser.add_argument("--model", help="model folder (default: real_size.py's build)")

@@ -8,6 +8,8 @@ warm-up of the same part (the warm model), and reports its CPU time (user + syst
     final     the whole strip at Final quality: its keys (one FRESCO batch) and the propagation;
               ``keys_cpu`` is the CPU time until its last key is out (the batch), the rest is propagation
     draft     the same strip at Draft quality (``fresco_contract.settings.effective``)
+    draft_lcm the same Draft with an LCM-LoRA (random weights of rank 64, ``real_size.random_lora``, fused):
+              4 LCM steps without guidance
     baseline  the per-frame mode on the same keys (the frames Final denoises), every one translated alone
     preview   Preview Frame: the strip's middle frame alone, at the strip's (Final) settings
     finish    Finish: the frames between the keys propagated from given keys, nothing denoised
@@ -29,7 +31,7 @@ import real_size
 from child_process import peak_memory, run_json
 from real_size_cost import _fits_twice
 
-PARTS = ("final", "baseline", "draft", "preview", "finish")  # the two longest first, side by side
+PARTS = ("final", "baseline", "draft", "draft_lcm", "preview", "finish")  # the two longest first, side by side
 TARGETS = {"draft / final": 1 / 6, "preview / final batch": 1 / 8, "finish / final": 1 / 20}
 
 
@@ -59,6 +61,15 @@ def child(args: argparse.Namespace) -> None:
         from fresco_backend.models import load_pipeline
 
         pipe = load_pipeline(args.model, args.controlnet, device="cpu")
+    if args.part == "draft_lcm":
+        import tempfile
+        from pathlib import Path
+
+        from fresco_backend.lora import fuse_loras
+
+        lora = real_size.random_lora(pipe.unet, Path(tempfile.mkdtemp()) / "lcm-lora.safetensors")
+        settings.update(quality="draft", draft_lora=str(lora))
+        fuse_loras(pipe, JobConfig.of(settings).loras)  # as the warm pipeline does (fresco_backend/warm.py)
     marks: dict[str, float] = {}
 
     def run() -> None:
@@ -67,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
                 pass
             return
         frames, job = clip, config
-        if args.part == "draft":
+        if args.part in ("draft", "draft_lcm"):
             job = JobConfig.of({**settings, "quality": "draft"})
         elif args.part == "baseline":
             frames, job = [clip[k] for k in keys], JobConfig.of({**settings, "mode": "per_frame"})
@@ -106,6 +117,7 @@ def ratios(figures: dict[str, dict]) -> dict[str, float]:
     out = {}
     if final:
         for part, name, denominator in (("draft", "draft / final", final["cpu"]),
+                                        ("draft_lcm", "draft lcm / final", final["cpu"]),
                                         ("preview", "preview / final batch", final["keys_cpu"]),
                                         ("finish", "finish / final", final["cpu"]),
                                         ("baseline", "final / baseline", None)):

@@ -94,10 +94,11 @@ def test_review_loop_cost_at_the_tiny_size(tiny_models):
                            "--steps", "4"], cwd=ROOT, capture_output=True, text=True, timeout=1200)  # outer limit
     assert done.returncode == 0, done.stderr[-2000:]
     answer = json.loads(done.stdout)
-    assert set(answer["figures"]) == {"final", "baseline", "draft", "preview", "finish"}
+    assert set(answer["figures"]) == {"final", "baseline", "draft", "draft_lcm", "preview", "finish"}
     assert all(f["cpu"] > 0 and f["keys"] == 5 for f in answer["figures"].values())  # keys 0 2 4 6 8
     assert 0 < answer["figures"]["final"]["keys_cpu"] < answer["figures"]["final"]["cpu"]  # then propagation
-    assert set(answer["ratios"]) == {"draft / final", "preview / final batch", "finish / final", "final / baseline"}
+    assert set(answer["ratios"]) == {"draft / final", "draft lcm / final", "preview / final batch", "finish / final",
+                                     "final / baseline"}
     assert set(answer["targets"]) <= set(answer["ratios"])
 
 
