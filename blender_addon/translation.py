@@ -189,7 +189,7 @@ class Translation:
         paths = [self.out_dir / Path(f).name for f in files]
         if self.part == wire.KEYS:
             keys = [int(Path(f).stem) - 1 for f in files]
-            for key, kept in (self.keys or {}).items():  # a redo's kept keys: the very files, as they are
+            for kept in (self.keys or {}).values():  # a redo's kept keys: the very files, as they are
                 contract_files.write_bytes_atomic(self.out_dir / kept.name, kept.read_bytes())
             files_keys.write_manifest(self.out_dir, files_keys.KeysManifest(len(self.frames), tuple(keys),
                                                                             self.settings))
