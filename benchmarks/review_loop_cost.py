@@ -9,7 +9,7 @@ warm-up of the same part (the warm model), and reports its CPU time (user + syst
               ``keys_cpu`` is the CPU time until its last key is out (the batch), the rest is propagation
     draft     the same strip at Draft quality (``fresco_contract.settings.effective``)
     draft_lcm the same Draft with an LCM-LoRA (random weights of rank 64, ``real_size.random_lora``, fused):
-              4 LCM steps without guidance
+              4 scheduled LCM steps (2 denoised at strength 0.5) without guidance
     baseline  the per-frame mode on the same keys (the frames Final denoises), every one translated alone
     preview   Preview Frame: the strip's middle frame alone, at the strip's (Final) settings
     finish    Finish: the frames between the keys propagated from given keys, nothing denoised
