@@ -56,6 +56,15 @@ class QueueOperator:
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
 
+    def keys_strip(self, context: Any) -> Any:
+        """The keys strip the operator's ``strip`` names (empty: the active strip), or None once it has reported
+        that there is none."""
+        strip = _target_strip(context, self.strip)
+        if strip is None or place.keys_of(strip) is None:
+            self.report({"ERROR"}, f"FRESCO: {self.bl_label} works on a keys strip (Translate Keys makes one)")
+            return None
+        return strip
+
     def queue_strips(self, context: Any, strips: list, part: str = wire.ALL, redo_from: int | None = None) -> set[str]:
         """Queue ``strips`` for jobs of ``part`` (``wire.PARTS``; a refused strip is reported, the rest still go);
         run them here when synchronous. A "finish" strip is a keys strip, with the settings of its keys; so is a
@@ -155,11 +164,8 @@ class FRESCO_OT_finish(QueueOperator, bpy.types.Operator):
         options={"SKIP_SAVE"})
 
     def _execute(self, context: Any) -> set[str]:
-        keys_strip = _target_strip(context, self.strip)
-        if keys_strip is None or place.keys_of(keys_strip) is None:
-            self.report({"ERROR"}, "FRESCO: Finish works on a keys strip (Translate Keys makes one)")
-            return {"CANCELLED"}
-        return self.queue_strips(context, [keys_strip], wire.FINISH)
+        keys_strip = self.keys_strip(context)
+        return {"CANCELLED"} if keys_strip is None else self.queue_strips(context, [keys_strip], wire.FINISH)
 
 
 class FRESCO_OT_redo_keys(QueueOperator, bpy.types.Operator):
@@ -176,9 +182,8 @@ class FRESCO_OT_redo_keys(QueueOperator, bpy.types.Operator):
         options={"SKIP_SAVE"})
 
     def _execute(self, context: Any) -> set[str]:
-        keys_strip = _target_strip(context, self.strip)
-        if keys_strip is None or place.keys_of(keys_strip) is None:
-            self.report({"ERROR"}, "FRESCO: Redo From Key works on a keys strip (Translate Keys makes one)")
+        keys_strip = self.keys_strip(context)
+        if keys_strip is None:
             return {"CANCELLED"}
         key = place.key_at(keys_strip, context.scene.frame_current)
         if key is None:

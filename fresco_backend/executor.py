@@ -86,8 +86,9 @@ def execute(plan: Plan, runner: Runner, checkpoint: Checkpoint,
             given: Mapping[int, np.ndarray] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(index, uint8 RGB at the input size) of every frame of the plan ``checkpoint`` does not hold yet,
     once each: a span's frames before its later key where the runner propagates in place. ``given``: keys
-    translated before (a redo), yielded first as they are; the passes anchor to them (``GivenKey``)."""
-    given = dict(given or {})
+    translated before (a finish's, a redo's), yielded first as they are, read again where a span needs one
+    (a lazy mapping is read one key at a time); the passes anchor to those they need (``GivenKey``)."""
+    given = given if given is not None else {}
     for index in sorted(given):
         if not checkpoint.has_output(index):
             yield index, given[index]
@@ -95,7 +96,8 @@ def execute(plan: Plan, runner: Runner, checkpoint: Checkpoint,
     if given:
         held = replace(checkpoint, has_output=lambda i: i in given or checkpoint.has_output(i),
                        output=lambda i: given[i] if i in given else checkpoint.output(i))
-    yield from _execute(plan, runner, held, {key: GivenKey(rgb) for key, rgb in given.items()})
+    needed = {key for step in plan.passes for key in step.needs if key in given}
+    yield from _execute(plan, runner, held, {key: GivenKey(given[key]) for key in needed})
 
 
 def _execute(plan: Plan, runner: Runner, checkpoint: Checkpoint,

@@ -150,24 +150,30 @@ def finish_frames(frames: Sequence[np.ndarray], keys: Mapping[int, np.ndarray], 
     require(config)
     indices = sorted(keys)
     check_keys(indices, len(frames))
-    shape = Clip(frames).shape
-    checkpoint = checkpoint or Checkpoint()
-    for index in indices:
-        if not checkpoint.has_output(index):
-            yield index, check_key(index, keys[index], shape)
-    held = replace(checkpoint, has_output=lambda i: i in keys or checkpoint.has_output(i),
-                   output=lambda i: keys[i] if i in keys else checkpoint.output(i))
     clock = StepClock(0, on_progress, cancel)
-    yield from execute(finish_plan(len(frames), indices), Propagator(frames, config, clock, device), held)
+    yield from execute(finish_plan(len(frames), indices), Propagator(frames, config, clock, device),
+                       checkpoint or Checkpoint(), CheckedKeys(keys, Clip(frames).shape))
 
 
-def check_key(index: int, rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``rgb``, the given key at frame ``index``, if it is uint8 RGB of the input frames' ``shape``, else
-    KeysError."""
-    if rgb.shape != shape or rgb.dtype != np.uint8:
-        raise KeysError(f"key {frame_filename(index)} is {rgb.shape[1]}x{rgb.shape[0]} ({rgb.dtype}); the "
-                        f"input's frames are {shape[1]}x{shape[0]}: a key must keep its frame's size")
-    return rgb
+class CheckedKeys(Mapping[int, np.ndarray]):
+    """Given ``keys`` (frame index -> uint8 RGB), each checked to be of the input frames' ``shape`` as it is read
+    (KeysError otherwise); read on access, as the keys are."""
+
+    def __init__(self, keys: Mapping[int, np.ndarray], shape: tuple[int, ...]):
+        self.keys, self.shape = keys, shape
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        rgb = self.keys[index]
+        if rgb.shape != self.shape or rgb.dtype != np.uint8:
+            raise KeysError(f"key {frame_filename(index)} is {rgb.shape[1]}x{rgb.shape[0]} ({rgb.dtype}); the "
+                            f"input's frames are {self.shape[1]}x{self.shape[0]}: a key must keep its frame's size")
+        return rgb
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
@@ -198,9 +204,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     require(config)
     if not frames:
         return
-    if kept:
-        shape = Clip(frames).shape
-        kept = {index: check_key(index, kept[index], shape) for index in kept}
+    kept = CheckedKeys(kept, Clip(frames).shape) if kept else None
     checkpoint = checkpoint or Checkpoint()
     if checkpoint.batch_size:
         config = with_batch_size(config, checkpoint.batch_size)

@@ -65,7 +65,7 @@ from fresco_backend.denoise import Cancelled, Progress
 from fresco_backend.executor import Done, Failed, Frame, Recorded, Spanned, execute
 from fresco_backend.models import ModelChoice, choose_models
 from fresco_backend.plan import Pass
-from fresco_backend.translate import check_key, job_plan
+from fresco_backend.translate import CheckedKeys, job_plan
 
 from .ray_reaper import MARKER_ENV
 
@@ -359,7 +359,7 @@ class RayPool:
         frame the checkpoint does not hold yet, once (``keys_only``: the keys alone; ``kept``: a redo's)."""
         config = require(config)
         frames = [np.asarray(f) for f in frames]
-        kept = {index: check_key(index, np.asarray(kept[index]), frames[0].shape) for index in kept or {}}
+        kept = CheckedKeys(kept, frames[0].shape) if kept else None
         runner = RayRunner(self, frames, config, on_progress, cancel or threading.Event())
         plan = job_plan(frames, config, keys_only, kept, self.segments)
         try:
