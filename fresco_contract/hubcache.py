@@ -22,13 +22,15 @@ from .files import write_bytes_atomic
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # the ControlNet of each control kind (``settings.CONTROL_KINDS``): v1.0 where one exists (as the official
-# FRESCO code uses), v1.1 for the kinds v1.0 lacks (tile, line art)
+# FRESCO code uses), v1.1 for the kinds v1.0 lacks (tile, line art) and for normals
+# (v1.1's normal ControlNet was trained on BAE's normals, the convention render passes are turned into)
 DEFAULT_CONTROLNETS = {
     "canny": "lllyasviel/sd-controlnet-canny",
     "tile": "lllyasviel/control_v11f1e_sd15_tile",
     "softedge": "lllyasviel/sd-controlnet-hed",
     "depth": "lllyasviel/sd-controlnet-depth",
     "lineart": "lllyasviel/control_v11p_sd15_lineart",
+    "normal": "lllyasviel/control_v11p_sd15_normalbae",
 }
 # the annotator network that computes a control kind's condition from a frame: (hub repo, weights file in it;
 # "" for a transformers model folder)

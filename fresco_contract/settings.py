@@ -113,7 +113,7 @@ class Setting:
         return [dict(item) for item in self.default] if self.kind == "list" else self.default
 
 
-CONTROL_KINDS = ("canny", "tile", "softedge", "depth", "lineart")
+CONTROL_KINDS = ("canny", "tile", "softedge", "depth", "lineart", "normal")
 # the groups a user interface shows the settings in (``Setting.group``: id, title), by what an artist decides:
 # the look of the result, what guides it, which frames are keys, its quality and cost, and research switches
 # Draft quality (the ``quality`` setting): what it changes, measured and defended in README.md ("Draft")
@@ -191,7 +191,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("controls", "list", ({"kind": "canny", "scale": 0.7},), "ControlNets",
             "ControlNet conditions computed from each input frame, each with its own scale (several at once "
             "add up). canny: edges; tile: the frame itself (keeps colours and detail); softedge: HED soft "
-            "edges; depth: MiDaS depth; lineart: line drawing (the last three need annotator weights)",
+            "edges; depth: MiDaS depth, or a scene strip's rendered depth; lineart: line drawing (softedge, lineart "
+            "and an estimated depth need annotator weights); normal: a scene strip's rendered surface normals",
             max_items=4, group="guidance", fields=(
                 Setting("kind", "enum", "canny", "Kind", "Which condition and ControlNet", choices=CONTROL_KINDS),
                 Setting("scale", "float", 0.7, "Scale", "Strength of this ControlNet's condition",
@@ -251,7 +252,8 @@ SETTINGS: tuple[Setting, ...] = (
             applies_when=(_FRESCO, ("feature_optimization", (True,)), ("spatial_loss", (True,)))),
     Setting("flow", "enum", "dis", "Optical Flow",
             "Optical-flow estimator (dis: OpenCV DIS, CPU, no weights; raft: the learned RAFT estimator, "
-            "weights from the file in Flow Weights)", choices=("dis", "raft"), advanced=True,
+            "weights from the file in Flow Weights; render: a scene strip's exact motion from Blender's "
+            "Vector pass)", choices=("dis", "raft", "render"), advanced=True,
             applies_when=(_FRESCO,)),
     Setting("flow_weights", "str", "", "Flow Weights",
             "RAFT weights (.pth, the authors' raft-things.pth layout) on the backend's machine, for "

@@ -10,9 +10,12 @@ A job's life:
                                        (+ "part": one of PARTS, default "all"; a "finish" job
                                        also "keys": [frame indices, first and last included]; a
                                        "keys" job given "keys" (from the first frame, before the
-                                       last) keeps them and translates the keys after them again)
+                                       last) keeps them and translates the keys after them again;
+                                       "passes": the render passes it carries, names of passes.PASSES)
   PUT    /v1/jobs/{id}/input/{index}   PNG body, index 0..N-1
   PUT    /v1/jobs/{id}/keys/{index}    PNG body of a given key at frame index, input size
+  PUT    /v1/jobs/{id}/passes/{name}/{index}   NPY body of render pass ``name`` of input frame index
+                                       (``passes.py``: float16, input size), one per pass named and frame
   POST   /v1/jobs/{id}/start           queue it once every input frame is there
   GET    /v1/jobs/{id}/events?after=C&wait=S   events with seq > C, waiting up to S s
   GET    /v1/jobs/{id}/output/{index}  PNG of a finished frame
@@ -182,6 +185,10 @@ def input_path(job_id: str, index: int) -> str:
 
 def key_path(job_id: str, index: int) -> str:
     return f"{JOBS}/{job_id}/keys/{index}"
+
+
+def pass_path(job_id: str, name: str, index: int) -> str:
+    return f"{JOBS}/{job_id}/passes/{name}/{index}"
 
 
 def output_path(job_id: str, index: int) -> str:
