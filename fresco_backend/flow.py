@@ -188,7 +188,7 @@ class BilinearWarp:
         return into
 
 
-def _outside(flow: torch.Tensor) -> torch.Tensor:
+def outside(flow: torch.Tensor) -> torch.Tensor:
     """Bool (N, 1, H, W): x + flow(x) falls outside the frame's area [-0.5, W - 0.5] x [-0.5, H - 0.5].
 
     Measured from the pixel edges, not centres, so estimator noise at the border (|flow| << 1) is not
@@ -200,7 +200,7 @@ def _outside(flow: torch.Tensor) -> torch.Tensor:
     return (tx < -0.5) | (tx > width - 0.5) | (ty < -0.5) | (ty > height - 0.5)
 
 
-def _inconsistent(flow: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+def inconsistent(flow: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
     """Bool (N, 1, H, W): forward-backward check of ``flow`` against the reverse flow ``back``."""
     back_at_target = warp(back, flow)
     diff = (flow + back_at_target).square().sum(1, keepdim=True)
@@ -221,8 +221,8 @@ def occlusion(fwd: torch.Tensor, bwd: torch.Tensor, frame_a: torch.Tensor,
     A pixel is occluded if it fails the forward-backward check, its match lies outside the frame,
     or the photometric check fails.
     """
-    occ_fwd = _inconsistent(fwd, bwd) | _outside(fwd) | _photometric(fwd, frame_a, frame_b)
-    occ_bwd = _inconsistent(bwd, fwd) | _outside(bwd) | _photometric(bwd, frame_b, frame_a)
+    occ_fwd = inconsistent(fwd, bwd) | outside(fwd) | _photometric(fwd, frame_a, frame_b)
+    occ_bwd = inconsistent(bwd, fwd) | outside(bwd) | _photometric(bwd, frame_b, frame_a)
     return occ_fwd.float(), occ_bwd.float()
 
 

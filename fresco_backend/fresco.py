@@ -34,6 +34,7 @@ from .flow import BatchFlow
 from .frames import resize, to_tensor, to_uint8
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch
+from .render_passes import RenderPasses
 from .turns import turn
 
 
@@ -113,9 +114,10 @@ def reference_pass(pipe, encoded: torch.Tensor, positive: torch.Tensor, t_last: 
 
 def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
                   clock: StepClock, checkpoint: Checkpoint, cache: ConditionsCache, *, batches: Sequence[Batch],
-                  anchors: Anchors | None = None, keep: Collection[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
+                  anchors: Anchors | None = None, keep: Collection[int] = (),
+                  rendered: RenderPasses | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Translate the keys of ``batches`` (indices into ``frames``, ``plan.py``); yields (index, frame
-    at the work size).
+    at the work size). ``rendered``: the clip's render passes, if it has any (``conditions.batch_conditions``).
 
     ``anchors`` are latents recorded before this run (index -> one per executed step) that the first
     batches are anchored to; ``keep`` are indices whose recorded latents stay in the memory handed to
@@ -146,7 +148,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
             images = to_tensor(small)
             with turn(pipe), installed(pipe.unet, attention, optimizer, opt_ctx):
                 controls, flow = batch_conditions(small, config, cache, with_flow=True, device=pipe.device,
-                                                 on_stage=clock.stage)
+                                                 on_stage=clock.stage, rendered=rendered, frames=batch.frames)
                 attention.new_batch(images, flow)
                 opt_ctx.flow = flow
                 opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None

@@ -132,6 +132,11 @@ class FrameHasher:
             self._size = (int(rgb.shape[1]), int(rgb.shape[0]))
         return rgb
 
+    def add_data(self, label: str, data: bytes) -> None:
+        """Hash more of the input that is not a frame (a render pass file), under ``label``."""
+        self._hash.update(f"{label} {len(data)}".encode())
+        self._hash.update(data)
+
     def result(self) -> Fingerprint:
         return Fingerprint(self._count, self._size, self._hash.hexdigest())
 

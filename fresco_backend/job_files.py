@@ -6,6 +6,8 @@ LoRA or RAFT weights cannot be used fails at once with the reason, not after min
 """
 from __future__ import annotations
 
+from fresco_contract.passes import RENDER_FLOW
+
 from .config import JobConfig, require
 from .download import ModelNotFoundError
 from .flow import check_estimator
@@ -18,6 +20,7 @@ def check_job_files(config: JobConfig) -> None:
     (``flow.check_estimator``)."""
     lora_key(require(config).loras)
     try:
-        check_estimator(config.flow, config.flow_weights)
+        if config.flow != RENDER_FLOW:  # the renderer's motion: nothing to load
+            check_estimator(config.flow, config.flow_weights)
     except ValueError as exc:
         raise ModelNotFoundError(f"flow_weights: {exc}") from None

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import FlowEstimator, estimate_batch_flow, warp
+from .flow import BatchFlow, FlowEstimator, estimate_batch_flow, warp
 
 ERROR_SCALE = 0.03  # softmin temperature, in mean absolute RGB error (images in [0, 1])
 OCC_PENALTY = 0.3   # added to the error where a pixel is occluded in a key: a weight factor of e^-10
@@ -84,21 +84,23 @@ TECHNIQUES = tuple(f.name for f in fields(Options))
 
 
 def propagate_span(inputs: Sequence[np.ndarray], key_first: np.ndarray, key_last: np.ndarray | None = None,
-                   estimator: FlowEstimator | None = None, options: Options = DEFAULT) -> list[np.ndarray]:
+                   estimator: FlowEstimator | None = None, options: Options = DEFAULT,
+                   flows: BatchFlow | None = None) -> list[np.ndarray]:
     """Translated frames of one span, uint8 RGB (H, W, 3).
 
     Two-sided (``key_last`` given): ``inputs`` are the input frames k0..k1 (both keys included), the
     translated keys are ``key_first`` (of inputs[0]) and ``key_last`` (of inputs[-1]); returns the
     len(inputs) - 2 frames strictly between. One-sided (``key_last`` None): ``inputs[0]`` is the key's
     input frame and every later frame is propagated from it alone; returns len(inputs) - 1 frames.
-    For the frames before the first key, pass them in reverse order ([key, key - 1, ..., 0]).
+    For the frames before the first key, pass them in reverse order ([key, key - 1, ..., 0]). ``flows``: the
+    consecutive frames' flows where they are known (a renderer's motion), else estimated by ``estimator``.
     """
     frames = [np.ascontiguousarray(f) for f in inputs]
     keys = [key_first] if key_last is None else [key_first, key_last]
     _check(frames, keys)
     if len(frames) <= len(keys):
         return []
-    flows = estimate_batch_flow(frames, estimator)
+    flows = flows if flows is not None else estimate_batch_flow(frames, estimator)
     sources = [frames[0]] if key_last is None else [frames[0], frames[-1]]
     models = _local_models(sources, keys) if options.residual else None
     if key_last is None:

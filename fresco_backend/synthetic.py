@@ -47,6 +47,22 @@ class SyntheticClip:
         return fwd, bwd, occ_fwd.astype(np.float32), occ_bwd.astype(np.float32)
 
 
+    def render_passes(self, square_depth: float = 2.0, background_depth: float = 10.0) -> dict[str, list[np.ndarray]]:
+        """What a renderer's passes would hold for this clip (``fresco_contract/passes.py``: name -> one float32
+        (channels, H, W) array per frame): the exact motion to the next and the previous frame, the square at
+        ``square_depth`` facing the camera over a background at ``background_depth`` facing up."""
+        velocity = np.asarray(self.velocity, dtype=np.float32)[:, None, None]
+        out: dict[str, list[np.ndarray]] = {"flow_next": [], "flow_prev": [], "depth": [], "normal": []}
+        for i in range(len(self.frames)):
+            mask = self.square_mask(i)[None]
+            out["flow_next"].append(np.where(mask, velocity, 0).astype(np.float32))
+            out["flow_prev"].append(np.where(mask, -velocity, 0).astype(np.float32))
+            out["depth"].append(np.where(mask, square_depth, background_depth).astype(np.float32))
+            out["normal"].append(np.where(mask, np.float32([0, 0, 1])[:, None, None],
+                                          np.float32([0, 1, 0])[:, None, None]).astype(np.float32))
+        return out
+
+
 def _visible(start: int, length: int, limit: int) -> slice:
     """The part of [start, start + length) inside [0, limit) (possibly empty)."""
     lo = min(max(start, 0), limit)

@@ -18,6 +18,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from fresco_contract.keys import KeysError, check_keys
+from fresco_contract.passes import RENDER_FLOW
 from fresco_contract.wire import frame_filename
 
 from .conditions_cache import ConditionsCache
@@ -34,6 +35,7 @@ from .fresco import fresco_frames
 from .keyframes import Batch
 from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
 from .propagate import propagate_span
+from .render_passes import PassMissing, RenderPasses
 from .turns import turn
 
 __all__ = ["Cancelled", "LocalRunner", "Progress", "finish_frames", "propagate_frames", "translate_frames"]
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 
 def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: tuple[int, int],
               clock: StepClock, checkpoint: Checkpoint, cache: ConditionsCache, *, batches: Sequence[Batch],
-              anchors: Anchors | None = None, keep: Sequence[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
+              anchors: Anchors | None = None, keep: Sequence[int] = (),
+              rendered: RenderPasses | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """The baseline: the frames of each of ``batches`` (unanchored) translated independently (batched only
     for speed); yields (index, frame at the work size). Takes ``fresco_frames``'s arguments; there are
     no latents to anchor to or keep."""
@@ -56,7 +59,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
         small = [resize(frames[i], *work_size) for i in batch.frames]
         with turn(pipe):
             controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
-                                           on_stage=clock.stage)
+                                           on_stage=clock.stage, rendered=rendered, frames=batch.frames)
             out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
         yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
@@ -69,19 +72,37 @@ def propagate_stage(first: int, last: int) -> str:
 
 
 def propagate_frames(frames: Sequence[np.ndarray], first: int, last: int, out_first: np.ndarray,
-                     out_last: np.ndarray, estimator: FlowEstimator) -> list[tuple[int, np.ndarray]]:
-    """(index, uint8 RGB) of the frames strictly between keys ``first`` and ``last`` (``propagate_span``)."""
-    return list(enumerate(propagate_span(frames[first:last + 1], out_first, out_last, estimator), first + 1))
+                     out_last: np.ndarray, estimator: FlowEstimator | None,
+                     rendered: RenderPasses | None = None) -> list[tuple[int, np.ndarray]]:
+    """(index, uint8 RGB) of the frames strictly between keys ``first`` and ``last`` (``propagate_span``), along
+    the flow of ``estimator`` or, without one, the renderer's motion in ``rendered``."""
+    flows = None if estimator is not None else span_flow(rendered, first, last)
+    return list(enumerate(propagate_span(frames[first:last + 1], out_first, out_last, estimator, flows=flows),
+                          first + 1))
+
+
+def span_flow(rendered: RenderPasses | None, first: int, last: int):
+    """The renderer's flows between the consecutive frames ``first``..``last`` (PassMissing without them)."""
+    if rendered is None:
+        raise PassMissing("flow 'render' needs the renderer's motion: translate a 3D scene strip with its passes, "
+                          "or choose another Optical Flow")
+    return rendered.batch_flow(range(first, last + 1))
+
+
+def job_estimator(config: JobConfig, device=None) -> FlowEstimator | None:
+    """The flow estimator of a job's ``config``; None for the renderer's motion (``flow`` "render")."""
+    return None if config.flow == RENDER_FLOW else load_estimator(config.flow, config.flow_weights, device)
 
 
 class Propagator:
     """Runs only a plan's spans (``executor.Runner``), in this process, on ``device``: the runner of
-    ``finish_frames``, which denoises nothing; ``estimator``: the spans' flow (None: loaded for the first)."""
+    ``finish_frames``, which denoises nothing; ``estimator``: the spans' flow (None: loaded for the first);
+    ``rendered``: the clip's render passes, if it has any."""
 
     def __init__(self, frames: Sequence[np.ndarray], config: JobConfig, clock: StepClock, device,
-                 estimator: FlowEstimator | None = None):
+                 estimator: FlowEstimator | None = None, rendered: RenderPasses | None = None):
         self.config, self.clock, self.device, self.estimator = require(config), clock, device, estimator
-        self.clip = Clip(frames)
+        self.clip, self.rendered = Clip(frames), rendered
 
     def run(self, passes: Sequence[Pass], anchors: Anchors,
             checkpoint: Checkpoint | None = None) -> Iterator[Frame | Recorded]:
@@ -93,17 +114,19 @@ class Propagator:
                   out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
         self.clock.stage(propagate_stage(first, last))
         if self.estimator is None:
-            self.estimator = load_estimator(self.config.flow, self.config.flow_weights, self.device)
-        return propagate_frames(self.clip, first, last, out_first, out_last, self.estimator)
+            self.estimator = job_estimator(self.config, self.device)
+        return propagate_frames(self.clip, first, last, out_first, out_last, self.estimator, self.rendered)
 
 
 class LocalRunner(Propagator):
     """Runs a plan's tasks in this process, one after the other (``executor.Runner``), on ``pipe``,
-    counting them on the job's ``clock``; ``estimator``: the spans' flow (None: loaded for the first)."""
+    counting them on the job's ``clock``; ``estimator``: the spans' flow (None: loaded for the first); ``rendered``:
+    the clip's render passes, if it has any."""
 
     def __init__(self, pipe, frames: Sequence[np.ndarray], config: JobConfig, clock: StepClock,
-                 cache: ConditionsCache | None = None, estimator: FlowEstimator | None = None):
-        super().__init__(frames, require(config), clock, pipe.device, estimator)  # the config checked first
+                 cache: ConditionsCache | None = None, estimator: FlowEstimator | None = None,
+                 rendered: RenderPasses | None = None):
+        super().__init__(frames, require(config), clock, pipe.device, estimator, rendered)  # the config checked first
         self.pipe, self.cache = pipe, cache or ConditionsCache(None)
         self.height, self.width = self.clip.shape[:2]
         self.work_size = config.sampling.work_size(self.width, self.height)
@@ -120,7 +143,8 @@ class LocalRunner(Propagator):
             needed = {key: self.given_latents(anchors[key].rgb) if isinstance(anchors[key], GivenKey)
                       else anchors[key] for key in step.needs}
             for key, rgb in self.translate(self.pipe, self.clip, self.config, self.work_size, self.clock, resume,
-                                           self.cache, batches=step.batches, anchors=needed, keep=step.records):
+                                           self.cache, batches=step.batches, anchors=needed, keep=step.records,
+                                           rendered=self.rendered):
                 yield Frame(key, resize(rgb, self.width, self.height))
             if step.records:
                 yield Recorded({key: [t.cpu() for t in memory[key]] for key in step.records})
@@ -140,18 +164,20 @@ class LocalRunner(Propagator):
 
 def finish_frames(frames: Sequence[np.ndarray], keys: Mapping[int, np.ndarray], config: JobConfig, device="cpu",
                   on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                  checkpoint: Checkpoint | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                  checkpoint: Checkpoint | None = None,
+                  rendered: RenderPasses | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Fill in ``frames`` (uint8 RGB, all one size) from translated ``keys`` (frame index -> uint8 RGB at
     the input's size, as they are now: edited or not), denoising nothing: yields (index, frame) of every
     frame the ``checkpoint`` does not hold, the keys first and as given, then the frames between them
-    propagated along the input's flow (the ``flow`` setting of ``config``) on ``device``, span by span.
+    propagated along the input's flow (the ``flow`` setting of ``config``; "render": the renderer's motion in
+    ``rendered``) on ``device``, span by span.
     ``keys`` must hold the first and the last frame (``fresco_contract.keys.check_keys``), each of the
     input's size (KeysError otherwise)."""
     require(config)
     indices = sorted(keys)
     check_keys(indices, len(frames))
     clock = StepClock(0, on_progress, cancel)
-    yield from execute(finish_plan(len(frames), indices), Propagator(frames, config, clock, device),
+    yield from execute(finish_plan(len(frames), indices), Propagator(frames, config, clock, device, rendered=rendered),
                        checkpoint or Checkpoint(), CheckedKeys(keys, Clip(frames).shape))
 
 
@@ -179,8 +205,8 @@ class CheckedKeys(Mapping[int, np.ndarray]):
 def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
                      on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                      checkpoint: Checkpoint | None = None, cache: ConditionsCache | None = None,
-                     keys_only: bool = False, kept: Mapping[int, np.ndarray] | None = None
-                     ) -> Iterator[tuple[int, np.ndarray]]:
+                     keys_only: bool = False, kept: Mapping[int, np.ndarray] | None = None,
+                     rendered: RenderPasses | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (uint8 RGB, all one size) with the job's ``config``.
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
@@ -199,7 +225,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     frames a whole run gives them) and propagate nothing; ``finish_frames`` fills in the rest later.
     ``kept``: redo the keys (keys only) after these, translated before (frame index -> uint8 RGB at the
     input's size, from the first frame on: ``plan.redo_plan``); they are yielded as given and the redone
-    keys are anchored to them.
+    keys are anchored to them. ``rendered``: the clip's render passes (``render_passes.py``), if it has any.
     """
     require(config)
     if not frames:
@@ -211,7 +237,8 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     while True:
         written = False
         try:
-            for item in _translate(pipe, frames, config, on_progress, cancel, checkpoint, cache, keys_only, kept):
+            for item in _translate(pipe, frames, config, on_progress, cancel, checkpoint, cache, keys_only, kept,
+                                   rendered):
                 written = True
                 yield item
             return
@@ -235,7 +262,8 @@ def with_batch_size(config: JobConfig, size: int) -> JobConfig:
 def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progress: ProgressFn | None,
                cancel: threading.Event | None, checkpoint: Checkpoint,
                cache: ConditionsCache | None, keys_only: bool,
-               kept: Mapping[int, np.ndarray] | None) -> Iterator[tuple[int, np.ndarray]]:
+               kept: Mapping[int, np.ndarray] | None,
+               rendered: RenderPasses | None) -> Iterator[tuple[int, np.ndarray]]:
     """One attempt of ``translate_frames``: the plan at ``config``'s batch size, walked by the executor."""
     if on_progress and config.fresco and config.keyframes.choice == "adaptive":  # reads every frame
         on_progress(Progress("choose keys", 0, 0, None))
@@ -243,8 +271,8 @@ def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progres
     steps = config.sampling.executed_steps
     clock = StepClock((plan.batch_count - checkpoint.batches_done) * steps, on_progress, cancel,
                       checkpoint.batches_done, steps)
-    estimator = load_estimator(config.flow, config.flow_weights, pipe.device)
-    yield from execute(plan, LocalRunner(pipe, frames, config, clock, cache, estimator), checkpoint, kept)
+    runner = LocalRunner(pipe, frames, config, clock, cache, job_estimator(config, pipe.device), rendered)
+    yield from execute(plan, runner, checkpoint, kept)
 
 
 def job_plan(frames: Sequence[np.ndarray], config: JobConfig, keys_only: bool = False,

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 PASSES = {"flow_prev": 2, "flow_next": 2, "depth": 1, "normal": 3}  # name -> channels
-FLOW = ("flow_prev", "flow_next")  # what the ``flow`` setting "render" needs
+RENDER_FLOW = "render"  # the ``flow`` setting's choice of the renderer's motion
+FLOW = ("flow_prev", "flow_next")  # what it needs
 MAX_DEPTH = 65504.0  # float16's largest finite value
 DTYPE = "<f2"
 FOLDER = "passes"
@@ -87,7 +88,7 @@ def required(settings: Mapping[str, Any]) -> tuple[str, ...]:
     """The passes a job of validated ``settings`` cannot run without: the motion for ``flow`` "render", the
     normals for a ``normal`` ControlNet (no estimator makes either from the frames)."""
     kinds = {control["kind"] for control in settings["controls"]}
-    return (FLOW if settings["flow"] == "render" else ()) + (("normal",) if "normal" in kinds else ())
+    return (FLOW if settings["flow"] == RENDER_FLOW else ()) + (("normal",) if "normal" in kinds else ())
 
 
 def useful(settings: Mapping[str, Any]) -> tuple[str, ...]:
@@ -95,5 +96,5 @@ def useful(settings: Mapping[str, Any]) -> tuple[str, ...]:
     ``depth`` ControlNet's condition instead of the estimator's; with the render's motion also its occlusion)."""
     needed = required(settings)
     kinds = {control["kind"] for control in settings["controls"]}
-    depth = "depth" in kinds or settings["flow"] == "render"
+    depth = "depth" in kinds or settings["flow"] == RENDER_FLOW
     return tuple(name for name in PASSES if name in needed or (name == "depth" and depth))

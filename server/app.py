@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fresco_contract import wire
+from fresco_contract import passes, wire
 from fresco_contract.estimate import PRIOR_SECONDS_PER_STEP, device_kind
 from fresco_contract.settings import SETTINGS, Setting, SettingsError, validate
 
@@ -184,8 +184,12 @@ JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {"
                    "frame_count": {"type": "integer", "minimum": 1, "maximum": wire.MAX_FRAMES},
                    "part": {"type": "string", "enum": list(wire.PARTS)},
                    "keys": {"type": "array", "items": {"type": "integer", "minimum": 0,
-                                                       "maximum": wire.MAX_FRAMES - 1}}}}}}}}
+                                                       "maximum": wire.MAX_FRAMES - 1}},
+                   "passes": {"type": "array", "uniqueItems": True,
+                              "items": {"type": "string", "enum": list(passes.PASSES)}}}}}}}}
 FRAME_BODY = {"requestBody": {"required": True, "content": {"image/png": {"schema": {
+    "type": "string", "format": "binary", "maxLength": wire.MAX_FRAME_BYTES}}}}}
+PASS_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {
     "type": "string", "format": "binary", "maxLength": wire.MAX_FRAME_BYTES}}}}}
 
 
@@ -280,7 +284,7 @@ def create_app(manager: JobManager, models: WarmModels, token: str, info: dict[s
             raise ApiError(400, TOO_DEEP)
         if not isinstance(body, dict):
             raise ApiError(400, 'body must be a JSON object {"settings": {...}, "frame_count": N}')
-        unknown = sorted(set(body) - {"settings", "frame_count", "part", "keys"})
+        unknown = sorted(set(body) - {"settings", "frame_count", "part", "keys", "passes"})
         if unknown:
             raise ApiError(422, f"unknown field(s) in job: {', '.join(unknown)}")
         values = body.get("settings", {})
@@ -290,7 +294,7 @@ def create_app(manager: JobManager, models: WarmModels, token: str, info: dict[s
         keys = body.get("keys", [])
         keys = [integral(k) for k in keys] if isinstance(keys, list) else keys
         job = await run_in_threadpool(manager.create, settings, integral(body.get("frame_count")),
-                                      body.get("part", wire.ALL), keys)
+                                      body.get("part", wire.ALL), keys, body.get("passes", []))
         return job.status()
 
     @app.get(wire.JOBS + "/{job_id}", dependencies=auth)
@@ -310,6 +314,14 @@ def create_app(manager: JobManager, models: WarmModels, token: str, info: dict[s
         data = await read_body(request, wire.MAX_FRAME_BYTES)
         await run_in_threadpool(manager.put_key, job_id, index, data)
         return {"id": job.id, "index": index, "uploaded_keys": len(job.uploaded_keys), "keys": len(job.keys)}
+
+    @app.put(wire.JOBS + "/{job_id}/passes/{name}/{index}", dependencies=auth, openapi_extra=PASS_BODY)
+    async def upload_pass(job_id: str, name: str, index: int, request: Request) -> dict[str, Any]:
+        job = manager.get(job_id)
+        data = await read_body(request, wire.MAX_FRAME_BYTES)
+        await run_in_threadpool(manager.put_pass, job_id, name, index, data)
+        return {"id": job.id, "name": name, "index": index,
+                "uploaded": len(job.uploaded_passes.get(name, ())), "frame_count": job.frame_count}
 
     @app.post(wire.JOBS + "/{job_id}/start", dependencies=auth)
     def start_job(job_id: str) -> dict[str, Any]:

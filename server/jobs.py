@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mappi
 
 import numpy as np
 
-from fresco_contract import wire
+from fresco_contract import passes, wire
 from fresco_contract.estimate import estimate_job
 from fresco_contract.files import read_without_links, write_bytes_atomic
 from fresco_contract.keys import key_path
@@ -37,6 +37,7 @@ from fresco_contract.progress import Cancelled, Progress
 
 from fresco_backend.config import JobConfig
 from fresco_backend.job import KeyFiles
+from fresco_backend.pass_files import read_pass
 from fresco_backend.video_io import FrameFiles, encode_png
 
 from . import records
@@ -52,8 +53,9 @@ log = logging.getLogger("fresco.server.jobs")
 
 UsePipeline = Callable[[JobConfig, threading.Event], ContextManager[Any]]
 Prepare = Callable[[JobConfig, Callable[[Progress], None], threading.Event], None]
-# (frames, config, on_progress, cancel, checkpoint[, keys_only, kept]) -> every (index, RGB) the checkpoint does
-# not hold yet, once (with keys_only=True: of the keys alone; kept: a redo's keys, as given, and those after them)
+# (frames, config, on_progress, cancel, checkpoint[, keys_only, kept, rendered]) -> every (index, RGB) the checkpoint
+# does not hold yet, once (with keys_only=True: of the keys alone; kept: a redo's keys, as given, and those after
+# them; rendered: the clip's render passes, ``fresco_backend.render_passes.RenderPasses``)
 Translator = Callable[..., Iterator[tuple[int, np.ndarray]]]
 
 
@@ -67,13 +69,13 @@ class LocalTranslator:
 
     def __call__(self, frames: Sequence[np.ndarray], config: JobConfig, on_progress: Callable[[Progress], None],
                  cancel: threading.Event, checkpoint: Checkpoint,
-                 keys_only: bool = False, kept: Mapping[int, np.ndarray] | None = None
-                 ) -> Iterator[tuple[int, np.ndarray]]:
+                 keys_only: bool = False, kept: Mapping[int, np.ndarray] | None = None,
+                 rendered: Any = None) -> Iterator[tuple[int, np.ndarray]]:
         with self._use_pipeline(config, cancel) as pipe:
             if cancel.is_set():
                 raise Cancelled("cancelled")
             yield from self._translate(pipe, frames, config, on_progress, cancel, checkpoint=checkpoint,
-                                       keys_only=keys_only, kept=kept)
+                                       keys_only=keys_only, kept=kept, rendered=rendered)
 
 
 class JobError(Exception):
@@ -94,6 +96,10 @@ class JobConflict(JobError):
 
 class InvalidJob(JobError):
     """A new job's description is invalid (its frame count)."""
+
+
+class BadPass(JobError):
+    """A render pass file that is not what its job can use (``fresco_contract.passes``)."""
 
 
 class JobNotDeleted(JobError):
@@ -139,11 +145,12 @@ class JobManager:
     # ---- requests ---------------------------------------------------------------
 
     def create(self, settings: dict[str, Any], frame_count: int, part: str = wire.ALL,
-               keys: Sequence[int] = ()) -> Job:
+               keys: Sequence[int] = (), passes: Sequence[str] = ()) -> Job:
         """A new job waiting for ``frame_count`` input frames; settings already validated. ``part``: what
         it does (``wire.PARTS``); a "finish" job also waits for its ``keys`` (``put_key``), and so does a "keys"
         job given the keys it keeps (a redo: it translates the keys after them again); a "preview" translates at
-        most one batch and runs in the quick lane, beside the strip jobs."""
+        most one batch and runs in the quick lane, beside the strip jobs. ``passes``: the render passes it waits for
+        too (``put_pass``), one of each for every frame."""
         if not isinstance(frame_count, int) or isinstance(frame_count, bool) \
                 or not 1 <= frame_count <= wire.MAX_FRAMES:
             raise InvalidJob(f"frame_count: expected an integer from 1 to {wire.MAX_FRAMES}, got {frame_count!r}")
@@ -155,12 +162,15 @@ class JobManager:
                        f"last frame is always one of those, so it cannot be kept")
         if problem:
             raise InvalidJob(f"keys: {problem}")
+        problem = records.check_passes_spec(list(passes) if isinstance(passes, (list, tuple)) else passes, settings)
+        if problem:
+            raise InvalidJob(f"passes: {problem}")
         if part == wire.PREVIEW and frame_count > settings.get("batch_size", frame_count):
             raise InvalidJob(f"a preview translates one batch: at most batch_size ({settings['batch_size']}) "
                              f"frames, not {frame_count}; translate a strip as a job of part {wire.ALL!r}")
         job_id = uuid.uuid4().hex
         job = Job(id=job_id, settings=settings, frame_count=frame_count, folder=self.work_dir / job_id, part=part,
-                  keys=tuple(keys))
+                  keys=tuple(keys), passes=tuple(passes))
         job.input_dir.mkdir(parents=True)
         job.output_dir.mkdir()
         if keys:
@@ -223,6 +233,32 @@ class JobManager:
         with self._lock:
             job.uploaded_keys.add(index)
 
+    def put_pass(self, job_id: str, name: str, index: int, data: bytes) -> None:
+        """Store render pass ``name`` of input frame ``index`` (an NPY file, ``fresco_contract.passes``) of a job
+        still uploading, checked as strictly as a frame: a pass the job named, its format, the frames' size
+        (the first file of a frame or pass fixes it), every value finite."""
+        job = self.get(job_id)
+        if name not in job.passes:
+            raise JobError(f"pass {name[:40]!r} of frame {index}: the job carries "
+                           + (f"only {', '.join(job.passes)}" if job.passes else "no render passes"))
+        self._check_index(job, index, f"{name} pass")
+        try:
+            shape, _ = passes.read_header(name, data)
+            read_pass(name, data, job.frame_size or (shape[2], shape[1]))
+        except passes.PassError as exc:
+            raise BadPass(f"frame {index}: {exc}") from None
+        size = (shape[2], shape[1])
+        with self._lock:
+            self._check_frame_size(job, index, size)
+            if job.frame_size is None:
+                job.frame_size = size
+                records.save(job)
+        path = passes.pass_file(job.passes_dir, name, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, data)
+        with self._lock:
+            job.uploaded_passes.setdefault(name, set()).add(index)
+
     def _check_frame_size(self, job: Job, index: int, size: tuple[int, int]) -> None:
         with self._lock:
             if job.state != wire.UPLOADING:
@@ -246,6 +282,9 @@ class JobManager:
             if keys:
                 raise JobConflict(f"job {job_id}: {len(keys)} of its {len(job.keys)} keys not uploaded yet "
                                   f"(first missing: {keys[0]})")
+            missing_passes = job.missing_passes()
+            if missing_passes:
+                raise JobConflict(f"job {job_id}: {missing_passes}")
             self._set_state(job, wire.QUEUED)
         self._lane(job).put(job.id)
         return job
@@ -433,7 +472,7 @@ class JobManager:
             from fresco_backend.translate import finish_frames  # torch: only where a job runs
 
             results = finish_frames(frames, KeyFiles(job.keys_dir, job.keys), config, self._device, on_progress,
-                                    job.cancel, checkpoint)
+                                    job.cancel, checkpoint, job.rendered())
         else:
             if self._prepare is not None:
                 self._prepare(config, on_progress, job.cancel)
@@ -446,7 +485,7 @@ class JobManager:
             self._progress(job, "load model", steps_left)
             kept = KeyFiles(job.keys_dir, job.keys) if records.is_redo(job.part, job.keys, job.frame_count) else None
             results = self._translate(frames, config, on_progress, job.cancel, checkpoint,
-                                      keys_only=job.part == wire.KEYS, kept=kept)
+                                      keys_only=job.part == wire.KEYS, kept=kept, rendered=job.rendered())
         for index, rgb in results:
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")

@@ -65,6 +65,7 @@ from fresco_backend.denoise import Cancelled, Progress
 from fresco_backend.executor import Done, Failed, Frame, Recorded, Spanned, execute
 from fresco_backend.models import ModelChoice, choose_models
 from fresco_backend.plan import Pass
+from fresco_backend.render_passes import RenderPasses
 from fresco_backend.translate import CheckedKeys, job_plan
 
 from .ray_reaper import MARKER_ENV
@@ -173,9 +174,10 @@ class Worker:
         self.cancels.setdefault(run_id, threading.Event()).set()
 
     def run(self, run_id: str, models: ModelChoice, frames: list[np.ndarray], config: JobConfig, step: Pass,
-            anchors: Anchors) -> Iterator[Progress | Frame | Recorded]:
-        """Runs one pass of a plan (``LocalRunner``) and streams its messages: Progress of its own
-        steps, a Frame per key and, for a pass that records, Recorded last."""
+            anchors: Anchors, rendered: RenderPasses | None = None) -> Iterator[Progress | Frame | Recorded]:
+        """Runs one pass of a plan (``LocalRunner``; ``rendered``: the clip's render passes, read from the
+        job's folder) and streams its messages: Progress of its own steps, a Frame per key and, for a pass that
+        records, Recorded last."""
         from fresco_backend.denoise import StepClock
         from fresco_backend.translate import LocalRunner
 
@@ -191,7 +193,8 @@ class Worker:
 
             def body() -> None:
                 try:
-                    for message in LocalRunner(pipe, frames, config, clock, self.cache).run([step], anchors):
+                    runner = LocalRunner(pipe, frames, config, clock, self.cache, rendered=rendered)
+                    for message in runner.run([step], anchors):
                         items.put(message)
                     items.put(Done(step.name))
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller below
@@ -215,15 +218,13 @@ class Worker:
 
 @ray.remote(num_cpus=0)  # light; and the workers may hold every CPU of the cluster
 def propagate_span(frames: list[np.ndarray], first: int, last: int, out_first: np.ndarray, out_last: np.ndarray,
-                   config: JobConfig) -> Spanned:
+                   config: JobConfig, rendered: RenderPasses | None = None) -> Spanned:
     """The frames between two keys, from their outputs (a CPU task, on one thread: many run at once)."""
-    from fresco_backend.flow import load_estimator
     from fresco_backend.threads import pin_threads
-    from fresco_backend.translate import propagate_frames
+    from fresco_backend.translate import job_estimator, propagate_frames
 
     pin_threads(1)
-    estimator = load_estimator(config.flow, config.flow_weights)
-    return Spanned(propagate_frames(frames, first, last, out_first, out_last, estimator))
+    return Spanned(propagate_frames(frames, first, last, out_first, out_last, job_estimator(config), rendered))
 
 
 @dataclass
@@ -353,14 +354,16 @@ class RayPool:
     def translate(self, frames: Sequence[np.ndarray], config: JobConfig,
                   on_progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
                   checkpoint: Checkpoint | None = None, keys_only: bool = False,
-                  kept: Mapping[int, np.ndarray] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                  kept: Mapping[int, np.ndarray] | None = None,
+                  rendered: RenderPasses | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """The server's translator (``server/jobs.py`` Translator) on the pool: like
         ``fresco_backend.translate.translate_frames`` without a pipeline (the workers hold theirs); yields every
-        frame the checkpoint does not hold yet, once (``keys_only``: the keys alone; ``kept``: a redo's)."""
+        frame the checkpoint does not hold yet, once (``keys_only``: the keys alone; ``kept``: a redo's;
+        ``rendered``: the clip's render passes)."""
         config = require(config)
         frames = [np.asarray(f) for f in frames]
         kept = CheckedKeys(kept, frames[0].shape) if kept else None
-        runner = RayRunner(self, frames, config, on_progress, cancel or threading.Event())
+        runner = RayRunner(self, frames, config, on_progress, cancel or threading.Event(), rendered)
         plan = job_plan(frames, config, keys_only, kept, self.segments)
         try:
             yield from execute(plan, runner, checkpoint or Checkpoint(), kept)
@@ -373,8 +376,10 @@ class RayRunner:
     parallel, a span as a CPU task; one progress for the job, summed over its passes."""
 
     def __init__(self, pool: RayPool, frames: list[np.ndarray], config: JobConfig,
-                 on_progress: Callable[[Progress], None] | None, cancel: threading.Event) -> None:
+                 on_progress: Callable[[Progress], None] | None, cancel: threading.Event,
+                 rendered: RenderPasses | None = None) -> None:
         self.pool, self.config, self.on_progress, self.cancel = pool, config, on_progress, cancel
+        self.rendered = rendered
         self.id = uuid.uuid4().hex
         self.models = choose_models(config, *pool.default_models)
         self.frames = ray.put(frames)
@@ -421,7 +426,8 @@ class RayRunner:
 
     def propagate(self, first: int, last: int, out_first: np.ndarray,
                   out_last: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        self.spans[propagate_span.remote(self.frames, first, last, out_first, out_last, self.config)] = first, last
+        self.spans[propagate_span.remote(self.frames, first, last, out_first, out_last, self.config,
+                                           self.rendered)] = first, last
         return []  # its frames come as a Spanned message of ``run``
 
     def close(self) -> None:
@@ -464,7 +470,7 @@ class RayRunner:
             try:
                 log.info("run %s: %s on worker %d (attempt %d)", self.id, step.name, slot.index, attempt)
                 stream = slot.actor.run.options(num_returns="streaming").remote(
-                    self.id, self.models, self.frames, self.config, step, anchors_ref)
+                    self.id, self.models, self.frames, self.config, step, anchors_ref, self.rendered)
                 for ref in stream:
                     item = ray.get(ref)
                     if self.stop.is_set():  # cancel() may have found this slot already free: stop the pass here

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from fresco_contract import wire
+from fresco_contract import passes, wire
 from fresco_contract.keys import KeysError, check_keys, check_kept, key_path
 from fresco_contract.progress import Cancelled
 
@@ -57,6 +57,8 @@ class Job:
     part: str = wire.ALL  # what it does: one of ``wire.PARTS``
     keys: tuple[int, ...] = ()  # a "finish" job's keys or a redo's kept ones (uploaded to ``keys/``); a done keys job's
     uploaded_keys: set[int] = field(default_factory=set)
+    passes: tuple[str, ...] = ()  # the render passes it carries (``fresco_contract.passes``), each for every frame
+    uploaded_passes: dict[str, set[int]] = field(default_factory=dict)  # pass name -> frames uploaded
 
     @property
     def layout(self) -> JobFolder:
@@ -75,12 +77,34 @@ class Job:
         """Where a "finish" job's keys or a redo's kept ones are (``fresco_contract.keys``: frame-numbered PNGs)."""
         return self.folder / "keys"
 
+    @property
+    def passes_dir(self) -> Path:
+        """Where its render passes are (``passes.pass_file``: name/0001.npy ...)."""
+        return self.folder / passes.FOLDER
+
+    def rendered(self) -> Any:
+        """Its render passes as the backend reads them (``RenderPasses``); None for a job without any."""
+        if not self.passes:
+            return None
+        from fresco_backend.render_passes import RenderPasses  # torch: only where a job runs
+
+        return RenderPasses(self.passes_dir, self.passes, self.frame_count, self.frame_size)
+
+    def missing_passes(self) -> str | None:
+        """Which of its render passes are not all there, or None."""
+        for name in self.passes:
+            missing = sorted(set(range(self.frame_count)) - self.uploaded_passes.get(name, set()))
+            if missing:
+                return (f"{len(missing)} of the {self.frame_count} frames' {name} pass not uploaded (first missing: "
+                        f"frame {missing[0]})")
+        return None
+
     def record(self) -> JobRecord:
         """What ``job.json`` holds: enough to reload the job in a new server process."""
         return JobRecord(self.settings, Fingerprint(self.frame_count, self.frame_size, self.input_sha256),
                          {"id": self.id, "state": self.state, "created": self.created, "started": self.started,
                           "finished": self.finished, "error": self.error, "part": self.part,
-                          "keys": list(self.keys)})
+                          "keys": list(self.keys), "passes": list(self.passes)})
 
     def status(self) -> dict[str, Any]:
         """The JSON status of the job (GET /v1/jobs/{id})."""
@@ -92,6 +116,7 @@ class Job:
             "keys": list(self.keys),
             "uploaded": len(self.uploaded),
             "uploaded_keys": len(self.uploaded_keys),
+            "passes": list(self.passes),
             "outputs": len(self.outputs),
             "error": self.error,
             "settings": self.settings,
@@ -173,19 +198,41 @@ def load(folder: Path) -> Job:
         problem = f"job.part {meta.get('part')!r} is not one of {', '.join(wire.PARTS)}"
     elif (keys_problem := check_keys_spec(meta.get("part", wire.ALL), meta.get("keys", []), recorded.frame_count)):
         problem = f"job.keys: {keys_problem}"
+    elif (passes_problem := check_passes_spec(meta.get("passes", []), record.settings)):
+        problem = f"job.passes: {passes_problem}"
     if problem:
         raise JobFolderError(f"{JobFolder(folder).record_path}: {problem}")
     job = Job(id=folder.name, settings=record.settings, frame_count=recorded.frame_count, folder=folder,
               state=meta["state"], created=float(meta["created"]), started=meta.get("started"),
               finished=meta.get("finished"), frame_size=recorded.frame_size, input_sha256=recorded.sha256,
               error=meta.get("error"), saved_state=meta["state"], part=meta.get("part", wire.ALL),
-              keys=tuple(meta.get("keys", ())))
+              keys=tuple(meta.get("keys", ())), passes=tuple(meta.get("passes", ())))
     job.input_dir.mkdir(exist_ok=True)
     job.output_dir.mkdir(exist_ok=True)
     job.uploaded = {i for i in range(job.frame_count) if job.layout.input_path(i).is_file()}
     job.outputs = {i for i in range(job.frame_count) if job.layout.output_path(i).is_file()}
     job.uploaded_keys = {i for i in job.keys if key_path(job.keys_dir, i).is_file()}
+    job.uploaded_passes = {name: {i for i in range(job.frame_count) if passes.pass_file(job.passes_dir, name, i).is_file()}
+                           for name in job.passes}
     return job
+
+
+def check_passes_spec(names: Any, settings: dict[str, Any]) -> str | None:
+    """Why ``names`` are not the render passes a job of validated ``settings`` can carry, or None: each a
+    known pass at most once, and every pass its settings cannot run without (``passes.required``)."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        return f"expected a list of pass names ({', '.join(passes.PASSES)}), got {str(names)[:80]}"
+    unknown = [n for n in names if n not in passes.PASSES]
+    if unknown:
+        return f"unknown pass {unknown[0][:40]!r} (known: {', '.join(passes.PASSES)})"
+    if len(set(names)) < len(names):
+        return f"each pass at most once, got {', '.join(names)}"
+    lacking = [n for n in passes.required(settings) if n not in names]
+    if lacking:
+        why = "flow 'render'" if lacking[0] in passes.FLOW else "a normal ControlNet"
+        return (f"{why} needs the render pass(es) {', '.join(lacking)}, which only a 3D scene's render gives; "
+                f"send them, or choose another Optical Flow or ControlNet")
+    return None
 
 
 def check_keys_spec(part: str, keys: Any, frame_count: int) -> str | None:
@@ -218,6 +265,9 @@ def missing_inputs(job: Job) -> str | None:
     missing = sorted(set(range(job.frame_count)) - job.uploaded)
     if not missing:
         gone = sorted(set(job.keys) - job.uploaded_keys)
+        passes_missing = job.missing_passes()
+        if not gone and passes_missing:
+            return f"{passes_missing} in {job.passes_dir}; submit it again as a new job"
         return None if not gone else (f"{len(gone)} of the {len(job.keys)} keys recorded for this job are missing "
                                       f"from {job.keys_dir} (first: {wire.frame_filename(gone[0])}); submit it again "
                                       f"as a new job")
@@ -226,7 +276,7 @@ def missing_inputs(job: Job) -> str | None:
 
 
 def check_inputs(job: Job) -> str:
-    """The SHA-256 of the job's input frames, each checked against the record's frame size, and all of
+    """The SHA-256 of the job's input frames and render passes, each frame checked against the record's frame size, and all of
     them against its SHA-256 once recorded. A difference raises RuntimeError naming it; Cancelled if
     the job's cancel is set first."""
     hasher = FrameHasher()
@@ -243,8 +293,16 @@ def check_inputs(job: Job) -> str:
             raise RuntimeError("input frame {} is {}x{}, but the job's record says {}x{}: the input frames "
                                "changed since the job was submitted; submit it again".format(
                                    index, rgb.shape[1], rgb.shape[0], *job.frame_size))
+    for name in job.passes:  # the render passes are part of the input: a resume never mixes another render's
+        for index in range(job.frame_count):
+            path = passes.pass_file(job.passes_dir, name, index)
+            try:
+                hasher.add_data(f"{name} {index}", path.read_bytes())
+            except OSError:
+                raise RuntimeError(f"render pass {name} of frame {index} ({path}) is missing or unreadable; "
+                                   f"submit the job again") from None
     digest = hasher.result().sha256
     if job.input_sha256 is not None and digest != job.input_sha256:
-        raise RuntimeError(f"the input frames in {job.input_dir} are not those the job was submitted with "
-                           f"(their SHA-256 differs from its record); submit the job again")
+        raise RuntimeError(f"the input frames or render passes in {job.folder} are not those the job was submitted "
+                           f"with (their SHA-256 differs from its record); submit the job again")
     return digest
