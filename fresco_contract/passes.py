@@ -87,14 +87,14 @@ def read_header(name: str, data: bytes) -> tuple[tuple[int, ...], int]:
 def required(settings: Mapping[str, Any]) -> tuple[str, ...]:
     """The passes a job of validated ``settings`` cannot run without: the motion for ``flow`` "render", the
     normals for a ``normal`` ControlNet (no estimator makes either from the frames)."""
-    kinds = {control["kind"] for control in settings["controls"]}
-    return (FLOW if settings["flow"] == RENDER_FLOW else ()) + (("normal",) if "normal" in kinds else ())
+    kinds = {control["kind"] for control in settings.get("controls", ())}
+    return (FLOW if settings.get("flow") == RENDER_FLOW else ()) + (("normal",) if "normal" in kinds else ())
 
 
 def useful(settings: Mapping[str, Any]) -> tuple[str, ...]:
     """The passes a job of ``settings`` uses where it has them: the ``required`` ones and the depth (a
     ``depth`` ControlNet's condition instead of the estimator's; with the render's motion also its occlusion)."""
     needed = required(settings)
-    kinds = {control["kind"] for control in settings["controls"]}
-    depth = "depth" in kinds or settings["flow"] == RENDER_FLOW
+    kinds = {control["kind"] for control in settings.get("controls", ())}
+    depth = "depth" in kinds or settings.get("flow") == RENDER_FLOW
     return tuple(name for name in PASSES if name in needed or (name == "depth" and depth))

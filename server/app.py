@@ -25,12 +25,12 @@ from fresco_contract.estimate import PRIOR_SECONDS_PER_STEP, device_kind
 from fresco_contract.settings import SETTINGS, Setting, SettingsError, validate
 
 from .images import BadImage, ImageTooLarge
-from .jobs import InvalidJob, JobConflict, JobError, JobManager, JobNotDeleted, JobNotFound, OutputNotFound
+from .jobs import BadPass, InvalidJob, JobConflict, JobError, JobManager, JobNotDeleted, JobNotFound, OutputNotFound
 from .warm_models import WarmModels
 
 # The HTTP status of each domain error a route may raise; a subclass not named has its nearest base's.
 ERROR_STATUS: dict[type[Exception], int] = {
-    JobError: 400, BadImage: 400, JobNotFound: 404, OutputNotFound: 404, JobConflict: 409,
+    JobError: 400, BadImage: 400, BadPass: 400, JobNotFound: 404, OutputNotFound: 404, JobConflict: 409,
     ImageTooLarge: 413, InvalidJob: 422, SettingsError: 422, JobNotDeleted: 500,
 }
 

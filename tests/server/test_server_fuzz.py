@@ -44,7 +44,7 @@ class FakeBackend:
         return "pipe"
 
     def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False,
-                  kept=None):
+                  kept=None, rendered=None):
         self.ran.append(config.sampling.prompt)
         if self.fail is not None:
             exc, self.fail = self.fail, None
@@ -164,7 +164,7 @@ def test_list_settings_are_arrays_of_objects_in_the_schema_and_the_api(fuzz_app)
     settings = body["content"]["application/json"]["schema"]["properties"]["settings"]["properties"]
     controls, loras = settings["controls"], settings["loras"]
     assert (controls["type"], controls["maxItems"], controls["default"]) == ("array", 4, [{"kind": "canny", "scale": 0.7}])
-    assert controls["items"]["properties"]["kind"]["enum"] == ["canny", "tile", "softedge", "depth", "lineart"]
+    assert controls["items"]["properties"]["kind"]["enum"] == ["canny", "tile", "softedge", "depth", "lineart", "normal"]
     assert controls["items"]["properties"]["scale"] == {**controls["items"]["properties"]["scale"],
                                                         "type": "number", "minimum": 0.0, "maximum": 2.0}
     assert controls["items"]["additionalProperties"] is False and loras["items"]["required"] == ["path"]
