@@ -45,12 +45,15 @@ class Client:
         return self._json("GET", wire.HEALTH)
 
     def create_job(self, settings: Mapping[str, Any], frame_count: int, part: str = wire.ALL,
-                   keys: Sequence[int] = ()) -> str:
+                   keys: Sequence[int] = (), passes: Sequence[str] = ()) -> str:
         """A new job for ``frame_count`` frames doing ``part`` (``wire.PARTS``; a "finish" job is given the
-        frame indices of its ``keys``, a redo those of the keys it keeps); returns its id."""
+        frame indices of its ``keys``, a redo those of the keys it keeps), carrying the render ``passes`` named
+        (``contract.passes``; each uploaded with ``upload_pass``); returns its id."""
         spec = {"settings": dict(settings), "frame_count": frame_count}
         if part != wire.ALL:
             spec.update(part=part, **({"keys": list(keys)} if keys else {}))
+        if passes:
+            spec["passes"] = list(passes)
         return str(self._json("POST", wire.JOBS, json.dumps(spec).encode(), "application/json")["id"])
 
     def upload_frame(self, job_id: str, index: int, png_bytes: bytes) -> None:
@@ -66,6 +69,13 @@ class Client:
             raise BackendError(f"key {index} is {len(png_bytes)} bytes, over the limit of "
                                f"{wire.MAX_FRAME_BYTES} bytes", 413)
         self._json("PUT", wire.key_path(job_id, index), png_bytes, "image/png")
+
+    def upload_pass(self, job_id: str, name: str, index: int, npy_bytes: bytes) -> None:
+        """Upload render pass ``name`` of input frame ``index`` as an NPY file (``passes.encode``)."""
+        if len(npy_bytes) > wire.MAX_FRAME_BYTES:
+            raise BackendError(f"pass {name} of frame {index} is {len(npy_bytes)} bytes, over the limit of "
+                               f"{wire.MAX_FRAME_BYTES} bytes", 413)
+        self._json("PUT", wire.pass_path(job_id, name, index), npy_bytes, "application/octet-stream")
 
     def start(self, job_id: str) -> dict[str, Any]:
         """Queue the job (every input frame must be uploaded); returns its status."""

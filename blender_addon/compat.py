@@ -106,6 +106,17 @@ def visible_end(strip: Any) -> int:
     return int(strip.right_handle if _handles(strip) else strip.frame_final_end)
 
 
+def content_start(strip: Any) -> float:
+    """The timeline frame where the strip's content (its first frame before any trim) begins."""
+    return strip.content_start if _handles(strip) else strip.frame_start
+
+
+def content_trim_start(strip: Any) -> int:
+    """Frames of the content a scene or movie strip skips at its start (5.2's ``content_trim_start``)."""
+    return int(strip.content_trim_start if "content_trim_start" in strip.bl_rna.properties
+               else strip.animation_offset_start)
+
+
 def new_image_strip(coll: Any, name: str, first_file: str, channel: int, frame_start: int,
                     fit_method: str = "FIT") -> Any:
     return coll.new_image(name=name, filepath=first_file, channel=channel,
@@ -128,6 +139,18 @@ def set_image_png(image_settings: Any) -> None:
     image_settings.file_format = "PNG"
     image_settings.color_mode = "RGB"
     image_settings.color_depth = "8"
+
+
+def set_image_exr_layers(image_settings: Any, codec: str) -> None:
+    """Make ``image_settings`` write every pass of a render into one single-part, full-float multilayer OpenEXR
+    file (5.0 added ``media_type``; 5.2 writes one part per pass unless ``use_exr_interleave``)."""
+    if "media_type" in image_settings.bl_rna.properties:
+        image_settings.media_type = "MULTI_LAYER_IMAGE"
+    image_settings.file_format = "OPEN_EXR_MULTILAYER"
+    image_settings.color_depth = "32"
+    image_settings.exr_codec = codec
+    if "use_exr_interleave" in image_settings.bl_rna.properties:
+        image_settings.use_exr_interleave = True
 
 
 def new_effect_strip(coll: Any, name: str, type: str, channel: int, frame_start: int, length: int,

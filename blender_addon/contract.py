@@ -5,8 +5,8 @@ add-on (``fresco_vse/fresco_contract``); in a checkout the add-on modules use
 the top-level package. The rest of the add-on imports it from here only.
 """
 try:
-    from .fresco_contract import __version__, estimate, files, hubcache, keys, options, progress, settings, wire
+    from .fresco_contract import __version__, estimate, files, hubcache, keys, options, passes, progress, settings, wire
 except ImportError:  # a checkout: blender_addon/ next to fresco_contract/
-    from fresco_contract import __version__, estimate, files, hubcache, keys, options, progress, settings, wire
+    from fresco_contract import __version__, estimate, files, hubcache, keys, options, passes, progress, settings, wire
 
-__all__ = ["__version__", "estimate", "files", "hubcache", "keys", "options", "progress", "settings", "wire"]
+__all__ = ["__version__", "estimate", "files", "hubcache", "keys", "options", "passes", "progress", "settings", "wire"]

@@ -38,7 +38,8 @@ class ExportError(RuntimeError):
     pass
 
 
-def _scene_size(scene: Any) -> tuple[int, int]:
+def scene_size(scene: Any) -> tuple[int, int]:
+    """The pixel size ``scene`` renders at (its resolution scaled by its percentage)."""
     render = scene.render
     scale = render.resolution_percentage / 100.0
     return max(1, int(render.resolution_x * scale)), max(1, int(render.resolution_y * scale))
@@ -51,7 +52,7 @@ def known_size(scene: Any, strip: Any) -> tuple[int, int] | None:
     elements = getattr(strip, "elements", None)
     if elements and len(elements) and elements[0].orig_width > 0 and elements[0].orig_height > 0:
         return int(elements[0].orig_width), int(elements[0].orig_height)
-    return None if strip.type in ("MOVIE", "IMAGE") else _scene_size(scene)
+    return None if strip.type in ("MOVIE", "IMAGE") else scene_size(scene)
 
 
 def source_size(scene: Any, strip: Any) -> tuple[int, int]:
@@ -77,7 +78,7 @@ def source_size(scene: Any, strip: Any) -> tuple[int, int]:
                 bpy.data.images.remove(image)
             if width > 0 and height > 0:
                 return int(width), int(height)
-    return _scene_size(scene)
+    return scene_size(scene)
 
 
 # strip types that show no picture of their own, and what to do instead

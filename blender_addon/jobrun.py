@@ -58,24 +58,29 @@ def _check(task: tasks.Task, client: Any = None, job_id: str | None = None) -> N
 
 def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: Path, task: tasks.Task,
             wait: float = 2.0, timeout: float | None = None, part: str = wire.ALL,
-            keys: Mapping[int, Path] | None = None) -> list[Path]:
+            keys: Mapping[int, Path] | None = None, passes: Mapping[str, Sequence[Path]] | None = None) -> list[Path]:
     """Translate ``frame_paths`` (PNG files) and write the results to ``out_dir``/0001.png, ..., posting to
     ``task`` as it goes. Returns the written files in order. Raises JobFailed or Cancelled.
 
     ``part``: what the job does (``wire.PARTS``); a "keys" job's result is its keys alone (their files
-    named by frame), a "finish" job is given ``keys`` (frame index -> PNG file) to fill in from."""
+    named by frame), a "finish" job is given ``keys`` (frame index -> PNG file) to fill in from. ``passes``:
+    the render passes the job carries, name -> one NPY file per frame (``contract.passes``)."""
     out_dir = Path(out_dir)
     total = len(frame_paths)
     if total < 1:
         raise JobFailed("no frames to translate")
     deadline = None if timeout is None else time.monotonic() + timeout
 
-    keys = dict(keys or {})
-    job_id = client.create_job(settings, total, part, sorted(keys))
+    keys, passes = dict(keys or {}), dict(passes or {})
+    if any(len(paths) != total for paths in passes.values()):
+        raise JobFailed(f"the render passes are not there for each of the {total} frames")
+    job_id = client.create_job(settings, total, part, sorted(keys), passes=list(passes))
     task.post(JobCreated(job_id))
     for index, path in enumerate(frame_paths):
         _check(task, client, job_id)
         client.upload_frame(job_id, index, Path(path).read_bytes())
+        for name, paths in passes.items():
+            client.upload_pass(job_id, name, index, Path(paths[index]).read_bytes())
         task.post(Progress("upload", index + 1, total))
     for index, path in sorted(keys.items()):
         _check(task, client, job_id)
@@ -153,16 +158,16 @@ def _forget(client: Any, job_id: str) -> None:
 
 def job_task(get_client: Callable[[], Any], settings: dict, frame_paths: Sequence[Path], out_dir: Path,
              on_message: Callable[[Any], None], starting: bool = True, part: str = wire.ALL,
-             keys: Mapping[int, Path] | None = None) -> tasks.Task:
+             keys: Mapping[int, Path] | None = None, passes: Mapping[str, Sequence[Path]] | None = None) -> tasks.Task:
     """The backend job of a translation as a task (not started). ``starting``: post a ``STAGE_STARTING``
-    progress first (False where the backend was started before); ``part``, ``keys``: see ``run_job``."""
+    progress first (False where the backend was started before); ``part``, ``keys``, ``passes``: see ``run_job``."""
 
     def work(task: tasks.Task) -> list[Path]:
         try:
             if starting:
                 task.post(Progress(STAGE_STARTING, 0, 0))
             client = get_client()
-            written = run_job(client, settings, frame_paths, out_dir, task, part=part, keys=keys)
+            written = run_job(client, settings, frame_paths, out_dir, task, part=part, keys=keys, passes=passes)
             try:
                 task.post(Health(client.health()))
             except Exception:  # only the next estimate misses the speed this job measured

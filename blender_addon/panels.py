@@ -9,7 +9,8 @@ from typing import Any, Mapping
 import bpy
 
 from . import backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
-from . import place, preview, preview_frame, props, session, settings_ops, translation, userdirs
+from . import place, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
+from .contract import passes
 from .contract import settings as schema
 
 GROUP_ICONS = {"look": "COLOR", "guidance": "MODIFIER", "timing": "KEYFRAME_HLT", "quality": "RENDER_RESULT"}
@@ -115,6 +116,25 @@ def draw_group(layout: Any, group: Any, group_id: str, values: Mapping[str, Any]
             draw_setting(column, group, setting)
 
 
+def draw_render_guidance(layout: Any, context: Any, strip: Any, values: Mapping[str, Any]) -> None:
+    """What the strip's settings take from its 3D scene's render (motion, depth, normals: ``passes.useful``), or
+    where the strip cannot give it, what happens instead (``translation.without_passes``)."""
+    wanted = passes.useful(values)
+    if not wanted:
+        return
+    why = render_passes.problem(context.scene, strip)
+    if why is None:
+        layout.label(text=f"From the 3D render: {render_passes.guidance(wanted)}", icon="SCENE_DATA")
+        return
+    try:
+        notes = translation.without_passes(dict(values), why)[1]
+    except translation.Refused as exc:
+        layout.label(text=str(exc), icon="ERROR")
+        return
+    for text in notes:
+        layout.label(text=text[:1].upper() + text[1:], icon="INFO")
+
+
 def draw_setting(layout: Any, group: Any, setting: schema.Setting) -> None:
     """One setting of the active strip: the seed with Random and New Seed, a list as rows, else the field."""
     if setting.name == "seed":
@@ -187,6 +207,8 @@ def draw_queue(layout: Any, context: Any) -> None:
                 box.progress(factor=job.fraction, type="BAR", text=text)
             else:
                 box.label(text=text)
+        for text in job.notes if job is not None else ():
+            box.label(text=text[:1].upper() + text[1:], icon="INFO")
         if entry.error:
             box.label(text=entry.error, icon="ERROR")
         if entry.result_name:
@@ -224,8 +246,11 @@ class FRESCO_PT_panel(bpy.types.Panel):
             for group_id, _title in schema.GROUPS:
                 if group_id != "advanced":  # the research switches: the folded sub-panel
                     draw_group(layout, group, group_id, values, context, configured)
+            draw_render_guidance(layout, context, strip, values)
             if props.RESULT_SETTINGS_KEY in strip.keys():
                 layout.label(text=f"Result of {strip.get(props.RESULT_SOURCE_KEY, '?')}", icon="CHECKMARK")
+                if place.GUIDANCE_KEY in strip.keys():
+                    layout.label(text=f"Guided by its 3D render: {strip[place.GUIDANCE_KEY]}", icon="SCENE_DATA")
                 if strip.type == "IMAGE" and userdirs.is_temporary(bpy.path.abspath(strip.directory)):
                     layout.label(text="In a temporary folder until the .blend is saved", icon="ERROR")
             draw_cost(layout, context, strip, values, configured)

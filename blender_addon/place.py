@@ -16,6 +16,7 @@ from .props import RESULT_SETTINGS_KEY, RESULT_SOURCE_KEY, SOURCE_SETTINGS_KEY
 MAX_CHANNEL = 128
 RESULT_SUFFIX = ".fresco"
 KEYS_SUFFIX = ".fresco keys"  # a keys strip's name: the source's and this
+GUIDANCE_KEY = "fresco_guidance"  # on a result strip: what its scene's render guided ("motion, depth, normals")
 KEYS_KEY = "fresco_keys"  # JSON list of a keys strip's key frames (0-based, from the source's first visible frame)
 
 
@@ -88,6 +89,14 @@ def mark_result(strip: Any, source: Any, settings: dict, job_id: str | None = No
     strip[RESULT_SOURCE_KEY] = source.name
     if job_id:
         strip["fresco_job"] = job_id
+
+
+def mark_guidance(strip: Any, guidance: str) -> None:
+    """Write on a result ``strip`` what its job's render passes guided (``GUIDANCE_KEY``), or that none did."""
+    if guidance:
+        strip[GUIDANCE_KEY] = guidance
+    elif GUIDANCE_KEY in strip.keys():
+        del strip[GUIDANCE_KEY]
 
 
 def held_keys(keys: Sequence[int], frame_count: int) -> list[int]:

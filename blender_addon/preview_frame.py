@@ -19,7 +19,7 @@ from typing import Any
 import bpy
 
 from . import compat, export, image_view, jobrun, place, resultdirs, session, tasks, translation, userdirs
-from .contract import wire
+from .contract import passes, wire
 
 IMAGE = "FRESCO Preview"  # the image an artist picks in the Image Editor
 KEY_IMAGE = "FRESCO Key"  # the key under the playhead, opened to be looked at or painted over
@@ -35,6 +35,7 @@ class Preview:
     folder: Path
     began: float
     stage: str = "export"
+    notes: tuple[str, ...] = ()  # what the user is told (a render pass fallback: ``translation.plan_passes``)
     seconds: float | None = None
     error: str | None = None
     path: Path | None = None
@@ -69,6 +70,11 @@ def start(context: Any, strip: Any, config: dict) -> Preview:
         exporter.step(1)
     finally:
         exporter.close()
+    settings, pass_files, notes = translation.frame_passes(scene, strip, settings, folder / "input" / passes.FOLDER,
+                                                           offset)
+    preview.notes = tuple(notes)
+    for text in notes:
+        translation.log(f"{strip.name}: {text}")
     session.get().preview = preview
     if old is not None and not old.running:
         shutil.rmtree(old.folder, ignore_errors=True)
@@ -81,7 +87,7 @@ def start(context: Any, strip: Any, config: dict) -> Preview:
             backend.note_health(config, message.answer)
 
     task = jobrun.job_task(lambda: backend.get_client(config), settings, exporter.files, folder / "output",
-                           on_message, part=wire.PREVIEW)
+                           on_message, part=wire.PREVIEW, passes=pass_files)
     task.on_done = lambda done: _show(preview, done)
     session.run_task(TASK, task, say=on_message)
     return preview
@@ -161,6 +167,8 @@ class FRESCO_OT_preview_frame(bpy.types.Operator):
         except Exception as exc:  # never crash Blender; say what went wrong
             self.report({"ERROR"}, f"FRESCO: {exc}")
             return {"CANCELLED"}
+        for text in preview.notes:
+            self.report({"WARNING"}, f"FRESCO: {text}")
         if preview.error:
             self.report({"ERROR"}, f"FRESCO: preview failed: {preview.error}")
             return {"CANCELLED"}

@@ -1,6 +1,7 @@
 """One translation of one strip, as explicit steps that the UI timer and the synchronous loop both drive.
 
-    export   render the strip's frames, a few per call (main thread: bpy)
+    export   render the strip's frames, a few per call (main thread: bpy), then those of its render passes where
+             its settings use them and it is a 3D scene strip (``render_passes``; else ``plan_passes`` falls back)
     submit   run the backend job (``jobrun.job_task``, a ``tasks.Task``): on its thread in the UI, here when
              synchronous
     progress the job's messages (``Progress``, job id, downloaded frames), handled on the main thread
@@ -28,9 +29,9 @@ from typing import Any, Callable, Mapping
 
 import bpy
 
-from . import (backend, compat, export, jobrun, live, place, preview, props, resultdirs, session, tasks, unsaved,
-               userdirs)
-from .contract import estimate
+from . import (backend, compat, export, jobrun, live, place, preview, props, render_passes, resultdirs, session, tasks,
+               unsaved, userdirs)
+from .contract import estimate, passes
 from .contract import keys as files_keys
 from .contract import settings as schema
 from .contract import files as contract_files
@@ -40,7 +41,9 @@ POLL_INTERVAL = 0.2
 EXPORT_FRAMES_PER_TICK = 1  # a frame takes tens of ms at HD; the UI handles events between ticks
 
 Report = Callable[[str, int, int, "float | None"], None]  # (stage, done, total, eta in seconds or None)
-FRAME_STAGES = ("export", "upload", "receive")  # the add-on's own stages: done/total count frames
+PASSES_STAGE = "render passes"  # the export of a scene strip's render passes
+FRAME_STAGES = ("export", PASSES_STAGE, "upload", "receive")  # the add-on's own stages: done/total count frames
+ESTIMATED_FLOW = "dis"  # what flow "render" falls back to
 
 
 def log(message: str) -> None:
@@ -73,19 +76,30 @@ class Translation:
         self.get_client = lambda: self.backend.get_client(config)
         self.backend_started = False  # by ``run``, before the export
         self.report, self.note = report, note
+        self.notes: list[str] = []  # what the user is told about the job (a fallback), shown in the queue box
+        self.settings, self.pass_names, notes = plan_passes(scene, source, settings)
+        for text in notes:
+            self.tell(text)
         self.export_dir = Path(tempfile.mkdtemp(prefix="export-", dir=userdirs.temp_dir()))
         self.exporter: export.StripExporter | None = None  # None once the export has ended
+        self.pass_exporter: render_passes.PassExporter | None = None  # None once the passes are there (or not)
         self.frames: list[Path] = []  # the exported frames, once all are there
+        self.passes: dict[str, list[Path]] = {}  # the exported render passes, once all are there
         try:
             self.exporter = export.StripExporter(scene, source, self.export_dir)  # set-up only: no frames yet
+            if self.pass_names:
+                self.pass_exporter = render_passes.PassExporter(scene, source, self.pass_names,
+                                                                self.export_dir / passes.FOLDER)
             self.out_dir = resultdirs.new_output_dir(source.name)
         except Exception:
-            if self.exporter is not None:
-                self.exporter.close()
+            for exporter in (self.exporter, self.pass_exporter):
+                if exporter is not None:
+                    exporter.close()
             shutil.rmtree(self.export_dir, ignore_errors=True)
             raise
-        if keys_strip is None:  # a finish or a redo takes a keys strip's settings: the source's own are not its
-            place.mark_source(source, settings)
+        self.marks_source = keys_strip is None  # a finish or a redo takes a keys strip's settings, not the source's
+        if self.marks_source:
+            place.mark_source(source, self.settings)
         self.cancel = threading.Event()  # the user's Cancel, or another file opened; the task gets it
         self.task: tasks.Task | None = None  # the backend job, once the export is done
         self.job_id: str | None = None
@@ -102,9 +116,26 @@ class Translation:
     def fraction(self) -> float:
         return self.done / self.total if self.total else 0.0
 
+    @property
+    def exporting(self) -> bool:
+        """Whether frames or render passes are still to be exported."""
+        return self.exporter is not None or self.pass_exporter is not None
+
+    def tell(self, text: str) -> None:
+        """Say ``text`` about the job: to ``note`` (headless), else the console; the queue box shows it too."""
+        self.notes.append(text)
+        if self.note is not None:
+            self.note(text)
+        else:
+            log(f"{self.source_name}: {text}")
+
     # -- step 1: export ------------------------------------------------------------------------------------
     def export_frames(self, count: int) -> None:
-        """Render the next ``count`` frames; when all are there (or on cancel or error) close the exporter."""
+        """Render the next ``count`` frames, then the next ``count`` frames' render passes; when all are there (or
+        on cancel or error) close the exporters."""
+        if self.exporter is None:
+            self.export_passes(count)
+            return
         exporter = self.exporter
         ended = error = None
         if self.cancel.is_set():
@@ -123,14 +154,57 @@ class Translation:
         exporter.close()
         self.exporter, self.frames = None, exporter.files
         if ended:
+            self._close_passes()
             self._end(None, error)
+
+    def export_passes(self, count: int) -> None:
+        """Render the passes of the next ``count`` frames; where they cannot be made, fall back
+        (``without_passes``) or, for a job that cannot do without them, fail."""
+        exporter = self.pass_exporter
+        if self.cancel.is_set():
+            self._close_passes()
+            self._end(None)
+            return
+        if bpy.app.is_job_running("RENDER"):
+            return
+        try:
+            done, total = exporter.step(count)
+        except Exception as exc:
+            self._close_passes()
+            try:
+                self.settings, notes = without_passes(self.settings, str(exc))
+            except Refused as refused:
+                self._end(None, str(refused))
+                return
+            self.pass_names = ()
+            self._mark_source()
+            for text in notes:
+                self.tell(text)
+            return
+        self.handle(tasks.Progress(PASSES_STAGE, done, total))
+        if done == total:
+            self.passes = exporter.files()
+            self._close_passes()
+
+    def _close_passes(self) -> None:
+        if self.pass_exporter is not None:
+            self.pass_exporter.close()
+            self.pass_exporter = None
+
+    def _mark_source(self) -> None:
+        """The job settings on the source strip again (a fallback changed them), if it is still there."""
+        scene = bpy.data.scenes.get(self.scene_name)
+        source = compat.all_strips(compat.editor(scene)).get(self.source_name) if scene is not None else None
+        if self.marks_source and source is not None:
+            place.mark_source(source, self.settings)
 
     # -- step 2: submit ------------------------------------------------------------------------------------
     def submit(self, threaded: bool) -> None:
         """Run the backend job on the exported frames: on its thread, ``poll`` handing on its messages (UI), or
         here, handling each message as it comes (synchronous: returns when the job is over)."""
         self.task = jobrun.job_task(self.get_client, self.settings, self.frames, self.out_dir, self.handle,
-                                    starting=threaded or not self.backend_started, part=self.part, keys=self.keys)
+                                    starting=threaded or not self.backend_started, part=self.part, keys=self.keys,
+                                    passes=self.passes)
         if threaded:
             self.task.start()
         else:
@@ -207,6 +281,7 @@ class Translation:
             else:
                 place.mark_result(strip, source, self.settings, self.job_id)
         props.apply_settings(strip, self.settings)  # with the seed used (Random Seed off)
+        place.mark_guidance(strip, render_passes.guidance(self.pass_names))
         self.result_name = strip.name
         preview.remove(self)  # not kept in the undo step
         place.push_undo(f"FRESCO: {'finish' if self.part == wire.FINISH else 'add'} {strip.name}")
@@ -260,9 +335,9 @@ class Translation:
         """
         if self.finished:
             return None
-        if self.exporter is not None:
+        if self.exporting:
             self.export_frames(EXPORT_FRAMES_PER_TICK)
-            if self.exporter is None and not self.finished:
+            if not self.exporting and not self.finished:
                 self.submit(threaded=True)
         task = self.task
         if task is not None and not self.finished:
@@ -272,7 +347,7 @@ class Translation:
                 self._task_ended()
         if self.finished:
             return None
-        return 0.0 if self.exporter is not None else POLL_INTERVAL
+        return 0.0 if self.exporting else POLL_INTERVAL
 
     def run(self) -> Any:
         """Every step here, at once (background mode, the farm), logging the progress unless ``report`` is
@@ -284,7 +359,7 @@ class Translation:
             self.note = lambda text: log(f"{self.source_name}: {text}")
         try:
             self.note_cost()
-            while self.exporter is not None:
+            while self.exporting and not self.finished:
                 self.export_frames(export.BATCH)
             if not self.finished:
                 self.submit(threaded=False)
@@ -295,6 +370,7 @@ class Translation:
             if self.exporter is not None:
                 self.exporter.close()
                 self.exporter = None
+            self._close_passes()
             if not self.finished:
                 self._end(None, str(exc) or type(exc).__name__)
             if interrupted:
@@ -444,6 +520,7 @@ def check(source: Any | None, config: dict[str, str], warn: Callable[[str], None
         settings = schema.validate(props.job_settings(source))
     except schema.SettingsError as exc:
         raise Refused(str(exc)) from exc
+    plan_passes(source.id_data, source, settings)  # refused where a normal ControlNet has no normals to use
     problem = backend.config_problem(config)
     if problem:
         raise Refused(problem)
@@ -453,6 +530,53 @@ def check(source: Any | None, config: dict[str, str], warn: Callable[[str], None
         if warn is not None:
             warn(note)
     return settings
+
+
+def plan_passes(scene: Any, strip: Any, settings: dict) -> tuple[dict, tuple[str, ...], list[str]]:
+    """(the settings a job of ``strip`` runs with, the render passes it gets, what the user is told): the passes
+    its ``settings`` use (``passes.useful``) where ``strip`` is a 3D scene strip that has them
+    (``render_passes.problem``), else the settings that do without them (``without_passes``). Changes nothing."""
+    wanted = passes.useful(settings)
+    why = render_passes.problem(scene, strip) if wanted else None
+    if why is None:
+        return settings, wanted, []
+    settings, notes = without_passes(settings, why)
+    return settings, (), notes
+
+
+def frame_passes(scene: Any, strip: Any, settings: dict, folder: Path,
+                 only: int) -> tuple[dict, dict[str, list[Path]], list[str]]:
+    """``plan_passes`` for the one frame ``only`` (0-based) of ``strip``, whose passes are rendered here at once
+    to ``folder``: (the settings, pass name -> its one file, what the user is told)."""
+    settings, names, notes = plan_passes(scene, strip, settings)
+    if not names:
+        return settings, {}, notes
+    try:
+        exporter = render_passes.PassExporter(scene, strip, names, folder, only)
+        try:
+            exporter.step(1)
+        finally:
+            exporter.close()
+    except Exception as exc:
+        settings, notes = without_passes(settings, str(exc))
+        return settings, {}, notes
+    return settings, exporter.files(), notes
+
+
+def without_passes(settings: dict, why: str) -> tuple[dict, list[str]]:
+    """(the settings of a job that gets no render passes, what the user is told): flow "render" becomes the
+    estimated flow (DIS), a depth ControlNet estimates its depth. ``why``: why there are none, in words.
+    ``Refused`` for a normal ControlNet, which nothing else can give its normals."""
+    if "normal" in passes.required(settings):
+        raise Refused(f"the Normal ControlNet needs the surface normals a 3D scene strip renders, and there are "
+                      f"none: {why}. Choose another ControlNet")
+    notes = []
+    if settings["flow"] == passes.RENDER_FLOW:
+        settings = {**settings, "flow": ESTIMATED_FLOW}
+        notes.append(f"Optical Flow Render falls back to estimated motion: {why}")
+    if "depth" in {control["kind"] for control in settings["controls"]}:
+        notes.append(f"the Depth ControlNet falls back to estimated depth: {why}")
+    return settings, notes
 
 
 def begin(entry: Any, report: Report | None = None, note: Callable[[str], None] | None = None) -> Translation:

@@ -23,7 +23,7 @@ class QueueClient(FakeClient):
         self.jobs: list[dict] = []
         self.fail_job = fail_job
 
-    def create_job(self, settings, frame_count, part="all", keys=()):
+    def create_job(self, settings, frame_count, part="all", keys=(), passes=()):
         self.frames, self.sent = {}, False
         self.jobs.append(dict(settings))
         self.fail = "out of GPU memory" if len(self.jobs) == self.fail_job else None

@@ -100,7 +100,7 @@ def counting_parts(addon, monkeypatch) -> list[str]:
     parts: list[str] = []
     original = client_module.Client.create_job
 
-    def create_job(self, settings, frame_count, part="all", keys=()):
+    def create_job(self, settings, frame_count, part="all", keys=(), passes=()):
         parts.append(f"{part} {list(keys)}" if part == "keys" and keys else part)
         return original(self, settings, frame_count, part, keys)
 

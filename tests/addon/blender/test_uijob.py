@@ -26,7 +26,7 @@ class FakeClient:
         self.sent = False
         self.deleted = False
 
-    def create_job(self, settings, frame_count, part="all", keys=()):
+    def create_job(self, settings, frame_count, part="all", keys=(), passes=()):
         self.settings, self.count = dict(settings), frame_count
         return "job-1"
 
