@@ -129,10 +129,15 @@ def draw_render_guidance(layout: Any, context: Any, strip: Any, values: Mapping[
     try:
         notes = translation.without_passes(dict(values), why)[1]
     except translation.Refused as exc:
-        layout.label(text=str(exc), icon="ERROR")
+        layout.label(text=sentence(str(exc)), icon="ERROR")
         return
     for text in notes:
-        layout.label(text=text[:1].upper() + text[1:], icon="INFO")
+        layout.label(text=sentence(text), icon="INFO")
+
+
+def sentence(text: str) -> str:
+    """A message as a line of the panel starts: with a capital."""
+    return text[:1].upper() + text[1:]
 
 
 def draw_setting(layout: Any, group: Any, setting: schema.Setting) -> None:
@@ -208,7 +213,7 @@ def draw_queue(layout: Any, context: Any) -> None:
             else:
                 box.label(text=text)
         for text in job.notes if job is not None else ():
-            box.label(text=text[:1].upper() + text[1:], icon="INFO")
+            box.label(text=sentence(text), icon="INFO")
         if entry.error:
             box.label(text=entry.error, icon="ERROR")
         if entry.result_name:

@@ -15,6 +15,7 @@ the next one, in pixels, y up; Depth is the distance from the camera's plane; No
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
@@ -234,17 +235,18 @@ class PassExporter:
             return planes[key]
 
         values: dict[str, list[Iterable[float]]] = {}
-        if "flow_next" in self.names:
-            values["flow_next"] = [map(neg, channel("Vector", "Z")), channel("Vector", "W")]
-        if "flow_prev" in self.names:
-            values["flow_prev"] = [channel("Vector", "X"), map(neg, channel("Vector", "Y"))]
+        vector = {axis: channel("Vector", axis) for axis in "XYZW"} if set(passes.FLOW) & set(self.names) else {}
+        if "flow_next" in self.names:  # from where it will be: negated; y up like the flow's y down
+            values["flow_next"] = [_finite(map(neg, vector["Z"]), [vector["Z"]]), _finite(vector["W"])]
+        if "flow_prev" in self.names:  # to where it was; y up: negated
+            values["flow_prev"] = [_finite(vector["X"]), _finite(map(neg, vector["Y"]), [vector["Y"]])]
         if "depth" in self.names:
             values["depth"] = [_clamped(channel("Depth", "Z"), MIN_DEPTH, passes.MAX_DEPTH)]
         if "normal" in self.names:
-            values["normal"] = _camera_normals(temp, frame, [channel("Normal", axis) for axis in "XYZ"])
+            world = [channel("Normal", axis) for axis in "XYZ"]
+            values["normal"] = [_finite(plane, world) for plane in _camera_normals(temp, frame, world)]
         for name, planes_of_pass in values.items():
-            halves = b"".join(_halves(_clamped(plane, -passes.MAX_DEPTH, passes.MAX_DEPTH), width * height)
-                              for plane in planes_of_pass)
+            halves = b"".join(struct.pack(f"<{width * height}e", *plane) for plane in planes_of_pass)
             files.write_bytes_atomic(passes.pass_file(self.out_dir, name, self.done),
                                      passes.encode(name, width, height, halves))
 
@@ -265,8 +267,19 @@ def _clamped(values: Iterable[float], low: float, high: float) -> Iterable[float
     return map(max, repeat(low), map(min, repeat(high), values))
 
 
-def _halves(values: Iterable[float], count: int) -> bytes:
-    return struct.pack(f"<{count}e", *values)
+def _finite(values: Iterable[float], made_of: Sequence[array] | None = None) -> Iterable[float]:
+    """``values`` as float16 can hold them: clamped to +-MAX_DEPTH unless each plane they are ``made_of`` (a
+    flow's own plane, the normals' world planes: at most sqrt(3) times their largest value) is finite and within
+    half of it, as Blender's passes are (three loops in C over the plane instead of two calls a value)."""
+    for plane in made_of or [values]:
+        try:
+            finite = math.isfinite(math.fsum(plane)) and -passes.MAX_DEPTH / 2 < min(plane) <= max(plane) < \
+                passes.MAX_DEPTH / 2
+        except (OverflowError, ValueError):  # an infinity or a sum past the floats
+            finite = False
+        if not finite:
+            return _clamped(values, -passes.MAX_DEPTH, passes.MAX_DEPTH)
+    return values
 
 
 def _camera_normals(temp: Any, frame: int, world: list[array]) -> list[Iterable[float]]:

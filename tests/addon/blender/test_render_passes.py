@@ -246,7 +246,9 @@ def test_normals_in_camera_space_and_planar_depth(addon, blend, compat, tmp_path
     up = square(shot, "up", 1.2, emission("yellow", (1.0, 1.0, 0.0)), camera)
     up.location, up.rotation_euler = (1.5, 0, -8), (math.radians(-45), 0, 0)
     strip = add_scene_strip(bpy.context.scene, shot, compat)
+    placed = [tuple(map(tuple, obj.matrix_world)) for obj in shot.objects]
     export_passes(addon, bpy.context.scene, strip, tmp_path, ["normal", "depth"], frames_per_step=FRAMES)
+    assert [tuple(map(tuple, obj.matrix_world)) for obj in shot.objects] == placed  # the copy's frames only
     s = math.sqrt(0.5)
     at = {"facing": (WIDTH // 2, 4), "right": (15, HEIGHT // 2), "up": (WIDTH - 16, HEIGHT // 2)}
     expected = {"facing": (0, 0, 1), "right": (s, 0, s), "up": (0, s, s)}
@@ -463,3 +465,56 @@ def test_translate_a_scene_strip_with_its_passes(addon, backend_env, textured_sh
     result = compat.all_strips(bpy.context.scene.sequence_editor)["shot.fresco"]
     assert len(result.elements) == FRAMES and result["fresco_guidance"] == "motion, depth"
     assert json.loads(result["fresco_settings"])["flow"] == "render"
+
+
+def test_farm_sends_the_passes(addon, textured_shot, compat, monkeypatch, capfd):
+    """The farm's strips go through the same steps: the passes are exported (its log says so) and sent."""
+    farm = addon_module(addon, "farm")
+    monkeypatch.setattr(addon_module(addon, "backend"), "config_problem", lambda config: None)
+    client = PassClient()
+    monkeypatch.setattr(addon_module(addon, "session").get().backend, "get_client",
+                        lambda config, timeout=60.0: client)
+    textured_shot.fresco.flow = "render"
+    bpy.ops.wm.save_mainfile()
+    assert farm.run(["shot"]) == 0
+    out = capfd.readouterr().out
+    assert f"FRESCO farm: [1/1] Scene/shot: render passes {FRAMES}/{FRAMES}" in out, out
+    assert client.passes == ["flow_prev", "flow_next", "depth"]
+
+
+def test_panel_says_what_the_render_guides(addon, textured_shot, movie_scene, compat):
+    """The panel names what a scene strip takes from its render, and what happens instead where a strip has no
+    render passes; a result strip says what its render guided."""
+    from test_panel import flat, panel
+
+    def labels():
+        return [e[1] for e in flat(panel()) if e[0] == "label"]
+
+    ed = bpy.context.scene.sequence_editor
+    textured_shot.fresco.flow = "render"
+    ed.active_strip = textured_shot
+    assert "From the 3D render: motion, depth" in labels()
+    clip = compat.all_strips(ed)["clip"]
+    clip.fresco.flow = "render"
+    ed.active_strip = clip
+    assert "Optical Flow Render falls back to estimated motion: clip is a movie strip, not a 3D scene" in labels()
+    controls(clip, "normal")
+    assert any(text.startswith("The Normal ControlNet needs the surface normals") for text in labels()), labels()
+    textured_shot["fresco_settings"], textured_shot["fresco_guidance"] = "{}", "motion, depth"
+    ed.active_strip = textured_shot
+    assert "Guided by its 3D render: motion, depth" in labels()
+
+
+def test_preview_frame_sends_its_frames_passes(addon, textured_shot, compat, monkeypatch):
+    """Preview Frame of a scene strip with a normal ControlNet: the job carries the normals of that one frame."""
+    passes = addon_module(addon, "contract").passes
+    monkeypatch.setattr(addon_module(addon, "backend"), "config_problem", lambda config: None)
+    client = PassClient()
+    monkeypatch.setattr(addon_module(addon, "session").get().backend, "get_client",
+                        lambda config, timeout=60.0: client)
+    controls(textured_shot, "normal", "canny")
+    bpy.context.scene.frame_current = compat.visible_start(textured_shot) + 2
+    assert bpy.ops.fresco.preview_frame() == {"FINISHED"}
+    assert client.count == 1 and client.passes == ["normal"] and client.settings["controls"][0]["kind"] == "normal"
+    assert passes.read_header("normal", client.uploaded["normal", 0])[0] == (3, HEIGHT, WIDTH)
+    assert marked_scenes(addon) == []
