@@ -21,12 +21,19 @@ previous frame warped to the next with OpenCV's Farneback flow of the input, ove
 pixels (``metrics.pixel_mse``; Farneback is independent of the DIS flow that propagation warps with, so
 it does not flatter the propagated frames); the stylised frames' own temporal error is the reference.
 ``--clip``, ``--start``, ``--frames`` and ``--short`` measure other clips or sections than the default ones.
+
+``--scene`` measures, instead of the clips, a 3D shot that the benchmark renders in Blender (benchmarks/rendered_scene.py, through
+the add-on's own exporters): propagation along DIS (today's default), along the renderer's motion (the ``flow``
+setting "render", ``render_passes.py``) and along RAFT where ``--raft-weights`` are given, against the same
+stylisation ground truth; its moving edges are those the renderer's motion says move.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,17 +46,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fresco_backend import propagate  # noqa: E402
-from fresco_backend.flow import FarnebackFlow, OpenCVFlow, estimate_batch_flow  # noqa: E402
+from fresco_backend.flow import FarnebackFlow, OpenCVFlow, estimate_batch_flow, load_estimator  # noqa: E402
+from fresco_backend.render_passes import RenderPasses  # noqa: E402
+from fresco_contract import passes  # noqa: E402
 from fresco_contract.estimate import working_size  # noqa: E402
 from fresco_backend.frames import resize  # noqa: E402
 from fresco_backend.metrics import pixel_mse  # noqa: E402
-from fresco_backend.video_io import iter_frames  # noqa: E402
+from fresco_backend.video_io import iter_frames, read_png  # noqa: E402
 
 MEDIA = REPO / "tests" / "data"
 CLIPS = ("bikes.mp4", "carphone_pristine.mp4")
 MOVING_PX = 1.0         # input flow magnitude (px per frame) from which a pixel counts as moving
 FULL = dict(frames=49, short=128, intervals=(8, 16))  # 320x128 (bikes), 192x128 (carphone)
 QUICK = dict(frames=9, short=48, intervals=(8,))
+SCENE = dict(frames=49, width=192, height=128, intervals=(8, 16))  # the rendered shot (``--scene``)
+QUICK_SCENE = dict(frames=9, width=96, height=64, intervals=(8,))
+LIGHTS = ("sun", "sky")  # benchmarks/rendered_scene.py's lights: moving shadows, or an even light
 REFERENCE = "ground truth"  # the method name of the stylised frames themselves (temporal error only)
 
 
@@ -81,13 +93,14 @@ STYLES = {"cartoon": cartoon, "colour": colour_map}
 # ---------------------------------------------------------------- methods
 
 def propagated(span_fn, frames: list, styled: list, interval: int) -> dict[int, np.ndarray]:
-    """Frame index -> propagated frame for every non-key frame, keys at 0, interval, ..."""
+    """Frame index -> propagated frame for every non-key frame, keys at 0, interval, ...; ``span_fn(inputs,
+    first_key, last_key=None, start=index of inputs[0])``."""
     keys = list(range(0, len(frames), interval))
     out = {}
     for k0, k1 in zip(keys[:-1], keys[1:]):
-        out.update(enumerate(span_fn(frames[k0:k1 + 1], styled[k0], styled[k1]), k0 + 1))
+        out.update(enumerate(span_fn(frames[k0:k1 + 1], styled[k0], styled[k1], start=k0), k0 + 1))
     if keys[-1] < len(frames) - 1:
-        out.update(enumerate(span_fn(frames[keys[-1]:], styled[keys[-1]]), keys[-1] + 1))
+        out.update(enumerate(span_fn(frames[keys[-1]:], styled[keys[-1]], start=keys[-1]), keys[-1] + 1))
     return out
 
 
@@ -98,7 +111,7 @@ def nearest_key(frames: list, styled: list, interval: int) -> dict[int, np.ndarr
 
 def one_sided(span_fn):
     """A span function that ignores the far key: every frame warped from the previous key."""
-    return lambda inputs, first, last=None: span_fn(inputs, first)[:len(inputs) - (1 if last is None else 2)]
+    return lambda inputs, first, last=None, start=0: span_fn(inputs, first)[:len(inputs) - (1 if last is None else 2)]
 
 
 # ---------------------------------------------------------------- metrics
@@ -118,11 +131,13 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))))
 
 
-def moving_edges(frames: list, styled: list) -> dict[int, np.ndarray]:
-    """Frame index -> bool mask of moving edges (input flow to the previous frame >= MOVING_PX on a stylised edge)."""
+def moving_edges(frames: list, styled: list, motion=None) -> dict[int, np.ndarray]:
+    """Frame index -> bool mask of moving edges (input flow to the previous frame >= MOVING_PX on a stylised edge;
+    ``motion(t)``: that flow, (H, W, 2), default DIS's estimate)."""
     estimator, out = OpenCVFlow(), {}
+    motion = motion or (lambda t: estimator(frames[t], frames[t - 1]))
     for t in range(1, len(frames)):
-        moving = np.linalg.norm(estimator(frames[t], frames[t - 1]), axis=-1) >= MOVING_PX
+        moving = np.linalg.norm(motion(t), axis=-1) >= MOVING_PX
         edges = cv2.dilate(cv2.Canny(cv2.cvtColor(styled[t], cv2.COLOR_RGB2GRAY), 60, 140), np.ones((3, 3), np.uint8))
         out[t] = moving & (edges > 0)
     return out
@@ -167,7 +182,7 @@ def read_clip(path: Path, frames: int, short: int, start: int = 0) -> list[np.nd
 def methods() -> dict:
     """Method name -> (frames, styled, interval) -> {index: frame}."""
     def span(options):
-        return lambda inputs, first, last=None: propagate.propagate_span(inputs, first, last, options=options)
+        return lambda inputs, first, last=None, start=0: propagate.propagate_span(inputs, first, last, options=options)
 
     before = span(replace(propagate.DEFAULT, **{t: False for t in propagate.TECHNIQUES}))
     table = {"nearest key": nearest_key,
@@ -190,34 +205,92 @@ def measure(plan: dict) -> list[dict]:
         if len(frames) < plan["frames"]:
             raise SystemExit(f"{clip} has {len(frames)} frames from frame {plan.get('start', 0)}, "
                              f"{plan['frames']} asked for")
-        farneback = estimate_batch_flow(frames, FarnebackFlow())
-        for style, stylise in STYLES.items():
-            styled = [stylise(f) for f in frames]
-            edges = moving_edges(frames, styled)
-            reference = 1e3 * pixel_mse(styled, farneback)
-            for interval in plan["intervals"]:
-                rows.append(dict(clip=clip, style=style, interval=interval, method=REFERENCE, temporal=reference,
-                                 frames=len(frames), size=f"{frames[0].shape[1]}x{frames[0].shape[0]}"))
-                for name, method in table.items():
-                    started = time.perf_counter()
-                    result = method(frames, styled, interval)
-                    ms = (time.perf_counter() - started) * 1e3 / len(result)
-                    rows.append(dict(clip=clip, style=style, interval=interval, method=name, ms_per_frame=ms,
-                                     frames=len(frames), size=f"{frames[0].shape[1]}x{frames[0].shape[0]}",
-                                     temporal=temporal(result, styled, farneback),
-                                     **score(result, styled, edges, interval)))
-                    print(f"  {clip} {style} every {interval}: {name} {rows[-1]['psnr']:.2f} dB", file=sys.stderr,
-                          flush=True)
+        rows += measure_clip(clip, frames, table, plan["intervals"])
     return rows
 
 
-def summary(rows: list[dict]) -> list[dict]:
-    """Per interval and method: means over clips and styles, with the gain over 'before' and the temporal
+def measure_clip(clip: str, frames: list, table: dict, intervals, motion=None) -> list[dict]:
+    """The rows of one clip: every method of ``table`` at every key interval, for every style (``moving_edges``'s
+    ``motion``: the input's own motion where it is known)."""
+    rows = []
+    farneback = estimate_batch_flow(frames, FarnebackFlow())
+    for style, stylise in STYLES.items():
+        styled = [stylise(f) for f in frames]
+        edges = moving_edges(frames, styled, motion)
+        reference = 1e3 * pixel_mse(styled, farneback)
+        for interval in intervals:
+            rows.append(dict(clip=clip, style=style, interval=interval, method=REFERENCE, temporal=reference,
+                             frames=len(frames), size=f"{frames[0].shape[1]}x{frames[0].shape[0]}"))
+            for name, method in table.items():
+                started = time.perf_counter()
+                result = method(frames, styled, interval)
+                ms = (time.perf_counter() - started) * 1e3 / len(result)
+                rows.append(dict(clip=clip, style=style, interval=interval, method=name, ms_per_frame=ms,
+                                 frames=len(frames), size=f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+                                 temporal=temporal(result, styled, farneback),
+                                 **score(result, styled, edges, interval)))
+                print(f"  {clip} {style} every {interval}: {name} {rows[-1]['psnr']:.2f} dB", file=sys.stderr,
+                      flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------- a rendered 3D shot: the renderer's own motion
+
+def render_scene(plan: dict, bpy_python: Path, addon: str, light: str, folder: Path) -> RenderPasses:
+    """The shot of benchmarks/rendered_scene.py in ``light`` rendered by ``bpy_python`` into ``folder`` through the
+    add-on's exporters (its zip ``addon``): the colour frames and every render pass."""
+    command = [str(bpy_python), str(REPO / "benchmarks" / "rendered_scene.py"), "--addon", addon, "--out",
+               str(folder), "--frames", str(plan["frames"]), "--width", str(plan["width"]),
+               "--height", str(plan["height"]), "--light", light]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"rendering the scene failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return RenderPasses(folder / "passes", tuple(passes.PASSES), plan["frames"], (plan["width"], plan["height"]))
+
+
+def scene_methods(rendered: RenderPasses, raft_weights: Path | None) -> dict:
+    """Today's propagation along DIS, along the renderer's motion, and along RAFT where its weights are given."""
+    def along(estimator=None):
+        def span(inputs, first, last=None, start=0):
+            flows = None if estimator else rendered.batch_flow(range(start, start + len(inputs)))
+            return propagate.propagate_span(inputs, first, last, estimator, flows=flows)
+        return lambda f, s, i: propagated(span, f, s, i)
+
+    table = {"DIS": along(OpenCVFlow()), "render flow": along()}
+    if raft_weights is not None:
+        table["RAFT"] = along(load_estimator("raft", str(raft_weights)))
+    return table
+
+
+def measure_scene(plan: dict, bpy_python: Path, raft_weights: Path | None) -> tuple[list[dict], dict]:
+    """(rows, each light's export timing) of the rendered shot, in both of its lights."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    rows, timing = [], {}
+    with tempfile.TemporaryDirectory(prefix="fresco-scene-") as temp:
+        addon = subprocess.run([sys.executable, str(REPO / "build_addon.py"), "--out", temp], check=True,
+                               capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        for light in LIGHTS:
+            folder = Path(temp) / light
+            rendered = render_scene(plan, bpy_python, addon, light, folder)
+            frames = [read_png(folder / f"{i + 1:04d}.png") for i in range(plan["frames"])]
+            timing[light] = json.loads((folder / "timing.json").read_text())
+
+            def motion(t: int) -> np.ndarray:  # the renderer's, to the previous frame
+                return rendered.read("flow_prev", t).transpose(1, 2, 0)
+
+            rows += measure_clip(f"shot, {light} light", frames, scene_methods(rendered, raft_weights),
+                                 plan["intervals"], motion)
+    return rows, timing
+
+
+def summary(rows: list[dict], baseline: str = "before") -> list[dict]:
+    """Per interval and method: means over clips and styles, with the gain over ``baseline`` and the temporal
     error relative to the ground truth's (the reference row carries its temporal error only)."""
     out = []
     for interval in sorted({r["interval"] for r in rows}):
         subset = [r for r in rows if r["interval"] == interval]
-        base = {(r["clip"], r["style"]): r for r in subset if r["method"] == "before"}
+        base = {(r["clip"], r["style"]): r for r in subset if r["method"] == baseline}
         truth = {(r["clip"], r["style"]): r["temporal"] for r in subset if r["method"] == REFERENCE}
         for name in dict.fromkeys(r["method"] for r in subset):
             mine = [r for r in subset if r["method"] == name]
@@ -235,7 +308,7 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def print_tables(rows: list[dict], means: list[dict]) -> None:
+def print_tables(rows: list[dict], means: list[dict], baseline: str = "before") -> None:
     print(f"{'clip':22s} {'style':8s} {'key':>3s} {'method':28s} {'PSNR':>6s} {'SSIM':>6s} {'edge':>6s} "
           f"{'top5%':>6s} {'ms/f':>6s} {'tMSE':>6s}  PSNR by distance to key")
     for r in rows:
@@ -247,8 +320,8 @@ def print_tables(rows: list[dict], means: list[dict]) -> None:
               f"{r['edge_mean']:6.1f} {r['edge_top5']:6.1f} {r['ms_per_frame']:6.1f} {r['temporal']:6.2f}  {dist}")
     print("\ntMSE: temporal Pixel-MSE x 1000 (Farneback flow of the input, keys included)")
     print(f"means over clips and styles{'':4s}{'PSNR':>6s} {'SSIM':>6s} {'edge':>6s} {'top5%':>6s} {'ms/f':>6s} "
-          f"{'tMSE':>6s} {'tMSE / truth':>12s} {'dB vs before':>12s} {'top5 / before':>13s} {'time / before':>13s} "
-          f"{'tMSE / before':>13s}")
+          f"{'tMSE':>6s} {'tMSE / truth':>12s} {'dB vs ' + baseline:>12s} {'top5 / ' + baseline:>13s} "
+          f"{'time / ' + baseline:>13s} {'tMSE / ' + baseline:>13s}")
     for m in means:
         if m["method"] == REFERENCE:
             print(f"every {m['interval']:2d}: {m['method']:22s} {'':34s} {m['temporal']:6.2f} {1:12.2f}")
@@ -268,16 +341,33 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="first frame of each clip (default 0)")
     parser.add_argument("--frames", type=int, help="frames per clip")
     parser.add_argument("--short", type=int, help="short side in pixels")
+    parser.add_argument("--scene", action="store_true",
+                        help="a 3D shot rendered by Blender (benchmarks/rendered_scene.py) instead of the clips: "
+                             "propagation along DIS, along the renderer's motion and along RAFT (--raft-weights)")
+    parser.add_argument("--bpy", type=Path, default=REPO / ".venv-bpy53" / "bin" / "python",
+                        help="the Python with bpy that renders the shot (default: .venv-bpy53's, from make setup)")
+    parser.add_argument("--raft-weights", type=Path, help="RAFT weights (raft-things.pth) for the shot's RAFT row")
     args = parser.parse_args()
     started = time.perf_counter()
     plan = dict(QUICK if args.quick else FULL, start=args.start)
     plan.update({k: v for k, v in (("clips", args.clip), ("frames", args.frames), ("short", args.short)) if v})
-    rows = measure(plan)
-    means = summary(rows)
-    print_tables(rows, means)
+    if args.scene:
+        plan = QUICK_SCENE if args.quick else SCENE
+        rows, timing = measure_scene(plan, args.bpy, args.raft_weights)
+        means = summary(rows, "DIS")
+        for light, times in timing.items():
+            print(f"{light} light: {plan['frames']} frames at {plan['width']}x{plan['height']}, exported in "
+                  f"{times['colour_s']:.1f} s (colour) + {times['passes_s']:.1f} s (passes)")
+        print_tables(rows, means, "DIS")
+        report = {"plan": plan, "rows": rows, "means": means, "export_seconds": timing}
+    else:
+        rows = measure(plan)
+        means = summary(rows)
+        print_tables(rows, means)
+        report = {"plan": plan, "rows": rows, "means": means}
     print(f"wall time {time.perf_counter() - started:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"plan": plan, "rows": rows, "means": means}, indent=1))
+        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
