@@ -94,14 +94,16 @@ def weights_path(kind: str, cache_dir: str | os.PathLike | None = None) -> Path:
         f"or put {_local_name(kind)} into the annotators folder{now} given by --annotators or {ENV_FOLDER}")
 
 
-def annotator_downloads(config: JobConfig,
-                        cache_dir: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+def annotator_downloads(config: JobConfig, cache_dir: str | os.PathLike | None = None,
+                        rendered: Sequence[str] = ()) -> list[tuple[str, str]]:
     """The (hub repo, file; "" for a whole transformers model repo) pairs the job's controls (of its
     ``config``) need that are not available locally yet, in the order of its
-    controls, each once. Download a pair with ``download.ensure_file(repo, file)``, or
+    controls, each once; none for a kind whose condition a render pass of the job gives (``rendered``: its pass
+    names, ``conditions.batch_conditions``). Download a pair with ``download.ensure_file(repo, file)``, or
     ``download.ensure_model(repo)`` when file is ""."""
     missing = [hubcache.ANNOTATORS[use.kind] for use in require(config).control.nets
-               if use.kind in hubcache.ANNOTATORS and find_weights(use.kind, cache_dir) is None]
+               if use.kind in hubcache.ANNOTATORS and use.kind not in rendered
+               and find_weights(use.kind, cache_dir) is None]
     return list(dict.fromkeys(missing))
 
 

@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fresco.server.jobs")
 
 UsePipeline = Callable[[JobConfig, threading.Event], ContextManager[Any]]
-Prepare = Callable[[JobConfig, Callable[[Progress], None], threading.Event], None]
+# (config, on_progress, cancel, the job's render pass names) -> None (``WarmModels.prepare``)
+Prepare = Callable[[JobConfig, Callable[[Progress], None], threading.Event, Sequence[str]], None]
 # (frames, config, on_progress, cancel, checkpoint[, keys_only, kept, rendered]) -> every (index, RGB) the checkpoint
 # does not hold yet, once (with keys_only=True: of the keys alone; kept: a redo's keys, as given, and those after
 # them; rendered: the clip's render passes, ``fresco_backend.render_passes.RenderPasses``)
@@ -475,7 +476,7 @@ class JobManager:
                                     job.cancel, checkpoint, job.rendered())
         else:
             if self._prepare is not None:
-                self._prepare(config, on_progress, job.cancel)
+                self._prepare(config, on_progress, job.cancel, job.passes)
             if job.cancel.is_set():
                 raise Cancelled("cancelled")
             if checkpoint.batches_done:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from fresco_backend.annotators import annotator_downloads
 from fresco_backend.config import JobConfig
@@ -77,9 +77,10 @@ class WarmModels:
                 self._lock.notify_all()
 
     def prepare(self, config: JobConfig, on_progress: Callable[[Progress], None],
-                cancel: threading.Event) -> None:
+                cancel: threading.Event, rendered: Sequence[str] = ()) -> None:
         """Download the job's model and ControlNets where they are hub ids not downloaded yet, and the
-        weights of its controls' annotators that are not there (``fresco_backend/annotators.py``).
+        weights of its controls' annotators that are not there (``fresco_backend/annotators.py``) and whose
+        condition none of its render passes (``rendered``: their names) gives.
 
         Raises ModelNotFoundError (the hub unreachable: what to do; a LoRA or RAFT file that cannot be
         used, checked first: ``fresco_backend/job_files.py``) or Cancelled."""
@@ -89,7 +90,7 @@ class WarmModels:
             if needs_download(ref):
                 log.info("downloading %s", ref)
                 ensure_model(ref, on_progress=on_progress, cancel=cancel)
-        for repo, filename in annotator_downloads(config):
+        for repo, filename in annotator_downloads(config, rendered=rendered):
             log.info("downloading %s of %s", filename or "the model", repo)
             if filename:
                 ensure_file(repo, filename, on_progress=on_progress, cancel=cancel)

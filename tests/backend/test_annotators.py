@@ -135,6 +135,9 @@ def test_weights_from_the_hub_cache_record(weights_folder, tmp_path, frames):
     assert A.weights_path("lineart") == snapshot / "sk_model.pth"
     assert A.annotator_downloads(job("canny", "lineart", "softedge", "depth")) == [
         ("lllyasviel/Annotators", "ControlNetHED.pth"), ("Intel/dpt-hybrid-midas", "")]
+    # a job carrying the render's depth pass needs no depth estimator
+    assert A.annotator_downloads(job("canny", "lineart", "softedge", "depth"), rendered=("depth", "flow_next")) == [
+        ("lllyasviel/Annotators", "ControlNetHED.pth")]
     A.set_annotators_folder(weights_folder)  # the folder comes first, then the cache
     assert A.weights_path("lineart") == weights_folder / "sk_model.pth"
     assert A.annotator_downloads(job("lineart", "softedge", "depth", "tile")) == []
