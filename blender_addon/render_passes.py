@@ -11,7 +11,8 @@ translation then falls back to estimating them (``translation.plan_passes``).
 
 What Blender's passes hold, measured by tests/addon/blender/test_render_passes.py: the file's rows run top to
 bottom; Vector is (x, y) towards where a surface was in the previous frame and (z, w) from where it will be in
-the next one, in pixels, y up; Depth is the distance from the camera's plane; Normal is in world space.
+the next one, in pixels, y up (EEVEE's as Cycles's); Depth is the distance from the camera's plane (Cycles: one
+sample a pixel); Normal is in world space; Vector and Normal are the mean over the pixel's filter.
 """
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ import bpy
 from . import compat, export, session
 from .contract import files, passes
 
-ENGINES = {"CYCLES": "Cycles", "BLENDER_EEVEE": "EEVEE", "BLENDER_EEVEE_NEXT": "EEVEE"}  # engines with the passes
+ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT")  # with the passes (EEVEE: 5.x, 4.2 to 4.5)
 # The passes are data of the first surface each camera ray meets, averaged over the pixel's samples: a few samples
 # give them noise-free (more only smooth the edges of surfaces further), and the light the copy's Combined pass
-# gathers is thrown away, so Cycles renders the copy with 4 samples, no bounces and no denoising.
+# gathers is thrown away, so Cycles renders the copy with 4 samples, no bounces and no denoising; EEVEE with 4.
 CYCLES_SAMPLES = 4
 EEVEE_SAMPLES = 4
 EXR_CODEC = "NONE"  # uncompressed: the reader copies rows instead of undoing ZIP's predictor byte by byte
@@ -293,11 +294,12 @@ def _camera_normals(temp: Any, frame: int, world: list[array]) -> list[Iterable[
             for row in to_camera]
 
 
-# -- OpenEXR, single-part scanline files (https://openexr.com/en/latest/OpenEXRFileLayout.html) ---------------------
+# -- OpenEXR, single-part scanline files (the layout of OpenEXR's documentation, "OpenEXR File Layout") -------------
 EXR_MAGIC = 20000630
-EXR_TILED, EXR_LONG_NAMES, EXR_DEEP, EXR_MULTIPART = 0x200, 0x400, 0x800, 0x1000
+EXR_TILED, EXR_DEEP, EXR_MULTIPART = 0x200, 0x800, 0x1000  # flags of the version field
 EXR_LINES = {0: 1, 2: 1, 3: 16}  # compression NONE, ZIPS, ZIP -> scanlines per block
-EXR_SIZES = {1: ("e", 2), 2: ("f", 4)}  # pixel type HALF, FLOAT -> struct format, bytes
+EXR_HALF, EXR_FLOAT = 1, 2  # pixel types
+EXR_SIZES = {EXR_HALF: 2, EXR_FLOAT: 4}  # bytes a value
 _MINUS_128 = bytes((b - 128) & 255 for b in range(256))
 
 
@@ -347,7 +349,7 @@ def read_exr(path: str | os.PathLike) -> tuple[int, int, dict[str, array]]:
     width, height = x1 - x0 + 1, y1 - y0 + 1
     lines = EXR_LINES[compression]
     blocks = -(-height // lines)
-    row_bytes = [(name, EXR_SIZES[kind][1] * width) for name, kind in channels]
+    row_bytes = [(name, EXR_SIZES[kind] * width) for name, kind in channels]
     line_bytes = sum(size for _name, size in row_bytes)
     rows: dict[str, list[bytes]] = {name: [b""] * height for name, _kind in channels}
     try:
@@ -369,7 +371,8 @@ def read_exr(path: str | os.PathLike) -> tuple[int, int, dict[str, array]]:
     planes = {}
     for name, kind in channels:
         joined = b"".join(rows[name])
-        planes[name] = array("f", joined) if kind == 2 else array("f", struct.unpack(f"<{width * height}e", joined))
+        planes[name] = (array("f", joined) if kind == EXR_FLOAT
+                        else array("f", struct.unpack(f"<{width * height}e", joined)))
     return width, height, planes
 
 

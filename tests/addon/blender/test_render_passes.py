@@ -443,15 +443,18 @@ def test_exr_reader_reads_zip_and_refuses_multipart(addon, blend, tmp_path):
     layer.use_pass_z = layer.use_pass_vector = True
     shot.render.use_motion_blur = False
     read = {}
-    for codec in ("NONE", "ZIPS", "ZIP"):
+    for codec, depth in (("NONE", "32"), ("ZIPS", "32"), ("ZIP", "32"), ("ZIP", "16")):
         compat.set_image_exr_layers(shot.render.image_settings, codec)
-        shot.render.filepath = str(tmp_path / f"{codec}.exr")
+        shot.render.image_settings.color_depth = depth  # 16: half floats
+        shot.render.filepath = str(tmp_path / f"{codec}{depth}.exr")
         assert bpy.ops.render.render(write_still=True, scene=shot.name) == {"FINISHED"}
-        read[codec] = render_passes.read_exr(tmp_path / f"{codec}.exr")
-    assert read["NONE"][:2] == (WIDTH, HEIGHT)
-    assert read["ZIP"] == read["NONE"] == read["ZIPS"]
-    assert len(set(read["NONE"][2][f"{layer.name}.Combined.R"])) > 100  # a texture, not a plain colour
-    data = bytearray((tmp_path / "NONE.exr").read_bytes())
+        read[codec, depth] = render_passes.read_exr(tmp_path / f"{codec}{depth}.exr")
+    assert read["NONE", "32"][:2] == read["ZIP", "16"][:2] == (WIDTH, HEIGHT)
+    assert read["ZIP", "32"] == read["NONE", "32"] == read["ZIPS", "32"]
+    red = read["NONE", "32"][2][f"{layer.name}.Combined.R"]
+    assert len(set(red)) > 100  # a texture, not a plain colour
+    assert list(read["ZIP", "16"][2][f"{layer.name}.Combined.R"]) == pytest.approx(list(red), abs=2e-3)
+    data = bytearray((tmp_path / "NONE32.exr").read_bytes())
     data[5] |= 0x10  # the multi-part flag
     (tmp_path / "multi.exr").write_bytes(bytes(data))
     with pytest.raises(render_passes.PassError, match="multi-part OpenEXR file"):
