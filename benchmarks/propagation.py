@@ -209,13 +209,14 @@ def measure(plan: dict) -> list[dict]:
     return rows
 
 
-def measure_clip(clip: str, frames: list, table: dict, intervals, motion=None) -> list[dict]:
+def measure_clip(clip: str, frames: list, table: dict, intervals, motion=None, truths=None) -> list[dict]:
     """The rows of one clip: every method of ``table`` at every key interval, for every style (``moving_edges``'s
-    ``motion``: the input's own motion where it is known)."""
+    ``motion``: the input's own motion where it is known; ``truths``: style name -> its frames, where they are
+    not a stylisation of the input's)."""
     rows = []
     farneback = estimate_batch_flow(frames, FarnebackFlow())
-    for style, stylise in STYLES.items():
-        styled = [stylise(f) for f in frames]
+    truths = truths or {style: [stylise(f) for f in frames] for style, stylise in STYLES.items()}
+    for style, styled in truths.items():
         edges = moving_edges(frames, styled, motion)
         reference = 1e3 * pixel_mse(styled, farneback)
         for interval in intervals:
@@ -236,12 +237,12 @@ def measure_clip(clip: str, frames: list, table: dict, intervals, motion=None) -
 
 # ---------------------------------------------------------------- a rendered 3D shot: the renderer's own motion
 
-def render_scene(plan: dict, bpy_python: Path, addon: str, light: str, folder: Path) -> RenderPasses:
-    """The shot of benchmarks/rendered_scene.py in ``light`` rendered by ``bpy_python`` into ``folder`` through the
-    add-on's exporters (its zip ``addon``): the colour frames and every render pass."""
+def render_scene(plan: dict, bpy_python: Path, addon: str, light: str, folder: Path, clay: bool = False) -> RenderPasses:
+    """The shot of benchmarks/rendered_scene.py in ``light`` (``clay``: its surfaces grey) rendered by ``bpy_python``
+    into ``folder`` through the add-on's exporters (its zip ``addon``): the colour frames and every render pass."""
     command = [str(bpy_python), str(REPO / "benchmarks" / "rendered_scene.py"), "--addon", addon, "--out",
                str(folder), "--frames", str(plan["frames"]), "--width", str(plan["width"]),
-               "--height", str(plan["height"]), "--light", light]
+               "--height", str(plan["height"]), "--light", light] + (["--clay"] if clay else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"rendering the scene failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -263,7 +264,9 @@ def scene_methods(rendered: RenderPasses, raft_weights: Path | None) -> dict:
 
 
 def measure_scene(plan: dict, bpy_python: Path, raft_weights: Path | None) -> tuple[list[dict], dict]:
-    """(rows, each light's export timing) of the rendered shot, in both of its lights."""
+    """(rows, each render's export timing) of the rendered shot in both of its lights: textured and stylised as
+    the clips are ("shot"), and as a grey previs whose look is the textured render of the same shot ("previs":
+    a look that sticks to the surfaces, as a translated 3D shot's should)."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     rows, timing = [], {}
@@ -279,8 +282,14 @@ def measure_scene(plan: dict, bpy_python: Path, raft_weights: Path | None) -> tu
             def motion(t: int) -> np.ndarray:  # the renderer's, to the previous frame
                 return rendered.read("flow_prev", t).transpose(1, 2, 0)
 
-            rows += measure_clip(f"shot, {light} light", frames, scene_methods(rendered, raft_weights),
-                                 plan["intervals"], motion)
+            table = scene_methods(rendered, raft_weights)
+            rows += measure_clip(f"shot, {light} light", frames, table, plan["intervals"], motion)
+            previs = Path(temp) / f"{light}-clay"
+            render_scene(plan, bpy_python, addon, light, previs, clay=True)
+            timing[f"{light}, clay"] = json.loads((previs / "timing.json").read_text())
+            grey = [read_png(previs / f"{i + 1:04d}.png") for i in range(plan["frames"])]
+            rows += measure_clip(f"previs, {light} light", grey, table, plan["intervals"], motion,
+                                 {"textured look": frames})
     return rows, timing
 
 
@@ -354,11 +363,15 @@ def main() -> None:
     if args.scene:
         plan = QUICK_SCENE if args.quick else SCENE
         rows, timing = measure_scene(plan, args.bpy, args.raft_weights)
-        means = summary(rows, "DIS")
-        for light, times in timing.items():
-            print(f"{light} light: {plan['frames']} frames at {plan['width']}x{plan['height']}, exported in "
+        for render, times in timing.items():
+            print(f"{render}: {plan['frames']} frames at {plan['width']}x{plan['height']}, exported in "
                   f"{times['colour_s']:.1f} s (colour) + {times['passes_s']:.1f} s (passes)")
-        print_tables(rows, means, "DIS")
+        means = {}
+        for family in ("shot", "previs"):  # stylised as the clips are; the textured look of a grey previs
+            mine = [r for r in rows if r["clip"].startswith(family)]
+            means[family] = summary(mine, "DIS")
+            print(f"\n{family}")
+            print_tables(mine, means[family], "DIS")
         report = {"plan": plan, "rows": rows, "means": means, "export_seconds": timing}
     else:
         rows = measure(plan)

@@ -1,11 +1,12 @@
 """A small 3D shot rendered by Blender for benchmarks/propagation.py: its colour frames and render passes as the
 add-on exports them for a scene strip. Run by a bpy Python (propagation.py does it):
 
-    .venv-bpy53/bin/python benchmarks/rendered_scene.py --addon ZIP --out DIR [--frames 49] [--width 192] [--height 128] [--light sun|sky]
+    .venv-bpy53/bin/python benchmarks/rendered_scene.py --addon ZIP --out DIR [--frames 49] [--width 192] [--height 128] [--light sun|sky] [--clay]
 
 The shot: a ground of blocky colour noise, a textured box that crosses the view turning about two axes, a
 textured ball that passes behind it, a column the camera pans past (parallax), lit by a sun (its shadows move
-over the ground) or by an even sky alone (``--light``); Cycles, 16 samples, denoised.
+over the ground) or by an even sky alone (``--light``); Cycles, 16 samples, denoised. ``--clay`` renders the same
+shot with every surface plain grey, as a previs looks.
 Writes DIR/0001.png ... (``export.render_strip`` of the scene strip) and DIR/passes/<name>/0001.npy
 (``render_passes.PassExporter``, every pass of ``fresco_contract.passes``), and DIR/timing.json (seconds of each
 export).
@@ -27,10 +28,13 @@ import bpy  # noqa: E402
 PASSES = ("flow_prev", "flow_next", "depth", "normal")
 
 
-def textured(name: str, scale: float, seed: int) -> bpy.types.Material:
-    """A material of blocky colour noise (a Voronoi cell colour mixed with fine noise): texture DIS can follow."""
+def textured(name: str, scale: float, seed: int, clay: bool = False) -> bpy.types.Material:
+    """A material of blocky colour noise (a Voronoi cell colour mixed with fine noise): texture DIS can follow;
+    ``clay``: plain grey instead."""
     material = bpy.data.materials.new(name)
     material.use_nodes = True
+    if clay:
+        return material
     nodes, links = material.node_tree.nodes, material.node_tree.links
     cells = nodes.new("ShaderNodeTexVoronoi")
     cells.inputs["Scale"].default_value = scale
@@ -73,9 +77,10 @@ def linear(obj: bpy.types.Object) -> None:
             point.interpolation = "LINEAR"
 
 
-def build_shot(frames: int, width: int, height: int, light: str) -> bpy.types.Scene:
+def build_shot(frames: int, width: int, height: int, light: str, clay: bool) -> bpy.types.Scene:
     """The shot, in the file's first scene (emptied of the start-up file's objects); ``light``: "sun" (a sun and
-    its moving shadows over a dim sky) or "sky" (an even sky light only: shading that barely changes)."""
+    its moving shadows over a dim sky) or "sky" (an even sky light only: shading that barely changes); ``clay``:
+    every surface plain grey, as a previs is shaded."""
     shot = bpy.context.scene
     shot.name = "Shot"
     for obj in list(shot.objects):
@@ -91,10 +96,10 @@ def build_shot(frames: int, width: int, height: int, light: str) -> bpy.types.Sc
     shot.world = bpy.data.worlds.new("Sky")
     shot.world.use_nodes = True
     shot.world.node_tree.nodes["Background"].inputs["Strength"].default_value = 1.0 if light == "sun" else 3.0
-    add("plane", textured("Ground", 3.0, 1), size=30)
-    box = add("cube", textured("Box", 4.0, 2), size=1.6)
-    ball = add("uv_sphere", textured("Ball", 5.0, 3), radius=0.9)
-    column = add("cylinder", textured("Column", 6.0, 4), radius=0.35, depth=5)
+    add("plane", textured("Ground", 3.0, 1, clay), size=30)
+    box = add("cube", textured("Box", 4.0, 2, clay), size=1.6)
+    ball = add("uv_sphere", textured("Ball", 5.0, 3, clay), radius=0.9)
+    column = add("cylinder", textured("Column", 6.0, 4, clay), radius=0.35, depth=5)
     column.location = (1.2, -2.0, 2.5)
     key(box, 1, (-4.0, 1.0, 1.2), (0.0, 0.0, 0.0))
     key(box, frames, (4.0, 0.0, 1.4), (math.radians(90), 0.0, math.radians(200)))
@@ -123,9 +128,10 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--light", choices=("sun", "sky"), default="sun")
+    parser.add_argument("--clay", action="store_true", help="every surface plain grey (a previs)")
     args = parser.parse_args(sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else None)
     addon = install_addon(args.addon)
-    shot = build_shot(args.frames, args.width, args.height, args.light)
+    shot = build_shot(args.frames, args.width, args.height, args.light, args.clay)
     edit = bpy.data.scenes.new("Edit")
     edit.render.resolution_x, edit.render.resolution_y = args.width, args.height
     edit.render.resolution_percentage = 100

@@ -120,17 +120,20 @@ def test_draft_quality_at_the_tiny_size(tiny_models):
 
 def test_propagation_on_a_rendered_shot(tmp_path):
     """benchmarks/propagation.py --scene --quick: the shot rendered by Blender through the add-on's exporters, in
-    both lights, propagated along DIS and along the renderer's motion; every row measured, the export timed."""
+    both lights, textured and as a grey previs, propagated along DIS and along the renderer's motion; every row
+    measured, every export timed."""
     out = tmp_path / "scene.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "propagation.py"), "--scene", "--quick",
                            "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert set(report["export_seconds"]) == {"sun", "sky"}
+    assert set(report["export_seconds"]) == {"sun", "sky", "sun, clay", "sky, clay"}
     assert all(t["passes_s"] > 0 and t["colour_s"] > 0 for t in report["export_seconds"].values())
     scored = [r for r in report["rows"] if "psnr" in r]
-    assert {(r["clip"], r["method"]) for r in scored} == {(f"shot, {light} light", method) for light in ("sun", "sky")
+    assert {(r["clip"], r["method"]) for r in scored} == {(f"{family}, {light} light", method)
+                                                          for family in ("shot", "previs") for light in ("sun", "sky")
                                                           for method in ("DIS", "render flow")}
     assert all(math.isfinite(r["psnr"]) and r["psnr"] > 10 and r["edge_top5"] > 0 for r in scored)
-    gains = {m["method"]: m["psnr_gain"] for m in report["means"] if "psnr_gain" in m}
-    assert gains["DIS"] == 0 and math.isfinite(gains["render flow"])
+    for family in ("shot", "previs"):
+        gains = {m["method"]: m["psnr_gain"] for m in report["means"][family] if "psnr_gain" in m}
+        assert gains["DIS"] == 0 and math.isfinite(gains["render flow"])
