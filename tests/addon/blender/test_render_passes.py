@@ -521,3 +521,19 @@ def test_preview_frame_sends_its_frames_passes(addon, textured_shot, compat, mon
     assert client.count == 1 and client.passes == ["normal"] and client.settings["controls"][0]["kind"] == "normal"
     assert passes.read_header("normal", client.uploaded["normal", 0])[0] == (3, HEIGHT, WIDTH)
     assert marked_scenes(addon) == []
+
+
+def test_normal_controlnet_and_render_flow_are_choices(addon, blend):
+    """The panel offers Flow Render and a Normal ControlNet; the Models box lists the normal ControlNet to
+    download (its hub id from the contract) and the preferences take one for the kind."""
+    contract = addon_module(addon, "contract")
+    model_ops, config = addon_module(addon, "model_ops"), addon_module(addon, "config")
+    props = addon_module(addon, "props")
+    flows = props.FrescoStripSettings.bl_rna.properties["flow"].enum_items
+    assert "render" in [item.identifier for item in flows]
+    kinds = props.ITEM_TYPES["controls"].bl_rna.properties["kind"].enum_items
+    assert "normal" in [item.identifier for item in kinds]
+    rows = model_ops.model_list(config.preferences(bpy.context), {})
+    assert [(r.ref, r.kind) for r in rows if r.control == "normal"] == [
+        (contract.hubcache.DEFAULT_CONTROLNETS["normal"], "CONTROLNET")]
+    assert model_ops.DOWNLOAD_SIZES[contract.hubcache.DEFAULT_CONTROLNETS["normal"]] > 1e9
