@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from fresco_contract import options, settings as S, wire
+from fresco_contract import options, passes, settings as S, wire
 from fresco_contract.keys import MANIFEST, KeysError, KeysManifest, write_manifest
 from fresco_contract.estimate import DRAFT, LONG_JOB, PRIOR_SECONDS_PER_STEP, device_kind, estimate_job
 from fresco_contract.progress import Progress
@@ -174,6 +174,10 @@ def _translate(args: argparse.Namespace) -> None:
     if args.keys is not None:
         values = _finish_settings(args.keys, values)
     settings = S.validate(values)  # the record's and the estimate's
+    if passes.required(settings):
+        raise S.SettingsError(f"these settings need render passes ({', '.join(passes.required(settings))}), which "
+                              f"only a 3D scene strip's render gives and the command line does not take: choose "
+                              f"--flow dis or raft and another ControlNet, or translate the scene strip in Blender")
     config = JobConfig.of(settings)  # the edge: everything below takes the JobConfig
     check_job_files(config)  # LoRA and RAFT weights usable: before any folder is made or model loaded
     if args.out.exists() and not args.out.is_dir():

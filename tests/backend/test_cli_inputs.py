@@ -89,6 +89,14 @@ def test_an_unknown_device(tiny_models, tmp_path):
     assert "unknown device 'tpu'" in result.stderr and "cpu" in result.stderr
 
 
+def test_settings_that_need_render_passes_are_refused(tiny_models, tmp_path):
+    write_png_atomic(tmp_path / "in" / "f1.png", np.zeros((64, 96, 3), np.uint8))
+    result = translate(tmp_path / "in", tmp_path / "out", tiny_models, "--flow", "render")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "render passes (flow_prev, flow_next)" in result.stderr and "--flow dis" in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was made
+
+
 def wait_for(process: subprocess.Popen, pattern: bytes, limit: float = 600.0) -> bytes:
     """Read the child's stderr until ``pattern`` (a regex) appears; fails at EOF or after ``limit`` s."""
     seen, deadline = b"", time.monotonic() + limit
