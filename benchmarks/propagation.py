@@ -60,7 +60,7 @@ MOVING_PX = 1.0         # input flow magnitude (px per frame) from which a pixel
 FULL = dict(frames=49, short=128, intervals=(8, 16))  # 320x128 (bikes), 192x128 (carphone)
 QUICK = dict(frames=9, short=48, intervals=(8,))
 SCENE = dict(frames=49, width=192, height=128, intervals=(8, 16))  # the rendered shot (``--scene``)
-QUICK_SCENE = dict(frames=9, width=96, height=64, intervals=(8,))
+QUICK_SCENE = dict(frames=5, width=96, height=64, intervals=(4,))
 LIGHTS = ("sun", "sky")  # benchmarks/rendered_scene.py's lights: moving shadows, or an even light
 REFERENCE = "ground truth"  # the method name of the stylised frames themselves (temporal error only)
 

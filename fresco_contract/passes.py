@@ -13,6 +13,9 @@ pixel centres sit at integer coordinates, as in ``fresco_backend/flow.py``:
     normal     3 channels: the unit surface normal in the camera's space, x right, y up, z towards the camera
                (Blender's camera space); (0, 0, 0) where no surface is
 
+At a surface's silhouette a renderer averages the motion and the normal over the pixel (both surfaces' share)
+while the depth is one sample's: the flows' forward-backward check marks such pixels (``render_passes.py``).
+
 A job names the passes it carries in its spec (``"passes"``), uploads one file per pass and frame
 (``wire.pass_path``), and the server keeps them under ``passes/<name>/0001.npy`` ... in the job's folder.
 """
