@@ -21,7 +21,7 @@ from .config import JobConfig
 from .control import control_image
 from .flow import BatchFlow, estimate_batch_flow, load_estimator
 from .frames import to_tensor
-from .render_passes import PassMissing, RenderPasses
+from .render_passes import NO_MOTION, PassMissing, RenderPasses
 
 PASS_KINDS = ("depth", "normal")  # the control kinds a render pass gives
 
@@ -59,8 +59,7 @@ def batch_conditions(small: Sequence[np.ndarray], config: JobConfig, cache: Cond
         on_stage("flow")
         if config.flow == RENDER_FLOW:
             if rendered is None:
-                raise PassMissing("flow 'render' needs the renderer's motion: translate a 3D scene strip with "
-                                  "its passes, or choose another Optical Flow")
+                raise PassMissing(NO_MOTION)
             return [images[use.kind] for use in config.control.nets], rendered.batch_flow(frames, size)
 
         def estimate() -> BatchFlow:

@@ -28,6 +28,10 @@ DEPTH_TOLERANCE = 0.1
 NO_SURFACE = (0.0, 0.0, 1.0)  # the normal shown where no surface is: facing the camera, as a far wall would
 
 
+NO_MOTION = ("flow 'render' needs the renderer's motion (the flow_prev and flow_next passes): translate a 3D "
+             "scene strip with its passes, or choose another Optical Flow")
+
+
 class PassMissing(ValueError):
     """A job asks for what only a render pass gives, and its input has no such pass."""
 
@@ -59,8 +63,7 @@ class RenderPasses:
         """The flows and occlusion masks between consecutive entries of ``frames`` (frame indices, in any order
         and spacing), from the renderer's motion, at ``size`` (width, height; default the clip's)."""
         if not self.has(*contract.FLOW):
-            raise PassMissing("flow 'render' needs the renderer's motion (the flow_prev and flow_next passes): "
-                              "translate a 3D scene strip with its passes, or choose another Optical Flow")
+            raise PassMissing(NO_MOTION)
         pairs = list(zip(frames[:-1], frames[1:]))
         fwd = torch.cat([self._chained(a, b) for a, b in pairs])
         bwd = torch.cat([self._chained(b, a) for a, b in pairs])

@@ -29,13 +29,13 @@ from .denoise import (Cancelled, Progress, ProgressFn, StepClock, denoise_batch,
                       start_latents, timesteps_for)
 from .device import is_out_of_memory, release_cuda_memory
 from .executor import Frame, GivenKey, Recorded, execute
-from .flow import FlowEstimator, load_estimator
+from .flow import BatchFlow, FlowEstimator, load_estimator
 from .frames import resize, to_tensor, to_uint8
 from .fresco import fresco_frames
 from .keyframes import Batch
 from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
 from .propagate import propagate_span
-from .render_passes import PassMissing, RenderPasses
+from .render_passes import NO_MOTION, PassMissing, RenderPasses
 from .turns import turn
 
 __all__ = ["Cancelled", "LocalRunner", "Progress", "finish_frames", "propagate_frames", "translate_frames"]
@@ -81,11 +81,10 @@ def propagate_frames(frames: Sequence[np.ndarray], first: int, last: int, out_fi
                           first + 1))
 
 
-def span_flow(rendered: RenderPasses | None, first: int, last: int):
+def span_flow(rendered: RenderPasses | None, first: int, last: int) -> BatchFlow:
     """The renderer's flows between the consecutive frames ``first``..``last`` (PassMissing without them)."""
     if rendered is None:
-        raise PassMissing("flow 'render' needs the renderer's motion: translate a 3D scene strip with its passes, "
-                          "or choose another Optical Flow")
+        raise PassMissing(NO_MOTION)
     return rendered.batch_flow(range(first, last + 1))
 
 
