@@ -30,7 +30,14 @@ def setting_list(name: str, item: type) -> Any:
 
 def _value(f: Any, settings: Mapping[str, Any]) -> Any:
     value = settings[f.metadata["setting"]]
-    return tuple(f.metadata["item"](**v) for v in value) if "item" in f.metadata else value
+    if "item" in f.metadata:
+        return tuple(f.metadata["item"](**{k: _frozen(v) for k, v in item.items()}) for item in value)
+    return _frozen(value)
+
+
+def _frozen(value: Any) -> Any:
+    """An animated setting's per-frame list as a tuple (the groups are frozen); any other value as it is."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def from_settings(kind: type[G], settings: Mapping[str, Any]) -> G:
@@ -46,11 +53,21 @@ def group(kind: type) -> Any:
 
 
 @dataclass(frozen=True)
+class PromptChange:
+    """A prompt that holds from ``frame`` (0-based, of the job's frames) on."""
+
+    frame: int
+    prompt: str
+
+
+@dataclass(frozen=True)
 class Sampling:
     """The denoising loop: prompt, seed, SDEdit strength, scheduler steps, guidance and batching."""
 
     prompt: str = setting("prompt")
     negative_prompt: str = setting("negative_prompt")
+    prompt_schedule: tuple[PromptChange, ...] = setting_list("prompt_schedule", PromptChange)
+    prompt_blend: int = setting("prompt_blend")  # frames over which a changed prompt's embeddings blend in
     seed: int = setting("seed")
     strength: float = setting("strength")
     steps: int = setting("steps")
@@ -156,6 +173,28 @@ class Lora:
 
 
 @dataclass(frozen=True)
+class StyleImage:
+    """A style reference picture (a file on the backend's machine) taken through the IP-Adapter, with its weight."""
+
+    image: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class Mask:
+    """Where a job translates: ``source`` "none" (everywhere), "strip" or "alpha" (the add-on sends the region
+    as the clip's "mask" pass either way), blended into the source over ``feather`` pixels inside its edge."""
+
+    source: str = setting("mask")
+    strip: str = setting("mask_strip")  # the add-on's mask strip (the backend reads only the pass)
+    feather: int = setting("mask_feather")
+
+    @property
+    def enabled(self) -> bool:
+        return self.source != "none"
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """Every decision of one translation job, grouped; built by ``JobConfig.of``."""
 
@@ -164,6 +203,9 @@ class JobConfig:
     flow_weights: str = setting("flow_weights")  # its weights file, for learned estimators
     model: str = setting("model")     # "" = the server's or command line's default
     loras: tuple[Lora, ...] = setting_list("loras", Lora)
+    style: tuple[StyleImage, ...] = setting_list("ip_adapter", StyleImage)  # at most one
+    cut_detection: bool = setting("cut_detection")  # each shot its own chain
+    mask: Mask = group(Mask)
     sampling: Sampling = group(Sampling)
     keyframes: Keyframes = group(Keyframes)
     attention: AttentionConfig = group(AttentionConfig)

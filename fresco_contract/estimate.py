@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .settings import BY_NAME, DRAFT_SCALE, SettingsError, defaults, effective, upgrade
+from .settings import BY_NAME, DRAFT_SCALE, SettingsError, defaults, effective, peak, upgrade
 
 MULTIPLE = 64  # SD's VAE (x8) and UNet (x8) need sides divisible by 64
 REFERENCE_PIXELS = 512 * 512  # ``seconds_per_step`` is per frame-step at this many pixels
@@ -184,7 +184,7 @@ def estimate_job(settings: Mapping[str, Any], frame_count: int, width: int, heig
     values = effective(values)
     keys, exact = key_count(values, frame_count)
     sizes = batch_frames(keys, values["batch_size"], values["mode"] == "fresco")
-    steps = executed_steps(values["steps"], values["strength"])
+    steps = executed_steps(values["steps"], peak(values["strength"]))
     return JobEstimate(working_size(width, height, values["size"], values["upscale"], values["quality"] == "draft"),
                        frame_count, keys,
                        len(sizes), steps, sum(sizes) * steps, exact)

@@ -8,7 +8,7 @@ backend can all import it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 
@@ -38,6 +38,8 @@ class Setting:
     # when it is used: (setting, values) pairs that must all hold (the named setting has one of the values; a
     # list setting: one of its items' keys has); a setting that does not apply is still valid, only unused
     applies_when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    # a number an artist may animate: a list of one value per frame of the job (``per_frame``) stands for it
+    animated: bool = False
 
     def __post_init__(self) -> None:
         if self.advanced and not self.group:
@@ -61,6 +63,8 @@ class Setting:
         """Return (normalised value, None) or (None, problem)."""
         if self.kind == "list":
             return self._check_list(value)
+        if self.animated and isinstance(value, (list, tuple)):
+            return self._check_frames(value)
         expected = {"str": str, "enum": str, "bool": bool, "int": int, "float": (int, float)}[self.kind]
         # bool is an int subclass in Python; refuse it where a number is meant
         if not isinstance(value, expected) or (self.kind in ("int", "float") and isinstance(value, bool)):
@@ -84,6 +88,18 @@ class Setting:
         if self.maximum is not None and value > self.maximum:
             return None, f"{self.name}: {value} is above the maximum {self.maximum}"
         return value, None
+
+    def _check_frames(self, value: Any) -> tuple[Any, str | None]:
+        """An animated number's per-frame values: each one checked as the number is."""
+        if not value or len(value) > MAX_FRAMES:
+            return None, f"{self.name}: per-frame values must be 1 to {MAX_FRAMES} numbers, got {len(value)}"
+        values = []
+        for index, item in enumerate(value):
+            checked, problem = replace(self, animated=False).check(item)
+            if problem:
+                return None, f"{problem} (frame {index})"
+            values.append(checked)
+        return values, None
 
     def _check_list(self, value: Any) -> tuple[Any, str | None]:
         """A list of objects: each one's fields checked and defaults filled in, unknown fields refused."""
@@ -111,6 +127,47 @@ class Setting:
     def default_value(self) -> Any:
         """The default, as a fresh object (list defaults are never shared)."""
         return [dict(item) for item in self.default] if self.kind == "list" else self.default
+
+
+MAX_FRAMES = 100_000  # the most frames an animated setting's per-frame values cover
+MASKS = ("none", "strip", "alpha")  # where the ``mask`` setting's region comes from
+
+
+def per_frame(value: Any, frame: int) -> Any:
+    """An animated setting's value at ``frame`` (0-based, of the job's frames): ``value`` itself when it is
+    not animated, else its per-frame list's entry."""
+    return value[frame] if isinstance(value, list) else value
+
+
+def peak(value: Any) -> Any:
+    """An animated setting's largest value over the frames (``value`` itself when it is not animated)."""
+    return max(value) if isinstance(value, list) else value
+
+
+def animated(values: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The animated settings of validated ``values``: (name, length) of each per-frame list, named as the
+    panel names them ("strength", "controls[0].scale", "loras[1].weight")."""
+    found = []
+    for setting in SETTINGS:
+        value = values.get(setting.name)
+        if setting.kind == "list":
+            for index, item in enumerate(value or ()):
+                found += [(f"{setting.name}[{index}].{f.name}", len(item[f.name])) for f in setting.fields
+                          if f.animated and isinstance(item.get(f.name), list)]
+        elif setting.animated and isinstance(value, list):
+            found.append((setting.name, len(value)))
+    return found
+
+
+def check_frames(values: Mapping[str, Any], frames: int) -> None:
+    """SettingsError unless every animated setting of validated ``values`` holds one value per frame of a job
+    of ``frames`` frames, and every prompt change starts at one of them."""
+    problems = [f"{name}: {length} per-frame values for a job of {frames} frames" for name, length
+                in animated(values) if length != frames]
+    problems += [f"prompt_schedule[{i}].frame: {item['frame']} is not a frame of a job of {frames} frames"
+                 for i, item in enumerate(values.get("prompt_schedule", ())) if item["frame"] >= frames]
+    if problems:
+        raise SettingsError("invalid settings: " + "; ".join(problems))
 
 
 CONTROL_KINDS = ("canny", "tile", "softedge", "depth", "lineart", "normal")
@@ -154,7 +211,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=2**31 - 1, group="look"),
     Setting("strength", "float", 0.75, "Strength",
             "How far the result may depart from the input: 0 keeps the input, 1 ignores its colours",
-            minimum=0.05, maximum=1.0, group="look"),
+            minimum=0.05, maximum=1.0, group="look", animated=True),
     Setting("quality", "enum", "final", "Quality",
             "Final: the whole translation. Draft: a quick look at the same keys: at most "
             f"{DRAFT_STEPS} steps, {DRAFT_SCALE * 100:g} % of the working size's sides and no feature "
@@ -167,7 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("steps", "int", 20, "Steps", "Denoising steps of the scheduler (before strength shortens them)",
             minimum=1, maximum=150, group="quality"),
     Setting("guidance_scale", "float", 7.5, "Guidance", "Classifier-free guidance scale (1 = off)",
-            minimum=1.0, maximum=30.0, group="quality"),
+            minimum=1.0, maximum=30.0, group="quality", animated=True),
     Setting("size", "int", 512, "Size",
             "Short side of the processed frames in pixels, rounded to a multiple of 64; a smaller source keeps "
             "its own size unless Allow Upscale is on", minimum=64, maximum=2048, group="quality"),
@@ -196,7 +253,7 @@ SETTINGS: tuple[Setting, ...] = (
             max_items=4, group="guidance", fields=(
                 Setting("kind", "enum", "canny", "Kind", "Which condition and ControlNet", choices=CONTROL_KINDS),
                 Setting("scale", "float", 0.7, "Scale", "Strength of this ControlNet's condition",
-                        minimum=0.0, maximum=2.0),
+                        minimum=0.0, maximum=2.0, animated=True),
             )),
     Setting("canny_low", "int", 50, "Canny Low", "Lower hysteresis threshold of the canny edges",
             minimum=0, maximum=255, group="guidance", applies_when=(("controls", ("canny",)),)),
@@ -267,8 +324,39 @@ SETTINGS: tuple[Setting, ...] = (
             "(0 leaves the model as it is)", max_items=8, group="guidance", fields=(
                 Setting("path", "str", "", "File", "LoRA weights (.safetensors)", required=True, file=True),
                 Setting("weight", "float", 1.0, "Weight", "How strongly the LoRA changes the model",
-                        minimum=-4.0, maximum=4.0),
+                        minimum=-4.0, maximum=4.0, animated=True),
             )),
+    Setting("prompt_schedule", "list", (), "Prompt Changes",
+            "Later prompts, each from its frame on (0: the strip's first frame); Prompt holds until the first "
+            "change", max_items=64, group="look", fields=(
+                Setting("frame", "int", 0, "Frame", "The strip's frame (0: its first) from which this prompt holds",
+                        minimum=0, maximum=MAX_FRAMES - 1),
+                Setting("prompt", "str", "", "Prompt", "Text describing the look from this frame on",
+                        required=True),
+            )),
+    Setting("prompt_blend", "int", 8, "Prompt Blend",
+            "Frames over which the look blends into a changed prompt, ending at the change's frame "
+            "(0: it changes at once)", minimum=0, maximum=240, group="look"),
+    Setting("ip_adapter", "list", (), "Style Image",
+            "A picture whose look the result takes (through the SD 1.5 IP-Adapter), with a weight "
+            "(0 leaves the look to the prompt)", max_items=1, group="look", fields=(
+                Setting("image", "str", "", "Image", "The style picture (.png or .jpg on the backend's machine)",
+                        required=True, file=True),
+                Setting("weight", "float", 0.6, "Weight", "How strongly the picture's look is taken",
+                        minimum=0.0, maximum=2.0),
+            )),
+    Setting("mask", "enum", "none", "Mask",
+            "Where the strip is translated (outside, the result is the source as it is): none: everywhere; "
+            "strip: where Mask Strip is white; alpha: where the source is opaque", choices=MASKS, group="guidance"),
+    Setting("mask_strip", "str", "", "Mask Strip",
+            "The strip (a mask, movie or image strip on another channel) whose brightness is the mask",
+            group="guidance", applies_when=(("mask", ("strip",)),)),
+    Setting("mask_feather", "int", 8, "Mask Feather",
+            "Width in pixels of the blend from the translation to the source, inside the mask's edge",
+            minimum=0, maximum=256, group="guidance", applies_when=(("mask", ("strip", "alpha")),)),
+    Setting("cut_detection", "bool", True, "Detect Cuts",
+            "Find hard cuts in the strip and translate each shot on its own: a key on each side of a cut, "
+            "nothing carried across it", group="timing"),
 )
 
 # Settings of earlier versions and how they map onto today's: a job record or .blend written before
@@ -276,8 +364,9 @@ SETTINGS: tuple[Setting, ...] = (
 LEGACY = ("control", "control_scale")
 
 # Settings added since job records were first written, with the value a record that lacks them meant:
-# before ``upscale`` existed, the short side was always scaled to ``size``; before ``draft_lora``, no Draft had one.
-ADDED = {"upscale": True, "draft_lora": ""}
+# before ``upscale`` existed, the short side was always scaled to ``size``; before ``draft_lora``, no Draft had one;
+# before ``cut_detection``, a job ran straight across cuts.
+ADDED = {"upscale": True, "draft_lora": "", "cut_detection": False}
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -327,6 +416,11 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
             problems.append(f"controls: each kind at most once, got {', '.join(kinds)}")
         if result["flow"] == "raft" and not result["flow_weights"].strip():
             problems.append("flow_weights: flow=raft needs a RAFT weights file (.pth)")
+        if result["mask"] == "strip" and not result["mask_strip"].strip():
+            problems.append("mask_strip: mask=strip needs the name of the strip that holds the mask")
+        changes = [item["frame"] for item in result["prompt_schedule"]]
+        if changes != sorted(set(changes)):
+            problems.append(f"prompt_schedule: frames must rise, each once, got {changes}")
     if problems:
         raise SettingsError("invalid settings: " + "; ".join(problems))
     return result
