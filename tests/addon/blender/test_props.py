@@ -193,10 +193,12 @@ def test_settings_say_where_they_are_shown(addon):
             for value in values:  # values the named setting can take (a list: its items' keys)
                 checked = other.fields[0] if other.kind == "list" else other
                 assert checked.check(value)[1] is None, (s.name, name, value)
-    assert [s.name for s in schema.SETTINGS if s.group == "look"] == ["prompt", "negative_prompt", "seed", "strength"]
+    assert [s.name for s in schema.SETTINGS if s.group == "look"] == ["prompt", "negative_prompt", "seed", "strength",
+                                                                    "prompt_schedule", "prompt_blend", "ip_adapter"]
     assert schema.BY_NAME["mode"].advanced and not schema.BY_NAME["key_interval"].advanced
     values = schema.defaults()
-    assert [s.name for s in schema.SETTINGS if not s.applies(values)] == ["draft_lora", "key_interval", "flow_weights"]
+    assert [s.name for s in schema.SETTINGS if not s.applies(values)] == ["draft_lora", "key_interval", "flow_weights",
+                                                                      "mask_strip", "mask_feather"]
     assert schema.BY_NAME["draft_lora"].applies({**values, "quality": "draft"})  # a Draft's few-step sampler
     values.update(controls=[{"kind": "tile", "scale": 1.0}], keyframes="interval")
     assert not schema.BY_NAME["canny_low"].applies(values) and schema.BY_NAME["key_interval"].applies(values)
