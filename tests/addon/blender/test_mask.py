@@ -1,0 +1,117 @@
+"""A masked region (mask.py): the mask from a strip on another channel (its brightness, frame for frame) and from
+the source's own alpha reaches the job as its "mask" passes with the right values; a mask that cannot be made
+(a missing strip, the strip itself, an opaque source) is a report and nothing reaches the backend."""
+from __future__ import annotations
+
+import struct
+import sys
+import zlib
+
+import bpy
+import pytest
+
+from conftest import CLIP_SIZE, OFFSET_START, STRIP_START, TINY
+from test_panel import flat, panel, shown
+from test_strip_kinds import translate_sync
+from test_uijob import FakeClient
+
+WIDTH, HEIGHT = CLIP_SIZE
+FRAMES = 6  # the movie strip's visible frames (conftest.movie_scene)
+
+
+def png(width, height, pixel):
+    """An 8-bit RGBA PNG whose pixel (x, y) (rows from the top) is ``pixel(x, y)`` (standard library only)."""
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    raw = b"".join(b"\x00" + b"".join(bytes(pixel(x, y)) for x in range(width)) for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def matte_edge(index):
+    return 10 + 8 * index  # frame ``index`` of the matte is white left of it, black right of it
+
+
+def sequence(compat, scene, tmp_path, name, count, pixel, channel, start):
+    """An image-sequence strip ``name`` of ``count`` PNG frames ``pixel(i, x, y)``."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"{i + 1:04d}.png").write_bytes(png(WIDTH, HEIGHT, lambda x, y: pixel(i, x, y)))
+    strip = compat.new_image_strip(compat.top_strips(scene.sequence_editor), name, str(folder / "0001.png"),
+                                   channel, start, fit_method="ORIGINAL")  # the frames' size, as the movie's
+    for i in range(1, count):
+        strip.elements.append(f"{i + 1:04d}.png")
+    return strip
+
+
+class MaskClient(FakeClient):
+    """A FakeClient that takes render passes as the server does and keeps them."""
+
+    def create_job(self, settings, frame_count, part="all", keys=(), passes=()):
+        self.passes, self.uploaded = list(passes), {}
+        return super().create_job(settings, frame_count, part, keys)
+
+    def upload_pass(self, job_id, name, index, npy_bytes):
+        self.uploaded[name, index] = npy_bytes
+
+
+def mask_rows(addon, data):
+    """A "mask" pass file as rows of values from the top, checked against the contract."""
+    passes = sys.modules[addon.__name__ + ".contract"].passes
+    (channels, height, width), offset = passes.read_header(passes.MASK, data)
+    assert (channels, width, height) == (1, WIDTH, HEIGHT)
+    values = struct.unpack_from(f"<{width * height}e", data, offset)
+    return [values[y * width:(y + 1) * width] for y in range(height)]
+
+
+def test_a_mask_strip_on_another_channel_and_the_sources_alpha_reach_the_job(addon, movie_scene, compat, tmp_path,
+                                                                                monkeypatch):
+    first = STRIP_START + OFFSET_START  # the movie's first visible frame: the matte's first frame is there
+    sequence(compat, movie_scene, tmp_path, "matte", FRAMES,
+             lambda i, x, y: (255,) * 4 if x < matte_edge(i) else (0, 0, 0, 255), 5, first)
+    clip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    clip.fresco.mask, clip.fresco.mask_strip, clip.fresco.mask_feather = "strip", "matte", 3
+    log = flat(panel())
+    assert ("prop_search", "mask_strip", compat.all_strips_name(movie_scene.sequence_editor)) in log  # a picker
+    assert {"mask", "mask_feather"} <= set(shown(log)) and "mask_strip" not in shown(log)
+    client = MaskClient()
+    assert translate_sync(addon, client, monkeypatch, strip="clip") == {"FINISHED"}
+    assert client.passes == ["mask"] and client.settings["mask_strip"] == "matte"
+    assert sorted(client.uploaded) == [("mask", i) for i in range(FRAMES)]
+    for i in range(FRAMES):
+        rows = mask_rows(addon, client.uploaded["mask", i])
+        assert all(row[x] == 1 for row in rows for x in range(matte_edge(i))), i
+        assert all(row[x] == 0 for row in rows for x in range(matte_edge(i), WIDTH)), i
+
+    cut = sequence(compat, movie_scene, tmp_path, "cut", 2,
+                   lambda i, x, y: (200, 90, 30, 255 if x < 40 + 10 * i else 0), 7, 40)
+    for name, value in {**TINY, "mask": "alpha"}.items():
+        setattr(cut.fresco, name, value)
+    client = MaskClient()
+    assert translate_sync(addon, client, monkeypatch, strip="cut") == {"FINISHED"}
+    assert client.passes == ["mask"] and client.count == 2
+    for i in range(2):
+        rows = mask_rows(addon, client.uploaded["mask", i])
+        assert {row[x] for row in rows for x in range(40 + 10 * i)} == {1.0}, i
+        assert {row[x] for row in rows for x in range(40 + 10 * i, WIDTH)} == {0.0}, i
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"mask": "strip", "mask_strip": "nowhere"}, "Mask Strip 'nowhere' is not a strip of scene"),
+    ({"mask": "strip", "mask_strip": "clip"}, "Mask Strip 'clip' is the strip being translated"),
+    ({"mask": "strip", "mask_strip": "blocker"}, "Mask Strip 'blocker' is a color strip"),
+    ({"mask": "alpha"}, "clip is opaque in every frame, so it has no alpha"),
+])
+def test_a_mask_that_cannot_be_made_is_a_report_and_nothing_starts(addon, movie_scene, compat, monkeypatch,
+                                                                   settings, words):
+    clip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    for name, value in settings.items():
+        setattr(clip.fresco, name, value)
+    said = any(words in text for text in shown(panel(), "label"))
+    assert said == (settings["mask"] == "strip")  # the panel says so before Translate; opacity shows in the export
+    client = MaskClient()
+    with pytest.raises(RuntimeError, match=words):
+        translate_sync(addon, client, monkeypatch, strip="clip")
+    assert client.count is None  # no job was made
