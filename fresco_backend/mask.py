@@ -53,9 +53,11 @@ class Region:
         if translated.shape != source.shape or alpha.shape != source.shape[:2]:
             raise ValueError(f"frame {index}: the translation is {translated.shape[1]}x{translated.shape[0]}, the "
                              f"source {source.shape[1]}x{source.shape[0]}, the mask {alpha.shape[1]}x{alpha.shape[0]}")
-        share = alpha[..., None]
-        blended = share * translated.astype(np.float32) + (1 - share) * source.astype(np.float32)
-        return np.round(blended).clip(0, 255).astype(np.uint8)
+        out = np.where((alpha == 1)[..., None], translated, source)
+        edge = np.nonzero((alpha > 0) & (alpha < 1))  # blended only there: a fraction of a frame
+        share = alpha[edge][:, None]
+        out[edge] = np.round(share * translated[edge] + (1 - share) * source[edge]).clip(0, 255).astype(np.uint8)
+        return out
 
 
 def feathered(mask: np.ndarray, feather: int) -> np.ndarray:
