@@ -178,10 +178,11 @@ class Translation:
         try:
             done, total = exporter.step(count)
         except Exception as exc:
-            self._close_passes()
+            self._close_passes(mask_too=False)
             try:
                 self.settings, notes = without_passes(self.settings, str(exc))
             except Refused as refused:
+                self._close_passes()
                 self._end(None, str(refused))
                 return
             self.pass_names = ()
@@ -192,7 +193,7 @@ class Translation:
         self.handle(tasks.Progress(PASSES_STAGE, done, total))
         if done == total:
             self.passes = exporter.files()
-            self._close_passes()
+            self._close_passes(mask_too=False)  # the mask comes next
 
     def export_mask(self, count: int) -> None:
         """Render the mask of the next ``count`` frames; where it cannot be made, the job fails before it starts."""
@@ -214,12 +215,14 @@ class Translation:
             self.passes = {**self.passes, **exporter.pass_files()}
             self._close_passes()
 
-    def _close_passes(self) -> None:
-        """Close the exporters of the render passes and the mask."""
-        for exporter in (self.pass_exporter, self.mask_exporter):
-            if exporter is not None:
-                exporter.close()
-        self.pass_exporter = self.mask_exporter = None
+    def _close_passes(self, mask_too: bool = True) -> None:
+        """Close the exporter of the render passes and (``mask_too``) the mask's."""
+        if self.pass_exporter is not None:
+            self.pass_exporter.close()
+            self.pass_exporter = None
+        if mask_too and self.mask_exporter is not None:
+            self.mask_exporter.close()
+            self.mask_exporter = None
 
     def _mark_source(self) -> None:
         """The job settings on the source strip again (a fallback changed them), if it is still there."""

@@ -1,6 +1,7 @@
 """A masked region (mask.py): the mask from a strip on another channel (its brightness, frame for frame) and from
-the source's own alpha reaches the job as its "mask" passes with the right values; a mask that cannot be made
-(a missing strip, the strip itself, an opaque source) is a report and nothing reaches the backend."""
+the source's own alpha reaches the job as its "mask" passes with the right values, also after a 3D scene strip's
+render passes; a mask that cannot be made (a missing strip, the strip itself, an opaque source) is a report and
+nothing reaches the backend."""
 from __future__ import annotations
 
 import struct
@@ -12,6 +13,8 @@ import pytest
 
 from conftest import CLIP_SIZE, OFFSET_START, STRIP_START, TINY
 from test_panel import flat, panel, shown
+from test_render_passes import FRAMES as SHOT_FRAMES, HEIGHT as SHOT_HEIGHT, WIDTH as SHOT_WIDTH
+from test_render_passes import add_scene_strip, emission, keyed, new_shot, square
 from test_strip_kinds import translate_sync
 from test_uijob import FakeClient
 
@@ -33,12 +36,12 @@ def matte_edge(index):
     return 10 + 8 * index  # frame ``index`` of the matte is white left of it, black right of it
 
 
-def sequence(compat, scene, tmp_path, name, count, pixel, channel, start):
-    """An image-sequence strip ``name`` of ``count`` PNG frames ``pixel(i, x, y)``."""
+def sequence(compat, scene, tmp_path, name, count, pixel, channel, start, size=CLIP_SIZE):
+    """An image-sequence strip ``name`` of ``count`` PNG frames ``pixel(i, x, y)`` of ``size``."""
     folder = tmp_path / name
     folder.mkdir()
     for i in range(count):
-        (folder / f"{i + 1:04d}.png").write_bytes(png(WIDTH, HEIGHT, lambda x, y: pixel(i, x, y)))
+        (folder / f"{i + 1:04d}.png").write_bytes(png(*size, lambda x, y: pixel(i, x, y)))
     strip = compat.new_image_strip(compat.top_strips(scene.sequence_editor), name, str(folder / "0001.png"),
                                    channel, start, fit_method="ORIGINAL")  # the frames' size, as the movie's
     for i in range(1, count):
@@ -57,11 +60,11 @@ class MaskClient(FakeClient):
         self.uploaded[name, index] = npy_bytes
 
 
-def mask_rows(addon, data):
+def mask_rows(addon, data, size=CLIP_SIZE):
     """A "mask" pass file as rows of values from the top, checked against the contract."""
     passes = sys.modules[addon.__name__ + ".contract"].passes
     (channels, height, width), offset = passes.read_header(passes.MASK, data)
-    assert (channels, width, height) == (1, WIDTH, HEIGHT)
+    assert (channels, width, height) == (1, *size)
     values = struct.unpack_from(f"<{width * height}e", data, offset)
     return [values[y * width:(y + 1) * width] for y in range(height)]
 
@@ -84,6 +87,9 @@ def test_a_mask_strip_on_another_channel_and_the_sources_alpha_reach_the_job(add
         rows = mask_rows(addon, client.uploaded["mask", i])
         assert all(row[x] == 1 for row in rows for x in range(matte_edge(i))), i
         assert all(row[x] == 0 for row in rows for x in range(matte_edge(i), WIDTH)), i
+    translation = sys.modules[addon.__name__ + ".translation"]  # a preview's one frame (Preview Frame)
+    _settings, made, _notes = translation.frame_passes(movie_scene, clip, client.settings, tmp_path / "one", 2)
+    assert list(made) == ["mask"] and mask_rows(addon, made["mask"][0].read_bytes())[0][matte_edge(2) - 1:][:2] == (1, 0)
 
     cut = sequence(compat, movie_scene, tmp_path, "cut", 2,
                    lambda i, x, y: (200, 90, 30, 255 if x < 40 + 10 * i else 0), 7, 40)
@@ -96,6 +102,26 @@ def test_a_mask_strip_on_another_channel_and_the_sources_alpha_reach_the_job(add
         rows = mask_rows(addon, client.uploaded["mask", i])
         assert {row[x] for row in rows for x in range(40 + 10 * i)} == {1.0}, i
         assert {row[x] for row in rows for x in range(40 + 10 * i, WIDTH)} == {0.0}, i
+
+
+def test_a_scene_strip_sends_its_render_passes_and_its_mask(addon, blend, compat, tmp_path, monkeypatch):
+    """The mask comes after the render passes (a 3D scene strip with Optical Flow Render), both reach the job."""
+    shot = new_shot("Shot")
+    shot.cycles.samples = 1
+    square(shot, "ground", 30, emission("ground"))
+    keyed(shot.camera, lambda f: ((0.2 * f, 0.0, 8.0), (0.0, 0.0, 0.0)))
+    strip = add_scene_strip(bpy.context.scene, shot, compat)
+    strip.fresco.flow, strip.fresco.mask, strip.fresco.mask_strip = "render", "strip", "matte"
+    size = (SHOT_WIDTH, SHOT_HEIGHT)
+    sequence(compat, bpy.context.scene, tmp_path, "matte", SHOT_FRAMES,
+             lambda i, x, y: (255,) * 4 if y < 10 + 5 * i else (0, 0, 0, 255), 5, 10, size)
+    client = MaskClient()
+    assert translate_sync(addon, client, monkeypatch, strip="shot") == {"FINISHED"}
+    assert client.passes == ["flow_prev", "flow_next", "depth", "mask"]
+    assert sorted(client.uploaded) == sorted((name, i) for name in client.passes for i in range(SHOT_FRAMES))
+    for i in range(SHOT_FRAMES):
+        rows = mask_rows(addon, client.uploaded["mask", i], size)
+        assert [row[0] for row in rows] == [1.0] * (10 + 5 * i) + [0.0] * (SHOT_HEIGHT - 10 - 5 * i), i
 
 
 @pytest.mark.parametrize("settings, words", [
