@@ -94,13 +94,15 @@ class MaskExporter(export.StripExporter):
         try:
             red, green, blue, alpha = (planes[name] for name in "RGBA")
         except KeyError:
-            raise MaskError(f"the render of {self.strip_name} has no RGBA channels ({', '.join(sorted(planes))})")
+            raise MaskError(f"the render of {self.strip_name} has no RGBA channels ({', '.join(sorted(planes))})") \
+                from None
         cut_out = min(alpha) < 1
         self.transparent |= cut_out
         if self.alpha or cut_out:
             values = [min(max(a, 0.0), 1.0) for a in alpha]
         else:
-            values = [shown(LUMINANCE[0] * r + LUMINANCE[1] * g + LUMINANCE[2] * b) for r, g, b in zip(red, green, blue)]
+            wr, wg, wb = LUMINANCE
+            values = [shown(wr * r + wg * g + wb * b) for r, g, b in zip(red, green, blue)]
         path = passes.pass_file(self.out_dir, passes.MASK, index)
         path.parent.mkdir(parents=True, exist_ok=True)
         files.write_bytes_atomic(path, passes.encode(passes.MASK, width, height,
@@ -115,4 +117,4 @@ class MaskExporter(export.StripExporter):
 def shown(linear: float) -> float:
     """A linear value as the sequencer shows it (the sRGB curve), within [0, 1]: a mid-grey matte masks by half."""
     value = min(max(linear, 0.0), 1.0)
-    return 12.92 * value if value <= 0.0031308 else 1.055 * value ** (1 / 2.4) - 0.055
+    return 12.92 * value if value <= 0.0031308 else min(1.055 * value ** (1 / 2.4) - 0.055, 1.0)

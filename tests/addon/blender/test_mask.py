@@ -16,7 +16,7 @@ from test_panel import flat, panel, shown
 from test_render_passes import FRAMES as SHOT_FRAMES, HEIGHT as SHOT_HEIGHT, WIDTH as SHOT_WIDTH
 from test_render_passes import add_scene_strip, emission, keyed, new_shot, square
 from test_strip_kinds import translate_sync
-from test_uijob import FakeClient
+from test_uijob import FakeClient, drive, marked_scenes, ui  # noqa: F401 (ui: a fixture)
 
 WIDTH, HEIGHT = CLIP_SIZE
 FRAMES = 6  # the movie strip's visible frames (conftest.movie_scene)
@@ -89,7 +89,8 @@ def test_a_mask_strip_on_another_channel_and_the_sources_alpha_reach_the_job(add
         assert all(row[x] == 0 for row in rows for x in range(matte_edge(i), WIDTH)), i
     translation = sys.modules[addon.__name__ + ".translation"]  # a preview's one frame (Preview Frame)
     _settings, made, _notes = translation.frame_passes(movie_scene, clip, client.settings, tmp_path / "one", 2)
-    assert list(made) == ["mask"] and mask_rows(addon, made["mask"][0].read_bytes())[0][matte_edge(2) - 1:][:2] == (1, 0)
+    assert list(made) == ["mask"]
+    assert mask_rows(addon, made["mask"][0].read_bytes())[0][matte_edge(2) - 1:][:2] == (1, 0)
 
     cut = sequence(compat, movie_scene, tmp_path, "cut", 2,
                    lambda i, x, y: (200, 90, 30, 255 if x < 40 + 10 * i else 0), 7, 40)
@@ -102,6 +103,28 @@ def test_a_mask_strip_on_another_channel_and_the_sources_alpha_reach_the_job(add
         rows = mask_rows(addon, client.uploaded["mask", i])
         assert {row[x] for row in rows for x in range(40 + 10 * i)} == {1.0}, i
         assert {row[x] for row in rows for x in range(40 + 10 * i, WIDTH)} == {0.0}, i
+
+
+def test_in_the_ui_the_mask_is_exported_a_frame_a_tick_after_the_frames(addon, ui, movie_scene, compat, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(sys.modules[addon.__name__ + ".backend"], "config_problem", lambda config: None)
+    client = MaskClient()
+    monkeypatch.setattr(ui.get().backend, "get_client", lambda config, timeout=60.0: client)
+    sequence(compat, movie_scene, tmp_path, "matte", FRAMES, lambda i, x, y: (255,) * 4 if x < 30 else (0, 0, 0, 255),
+             5, STRIP_START + OFFSET_START)
+    clip = compat.all_strips(movie_scene.sequence_editor)["clip"]
+    clip.fresco.mask, clip.fresco.mask_strip = "strip", "matte"
+    assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
+    job, seen = ui.current(), []
+    while job.exporting:
+        ui.tick()
+        seen.append((job.stage, job.done))
+    translation = sys.modules[addon.__name__ + ".translation"]
+    assert [done for stage, done in seen if stage == translation.MASK_STAGE] == list(range(1, FRAMES))
+    assert len(seen) == 2 * FRAMES  # the last tick of the mask starts the job
+    drive(ui)
+    assert job.stage == "done", job.error
+    assert client.passes == ["mask"] and len(client.uploaded) == FRAMES and marked_scenes(addon) == []
 
 
 def test_a_scene_strip_sends_its_render_passes_and_its_mask(addon, blend, compat, tmp_path, monkeypatch):
