@@ -18,11 +18,11 @@ from fresco_backend.translate import finish_frames, translate_frames
 from fresco_contract import passes
 from fresco_contract.settings import SettingsError
 
-FRAMES, SIZE, FEATHER = 9, 64, 4
+FRAMES, SIZE, FEATHER = 5, 64, 4
 SETTINGS = {"prompt": "a mosaic", "steps": 3, "size": SIZE, "opt_iterations": 1, "keyframes": "interval",
             "key_interval": 4}
 MASKED = {**SETTINGS, "mask": "alpha", "mask_feather": FEATHER}
-KEYS = (0, 4, 8)
+KEYS = (0, 4)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_outside_the_mask_every_frame_is_the_source_inside_it_is_translated(pipe
     alpha = feathered(mask, FEATHER)
     outside, inside = mask == 0, alpha == 1
     assert 0 < alpha[(alpha > 0) & (alpha < 1)].size  # there is a feathered edge
-    for index, rgb in out.items():  # keys (0, 4, 8) and propagated frames alike
+    for index, rgb in out.items():  # keys (0, 4) and propagated frames alike
         source = clip.frames[index]
         assert np.array_equal(rgb[outside], source[outside]), index
         assert np.abs(rgb[inside].astype(int) - source[inside]).mean() > 10, index
@@ -82,11 +82,11 @@ def test_the_latents_outside_the_mask_stay_on_the_noised_input(pipe, clip, maske
     keep = region.latents(pipe, [0, 1], (SIZE, SIZE))
     assert keep.shape == (2, 1, SIZE // 8, SIZE // 8) and 0 < keep.float().mean() < 1
 
-    class Seen(denoise.StepHooks):
-        steps: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
 
+    class Seen(denoise.StepHooks):
         def after_step(self, index, t, latents):
-            self.steps.append(latents.clone())
+            seen.append(latents.clone())
             return latents
 
     images = torch.from_numpy(np.stack(clip.frames[:2])).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -97,9 +97,9 @@ def test_the_latents_outside_the_mask_stay_on_the_noised_input(pipe, clip, maske
     encoded = denoise.encode_frames(pipe, images)
     timesteps = denoise.timesteps_for(pipe, config.sampling)
     targets = [denoise.start_latents(pipe, encoded, config.sampling.seed, t) for t in timesteps[1:]] + [encoded]
-    assert len(Seen.steps) == len(targets) == config.sampling.executed_steps
+    assert len(seen) == len(targets) == config.sampling.executed_steps
     outside = ~keep.expand_as(encoded)
-    for latents, target in zip(Seen.steps, targets):
+    for latents, target in zip(seen, targets):
         assert torch.equal(latents[outside], target[outside])  # on the input's trajectory, step by step
         assert not torch.allclose(latents[~outside], target[~outside], atol=1e-2)  # inside: denoised
 
