@@ -246,7 +246,7 @@ def render_scene(plan: dict, bpy_python: Path, addon: str, light: str, folder: P
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"rendering the scene failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return RenderPasses(folder / "passes", tuple(passes.PASSES), plan["frames"], (plan["width"], plan["height"]))
+    return RenderPasses(folder / "passes", tuple(passes.RENDERED), plan["frames"], (plan["width"], plan["height"]))
 
 
 def scene_methods(rendered: RenderPasses, raft_weights: Path | None) -> dict:

@@ -37,6 +37,11 @@ def all_strips(ed: Any) -> Any:
     return coll if coll is not None else ed.sequences_all
 
 
+def all_strips_name(ed: Any) -> str:
+    """The name of the editor's property that ``all_strips`` is (for ``UILayout.prop_search``)."""
+    return "strips_all" if hasattr(ed, "strips_all") else "sequences_all"
+
+
 def active_strip(context: Any) -> Any:
     """The active strip of the context's scene, or None."""
     scene = getattr(context, "scene", None)
@@ -139,6 +144,17 @@ def set_image_png(image_settings: Any) -> None:
     image_settings.file_format = "PNG"
     image_settings.color_mode = "RGB"
     image_settings.color_depth = "8"
+
+
+def set_image_exr(image_settings: Any) -> None:
+    """Make ``image_settings`` write uncompressed full-float RGBA OpenEXR files of one layer (5.0 added
+    ``media_type``)."""
+    if "media_type" in image_settings.bl_rna.properties:
+        image_settings.media_type = "IMAGE"
+    image_settings.file_format = "OPEN_EXR"
+    image_settings.color_mode = "RGBA"
+    image_settings.color_depth = "32"
+    image_settings.exr_codec = "NONE"
 
 
 def set_image_exr_layers(image_settings: Any, codec: str) -> None:

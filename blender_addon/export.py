@@ -178,8 +178,10 @@ def _flush_stdout() -> None:
         sys.stdout.flush()
 
 
-def _setup(temp: Any, keep_names: set[str], width: int, height: int, out_dir: Path) -> None:
-    """Make the scene copy ``temp`` render only ``keep_names`` at ``width`` x ``height`` to ``out_dir``."""
+def _setup(temp: Any, keep_names: set[str], width: int, height: int, out_dir: Path,
+           image_format: Callable[[Any], None] = compat.set_image_png) -> None:
+    """Make the scene copy ``temp`` render only ``keep_names`` at ``width`` x ``height`` to ``out_dir`` in the
+    ``image_format`` (a function that sets a render's image settings)."""
     ted = compat.editor(temp)
     for other in compat.all_strips(ted):
         other.mute = other.name not in keep_names
@@ -202,7 +204,7 @@ def _setup(temp: Any, keep_names: set[str], width: int, height: int, out_dir: Pa
     render.use_overwrite = True
     render.use_placeholder = False
     render.frame_map_old = render.frame_map_new = 100
-    compat.set_image_png(render.image_settings)
+    image_format(render.image_settings)
     if "color_management" in render.image_settings.bl_rna.properties:
         render.image_settings.color_management = "FOLLOW_SCENE"
     view = temp.view_settings
@@ -222,17 +224,22 @@ class StripExporter:
     (the PNGs stay) and must always be called, also on cancel and on error.
     """
 
-    def __init__(self, scene: Any, strip: Any, out_dir: str | os.PathLike, only: int | None = None) -> None:
-        """``only``: render just that one frame (0-based from the strip's first visible frame), as 0001.png."""
-        self.strip_name = strip.name
+    EXTENSION = "png"  # of the files the render writes (``image_format``); ``keep`` makes each the frame's file
+
+    def __init__(self, scene: Any, strip: Any, out_dir: str | os.PathLike, only: int | None = None,
+                 shown: Any = None) -> None:
+        """``only``: render just that one frame (0-based from the strip's first visible frame), as 0001.png.
+        ``shown``: the strip rendered alone at ``strip``'s frames and size instead of ``strip`` itself."""
+        shown = strip if shown is None else shown
+        self.strip_name = shown.name
         self.out_dir = Path(out_dir)
         self.files: list[Path] = []
         ed = compat.editor(scene)
         if ed is None:
             raise ExportError("the scene has no sequencer strips")
-        chain = compat.meta_chain(compat.top_strips(ed), strip)
+        chain = compat.meta_chain(compat.top_strips(ed), shown)
         if chain is None:
-            raise ExportError(f"strip {strip.name!r} is not in scene {scene.name!r}")
+            raise ExportError(f"strip {shown.name!r} is not in scene {scene.name!r}")
         self.start, self.total = compat.visible_start(strip), compat.visible_duration(strip)
         if self.total < 1:
             raise ExportError(f"strip {strip.name!r} shows no frames")
@@ -250,10 +257,14 @@ class StripExporter:
         session.get().export_scenes.add(self.scene_name)  # the scene copies of exporters not closed yet
         try:
             temp.is_runtime_data = True  # saving the file mid-export must not write the copy
-            _setup(temp, {s.name for s in chain} | {strip.name}, width, height, self.out_dir)
+            _setup(temp, {s.name for s in chain} | {shown.name}, width, height, self.out_dir, self.image_format)
         except Exception:
             self.close()
             raise
+
+    @staticmethod
+    def image_format(image_settings: Any) -> None:
+        compat.set_image_png(image_settings)
 
     @property
     def done(self) -> int:
@@ -284,13 +295,17 @@ class StripExporter:
         if "FINISHED" not in result:
             raise ExportError(f"rendering strip {self.strip_name!r} failed: {result}")
         for frame in range(first, last + 1):
-            rendered = self.out_dir / f"render_{frame:06d}.png"
+            rendered = self.out_dir / f"render_{frame:06d}.{self.EXTENSION}"
             if not rendered.is_file():
                 raise ExportError(f"frame {frame} of strip {self.strip_name!r} was not rendered ({rendered})")
-            final = self.out_dir / wire.frame_filename(frame - self.start)
-            os.replace(rendered, final)
-            self.files.append(final)
+            self.files.append(self.keep(rendered, frame - self.start))
         return self.done, self.total
+
+    def keep(self, rendered: Path, index: int) -> Path:
+        """The file of frame ``index`` (0-based) made from its render ``rendered``: 0001.png ..."""
+        final = self.out_dir / wire.frame_filename(index)
+        os.replace(rendered, final)
+        return final
 
     def close(self) -> None:
         """Remove the scene copy; safe to call again."""

@@ -8,8 +8,8 @@ from typing import Any, Mapping
 
 import bpy
 
-from . import backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
-from . import place, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
+from . import backend, backend_setup, compat, config, export, installer, jobqueue, jobrun, mask, model_ops, operators
+from . import place, presets, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
 from .contract import passes
 from .contract import settings as schema
 
@@ -112,6 +112,9 @@ def draw_group(layout: Any, group: Any, group_id: str, values: Mapping[str, Any]
     for setting in shown:
         if setting.name == "model":
             model_ops.draw_picker(column, group, context, configured)
+        elif setting.name == "mask_strip" and context.scene.sequence_editor is not None:
+            ed = context.scene.sequence_editor  # a picker over the sequencer's strips
+            column.prop_search(group, "mask_strip", ed, compat.all_strips_name(ed), icon="MOD_MASK")
         else:
             draw_setting(column, group, setting)
 
@@ -133,6 +136,13 @@ def draw_render_guidance(layout: Any, context: Any, strip: Any, values: Mapping[
         return
     for text in notes:
         layout.label(text=sentence(text), icon="INFO")
+
+
+def draw_mask_problem(layout: Any, context: Any, strip: Any, values: Mapping[str, Any]) -> None:
+    """Why the strip's mask cannot be made (``mask.problem``), if it cannot."""
+    problem = mask.problem(context.scene, strip, values)
+    if problem:
+        layout.label(text=sentence(problem), icon="ERROR")
 
 
 def sentence(text: str) -> str:
@@ -252,6 +262,7 @@ class FRESCO_PT_panel(bpy.types.Panel):
                 if group_id != "advanced":  # the research switches: the folded sub-panel
                     draw_group(layout, group, group_id, values, context, configured)
             draw_render_guidance(layout, context, strip, values)
+            draw_mask_problem(layout, context, strip, values)
             if props.RESULT_SETTINGS_KEY in strip.keys():
                 layout.label(text=f"Result of {strip.get(props.RESULT_SOURCE_KEY, '?')}", icon="CHECKMARK")
                 if place.GUIDANCE_KEY in strip.keys():

@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping
 
 import bpy
 
-from . import (backend, compat, export, jobrun, live, place, preview, props, render_passes, resultdirs, session, tasks,
-               unsaved, userdirs)
+from . import (backend, compat, export, jobrun, live, mask, place, preview, props, render_passes, resultdirs, session,
+               tasks, unsaved, userdirs)
 from .contract import estimate, passes
 from .contract import keys as files_keys
 from .contract import settings as schema
@@ -42,7 +42,9 @@ EXPORT_FRAMES_PER_TICK = 1  # a frame takes tens of ms at HD; the UI handles eve
 
 Report = Callable[[str, int, int, "float | None"], None]  # (stage, done, total, eta in seconds or None)
 PASSES_STAGE = "render passes"  # the export of a scene strip's render passes
-FRAME_STAGES = ("export", PASSES_STAGE, "upload", "receive")  # the add-on's own stages: done/total count frames
+MASK_STAGE = "mask"  # the export of the mask (``mask.py``)
+# the add-on's own stages: done/total count frames
+FRAME_STAGES = ("export", PASSES_STAGE, MASK_STAGE, "upload", "receive")
 ESTIMATED_FLOW = "dis"  # what flow "render" falls back to
 
 
@@ -83,6 +85,7 @@ class Translation:
         self.export_dir = Path(tempfile.mkdtemp(prefix="export-", dir=userdirs.temp_dir()))
         self.exporter: export.StripExporter | None = None  # None once the export has ended
         self.pass_exporter: render_passes.PassExporter | None = None  # None once the passes are there (or not)
+        self.mask_exporter: mask.MaskExporter | None = None  # None once the mask is there (or none is asked for)
         self.frames: list[Path] = []  # the exported frames, once all are there
         self.passes: dict[str, list[Path]] = {}  # the exported render passes, once all are there
         try:
@@ -90,9 +93,11 @@ class Translation:
             if self.pass_names:
                 self.pass_exporter = render_passes.PassExporter(scene, source, self.pass_names,
                                                                 self.export_dir / passes.FOLDER)
+            if self.settings["mask"] != "none":
+                self.mask_exporter = mask.MaskExporter(scene, source, self.settings, self.export_dir / passes.FOLDER)
             self.out_dir = resultdirs.new_output_dir(source.name)
         except Exception:
-            for exporter in (self.exporter, self.pass_exporter):
+            for exporter in (self.exporter, self.pass_exporter, self.mask_exporter):
                 if exporter is not None:
                     exporter.close()
             shutil.rmtree(self.export_dir, ignore_errors=True)
@@ -118,8 +123,8 @@ class Translation:
 
     @property
     def exporting(self) -> bool:
-        """Whether frames or render passes are still to be exported."""
-        return self.exporter is not None or self.pass_exporter is not None
+        """Whether frames, render passes or the mask are still to be exported."""
+        return self.exporter is not None or self.pass_exporter is not None or self.mask_exporter is not None
 
     def tell(self, text: str) -> None:
         """Say ``text`` about the job: to ``note`` (headless), else the console; the queue box shows it too."""
@@ -131,10 +136,13 @@ class Translation:
 
     # -- step 1: export ------------------------------------------------------------------------------------
     def export_frames(self, count: int) -> None:
-        """Render the next ``count`` frames, then the next ``count`` frames' render passes; when all are there (or
-        on cancel or error) close the exporters."""
+        """Render the next ``count`` frames, then the next ``count`` frames' render passes, then their mask; when
+        all are there (or on cancel or error) close the exporters."""
         if self.exporter is None:
-            self.export_passes(count)
+            if self.pass_exporter is not None:
+                self.export_passes(count)
+            else:
+                self.export_mask(count)
             return
         exporter = self.exporter
         ended = error = None
@@ -170,10 +178,11 @@ class Translation:
         try:
             done, total = exporter.step(count)
         except Exception as exc:
-            self._close_passes()
+            self._close_passes(mask_too=False)
             try:
                 self.settings, notes = without_passes(self.settings, str(exc))
             except Refused as refused:
+                self._close_passes()
                 self._end(None, str(refused))
                 return
             self.pass_names = ()
@@ -184,12 +193,36 @@ class Translation:
         self.handle(tasks.Progress(PASSES_STAGE, done, total))
         if done == total:
             self.passes = exporter.files()
+            self._close_passes(mask_too=False)  # the mask comes next
+
+    def export_mask(self, count: int) -> None:
+        """Render the mask of the next ``count`` frames; where it cannot be made, the job fails before it starts."""
+        exporter = self.mask_exporter
+        if self.cancel.is_set():
+            self._close_passes()
+            self._end(None)
+            return
+        if bpy.app.is_job_running("RENDER"):
+            return
+        try:
+            done, total = exporter.step(count)
+        except Exception as exc:
+            self._close_passes()
+            self._end(None, f"making the mask failed: {exc}")
+            return
+        self.handle(tasks.Progress(MASK_STAGE, done, total))
+        if done == total:
+            self.passes = {**self.passes, **exporter.pass_files()}
             self._close_passes()
 
-    def _close_passes(self) -> None:
+    def _close_passes(self, mask_too: bool = True) -> None:
+        """Close the exporter of the render passes and (``mask_too``) the mask's."""
         if self.pass_exporter is not None:
             self.pass_exporter.close()
             self.pass_exporter = None
+        if mask_too and self.mask_exporter is not None:
+            self.mask_exporter.close()
+            self.mask_exporter = None
 
     def _mark_source(self) -> None:
         """The job settings on the source strip again (a fallback changed them), if it is still there."""
@@ -521,6 +554,9 @@ def check(source: Any | None, config: dict[str, str], warn: Callable[[str], None
     except schema.SettingsError as exc:
         raise Refused(str(exc)) from exc
     plan_passes(source.id_data, source, settings)  # refused where a normal ControlNet has no normals to use
+    problem = mask.problem(source.id_data, source, settings)
+    if problem:
+        raise Refused(problem)
     problem = backend.config_problem(config)
     if problem:
         raise Refused(problem)
@@ -546,21 +582,31 @@ def plan_passes(scene: Any, strip: Any, settings: dict) -> tuple[dict, tuple[str
 
 def frame_passes(scene: Any, strip: Any, settings: dict, folder: Path,
                  only: int) -> tuple[dict, dict[str, list[Path]], list[str]]:
-    """``plan_passes`` for the one frame ``only`` (0-based) of ``strip``, whose passes are rendered here at once
-    to ``folder``: (the settings, pass name -> its one file, what the user is told)."""
+    """``plan_passes`` for the one frame ``only`` (0-based) of ``strip``, whose passes and mask are rendered here
+    at once to ``folder``: (the settings, pass name -> its one file, what the user is told); ``Refused`` where
+    the mask cannot be made."""
     settings, names, notes = plan_passes(scene, strip, settings)
-    if not names:
-        return settings, {}, notes
-    try:
-        exporter = render_passes.PassExporter(scene, strip, names, folder, only)
+    made: dict[str, list[Path]] = {}
+    if names:
         try:
-            exporter.step(1)
-        finally:
-            exporter.close()
-    except Exception as exc:
-        settings, notes = without_passes(settings, str(exc))
-        return settings, {}, notes
-    return settings, exporter.files(), notes
+            made = one_frame(render_passes.PassExporter(scene, strip, names, folder, only)).files()
+        except Exception as exc:
+            settings, notes = without_passes(settings, str(exc))
+    if settings["mask"] != "none":
+        try:
+            made.update(one_frame(mask.MaskExporter(scene, strip, settings, folder, only)).pass_files())
+        except Exception as exc:
+            raise Refused(f"making the mask failed: {exc}") from None
+    return settings, made, notes
+
+
+def one_frame(exporter: Any) -> Any:
+    """``exporter`` (a pass or mask exporter of one frame) with its frame rendered, closed."""
+    try:
+        exporter.step(1)
+    finally:
+        exporter.close()
+    return exporter
 
 
 def without_passes(settings: dict, why: str) -> tuple[dict, list[str]]:
@@ -592,7 +638,7 @@ def begin(entry: Any, report: Report | None = None, note: Callable[[str], None] 
     keys_strip, source = None, strip
     if entry.part == wire.FINISH or entry.redo_from is not None:
         keys_strip, source = strip, keys_source(strip)
-    problem = export.picture_problem(source)
+    problem = export.picture_problem(source) or mask.problem(scene, source, entry.settings)
     if problem:
         raise Refused(problem)
     return Translation(scene, source, entry.settings, entry.config, report, note, entry.part, keys_strip,

@@ -174,6 +174,10 @@ def _translate(args: argparse.Namespace) -> None:
     if args.keys is not None:
         values = _finish_settings(args.keys, values)
     settings = S.validate(values)  # the record's and the estimate's
+    if settings["mask"] != "none":
+        raise S.SettingsError(f"--mask {settings['mask']}: the command line takes no mask (the add-on makes it from "
+                              f"a mask strip or the source's alpha): translate the strip in Blender with a Mask, "
+                              f"or leave --mask at none")
     if passes.required(settings):
         raise S.SettingsError(f"these settings need render passes ({', '.join(passes.required(settings))}), which "
                               f"only a 3D scene strip's render gives and the command line does not take: choose "

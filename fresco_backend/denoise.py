@@ -157,13 +157,16 @@ def start_latents(pipe, latents: torch.Tensor, seed: int, t: torch.Tensor) -> to
 @torch.no_grad()
 def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
                   scales: Sequence[float], embeds: torch.Tensor, sampling: Sampling, clock: StepClock,
-                  hooks: StepHooks | None = None, encoded: torch.Tensor | None = None) -> torch.Tensor:
+                  hooks: StepHooks | None = None, encoded: torch.Tensor | None = None,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
 
     ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]), one per ControlNet of
     ``pipe.controlnet`` (a single ControlNetModel, or a MultiControlNetModel in the same order), with
     the conditioning ``scales`` of each (``config.Control.nets``). ``encoded``: the frames'
-    ``encode_frames`` where the caller has them already (FRESCO's reference pass), else made here.
+    ``encode_frames`` where the caller has them already (FRESCO's reference pass), else made here. ``keep``:
+    bool (B, 1, h, w) at the latents' size, False where the latents stay on the input's (a masked region,
+    ``mask.py``): after every step they are put back to it noised to the next step's timestep, clean at the end.
     """
     hooks = hooks or StepHooks()
     device, dtype = pipe.device, pipe.unet.dtype
@@ -202,6 +205,9 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
         new_x0 = hooks.adjust_x0(index, t, x0)
         if new_x0 is not None:
             latents = with_x0(scheduler, t, latents, x0, new_x0)
+        if keep is not None:
+            latents = torch.where(keep, latents, encoded if index + 1 == len(timesteps)
+                                  else start_latents(pipe, encoded, sampling.seed, timesteps[index + 1]))
         latents = hooks.after_step(index, t, latents)
         clock.step()
     clock.stage("write")

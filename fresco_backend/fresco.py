@@ -34,6 +34,7 @@ from .flow import BatchFlow
 from .frames import resize, to_tensor, to_uint8
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch
+from .mask import region_of
 from .render_passes import RenderPasses
 from .turns import turn
 
@@ -137,6 +138,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
     memory: Anchors = {frame: [t.to(pipe.device, pipe.unet.dtype) for t in steps]
                        for frame, steps in {**(anchors or {}), **checkpoint.anchors}.items()}
 
+    region = region_of(config, rendered)
     attention, opt_ctx = FrescoAttention(config.attention), OptContext(mode="off")
     optimizer = FeatureOptimizer(config.optimisation)
     try:
@@ -160,7 +162,8 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
                                         config=optimizer.config)
                 hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory,
                                       record, smooth_x0, x0_smoothing_steps(sampling.steps))
-                out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded)
+                keep = region.latents(pipe, batch.frames, work_size) if region else None
+                out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded, keep)
                 optimizer.reference.clear()
             yield from zip(batch.new, to_uint8(out[batch.anchors:]))
             for frame in [f for f in memory if f not in (first, batch.frames[-1], *kept)]:

@@ -59,6 +59,10 @@ class RenderPasses:
         except contract.PassError as exc:
             raise ValueError(f"{path}: {exc}") from None
 
+    def mask(self, index: int) -> np.ndarray:
+        """The mask of frame ``index`` (the ``mask`` setting's region, ``mask.py``): float32 (H, W) in [0, 1]."""
+        return self.read(contract.MASK, index)[0]
+
     def batch_flow(self, frames: Sequence[int], size: tuple[int, int] | None = None) -> BatchFlow:
         """The flows and occlusion masks between consecutive entries of ``frames`` (frame indices, in any order
         and spacing), from the renderer's motion, at ``size`` (width, height; default the clip's)."""

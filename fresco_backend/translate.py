@@ -33,6 +33,7 @@ from .flow import BatchFlow, FlowEstimator, load_estimator
 from .frames import resize, to_tensor, to_uint8
 from .fresco import fresco_frames
 from .keyframes import Batch
+from .mask import composited, region_of
 from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
 from .propagate import propagate_span
 from .render_passes import NO_MOTION, PassMissing, RenderPasses
@@ -52,6 +53,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
     with turn(pipe):
         embeds = encode_prompt(pipe, config.sampling)
     scales = [net.scale for net in config.control.nets]
+    region = region_of(config, rendered)
     for number, batch in enumerate(batches):
         if number < checkpoint.batches_done:
             continue
@@ -60,7 +62,8 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
         with turn(pipe):
             controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
                                            on_stage=clock.stage, rendered=rendered, frames=batch.frames)
-            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
+            keep = region.latents(pipe, batch.frames, work_size) if region else None
+            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock, keep=keep)
         yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
 
@@ -176,8 +179,11 @@ def finish_frames(frames: Sequence[np.ndarray], keys: Mapping[int, np.ndarray], 
     indices = sorted(keys)
     check_keys(indices, len(frames))
     clock = StepClock(0, on_progress, cancel)
-    yield from execute(finish_plan(len(frames), indices), Propagator(frames, config, clock, device, rendered=rendered),
-                       checkpoint or Checkpoint(), CheckedKeys(keys, Clip(frames).shape))
+    region = region_of(config, rendered)
+    yield from composited(execute(finish_plan(len(frames), indices),
+                                  Propagator(frames, config, clock, device, rendered=rendered),
+                                  checkpoint or Checkpoint(), CheckedKeys(keys, Clip(frames).shape)),
+                          frames, region, keys)
 
 
 class CheckedKeys(Mapping[int, np.ndarray]):
@@ -271,7 +277,7 @@ def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progres
     clock = StepClock((plan.batch_count - checkpoint.batches_done) * steps, on_progress, cancel,
                       checkpoint.batches_done, steps)
     runner = LocalRunner(pipe, frames, config, clock, cache, job_estimator(config, pipe.device), rendered)
-    yield from execute(plan, runner, checkpoint, kept)
+    yield from composited(execute(plan, runner, checkpoint, kept), frames, region_of(config, rendered), kept or ())
 
 
 def job_plan(frames: Sequence[np.ndarray], config: JobConfig, keys_only: bool = False,

@@ -12,6 +12,9 @@ pixel centres sit at integer coordinates, as in ``fresco_backend/flow.py``:
                is (the world behind everything) MAX_DEPTH
     normal     3 channels: the unit surface normal in the camera's space, x right, y up, z towards the camera
                (Blender's camera space); (0, 0, 0) where no surface is
+    mask       1 channel: where the job translates (the ``mask`` setting), in [0, 1]: 0 keeps the source, 1 is
+               the translation; not a renderer's pass, the add-on makes it from a mask strip or the source's
+               alpha (``fresco_backend/mask.py`` uses it)
 
 At a surface's silhouette a renderer averages the motion and the normal over the pixel (both surfaces' share)
 while the depth is one sample's: the flows' forward-backward check marks such pixels (``render_passes.py``).
@@ -26,7 +29,9 @@ import struct
 from pathlib import Path
 from typing import Any, Mapping
 
-PASSES = {"flow_prev": 2, "flow_next": 2, "depth": 1, "normal": 3}  # name -> channels
+PASSES = {"flow_prev": 2, "flow_next": 2, "depth": 1, "normal": 3, "mask": 1}  # name -> channels
+RENDERED = ("flow_prev", "flow_next", "depth", "normal")  # those a 3D scene's render gives
+MASK = "mask"
 RENDER_FLOW = "render"  # the ``flow`` setting's choice of the renderer's motion
 FLOW = ("flow_prev", "flow_next")  # what it needs
 MAX_DEPTH = 65504.0  # float16's largest finite value
@@ -89,15 +94,17 @@ def read_header(name: str, data: bytes) -> tuple[tuple[int, ...], int]:
 
 def required(settings: Mapping[str, Any]) -> tuple[str, ...]:
     """The passes a job of validated ``settings`` cannot run without: the motion for ``flow`` "render", the
-    normals for a ``normal`` ControlNet (no estimator makes either from the frames)."""
+    normals for a ``normal`` ControlNet (no estimator makes either from the frames), the region of a ``mask``."""
     kinds = {control["kind"] for control in settings.get("controls", ())}
-    return (FLOW if settings.get("flow") == RENDER_FLOW else ()) + (("normal",) if "normal" in kinds else ())
+    return ((FLOW if settings.get("flow") == RENDER_FLOW else ()) + (("normal",) if "normal" in kinds else ())
+            + ((MASK,) if settings.get("mask", "none") != "none" else ()))
 
 
 def useful(settings: Mapping[str, Any]) -> tuple[str, ...]:
-    """The passes a job of ``settings`` uses where it has them: the ``required`` ones and the depth (a
-    ``depth`` ControlNet's condition instead of the estimator's; with the render's motion also its occlusion)."""
+    """The render passes (``RENDERED``) a job of ``settings`` uses where it has them: the ``required`` ones and
+    the depth (a ``depth`` ControlNet's condition instead of the estimator's; with the render's motion also its
+    occlusion). Not the ``mask``, which the add-on makes from a mask strip or the source's alpha."""
     needed = required(settings)
     kinds = {control["kind"] for control in settings.get("controls", ())}
     depth = "depth" in kinds or settings.get("flow") == RENDER_FLOW
-    return tuple(name for name in PASSES if name in needed or (name == "depth" and depth))
+    return tuple(name for name in RENDERED if name in needed or (name == "depth" and depth))

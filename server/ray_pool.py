@@ -63,6 +63,7 @@ from fresco_backend.checkpoint import Anchors, Checkpoint
 from fresco_backend.config import JobConfig, require
 from fresco_backend.denoise import Cancelled, Progress
 from fresco_backend.executor import Done, Failed, Frame, Recorded, Spanned, execute
+from fresco_backend.mask import composited, region_of
 from fresco_backend.models import ModelChoice, choose_models
 from fresco_backend.plan import Pass
 from fresco_backend.render_passes import RenderPasses
@@ -366,7 +367,8 @@ class RayPool:
         runner = RayRunner(self, frames, config, on_progress, cancel or threading.Event(), rendered)
         plan = job_plan(frames, config, keys_only, kept, self.segments)
         try:
-            yield from execute(plan, runner, checkpoint or Checkpoint(), kept)
+            yield from composited(execute(plan, runner, checkpoint or Checkpoint(), kept), frames,
+                                  region_of(config, rendered), kept or ())
         finally:
             runner.close()
 

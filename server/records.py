@@ -229,6 +229,9 @@ def check_passes_spec(names: Any, settings: dict[str, Any]) -> str | None:
         return f"each pass at most once, got {', '.join(names)}"
     lacking = [n for n in passes.required(settings) if n not in names]
     if lacking:
+        if lacking[0] == passes.MASK:
+            return (f"mask {settings['mask']!r} needs the {passes.MASK} pass (the region, one channel in [0, 1] "
+                    f"per frame); send it, or set mask 'none'")
         why = "flow 'render'" if lacking[0] in passes.FLOW else "a normal ControlNet"
         return (f"{why} needs the render pass(es) {', '.join(lacking)}, which only a 3D scene's render gives; "
                 f"send them, or choose another Optical Flow or ControlNet")

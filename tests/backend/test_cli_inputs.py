@@ -94,6 +94,9 @@ def test_settings_that_need_render_passes_are_refused(tiny_models, tmp_path):
     result = translate(tmp_path / "in", tmp_path / "out", tiny_models, "--flow", "render")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "render passes (flow_prev, flow_next)" in result.stderr and "--flow dis" in result.stderr
+    result = translate(tmp_path / "in", tmp_path / "out", tiny_models, "--mask", "alpha")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--mask alpha: the command line takes no mask" in result.stderr
     assert not (tmp_path / "out").exists()  # refused before anything was made
 
 

@@ -63,7 +63,7 @@ def error(response, status: int, *words: str) -> str:
     return message
 
 
-def upload_all(client, job_id: str, names=tuple(passes.PASSES)) -> None:
+def upload_all(client, job_id: str, names=tuple(passes.RENDERED)) -> None:
     rendered = CLIP.render_passes()
     for i, frame in enumerate(CLIP.frames):
         assert client.put(wire.input_path(job_id, i), content=png(frame), headers=AUTH).status_code == 200
@@ -120,14 +120,14 @@ def test_bad_pass_files_are_refused_naming_the_frame_and_the_pass(served):
 
 def test_the_passes_reach_the_translator_and_are_part_of_the_inputs_fingerprint(served):
     client, manager, fake = served
-    job_id = client.post(wire.JOBS, json={"settings": RENDER, "frame_count": 5, "passes": list(passes.PASSES)},
+    job_id = client.post(wire.JOBS, json={"settings": RENDER, "frame_count": 5, "passes": list(passes.RENDERED)},
                          headers=AUTH).json()["id"]
     upload_all(client, job_id)
-    assert client.get(wire.job_path(job_id), headers=AUTH).json()["passes"] == list(passes.PASSES)
+    assert client.get(wire.job_path(job_id), headers=AUTH).json()["passes"] == list(passes.RENDERED)
     assert client.post(wire.start_path(job_id), headers=AUTH).status_code == 200
     assert finish(manager, job_id)["state"] == wire.DONE
     rendered = fake.rendered[-1]
-    assert rendered.names == tuple(passes.PASSES) and rendered.size == (64, 64)
+    assert rendered.names == tuple(passes.RENDERED) and rendered.size == (64, 64)
     assert np.array_equal(rendered.read("flow_next", 2), CLIP.render_passes()["flow_next"][2])
     job = manager.get(job_id)
     assert records.check_inputs(job) == job.input_sha256  # unchanged: the same input
@@ -136,7 +136,7 @@ def test_the_passes_reach_the_translator_and_are_part_of_the_inputs_fingerprint(
     with pytest.raises(RuntimeError, match="render passes .* are not those the job was submitted with"):
         records.check_inputs(job)
     reloaded = records.load(job.folder)
-    assert reloaded.passes == tuple(passes.PASSES) and reloaded.uploaded_passes["normal"] == set(range(5))
+    assert reloaded.passes == tuple(passes.RENDERED) and reloaded.uploaded_passes["normal"] == set(range(5))
     path.unlink()
     assert "depth pass not uploaded" in records.missing_inputs(records.load(job.folder))
 
@@ -146,11 +146,11 @@ def test_a_render_flow_job_runs_end_to_end_on_the_tiny_model(tiny_models, pipe, 
     manager = JobManager(tmp_path / "work", LocalTranslator(models.use, translate_frames))
     try:
         values = S.validate({**RENDER, "keyframes": "interval", "key_interval": 2, "opt_iterations": 2})
-        job = manager.create(values, 5, passes=list(passes.PASSES))
+        job = manager.create(values, 5, passes=list(passes.RENDERED))
         rendered = CLIP.render_passes()
         for i, frame in enumerate(CLIP.frames):
             manager.put_input(job.id, i, png(frame))
-            for name in passes.PASSES:
+            for name in passes.RENDERED:
                 manager.put_pass(job.id, name, i, encoded(name, rendered[name][i]))
         manager.start(job.id)
         assert finish(manager, job.id)["state"] == wire.DONE
@@ -160,3 +160,28 @@ def test_a_render_flow_job_runs_end_to_end_on_the_tiny_model(tiny_models, pipe, 
         assert all(np.array_equal(out[i], direct[i]) for i in range(5))  # the server's job is the library's
     finally:
         manager.shutdown()
+
+
+def test_a_masked_job_needs_its_mask_pass_and_refuses_bad_ones(served):
+    client, manager, fake = served
+    masked = {"prompt": "x", "steps": 2, "size": 64, "mask": "alpha"}
+    error(client.post(wire.JOBS, json={"settings": masked, "frame_count": 2}, headers=AUTH), 422,
+          "mask 'alpha' needs the mask pass")
+    job_id = client.post(wire.JOBS, json={"settings": masked, "frame_count": 2, "passes": ["mask"]},
+                         headers=AUTH).json()["id"]
+    region = np.zeros((1, 64, 64))
+    region[:, 10:40, 5:30] = 1
+    bad = {"outside [0, 1]": encoded("mask", region * 1.5), "not finite": encoded("mask", region * np.nan),
+           "is 32x64; the input frames are 64x64": encoded("mask", region[:, :, :32]),
+           "expected 1 channel": encoded("flow_next", np.ones((2, 64, 64)))}
+    client.put(wire.input_path(job_id, 0), content=png(CLIP.frames[0]), headers=AUTH)
+    for words, body in bad.items():
+        message = error(client.put(wire.pass_path(job_id, "mask", 1), content=body, headers=AUTH), 400, words)
+        assert "frame 1" in message and "mask" in message
+    for i in range(2):
+        client.put(wire.input_path(job_id, i), content=png(CLIP.frames[i]), headers=AUTH)
+        assert client.put(wire.pass_path(job_id, "mask", i), content=encoded("mask", region * (i + 1) / 2),
+                          headers=AUTH).status_code == 200
+    assert client.post(wire.start_path(job_id), headers=AUTH).status_code == 200
+    assert finish(manager, job_id)["state"] == wire.DONE
+    assert np.array_equal(fake.rendered[-1].mask(1), region[0]) and fake.rendered[-1].mask(0).max() == 0.5

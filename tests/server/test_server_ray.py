@@ -412,3 +412,22 @@ def test_a_free_worker_goes_to_the_job_holding_fewest(pool):
         stop.set()
         for slot in held:
             pool.release(slot, lost=False)
+
+
+def test_a_masked_job_on_the_pool_keeps_the_source_outside_the_mask(pool, tmp_path):
+    """Every frame the pool gives, key or propagated, passes the mask's composite (``mask.composited``)."""
+    from pass_files import write_passes
+
+    from fresco_backend.render_passes import RenderPasses
+
+    frames = clip(5)
+    height, width = frames[0].shape[:2]
+    region = np.zeros((1, height, width), np.float32)
+    region[:, 8:40, 4:36] = 1
+    rendered = RenderPasses(write_passes(tmp_path, {"mask": [region] * 5}), ("mask",), 5, (width, height))
+    out = dict(pool.translate(frames, JobConfig.of({**SETTINGS, "mask": "alpha", "mask_feather": 0}),
+                              rendered=rendered))
+    assert sorted(out) == list(range(5))
+    for i, rgb in out.items():
+        assert np.array_equal(rgb[region[0] == 0], frames[i][region[0] == 0]), i
+        assert not np.array_equal(rgb[region[0] == 1], frames[i][region[0] == 1]), i

@@ -247,6 +247,10 @@ class FakeLayout:
         assert name in data.bl_rna.properties, name
         self.log.append(("prop", name))
 
+    def prop_search(self, data, name, search_data, search_name, **kwargs):
+        assert name in data.bl_rna.properties and search_name in search_data.bl_rna.properties, (name, search_name)
+        self.log.append(("prop_search", name, search_name))
+
     def label(self, text="", **kwargs):
         self.log.append(("label", text))
 

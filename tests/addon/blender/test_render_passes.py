@@ -102,7 +102,7 @@ def add_scene_strip(editing, shot, compat, name="shot", start=10):
 def export_passes(addon, scene, strip, folder, names=None, frames_per_step=2):
     """Every pass of ``strip`` exported to ``folder`` by ``PassExporter`` (``frames_per_step`` a step)."""
     render_passes = addon_module(addon, "render_passes")
-    names = names or list(addon_module(addon, "contract").passes.PASSES)
+    names = names or list(addon_module(addon, "contract").passes.RENDERED)
     exporter = render_passes.PassExporter(scene, strip, names, folder)
     try:
         while exporter.done < exporter.total:
@@ -333,7 +333,7 @@ def test_scene_strip_job_carries_its_passes(addon, textured_shot, compat, monkey
     controls(strip, "normal", "depth")
     client = PassClient()
     assert translate_sync(addon, client, monkeypatch, strip="shot") == {"FINISHED"}
-    assert client.passes == list(passes.PASSES) and client.settings["flow"] == "render"
+    assert client.passes == list(passes.RENDERED) and client.settings["flow"] == "render"
     for (name, index), data in client.uploaded.items():
         assert passes.read_header(name, data)[0] == (passes.PASSES[name], HEIGHT, WIDTH)
     result = compat.all_strips(bpy.context.scene.sequence_editor)["shot.fresco"]
