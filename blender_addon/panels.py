@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import bpy
 
-from . import backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
+from . import animation, backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
 from . import place, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
 from .contract import passes
 from .contract import settings as schema
@@ -151,8 +151,24 @@ def draw_setting(layout: Any, group: Any, setting: schema.Setting) -> None:
         row.operator(settings_ops.FRESCO_OT_new_seed.bl_idname, text="", icon="FILE_REFRESH")
     elif setting.kind == "list":
         draw_list(layout, group, setting)
+    elif setting.animated:
+        row = layout.row(align=True)
+        row.prop(group, setting.name)
+        draw_keyframe(row, group, setting.name)
     else:
         layout.prop(group, setting.name)
+
+
+KEY_ICONS = {"keyed": "DECORATE_KEYFRAME", "animated": "DECORATE_ANIMATE", "": "DECORATE"}
+
+
+def draw_keyframe(layout: Any, group: Any, name: str) -> None:
+    """The keyframe button of the strip's animated number ``name`` (``animation.setting_path``): its icon says
+    whether it has a key at the current frame, is animated, or neither."""
+    strip, scene = group.id_data.sequence_editor.active_strip, group.id_data
+    state = animation.key_state(scene, animation.scene_fcurves(scene), animation.setting_path(strip, name))
+    layout.operator(settings_ops.FRESCO_OT_keyframe_setting.bl_idname, text="", icon=KEY_ICONS[state],
+                    emboss=False).setting = name
 
 
 def draw_list(layout: Any, group: Any, setting: schema.Setting) -> None:
@@ -175,6 +191,8 @@ def draw_list(layout: Any, group: Any, setting: schema.Setting) -> None:
         row.use_property_split = False
         for field in setting.fields:
             row.prop(item, field.name, text="")
+            if field.animated:
+                draw_keyframe(row, group, f"{setting.name}[{index}].{field.name}")
         remove = row.row(align=True)
         remove.enabled = removable
         op = remove.operator(settings_ops.FRESCO_OT_list_remove.bl_idname, text="", icon="REMOVE")
