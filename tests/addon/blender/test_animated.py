@@ -9,7 +9,7 @@ import sys
 import bpy
 import pytest
 
-from conftest import FakeLayout, STRIP_START, OFFSET_START, VISIBLE
+from conftest import FakeLayout, STRIP_START, OFFSET_START, VISIBLE, set_duration
 
 FIRST = STRIP_START + OFFSET_START  # the scene frame of the strip's first visible frame (job frame 0)
 LAST = FIRST + VISIBLE - 1
@@ -102,10 +102,12 @@ def test_keyframed_strength_gives_per_frame_values_and_the_rest_stays_a_number(a
 def test_a_translation_records_the_per_frame_values_and_its_result_is_not_animated(addon, animated, compat,
                                                                                   backend_env):
     animation = module(addon, "animation")
+    set_duration(animated, 3)  # a short, cheap job: its frames 13..15
+    animated.fresco.steps = 1
     assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
     result = compat.all_strips(animated.id_data.sequence_editor)["clip.fresco"]
     recorded = json.loads(result["fresco_settings"])
-    assert len(recorded["strength"]) == VISIBLE and recorded["strength"][0] == pytest.approx(0.3)
+    assert recorded["strength"] == pytest.approx([0.3 + 0.6 * i / (VISIBLE - 1) for i in range(3)], abs=1e-6)
     assert result.fresco.strength == pytest.approx(0.3)  # its field: the first frame's value
     curves = animation.scene_fcurves(animated.id_data)
     assert animation.setting_path(result, "strength") not in curves  # nothing keyframed on the result
