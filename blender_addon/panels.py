@@ -8,8 +8,8 @@ from typing import Any, Mapping
 
 import bpy
 
-from . import animation, backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
-from . import place, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
+from . import animation, backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators
+from . import place, presets, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
 from .contract import passes
 from .contract import settings as schema
 

@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping
 
 import bpy
 
-from . import (animation, backend, compat, export, jobrun, live, place, preview, props, render_passes, resultdirs, session,
-               tasks, unsaved, userdirs)
+from . import (animation, backend, compat, export, jobrun, live, place, preview, props, render_passes, resultdirs,
+               session, tasks, unsaved, userdirs)
 from .contract import estimate, passes
 from .contract import keys as files_keys
 from .contract import settings as schema

@@ -108,7 +108,8 @@ def fuse_loras(pipe, loras: Sequence[Lora]) -> Fused:
     """Fuse ``loras`` (those of weight 0 are skipped; animated ones at the job's first frame's weight) into
     ``pipe``, which must hold none now."""
     key = lora_key(loras)
-    fused = Fused(key, _fuse(pipe, key, tuple(at(w, 0) for _, w, *_ in key)), tuple(at(w, 0) for _, w, *_ in key))
+    weights = tuple(at(w, 0) for _, w, *_ in key)
+    fused = Fused(key, _fuse(pipe, key, weights), weights)
     FUSED[pipe] = fused
     return fused
 
@@ -146,7 +147,8 @@ def weigh_batch(pipe, loras: Sequence[Lora], frame: int) -> None:
         return
     fused = FUSED.get(pipe)
     if fused is None or fused.key != lora_key(loras):
-        raise RuntimeError("the pipeline does not hold this job's LoRAs: get it from WarmPipeline.get")
+        raise RuntimeError("the pipeline does not hold this job's LoRAs (a LoRA file changed since the job "
+                           "began, or the pipeline was not got with them from WarmPipeline.get)")
     weights = tuple(at(w, frame) for _, w, *_ in fused.key)
     if weights != fused.weights:
         restore(pipe, fused)
