@@ -276,7 +276,7 @@ class FRESCO_PT_panel(bpy.types.Panel):
                     layout.label(text=f"Guided by its 3D render: {strip[place.GUIDANCE_KEY]}", icon="SCENE_DATA")
                 if strip.type == "IMAGE" and userdirs.is_temporary(bpy.path.abspath(strip.directory)):
                     layout.label(text="In a temporary folder until the .blend is saved", icon="ERROR")
-            draw_cost(layout, context, strip, values, configured)
+            draw_cost(layout, context, strip, animation.sample(strip, group, values), configured)  # at the peaks
             keys = place.keys_of(strip)
             if keys is not None:
                 draw_keys_strip(layout, context, strip, keys)

@@ -91,6 +91,8 @@ def test_keyframed_strength_gives_per_frame_values_and_the_rest_stays_a_number(a
         shown = [entry[2] for entry in log if entry[:2] == ("prop", "strength")]
         assert shown == [pytest.approx(strengths[frame - FIRST])]
         assert ("keyframe", "strength", icon) in log and ("keyframe", "guidance_scale", "DECORATE") in log
+    # its cost counts the peak strength's steps (2 x 0.9), not the playhead's (2 x 0.66: 1 step)
+    assert [entry[1] for entry in log if entry[0] == "label" and " batch" in entry[1]][0].endswith(" of 2 steps")
     animated.id_data.frame_set(FIRST)
     assert bpy.ops.fresco.keyframe_setting(setting="strength") == {"FINISHED"}  # a key there: deleted
     assert len(props.job_settings(animated)["strength"]) == VISIBLE  # the one at the last frame holds
