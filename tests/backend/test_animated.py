@@ -103,3 +103,16 @@ def test_lora_weight_per_batch_is_its_value_at_the_batch_s_first_frame(tiny_mode
     assert all(np.array_equal(a, b) for a, b in zip(animated, low[:2] + high[2:]))
     # the same job again: its first batch is fused at weight 0 again, not at the weight the last batch left
     assert all(np.array_equal(a, b) for a, b in zip(translate([0.0, 1.0, 2.0, 0.5]), animated))
+
+
+def test_a_fresco_job_takes_its_frames_values(pipe, one_thread):
+    clip = moving_square(frames=3, width=64, height=64).frames
+
+    def translate(strength):
+        config = JobConfig.of({"prompt": "a fox", "steps": 4, "size": 64, "strength": strength, "batch_size": 3,
+                               "keyframes": "all", "opt_iterations": 1})
+        return [rgb for _, rgb in translate_frames(pipe, clip, config)]
+
+    plain = translate(0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(translate([0.5] * 3), plain))  # one value for every frame
+    assert not np.array_equal(translate([0.25, 0.5, 0.5])[0], plain[0])  # frame 0 starts a step later
