@@ -8,7 +8,8 @@ from typing import Any, Mapping
 
 import bpy
 
-from . import backend, backend_setup, compat, config, export, installer, jobqueue, jobrun, mask, model_ops, operators
+from . import (animation, backend, backend_setup, compat, config, export, installer, jobqueue, jobrun, mask, model_ops,
+               operators)
 from . import place, presets, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
 from .contract import passes
 from .contract import settings as schema
@@ -161,8 +162,24 @@ def draw_setting(layout: Any, group: Any, setting: schema.Setting) -> None:
         row.operator(settings_ops.FRESCO_OT_new_seed.bl_idname, text="", icon="FILE_REFRESH")
     elif setting.kind == "list":
         draw_list(layout, group, setting)
+    elif setting.animated:
+        row = layout.row(align=True)
+        row.prop(group, setting.name)
+        draw_keyframe(row, group, setting.name)
     else:
         layout.prop(group, setting.name)
+
+
+KEY_ICONS = {"keyed": "DECORATE_KEYFRAME", "animated": "DECORATE_ANIMATE", "": "DECORATE"}
+
+
+def draw_keyframe(layout: Any, group: Any, name: str) -> None:
+    """The keyframe button of the strip's animated number ``name`` (``animation.setting_path``): its icon says
+    whether it has a key at the current frame, is animated, or neither."""
+    strip, scene = group.id_data.sequence_editor.active_strip, group.id_data
+    state = animation.key_state(scene, animation.scene_fcurves(scene), animation.setting_path(strip, name))
+    layout.operator(settings_ops.FRESCO_OT_keyframe_setting.bl_idname, text="", icon=KEY_ICONS[state],
+                    emboss=False).setting = name
 
 
 def draw_list(layout: Any, group: Any, setting: schema.Setting) -> None:
@@ -185,6 +202,8 @@ def draw_list(layout: Any, group: Any, setting: schema.Setting) -> None:
         row.use_property_split = False
         for field in setting.fields:
             row.prop(item, field.name, text="")
+            if field.animated:
+                draw_keyframe(row, group, f"{setting.name}[{index}].{field.name}")
         remove = row.row(align=True)
         remove.enabled = removable
         op = remove.operator(settings_ops.FRESCO_OT_list_remove.bl_idname, text="", icon="REMOVE")
@@ -269,7 +288,7 @@ class FRESCO_PT_panel(bpy.types.Panel):
                     layout.label(text=f"Guided by its 3D render: {strip[place.GUIDANCE_KEY]}", icon="SCENE_DATA")
                 if strip.type == "IMAGE" and userdirs.is_temporary(bpy.path.abspath(strip.directory)):
                     layout.label(text="In a temporary folder until the .blend is saved", icon="ERROR")
-            draw_cost(layout, context, strip, values, configured)
+            draw_cost(layout, context, strip, animation.sample(strip, group, values), configured)  # at the peaks
             keys = place.keys_of(strip)
             if keys is not None:
                 draw_keys_strip(layout, context, strip, keys)

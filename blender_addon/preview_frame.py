@@ -18,7 +18,7 @@ from typing import Any
 
 import bpy
 
-from . import compat, export, image_view, jobrun, place, resultdirs, session, tasks, translation, userdirs
+from . import animation, compat, export, image_view, jobrun, place, resultdirs, session, tasks, translation, userdirs
 from .contract import passes, wire
 
 IMAGE = "FRESCO Preview"  # the image an artist picks in the Image Editor
@@ -59,6 +59,7 @@ def start(context: Any, strip: Any, config: dict) -> Preview:
     if not 0 <= offset < compat.visible_duration(strip):
         raise translation.Refused(f"the playhead (frame {scene.frame_current}) is not over {strip.name}: move it "
                                   f"onto the frame to preview")
+    settings = animation.at_frames(settings, [offset])  # the one frame's animated values
     running = session.get().running(TASK)
     if running is not None:
         running.cancel()

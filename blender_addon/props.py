@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import bpy
 
-from . import compat
+from . import animation, compat
 from .contract import settings as schema
 
 STRIP_PROP = "fresco"  # strip.fresco -> FrescoStripSettings
@@ -157,8 +157,9 @@ def _absolute(path: str) -> str:
 
 
 def job_settings(strip: Any) -> dict[str, Any]:
-    """The settings a translation of ``strip`` starts with: ``strip_settings`` with file paths made absolute
-    and, when the strip's Random Seed is on, a seed drawn now (the dict holds the seed actually used).
+    """The settings a translation of ``strip`` starts with: ``strip_settings`` with file paths made absolute,
+    each keyframed number as its values at every frame of the strip (``animation.sample``) and, when the
+    strip's Random Seed is on, a seed drawn now (the dict holds the seed actually used).
     Raises SettingsError when an earlier version's ControlNet on the strip cannot be read (``legacy_problem``)."""
     problem = legacy_problem(strip)
     if problem:
@@ -171,6 +172,7 @@ def job_settings(strip: Any) -> dict[str, Any]:
             if f.file:
                 for item in values[s.name]:
                     item[f.name] = _absolute(item[f.name])
+    values = animation.sample(strip, getattr(strip, STRIP_PROP), values)
     if getattr(getattr(strip, STRIP_PROP), RANDOM_SEED):
         values["seed"] = new_seed()
     return values

@@ -1,11 +1,12 @@
-"""Operators editing the active strip's settings in the panel: list rows (ControlNets, LoRAs) and New Seed."""
+"""Operators editing the active strip's settings in the panel: list rows (ControlNets, LoRAs), New Seed and the
+keyframe button of an animated number."""
 from __future__ import annotations
 
 from typing import Any
 
 import bpy
 
-from . import props
+from . import animation, props
 from .contract import settings as schema
 
 
@@ -99,4 +100,32 @@ class FRESCO_OT_new_seed(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (FRESCO_OT_list_add, FRESCO_OT_list_remove, FRESCO_OT_list_edit, FRESCO_OT_new_seed)
+class FRESCO_OT_keyframe_setting(bpy.types.Operator):
+    """Insert a keyframe of this setting of the active strip at the current frame, or delete the one there (the
+    I key cannot reach a strip's FRESCO settings; the Graph Editor edits the keys under the scene)"""
+
+    bl_idname = "fresco.keyframe_setting"
+    bl_label = "Keyframe"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+    setting: bpy.props.StringProperty(name="Setting", description='"strength", "controls[0].scale", ...',
+                                      options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return _strip(context) is not None
+
+    def execute(self, context: Any) -> set[str]:
+        strip, scene = _strip(context), context.scene
+        if self.setting not in animation.animated_names(getattr(strip, props.STRIP_PROP)):
+            self.report({"ERROR"}, f"FRESCO: {strip.name} has no setting {self.setting!r} that can be keyframed")
+            return {"CANCELLED"}
+        path = animation.setting_path(strip, self.setting)
+        if animation.key_state(scene, animation.scene_fcurves(scene), path) == "keyed":
+            scene.keyframe_delete(path, frame=scene.frame_current)
+        else:
+            scene.keyframe_insert(path, frame=scene.frame_current)
+        return {"FINISHED"}
+
+
+CLASSES = (FRESCO_OT_list_add, FRESCO_OT_list_remove, FRESCO_OT_list_edit, FRESCO_OT_new_seed,
+           FRESCO_OT_keyframe_setting)

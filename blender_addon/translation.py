@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping
 
 import bpy
 
-from . import (backend, compat, export, jobrun, live, mask, place, preview, props, render_passes, resultdirs, session,
-               tasks, unsaved, userdirs)
+from . import (animation, backend, compat, export, jobrun, live, mask, place, preview, props, render_passes, resultdirs,
+               session, tasks, unsaved, userdirs)
 from .contract import estimate, passes
 from .contract import keys as files_keys
 from .contract import settings as schema
@@ -313,7 +313,8 @@ class Translation:
                 strip = place.add_result_strip(scene, source, paths, self.settings, self.job_id)
             else:
                 place.mark_result(strip, source, self.settings, self.job_id)
-        props.apply_settings(strip, self.settings)  # with the seed used (Random Seed off)
+        # with the seed used (Random Seed off); an animated number at its first frame (the record has them all)
+        props.apply_settings(strip, animation.first_values(self.settings))
         place.mark_guidance(strip, render_passes.guidance(self.pass_names))
         self.result_name = strip.name
         preview.remove(self)  # not kept in the undo step

@@ -32,6 +32,15 @@ _TYPES = {"str": str, "enum": str, "int": int, "float": float}
 JOB_DIR = ".fresco-job"  # inside --out while a run is unfinished: re-running the command resumes it
 
 
+def _value_type(setting: S.Setting):
+    """argparse type of a setting's value; an animated number's also takes one value per frame of the job,
+    comma-separated (``0.3,0.45,0.6``)."""
+    kind = _TYPES[setting.kind]
+    if not setting.animated:
+        return kind
+    return lambda text: [kind(v) for v in text.split(",")] if "," in text else kind(text)
+
+
 def _list_item(setting: S.Setting):
     """argparse type of one item of a list setting: ``FIRST[@SECOND]`` (e.g. ``tile@0.5``), the fields in
     the schema's order; without a number after the last ``@`` all of it is FIRST (a path may hold ``@``) and
@@ -41,7 +50,7 @@ def _list_item(setting: S.Setting):
     def parse(text: str) -> dict:
         head, _, tail = text.rpartition("@")
         try:
-            return {first.name: head, second.name: _TYPES[second.kind](tail)} if head else {first.name: text}
+            return {first.name: head, second.name: _value_type(second)(tail)} if head else {first.name: text}
         except ValueError:
             return {first.name: text}
     return parse
@@ -62,8 +71,9 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
             continue
         bounds = "" if setting.minimum is None else f" [{setting.minimum:g}..{setting.maximum:g}]"
         default = "" if setting.default == "" else f" (default {setting.default})"
-        parser.add_argument(flag, dest=setting.name, type=_TYPES[setting.kind], default=None,
-                            choices=setting.choices or None, help=f"{setting.description}{bounds}{default}")
+        frames = "; or one value per frame, comma-separated" if setting.animated else ""
+        parser.add_argument(flag, dest=setting.name, type=_value_type(setting), default=None,
+                            choices=setting.choices or None, help=f"{setting.description}{bounds}{default}{frames}")
 
 
 def default_conditions_dir() -> Path:
@@ -222,6 +232,7 @@ def _translate(args: argparse.Namespace) -> None:
         raise JobMismatch(f"{exc}. Add --restart to discard it (removes {job_dir} and the frames it wrote to "
                           f"{args.out}) or choose another --out; to resume it instead, run it with the settings, "
                           f"models and input it was started with") from None
+    S.check_frames(settings, len(job.frames))
     if job.started_over:
         print(f"starting a new job in {job_dir}; the one there was discarded: {job.started_over}")
     height, width = job.frames[0].shape[:2]

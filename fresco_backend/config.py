@@ -40,6 +40,16 @@ def _frozen(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def at(value: Any, frame: int) -> Any:
+    """An animated setting's value at job frame ``frame`` (0-based): ``value`` itself when it is a number."""
+    return value[frame] if isinstance(value, tuple) else value
+
+
+def peak(value: Any) -> Any:
+    """An animated setting's largest value over the job's frames (``value`` itself when it is a number)."""
+    return max(value) if isinstance(value, tuple) else value
+
+
 def from_settings(kind: type[G], settings: Mapping[str, Any]) -> G:
     """``kind`` with each setting-backed field taken from validated ``settings`` (nested groups too)."""
     values = {f.name: _value(f, settings) for f in fields(kind) if "setting" in f.metadata}
@@ -69,19 +79,20 @@ class Sampling:
     prompt_schedule: tuple[PromptChange, ...] = setting_list("prompt_schedule", PromptChange)
     prompt_blend: int = setting("prompt_blend")  # frames over which a changed prompt's embeddings blend in
     seed: int = setting("seed")
-    strength: float = setting("strength")
+    strength: float | tuple[float, ...] = setting("strength")  # a tuple: one per job frame (``at``)
     steps: int = setting("steps")
     quality: str = setting("quality")  # "final" or "draft" (``settings.effective`` has set what it changes)
     draft_lora: str = setting("draft_lora")  # a Draft's LCM-LoRA (``settings.effective`` added it to the LoRAs)
-    guidance_scale: float = setting("guidance_scale")
+    guidance_scale: float | tuple[float, ...] = setting("guidance_scale")  # a tuple: one per job frame
     size: int = setting("size")
     upscale: bool = setting("upscale")
     batch_size: int = setting("batch_size")
 
     @property
     def executed_steps(self) -> int:
-        """Steps the loop runs: the last ``strength`` part of the schedule, at least one."""
-        return executed_steps(self.steps, self.strength)
+        """Steps the loop runs: the last ``strength`` part of the schedule (an animated strength's peak: a
+        batch steps from its strongest frame's start, ``denoise.FrameValues``), at least one."""
+        return executed_steps(self.steps, peak(self.strength))
 
     def work_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) a ``width`` x ``height`` clip is processed at (``estimate.working_size``)."""
@@ -99,8 +110,8 @@ class Sampling:
 
     @property
     def guided(self) -> bool:
-        """Whether classifier-free guidance is on (two U-Net halves per step)."""
-        return self.guidance_scale > 1.0
+        """Whether classifier-free guidance is on (two U-Net halves per step): for any frame, where animated."""
+        return peak(self.guidance_scale) > 1.0
 
 
 @dataclass(frozen=True)
@@ -152,7 +163,7 @@ class ControlNetUse:
     """One ControlNet of a job: its kind (``fresco_contract.settings.CONTROL_KINDS``) and scale."""
 
     kind: str
-    scale: float
+    scale: float | tuple[float, ...]  # a tuple: one per job frame (``at``)
 
 
 @dataclass(frozen=True)
@@ -169,7 +180,11 @@ class Lora:
     """One LoRA file applied to the model, with its weight."""
 
     path: str
-    weight: float
+    weight: float | tuple[float, ...]  # a tuple: one per job frame, applied per batch (``lora.batch_loras``)
+
+    def at(self, frame: int) -> Lora:
+        """This LoRA with its weight at job frame ``frame``."""
+        return Lora(self.path, at(self.weight, frame))
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 
-from fresco_contract.estimate import REFERENCE_PIXELS
+from fresco_contract.estimate import REFERENCE_PIXELS, executed_steps
 from fresco_contract.progress import Cancelled, Progress
 
-from .config import Sampling
+from .config import Sampling, at
 
 ProgressFn = Callable[[Progress], None]
 
@@ -154,11 +155,46 @@ def start_latents(pipe, latents: torch.Tensor, seed: int, t: torch.Tensor) -> to
     return pipe.scheduler.add_noise(latents, noise.to(latents).expand_as(latents), t.reshape(1))
 
 
+@dataclass(frozen=True)
+class FrameValues:
+    """The animated numbers of one batch, per frame (``config.at`` at the batch's job frames); None where a
+    number is not animated, which then runs exactly as it does without animation.
+
+    ``starts``: each frame's first step, an index into the batch's timesteps (which begin at the peak
+    strength's start): a frame of strength s steps from the start an SDEdit of strength s would, and until
+    then holds its input noised to the timestep under way (``denoise_batch``). ``guidance``: the guidance
+    scale of each frame (B, 1, 1, 1); ``scales``: each ControlNet's conditioning scale, a number or one per
+    frame (B, 1, 1, 1), as ``controlnet(conditioning_scale=...)`` multiplies the residuals with it.
+    """
+
+    starts: tuple[int, ...] | None
+    guidance: torch.Tensor | None
+    scales: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, sampling: Sampling, scales: Sequence[Any], frames: Sequence[int] | None, count: int,
+           device, dtype) -> FrameValues:
+        """The values of a batch of job frames ``frames`` (None: a batch without animated values) stepping
+        ``count`` timesteps; ValueError where a number is animated and the batch's frames are not given."""
+        animated = [isinstance(v, tuple) for v in (sampling.strength, sampling.guidance_scale, *scales)]
+        if any(animated) and frames is None:
+            raise ValueError("an animated setting needs the batch's job frames (denoise_batch's frames)")
+
+        def per_frame(value: Any) -> torch.Tensor:
+            return torch.tensor([float(at(value, f)) for f in frames], device=device, dtype=dtype).view(-1, 1, 1, 1)
+
+        starts = None
+        if animated[0]:
+            starts = tuple(count - executed_steps(sampling.steps, at(sampling.strength, f)) for f in frames)
+        return cls(starts, per_frame(sampling.guidance_scale) if animated[1] else None,
+                   tuple(per_frame(v) if a else float(v) for v, a in zip(scales, animated[2:])))
+
+
 @torch.no_grad()
 def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
-                  scales: Sequence[float], embeds: torch.Tensor, sampling: Sampling, clock: StepClock,
+                  scales: Sequence[Any], embeds: torch.Tensor, sampling: Sampling, clock: StepClock,
                   hooks: StepHooks | None = None, encoded: torch.Tensor | None = None,
-                  keep: torch.Tensor | None = None) -> torch.Tensor:
+                  keep: torch.Tensor | None = None, frames: Sequence[int] | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
 
     ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]), one per ControlNet of
@@ -167,6 +203,8 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
     ``encode_frames`` where the caller has them already (FRESCO's reference pass), else made here. ``keep``:
     bool (B, 1, h, w) at the latents' size, False where the latents stay on the input's (a masked region,
     ``mask.py``): after every step they are put back to it noised to the next step's timestep, clean at the end.
+    ``frames``: the batch's job frames, which animated strength, guidance and scales are taken at
+    (``FrameValues``).
     """
     hooks = hooks or StepHooks()
     device, dtype = pipe.device, pipe.unet.dtype
@@ -180,11 +218,15 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
     conds = [c.to(device, dtype) for c in controls]
     if len(conds) != len(scales):
         raise ValueError(f"{len(conds)} ControlNet conditions for {len(scales)} scales")
+    values = FrameValues.of(sampling, scales, frames, len(timesteps), device, dtype)
     text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
+    scales = values.scales
     if guided:
         conds = [torch.cat([c, c]) for c in conds]
+        scales = tuple(torch.cat([s, s]) if isinstance(s, torch.Tensor) else s for s in scales)
+    guidance = sampling.guidance_scale if values.guidance is None else values.guidance
     # one ControlNet: its condition and scale as such; several (MultiControlNetModel): lists of them
-    cond, scale = (conds[0], float(scales[0])) if len(conds) == 1 else (conds, [float(s) for s in scales])
+    cond, scale = (conds[0], scales[0]) if len(conds) == 1 else (conds, list(scales))
     for index, t in enumerate(timesteps):
         clock.begin_step(index, len(timesteps), batch, images.shape[-2] * images.shape[-1])
         hooks.before_step(index, t)
@@ -196,7 +238,7 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
                                mid_block_additional_residual=mid, return_dict=False)[0]
         if guided:
             uncond, text_pred = noise_pred.chunk(2)
-            noise_pred = uncond + sampling.guidance_scale * (text_pred - uncond)
+            noise_pred = uncond + guidance * (text_pred - uncond)
         latents, x0 = scheduler.step(noise_pred, t, latents, return_dict=False)
         if sampling.lcm and index + 1 < len(timesteps):
             # LCM noises its clean estimate again for the next step: with the same seeded noise for every
@@ -208,12 +250,25 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
         if keep is not None:
             latents = torch.where(keep, latents, encoded if index + 1 == len(timesteps)
                                   else start_latents(pipe, encoded, sampling.seed, timesteps[index + 1]))
+        if values.starts is not None and index + 1 < len(timesteps):
+            latents = held(pipe, latents, encoded, values.starts, index + 1, sampling.seed, timesteps[index + 1])
         latents = hooks.after_step(index, t, latents)
         clock.step()
     clock.stage("write")
     check_finite(latents, "the denoised latents")
     return check_finite(pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0],
                         "the decoded frames")
+
+
+def held(pipe, latents: torch.Tensor, encoded: torch.Tensor, starts: Sequence[int], index: int, seed: int,
+         t: torch.Tensor) -> torch.Tensor:
+    """``latents`` before step ``index`` (at timestep ``t``) with the frames whose first step (``starts``) has
+    not come before it at their input noised to ``t``, with the SDEdit start's seeded noise (``start_latents``):
+    from its first step on, a frame steps as an SDEdit of its own strength does."""
+    waiting = [i for i, start in enumerate(starts) if start >= index]
+    if waiting:
+        latents[waiting] = start_latents(pipe, encoded[waiting], seed, t).to(latents.dtype)
+    return latents
 
 
 class NonFiniteError(RuntimeError):

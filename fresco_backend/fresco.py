@@ -34,6 +34,7 @@ from .flow import BatchFlow
 from .frames import resize, to_tensor, to_uint8
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch
+from .lora import weigh_batch
 from .mask import region_of
 from .render_passes import RenderPasses
 from .turns import turn
@@ -149,6 +150,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
             small = [resize(frames[i], *work_size) for i in batch.frames]
             images = to_tensor(small)
             with turn(pipe), installed(pipe.unet, attention, optimizer, opt_ctx):
+                weigh_batch(pipe, config.loras, batch.new[0])
                 controls, flow = batch_conditions(small, config, cache, with_flow=True, device=pipe.device,
                                                  on_stage=clock.stage, rendered=rendered, frames=batch.frames)
                 attention.new_batch(images, flow)
@@ -162,8 +164,9 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
                                         config=optimizer.config)
                 hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory,
                                       record, smooth_x0, x0_smoothing_steps(sampling.steps))
-                keep = region.latents(pipe, batch.frames, work_size) if region else None
-                out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded, keep)
+                out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded,
+                                    keep=region.latents(pipe, batch.frames, work_size) if region else None,
+                                    frames=batch.frames)
                 optimizer.reference.clear()
             yield from zip(batch.new, to_uint8(out[batch.anchors:]))
             for frame in [f for f in memory if f not in (first, batch.frames[-1], *kept)]:

@@ -6,18 +6,24 @@ plain model. Unfusing in half precision does not give the old weights back bit f
 fusing it keeps a copy (on the CPU) of every layer the LoRAs touch; ``restore`` writes them back, and
 the warm model (``warm.WarmPipeline``) is exactly the loaded one again for the next job. A LoRA of
 weight 0 is not loaded at all: the model stays as it is.
+
+An animated weight (one per job frame) is applied per batch: ``fuse_loras`` fuses the job's first frame's
+weights, and ``weigh_batch`` fuses a batch's (the weights at its first new key) from the loaded weights
+again where they differ from those fused, so nothing of one batch's weights stays in the next batch's or
+the next job's model.
 """
 from __future__ import annotations
 
 import logging
 import stat as stat_mode
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .config import Lora
+from .config import Lora, at
 from .download import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,10 @@ class Fused:
 
     key: tuple = ()
     originals: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    weights: tuple[float, ...] = ()  # the weight each file of ``key`` is fused at now
+
+
+FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipeline -> its Fused, for ``weigh_batch``
 
 
 def lora_key(loras: Sequence[Lora]) -> tuple:
@@ -53,8 +63,9 @@ def lora_key(loras: Sequence[Lora]) -> tuple:
         if not stat_mode.S_ISREG(stat.st_mode):
             raise ModelNotFoundError(f"LoRA {lora.path} is not a regular file (a folder, FIFO or device): "
                                      f"choose the {SUFFIX} file of LoRA weights itself")
-        if lora.weight != 0:
-            key.append((str(path.resolve()), float(lora.weight), stat.st_size, stat.st_mtime_ns))
+        if isinstance(lora.weight, tuple) or lora.weight != 0:  # an animated weight: loaded for every frame
+            weight = lora.weight if isinstance(lora.weight, tuple) else float(lora.weight)
+            key.append((str(path.resolve()), weight, stat.st_size, stat.st_mtime_ns))
     return tuple(key)
 
 
@@ -94,10 +105,19 @@ def _load(pipe, path: str, adapter: str) -> None:
 
 
 def fuse_loras(pipe, loras: Sequence[Lora]) -> Fused:
-    """Fuse ``loras`` (those of weight 0 are skipped) into ``pipe``, which must hold none now."""
+    """Fuse ``loras`` (those of weight 0 are skipped; animated ones at the job's first frame's weight) into
+    ``pipe``, which must hold none now."""
     key = lora_key(loras)
+    weights = tuple(at(w, 0) for _, w, *_ in key)
+    fused = Fused(key, _fuse(pipe, key, weights), weights)
+    FUSED[pipe] = fused
+    return fused
+
+
+def _fuse(pipe, key: tuple, weights: tuple[float, ...]) -> dict:
+    """Fuse the files of ``key`` into ``pipe`` at ``weights``; the original weights of the layers changed."""
     if not key:
-        return Fused()
+        return {}
     names = [f"fresco_{i}" for i in range(len(key))]
     try:
         for (path, *_), name in zip(key, names):
@@ -107,15 +127,34 @@ def fuse_loras(pipe, loras: Sequence[Lora]) -> Fused:
                              None if layer.get_base_layer().bias is None
                              else layer.get_base_layer().bias.detach().to("cpu", copy=True))
                      for where, layer in layers.items()}
-        pipe.set_adapters(names, adapter_weights=[weight for _, weight, *_ in key])
+        pipe.set_adapters(names, adapter_weights=list(weights))
         pipe.fuse_lora(components=[c for c in COMPONENTS if any(w[0] == c for w in layers)],
                        adapter_names=names, lora_scale=1.0)
     except BaseException:
         pipe.unload_lora_weights()
         raise
     pipe.unload_lora_weights()  # the fused weights stay; the adapters' layers go
-    log.info("fused LoRAs %s into %d layers", ", ".join(f"{p}@{w:g}" for p, w, *_ in key), len(originals))
-    return Fused(key, originals)
+    log.info("fused LoRAs %s into %d layers", ", ".join(f"{p}@{w:g}" for (p, *_), w in zip(key, weights)),
+             len(originals))
+    return originals
+
+
+def weigh_batch(pipe, loras: Sequence[Lora], frame: int) -> None:
+    """Where a LoRA's weight is animated, fuse ``loras`` into ``pipe`` at their weights at job frame ``frame``
+    (a batch's first new key), unless those are fused now: the original layers written back and the files
+    fused again. Call it in the batch's turn (``turns.py``); ``pipe`` holds ``loras`` (``fuse_loras``)."""
+    if not any(isinstance(lora.weight, tuple) for lora in loras):
+        return
+    fused = FUSED.get(pipe)
+    if fused is None or fused.key != lora_key(loras):
+        raise RuntimeError("the pipeline does not hold this job's LoRAs (a LoRA file changed since the job "
+                           "began, or the pipeline was not got with them from WarmPipeline.get)")
+    weights = tuple(at(w, frame) for _, w, *_ in fused.key)
+    if weights != fused.weights:
+        restore(pipe, fused)
+        fused.weights = ()  # the originals are back; fused anew below
+        _fuse(pipe, fused.key, weights)
+        fused.weights = weights
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from .flow import BatchFlow, FlowEstimator, load_estimator
 from .frames import resize, to_tensor, to_uint8
 from .fresco import fresco_frames
 from .keyframes import Batch
+from .lora import weigh_batch
 from .mask import composited, region_of
 from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
 from .propagate import propagate_span
@@ -60,10 +61,12 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
         clock.check_cancel()
         small = [resize(frames[i], *work_size) for i in batch.frames]
         with turn(pipe):
+            weigh_batch(pipe, config.loras, batch.new[0])
             controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
                                            on_stage=clock.stage, rendered=rendered, frames=batch.frames)
             keep = region.latents(pipe, batch.frames, work_size) if region else None
-            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock, keep=keep)
+            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock, keep=keep,
+                                frames=batch.frames)
         yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
 

@@ -323,8 +323,8 @@ SETTINGS: tuple[Setting, ...] = (
             "LoRA files (.safetensors on the backend's machine) applied to the model, each with a weight "
             "(0 leaves the model as it is)", max_items=8, group="guidance", fields=(
                 Setting("path", "str", "", "File", "LoRA weights (.safetensors)", required=True, file=True),
-                Setting("weight", "float", 1.0, "Weight", "How strongly the LoRA changes the model",
-                        minimum=-4.0, maximum=4.0, animated=True),
+                Setting("weight", "float", 1.0, "Weight", "How strongly the LoRA changes the model (animated: "
+                        "each batch takes the value at its first new key)", minimum=-4.0, maximum=4.0, animated=True),
             )),
     Setting("prompt_schedule", "list", (), "Prompt Changes",
             "Later prompts, each from its frame on (0: the strip's first frame); Prompt holds until the first "

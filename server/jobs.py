@@ -166,6 +166,9 @@ class JobManager:
         problem = records.check_passes_spec(list(passes) if isinstance(passes, (list, tuple)) else passes, settings)
         if problem:
             raise InvalidJob(f"passes: {problem}")
+        problem = records.check_frames_spec(settings, frame_count)
+        if problem:
+            raise InvalidJob(problem)
         if part == wire.PREVIEW and frame_count > settings.get("batch_size", frame_count):
             raise InvalidJob(f"a preview translates one batch: at most batch_size ({settings['batch_size']}) "
                              f"frames, not {frame_count}; translate a strip as a job of part {wire.ALL!r}")

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from fresco_contract import passes, wire
 from fresco_contract.keys import KeysError, check_keys, check_kept, key_path
 from fresco_contract.progress import Cancelled
+from fresco_contract.settings import SettingsError, check_frames
 
 from fresco_backend.job import Fingerprint, FrameHasher, JobFolder, JobFolderError, JobRecord
 from fresco_backend.video_io import ClipError, read_image
@@ -200,6 +201,8 @@ def load(folder: Path) -> Job:
         problem = f"job.keys: {keys_problem}"
     elif (passes_problem := check_passes_spec(meta.get("passes", []), record.settings)):
         problem = f"job.passes: {passes_problem}"
+    elif (frames_problem := check_frames_spec(record.settings, recorded.frame_count)):
+        problem = f"settings: {frames_problem}"
     if problem:
         raise JobFolderError(f"{JobFolder(folder).record_path}: {problem}")
     job = Job(id=folder.name, settings=record.settings, frame_count=recorded.frame_count, folder=folder,
@@ -235,6 +238,16 @@ def check_passes_spec(names: Any, settings: dict[str, Any]) -> str | None:
         why = "flow 'render'" if lacking[0] in passes.FLOW else "a normal ControlNet"
         return (f"{why} needs the render pass(es) {', '.join(lacking)}, which only a 3D scene's render gives; "
                 f"send them, or choose another Optical Flow or ControlNet")
+    return None
+
+
+def check_frames_spec(settings: dict[str, Any], frame_count: int) -> str | None:
+    """Why validated ``settings`` do not fit a job of ``frame_count`` frames (an animated setting's per-frame
+    values of another length: ``settings.check_frames``), or None."""
+    try:
+        check_frames(settings, frame_count)
+    except SettingsError as exc:
+        return str(exc)
     return None
 
 

@@ -28,8 +28,8 @@ FULL = ("tests/addon/blender",)
 HEAVY = ("test_farm.py", "test_queue.py", "test_backend_install.py", "test_model_download.py")
 # Blender's renderer and its passes (about 30 s a host): on the newest 4.x and 5.x, where the issue asks
 RENDERS = "test_render_passes.py"
-# the artist's features of issue 23 (a masked region, ...): on the oldest and the newest
-ARTIST = ("test_mask.py",)
+# the artist features of issue 23: on the oldest (4.2) and the newest (5.3), with their Blender APIs differences
+ARTIST = ("test_animated.py", "test_mask.py")
 SMOKE = ("tests/addon/blender", *(f"--ignore=tests/addon/blender/{name}" for name in (*HEAVY, RENDERS, *ARTIST)))
 # host: (venv, Blender version its bpy must report, tests run there)
 HOSTS = {

@@ -89,13 +89,15 @@ def test_cli_never_overwrites(clip_path, tiny_models, tmp_path):
     ("empty_prompt", "prompt: must not be empty"),
     ("bad_steps", "steps: 0 is below the minimum"),
     ("no_model", "model '/no/model' does not exist"),
+    ("frames", "strength: 3 per-frame values for a job of 6 frames"),
 ])
 def test_cli_bad_input_is_a_clear_error(case, needle, clip_path, tiny_models, tmp_path):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video at all")
     clip, extra = {"missing": (tmp_path / "nope.mp4", ()), "garbage": (garbage, ()),
                    "empty_prompt": (clip_path, ("--prompt", "")), "bad_steps": (clip_path, ("--steps", 0)),
-                   "no_model": (clip_path, ("--model", "/no/model"))}[case]
+                   "no_model": (clip_path, ("--model", "/no/model")),
+                   "frames": (clip_path, ("--strength", "0.3,0.6,0.9"))}[case]
     result = translate(clip, tmp_path / "out", tiny_models, *extra)
     assert result.returncode == 2
     assert needle in result.stderr and "Traceback" not in result.stderr
