@@ -220,6 +220,7 @@ def _translate(args: argparse.Namespace) -> None:
                           f"models and input it was started with") from None
     if job.started_over:
         print(f"starting a new job in {job_dir}; the one there was discarded: {job.started_over}")
+    S.check_frames(settings, len(job.frames))  # per-frame values and prompt changes inside the clip
     height, width = job.frames[0].shape[:2]
     pipe = None
     if job.keys is not None:

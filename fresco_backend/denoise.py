@@ -162,7 +162,8 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
 
     ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]), one per ControlNet of
     ``pipe.controlnet`` (a single ControlNetModel, or a MultiControlNetModel in the same order), with
-    the conditioning ``scales`` of each (``config.Control.nets``). ``encoded``: the frames'
+    the conditioning ``scales`` of each (``config.Control.nets``). ``embeds``: ``encode_prompt``'s, one frame's
+    for all, or each frame's (G, B, L, D: ``prompts.PromptEmbeddings``). ``encoded``: the frames'
     ``encode_frames`` where the caller has them already (FRESCO's reference pass), else made here.
     """
     hooks = hooks or StepHooks()
@@ -177,7 +178,10 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
     conds = [c.to(device, dtype) for c in controls]
     if len(conds) != len(scales):
         raise ValueError(f"{len(conds)} ControlNet conditions for {len(scales)} scales")
-    text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
+    if embeds.dim() == 4:  # each frame's own ([neg; pos], B, L, D: prompts.py)
+        text = embeds.to(device, dtype).flatten(0, 1)
+    else:
+        text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
     if guided:
         conds = [torch.cat([c, c]) for c in conds]
     # one ControlNet: its condition and scale as such; several (MultiControlNetModel): lists of them

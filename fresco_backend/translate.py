@@ -25,8 +25,8 @@ from .conditions_cache import ConditionsCache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import JobConfig, require
-from .denoise import (Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_frames, encode_prompt,
-                      start_latents, timesteps_for)
+from .denoise import (Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_frames, start_latents,
+                      timesteps_for)
 from .device import is_out_of_memory, release_cuda_memory
 from .executor import Frame, GivenKey, Recorded, execute
 from .flow import BatchFlow, FlowEstimator, load_estimator
@@ -34,6 +34,7 @@ from .frames import resize, to_tensor, to_uint8
 from .fresco import fresco_frames
 from .keyframes import Batch
 from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
+from .prompts import job_embeddings
 from .propagate import propagate_span
 from .render_passes import NO_MOTION, PassMissing, RenderPasses
 from .turns import turn
@@ -50,7 +51,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
     for speed); yields (index, frame at the work size). Takes ``fresco_frames``'s arguments; there are
     no latents to anchor to or keep."""
     with turn(pipe):
-        embeds = encode_prompt(pipe, config.sampling)
+        embeds_of = job_embeddings(pipe, config.sampling)
     scales = [net.scale for net in config.control.nets]
     for number, batch in enumerate(batches):
         if number < checkpoint.batches_done:
@@ -60,7 +61,8 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
         with turn(pipe):
             controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
                                            on_stage=clock.stage, rendered=rendered, frames=batch.frames)
-            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
+            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds_of(batch.frames), config.sampling,
+                                clock)
         yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
 
