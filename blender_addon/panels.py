@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import bpy
 
-from . import backend, backend_setup, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
+from . import backend, backend_setup, compat, config, export, installer, jobqueue, jobrun, model_ops, operators, presets
 from . import place, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
 from .contract import passes
 from .contract import settings as schema
@@ -112,6 +112,8 @@ def draw_group(layout: Any, group: Any, group_id: str, values: Mapping[str, Any]
     for setting in shown:
         if setting.name == "model":
             model_ops.draw_picker(column, group, context, configured)
+        elif setting.name == "prompt_schedule":
+            draw_prompt_changes(column, group, setting, compat.visible_start(compat.active_strip(context)))
         else:
             draw_setting(column, group, setting)
 
@@ -178,6 +180,32 @@ def draw_list(layout: Any, group: Any, setting: schema.Setting) -> None:
         remove = row.row(align=True)
         remove.enabled = removable
         op = remove.operator(settings_ops.FRESCO_OT_list_remove.bl_idname, text="", icon="REMOVE")
+        op.setting, op.index = setting.name, index
+
+
+def draw_prompt_changes(layout: Any, group: Any, setting: schema.Setting, first: int) -> None:
+    """The prompt changes as rows of frame (counted from the strip's first, 0, which is scene frame ``first``;
+    the row shows its scene frame too) and prompt, with Prompts From Markers and add/remove buttons."""
+    items = getattr(group, setting.name)
+    box = layout.box()
+    header = box.row()
+    header.label(text=setting.label)
+    header.operator(settings_ops.FRESCO_OT_prompts_from_markers.bl_idname, text="From Markers", icon="MARKER_HLT")
+    add = header.row()
+    add.enabled = len(items) < setting.max_items
+    add.operator(settings_ops.FRESCO_OT_list_add.bl_idname, text="", icon="ADD").setting = setting.name
+    if not len(items):
+        box.label(text="Prompt holds on every frame: add a change, or name markers and take them", icon="INFO")
+        return
+    box.label(text=f"Frame: of the strip, 0 = its first (scene frame {first}); blends over Prompt Blend frames "
+                   f"before it", icon="INFO")
+    for index, item in enumerate(items):
+        row = box.row(align=True)
+        row.use_property_split = False
+        row.prop(item, "frame", text="")
+        row.label(text=f"scene {first + item.frame}")
+        row.prop(item, "prompt", text="")
+        op = row.operator(settings_ops.FRESCO_OT_list_remove.bl_idname, text="", icon="REMOVE")
         op.setting, op.index = setting.name, index
 
 
