@@ -6,7 +6,7 @@ from typing import Any
 
 import bpy
 
-from . import compat, props
+from . import compat, place, props
 from .contract import settings as schema
 
 
@@ -126,7 +126,7 @@ class FRESCO_OT_prompts_from_markers(bpy.types.Operator):
 
     bl_idname = "fresco.prompts_from_markers"
     bl_label = "Prompts From Markers"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"REGISTER"}  # no UNDO: the change is one undo step of its own, headless too (place.push_undo)
 
     @classmethod
     def poll(cls, context: Any) -> bool:
@@ -148,6 +148,7 @@ class FRESCO_OT_prompts_from_markers(bpy.types.Operator):
                                    f"{most}")
             return {"CANCELLED"}
         props.apply_settings(strip, {"prompt_schedule": changes})
+        place.push_undo(f"FRESCO: prompts from markers of {strip.name}")
         shown = ", ".join(f"{c['frame'] + start}" for c in changes)
         self.report({"INFO"}, f"{strip.name}: {len(changes)} prompt change(s) from the markers at frames {shown}")
         return {"FINISHED"}

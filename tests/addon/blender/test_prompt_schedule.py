@@ -9,6 +9,8 @@ import bpy
 import pytest
 
 from conftest import OFFSET_START, STRIP_START, VISIBLE
+from test_panel import panel, shown
+from test_queue import QueueClient, use
 
 FIRST = STRIP_START + OFFSET_START  # the strip's first visible scene frame
 
@@ -37,6 +39,15 @@ def test_markers_inside_the_strip_become_its_prompt_changes_in_one_undo_step(add
     assert schedule(strip) == []
 
 
+def test_the_panel_shows_each_change_at_its_scene_frame(addon, marked):
+    assert "fresco.prompts_from_markers" in shown(panel(), "operator")
+    assert any(text.startswith("Prompt holds on every frame") for text in shown(panel(), "label"))
+    bpy.ops.fresco.prompts_from_markers()
+    labels = shown(panel(), "label")
+    assert f"scene {FIRST + 2}" in labels and f"scene {FIRST + VISIBLE - 1}" in labels
+    assert any(f"0 = its first (scene frame {FIRST})" in text for text in labels)
+
+
 def test_no_named_marker_inside_is_a_report_and_changes_nothing(addon, movie_scene, compat):
     strip = compat.all_strips(movie_scene.sequence_editor)["clip"]
     strip.fresco.prompt_schedule.add().prompt, movie_scene.timeline_markers.new("far", frame=FIRST + 40)
@@ -54,12 +65,14 @@ def test_preview_frame_takes_the_prompt_in_effect(addon):
     assert translation.prompt_at(settings, 4)[0]["prompt"] == "ink"
 
 
-def test_the_job_and_its_result_carry_the_schedule(addon, backend_env, marked, compat):
+def test_the_job_and_its_result_carry_the_schedule(addon, marked, compat, monkeypatch):
+    client = QueueClient()  # the backend's side: tests/backend/test_prompts.py
+    use(addon, client, monkeypatch)
     assert bpy.ops.fresco.prompts_from_markers() == {"FINISHED"}
-    marked.fresco.prompt_blend = 1
     assert bpy.ops.fresco.translate(strip="clip") == {"FINISHED"}
-    result = compat.all_strips(bpy.context.scene.sequence_editor)["clip.fresco"]
     want = [{"frame": 2, "prompt": "ink"}, {"frame": VISIBLE - 1, "prompt": "oil"}]
+    assert [job["prompt_schedule"] for job in client.jobs] == [want]
+    result = compat.all_strips(bpy.context.scene.sequence_editor)["clip.fresco"]
     assert json.loads(result["fresco_settings"])["prompt_schedule"] == want
     assert json.loads(marked["fresco_job_settings"])["prompt_schedule"] == want
     assert schedule(result) == [(2, "ink"), (VISIBLE - 1, "oil")] and len(result.elements) == VISIBLE
