@@ -33,7 +33,7 @@ from .flow import BatchFlow
 from .frames import resize, to_tensor, to_uint8
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch
-from .prompts import job_embeddings, positive
+from .prompts import job_embeddings, positive_embeddings
 from .render_passes import RenderPasses
 from .turns import turn
 
@@ -155,7 +155,8 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
                 opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None
                 encoded = encode_frames(pipe, images)  # once, for the reference pass and the denoising
                 embeds = embeds_of(batch.frames)
-                reference_pass(pipe, encoded, positive(embeds), timesteps[-1], sampling.seed, attention, opt_ctx)
+                reference_pass(pipe, encoded, positive_embeddings(embeds), timesteps[-1], sampling.seed, attention,
+                               opt_ctx)
                 smooth_x0 = None
                 if opt_ctx.saliency is not None and flow is not None:
                     smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,

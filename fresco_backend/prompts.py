@@ -40,7 +40,7 @@ def prompt_weights(sampling: Sampling, frame: int) -> dict[str, float]:
     return weights
 
 
-def positive(embeds: torch.Tensor) -> torch.Tensor:
+def positive_embeddings(embeds: torch.Tensor) -> torch.Tensor:
     """The positive (prompt) embeddings of ``denoise_batch``'s ``embeds``: (1, L, D) of one frame, or (B, L, D)
     of each frame of a batch."""
     return embeds[-1:] if embeds.dim() == 3 else embeds[-1]
