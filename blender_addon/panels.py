@@ -116,6 +116,8 @@ def draw_group(layout: Any, group: Any, group_id: str, values: Mapping[str, Any]
         elif setting.name == "mask_strip" and context.scene.sequence_editor is not None:
             ed = context.scene.sequence_editor  # a picker over the sequencer's strips
             column.prop_search(group, "mask_strip", ed, compat.all_strips_name(ed), icon="MOD_MASK")
+        elif setting.name == "prompt_schedule":
+            draw_prompt_changes(column, group, setting, compat.visible_start(compat.active_strip(context)))
         else:
             draw_setting(column, group, setting)
 
@@ -207,6 +209,32 @@ def draw_list(layout: Any, group: Any, setting: schema.Setting) -> None:
         remove = row.row(align=True)
         remove.enabled = removable
         op = remove.operator(settings_ops.FRESCO_OT_list_remove.bl_idname, text="", icon="REMOVE")
+        op.setting, op.index = setting.name, index
+
+
+def draw_prompt_changes(layout: Any, group: Any, setting: schema.Setting, first: int) -> None:
+    """The prompt changes as rows of frame (counted from the strip's first, 0, which is scene frame ``first``;
+    the row shows its scene frame too) and prompt, with Prompts From Markers and add/remove buttons."""
+    items = getattr(group, setting.name)
+    box = layout.box()
+    header = box.row()
+    header.label(text=setting.label)
+    header.operator(settings_ops.FRESCO_OT_prompts_from_markers.bl_idname, text="From Markers", icon="MARKER_HLT")
+    add = header.row()
+    add.enabled = len(items) < setting.max_items
+    add.operator(settings_ops.FRESCO_OT_list_add.bl_idname, text="", icon="ADD").setting = setting.name
+    if not len(items):
+        box.label(text="Prompt holds on every frame: add a change, or name markers and take them", icon="INFO")
+        return
+    box.label(text=f"Frame: of the strip, 0 = its first (scene frame {first}); blends over Prompt Blend frames "
+                   f"before it", icon="INFO")
+    for index, item in enumerate(items):
+        row = box.row(align=True)
+        row.use_property_split = False
+        row.prop(item, "frame", text="")
+        row.label(text=f"scene {first + item.frame}")
+        row.prop(item, "prompt", text="")
+        op = row.operator(settings_ops.FRESCO_OT_list_remove.bl_idname, text="", icon="REMOVE")
         op.setting, op.index = setting.name, index
 
 

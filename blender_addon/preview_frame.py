@@ -73,7 +73,8 @@ def start(context: Any, strip: Any, config: dict) -> Preview:
         exporter.close()
     settings, pass_files, notes = translation.frame_passes(scene, strip, settings, folder / "input" / passes.FOLDER,
                                                            offset)
-    preview.notes = tuple(notes)
+    settings, blending = translation.prompt_at(settings, offset)
+    preview.notes = tuple(notes + blending)
     for text in notes:
         translation.log(f"{strip.name}: {text}")
     session.get().preview = preview

@@ -1,12 +1,12 @@
-"""Operators editing the active strip's settings in the panel: list rows (ControlNets, LoRAs), New Seed and the
-keyframe button of an animated number."""
+"""Operators editing the active strip's settings in the panel: list rows (ControlNets, LoRAs), New Seed, the
+prompt changes from the timeline's markers and the keyframe button of an animated number."""
 from __future__ import annotations
 
 from typing import Any
 
 import bpy
 
-from . import animation, props
+from . import animation, compat, place, props
 from .contract import settings as schema
 
 
@@ -100,6 +100,60 @@ class FRESCO_OT_new_seed(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def marker_prompts(strip: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the prompt changes the timeline markers of ``strip``'s scene inside it give: each marker's name the prompt
+    from its frame on, frames counted from the strip's first (0), rising; what was left out, in words): markers
+    outside the strip are not its own; a marker without a name, or a second one on a frame, is left out."""
+    start, end = compat.visible_start(strip), compat.visible_end(strip)
+    changes: dict[int, str] = {}
+    skipped = []
+    for marker in sorted(strip.id_data.timeline_markers, key=lambda m: (m.frame, m.name)):
+        if not start <= marker.frame < end:
+            continue
+        if not marker.name.strip():
+            skipped.append(f"the marker at frame {marker.frame} has no name (a prompt)")
+        elif marker.frame - start in changes:
+            skipped.append(f"marker {marker.name!r}: frame {marker.frame} has a prompt already "
+                           f"({changes[marker.frame - start]!r})")
+        else:
+            changes[marker.frame - start] = marker.name.strip()
+    return [{"frame": frame, "prompt": prompt} for frame, prompt in changes.items()], skipped
+
+
+class FRESCO_OT_prompts_from_markers(bpy.types.Operator):
+    """Set the active strip's Prompt Changes from the timeline markers inside it: each marker's name is the prompt
+    from its frame on"""
+
+    bl_idname = "fresco.prompts_from_markers"
+    bl_label = "Prompts From Markers"
+    bl_options = {"REGISTER"}  # no UNDO: the change is one undo step of its own, headless too (place.push_undo)
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        return _strip(context) is not None
+
+    def execute(self, context: Any) -> set[str]:
+        strip = _strip(context)
+        changes, skipped = marker_prompts(strip)
+        for text in skipped:
+            self.report({"WARNING"}, f"Prompts From Markers: {text}; left out")
+        start, end = compat.visible_start(strip), compat.visible_end(strip)
+        if not changes:
+            self.report({"ERROR"}, f"no named timeline marker inside {strip.name} (frames {start}-{end - 1}): add "
+                                   f"markers (M in the timeline) and name each one with its prompt")
+            return {"CANCELLED"}
+        most = schema.BY_NAME["prompt_schedule"].max_items
+        if len(changes) > most:
+            self.report({"ERROR"}, f"{len(changes)} named markers inside {strip.name}: Prompt Changes hold at most "
+                                   f"{most}")
+            return {"CANCELLED"}
+        props.apply_settings(strip, {"prompt_schedule": changes})
+        place.push_undo(f"FRESCO: prompts from markers of {strip.name}")
+        shown = ", ".join(f"{c['frame'] + start}" for c in changes)
+        self.report({"INFO"}, f"{strip.name}: {len(changes)} prompt change(s) from the markers at frames {shown}")
+        return {"FINISHED"}
+
+
 class FRESCO_OT_keyframe_setting(bpy.types.Operator):
     """Insert a keyframe of this setting of the active strip at the current frame, or delete the one there (the
     I key cannot reach a strip's FRESCO settings; the Graph Editor edits the keys under the scene)"""
@@ -128,4 +182,4 @@ class FRESCO_OT_keyframe_setting(bpy.types.Operator):
 
 
 CLASSES = (FRESCO_OT_list_add, FRESCO_OT_list_remove, FRESCO_OT_list_edit, FRESCO_OT_new_seed,
-           FRESCO_OT_keyframe_setting)
+           FRESCO_OT_prompts_from_markers, FRESCO_OT_keyframe_setting)

@@ -581,6 +581,18 @@ def plan_passes(scene: Any, strip: Any, settings: dict) -> tuple[dict, tuple[str
     return settings, (), notes
 
 
+def prompt_at(settings: dict, frame: int) -> tuple[dict, list[str]]:
+    """(``settings`` for a job of the strip's one frame ``frame``, 0-based: the prompt in effect there and no prompt
+    changes; what the user is told: a blend under way there is not previewed, its frame shows the prompt it
+    blends from)."""
+    changes = settings["prompt_schedule"]
+    held = [c["prompt"] for c in changes if c["frame"] <= frame]
+    blending = [c for c in changes if 0 < c["frame"] - frame <= settings["prompt_blend"]]
+    notes = [f"this frame is {blending[0]['frame'] - frame} before the change to {blending[0]['prompt']!r}, inside "
+             f"its blend: the preview shows the prompt it blends from"] if blending else []
+    return {**settings, "prompt": held[-1] if held else settings["prompt"], "prompt_schedule": []}, notes
+
+
 def frame_passes(scene: Any, strip: Any, settings: dict, folder: Path,
                  only: int) -> tuple[dict, dict[str, list[Path]], list[str]]:
     """``plan_passes`` for the one frame ``only`` (0-based) of ``strip``, whose passes and mask are rendered here

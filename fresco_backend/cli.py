@@ -44,10 +44,14 @@ def _value_type(setting: S.Setting):
 def _list_item(setting: S.Setting):
     """argparse type of one item of a list setting: ``FIRST[@SECOND]`` (e.g. ``tile@0.5``), the fields in
     the schema's order; without a number after the last ``@`` all of it is FIRST (a path may hold ``@``) and
-    SECOND takes its default. The contract checks the values."""
+    SECOND takes its default. A frame first (``--prompt-schedule 24@ink wash``) ends at the first ``@``, the text
+    after it may hold more. The contract checks the values."""
     first, second = setting.fields
 
     def parse(text: str) -> dict:
+        if first.kind == "int":
+            head, at, tail = text.partition("@")
+            return {first.name: int(head), second.name: tail} if at and head.strip().isdigit() else {first.name: text}
         head, _, tail = text.rpartition("@")
         try:
             return {first.name: head, second.name: _value_type(second)(tail)} if head else {first.name: text}
@@ -232,9 +236,13 @@ def _translate(args: argparse.Namespace) -> None:
         raise JobMismatch(f"{exc}. Add --restart to discard it (removes {job_dir} and the frames it wrote to "
                           f"{args.out}) or choose another --out; to resume it instead, run it with the settings, "
                           f"models and input it was started with") from None
-    S.check_frames(settings, len(job.frames))
     if job.started_over:
         print(f"starting a new job in {job_dir}; the one there was discarded: {job.started_over}")
+    try:  # per-frame values and prompt changes inside the clip
+        S.check_frames(settings, len(job.frames))
+    except S.SettingsError:
+        job.layout.discard(0)  # made by this run (such settings never started one): a corrected run starts anew
+        raise
     height, width = job.frames[0].shape[:2]
     pipe = None
     if job.keys is not None:

@@ -199,7 +199,8 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
 
     ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]), one per ControlNet of
     ``pipe.controlnet`` (a single ControlNetModel, or a MultiControlNetModel in the same order), with
-    the conditioning ``scales`` of each (``config.Control.nets``). ``encoded``: the frames'
+    the conditioning ``scales`` of each (``config.Control.nets``). ``embeds``: ``encode_prompt``'s, one frame's
+    for all, or each frame's (G, B, L, D: ``prompts.PromptEmbeddings``). ``encoded``: the frames'
     ``encode_frames`` where the caller has them already (FRESCO's reference pass), else made here. ``keep``:
     bool (B, 1, h, w) at the latents' size, False where the latents stay on the input's (a masked region,
     ``mask.py``): after every step they are put back to it noised to the next step's timestep, clean at the end.
@@ -219,7 +220,10 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
     if len(conds) != len(scales):
         raise ValueError(f"{len(conds)} ControlNet conditions for {len(scales)} scales")
     values = FrameValues.of(sampling, scales, frames, len(timesteps), device, dtype)
-    text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
+    if embeds.dim() == 4:  # each frame's own ([neg; pos], B, L, D: prompts.py)
+        text = embeds.to(device, dtype).flatten(0, 1)
+    else:
+        text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
     scales = values.scales
     if guided:
         conds = [torch.cat([c, c]) for c in conds]

@@ -27,8 +27,7 @@ from .conditions_cache import ConditionsCache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import FeatureOptConfig, JobConfig
-from .denoise import (StepClock, StepHooks, denoise_batch, encode_frames, encode_prompt, start_latents,
-                      timesteps_for)
+from .denoise import StepClock, StepHooks, denoise_batch, encode_frames, start_latents, timesteps_for
 from .feature_opt import FeatureOptimizer, OptContext, background_mask, saliency_maps, smooth_background
 from .flow import BatchFlow
 from .frames import resize, to_tensor, to_uint8
@@ -36,6 +35,7 @@ from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch
 from .lora import weigh_batch
 from .mask import region_of
+from .prompts import job_embeddings, positive_embeddings
 from .render_passes import RenderPasses
 from .turns import turn
 
@@ -104,7 +104,8 @@ def reference_pass(pipe, encoded: torch.Tensor, positive: torch.Tensor, t_last: 
     """One U-Net pass (no ControlNet) on the input frames' latents (``encode_frames``) noised to the last
     timestep.
 
-    Records self-attention Q/K of the guided layers and the decoder blocks' input features.
+    Records self-attention Q/K of the guided layers and the decoder blocks' input features. ``positive``: the
+    prompt's embeddings, one frame's (1, L, D) or each frame's (B, L, D).
     """
     latents = start_latents(pipe, encoded, seed, t_last)
     text = positive.to(pipe.device, pipe.unet.dtype).expand(encoded.shape[0], -1, -1)
@@ -130,7 +131,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
     if not batches:
         return
     with turn(pipe):
-        embeds = encode_prompt(pipe, sampling)
+        embeds_of = job_embeddings(pipe, sampling)
         timesteps = timesteps_for(pipe, sampling)
     scales = [net.scale for net in config.control.nets]
     first = batches[0].frames[0]  # the global first key: every later batch's first anchor
@@ -157,7 +158,9 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
                 opt_ctx.flow = flow
                 opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None
                 encoded = encode_frames(pipe, images)  # once, for the reference pass and the denoising
-                reference_pass(pipe, encoded, embeds[-1:], timesteps[-1], sampling.seed, attention, opt_ctx)
+                embeds = embeds_of(batch.frames)
+                reference_pass(pipe, encoded, positive_embeddings(embeds), timesteps[-1], sampling.seed, attention,
+                               opt_ctx)
                 smooth_x0 = None
                 if opt_ctx.saliency is not None and flow is not None:
                     smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fresco_contract.estimate import key_batches
+from fresco_contract.estimate import key_batches, prompt_keys
 from fresco_contract.keys import check_kept
 
 from .config import JobConfig, require
@@ -64,14 +64,16 @@ class Clip(Sequence[np.ndarray]):
 
 
 def keyframes_for(frames: Sequence[np.ndarray], config: JobConfig) -> list[int]:
-    """The frames translated (the first and the last are always among them), for the job's ``config``."""
+    """The frames translated (the first and the last are always among them), for the job's ``config``: its
+    ``keyframes`` choice, and where it has a prompt schedule, the frames where the look starts and ends changing."""
     config, count = require(config), len(frames)
     keys = config.keyframes
     if not config.fresco or keys.choice == "all":
         return list(range(count))
-    if keys.choice == "interval":
-        return fixed_keys(count, keys.interval)
-    return adaptive_keys((frames[i] for i in range(count)), keys.min_gap, keys.max_gap)
+    chosen = fixed_keys(count, keys.interval) if keys.choice == "interval" else adaptive_keys(
+        (frames[i] for i in range(count)), keys.min_gap, keys.max_gap)
+    sampling = config.sampling  # a prompt schedule's changes and blends start at keys
+    return sorted({*chosen, *prompt_keys((c.frame for c in sampling.prompt_schedule), sampling.prompt_blend, count)})
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from .conditions_cache import ConditionsCache
 from .checkpoint import Anchors, Checkpoint
 from .conditions import batch_conditions
 from .config import JobConfig, require
-from .denoise import (Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_frames, encode_prompt,
-                      start_latents, timesteps_for)
+from .denoise import (Cancelled, Progress, ProgressFn, StepClock, denoise_batch, encode_frames, start_latents,
+                      timesteps_for)
 from .device import is_out_of_memory, release_cuda_memory
 from .executor import Frame, GivenKey, Recorded, execute
 from .flow import BatchFlow, FlowEstimator, load_estimator
@@ -36,6 +36,7 @@ from .keyframes import Batch
 from .lora import weigh_batch
 from .mask import composited, region_of
 from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
+from .prompts import job_embeddings
 from .propagate import propagate_span
 from .render_passes import NO_MOTION, PassMissing, RenderPasses
 from .turns import turn
@@ -52,7 +53,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
     for speed); yields (index, frame at the work size). Takes ``fresco_frames``'s arguments; there are
     no latents to anchor to or keep."""
     with turn(pipe):
-        embeds = encode_prompt(pipe, config.sampling)
+        embeds_of = job_embeddings(pipe, config.sampling)
     scales = [net.scale for net in config.control.nets]
     region = region_of(config, rendered)
     for number, batch in enumerate(batches):
@@ -65,8 +66,8 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
             controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
                                            on_stage=clock.stage, rendered=rendered, frames=batch.frames)
             keep = region.latents(pipe, batch.frames, work_size) if region else None
-            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock, keep=keep,
-                                frames=batch.frames)
+            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds_of(batch.frames), config.sampling,
+                                clock, keep=keep, frames=batch.frames)
         yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
 

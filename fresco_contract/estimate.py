@@ -42,7 +42,7 @@ def device_kind(device: str) -> str:
 
 # the settings ``estimate_job`` reads
 USED = ("mode", "keyframes", "key_interval", "key_min_gap", "key_max_gap", "batch_size", "steps", "strength",
-        "size", "upscale", "quality")
+        "size", "upscale", "quality", "prompt_blend")
 
 
 def working_size(width: int, height: int, size: int, upscale: bool = False, draft: bool = False) -> tuple[int, int]:
@@ -78,6 +78,13 @@ def fixed_keys(n_frames: int, interval: int) -> list[int]:
     if keys[-1] != n_frames - 1:
         keys.append(n_frames - 1)
     return keys
+
+
+def prompt_keys(changes: Iterable[int], blend: int, n_frames: int) -> list[int]:
+    """The keys a prompt schedule adds to a job of ``n_frames`` frames: each change's frame (``changes``, 0-based)
+    and its blend's first frame (``blend`` frames before it), those inside the job. The look changes between
+    them and nowhere else, so no span propagates across the start or the end of a blend."""
+    return sorted({k for change in changes for k in (change - blend, change) if 0 <= k < n_frames})
 
 
 @dataclass(frozen=True)
@@ -135,18 +142,25 @@ def key_count(values: Mapping[str, Any], frame_count: int) -> tuple[int, bool]:
     frame). Adaptive keys depend on the pictures: every gap between keys is at most ``key_max_gap``
     and, unless forced, at least ``key_min_gap``; the estimate assumes gaps halfway between the two (at
     the defaults: 12.5 frames; the test clips have 11 keys for 120 frames, estimated 11, and 26 for
-    250, estimated 21), never fewer keys than the gaps allow.
+    250, estimated 21), never fewer keys than the gaps allow. A prompt schedule's keys (``prompt_keys``) come on top.
     """
     if frame_count <= 1:
         return max(frame_count, 0), True
     if values["mode"] != "fresco" or values["keyframes"] == "all":
         return frame_count, True
+    changes = prompt_keys(schedule_frames(values["prompt_schedule"]), values["prompt_blend"], frame_count)
     if values["keyframes"] == "interval":
-        return len(fixed_keys(frame_count, values["key_interval"])), True
+        return len(set(fixed_keys(frame_count, values["key_interval"])) | set(changes)), True
     most, least = values["key_max_gap"], values["key_min_gap"]
     fewest = -(-(frame_count - 1) // most) + 1
     typical = math.ceil((frame_count - 1) / ((least + most) / 2)) + 1
-    return min(frame_count, max(fewest, typical)), False
+    return min(frame_count, max(fewest, typical) + len(changes)), False
+
+
+def schedule_frames(schedule: Any) -> list[int]:
+    """The frames of a prompt schedule being set up (rows whose frame is not a number yet left out)."""
+    return [c["frame"] for c in schedule if isinstance(c, Mapping) and type(c.get("frame")) is int] \
+        if isinstance(schedule, (list, tuple)) else []
 
 
 def batch_frames(keys: int, batch_size: int, fresco: bool) -> list[int]:

@@ -34,6 +34,7 @@ from fresco_contract.estimate import estimate_job
 from fresco_contract.files import read_without_links, write_bytes_atomic
 from fresco_contract.keys import key_path
 from fresco_contract.progress import Cancelled, Progress
+from fresco_contract.settings import check_frames
 
 from fresco_backend.config import JobConfig
 from fresco_backend.job import KeyFiles
@@ -155,6 +156,7 @@ class JobManager:
         if not isinstance(frame_count, int) or isinstance(frame_count, bool) \
                 or not 1 <= frame_count <= wire.MAX_FRAMES:
             raise InvalidJob(f"frame_count: expected an integer from 1 to {wire.MAX_FRAMES}, got {frame_count!r}")
+        check_frames(settings, frame_count)  # SettingsError (422): per-frame values and prompt changes fit it
         if part not in wire.PARTS:
             raise InvalidJob(f"part: expected one of {', '.join(wire.PARTS)}, got {str(part)[:40]!r}")
         problem = records.check_keys_spec(part, list(keys) if isinstance(keys, (list, tuple)) else keys, frame_count)
@@ -166,9 +168,6 @@ class JobManager:
         problem = records.check_passes_spec(list(passes) if isinstance(passes, (list, tuple)) else passes, settings)
         if problem:
             raise InvalidJob(f"passes: {problem}")
-        problem = records.check_frames_spec(settings, frame_count)
-        if problem:
-            raise InvalidJob(problem)
         if part == wire.PREVIEW and frame_count > settings.get("batch_size", frame_count):
             raise InvalidJob(f"a preview translates one batch: at most batch_size ({settings['batch_size']}) "
                              f"frames, not {frame_count}; translate a strip as a job of part {wire.ALL!r}")

@@ -29,11 +29,11 @@ HEAVY = ("test_farm.py", "test_queue.py", "test_backend_install.py", "test_model
 # Blender's renderer and its passes (about 30 s a host): on the newest 4.x and 5.x, where the issue asks
 RENDERS = "test_render_passes.py"
 # the artist features of issue 23: on the oldest (4.2) and the newest (5.3), with their Blender APIs differences
-ARTIST = ("test_animated.py", "test_mask.py")
+ARTIST = ("test_animated.py", "test_mask.py", "test_prompt_schedule.py")
 SMOKE = ("tests/addon/blender", *(f"--ignore=tests/addon/blender/{name}" for name in (*HEAVY, RENDERS, *ARTIST)))
 # host: (venv, Blender version its bpy must report, tests run there)
 HOSTS = {
-    # 4.2 LTS, the oldest supported (Python 3.11): the smoke and the real install of the backend with torch
+    # 4.2 LTS, the oldest supported (Python 3.11): the smoke, ARTIST and the real install of the backend with torch
     "bpy42": (".venv-bpy42", "4.2", tuple(a for a in SMOKE if a not in (
         "--ignore=tests/addon/blender/test_backend_install.py", *(f"--ignore=tests/addon/blender/{n}" for n in ARTIST)))),
     # 4.5 LTS, the last 4.x (Python 3.11): the smoke and the render passes

@@ -27,6 +27,16 @@ def test_list_flags_take_first_at_second_and_the_fields_defaults():
     assert cli.build_parser().parse_args(["translate", "i", "--out", "o"]).controls is None  # the default
 
 
+def test_prompt_changes_take_frame_at_prompt_and_must_be_frames_of_the_clip(clip, tmp_path, capsys):
+    args = cli.build_parser().parse_args(["translate", "i", "--out", "o", "--prompt-schedule", "2@ink @ dusk"])
+    assert S.validate({"prompt": "x", "prompt_schedule": args.prompt_schedule})["prompt_schedule"] == [
+        {"frame": 2, "prompt": "ink @ dusk"}]
+    code = cli.main(["translate", str(clip), "--out", str(tmp_path / "o"), "--prompt", "a fox",
+                     "--prompt-schedule", "3@ink", "--device", "cpu"])
+    assert code != 0 and "prompt_schedule[0].frame: 3 is not a frame of a job of 3 frames" in capsys.readouterr().err
+    assert not (tmp_path / "o" / cli.JOB_DIR).exists()  # no job left to resume or restart
+
+
 def run(clip, out, models, controlnets, *extra) -> list[np.ndarray]:
     code = cli.main(["translate", str(clip), "--out", str(out), "--prompt", "a fox", "--model", str(models[0]),
                      "--controlnet", str(controlnets["canny"]), "--controlnet", f"tile={controlnets['tile']}",

@@ -130,6 +130,12 @@ def test_empty_prompt_is_a_clear_error(client):
     assert err.value.status == 422 and "prompt: must not be empty" in err.value.message
 
 
+def test_a_prompt_change_past_the_last_frame_is_422(client):
+    with pytest.raises(BackendError) as err:
+        client.create_job({**FAST, "prompt_schedule": [{"frame": 3, "prompt": "ink"}]}, 3)
+    assert err.value.status == 422 and "prompt_schedule[0].frame: 3 is not a frame of a job of 3" in err.value.message
+
+
 def test_bad_frame_count_and_bad_json(backend, client):
     for count in (0, wire.MAX_FRAMES + 1, "3"):
         with pytest.raises(BackendError) as err:
