@@ -60,6 +60,11 @@ def _list_item(setting: S.Setting):
     return parse
 
 
+def _help(text: str) -> str:
+    """A setting's help text as argparse prints it (a "%" of the text is not a format of argparse's)."""
+    return text.replace("%", "%%")
+
+
 def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     for setting in S.SETTINGS:
         flag = "--" + setting.name.replace("_", "-")
@@ -67,17 +72,18 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
             first, second = setting.fields
             parser.add_argument(flag, dest=setting.name, type=_list_item(setting), action="append", default=None,
                                 metavar=f"{first.name.upper()}[@{second.name.upper()}]",
-                                help=f"{setting.description}; repeat for several (default: "
-                                     f"{', '.join(f'{i[first.name]}@{i[second.name]}' for i in setting.default) or 'none'})")
+                                help=_help(f"{setting.description}; repeat for several (default: "
+                                           f"{', '.join(f'{i[first.name]}@{i[second.name]}' for i in setting.default) or 'none'})"))
             continue
         if setting.kind == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=setting.description)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=_help(setting.description))
             continue
         bounds = "" if setting.minimum is None else f" [{setting.minimum:g}..{setting.maximum:g}]"
         default = "" if setting.default == "" else f" (default {setting.default})"
         frames = "; or one value per frame, comma-separated" if setting.animated else ""
         parser.add_argument(flag, dest=setting.name, type=_value_type(setting), default=None,
-                            choices=setting.choices or None, help=f"{setting.description}{bounds}{default}{frames}")
+                            choices=setting.choices or None, help=_help(f"{setting.description}{bounds}{default}{frames}"))
 
 
 def default_conditions_dir() -> Path:

@@ -61,3 +61,12 @@ def test_cli_runs_several_controlnets_and_a_lora(clip, tiny_models, tiny_control
                      "--loras", str(missing)])
     err = capsys.readouterr().err
     assert code == 2 and f"LoRA file {missing} cannot be read" in err and "Traceback" not in err
+
+
+def test_translate_help_prints_every_setting(capsys):
+    """--help prints each setting's help, a "%" in its text included (Quality's "50 % of the sides")."""
+    with pytest.raises(SystemExit) as done:
+        cli.main(["translate", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--cut-detection" in out and "--prompt-schedule" in out and f"{S.DRAFT_SCALE * 100:g} %" in out
