@@ -282,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "translate":
             _translate(args)
         elif args.command == "make-tiny":
-            from .tiny import save_tiny_models
+            from .tiny import save_tiny_models, save_tiny_style_models
 
-            for path in save_tiny_models(args.dir):
+            model, controlnet = save_tiny_models(args.dir)
+            for path in (*save_tiny_style_models(args.dir, model), model, controlnet):  # the model two last
                 print(path)
         elif args.command == "make-clip":
             from .synthetic import moving_square, write_video

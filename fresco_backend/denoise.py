@@ -19,6 +19,7 @@ from fresco_contract.estimate import REFERENCE_PIXELS
 from fresco_contract.progress import Cancelled, Progress
 
 from .config import Sampling
+from .style import added_conditions
 
 ProgressFn = Callable[[Progress], None]
 
@@ -157,13 +158,15 @@ def start_latents(pipe, latents: torch.Tensor, seed: int, t: torch.Tensor) -> to
 @torch.no_grad()
 def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
                   scales: Sequence[float], embeds: torch.Tensor, sampling: Sampling, clock: StepClock,
-                  hooks: StepHooks | None = None, encoded: torch.Tensor | None = None) -> torch.Tensor:
+                  hooks: StepHooks | None = None, encoded: torch.Tensor | None = None,
+                  image: torch.Tensor | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
 
     ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]), one per ControlNet of
     ``pipe.controlnet`` (a single ControlNetModel, or a MultiControlNetModel in the same order), with
     the conditioning ``scales`` of each (``config.Control.nets``). ``encoded``: the frames'
-    ``encode_frames`` where the caller has them already (FRESCO's reference pass), else made here.
+    ``encode_frames`` where the caller has them already (FRESCO's reference pass), else made here. ``image``: a
+    Style Image's embeddings for the IP-Adapter (``style.image_embeds``), halved as ``embeds`` are.
     """
     hooks = hooks or StepHooks()
     device, dtype = pipe.device, pipe.unet.dtype
@@ -178,6 +181,7 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
     if len(conds) != len(scales):
         raise ValueError(f"{len(conds)} ControlNet conditions for {len(scales)} scales")
     text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
+    added = added_conditions(image, batch, device, dtype)
     if guided:
         conds = [torch.cat([c, c]) for c in conds]
     # one ControlNet: its condition and scale as such; several (MultiControlNetModel): lists of them
@@ -190,7 +194,7 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
         down, mid = pipe.controlnet(model_in, t, encoder_hidden_states=text, controlnet_cond=cond,
                                     conditioning_scale=scale, return_dict=False)
         noise_pred = pipe.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                               mid_block_additional_residual=mid, return_dict=False)[0]
+                               mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False)[0]
         if guided:
             uncond, text_pred = noise_pred.chunk(2)
             noise_pred = uncond + sampling.guidance_scale * (text_pred - uncond)

@@ -35,6 +35,7 @@ from .frames import resize, to_tensor, to_uint8
 from .fresco_attention import FrescoAttention, install
 from .keyframes import Batch
 from .render_passes import RenderPasses
+from .style import added_conditions, image_embeds
 from .turns import turn
 
 
@@ -98,9 +99,9 @@ class AnchoredSteps(StepHooks):
 
 @torch.no_grad()
 def reference_pass(pipe, encoded: torch.Tensor, positive: torch.Tensor, t_last: torch.Tensor, seed: int,
-                   attention: FrescoAttention, opt_ctx: OptContext) -> None:
+                   attention: FrescoAttention, opt_ctx: OptContext, image: torch.Tensor | None = None) -> None:
     """One U-Net pass (no ControlNet) on the input frames' latents (``encode_frames``) noised to the last
-    timestep.
+    timestep, with the positive half of a Style Image's embeddings ``image`` (``style.image_embeds``) if any.
 
     Records self-attention Q/K of the guided layers and the decoder blocks' input features.
     """
@@ -108,7 +109,9 @@ def reference_pass(pipe, encoded: torch.Tensor, positive: torch.Tensor, t_last: 
     text = positive.to(pipe.device, pipe.unet.dtype).expand(encoded.shape[0], -1, -1)
     opt_ctx.mode = "record"
     with attention.reference_pass():
-        pipe.unet(pipe.scheduler.scale_model_input(latents, t_last), t_last, encoder_hidden_states=text)
+        pipe.unet(pipe.scheduler.scale_model_input(latents, t_last), t_last, encoder_hidden_states=text,
+                  added_cond_kwargs=added_conditions(None if image is None else image[-1:], encoded.shape[0],
+                                                     pipe.device, pipe.unet.dtype))
     opt_ctx.mode = "optimise"
 
 
@@ -129,6 +132,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
         return
     with turn(pipe):
         embeds = encode_prompt(pipe, sampling)
+        image = image_embeds(pipe, config)
         timesteps = timesteps_for(pipe, sampling)
     scales = [net.scale for net in config.control.nets]
     first = batches[0].frames[0]  # the global first key: every later batch's first anchor
@@ -153,14 +157,14 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
                 opt_ctx.flow = flow
                 opt_ctx.saliency = saliency_maps(small) if config.optimisation.background_smoothing else None
                 encoded = encode_frames(pipe, images)  # once, for the reference pass and the denoising
-                reference_pass(pipe, encoded, embeds[-1:], timesteps[-1], sampling.seed, attention, opt_ctx)
+                reference_pass(pipe, encoded, embeds[-1:], timesteps[-1], sampling.seed, attention, opt_ctx, image)
                 smooth_x0 = None
                 if opt_ctx.saliency is not None and flow is not None:
                     smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,
                                         config=optimizer.config)
                 hooks = AnchoredSteps(attention, opt_ctx, optimizer.config, sampling.skipped_steps, batch, memory,
                                       record, smooth_x0, x0_smoothing_steps(sampling.steps))
-                out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded)
+                out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded, image)
                 optimizer.reference.clear()
             yield from zip(batch.new, to_uint8(out[batch.anchors:]))
             for frame in [f for f in memory if f not in (first, batch.frames[-1], *kept)]:

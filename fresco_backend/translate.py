@@ -36,6 +36,7 @@ from .keyframes import Batch
 from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
 from .propagate import propagate_span
 from .render_passes import NO_MOTION, PassMissing, RenderPasses
+from .style import image_embeds
 from .turns import turn
 
 __all__ = ["Cancelled", "LocalRunner", "Progress", "finish_frames", "propagate_frames", "translate_frames"]
@@ -51,6 +52,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
     no latents to anchor to or keep."""
     with turn(pipe):
         embeds = encode_prompt(pipe, config.sampling)
+        image = image_embeds(pipe, config)
     scales = [net.scale for net in config.control.nets]
     for number, batch in enumerate(batches):
         if number < checkpoint.batches_done:
@@ -60,7 +62,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
         with turn(pipe):
             controls, _ = batch_conditions(small, config, cache, with_flow=False, device=pipe.device,
                                            on_stage=clock.stage, rendered=rendered, frames=batch.frames)
-            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock)
+            out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds, config.sampling, clock, image=image)
         yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
 
