@@ -11,6 +11,7 @@ with a zero negative half under guidance as diffusers does; the denoising loop h
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat as stat_mode
@@ -108,6 +109,18 @@ def check_style_image(config: JobConfig) -> None:
     style = active(config)
     if style is not None:
         read_style_image(style.image)
+
+
+def style_record(config: JobConfig, models: StyleModels) -> dict[str, str]:
+    """What a job's result depends on of its Style Image besides its settings, for its record (the command line's
+    job folder): the picture's SHA-256, so a resume never takes another picture of the same name, and the
+    IP-Adapter's files given. Nothing for a job without one."""
+    style = active(config)
+    if style is None:
+        return {}
+    read_style_image(style.image)  # a picture, readable
+    digest = hashlib.sha256(Path(style.image).expanduser().read_bytes()).hexdigest()
+    return {"style_image_sha256": digest, "ip_adapter_file": models.adapter, "image_encoder": models.encoder}
 
 
 def read_style_image(image: str):
