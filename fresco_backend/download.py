@@ -636,10 +636,10 @@ def ensure_file(repo_id: str, filename: str, cache_dir: str | os.PathLike | None
 
 def folder_files(remote: Iterable[str], folder: str) -> list[str]:
     """The files of model folder ``folder`` of a repo listing that transformers loads: its ``config.json`` and
-    one weight set (``_weights``); none where it has not both (an image encoder's folder, ``hubcache.IMAGE_ENCODER``)."""
-    inside = [name for name in remote if name.startswith(folder.rstrip("/") + "/") and "/" not in
-              name[len(folder.rstrip("/")) + 1:]]
-    config, weights = f"{folder.rstrip('/')}/config.json", _weights(inside)
+    one weight set (``_weights``); none where it has not both (the image encoder, ``hubcache.IMAGE_ENCODER``)."""
+    prefix = folder.rstrip("/") + "/"
+    inside = [name for name in remote if name.startswith(prefix) and "/" not in name[len(prefix):]]
+    config, weights = prefix + "config.json", _weights(inside)
     return [config, *weights] if config in inside and weights else []
 
 
@@ -716,8 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.file:
             path = ensure_file(args.repo_id, args.file, cache, progress)
-            _emit(event="done", path=str(path), bytes=hubcache.recorded_bytes(hubcache.downloaded(cache, args.repo_id),
-                                                                           args.file) or path.stat().st_size)
+            size = hubcache.recorded_bytes(hubcache.downloaded(cache, args.repo_id), args.file)
+            _emit(event="done", path=str(path), bytes=size if size is not None else path.stat().st_size)
             return 0
         path = ensure_model(args.repo_id, cache, progress)
         record = hubcache.downloaded(cache, args.repo_id)

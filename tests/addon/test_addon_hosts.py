@@ -28,11 +28,14 @@ FULL = ("tests/addon/blender",)
 HEAVY = ("test_farm.py", "test_queue.py", "test_backend_install.py", "test_model_download.py")
 # Blender's renderer and its passes (about 30 s a host): on the newest 4.x and 5.x, where the issue asks
 RENDERS = "test_render_passes.py"
-SMOKE = ("tests/addon/blender", *(f"--ignore=tests/addon/blender/{name}" for name in (*HEAVY, RENDERS)))
+# the artist's features of issue 23 (light, bpy-only code paths): on the oldest and the newest host
+ARTIST = ("test_style_image.py",)
+SMOKE = ("tests/addon/blender", *(f"--ignore=tests/addon/blender/{name}" for name in (*HEAVY, RENDERS, *ARTIST)))
 # host: (venv, Blender version its bpy must report, tests run there)
 HOSTS = {
     # 4.2 LTS, the oldest supported (Python 3.11): the smoke and the real install of the backend with torch
-    "bpy42": (".venv-bpy42", "4.2", tuple(a for a in SMOKE if a != "--ignore=tests/addon/blender/test_backend_install.py")),
+    "bpy42": (".venv-bpy42", "4.2", tuple(a for a in SMOKE if a not in (
+        "--ignore=tests/addon/blender/test_backend_install.py", *(f"--ignore=tests/addon/blender/{n}" for n in ARTIST)))),
     # 4.5 LTS, the last 4.x (Python 3.11): the smoke and the render passes
     "bpy45": (".venv-bpy45", "4.5", tuple(a for a in SMOKE if a != f"--ignore=tests/addon/blender/{RENDERS}")),
     "bpy52": (".venv-bpy52", "5.2", SMOKE),  # 5.2 LTS (Python 3.13), new strip timing names
