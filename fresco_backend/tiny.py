@@ -158,9 +158,16 @@ def save_tiny_models(root: Path) -> tuple[Path, Path]:
     return model_dir, controlnet_dir
 
 
-def save_tiny_style_models(root: Path, model_dir: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Save a random IP-Adapter file for the U-Net of ``model_dir`` and a tiny CLIP image encoder under ``root``:
-    (adapter file, encoder folder). Existing ones are reused."""
+# the tiny CLIP image encoder (transformers' CLIPVisionConfig); SD 1.5's IP-Adapter takes ViT-H/14's
+TINY_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                    patch_size=8, projection_dim=32)
+
+
+def save_tiny_style_models(root: Path, model_dir: Path, seed: int = 0,
+                           encoder_config: dict | None = None) -> tuple[Path, Path]:
+    """Save a random IP-Adapter file for the U-Net of ``model_dir`` and a random CLIP image encoder of
+    ``encoder_config`` (default ``TINY_ENCODER``) under ``root``: (adapter file, encoder folder). Existing ones are
+    reused."""
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -170,12 +177,11 @@ def save_tiny_style_models(root: Path, model_dir: Path, seed: int = 0) -> tuple[
     if adapter.is_file() and (encoder / "config.json").is_file():
         return adapter, encoder
     torch.manual_seed(seed)
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-        patch_size=8, projection_dim=32))
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**(encoder_config or TINY_ENCODER)))
     unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
     cross, tokens = unet.config.cross_attention_dim, 4  # the SD 1.5 IP-Adapter's 4 image tokens
-    weights = {"image_proj.proj.weight": torch.randn(tokens * cross, 32) / 32 ** 0.5,
+    embed = vision.config.projection_dim
+    weights = {"image_proj.proj.weight": torch.randn(tokens * cross, embed) / embed ** 0.5,
                "image_proj.proj.bias": torch.zeros(tokens * cross),
                "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
     number = 1  # diffusers numbers the cross-attention layers 1, 3, 5, ... in the U-Net's order
