@@ -4,11 +4,9 @@ exactly the base model's frames, FRESCO's attention leaves the adapter's process
 refused by name."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
-import torch
 
 from fresco_backend import style as styles
 from fresco_backend.config import JobConfig
