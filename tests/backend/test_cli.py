@@ -120,7 +120,8 @@ def test_a_long_cpu_job_gets_the_draft_hint_with_real_flags():
 
 def test_the_flags_shared_with_the_server_are_the_servers():
     """--controlnet, --config, --controlnet-config, --annotators, the IP-Adapter's two, --device and --threads: one
-    description (fresco_contract/options.py) for the CLI and the server, so the same names, defaults and help (--device names MPS in both)."""
+    description (fresco_contract/options.py) for the CLI and the server, so the same names, defaults and help
+    (--device names MPS in both)."""
     from fresco_backend.cli import build_parser
     from fresco_contract import options
     from server.__main__ import build_parser as server_parser
