@@ -26,7 +26,7 @@ def register() -> None:
     import bpy
 
     from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, preview_frame, props,
-                   session, settings_ops, translation, unsaved)
+                   session, settings_ops, style_image, translation, unsaved)
 
     session.create(translation.begin)
     props.register()
@@ -35,7 +35,8 @@ def register() -> None:
     export.register()
     unsaved.register()
     presets.register()
-    for cls in backend_setup.CLASSES + operators.CLASSES + preview_frame.CLASSES + settings_ops.CLASSES + panels.CLASSES:
+    for cls in (backend_setup.CLASSES + operators.CLASSES + preview_frame.CLASSES + settings_ops.CLASSES
+                + style_image.CLASSES + panels.CLASSES):
         bpy.utils.register_class(cls)
     farm.register()
 
@@ -44,12 +45,13 @@ def unregister() -> None:
     import bpy
 
     from . import (backend_setup, export, farm, model_ops, operators, panels, prefs, presets, preview_frame, props,
-                   session, settings_ops, unsaved)
+                   session, settings_ops, style_image, unsaved)
 
     farm.unregister()
     session.drop()  # ends the running translation, install and downloads, stops the backend
     model_ops.unregister()
-    for cls in reversed(backend_setup.CLASSES + operators.CLASSES + preview_frame.CLASSES + settings_ops.CLASSES + panels.CLASSES):
+    for cls in reversed(backend_setup.CLASSES + operators.CLASSES + preview_frame.CLASSES + settings_ops.CLASSES
+                        + style_image.CLASSES + panels.CLASSES):
         bpy.utils.unregister_class(cls)
     presets.unregister()
     unsaved.unregister()

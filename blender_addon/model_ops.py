@@ -6,7 +6,8 @@ known), partly downloaded, a local folder or file, missing; and whether it is in
 defaults, the user's list and whatever the preferences or environment name besides (a model set by path).
 A ControlNet row names its control kind: Use makes it the ControlNet of that kind (the launcher passes it on as
 ``--controlnet KIND=REF``, ``launcher.model_args``). The annotators (``hubcache.ANNOTATORS``: the networks that
-compute the softedge, lineart and depth conditions) have rows of their own, downloaded like the models.
+compute the softedge, lineart and depth conditions) and the Style Image's IP-Adapter and image encoder
+(``hubcache.IP_ADAPTER``, ``IMAGE_ENCODER``) have rows of their own, downloaded like the models.
 
 Downloads run in the backend's environment (``downloads.Download``, huggingface_hub is there, not in
 Blender's Python), as tasks of the session (``session.run_task``): with a UI on a thread while the session's
@@ -29,7 +30,12 @@ from .launcher import CONTROLNET_KEYS
 # full precision; a ControlNet 1.45 GB), shown before it starts; the figure a download reports replaces it
 DOWNLOAD_SIZES = {hubcache.DEFAULT_MODEL: 4.27e9, **{ref: 1.45e9 for ref in hubcache.DEFAULT_CONTROLNETS.values()},
                   "lllyasviel/Annotators/ControlNetHED.pth": 29.4e6, "lllyasviel/Annotators/sk_model.pth": 17.2e6,
-                  "Intel/dpt-hybrid-midas": 0.49e9}
+                  "Intel/dpt-hybrid-midas": 0.49e9, "h94/IP-Adapter/models/ip-adapter_sd15.safetensors": 44.6e6,
+                  "h94/IP-Adapter/models/image_encoder": 2.53e9}
+
+# the Style Image's models: (the backend setting naming a local one instead, what it is, the hub's (repo, file or folder))
+STYLE_MODELS = (("ip_adapter_file", "IP-Adapter", hubcache.IP_ADAPTER),
+                ("image_encoder", "Image encoder", hubcache.IMAGE_ENCODER))
 
 
 def _gb(size: float) -> str:
@@ -104,7 +110,7 @@ class FRESCO_OT_download_model(bpy.types.Operator):
     bl_label = "Download"
 
     repo_id: bpy.props.StringProperty(name="Hub Id", options={"SKIP_SAVE"})
-    file: bpy.props.StringProperty(name="File", description="Only this file of the repo (an annotator's weights)",
+    file: bpy.props.StringProperty(name="File", description="Only this file or model folder of the repo (an annotator's weights, the IP-Adapter's)",
                                    options={"SKIP_SAVE"})
 
     def execute(self, context: Any) -> set[str]:
@@ -280,8 +286,9 @@ def _state(ref: str, cache: Path, file: str = "") -> tuple[str, str, bool]:
             return f"Local file, {_gb(path.stat().st_size)}", "FILE", True
         return "Missing: no such folder or file", "ERROR", False
     record = hubcache.downloaded(cache, ref)
-    if record is not None and file and file in record.files:
-        return f"Downloaded, {_gb(record.files[file])} on disk", "CHECKMARK", True
+    recorded = hubcache.recorded_bytes(record, file) if file else None
+    if recorded is not None:
+        return f"Downloaded, {_gb(recorded)} on disk", "CHECKMARK", True
     if record is not None and not file:
         return f"Downloaded, {_gb(hubcache.size_on_disk(cache, ref))} on disk", "CHECKMARK", True
     if download is not None and download.error:
@@ -368,6 +375,22 @@ def draw(layout: Any, context: Any, prefs: Any) -> None:
         row = box.row()
         row.label(text=text, icon=icon)
         _download_buttons(row, ref, file, complete)
+    draw_style_models(layout, cache, configured)
+
+
+def draw_style_models(layout: Any, cache: Path, configured: Mapping[str, str]) -> None:
+    """The Style Image's IP-Adapter and image encoder: a Download row each, or the local file or folder the
+    preferences (or environment) name instead."""
+    layout.label(text="Style Image (the SD 1.5 IP-Adapter and its CLIP image encoder)")
+    for key, what, (ref, file) in STYLE_MODELS:
+        box = layout.box()
+        local = configured.get(key, "")
+        box.label(text=f"{what}: {local or f'{ref} {file}'}", icon="IMAGE_DATA")
+        text, icon, complete = _state(local or ref, cache, "" if local else file)
+        row = box.row()
+        row.label(text=text, icon=icon)
+        if not local:
+            _download_buttons(row, ref, file, complete)
 
 
 # ---- the Model picker: an enum over the "model" string, of a strip (its setting) and of the preferences ----

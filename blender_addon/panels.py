@@ -10,7 +10,8 @@ import bpy
 
 from . import (animation, backend, backend_setup, compat, config, export, installer, jobqueue, jobrun, mask, model_ops,
                operators)
-from . import place, presets, preview, preview_frame, props, render_passes, session, settings_ops, translation, userdirs
+from . import (place, presets, preview, preview_frame, props, render_passes, session, settings_ops, style_image,
+               translation, userdirs)
 from .contract import passes
 from .contract import settings as schema
 
@@ -193,6 +194,8 @@ def draw_list(layout: Any, group: Any, setting: schema.Setting) -> None:
     add = header.row()
     add.enabled = len(items) < setting.max_items
     add.operator(settings_ops.FRESCO_OT_list_add.bl_idname, text="", icon="ADD").setting = setting.name
+    if setting.name == "ip_adapter":  # or the picture of an image strip's frame
+        header.operator(style_image.FRESCO_OT_style_from_strip.bl_idname, text="", icon="IMAGE_DATA")
     if not len(items) and setting.name in props.MIN_ITEMS:  # not edited yet: what the strip uses
         row = box.row()
         row.label(text=", ".join(" ".join(_shown(v) for v in entry.values())

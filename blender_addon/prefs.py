@@ -122,6 +122,8 @@ class FrescoPreferences(OptionPreferences, bpy.types.AddonPreferences):
         self._model_picker(box, context)
         self._prop(box, "model_cache")
         self._prop(box, "annotators")
+        self._prop(box, "ip_adapter_file")
+        self._prop(box, "image_encoder")
         model_ops.draw(box, context, self)
         box = layout.box()
         box.label(text="Output", icon="FILE_FOLDER")

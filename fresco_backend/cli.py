@@ -27,6 +27,7 @@ from .models import (DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_mode
 from .video_io import ClipError
 from .denoise import NonFiniteError
 from .job_files import check_job_files
+from .style import StyleModels, style_downloads, style_record
 
 _TYPES = {"str": str, "enum": str, "int": int, "float": float}
 JOB_DIR = ".fresco-job"  # inside --out while a run is unfinished: re-running the command resumes it
@@ -185,6 +186,7 @@ def _translate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from .device import pick_runtime
+    from .download import ensure_file
     from .job import Job
     from .threads import pin_threads
     from .warm import WarmPipeline
@@ -234,7 +236,8 @@ def _translate(args: argparse.Namespace) -> None:
     controlnets = parse_kind_options(args.controlnet, "--controlnet")
     configs = parse_kind_options(args.controlnet_config, "--controlnet-config")
     choice = choose_models(config, DEFAULT_MODEL, controlnets)
-    models = {"config": args.config, **job_models(config, choice, configs)}
+    style_models = StyleModels(args.ip_adapter_file or "", args.image_encoder or "")
+    models = {"config": args.config, **job_models(config, choice, configs), **style_record(config, style_models)}
     try:
         job = Job(job_dir, settings, args.input, out_dir=args.out, conditions_dir=args.conditions_dir, models=models,
                   restart=args.restart, part=part, keys=args.keys)
@@ -257,8 +260,11 @@ def _translate(args: argparse.Namespace) -> None:
         for line in estimate_lines(settings, len(job.frames), width, height, str(runtime.device)):
             print(line)
         print("load model", flush=True)
-        warm = WarmPipeline(args.device, args.config, controlnet_configs(controlnets, configs))
-        pipe = warm.get(choice, config.loras)
+        warm = WarmPipeline(args.device, args.config, controlnet_configs(controlnets, configs), style_models)
+        for repo, name in style_downloads(config, style_models):
+            print(f"download {name} of {repo}", flush=True)
+            ensure_file(repo, name)
+        pipe = warm.get(choice, config.loras, config.style)
     done = job.checkpoint().batches_done
     if done:
         print(f"resuming the job in {job_dir}: {done} batch(es) already done")
@@ -311,9 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "translate":
             _translate(args)
         elif args.command == "make-tiny":
-            from .tiny import save_tiny_models
+            from .tiny import save_tiny_models, save_tiny_style_models
 
-            for path in save_tiny_models(args.dir):
+            model, controlnet = save_tiny_models(args.dir)
+            for path in (*save_tiny_style_models(args.dir, model), model, controlnet):  # the model two last
                 print(path)
         elif args.command == "make-clip":
             from .synthetic import moving_square, write_video

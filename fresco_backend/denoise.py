@@ -20,6 +20,7 @@ from fresco_contract.estimate import REFERENCE_PIXELS, executed_steps
 from fresco_contract.progress import Cancelled, Progress
 
 from .config import Sampling, at
+from .style import added_conditions
 
 ProgressFn = Callable[[Progress], None]
 
@@ -194,7 +195,8 @@ class FrameValues:
 def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
                   scales: Sequence[Any], embeds: torch.Tensor, sampling: Sampling, clock: StepClock,
                   hooks: StepHooks | None = None, encoded: torch.Tensor | None = None,
-                  keep: torch.Tensor | None = None, frames: Sequence[int] | None = None) -> torch.Tensor:
+                  keep: torch.Tensor | None = None, frames: Sequence[int] | None = None,
+                  image: torch.Tensor | None = None) -> torch.Tensor:
     """Translate a batch of frames (B, 3, H, W in [-1, 1]) jointly; returns decoded images in [-1, 1].
 
     ``controls`` are the ControlNet conditions (B, 3, H, W in [0, 1]), one per ControlNet of
@@ -205,7 +207,8 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
     bool (B, 1, h, w) at the latents' size, False where the latents stay on the input's (a masked region,
     ``mask.py``): after every step they are put back to it noised to the next step's timestep, clean at the end.
     ``frames``: the batch's job frames, which animated strength, guidance and scales are taken at
-    (``FrameValues``).
+    (``FrameValues``). ``image``: a Style Image's embeddings for the IP-Adapter (``style.image_embeds``),
+    halved as ``embeds`` are.
     """
     hooks = hooks or StepHooks()
     device, dtype = pipe.device, pipe.unet.dtype
@@ -224,6 +227,7 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
         text = embeds.to(device, dtype).flatten(0, 1)
     else:
         text = embeds.to(device, dtype).repeat_interleave(batch, dim=0)  # [neg x B; pos x B]
+    added = added_conditions(image, batch, device, dtype)
     scales = values.scales
     if guided:
         conds = [torch.cat([c, c]) for c in conds]
@@ -239,7 +243,7 @@ def denoise_batch(pipe, images: torch.Tensor, controls: Sequence[torch.Tensor],
         down, mid = pipe.controlnet(model_in, t, encoder_hidden_states=text, controlnet_cond=cond,
                                     conditioning_scale=scale, return_dict=False)
         noise_pred = pipe.unet(model_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                               mid_block_additional_residual=mid, return_dict=False)[0]
+                               mid_block_additional_residual=mid, added_cond_kwargs=added, return_dict=False)[0]
         if guided:
             uncond, text_pred = noise_pred.chunk(2)
             noise_pred = uncond + guidance * (text_pred - uncond)

@@ -14,7 +14,8 @@ needs no network. Offline, a repo complete in the cache without a record (anothe
 through huggingface_hub's local-files-only snapshot.
 
 ``ensure_file(repo_id, filename)`` downloads one file of a repo the same way (an annotator's weights
-in lllyasviel/Annotators, a repo of many GB); the repo's completion record then lists the files of
+in lllyasviel/Annotators, a repo of many GB), or one model folder of it (its config.json and one weight set:
+the IP-Adapter's image encoder, ``folder_files``); the repo's completion record then lists the files of
 it downloaded so far.
 
 ``python -m fresco_backend.download REPO_ID [--file FILE]`` prints one JSON object per line (``main``).
@@ -592,9 +593,10 @@ def ensure_model(repo_id: str, cache_dir: str | os.PathLike | None = None,
 def ensure_file(repo_id: str, filename: str, cache_dir: str | os.PathLike | None = None,
                 on_progress: Callable[[Progress], None] | None = None,
                 cancel: threading.Event | None = None) -> Path:
-    """The local path of file ``filename`` of hub repo ``repo_id``, downloaded and verified if need be.
+    """The local path of file ``filename`` of hub repo ``repo_id`` (or of its model folder ``filename``:
+    ``folder_files``), downloaded and verified if need be.
 
-    Only that file is downloaded (with progress and cancel as ``ensure_model``); the repo's completion
+    Only that file (folder) is downloaded (with progress and cancel as ``ensure_model``); the repo's completion
     record keeps the files of the repo recorded before that the hub still has unchanged, so each
     annotator's file counts as downloaded on its own. A recorded file returns at once without network.
     Raises ModelNotFoundError for a file the repo lacks, DownloadError when the hub is unreachable.
@@ -607,7 +609,7 @@ def ensure_file(repo_id: str, filename: str, cache_dir: str | os.PathLike | None
 
     def recorded() -> tuple[Path | None, hubcache.Downloaded | None]:
         record = hubcache.downloaded(cache, repo_id)
-        return (record.path / filename if record is not None and filename in record.files else None), record
+        return (record.path / filename if hubcache.recorded_bytes(record, filename) is not None else None), record
 
     found, record = recorded()
     if found is not None:
@@ -622,13 +624,23 @@ def ensure_file(repo_id: str, filename: str, cache_dir: str | os.PathLike | None
         except _Unreachable as exc:
             raise DownloadError(f"{filename} of {repo_id} is not downloaded and the hub cannot be reached ({exc}). "
                                 + HOW_TO_GET.format(repo=f"{repo_id} --file {filename}")) from None
-        if filename not in remote:
-            raise ModelNotFoundError(f"{repo_id} has no file {filename!r}")
+        wanted = [filename] if filename in remote else folder_files(remote, filename)
+        if not wanted:
+            raise ModelNotFoundError(f"{repo_id} has no file {filename!r}, nor a model folder of that name")
         storage = hubcache.repo_folder(cache, repo_id) / "blobs"
         kept = [name for name in (record.files if record is not None else ())
-                if name != filename and name in remote and (storage / remote[name].etag).is_file()]
-        run = _Download(repo_id, cache, commit, remote, on_progress, cancel, only=[*kept, filename]).run()
+                if name not in wanted and name in remote and (storage / remote[name].etag).is_file()]
+        run = _Download(repo_id, cache, commit, remote, on_progress, cancel, only=[*kept, *wanted]).run()
         return run.path / filename
+
+
+def folder_files(remote: Iterable[str], folder: str) -> list[str]:
+    """The files of model folder ``folder`` of a repo listing that transformers loads: its ``config.json`` and
+    one weight set (``_weights``); none where it has not both (the image encoder, ``hubcache.IMAGE_ENCODER``)."""
+    prefix = folder.rstrip("/") + "/"
+    inside = [name for name in remote if name.startswith(prefix) and "/" not in name[len(prefix):]]
+    config, weights = prefix + "config.json", _weights(inside)
+    return [config, *weights] if config in inside and weights else []
 
 
 @contextlib.contextmanager
@@ -676,7 +688,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="download a hub model (SD 1.5 pipeline or ControlNet) into the hub cache")
     parser.add_argument("repo_id", help=f"hub model id, e.g. {hubcache.DEFAULT_MODEL}")
     parser.add_argument("--file", default="", help="only this file of the repo (an annotator's weights, e.g. "
-                        "ControlNetHED.pth of lllyasviel/Annotators)")
+                        "ControlNetHED.pth of lllyasviel/Annotators), or this model folder of it (e.g. "
+                        "models/image_encoder of h94/IP-Adapter)")
     parser.add_argument("--cache-dir", type=Path, help="hub cache folder (default: HF_HUB_CACHE, else the hub's default)")
     parser.add_argument("--remove", action="store_true", help="delete the model from the cache instead")
     args = parser.parse_args(argv)
@@ -703,7 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.file:
             path = ensure_file(args.repo_id, args.file, cache, progress)
-            _emit(event="done", path=str(path), bytes=path.stat().st_size)
+            size = hubcache.recorded_bytes(hubcache.downloaded(cache, args.repo_id), args.file)
+            _emit(event="done", path=str(path), bytes=size if size is not None else path.stat().st_size)
             return 0
         path = ensure_model(args.repo_id, cache, progress)
         record = hubcache.downloaded(cache, args.repo_id)

@@ -37,6 +37,7 @@ from .lora import weigh_batch
 from .mask import region_of
 from .prompts import job_embeddings, positive_embeddings
 from .render_passes import RenderPasses
+from .style import added_conditions, image_embeds
 from .turns import turn
 
 
@@ -100,9 +101,9 @@ class AnchoredSteps(StepHooks):
 
 @torch.no_grad()
 def reference_pass(pipe, encoded: torch.Tensor, positive: torch.Tensor, t_last: torch.Tensor, seed: int,
-                   attention: FrescoAttention, opt_ctx: OptContext) -> None:
+                   attention: FrescoAttention, opt_ctx: OptContext, image: torch.Tensor | None = None) -> None:
     """One U-Net pass (no ControlNet) on the input frames' latents (``encode_frames``) noised to the last
-    timestep.
+    timestep, with the positive half of a Style Image's embeddings ``image`` (``style.image_embeds``) if any.
 
     Records self-attention Q/K of the guided layers and the decoder blocks' input features. ``positive``: the
     prompt's embeddings, one frame's (1, L, D) or each frame's (B, L, D).
@@ -111,7 +112,9 @@ def reference_pass(pipe, encoded: torch.Tensor, positive: torch.Tensor, t_last: 
     text = positive.to(pipe.device, pipe.unet.dtype).expand(encoded.shape[0], -1, -1)
     opt_ctx.mode = "record"
     with attention.reference_pass():
-        pipe.unet(pipe.scheduler.scale_model_input(latents, t_last), t_last, encoder_hidden_states=text)
+        pipe.unet(pipe.scheduler.scale_model_input(latents, t_last), t_last, encoder_hidden_states=text,
+                  added_cond_kwargs=added_conditions(None if image is None else image[-1:], encoded.shape[0],
+                                                     pipe.device, pipe.unet.dtype))
     opt_ctx.mode = "optimise"
 
 
@@ -132,6 +135,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
         return
     with turn(pipe):
         embeds_of = job_embeddings(pipe, sampling)
+        image = image_embeds(pipe, config)
         timesteps = timesteps_for(pipe, sampling)
     scales = [net.scale for net in config.control.nets]
     first = batches[0].frames[0]  # the global first key: every later batch's first anchor
@@ -160,7 +164,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
                 encoded = encode_frames(pipe, images)  # once, for the reference pass and the denoising
                 embeds = embeds_of(batch.frames)
                 reference_pass(pipe, encoded, positive_embeddings(embeds), timesteps[-1], sampling.seed, attention,
-                               opt_ctx)
+                               opt_ctx, image)
                 smooth_x0 = None
                 if opt_ctx.saliency is not None and flow is not None:
                     smooth_x0 = partial(smooth_x0_background, pipe, flow=flow, saliency=opt_ctx.saliency,
@@ -169,7 +173,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
                                       record, smooth_x0, x0_smoothing_steps(sampling.steps))
                 out = denoise_batch(pipe, images, controls, scales, embeds, sampling, clock, hooks, encoded,
                                     keep=region.latents(pipe, batch.frames, work_size) if region else None,
-                                    frames=batch.frames)
+                                    frames=batch.frames, image=image)
                 optimizer.reference.clear()
             yield from zip(batch.new, to_uint8(out[batch.anchors:]))
             for frame in [f for f in memory if f not in (first, batch.frames[-1], *kept)]:

@@ -2,7 +2,7 @@
 
 The command line (cli.py) calls ``check_job_files`` before it creates its job folder, the server
 (server/warm_models.py, ``WarmModels.prepare``) before a job's downloads and model load: a job whose
-LoRA or RAFT weights cannot be used fails at once with the reason, not after minutes of loading.
+LoRA or RAFT weights or Style Image cannot be used fails at once with the reason, not after minutes of loading.
 """
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from .config import JobConfig, require
 from .download import ModelNotFoundError
 from .flow import check_estimator
 from .lora import lora_key
+from .style import check_style_image
 
 
 def check_job_files(config: JobConfig) -> None:
     """Raise ModelNotFoundError naming the file and what is wrong with it: a LoRA file that is missing
-    or no regular file (``lora.lora_key``), or flow weights that are not a full RAFT checkpoint
-    (``flow.check_estimator``)."""
+    or no regular file (``lora.lora_key``), flow weights that are not a full RAFT checkpoint
+    (``flow.check_estimator``), or a Style Image that is no readable picture (``style.check_style_image``)."""
     lora_key(require(config).loras)
+    check_style_image(config)
     try:
         if config.flow != RENDER_FLOW:  # the renderer's motion: nothing to load
             check_estimator(config.flow, config.flow_weights)

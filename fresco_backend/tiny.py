@@ -8,7 +8,9 @@ in the first three down blocks and the last three up blocks, a 4-level VAE
 (latents at 1/8 of the image, scaling factor calibrated to unit latent spread), a CLIP text encoder with a byte-level tokenizer
 written here, DDIM with SD 1.5's noise schedule, and a ControlNet built from
 the UNet. Everything is saved as ordinary diffusers folders that the real
-loader (``models.load_pipeline``) reads back.
+loader (``models.load_pipeline``) reads back. For the Style Image (``style.py``): a CLIP image encoder
+(transformers folder) and an IP-Adapter file of the layout diffusers' ``load_ip_adapter`` reads, sized for that
+UNet (``save_tiny_style_models``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import torch
 
 TINY_MODEL_DIR = "tiny-sd15-untrained"
 TINY_CONTROLNET_DIR = "tiny-controlnet-untrained"
+TINY_IP_ADAPTER = "tiny-ip-adapter-untrained.safetensors"
+TINY_IMAGE_ENCODER = "tiny-image-encoder-untrained"
 _TEXT_DIM = 32
 
 
@@ -152,3 +156,45 @@ def save_tiny_models(root: Path) -> tuple[Path, Path]:
             (tmp / name).replace(root / name)
         tmp.rmdir()
     return model_dir, controlnet_dir
+
+
+# the tiny CLIP image encoder (transformers' CLIPVisionConfig); SD 1.5's IP-Adapter takes ViT-H/14's
+TINY_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                    patch_size=8, projection_dim=32)
+
+
+def save_tiny_style_models(root: Path, model_dir: Path, seed: int = 0,
+                           encoder_config: dict | None = None) -> tuple[Path, Path]:
+    """Save a random IP-Adapter file for the U-Net of ``model_dir`` and a random CLIP image encoder of
+    ``encoder_config`` (default ``TINY_ENCODER``) under ``root``: (adapter file, encoder folder). Existing ones are
+    reused."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    root = Path(root)
+    adapter, encoder = root / TINY_IP_ADAPTER, root / TINY_IMAGE_ENCODER
+    if adapter.is_file() and (encoder / "config.json").is_file():
+        return adapter, encoder
+    torch.manual_seed(seed)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**(encoder_config or TINY_ENCODER)))
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    cross, tokens = unet.config.cross_attention_dim, 4  # the SD 1.5 IP-Adapter's 4 image tokens
+    embed = vision.config.projection_dim
+    weights = {"image_proj.proj.weight": torch.randn(tokens * cross, embed) / embed ** 0.5,
+               "image_proj.proj.bias": torch.zeros(tokens * cross),
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    number = 1  # diffusers numbers the cross-attention layers 1, 3, 5, ... in the U-Net's order
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            attention = unet.get_submodule(name.removesuffix(".processor"))
+            for ip, own in (("to_k_ip", attention.to_k), ("to_v_ip", attention.to_v)):
+                weights[f"ip_adapter.{number}.{ip}.weight"] = torch.randn_like(own.weight) / cross ** 0.5
+            number += 2
+    tmp = root / ".tiny-style-partial"
+    vision.save_pretrained(tmp / TINY_IMAGE_ENCODER)
+    save_file(weights, str(tmp / TINY_IP_ADAPTER))
+    for path in (adapter, encoder):
+        (tmp / path.name).replace(path)
+    tmp.rmdir()
+    return adapter, encoder

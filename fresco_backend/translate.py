@@ -39,6 +39,7 @@ from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
 from .prompts import job_embeddings
 from .propagate import propagate_span
 from .render_passes import NO_MOTION, PassMissing, RenderPasses
+from .style import image_embeds
 from .turns import turn
 
 __all__ = ["Cancelled", "LocalRunner", "Progress", "finish_frames", "propagate_frames", "translate_frames"]
@@ -54,6 +55,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
     no latents to anchor to or keep."""
     with turn(pipe):
         embeds_of = job_embeddings(pipe, config.sampling)
+        image = image_embeds(pipe, config)
     scales = [net.scale for net in config.control.nets]
     region = region_of(config, rendered)
     for number, batch in enumerate(batches):
@@ -67,7 +69,7 @@ def per_frame(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_size: 
                                            on_stage=clock.stage, rendered=rendered, frames=batch.frames)
             keep = region.latents(pipe, batch.frames, work_size) if region else None
             out = denoise_batch(pipe, to_tensor(small), controls, scales, embeds_of(batch.frames), config.sampling,
-                                clock, keep=keep, frames=batch.frames)
+                                clock, keep=keep, frames=batch.frames, image=image)
         yield from zip(batch.frames, to_uint8(out))
         checkpoint.on_batch_done(number, {})
 

@@ -6,7 +6,8 @@ ControlNets: another model loads the pipeline anew (counted in ``load_count``); 
 loaded once each (kept by ref: at most one per control kind the backend knows) and set as
 ``pipe.controlnet`` (one model, or a MultiControlNetModel in the job's order) without touching the SD
 model. LoRAs (``lora.py``) are fused for the job and the
-original weights written back before a job with other LoRAs.
+original weights written back before a job with other LoRAs; a Style Image's IP-Adapter (``style.py``) is loaded
+for the job and taken off before a job without it (or ``drop_style``), its weight set for each job.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import logging
 import time
 from typing import Any, Mapping, Sequence
 
-from .config import Lora
+from .config import Lora, StyleImage
 from .device import pick_runtime, release_cuda_memory
 from .lora import Fused, fuse_loras, lora_key, restore
 from .models import ModelChoice, controlnet_module, load_controlnet, load_model
+from . import style as styles
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,14 @@ class WarmPipeline:
     """The loaded pipeline of one device and the ControlNets loaded for it, by ref."""
 
     def __init__(self, device: str | None = None, config: str | None = None,
-                 controlnet_config: Mapping[str, str] | None = None) -> None:
+                 controlnet_config: Mapping[str, str] | None = None,
+                 style_models: styles.StyleModels | None = None) -> None:
         """``config``/``controlnet_config``: what describes single-file checkpoints offline
-        (``models.load_pipeline``); ``controlnet_config`` maps ControlNet refs to folders."""
+        (``models.load_pipeline``); ``controlnet_config`` maps ControlNet refs to folders; ``style_models``: the
+        IP-Adapter and image encoder of Style Images (default: the hub's, downloaded)."""
         self.device, self.config = device, config
+        self.style_models = style_models or styles.StyleModels()
+        self.styled = styles.Loaded()
         self.controlnet_config = dict(controlnet_config or {})
         self.model: str | None = None
         self.pipe: Any = None
@@ -39,9 +45,12 @@ class WarmPipeline:
         self.load_count = 0  # SD model loads
         self.last_load_seconds: float | None = None
 
-    def get(self, choice: ModelChoice, loras: Sequence[Lora] = ()) -> Any:
-        """The pipeline with ``choice``'s model and ControlNets and ``loras`` fused in."""
+    def get(self, choice: ModelChoice, loras: Sequence[Lora] = (), style: Sequence[StyleImage] = ()) -> Any:
+        """The pipeline with ``choice``'s model and ControlNets, ``loras`` fused in and the IP-Adapter of ``style``
+        (a job's ``config.style``) loaded at its weight where it has one of a weight other than 0."""
         wanted = lora_key(loras)
+        picture = next((s for s in style if s.weight != 0), None)
+        adapter = styles.model_paths(self.style_models) if picture is not None else ()
         runtime = pick_runtime(self.device)
         nets = [self._controlnet(ref, runtime) for ref in choice.controlnets]
         if self.model != choice.model or self.pipe is None:
@@ -57,11 +66,24 @@ class WarmPipeline:
             log.info("switching ControlNets to %s", ", ".join(choice.controlnets))
             self.pipe.controlnet = controlnet_module(nets)
             self.controlnets = choice.controlnets
+        if self.styled.key != tuple(map(str, adapter)):
+            self.drop_style()  # before the LoRAs change: the U-Net as loaded under them
         if self.fused.key != wanted:
             restore(self.pipe, self.fused)
             self.fused = Fused()
             self.fused = fuse_loras(self.pipe, loras)
+        if adapter and not self.styled.key:
+            self.styled = styles.load(self.pipe, *adapter)
+        if picture is not None:
+            styles.set_weight(self.pipe, picture.weight)
         return self.pipe
+
+    def drop_style(self) -> None:
+        """Take a Style Image's IP-Adapter off the pipeline, if it holds one (its memory is freed)."""
+        if self.pipe is not None and self.styled.key:
+            styles.unload(self.pipe, self.styled)
+            release_cuda_memory()
+        self.styled = styles.Loaded()
 
     def _controlnet(self, ref: str, runtime: Any) -> Any:
         if ref not in self.nets:
@@ -79,4 +101,5 @@ class WarmPipeline:
         if self.pipe is None:
             return
         self.model, self.pipe, self.controlnets, self.fused = None, None, (), Fused()
+        self.styled = styles.Loaded()
         release_cuda_memory()

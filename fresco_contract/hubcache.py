@@ -39,6 +39,10 @@ ANNOTATORS = {
     "lineart": ("lllyasviel/Annotators", "sk_model.pth"),
     "depth": ("Intel/dpt-hybrid-midas", ""),
 }
+# the SD 1.5 IP-Adapter of a style image (the ``ip_adapter`` setting) and its CLIP image encoder (ViT-H/14): (hub repo,
+# file or folder in it); a folder is downloaded as its config.json and one weight set (``fresco_backend/download.py``)
+IP_ADAPTER = ("h94/IP-Adapter", "models/ip-adapter_sd15.safetensors")
+IMAGE_ENCODER = ("h94/IP-Adapter", "models/image_encoder")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # a whole model in one file (civitai-style checkpoints)
 
 RECORDS = "fresco-downloads"  # folder of the completion records inside the cache
@@ -121,6 +125,18 @@ def downloaded(cache: str | os.PathLike, repo_id: str) -> Downloaded | None:
         except OSError:
             return None
     return Downloaded(repo_id, commit, files, sum(files.values()), snapshot)
+
+
+def recorded_bytes(record: Downloaded | None, name: str) -> int | None:
+    """The bytes of file ``name`` of a repo's ``record``, or of folder ``name`` in it once its ``config.json``
+    and weights are recorded (``IMAGE_ENCODER``); None where it is not downloaded."""
+    if record is None:
+        return None
+    if name in record.files:
+        return record.files[name]
+    inside = {path: size for path, size in record.files.items() if path.startswith(name.rstrip("/") + "/")}
+    weights = [path for path in inside if path.endswith((".safetensors", ".bin"))]
+    return sum(inside.values()) if f"{name.rstrip('/')}/config.json" in inside and weights else None
 
 
 def size_on_disk(cache: str | os.PathLike, repo_id: str) -> int:

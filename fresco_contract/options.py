@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .hubcache import DEFAULT_CONTROLNETS, DEFAULT_MODEL
+from .hubcache import DEFAULT_CONTROLNETS, DEFAULT_MODEL, IMAGE_ENCODER, IP_ADAPTER
 from .settings import CONTROL_KINDS
 from .wire import TOKEN_ENV
 
@@ -150,6 +150,18 @@ OPTIONS: tuple[Option, ...] = (
            type=Path, key="annotators", env=ANNOTATORS_ENV, label="Annotators Folder", path="dir",
            description="A folder holding annotator weights (ControlNetHED.pth, sk_model.pth, dpt-hybrid-midas/) "
                        "for softedge, lineart and depth, instead of downloading them"),
+    Option("ip_adapter_file", "the SD 1.5 IP-Adapter of a Style Image: a .safetensors file (default: "
+                              f"{IP_ADAPTER[1]} of {IP_ADAPTER[0]}, downloaded on first use)", "--ip-adapter-file",
+           (SERVER, TRANSLATE), metavar="FILE", key="ip_adapter_file", env="FRESCO_IP_ADAPTER_FILE",
+           label="IP-Adapter File", path="file",
+           description="The SD 1.5 IP-Adapter a Style Image is taken through, a .safetensors file, instead of "
+                       "downloading it"),
+    Option("image_encoder", "the IP-Adapter's CLIP image encoder: a transformers folder (default: "
+                            f"{IMAGE_ENCODER[1]} of {IMAGE_ENCODER[0]}, downloaded on first use)", "--image-encoder",
+           (SERVER, TRANSLATE), metavar="DIR", key="image_encoder", env="FRESCO_IMAGE_ENCODER",
+           label="Image Encoder", path="dir",
+           description="The IP-Adapter's CLIP image encoder, a folder with config.json and its weights, instead "
+                       "of downloading it"),
     Option("work_dir", "folder for job inputs/outputs (default: a temp folder, removed at exit)", "--work-dir",
            (SERVER,), type=Path),
     Option("device", "auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps", "--device",

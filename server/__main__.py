@@ -33,6 +33,7 @@ from fresco_backend.annotators import set_annotators_folder
 from fresco_backend.conditions_cache import ConditionsCache
 from fresco_backend.config import JobConfig
 from fresco_backend.device import DeviceError, pick_runtime
+from fresco_backend.style import StyleModels
 from fresco_backend.threads import pin_threads
 from fresco_backend.models import (DEFAULT_CONTROLNETS, ModelNotFoundError, choose_models, controlnet_configs,
                                    parse_kind_options)
@@ -289,7 +290,7 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
     controlnets, configs = controlnet_options(args)
     if args.annotators is not None:
         set_annotators_folder(args.annotators)
-    models = WarmModels(warm_pipeline(device, args.config, configs), args.model, controlnets)
+    models = WarmModels(warm_pipeline(device, args.config, configs, style_models(args)), args.model, controlnets)
     conditions = ConditionsCache(work_dir / "cache")  # control images and flows, shared by the jobs on one clip
     pool = start_pool(args, device, work_dir, controlnets, configs) if args.ray is not None else None
     if pool is None:
@@ -347,6 +348,11 @@ def serve(args: argparse.Namespace, sock: socket.socket, token: str, device: str
             pool.shutdown()
 
 
+def style_models(args: argparse.Namespace) -> StyleModels:
+    """The IP-Adapter and image encoder of Style Images: ``--ip-adapter-file``, ``--image-encoder`` (else the hub's)."""
+    return StyleModels(args.ip_adapter_file or "", args.image_encoder or "")
+
+
 def start_pool(args: argparse.Namespace, device: str, work_dir: Path, controlnets: dict[str, str],
                configs: dict[str, str]) -> Any:
     """The Ray pool of ``--ray`` (ray is imported only then), its workers loading the server's models:
@@ -359,7 +365,7 @@ def start_pool(args: argparse.Namespace, device: str, work_dir: Path, controlnet
     address = None if args.ray in ("", "local") else args.ray
     try:
         return RayPool(args.workers, (args.model, controlnets), None if device == "auto" else device,
-                       {"config": args.config, "controlnet_config": configs},
+                       {"config": args.config, "controlnet_config": configs, "style_models": style_models(args)},
                        segments=args.segments, address=address, threads=args.worker_threads,
                        conditions_dir=work_dir / "cache", annotators=args.annotators and str(args.annotators),
                        temp_dir=ray_temp_dir(work_dir) if address is None else None)

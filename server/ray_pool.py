@@ -149,7 +149,7 @@ class Worker:
 
     def __init__(self, models: ModelChoice, device: str | None, load_options: dict[str, Any],
                  threads: int | None, conditions_dir: str | None, annotators: str | None) -> None:
-        """``load_options``: ``WarmPipeline``'s config and controlnet_config; ``annotators``: the
+        """``load_options``: ``WarmPipeline``'s config, controlnet_config and style_models; ``annotators``: the
         server's ``--annotators`` folder."""
         from fresco_backend.threads import pin_threads
 
@@ -187,7 +187,7 @@ class Worker:
         # finishing its step here: the next pass shares the pipeline (its attention processors, its LoRAs)
         # and waits for it.
         with self.running:
-            pipe = self.warm.get(models, config.loras)  # the same warm swap as the server's
+            pipe = self.warm.get(models, config.loras, config.style)  # the same warm swap as the server's
             items: queue.Queue[Progress | Frame | Recorded | Done | Failed] = queue.Queue()
             steps = config.sampling.executed_steps
             clock = StepClock(len(step.batches) * steps, items.put, cancel, steps_per_batch=steps)

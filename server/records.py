@@ -292,7 +292,7 @@ def missing_inputs(job: Job) -> str | None:
 
 
 def check_inputs(job: Job) -> str:
-    """The SHA-256 of the job's input frames and render passes, each frame checked against the record's frame size, and all of
+    """The SHA-256 of the job's input frames, render passes and Style Image, each frame checked against the record's frame size, and all of
     them against its SHA-256 once recorded. A difference raises RuntimeError naming it; Cancelled if
     the job's cancel is set first."""
     hasher = FrameHasher()
@@ -317,8 +317,15 @@ def check_inputs(job: Job) -> str:
             except OSError:
                 raise RuntimeError(f"render pass {name} of frame {index} ({path}) is missing or unreadable; "
                                    f"submit the job again") from None
+    for style in job.settings.get("ip_adapter") or ():  # the Style Image too: a resume never takes another picture
+        if style.get("weight"):
+            try:
+                hasher.add_data("style image", Path(style["image"]).expanduser().read_bytes())
+            except (OSError, ValueError) as exc:
+                raise RuntimeError(f"the Style Image {style['image']} cannot be read on the backend's machine "
+                                   f"({getattr(exc, 'strerror', None) or exc}): choose the picture again") from None
     digest = hasher.result().sha256
     if job.input_sha256 is not None and digest != job.input_sha256:
-        raise RuntimeError(f"the input frames or render passes in {job.folder} are not those the job was submitted "
-                           f"with (their SHA-256 differs from its record); submit the job again")
+        raise RuntimeError(f"the input frames, render passes or Style Image of {job.folder} are not those the job was "
+                           f"submitted with (their SHA-256 differs from its record); submit the job again")
     return digest

@@ -22,6 +22,7 @@ from fresco_backend.download import ensure_file, ensure_model, needs_download
 from fresco_backend.job_files import check_job_files
 from fresco_backend.lora import lora_key
 from fresco_backend.models import choose_models
+from fresco_backend.style import active, style_downloads
 from fresco_backend.warm import WarmPipeline
 from fresco_contract.progress import Cancelled, Progress
 
@@ -49,10 +50,10 @@ class WarmModels:
 
     def for_settings(self, config: JobConfig) -> Any:
         """The pipeline for a job's ``config``: its ``model`` (empty: the server's default), the
-        ControlNets of its ``controls`` and its ``loras`` (by a caller that knows no job holds it)."""
+        ControlNets of its ``controls``, its ``loras`` and Style Image (by a caller that knows no job holds it)."""
         choice = choose_models(config, self.default_model, self.controlnets)
         with self._lock:
-            return self.warm.get(choice, config.loras)
+            return self.warm.get(choice, config.loras, config.style)
 
     @contextmanager
     def use(self, config: JobConfig, cancel: threading.Event) -> Iterator[Any]:
@@ -61,13 +62,14 @@ class WarmModels:
         they take turns batch by batch, ``fresco_backend/turns.py``); a job that wants others waits until
         no job holds it (Cancelled if ``cancel`` is set first), so nothing is swapped under a running job."""
         choice = choose_models(config, self.default_model, self.controlnets)
-        key = (choice, lora_key(config.loras))
+        style = active(config)
+        key = (choice, lora_key(config.loras), style and style.weight)  # the IP-Adapter's weight is the pipeline's
         with self._lock:
             while self._users and self._key != key:
                 if cancel.is_set():
                     raise Cancelled("cancelled")
                 self._lock.wait(timeout=0.5)  # wakes on every release; the timeout only checks cancel
-            pipe = self.warm.get(choice, config.loras)
+            pipe = self.warm.get(choice, config.loras, config.style)
             self._users, self._key = self._users + 1, key
         try:
             yield pipe
@@ -80,10 +82,11 @@ class WarmModels:
                 cancel: threading.Event, rendered: Sequence[str] = ()) -> None:
         """Download the job's model and ControlNets where they are hub ids not downloaded yet, and the
         weights of its controls' annotators that are not there (``fresco_backend/annotators.py``) and whose
-        condition none of its render passes (``rendered``: their names) gives.
+        condition none of its render passes (``rendered``: their names) gives, and the IP-Adapter and image
+        encoder of a Style Image (``fresco_backend/style.py``).
 
-        Raises ModelNotFoundError (the hub unreachable: what to do; a LoRA or RAFT file that cannot be
-        used, checked first: ``fresco_backend/job_files.py``) or Cancelled."""
+        Raises ModelNotFoundError (the hub unreachable: what to do; a LoRA, RAFT or Style Image file that cannot
+        be used, checked first: ``fresco_backend/job_files.py``) or Cancelled."""
         check_job_files(config)
         model, controlnets = choose_models(config, self.default_model, self.controlnets)
         for ref in dict.fromkeys((model, *controlnets)):
@@ -96,3 +99,6 @@ class WarmModels:
                 ensure_file(repo, filename, on_progress=on_progress, cancel=cancel)
             else:
                 ensure_model(repo, on_progress=on_progress, cancel=cancel)
+        for repo, name in style_downloads(config, self.warm.style_models):
+            log.info("downloading %s of %s", name, repo)
+            ensure_file(repo, name, on_progress=on_progress, cancel=cancel)

@@ -113,3 +113,19 @@ def tiny_lora(tiny_models, tmp_path_factory) -> Path:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name="tiny-lora.safetensors")
     return folder / "tiny-lora.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_style(tiny_models, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(IP-Adapter file, image encoder folder, style picture): a random IP-Adapter for the tiny U-Net, a tiny CLIP
+    image encoder (``tiny.save_tiny_style_models``) and a seeded noise picture (PNG)."""
+    import cv2
+    import numpy as np
+
+    from fresco_backend.tiny import save_tiny_style_models
+
+    adapter, encoder = save_tiny_style_models(tiny_models[0].parent, tiny_models[0])
+    picture = tmp_path_factory.mktemp("style") / "style.png"
+    rgb = np.random.default_rng(7).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    cv2.imwrite(str(picture), rgb)
+    return adapter, encoder, picture

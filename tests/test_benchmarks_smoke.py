@@ -137,3 +137,13 @@ def test_propagation_on_a_rendered_shot(tmp_path):
     for family in ("shot", "previs"):
         gains = {m["method"]: m["psnr_gain"] for m in report["means"][family] if "psnr_gain" in m}
         assert gains["DIS"] == 0 and math.isfinite(gains["render flow"])
+
+
+def test_style_cost_at_the_tiny_size(tmp_path):
+    """benchmarks/style_cost.py times the Style Image's parts on the tiny models and its own tiny IP-Adapter."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "style_cost.py"), "--root", str(tmp_path),
+                           "--frames", "2", "--steps", "2", "--repeats", "1"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=1200)  # outer limit
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds = json.loads(done.stdout)["seconds"]
+    assert all(seconds[part] > 0 for part in ("plain_batch", "styled_batch", "encode", "load", "unload")), seconds

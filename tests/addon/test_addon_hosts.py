@@ -29,7 +29,7 @@ HEAVY = ("test_farm.py", "test_queue.py", "test_backend_install.py", "test_model
 # Blender's renderer and its passes (about 30 s a host): on the newest 4.x and 5.x, where the issue asks
 RENDERS = "test_render_passes.py"
 # the artist features of issue 23: on the oldest (4.2) and the newest (5.3), with their Blender APIs differences
-ARTIST = ("test_animated.py", "test_mask.py", "test_prompt_schedule.py")
+ARTIST = ("test_animated.py", "test_mask.py", "test_prompt_schedule.py", "test_style_image.py")
 SMOKE = ("tests/addon/blender", *(f"--ignore=tests/addon/blender/{name}" for name in (*HEAVY, RENDERS, *ARTIST)))
 # host: (venv, Blender version its bpy must report, tests run there)
 HOSTS = {

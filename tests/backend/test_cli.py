@@ -121,8 +121,9 @@ def test_a_long_cpu_job_gets_the_draft_hint_with_real_flags():
 
 
 def test_the_flags_shared_with_the_server_are_the_servers():
-    """--controlnet, --config, --controlnet-config, --annotators, --device and --threads: one description (fresco_contract/
-    options.py) for the CLI and the server, so the same names, defaults and help (--device names MPS in both)."""
+    """--controlnet, --config, --controlnet-config, --annotators, the IP-Adapter's two, --device and --threads: one
+    description (fresco_contract/options.py) for the CLI and the server, so the same names, defaults and help
+    (--device names MPS in both)."""
     from fresco_backend.cli import build_parser
     from fresco_contract import options
     from server.__main__ import build_parser as server_parser
@@ -135,8 +136,8 @@ def test_the_flags_shared_with_the_server_are_the_servers():
 
     cli, server = described(translate), described(server_parser())
     shared = [option.flag for option in options.OPTIONS if options.TRANSLATE in option.commands]
-    assert shared == ["--controlnet", "--config", "--controlnet-config", "--annotators", "--device",
-                      "--threads"]
+    assert shared == ["--controlnet", "--config", "--controlnet-config", "--annotators", "--ip-adapter-file",
+                      "--image-encoder", "--device", "--threads"]
     assert all(cli[flag] == server[flag] for flag in shared)
     assert "mps" in cli["--device"][2] and cli["--device"][1] == "auto"
     assert set(server) - {"-h"} == {option.flag for option in options.OPTIONS if options.SERVER in option.commands}

@@ -580,3 +580,30 @@ def test_cli_stops_promptly_on_sigterm_during_a_trickling_body(hub, cache):
     assert child.returncode == 130 and json.loads(out.decode().splitlines()[-1]) == {"event": "cancelled"}
     assert hub.served == served  # it stopped before the next byte came
     assert any(blobs.glob("*.incomplete"))  # kept for the next run to resume
+
+
+def test_a_model_folder_of_a_repo_is_downloaded_as_its_config_and_one_weight_set(tmp_path, monkeypatch, cache):
+    """The IP-Adapter's image encoder (hubcache.IMAGE_ENCODER): a folder of a repo of other files."""
+    folder = tmp_path / "ip-adapter-repo"
+    (folder / "models" / "image_encoder").mkdir(parents=True)
+    (folder / "models" / "ip-adapter_sd15.safetensors").write_bytes(b"adapter " * 500)
+    (folder / "models" / "image_encoder" / "config.json").write_text('{"model_type": "clip_vision_model"}')
+    (folder / "models" / "image_encoder" / "model.safetensors").write_bytes(b"encoder " * 900)
+    (folder / "models" / "image_encoder" / "pytorch_model.bin").write_bytes(b"\x01" * 3_000_000)
+    with FakeHub({"tiny/ip-adapter": folder}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        encoder = D.ensure_file("tiny/ip-adapter", "models/image_encoder", cache)
+        assert encoder.is_dir() and (encoder / "model.safetensors").read_bytes() == b"encoder " * 900
+        assert not any("pytorch_model" in request for request in hub.requests)  # one weight set
+        record = hubcache.downloaded(cache, "tiny/ip-adapter")
+        assert hubcache.recorded_bytes(record, "models/image_encoder") == 7200 + 35
+        assert hubcache.recorded_bytes(record, "models/ip-adapter_sd15.safetensors") is None
+        adapter = D.ensure_file("tiny/ip-adapter", "models/ip-adapter_sd15.safetensors", cache)
+        hub.offline = True
+        asked = len(hub.requests)
+        assert D.ensure_file("tiny/ip-adapter", "models/image_encoder", cache) == encoder and adapter.is_file()
+        assert len(hub.requests) == asked  # both recorded: no network
+        hub.offline = False
+        with pytest.raises(D.ModelNotFoundError, match="no file 'models/absent', nor a model folder"):
+            D.ensure_file("tiny/ip-adapter", "models/absent", cache)

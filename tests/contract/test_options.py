@@ -31,7 +31,8 @@ def test_the_server_flags_keep_their_defaults_and_types():
 def test_the_translate_flags_are_those_it_shares_with_the_server():
     server = {action.dest for action in parser(options.SERVER)._actions}
     translate = {action.dest for action in parser(options.TRANSLATE)._actions}
-    assert translate - {"help"} == {"controlnet", "config", "controlnet_config", "annotators", "device", "threads"}
+    assert translate - {"help"} == {"controlnet", "config", "controlnet_config", "annotators", "ip_adapter_file",
+                                    "image_encoder", "device", "threads"}
     assert translate <= server
 
 
@@ -59,3 +60,5 @@ def test_a_setting_gives_its_server_arguments():
     assert by_key["controlnet_tile_config"].server_args("/c") == ["--controlnet-config", "tile=/c"]
     assert by_key["annotators"].server_args("/a") == ["--annotators", "/a"]
     assert by_key["annotators"].server_args("") == [] and by_key["token"].server_args("secret") == []
+    assert by_key["ip_adapter_file"].server_args("/s.safetensors") == ["--ip-adapter-file", "/s.safetensors"]
+    assert by_key["image_encoder"].server_args("/e") == ["--image-encoder", "/e"]

@@ -97,7 +97,7 @@ def test_cli_loads_the_chosen_model_and_controlnets(tmp_path, monkeypatch, capsy
     clip = write_video(tmp_path / "clip.mp4", moving_square(frames=3, width=64, height=64).frames)
     loaded = []
 
-    def fake_get(self, choice, loras=()):
+    def fake_get(self, choice, loras=(), style=()):
         loaded.append(choice)
         raise ModelNotFoundError("stop here: the choice is what this test checks")
 
