@@ -1,0 +1,119 @@
+"""The shot-cut detector's scores (``fresco_backend/cuts.py``) on the repo's clips and on synthetic cuts.
+
+    .venv/bin/python benchmarks/cut_detection.py [--json out.json]
+
+Clips without a cut: every consecutive pair of tests/data/*.mp4 (the largest scores are what a threshold
+must stay above). Cuts made from them, both frames at one size (the first clip's): each clip into the other,
+both orders, and a jump inside each clip to a moment far away (frame 0 -> the last frame). Hard cases that
+must not be cuts: a flash (one frame 1.8 times brighter), a fast pan (a window sliding 24 pixels a frame over
+bikes.mp4) and a jump to a crop of the same frame shifted by an eighth of its width. Prints each case's two
+scores and whether the detector calls it a cut, the hits and false alarms, the margins to the thresholds and
+the detector's time per frame.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fresco_backend.cuts import FLOW_FAILURE, HISTOGRAM_JUMP, detect_cuts, flow_failure, histogram_distance, small  # noqa: E402
+from fresco_backend.video_io import read_frames  # noqa: E402
+
+DATA = ROOT / "tests" / "data"
+
+
+def to_size(frame: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return cv2.resize(frame, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def scores(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    sa, sb = small(a), small(b)
+    return histogram_distance(sa, sb), flow_failure(sa, sb)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    clips = {path.name: read_frames(path) for path in sorted(DATA.glob("*.mp4"))}
+    report: dict = {"thresholds": {"histogram": HISTOGRAM_JUMP, "flow_failure": FLOW_FAILURE}, "clips": {}}
+
+    print(f"thresholds: histogram distance > {HISTOGRAM_JUMP}, flow failure > {FLOW_FAILURE} (both)")
+    print("\nclips without a cut: every consecutive pair")
+    false_alarms = 0
+    worst_hist = worst_flow = 0.0
+    for name, frames in clips.items():
+        start = time.perf_counter()
+        found = detect_cuts(frames)
+        per_frame = (time.perf_counter() - start) / len(frames) * 1000
+        pairs = [scores(a, b) for a, b in zip(frames, frames[1:])]
+        hist = sorted(p[0] for p in pairs)[-3:]
+        flow = sorted(p[1] for p in pairs)[-3:]
+        both = max(min(h / HISTOGRAM_JUMP, f / FLOW_FAILURE) for h, f in pairs)
+        worst_hist, worst_flow = max(worst_hist, hist[-1]), max(worst_flow, flow[-1])
+        false_alarms += len(found)
+        report["clips"][name] = {"pairs": len(pairs), "cuts_found": found, "largest_histogram": hist,
+                                 "largest_flow_failure": flow, "closest_to_both": both,
+                                 "ms_per_frame": per_frame}
+        print(f"  {name}: {len(pairs)} pairs, cuts found {found}; largest histogram distances "
+              f"{', '.join(f'{v:.3f}' for v in hist)}; largest flow failures {', '.join(f'{v:.3f}' for v in flow)}; "
+              f"a pair's score nearest to being a cut: {both:.2f} of the thresholds; {per_frame:.2f} ms a frame")
+
+    bikes, carphone = clips["bikes.mp4"], clips["carphone_pristine.mp4"]
+    shape = carphone[0].shape
+    cuts = {
+        "bikes -> carphone": (to_size(bikes[-1], shape), carphone[0]),
+        "carphone -> bikes": (carphone[-1], to_size(bikes[0], shape)),
+        "bikes (mid) -> carphone (mid)": (to_size(bikes[125], shape), carphone[60]),
+        "carphone (mid) -> bikes (mid)": (carphone[60], to_size(bikes[125], shape)),
+        "bikes jump: frame 0 -> 249": (bikes[0], bikes[-1]),
+        "carphone jump: frame 0 -> 119": (carphone[0], carphone[-1]),
+    }
+    frame = bikes[100]
+    height, width = frame.shape[:2]
+    crop_w = width * 3 // 4
+    shift = width // 8
+    brighter = np.clip(frame.astype(np.float32) * 1.8, 0, 255).astype(np.uint8)
+    not_cuts = {
+        "flash (x1.8 brightness)": (frame, brighter),
+        "fast pan (24 px a frame)": (bikes[100][:, 100:100 + crop_w], bikes[101][:, 124:124 + crop_w]),
+        "shifted crop of the same frame (1/8 width)": (frame[:, :crop_w], frame[:, shift:shift + crop_w]),
+    }
+    hits = 0
+    print("\nsynthetic cuts (must be found)")
+    margin_hist, margin_flow = [], []
+    for name, (a, b) in cuts.items():
+        h, f = scores(a, b)
+        found = detect_cuts([a, b]) == [1]
+        hits += found
+        margin_hist.append(h)
+        margin_flow.append(f)
+        report.setdefault("cuts", {})[name] = {"histogram": h, "flow_failure": f, "found": found}
+        print(f"  {name}: histogram {h:.3f}, flow failure {f:.3f}: {'found' if found else 'MISSED'}")
+    print("\nhard cases (must not be cuts)")
+    for name, (a, b) in not_cuts.items():
+        h, f = scores(a, b)
+        found = detect_cuts([a, b]) == [1]
+        false_alarms += found
+        report.setdefault("not_cuts", {})[name] = {"histogram": h, "flow_failure": f, "found": found}
+        print(f"  {name}: histogram {h:.3f}, flow failure {f:.3f}: {'FALSE CUT' if found else 'no cut'}")
+    report.update(hits=hits, cuts=report["cuts"], false_alarms=false_alarms,
+                  margins={"histogram": [worst_hist, min(margin_hist)], "flow_failure": [worst_flow, min(margin_flow)]})
+    print(f"\nhits {hits} of {len(cuts)}; false alarms {false_alarms} (over {sum(len(c) - 1 for c in clips.values())} "
+          f"pairs of the clips and {len(not_cuts)} hard cases)")
+    print(f"margins: histogram: no-cut pairs up to {worst_hist:.3f} < {HISTOGRAM_JUMP} < cuts from {min(margin_hist):.3f}; "
+          f"flow failure: no-cut pairs up to {worst_flow:.3f} < {FLOW_FAILURE} < cuts from {min(margin_flow):.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
