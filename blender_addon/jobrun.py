@@ -7,6 +7,8 @@ written frames; what it posts on the way:
   Progress             (``contract.progress``; ``STAGE_STARTING``, total 0: the backend is being started)
   JobCreated(job_id)   (the backend accepted the job)
   FrameReceived(index, path)  (an output frame was downloaded to ``path``)
+  CutsFound(frames)    (the backend looked for shot cuts and found these: 0-based first frames of the shots after
+                       the first, in the exported frames)
   Health(answer)       (the backend's /v1/health after the job: its measured speed)
 
 A failure is the task's error (the backend's message), a cancel ``Cancelled`` (the backend's job cancelled too).
@@ -39,6 +41,11 @@ class JobCreated:
 class FrameReceived:
     index: int
     path: str
+
+
+@dataclass(frozen=True)
+class CutsFound:
+    frames: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,8 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
                 error = event.message
             elif isinstance(event, wire.StateEvent):
                 state = event.state
+            elif isinstance(event, wire.CutsEvent):
+                task.post(CutsFound(tuple(event.frames)))
         state = reply.get("state", state)
         if state in wire.FINAL_STATES:
             break
