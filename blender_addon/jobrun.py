@@ -47,6 +47,15 @@ class FrameReceived:
 class CutsFound:
     frames: tuple[int, ...]
 
+    def words(self, first_frame: int) -> str:
+        """What the artist is told, in Blender's frame numbers (the strip shows its first frame at ``first_frame``)."""
+        if not self.frames:
+            return "No cuts found: the strip is one shot"
+        many = len(self.frames) > 1
+        return (f"{len(self.frames)} cut{'s' if many else ''} found: at frame{'s' if many else ''} "
+                f"{', '.join(str(first_frame + cut) for cut in self.frames)}; each shot is translated on its own "
+                f"(Detect Cuts off translates across them)")
+
 
 @dataclass(frozen=True)
 class Health:

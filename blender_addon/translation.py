@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import bpy
 
@@ -230,7 +230,7 @@ class Translation:
             scene = bpy.data.scenes.get(self.scene_name)
             source = compat.all_strips(compat.editor(scene)).get(self.source_name) if scene is not None else None
             if source is not None:
-                self.tell(cuts_text(message.frames, compat.visible_start(source)))
+                self.tell(message.words(compat.visible_start(source)))
         elif isinstance(message, jobrun.Health):
             self.backend.note_health(self.config, message.answer)
 
@@ -383,16 +383,6 @@ class Translation:
         if self.stage != "done":
             raise RuntimeError(self.error or self.stage)
         return compat.all_strips(compat.editor(bpy.data.scenes[self.scene_name]))[self.result_name]
-
-
-def cuts_text(cuts: Sequence[int], first_frame: int) -> str:
-    """What the artist is told of a strip's shot cuts (``cuts``: 0-based first frames of the shots after the
-    first), in Blender's frame numbers (the strip shows its first frame at ``first_frame``)."""
-    if not cuts:
-        return "No cuts found: the strip is one shot"
-    frames = ", ".join(str(first_frame + cut) for cut in cuts)
-    return (f"{len(cuts)} cut{'s' if len(cuts) > 1 else ''} found: at frame{'s' if len(cuts) > 1 else ''} {frames}; "
-            f"each shot is translated on its own (Detect Cuts off translates across them)")
 
 
 def progress_text(stage: str, done: int, total: int, eta: float | None = None) -> str:
