@@ -80,4 +80,4 @@ def test_adaptive_keys_are_a_stage_of_their_own(pipe):
     stages: list[str] = []
     config = JobConfig.of({**SETTINGS, "keyframes": "adaptive", "key_min_gap": 2, "key_max_gap": 3})
     assert len(list(translate_frames(pipe, FRAMES, config, on_progress=lambda p: stages.append(p.stage)))) == 7
-    assert stages[:2] == ["choose keys", "conditions"], stages
+    assert stages[:3] == ["find cuts", "choose keys", "conditions"], stages
