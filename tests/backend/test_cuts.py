@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from fresco_backend.checkpoint import Checkpoint
 from fresco_backend.config import JobConfig
 from fresco_backend.cuts import detect_cuts
 from fresco_backend.plan import finish_plan, make_plan, redo_plan
@@ -95,11 +96,16 @@ def test_a_finish_refuses_keys_that_would_propagate_across_a_cut():
 
 def test_a_translated_shot_is_made_from_its_own_keys_only(pipe, two_shots):
     """Frames after the cut are those of translating the second shot alone: nothing of the first shot reaches
-    them; across the cut (detection off) they differ."""
+    them, also when the job resumes after the first shot's batch; across the cut (detection off) they differ."""
     clip = [cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in two_shots[9:15]]  # the cut at 3
-    both = dict(translate_frames(pipe, clip, config(**TINY)))
+    after_first = {}  # what a checkpoint store keeps after the first batch (the first shot's)
+    record = Checkpoint(on_batch_done=lambda n, anchors: n or after_first.update(anchors))
+    both = dict(translate_frames(pipe, clip, config(**TINY), checkpoint=record))
     alone = dict(translate_frames(pipe, clip[3:], config(**TINY)))
     assert sorted(both) == list(range(6))
     assert all(np.array_equal(both[i + 3], alone[i]) for i in range(3))
+    resume = Checkpoint(1, after_first, has_output=lambda i: i < 3, output=both.__getitem__)
+    resumed = dict(translate_frames(pipe, clip, config(**TINY), checkpoint=resume))  # the same plan, resumed
+    assert sorted(resumed) == [3, 4, 5] and all(np.array_equal(resumed[i + 3], alone[i]) for i in range(3))
     across = dict(translate_frames(pipe, clip, config(**TINY, cut_detection=False)))
     assert not any(np.array_equal(across[i + 3], alone[i]) for i in range(3))
