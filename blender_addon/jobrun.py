@@ -7,6 +7,8 @@ written frames; what it posts on the way:
   Progress             (``contract.progress``; ``STAGE_STARTING``, total 0: the backend is being started)
   JobCreated(job_id)   (the backend accepted the job)
   FrameReceived(index, path)  (an output frame was downloaded to ``path``)
+  CutsFound(frames)    (the backend looked for shot cuts and found these: 0-based first frames of the shots after
+                       the first, in the exported frames)
   Health(answer)       (the backend's /v1/health after the job: its measured speed)
 
 A failure is the task's error (the backend's message), a cancel ``Cancelled`` (the backend's job cancelled too).
@@ -39,6 +41,20 @@ class JobCreated:
 class FrameReceived:
     index: int
     path: str
+
+
+@dataclass(frozen=True)
+class CutsFound:
+    frames: tuple[int, ...]
+
+    def words(self, first_frame: int) -> str:
+        """What the artist is told, in Blender's frame numbers (the strip shows its first frame at ``first_frame``)."""
+        if not self.frames:
+            return "No cuts found: the strip is one shot"
+        many = len(self.frames) > 1
+        return (f"{len(self.frames)} cut{'s' if many else ''} found: at frame{'s' if many else ''} "
+                f"{', '.join(str(first_frame + cut) for cut in self.frames)}; each shot is translated on its own "
+                f"(Detect Cuts off translates across them)")
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,8 @@ def run_job(client: Any, settings: dict, frame_paths: Sequence[Path], out_dir: P
                 error = event.message
             elif isinstance(event, wire.StateEvent):
                 state = event.state
+            elif isinstance(event, wire.CutsEvent):
+                task.post(CutsFound(tuple(event.frames)))
         state = reply.get("state", state)
         if state in wire.FINAL_STATES:
             break

@@ -259,6 +259,11 @@ class Translation:
             self.preview_path = message.path
             if self.part == wire.ALL:
                 self._show(message.index)
+        elif isinstance(message, jobrun.CutsFound):
+            scene = bpy.data.scenes.get(self.scene_name)
+            source = compat.all_strips(compat.editor(scene)).get(self.source_name) if scene is not None else None
+            if source is not None:
+                self.tell(message.words(compat.visible_start(source)))
         elif isinstance(message, jobrun.Health):
             self.backend.note_health(self.config, message.answer)
 

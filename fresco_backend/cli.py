@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from fresco_contract import options, passes, settings as S, wire
 from fresco_contract.keys import MANIFEST, KeysError, KeysManifest, write_manifest
@@ -22,6 +23,7 @@ from .device import DeviceError
 from .job import RECORD, JobMismatch
 from .annotators import set_annotators_folder
 from .config import JobConfig
+from .plan import find_cuts
 from .models import (DEFAULT_MODEL, ModelChoice, ModelNotFoundError, choose_models, controlnet_configs,
                      parse_kind_options)
 from .video_io import ClipError
@@ -253,6 +255,9 @@ def _translate(args: argparse.Namespace) -> None:
         job.layout.discard(0)  # made by this run (such settings never started one): a corrected run starts anew
         raise
     height, width = job.frames[0].shape[:2]
+    cuts = find_cuts(job.frames, config)
+    if cuts is not None:
+        print(cuts_line(cuts), flush=True)
     pipe = None
     if job.keys is not None:
         print(f"propagate only: {len(job.frames) - len(job.keys)} frames between {len(job.keys)} keys of {args.keys}")
@@ -276,7 +281,7 @@ def _translate(args: argparse.Namespace) -> None:
         bar.update(progress.done - bar.n)
         bar.refresh()
 
-    for _ in job.run(pipe, on_progress=on_progress, device=str(runtime.device)):
+    for _ in job.run(pipe, on_progress=on_progress, device=str(runtime.device), cuts=cuts):
         pass
     bar.close()
     if part == wire.KEYS:
@@ -291,6 +296,16 @@ def _translate(args: argparse.Namespace) -> None:
         pngs = (read_png(path) for path in job.outputs())
         print(f"wrote {write_mp4(args.mp4, pngs, read_fps(args.input) or 24.0)}")
     shutil.rmtree(job_dir)  # finished: the decoded input and the resume state are no longer needed
+
+
+def cuts_line(cuts: Sequence[int]) -> str:
+    """What the command line says of a clip's shot cuts (0-based first frames of the shots after the first),
+    in the frame numbers of its output files (0001.png is frame 1)."""
+    if not cuts:
+        return "no cuts found: one shot"
+    return (f"{len(cuts)} cut{'s' if len(cuts) > 1 else ''} found: at frame{'s' if len(cuts) > 1 else ''} "
+            f"{', '.join(str(c + 1) for c in cuts)} (each shot is translated on its own; --no-cut-detection "
+            f"translates across them)")
 
 
 def _finish_settings(keys: Path, values: dict) -> dict:

@@ -12,7 +12,8 @@ they were translated, so batches share one appearance.
 
 The batches and the anchor latents of earlier passes come from the job's plan
 (``plan.py``: the chain of keys, or a skeleton and its segments); the executor
-propagates the frames between the keys.
+propagates the frames between the keys. A batch anchored to nothing starts a new
+chain (a shot after a cut): its first key is the later batches' first anchor.
 """
 from __future__ import annotations
 
@@ -141,6 +142,7 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
     first = batches[0].frames[0]  # the global first key: every later batch's first anchor
     kept = set(keep)
     record = {first, *kept} | {b.frames[-1] for b in batches}  # frames later batches anchor to, and ``keep``
+    record |= {b.frames[0] for b in batches if not b.anchors}  # the first key of each shot's chain (plan.py)
     memory: Anchors = {frame: [t.to(pipe.device, pipe.unet.dtype) for t in steps]
                        for frame, steps in {**(anchors or {}), **checkpoint.anchors}.items()}
 
@@ -149,6 +151,8 @@ def fresco_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig, work_si
     optimizer = FeatureOptimizer(config.optimisation)
     try:
         for number, batch in enumerate(batches):
+            if not batch.anchors:  # a chain starts: the pass's first, or a shot's after a cut (plan.py)
+                first = batch.frames[0]
             if number < checkpoint.batches_done:
                 continue
             clock.check_cancel()

@@ -425,18 +425,20 @@ class Job:
     def checkpoint(self) -> Checkpoint:
         return self.layout.checkpoint_store().load()
 
-    def run(self, pipe, on_progress: ProgressFn | None = None,
-            cancel: threading.Event | None = None, device: str = "cpu") -> Iterator[int]:
+    def run(self, pipe, on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+            device: str = "cpu", cuts: Sequence[int] | None = None) -> Iterator[int]:
         """Do what is missing; yields the index of every output frame written. ``pipe``: the model a
-        translating part runs on (None for "finish", which propagates on ``device``)."""
+        translating part runs on (None for "finish", which propagates on ``device``); ``cuts``: the clip's shot
+        cuts (``plan.find_cuts``; None: found where the job looks for them)."""
         from .conditions_cache import ConditionsCache  # torch: only where a job runs
         from .translate import finish_frames, translate_frames
 
         if self.keys is not None:
-            frames = finish_frames(self.frames, self.keys, self.config, device, on_progress, cancel, self.checkpoint())
+            frames = finish_frames(self.frames, self.keys, self.config, device, on_progress, cancel, self.checkpoint(),
+                                   cuts=cuts)
         else:
             frames = translate_frames(pipe, self.frames, self.config, on_progress, cancel, self.checkpoint(),
-                                      ConditionsCache(self.conditions_dir), keys_only=self.part == wire.KEYS)
+                                      ConditionsCache(self.conditions_dir), keys_only=self.part == wire.KEYS, cuts=cuts)
         for index, rgb in frames:
             write_png_atomic(self.output_path(index), rgb)
             yield index

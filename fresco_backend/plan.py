@@ -22,6 +22,13 @@ executor (``executor.py``) walks it, in this process (``translate.py``) or on Ra
   one chain anchored to the first key and the last kept one.
 * S > 1 in the per-frame mode: the segments are groups of whole batches of the same grid (no anchors), so
   any S gives the frames of S = 1.
+* Cuts (``find_cuts``: the ``cut_detection`` setting, FRESCO mode): each shot is a chain of its own. Its
+  keys are chosen on the shot alone (its first and last frames among them, so a cut has a key on both
+  sides and no span crosses it), its batches hold its keys only and its first batch is anchored to
+  nothing (it is its own K0). S = 1: one pass of the shots' chains one after the other. S > 1: one
+  segment per shot, no skeleton (a shot is never cut into segments: it shares nothing with the others).
+  A redo anchors each shot's keys to the kept keys of that shot only; a finish refuses keys that leave a
+  span across a cut. Without a cut the plan is the one above.
 """
 from __future__ import annotations
 
@@ -31,9 +38,11 @@ from typing import Sequence
 import numpy as np
 
 from fresco_contract.estimate import key_batches, prompt_keys
-from fresco_contract.keys import check_kept
+from fresco_contract.keys import KeysError, check_kept
+from fresco_contract.wire import frame_filename
 
-from .config import JobConfig, require
+from .config import JobConfig, Keyframes, require
+from .cuts import detect_cuts
 from .keyframes import Batch, adaptive_keys, fixed_keys, plan_batches
 
 
@@ -63,17 +72,43 @@ class Clip(Sequence[np.ndarray]):
         return self._read(self.indices[item])
 
 
-def keyframes_for(frames: Sequence[np.ndarray], config: JobConfig) -> list[int]:
+def find_cuts(frames: Sequence[np.ndarray], config: JobConfig) -> tuple[int, ...] | None:
+    """The first frame of every shot after the first (``cuts.detect_cuts``, reading every frame); None where
+    the job does not look for cuts (``cut_detection`` off, or the per-frame mode, which has no chain)."""
+    config = require(config)
+    if not (config.cut_detection and config.fresco):
+        return None
+    return tuple(detect_cuts(frames[i] for i in range(len(frames))))
+
+
+def shots(count: int, cuts: Sequence[int]) -> list[tuple[int, int]]:
+    """(first frame, end) of each shot of a clip of ``count`` frames cut at ``cuts``; ValueError for cuts
+    that are not ascending frames of the clip after its first."""
+    if list(cuts) != sorted(set(cuts)) or any(not 0 < c < count for c in cuts):
+        raise ValueError(f"cuts must be ascending frame indices from 1 to {count - 1}, got {list(cuts)[:20]}")
+    bounds = [0, *cuts, count]
+    return list(zip(bounds, bounds[1:]))
+
+
+def keyframes_for(frames: Sequence[np.ndarray], config: JobConfig, cuts: Sequence[int] = ()) -> list[int]:
     """The frames translated (the first and the last are always among them), for the job's ``config``: its
-    ``keyframes`` choice, and where it has a prompt schedule, the frames where the look starts and ends changing."""
+    ``keyframes`` choice, with ``cuts`` on each shot alone, and where it has a prompt schedule, the frames where
+    the look starts and ends changing."""
     config, count = require(config), len(frames)
     keys = config.keyframes
     if not config.fresco or keys.choice == "all":
         return list(range(count))
-    chosen = fixed_keys(count, keys.interval) if keys.choice == "interval" else adaptive_keys(
-        (frames[i] for i in range(count)), keys.min_gap, keys.max_gap)
+    chosen = [start + key for start, end in shots(count, cuts) for key in _chosen_keys(
+        Clip(frames, range(start, end)), keys)]
     sampling = config.sampling  # a prompt schedule's changes and blends start at keys
     return sorted({*chosen, *prompt_keys((c.frame for c in sampling.prompt_schedule), sampling.prompt_blend, count)})
+
+
+def _chosen_keys(frames: Sequence[np.ndarray], keys: Keyframes) -> list[int]:
+    """The keys the ``keyframes`` choice (interval or adaptive) picks on ``frames`` alone."""
+    if keys.choice == "interval":
+        return fixed_keys(len(frames), keys.interval)
+    return adaptive_keys((frames[i] for i in range(len(frames))), keys.min_gap, keys.max_gap)
 
 
 @dataclass(frozen=True)
@@ -101,6 +136,7 @@ class Plan:
     skeleton: Pass | None
     segments: tuple[Pass, ...]
     spans: tuple[tuple[int, int], ...]
+    cuts: tuple[int, ...] = ()  # the first frame of every shot after the first
 
     @property
     def passes(self) -> tuple[Pass, ...]:
@@ -120,10 +156,17 @@ def spans_between(keys: Sequence[int]) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b in zip(keys, keys[1:]) if b - a > 1)
 
 
-def finish_plan(frames: int, keys: Sequence[int]) -> Plan:
+def finish_plan(frames: int, keys: Sequence[int], cuts: Sequence[int] = ()) -> Plan:
     """The plan of filling in a clip of ``frames`` frames from ``keys`` translated before: no passes,
-    every span propagated."""
-    return Plan(frames, tuple(keys), None, (), spans_between(keys))
+    every span propagated. KeysError where a span would cross one of ``cuts``: the keys must hold the
+    frames on both sides of every cut."""
+    missing = [c for c in cuts if c - 1 not in keys or c not in keys]
+    if missing:
+        raise KeysError(f"the strip has a cut before frame{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(frame_filename(c) for c in missing[:10])}, but the keys do not hold the frames "
+                        f"on both sides of it: translate the keys again (a key is made on each side of a cut), or "
+                        f"switch Detect Cuts off to propagate across it")
+    return Plan(frames, tuple(keys), None, (), spans_between(keys), tuple(cuts))
 
 
 def redo_plan(plan: Plan, kept: Sequence[int], config: JobConfig) -> Plan:
@@ -135,9 +178,16 @@ def redo_plan(plan: Plan, kept: Sequence[int], config: JobConfig) -> Plan:
     check_kept(list(kept), plan.frames)
     redo = [key for key in plan.keys if key > kept[-1]]
     size = config.sampling.batch_size
-    batches = (_chain(sorted({kept[0], kept[-1]}), redo, size) if config.fresco
-               else key_batches(redo, size, False))
-    return Plan(plan.frames, tuple(kept) + tuple(redo), None, (_segment("redo", batches),), ())
+    if not config.fresco:
+        batches = key_batches(redo, size, False)
+    else:  # each shot's keys anchored to the kept keys of that shot (without cuts: the one shot)
+        batches = []
+        for start, end in shots(plan.frames, plan.cuts):
+            again = [key for key in redo if start <= key < end]
+            held = [key for key in kept if start <= key < end]
+            if again:
+                batches += _chain(sorted({held[0], held[-1]}), again, size) if held else plan_batches(again, size)
+    return Plan(plan.frames, tuple(kept) + tuple(redo), None, (_segment("redo", batches),), (), plan.cuts)
 
 
 def _chain(anchors: list[int], keys: list[int], batch_size: int) -> list[Batch]:
@@ -181,12 +231,17 @@ def _segment(name: str, batches: list[Batch]) -> Pass:
     return Pass(name, tuple(batches), tuple(needs))
 
 
-def make_plan(frames: Sequence[np.ndarray], config: JobConfig, segments: int = 1) -> Plan:
+def make_plan(frames: Sequence[np.ndarray], config: JobConfig, segments: int = 1,
+              cuts: Sequence[int] | None = None) -> Plan:
     """The plan of translating the clip ``frames`` (uint8 RGB) with ``config`` in at most ``segments``
-    segments."""
+    segments; ``cuts``: the clip's (None: ``find_cuts``)."""
     if segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
     require(config)
+    if cuts is None:
+        cuts = find_cuts(Clip(frames), config) if len(frames) else ()
+    if cuts and config.fresco:
+        return _shots_plan(frames, config, segments, tuple(cuts))
     keys = keyframes_for(Clip(frames), config) if len(frames) else []
     size = config.sampling.batch_size
     spans = spans_between(keys)
@@ -202,3 +257,14 @@ def make_plan(frames: Sequence[np.ndarray], config: JobConfig, segments: int = 1
         passes = [_chain([keys[0]], groups[0], size)] + [_chain([keys[0], g[0]], g[1:], size) for g in groups[1:]]
     return Plan(len(frames), tuple(keys), skeleton,
                 tuple(_segment(f"segment {i}", batches) for i, batches in enumerate(passes) if batches), spans)
+
+
+def _shots_plan(frames: Sequence[np.ndarray], config: JobConfig, segments: int, cuts: tuple[int, ...]) -> Plan:
+    """``make_plan`` of a clip with cuts: every shot its own chain; one pass of them all (``segments`` 1)
+    or a segment per shot."""
+    keys = keyframes_for(Clip(frames), config, cuts)
+    size = config.sampling.batch_size
+    chains = [plan_batches([k for k in keys if start <= k < end], size) for start, end in shots(len(frames), cuts)]
+    passes = [[batch for chain in chains for batch in chain]] if segments == 1 else chains
+    return Plan(len(frames), tuple(keys), None,
+                tuple(_segment(f"segment {i}", batches) for i, batches in enumerate(passes)), spans_between(keys), cuts)

@@ -35,7 +35,7 @@ from .fresco import fresco_frames
 from .keyframes import Batch
 from .lora import weigh_batch
 from .mask import composited, region_of
-from .plan import Clip, Pass, Plan, finish_plan, make_plan, redo_plan
+from .plan import Clip, Pass, Plan, find_cuts, finish_plan, make_plan, redo_plan
 from .prompts import job_embeddings
 from .propagate import propagate_span
 from .render_passes import NO_MOTION, PassMissing, RenderPasses
@@ -172,21 +172,24 @@ class LocalRunner(Propagator):
 
 def finish_frames(frames: Sequence[np.ndarray], keys: Mapping[int, np.ndarray], config: JobConfig, device="cpu",
                   on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                  checkpoint: Checkpoint | None = None,
-                  rendered: RenderPasses | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                  checkpoint: Checkpoint | None = None, rendered: RenderPasses | None = None,
+                  cuts: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Fill in ``frames`` (uint8 RGB, all one size) from translated ``keys`` (frame index -> uint8 RGB at
     the input's size, as they are now: edited or not), denoising nothing: yields (index, frame) of every
     frame the ``checkpoint`` does not hold, the keys first and as given, then the frames between them
     propagated along the input's flow (the ``flow`` setting of ``config``; "render": the renderer's motion in
     ``rendered``) on ``device``, span by span.
     ``keys`` must hold the first and the last frame (``fresco_contract.keys.check_keys``), each of the
-    input's size (KeysError otherwise)."""
+    input's size (KeysError otherwise), and the frames on both sides of every cut (``cuts``: the clip's; None:
+    found here, where ``config`` looks for them)."""
     require(config)
     indices = sorted(keys)
     check_keys(indices, len(frames))
     clock = StepClock(0, on_progress, cancel)
+    if cuts is None:
+        cuts = _find_cuts(frames, config, on_progress)
     region = region_of(config, rendered)
-    yield from composited(execute(finish_plan(len(frames), indices),
+    yield from composited(execute(finish_plan(len(frames), indices, cuts or ()),
                                   Propagator(frames, config, clock, device, rendered=rendered),
                                   checkpoint or Checkpoint(), CheckedKeys(keys, Clip(frames).shape)),
                           frames, region, keys)
@@ -217,7 +220,8 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
                      on_progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                      checkpoint: Checkpoint | None = None, cache: ConditionsCache | None = None,
                      keys_only: bool = False, kept: Mapping[int, np.ndarray] | None = None,
-                     rendered: RenderPasses | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                     rendered: RenderPasses | None = None,
+                     cuts: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Translate ``frames`` (uint8 RGB, all one size) with the job's ``config``.
 
     Yields (index, uint8 RGB frame) for every input frame in order, each at the
@@ -237,6 +241,7 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     ``kept``: redo the keys (keys only) after these, translated before (frame index -> uint8 RGB at the
     input's size, from the first frame on: ``plan.redo_plan``); they are yielded as given and the redone
     keys are anchored to them. ``rendered``: the clip's render passes (``render_passes.py``), if it has any.
+    ``cuts``: the clip's shot cuts (``plan.find_cuts``); None: found here, where ``config`` looks for them.
     """
     require(config)
     if not frames:
@@ -245,11 +250,13 @@ def translate_frames(pipe, frames: Sequence[np.ndarray], config: JobConfig,
     checkpoint = checkpoint or Checkpoint()
     if checkpoint.batch_size:
         config = with_batch_size(config, checkpoint.batch_size)
+    if cuts is None:
+        cuts = _find_cuts(frames, config, on_progress)
     while True:
         written = False
         try:
             for item in _translate(pipe, frames, config, on_progress, cancel, checkpoint, cache, keys_only, kept,
-                                   rendered):
+                                   rendered, cuts):
                 written = True
                 yield item
             return
@@ -274,11 +281,11 @@ def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progres
                cancel: threading.Event | None, checkpoint: Checkpoint,
                cache: ConditionsCache | None, keys_only: bool,
                kept: Mapping[int, np.ndarray] | None,
-               rendered: RenderPasses | None) -> Iterator[tuple[int, np.ndarray]]:
+               rendered: RenderPasses | None, cuts: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray]]:
     """One attempt of ``translate_frames``: the plan at ``config``'s batch size, walked by the executor."""
     if on_progress and config.fresco and config.keyframes.choice == "adaptive":  # reads every frame
         on_progress(Progress("choose keys", 0, 0, None))
-    plan = job_plan(frames, config, keys_only, kept)
+    plan = job_plan(frames, config, keys_only, kept, cuts=cuts)
     steps = config.sampling.executed_steps
     clock = StepClock((plan.batch_count - checkpoint.batches_done) * steps, on_progress, cancel,
                       checkpoint.batches_done, steps)
@@ -287,10 +294,19 @@ def _translate(pipe, frames: Sequence[np.ndarray], config: JobConfig, on_progres
 
 
 def job_plan(frames: Sequence[np.ndarray], config: JobConfig, keys_only: bool = False,
-             kept: Mapping[int, np.ndarray] | None = None, segments: int = 1) -> Plan:
-    """The plan of a job (``translate_frames``'s ``keys_only`` and ``kept``) in at most ``segments``
-    segments; a redo is one chain."""
+             kept: Mapping[int, np.ndarray] | None = None, segments: int = 1,
+             cuts: Sequence[int] | None = None) -> Plan:
+    """The plan of a job (``translate_frames``'s ``keys_only``, ``kept`` and ``cuts``) in at most ``segments``
+    segments; a redo is one pass."""
     if kept:
-        return redo_plan(make_plan(frames, config), sorted(kept), config)
-    plan = make_plan(frames, config, segments)
+        return redo_plan(make_plan(frames, config, cuts=cuts), sorted(kept), config)
+    plan = make_plan(frames, config, segments, cuts)
     return plan.keys_only() if keys_only else plan
+
+
+def _find_cuts(frames: Sequence[np.ndarray], config: JobConfig,
+               on_progress: ProgressFn | None) -> tuple[int, ...] | None:
+    """``plan.find_cuts``, said as the stage "find cuts" where the job looks for them."""
+    if on_progress and config.cut_detection and config.fresco:  # reads every frame
+        on_progress(Progress("find cuts", 0, 0, None))
+    return find_cuts(Clip(frames), config)

@@ -356,7 +356,7 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=256, group="guidance", applies_when=(("mask", ("strip", "alpha")),)),
     Setting("cut_detection", "bool", True, "Detect Cuts",
             "Find hard cuts in the strip and translate each shot on its own: a key on each side of a cut, "
-            "nothing carried across it", group="timing"),
+            "nothing carried across it", group="timing", applies_when=(_FRESCO,)),
 )
 
 # Settings of earlier versions and how they map onto today's: a job record or .blend written before

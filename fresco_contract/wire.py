@@ -66,9 +66,9 @@ QUEUED, UPLOADING, RUNNING, DONE, FAILED, CANCELLED = (
 FINAL_STATES = (DONE, FAILED, CANCELLED)
 
 # event types: every event is {"seq": int, "type": str, ...}, one of the Event classes below
-EV_STATE, EV_PROGRESS, EV_FRAME, EV_DONE, EV_ERROR = "state", "progress", "frame", "done", "error"
+EV_STATE, EV_PROGRESS, EV_FRAME, EV_DONE, EV_ERROR, EV_CUTS = "state", "progress", "frame", "done", "error", "cuts"
 STAGE_DOWNLOAD = "download"  # the progress stage of a hub model being downloaded: done/total in bytes
-STAGES = ("check input", "load model", "choose keys", "conditions", "flow", "denoise step", "write",
+STAGES = ("check input", "find cuts", "load model", "choose keys", "conditions", "flow", "denoise step", "write",
           "propagate")  # the other progress stages' first words
 
 
@@ -110,7 +110,8 @@ def _is_int(value: Any) -> bool:
 # an event field's annotation (a string: annotations are not evaluated) -> whether a JSON value fits it
 FIELD_CHECKS: dict[str, Any] = {
     "int": _is_int, "str": lambda v: isinstance(v, str),
-    "float | None": lambda v: v is None or _is_int(v) or isinstance(v, float)}
+    "float | None": lambda v: v is None or _is_int(v) or isinstance(v, float),
+    "list[int]": lambda v: isinstance(v, list) and all(_is_int(i) for i in v)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +125,7 @@ class StateEvent(Event):
 @dataclass(frozen=True, kw_only=True)
 class ProgressEvent(Event):
     """A stage of the job STARTS. The stages in order: "check input" (the frames read against the job's
-    record; done/total 0), "download" (STAGE_DOWNLOAD), "load model", "choose keys" (adaptive keys read
+    record; done/total 0), "find cuts" (shot cuts, reading every frame; done/total 0), "download" (STAGE_DOWNLOAD), "load model", "choose keys" (adaptive keys read
     every frame; done/total 0), then per batch "conditions" (ControlNet images), "flow" (FRESCO: optical
     flow), "denoise step k/n, batch b/B" (each step), "write" (decoding and writing its frames), and
     "propagate frame(s) ..." (frames between two keys, counted from 1). Outside "download", done/total
@@ -171,8 +172,19 @@ class ErrorEvent(Event):
     message: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class CutsEvent(Event):
+    """The job looked for shot cuts (the ``cut_detection`` setting) and found these: ``frames``, the 0-based
+    index of the first frame of every shot after the first (empty: one shot). Each shot is translated on its
+    own. Sent once, before the job loads its model; the job's status holds them too ("cuts", null until
+    looked for)."""
+
+    TYPE: ClassVar[str] = EV_CUTS
+    frames: list[int]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {cls.TYPE: cls for cls in (StateEvent, ProgressEvent, FrameEvent,
-                                                                  DoneEvent, ErrorEvent)}
+                                                                  DoneEvent, ErrorEvent, CutsEvent)}
 
 
 def job_path(job_id: str) -> str:

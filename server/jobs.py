@@ -39,6 +39,7 @@ from fresco_contract.settings import check_frames
 from fresco_backend.config import JobConfig
 from fresco_backend.job import KeyFiles
 from fresco_backend.pass_files import read_pass
+from fresco_backend.plan import find_cuts
 from fresco_backend.video_io import FrameFiles, encode_png
 
 from . import records
@@ -55,9 +56,10 @@ log = logging.getLogger("fresco.server.jobs")
 UsePipeline = Callable[[JobConfig, threading.Event], ContextManager[Any]]
 # (config, on_progress, cancel, the job's render pass names) -> None (``WarmModels.prepare``)
 Prepare = Callable[[JobConfig, Callable[[Progress], None], threading.Event, Sequence[str]], None]
-# (frames, config, on_progress, cancel, checkpoint[, keys_only, kept, rendered]) -> every (index, RGB) the checkpoint
-# does not hold yet, once (with keys_only=True: of the keys alone; kept: a redo's keys, as given, and those after
-# them; rendered: the clip's render passes, ``fresco_backend.render_passes.RenderPasses``)
+# (frames, config, on_progress, cancel, checkpoint[, keys_only, kept, rendered, cuts]) -> every (index, RGB) the
+# checkpoint does not hold yet, once (with keys_only=True: of the keys alone; kept: a redo's keys, as given, and those
+# after them; rendered: the clip's render passes, ``fresco_backend.render_passes.RenderPasses``; cuts: the clip's shot
+# cuts, ``fresco_backend.plan.find_cuts``)
 Translator = Callable[..., Iterator[tuple[int, np.ndarray]]]
 
 
@@ -72,12 +74,12 @@ class LocalTranslator:
     def __call__(self, frames: Sequence[np.ndarray], config: JobConfig, on_progress: Callable[[Progress], None],
                  cancel: threading.Event, checkpoint: Checkpoint,
                  keys_only: bool = False, kept: Mapping[int, np.ndarray] | None = None,
-                 rendered: Any = None) -> Iterator[tuple[int, np.ndarray]]:
+                 rendered: Any = None, cuts: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         with self._use_pipeline(config, cancel) as pipe:
             if cancel.is_set():
                 raise Cancelled("cancelled")
             yield from self._translate(pipe, frames, config, on_progress, cancel, checkpoint=checkpoint,
-                                       keys_only=keys_only, kept=kept, rendered=rendered)
+                                       keys_only=keys_only, kept=kept, rendered=rendered, cuts=cuts)
 
 
 class JobError(Exception):
@@ -454,6 +456,21 @@ class JobManager:
     def _progress(self, job: Job, stage: str, total: int = 0) -> None:
         self._feed.emit(job, wire.ProgressEvent(stage=stage, done=0, total=total, eta=None))
 
+    def _find_cuts(self, job: Job, frames: Sequence[np.ndarray], config: JobConfig) -> tuple[int, ...] | None:
+        """The job's shot cuts (``find_cuts``, the stage "find cuts"), kept in its record and said by a
+        CutsEvent; None where it does not look for them."""
+        if not (config.cut_detection and config.fresco):
+            return None
+        self._progress(job, "find cuts")  # reads every frame
+        cuts = find_cuts(frames, config)
+        with self._lock:
+            job.cuts = cuts
+            records.save(job)
+            self._feed.emit(job, wire.CutsEvent(frames=list(cuts)))
+        if cuts:
+            log.info("job %s: %d cut(s), before frames %s", job.id, len(cuts), ", ".join(map(str, cuts)))
+        return cuts
+
     def _run(self, job: Job) -> None:
         self._progress(job, "check input")  # reads every frame
         digest = records.check_inputs(job)
@@ -471,11 +488,12 @@ class JobManager:
         config = JobConfig.of(job.settings)  # the edge: a new or reloaded job's settings, converted once
         checkpoint = job.layout.checkpoint_store(self._checkpoint_plan).load()
         frames: Sequence[np.ndarray] = FrameFiles([job.layout.input_path(i) for i in range(job.frame_count)])
+        cuts = self._find_cuts(job, frames, config)
         if job.part == wire.FINISH:  # propagation only: no model to download or load
             from fresco_backend.translate import finish_frames  # torch: only where a job runs
 
             results = finish_frames(frames, KeyFiles(job.keys_dir, job.keys), config, self._device, on_progress,
-                                    job.cancel, checkpoint, job.rendered())
+                                    job.cancel, checkpoint, job.rendered(), cuts)
         else:
             if self._prepare is not None:
                 self._prepare(config, on_progress, job.cancel, job.passes)
@@ -488,7 +506,7 @@ class JobManager:
             self._progress(job, "load model", steps_left)
             kept = KeyFiles(job.keys_dir, job.keys) if records.is_redo(job.part, job.keys, job.frame_count) else None
             results = self._translate(frames, config, on_progress, job.cancel, checkpoint,
-                                      keys_only=job.part == wire.KEYS, kept=kept, rendered=job.rendered())
+                                      keys_only=job.part == wire.KEYS, kept=kept, rendered=job.rendered(), cuts=cuts)
         for index, rgb in results:
             if not 0 <= index < job.frame_count:
                 raise RuntimeError(f"backend produced frame {index}, outside 0..{job.frame_count - 1}")

@@ -355,17 +355,18 @@ class RayPool:
     def translate(self, frames: Sequence[np.ndarray], config: JobConfig,
                   on_progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None,
                   checkpoint: Checkpoint | None = None, keys_only: bool = False,
-                  kept: Mapping[int, np.ndarray] | None = None,
-                  rendered: RenderPasses | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                  kept: Mapping[int, np.ndarray] | None = None, rendered: RenderPasses | None = None,
+                  cuts: Sequence[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """The server's translator (``server/jobs.py`` Translator) on the pool: like
         ``fresco_backend.translate.translate_frames`` without a pipeline (the workers hold theirs); yields every
         frame the checkpoint does not hold yet, once (``keys_only``: the keys alone; ``kept``: a redo's;
-        ``rendered``: the clip's render passes)."""
+        ``rendered``: the clip's render passes; ``cuts``: its shot cuts, None: found here where the job looks
+        for them). With cuts, every shot is a segment of its own (``fresco_backend/plan.py``)."""
         config = require(config)
         frames = [np.asarray(f) for f in frames]
         kept = CheckedKeys(kept, frames[0].shape) if kept else None
         runner = RayRunner(self, frames, config, on_progress, cancel or threading.Event(), rendered)
-        plan = job_plan(frames, config, keys_only, kept, self.segments)
+        plan = job_plan(frames, config, keys_only, kept, self.segments, cuts)
         try:
             yield from composited(execute(plan, runner, checkpoint or Checkpoint(), kept), frames,
                                   region_of(config, rendered), kept or ())

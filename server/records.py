@@ -60,6 +60,7 @@ class Job:
     uploaded_keys: set[int] = field(default_factory=set)
     passes: tuple[str, ...] = ()  # the render passes it carries (``fresco_contract.passes``), each for every frame
     uploaded_passes: dict[str, set[int]] = field(default_factory=dict)  # pass name -> frames uploaded
+    cuts: tuple[int, ...] | None = None  # the first frame of each shot after the first, once found (None: not looked)
 
     @property
     def layout(self) -> JobFolder:
@@ -105,7 +106,8 @@ class Job:
         return JobRecord(self.settings, Fingerprint(self.frame_count, self.frame_size, self.input_sha256),
                          {"id": self.id, "state": self.state, "created": self.created, "started": self.started,
                           "finished": self.finished, "error": self.error, "part": self.part,
-                          "keys": list(self.keys), "passes": list(self.passes)})
+                          "keys": list(self.keys), "passes": list(self.passes),
+                          "cuts": None if self.cuts is None else list(self.cuts)})
 
     def status(self) -> dict[str, Any]:
         """The JSON status of the job (GET /v1/jobs/{id})."""
@@ -118,6 +120,7 @@ class Job:
             "uploaded": len(self.uploaded),
             "uploaded_keys": len(self.uploaded_keys),
             "passes": list(self.passes),
+            "cuts": None if self.cuts is None else list(self.cuts),
             "outputs": len(self.outputs),
             "error": self.error,
             "settings": self.settings,
@@ -203,13 +206,16 @@ def load(folder: Path) -> Job:
         problem = f"job.passes: {passes_problem}"
     elif (frames_problem := check_frames_spec(record.settings, recorded.frame_count)):
         problem = f"settings: {frames_problem}"
+    elif not _are_cuts(meta.get("cuts"), recorded.frame_count):
+        problem = f"job.cuts: expected ascending frame indices from 1 to {recorded.frame_count - 1} or null"
     if problem:
         raise JobFolderError(f"{JobFolder(folder).record_path}: {problem}")
     job = Job(id=folder.name, settings=record.settings, frame_count=recorded.frame_count, folder=folder,
               state=meta["state"], created=float(meta["created"]), started=meta.get("started"),
               finished=meta.get("finished"), frame_size=recorded.frame_size, input_sha256=recorded.sha256,
               error=meta.get("error"), saved_state=meta["state"], part=meta.get("part", wire.ALL),
-              keys=tuple(meta.get("keys", ())), passes=tuple(meta.get("passes", ())))
+              keys=tuple(meta.get("keys", ())), passes=tuple(meta.get("passes", ())),
+              cuts=None if meta.get("cuts") is None else tuple(meta["cuts"]))
     job.input_dir.mkdir(exist_ok=True)
     job.output_dir.mkdir(exist_ok=True)
     job.uploaded = {i for i in range(job.frame_count) if job.layout.input_path(i).is_file()}
@@ -218,6 +224,13 @@ def load(folder: Path) -> Job:
     job.uploaded_passes = {name: {i for i in range(job.frame_count) if passes.pass_file(job.passes_dir, name, i).is_file()}
                            for name in job.passes}
     return job
+
+
+def _are_cuts(cuts: Any, frame_count: int) -> bool:
+    """Whether ``cuts`` is what a record holds for a job's shot cuts: None, or ascending frames after the first."""
+    return cuts is None or (isinstance(cuts, list) and all(isinstance(c, int) and not isinstance(c, bool)
+                                                           and 0 < c < frame_count for c in cuts)
+                            and cuts == sorted(set(cuts)))
 
 
 def check_passes_spec(names: Any, settings: dict[str, Any]) -> str | None:

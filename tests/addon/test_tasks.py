@@ -82,3 +82,32 @@ def test_one_cancelled_for_every_task():
         task = tasks.Task(lambda task: None, "x")
         task.cancel()
         task.check()
+
+
+class CutsBackend:
+    """A backend client whose one job reports a cut before its 4th frame, then ends with 4 frames."""
+
+    def create_job(self, settings, total, part, keys, passes=()):
+        return "j"
+
+    def events(self, job_id, after, wait):
+        feed = [{"seq": 0, "type": "cuts", "frames": [3]}, {"seq": 1, "type": "done", "frame_count": 4}]
+        return {"events": [e for e in feed if e["seq"] > after], "state": "done"}
+
+    def download_frame(self, job_id, index):
+        return b"png"
+
+    upload_frame = start = delete_job = lambda self, *args: None
+
+
+def test_a_jobs_cuts_reach_the_translation_in_blenders_frame_numbers(tmp_path):
+    frames = [tmp_path / f"{i}.png" for i in range(4)]
+    for path in frames:
+        path.write_bytes(b"png")
+    seen = []
+    task = tasks.Task(lambda t: jobrun.run_job(CutsBackend(), {}, frames, tmp_path / "out", t), "job", seen.append).run()
+    assert task.error is None
+    found = [m for m in seen if isinstance(m, jobrun.CutsFound)]
+    assert found == [jobrun.CutsFound((3,))]
+    assert found[0].words(101).startswith("1 cut found: at frame 104;")  # the strip's 4th frame, at 101 + 3
+    assert jobrun.CutsFound((3, 9)).words(1).startswith("2 cuts found: at frames 4, 10;")

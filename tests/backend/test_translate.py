@@ -93,14 +93,14 @@ def test_fresco_progress_names_flow_and_propagation_and_counts_batches_on_after_
     def batch(b):
         return ["conditions", "flow", f"denoise step 1/2, batch {b}/2", f"denoise step 2/2, batch {b}/2", "write"]
 
-    assert [p.stage for p in seen] == [*batch(1), "propagate frame 2", "propagate frame 4", *batch(2),
+    assert [p.stage for p in seen] == ["find cuts", *batch(1), "propagate frame 2", "propagate frame 4", *batch(2),
                                        "propagate frame 6"]
     resumed = []
     resume = Checkpoint(1, after_first, has_output=lambda i: i <= 4, output=outputs.__getitem__)
     assert [i for i, _ in translate_frames(pipe, frames, config, on_progress=resumed.append,
                                            checkpoint=resume)] == [5, 6]
-    assert [p.stage for p in resumed][:3] == ["conditions", "flow", "denoise step 1/2, batch 2/2"]
-    assert {p.total for p in resumed} == {2}
+    assert [p.stage for p in resumed][:4] == ["find cuts", "conditions", "flow", "denoise step 1/2, batch 2/2"]
+    assert {p.total for p in resumed[1:]} == {2}  # "find cuts" counts no steps
 
 
 @pytest.mark.parametrize("mode", ["per_frame", "fresco"])

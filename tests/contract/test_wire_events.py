@@ -17,6 +17,7 @@ EVENTS = [
     (wire.FrameEvent(seq=2, index=7), '{"seq": 2, "type": "frame", "index": 7}'),
     (wire.DoneEvent(seq=3, frame_count=8), '{"seq": 3, "type": "done", "frame_count": 8}'),
     (wire.ErrorEvent(seq=4, message="boom"), '{"seq": 4, "type": "error", "message": "boom"}'),
+    (wire.CutsEvent(seq=5, frames=[30, 76]), '{"seq": 5, "type": "cuts", "frames": [30, 76]}'),
 ]
 
 
@@ -27,7 +28,8 @@ def test_each_event_is_the_json_of_the_feed_and_reads_back(event, text):
 
 
 def test_every_event_type_is_known_by_its_type():
-    assert set(wire.EVENT_TYPES) == {wire.EV_STATE, wire.EV_PROGRESS, wire.EV_FRAME, wire.EV_DONE, wire.EV_ERROR}
+    assert set(wire.EVENT_TYPES) == {wire.EV_STATE, wire.EV_PROGRESS, wire.EV_FRAME, wire.EV_DONE, wire.EV_ERROR,
+                                    wire.EV_CUTS}
 
 
 def test_a_progress_event_is_made_from_a_progress():

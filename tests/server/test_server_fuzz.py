@@ -44,7 +44,7 @@ class FakeBackend:
         return "pipe"
 
     def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False,
-                  kept=None, rendered=None):
+                  kept=None, rendered=None, cuts=None):
         self.ran.append(config.sampling.prompt)
         if self.fail is not None:
             exc, self.fail = self.fail, None

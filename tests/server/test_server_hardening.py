@@ -43,7 +43,7 @@ class FakeBackend:
         return "pipe"
 
     def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False,
-                  kept=None, rendered=None):
+                  kept=None, rendered=None, cuts=None):
         for i in range(len(frames)):
             yield i, 255 - frames[i]
 

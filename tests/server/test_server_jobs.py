@@ -46,7 +46,7 @@ class FakeBackend:
         return "pipe"
 
     def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False,
-                  kept=None, rendered=None):
+                  kept=None, rendered=None, cuts=None):
         self.order.append(config.sampling.prompt)
         self.configs.append(config)
         count = len(frames) - (1 if self.drop_last else 0)

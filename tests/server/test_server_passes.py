@@ -39,7 +39,7 @@ class Recording:
         self.rendered = []
 
     def translate(self, pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False,
-                  kept=None, rendered=None):
+                  kept=None, rendered=None, cuts=None):
         self.rendered.append(rendered)
         for i in range(len(frames)):
             yield i, frames[i]

@@ -46,11 +46,11 @@ def test_stages_arrive_in_order_with_an_eta_once_a_step_is_timed(manager):
     answer = run_job(manager, SETTINGS, pngs)
     assert answer["state"] == wire.DONE
     progress = [e for e in answer["events"] if e["type"] == wire.EV_PROGRESS]
-    assert [e["stage"] for e in progress] == ["check input", "load model", *batch(1), "propagate frame 2",
-                                              "propagate frame 4", *batch(2), "propagate frame 6"]
+    assert [e["stage"] for e in progress] == ["check input", "find cuts", "load model", *batch(1),
+                                              "propagate frame 2", "propagate frame 4", *batch(2), "propagate frame 6"]
     assert all(e["stage"].startswith(wire.STAGES) for e in progress)
-    assert progress[0]["total"] == 0  # no step count before the frames are checked
-    progress = progress[1:]
+    assert progress[0]["total"] == progress[1]["total"] == 0  # no step count before the frames are checked
+    progress = progress[2:]
     assert {e["total"] for e in progress} == {4}  # the estimate's total at "load model" is the real one
     assert [e["done"] for e in progress] == [0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 3, 4, 4]
     first_timed = [e["done"] > 0 for e in progress].index(True)
@@ -80,4 +80,4 @@ def test_adaptive_keys_are_a_stage_of_their_own(pipe):
     stages: list[str] = []
     config = JobConfig.of({**SETTINGS, "keyframes": "adaptive", "key_min_gap": 2, "key_max_gap": 3})
     assert len(list(translate_frames(pipe, FRAMES, config, on_progress=lambda p: stages.append(p.stage)))) == 7
-    assert stages[:2] == ["choose keys", "conditions"], stages
+    assert stages[:3] == ["find cuts", "choose keys", "conditions"], stages

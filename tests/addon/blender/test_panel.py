@@ -77,6 +77,7 @@ def test_settings_grouped_and_shown_where_they_apply(addon, strip):
     # canny in the ControlNets (the default): its thresholds; adaptive keys: the gaps, not the interval
     assert {"canny_low", "canny_high", "key_min_gap", "key_max_gap"} <= set(main)
     assert "key_interval" not in main and "key_interval" not in shown(panel("FRESCO_PT_advanced"))
+    assert main.index("keyframes") < main.index("cut_detection") < main.index("steps")  # Detect Cuts: Keyframes
 
     props.apply_settings(strip, {"controls": [{"kind": "tile", "scale": 0.5}], "keyframes": "interval"})
     main = shown(panel())
@@ -95,7 +96,7 @@ def test_settings_grouped_and_shown_where_they_apply(addon, strip):
 
     strip.fresco.mode = "per_frame"
     log = panel()
-    assert not {"keyframes", "key_interval"} & set(shown(log))
+    assert not {"keyframes", "key_interval", "cut_detection"} & set(shown(log))
     assert any(text.startswith("Mode Per Frame (Advanced)") for text in shown(log, "label"))
     advanced = shown(panel("FRESCO_PT_advanced"))
     assert "mode" in advanced and "cross_frame_attention" not in advanced and "flow" not in advanced
