@@ -21,10 +21,12 @@ BASE = {"prompt": "a fox", "steps": 10, "size": 64, "strength": 0.6}
 
 @pytest.fixture(scope="module")
 def warm(tiny_models, tiny_controlnets):
+    threads = torch.get_num_threads()  # one thread for the module's byte comparisons, then the session's again
     torch.set_num_threads(1)
     warm = WarmPipeline("cpu")
     warm.get(ModelChoice(str(tiny_models[0]), (str(tiny_controlnets["canny"]), str(tiny_controlnets["tile"]))))
-    return warm
+    yield warm
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +89,7 @@ def lora_job(path, weight):
                          "loras": [{"path": str(path), "weight": weight}]})
 
 
-def test_lora_weight_per_batch_is_its_value_at_the_batch_s_first_frame(tiny_models, tiny_lora):
-    torch.set_num_threads(1)
+def test_lora_weight_per_batch_is_its_value_at_the_batch_s_first_frame(tiny_models, tiny_lora, one_thread):
     warm = WarmPipeline("cpu")
     choice = ModelChoice(str(tiny_models[0]), (str(tiny_models[1]),))
     clip = moving_square(frames=4, width=64, height=64).frames

@@ -25,7 +25,7 @@ ANIMATED = {"prompt": "p", "strength": STRENGTHS, "guidance_scale": [7.5, 7.5, 3
 
 def translate(configs):
     def run(pipe, frames, config, on_progress=None, cancel=None, checkpoint=None, keys_only=False, kept=None,
-            rendered=None):
+            rendered=None, cuts=None):
         configs.append(config)
         yield from enumerate(frames)
     return run

@@ -71,7 +71,7 @@ def test_queue_runs_in_order_with_each_strips_settings(addon, ui, three, compat,
     assert states(ui) == [("clip", "running"), ("clip_b", "waiting"), ("clip_c", "waiting")]  # blocker skipped
     compat.all_strips(three.sequence_editor)["clip_b"].fresco.prompt = "changed after queueing"
     log = panel_log()
-    assert [text for kind, text in log if kind == "label" and ": " in text] == [
+    assert [text for kind, text in log if kind == "label" and text.partition(": ")[0] in PROMPTS] == [
         "clip: export", "clip_b: waiting", "clip_c: waiting"]
     assert ("label", "Queue (2 waiting)") in log
     assert log.count(("operator", "fresco.cancel")) == 4  # one per entry, and Cancel All
