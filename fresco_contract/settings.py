@@ -38,7 +38,7 @@ class Setting:
     # when it is used: (setting, values) pairs that must all hold (the named setting has one of the values; a
     # list setting: one of its items' keys has); a setting that does not apply is still valid, only unused
     applies_when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-    # a number an artist may animate: a list of one value per frame of the job (``per_frame``) stands for it
+    # a number an artist may animate: a list of one value per frame of the job stands for it (``check_frames``)
     animated: bool = False
 
     def __post_init__(self) -> None:
@@ -131,12 +131,6 @@ class Setting:
 
 MAX_FRAMES = 100_000  # the most frames an animated setting's per-frame values cover
 MASKS = ("none", "strip", "alpha")  # where the ``mask`` setting's region comes from
-
-
-def per_frame(value: Any, frame: int) -> Any:
-    """An animated setting's value at ``frame`` (0-based, of the job's frames): ``value`` itself when it is
-    not animated, else its per-frame list's entry."""
-    return value[frame] if isinstance(value, list) else value
 
 
 def peak(value: Any) -> Any:
