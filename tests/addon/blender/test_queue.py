@@ -15,6 +15,11 @@ from test_uijob import FakeClient, drive, panel_log, ui  # noqa: F401  (ui is a 
 PROMPTS = {"clip": "a watercolour painting", "clip_b": "an ink drawing", "clip_c": "a charcoal sketch"}
 
 
+def entries(log: list[tuple[str, str]]) -> list[str]:
+    """The queue box's entries among the panel's labels: "<strip>: <state>"."""
+    return [text for kind, text in log if kind == "label" and ": " in text and text.partition(": ")[0] in PROMPTS]
+
+
 class QueueClient(FakeClient):
     """A FakeClient for several jobs: records each job's settings; ``fail_job`` (1-based) fails that job."""
 
@@ -71,7 +76,7 @@ def test_queue_runs_in_order_with_each_strips_settings(addon, ui, three, compat,
     assert states(ui) == [("clip", "running"), ("clip_b", "waiting"), ("clip_c", "waiting")]  # blocker skipped
     compat.all_strips(three.sequence_editor)["clip_b"].fresco.prompt = "changed after queueing"
     log = panel_log()
-    assert [text for kind, text in log if kind == "label" and text.partition(": ")[0] in PROMPTS] == [
+    assert entries(log) == [
         "clip: export", "clip_b: waiting", "clip_c: waiting"]
     assert ("label", "Queue (2 waiting)") in log
     assert log.count(("operator", "fresco.cancel")) == 4  # one per entry, and Cancel All
@@ -87,7 +92,7 @@ def test_queue_runs_in_order_with_each_strips_settings(addon, ui, three, compat,
         assert found[name].fresco.prompt == prompt  # the job's settings on the result strip
     assert [e.result_name for e in ui.queue().entries] == [found[n].name for n in PROMPTS]
     log = panel_log()
-    assert [text for kind, text in log if kind == "label" and ": " in text] == [
+    assert entries(log) == [
         "clip: done", "clip_b: done", "clip_c: done"]
     assert ("operator", "fresco.cancel") not in log  # nothing to cancel
 
