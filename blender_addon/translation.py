@@ -165,15 +165,20 @@ class Translation:
             self._close_passes()
             self._end(None, error)
 
+    def _may_render(self) -> bool:
+        """Whether the passes' or the mask's exporter may render its next frames now: not once the job is
+        cancelled (it ends here) nor while Blender renders something else."""
+        if self.cancel.is_set():
+            self._close_passes()
+            self._end(None)
+            return False
+        return not bpy.app.is_job_running("RENDER")
+
     def export_passes(self, count: int) -> None:
         """Render the passes of the next ``count`` frames; where they cannot be made, fall back
         (``without_passes``) or, for a job that cannot do without them, fail."""
         exporter = self.pass_exporter
-        if self.cancel.is_set():
-            self._close_passes()
-            self._end(None)
-            return
-        if bpy.app.is_job_running("RENDER"):
+        if not self._may_render():
             return
         try:
             done, total = exporter.step(count)
@@ -198,11 +203,7 @@ class Translation:
     def export_mask(self, count: int) -> None:
         """Render the mask of the next ``count`` frames; where it cannot be made, the job fails before it starts."""
         exporter = self.mask_exporter
-        if self.cancel.is_set():
-            self._close_passes()
-            self._end(None)
-            return
-        if bpy.app.is_job_running("RENDER"):
+        if not self._may_render():
             return
         try:
             done, total = exporter.step(count)
